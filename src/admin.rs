@@ -1,0 +1,144 @@
+//! Admin: status, dead letters, and retrying them. Nothing here prints credentials: the
+//! status shows service addresses only through [`crate::config::redact_url`].
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::{search::Search, workers::Queue};
+
+/// A snapshot of the sync's health.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Students whose document is not in the index yet.
+    pub outstanding_marks: i64,
+    /// Of those, claimed by a worker right now.
+    pub in_flight: i64,
+    /// Seconds since the oldest change not yet indexed (0 when all is indexed): the
+    /// freshness lag.
+    pub lag_seconds: f64,
+    /// Universities and courses whose students are still being marked.
+    pub pending_fanouts: i64,
+    pub dead_letters: i64,
+    pub alias: String,
+    /// The physical indices behind the alias (empty: not created yet).
+    pub indices: Vec<String>,
+    /// Documents in the index (None when the search server could not be asked).
+    pub documents: Option<u64>,
+    /// Sync jobs waiting in Redis (None when Redis could not be asked).
+    pub queue_depth: Option<u64>,
+    /// Problems met while gathering the status (a service down).
+    pub problems: Vec<String>,
+}
+
+pub async fn status(pool: &PgPool, search: &Search, queue: Option<&Queue>, alias: &str) -> Result<Status, sqlx::Error> {
+    let (outstanding_marks, in_flight, lag_marks): (i64, i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE lease_until > clock_timestamp()),
+                extract(epoch FROM clock_timestamp() - min(marked_at))::float8
+           FROM tidemark.dirty_students",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (pending_fanouts, lag_parents): (i64, Option<f64>) =
+        sqlx::query_as("SELECT count(*), extract(epoch FROM clock_timestamp() - min(marked_at))::float8 FROM tidemark.dirty_parents")
+            .fetch_one(pool)
+            .await?;
+    let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dead_letters").fetch_one(pool).await?;
+    let mut problems = Vec::new();
+    let (indices, documents) = match search.alias_targets(alias).await {
+        Ok(indices) if indices.is_empty() => (indices, None),
+        Ok(indices) => match search.count(alias).await {
+            Ok(n) => (indices, Some(n)),
+            Err(e) => {
+                problems.push(e.to_string());
+                (indices, None)
+            }
+        },
+        Err(e) => {
+            problems.push(e.to_string());
+            (Vec::new(), None)
+        }
+    };
+    let queue_depth = match queue {
+        Some(q) => match q.depth().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(Status {
+        outstanding_marks,
+        in_flight,
+        lag_seconds: lag_marks.into_iter().chain(lag_parents).fold(0.0, f64::max),
+        pending_fanouts,
+        dead_letters,
+        alias: alias.to_string(),
+        indices,
+        documents,
+        queue_depth,
+        problems,
+    })
+}
+
+impl Status {
+    /// The human table.
+    pub fn render(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |n| n.to_string());
+        let rows = [
+            ("outstanding marks", self.outstanding_marks.to_string()),
+            ("  in flight", self.in_flight.to_string()),
+            ("freshness lag", format!("{:.1}s", self.lag_seconds)),
+            ("pending fan-outs", self.pending_fanouts.to_string()),
+            ("dead letters", self.dead_letters.to_string()),
+            ("alias", self.alias.clone()),
+            ("index", if self.indices.is_empty() { "(none yet)".to_string() } else { self.indices.join(", ") }),
+            ("documents", opt(self.documents)),
+            ("queue depth", opt(self.queue_depth)),
+        ];
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("{k:<20} {v}\n"));
+        }
+        for p in &self.problems {
+            out.push_str(&format!("problem: {p}\n"));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub student_id: i64,
+    pub status: Option<i32>,
+    pub error: String,
+    pub attempts: i32,
+    pub first_failed_at: chrono::DateTime<chrono::Utc>,
+    pub last_failed_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn failed(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT student_id, status, error, attempts, first_failed_at, last_failed_at
+           FROM tidemark.dead_letters ORDER BY last_failed_at DESC, student_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Re-marks every dead letter (or the given students) so the next sync tries them again.
+/// The dead-letter rows stay until their document is indexed, so a second failure is
+/// counted on the same row.
+pub async fn retry_failed(pool: &PgPool, only: Option<&[i64]>) -> Result<u64, sqlx::Error> {
+    let ids: Vec<i64> = match only {
+        Some(ids) => sqlx::query_scalar("SELECT student_id FROM tidemark.dead_letters WHERE student_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?,
+        None => sqlx::query_scalar("SELECT student_id FROM tidemark.dead_letters").fetch_all(pool).await?,
+    };
+    sqlx::query("SELECT tidemark.mark_students($1)").bind(&ids).execute(pool).await?;
+    Ok(ids.len() as u64)
+}

@@ -1,0 +1,473 @@
+//! Configuration: defaults, then an optional TOML file, then the environment, then flags.
+//!
+//! Every option has a doc comment and a default; unknown keys in the file are refused, and
+//! cross-field rules are checked once, in [`Config::validate`], into a [`ConfigError`] that
+//! says what was wrong and what to do. Secrets (the three service URLs may carry passwords,
+//! and the API key) are held in [`Secret`], whose `Debug`/`Display` never show them.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{name} is not set: {hint}")]
+    Missing { name: &'static str, hint: &'static str },
+    #[error("{name} is not a valid URL ({reason}); expected something like {example}")]
+    BadUrl { name: &'static str, reason: String, example: &'static str },
+    #[error("{name} = {value:?} is not valid: {reason}")]
+    Invalid { name: &'static str, value: String, reason: String },
+}
+
+/// A string that must never reach a log, an error or a status line.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The real value, for the one place that hands it to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// A URL shown with its password (and any `password=`-style query value) replaced by `***`.
+/// Use it everywhere a service address appears in a message.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+            if pairs.iter().any(|(k, _)| is_secret_key(k)) {
+                let mut q = url.query_pairs_mut();
+                q.clear();
+                for (k, v) in &pairs {
+                    q.append_pair(k, if is_secret_key(k) { "***" } else { v });
+                }
+            }
+            url.to_string()
+        }
+        // Not a URL: say nothing of its content, it may be a password pasted in the wrong place.
+        Err(_) => "<unparseable URL>".to_string(),
+    }
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.contains("token") || k.contains("key")
+}
+
+/// A duration written as `250ms`, `5s`, `2m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration; write e.g. 250ms, 5s, 2m or 1h"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("{s:?} has no unit; write e.g. 250ms, 5s, 2m or 1h")),
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+/// The whole configuration. In the TOML file every key is optional.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// PostgreSQL URL (env `DATABASE_URL`), e.g. `postgres://user:pass@host:5432/app`.
+    pub database_url: Option<Secret>,
+    /// Redis URL (env `REDIS_URL`), e.g. `redis://:pass@host:6379/0`.
+    pub redis_url: Option<Secret>,
+    /// Search server URL (env `ELASTICSEARCH_URL`); basic auth may sit in the URL.
+    pub elasticsearch_url: Option<Secret>,
+    /// API key for the search server (env `ELASTICSEARCH_API_KEY`), base64 `id:key` as Elastic
+    /// prints it. Mutually exclusive with a password in the URL.
+    pub elasticsearch_api_key: Option<Secret>,
+    /// PEM file of a CA to trust for the search server's TLS (env `ELASTICSEARCH_CA_CERT`).
+    pub elasticsearch_ca_cert: Option<PathBuf>,
+    /// The alias searches use; physical indices are `<alias>_<generation>`.
+    pub index_alias: String,
+    /// Prefix of every Redis key tidemark writes, so several deployments can share a Redis.
+    pub queue_namespace: String,
+    pub sync: SyncConfig,
+    pub scheduler: SchedulerConfig,
+    pub worker: WorkerConfig,
+}
+
+/// How a sync batch is claimed, shipped and retried.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Marks claimed per batch. Larger batches amortise the round trips; smaller ones spread
+    /// work across more workers.
+    pub batch_size: u32,
+    /// Most documents in one `_bulk` request.
+    pub bulk_max_docs: u32,
+    /// Most bytes in one `_bulk` request (Elastic advises 5–15 MB).
+    pub bulk_max_bytes: u64,
+    /// How long a claim is owned before another worker may take it over (a crashed worker's
+    /// marks come back after this).
+    pub lease: HumanDuration,
+    /// Students marked per fan-out step when a university or course changes.
+    pub fanout_chunk: u32,
+    /// Tries of a transiently failing item within one batch before the batch gives the mark
+    /// back (it stays dirty and is tried again by a later sync).
+    pub max_attempts: u32,
+    /// First retry delay; doubles each try, capped at `backoff_cap`, fully jittered.
+    pub backoff_base: HumanDuration,
+    /// The longest single retry delay.
+    pub backoff_cap: HumanDuration,
+    /// Timeout of one request to the search server.
+    pub request_timeout: HumanDuration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// How often the scheduler enqueues a sync (also the worst-case freshness if every
+    /// notification were lost). Whole seconds, at least 1s.
+    pub interval: HumanDuration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Sync jobs one worker process runs at once.
+    pub concurrency: u32,
+    /// How long a stopping worker waits for its running jobs before giving their marks back.
+    pub shutdown_timeout: HumanDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: None,
+            redis_url: None,
+            elasticsearch_url: None,
+            elasticsearch_api_key: None,
+            elasticsearch_ca_cert: None,
+            index_alias: "students".into(),
+            queue_namespace: "tidemark".into(),
+            sync: SyncConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            worker: WorkerConfig::default(),
+        }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch_size: 2000,
+            bulk_max_docs: 2000,
+            bulk_max_bytes: 8 * 1024 * 1024,
+            lease: HumanDuration(Duration::from_secs(60)),
+            fanout_chunk: 10_000,
+            max_attempts: 6,
+            backoff_base: HumanDuration(Duration::from_millis(100)),
+            backoff_cap: HumanDuration(Duration::from_secs(5)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { interval: HumanDuration(Duration::from_secs(5)) }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { concurrency: 2, shutdown_timeout: HumanDuration(Duration::from_secs(30)) }
+    }
+}
+
+impl Config {
+    /// Defaults, overlaid by the TOML file (if any), then by the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.into(),
+                    // toml's message quotes the offending line; a secret may stand on it.
+                    message: scrub_toml_error(&e),
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok());
+        Ok(config)
+    }
+
+    /// Environment variables win over the file (the twelve-factor habit).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        if let Some(v) = nonempty("DATABASE_URL") {
+            self.database_url = Some(Secret(v));
+        }
+        if let Some(v) = nonempty("REDIS_URL") {
+            self.redis_url = Some(Secret(v));
+        }
+        if let Some(v) = nonempty("ELASTICSEARCH_URL") {
+            self.elasticsearch_url = Some(Secret(v));
+        }
+        if let Some(v) = nonempty("ELASTICSEARCH_API_KEY") {
+            self.elasticsearch_api_key = Some(Secret(v));
+        }
+        if let Some(v) = nonempty("ELASTICSEARCH_CA_CERT") {
+            self.elasticsearch_ca_cert = Some(v.into());
+        }
+        if let Some(v) = nonempty("TIDEMARK_INDEX_ALIAS") {
+            self.index_alias = v;
+        }
+        if let Some(v) = nonempty("TIDEMARK_QUEUE_NAMESPACE") {
+            self.queue_namespace = v;
+        }
+    }
+
+    /// Checks every rule once; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = |name: &'static str, v: &Option<Secret>, schemes: &[&str], example: &'static str| {
+            let Some(v) = v else { return Ok(()) };
+            let parsed = Url::parse(v.expose()).map_err(|e| ConfigError::BadUrl {
+                name,
+                reason: e.to_string(),
+                example,
+            })?;
+            if !schemes.contains(&parsed.scheme()) {
+                return Err(ConfigError::BadUrl {
+                    name,
+                    reason: format!("scheme {:?} is not one of {}", parsed.scheme(), schemes.join(", ")),
+                    example,
+                });
+            }
+            if parsed.host_str().map_or(true, str::is_empty) {
+                return Err(ConfigError::BadUrl { name, reason: "it has no host".into(), example });
+            }
+            Ok(())
+        };
+        url("DATABASE_URL", &self.database_url, &["postgres", "postgresql"], "postgres://user:pass@127.0.0.1:5432/app")?;
+        url("REDIS_URL", &self.redis_url, &["redis", "rediss"], "redis://127.0.0.1:6379")?;
+        url("ELASTICSEARCH_URL", &self.elasticsearch_url, &["http", "https"], "http://127.0.0.1:9200")?;
+        if let (Some(es), Some(_)) = (&self.elasticsearch_url, &self.elasticsearch_api_key) {
+            if Url::parse(es.expose()).map(|u| u.password().is_some()).unwrap_or(false) {
+                return Err(ConfigError::Invalid {
+                    name: "ELASTICSEARCH_API_KEY",
+                    value: "***".into(),
+                    reason: "ELASTICSEARCH_URL already carries a password; use one or the other".into(),
+                });
+            }
+        }
+        if let Some(ca) = &self.elasticsearch_ca_cert {
+            if !ca.is_file() {
+                return Err(ConfigError::Invalid {
+                    name: "elasticsearch_ca_cert",
+                    value: ca.display().to_string(),
+                    reason: "no such file; give the path of a PEM-encoded CA certificate".into(),
+                });
+            }
+        }
+        let ident_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+                && !s.starts_with(['_', '-'])
+        };
+        if !ident_ok(&self.index_alias) {
+            return Err(ConfigError::Invalid {
+                name: "index_alias",
+                value: self.index_alias.clone(),
+                reason: "use lowercase letters, digits, '_' or '-' (not first), at most 100 characters".into(),
+            });
+        }
+        if self.queue_namespace.is_empty() || self.queue_namespace.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid {
+                name: "queue_namespace",
+                value: self.queue_namespace.clone(),
+                reason: "must be non-empty and contain no spaces".into(),
+            });
+        }
+        let s = &self.sync;
+        let positive = |name: &'static str, v: u64, max: u64| {
+            if v == 0 || v > max {
+                Err(ConfigError::Invalid { name, value: v.to_string(), reason: format!("must be between 1 and {max}") })
+            } else {
+                Ok(())
+            }
+        };
+        positive("sync.batch_size", s.batch_size.into(), 100_000)?;
+        positive("sync.bulk_max_docs", s.bulk_max_docs.into(), 100_000)?;
+        positive("sync.fanout_chunk", s.fanout_chunk.into(), 1_000_000)?;
+        positive("sync.max_attempts", s.max_attempts.into(), 100)?;
+        positive("worker.concurrency", self.worker.concurrency.into(), 1024)?;
+        if s.bulk_max_bytes < 1024 || s.bulk_max_bytes > 100 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                name: "sync.bulk_max_bytes",
+                value: s.bulk_max_bytes.to_string(),
+                reason: "must be between 1024 and 104857600 (100 MiB; servers refuse larger requests)".into(),
+            });
+        }
+        if s.backoff_base.0.is_zero() || s.backoff_base.0 > s.backoff_cap.0 {
+            return Err(ConfigError::Invalid {
+                name: "sync.backoff_base",
+                value: s.backoff_base.to_string(),
+                reason: format!("must be above zero and at most sync.backoff_cap ({})", s.backoff_cap),
+            });
+        }
+        // A batch's retries must end well inside its lease, or another worker would take the
+        // marks over while this one still works on them.
+        let worst_retry = s.backoff_cap.0 * s.max_attempts + s.request_timeout.0;
+        if s.lease.0 < worst_retry {
+            return Err(ConfigError::Invalid {
+                name: "sync.lease",
+                value: s.lease.to_string(),
+                reason: format!(
+                    "must be at least backoff_cap × max_attempts + request_timeout ({}s) so a batch finishes its retries inside its lease",
+                    worst_retry.as_secs()
+                ),
+            });
+        }
+        if self.scheduler.interval.0 < Duration::from_secs(1) || self.scheduler.interval.0.subsec_millis() != 0 {
+            return Err(ConfigError::Invalid {
+                name: "scheduler.interval",
+                value: self.scheduler.interval.to_string(),
+                reason: "must be whole seconds, at least 1s (notifications bring changes in sooner)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> Result<&Secret, ConfigError> {
+        self.database_url.as_ref().ok_or(ConfigError::Missing {
+            name: "DATABASE_URL",
+            hint: "set it in the environment or as database_url in the --config file, e.g. postgres://user:pass@127.0.0.1:5432/app",
+        })
+    }
+
+    pub fn redis_url(&self) -> Result<&Secret, ConfigError> {
+        self.redis_url.as_ref().ok_or(ConfigError::Missing {
+            name: "REDIS_URL",
+            hint: "set it in the environment or as redis_url in the --config file, e.g. redis://127.0.0.1:6379",
+        })
+    }
+
+    pub fn elasticsearch_url(&self) -> Result<&Secret, ConfigError> {
+        self.elasticsearch_url.as_ref().ok_or(ConfigError::Missing {
+            name: "ELASTICSEARCH_URL",
+            hint: "set it in the environment or as elasticsearch_url in the --config file, e.g. http://127.0.0.1:9200",
+        })
+    }
+}
+
+/// toml's errors quote the source line; keep only the first line of the message and the
+/// key path, never the quoted text.
+fn scrub_toml_error(e: &toml::de::Error) -> String {
+    let msg = e.message();
+    let span = e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default();
+    format!("{msg}{span}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_and_secret_query_values() {
+        assert_eq!(redact_url("postgres://app:hunter2@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact_url("redis://:hunter2@r:6379/0"), "redis://:***@r:6379/0");
+        let r = redact_url("postgres://db/x?sslmode=require&password=hunter2");
+        assert!(!r.contains("hunter2") && r.contains("sslmode=require"), "{r}");
+        assert_eq!(redact_url("hunter2"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn durations_parse_and_reject_clearly() {
+        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
+        assert!("5".parse::<HumanDuration>().unwrap_err().contains("no unit"));
+        assert!("fast".parse::<HumanDuration>().unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("index_alias = \"s\"\n[sync]\nbatch_sise = 3\n").unwrap_err();
+        assert!(err.message().contains("batch_sise"), "{}", err.message());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = Config::default();
+        c.redis_url = Some(Secret::new("http://x:6379"));
+        assert!(c.validate().unwrap_err().to_string().contains("REDIS_URL"));
+        let mut c = Config::default();
+        c.sync.batch_size = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("sync.batch_size"));
+        let mut c = Config::default();
+        c.database_url = Some(Secret::new("postgres://u:hunter2@db/x"));
+        c.elasticsearch_url = Some(Secret::new("not a url hunter2"));
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("ELASTICSEARCH_URL") && !msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let mut c: Config = toml::from_str("redis_url = \"redis://file:6379\"").unwrap();
+        c.apply_env(|k| (k == "REDIS_URL").then(|| "redis://env:6379".to_string()));
+        assert_eq!(c.redis_url.unwrap().expose(), "redis://env:6379");
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

@@ -1,0 +1,25 @@
+//! tidemark keeps a search index of students in step with PostgreSQL.
+//!
+//! Layout, in the order data flows:
+//!
+//! - [`config`]: options from defaults, a TOML file and the environment; secrets redacted.
+//! - `migrations/` (SQL): the domain tables and the capture triggers that mark dirty rows.
+//! - [`pipeline`]: claim → fanout → load → encode → ship → classify → acknowledge, one
+//!   module per stage.
+//! - [`engine`]: strings the stages into a sync step, and drains.
+//! - [`index`]: the physical index behind the alias, created with its mapping when missing.
+//! - [`search`]: the search-server client; [`document`]: the document and its mapping.
+//! - [`admin`]: status, dead letters, retries; [`seed`]: demo and benchmark data.
+//! - `workers/` (crate `tidemark-workers`): the jobs and the apalis glue.
+
+pub mod admin;
+pub mod config;
+pub mod db;
+pub mod document;
+pub mod engine;
+pub mod index;
+pub mod pipeline;
+pub mod search;
+pub mod seed;
+
+pub use tidemark_workers as workers;

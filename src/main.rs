@@ -1,0 +1,377 @@
+//! The `tidemark` binary: parse arguments, build the configuration, run one subcommand.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tidemark::{
+    admin,
+    config::{redact_url, Config, HumanDuration},
+    db,
+    engine::Engine,
+    search::Search,
+    seed,
+    workers::{self, Queue},
+};
+use tokio::sync::watch;
+
+/// Keeps an Elasticsearch/OpenSearch index of students in step with PostgreSQL.
+///
+/// Services are given by DATABASE_URL, REDIS_URL and ELASTICSEARCH_URL (basic auth may sit
+/// in the URL; or ELASTICSEARCH_API_KEY), ELASTICSEARCH_CA_CERT for a custom CA, and
+/// optionally TIDEMARK_INDEX_ALIAS and TIDEMARK_QUEUE_NAMESPACE. Every other option lives
+/// in the --config TOML file (see README.md). Logs go to stderr; RUST_LOG sets the level.
+#[derive(Parser, Debug)]
+#[command(name = "tidemark", version, about, long_about = None)]
+struct Cli {
+    /// TOML configuration file; unknown keys are refused. Environment variables win over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or update the schema: domain tables, capture triggers, tidemark's own tables.
+    Migrate,
+    /// Fill empty domain tables with deterministic demo data.
+    Seed {
+        /// How many students.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
+        students: u64,
+        /// Random seed: the same seed gives the same rows.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run sync jobs from the queue until SIGTERM/SIGINT.
+    Worker {
+        /// Sync jobs run at once by this process [default: worker.concurrency, 2].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        concurrency: Option<u32>,
+    },
+    /// Enqueue a sync every interval (safe to run more than one), until SIGTERM/SIGINT.
+    Scheduler {
+        /// Whole seconds, e.g. 5s [default: scheduler.interval, 5s].
+        #[arg(long)]
+        interval: Option<HumanDuration>,
+    },
+    /// Sync in this process, without Redis, until nothing is left; then exit.
+    Sync,
+    /// Operate a running deployment.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Outstanding marks, freshness lag, fan-outs, dead letters, index, queue depth.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Documents the index refused, with the server's reason.
+    Failed {
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Re-mark dead-lettered students so the next sync tries them again.
+    RetryFailed {
+        /// Only these students (repeatable); all by default.
+        #[arg(long = "student", value_name = "ID")]
+        students: Vec<i64>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn".into()),
+        )
+        .init();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    config.validate()?;
+    let config = Arc::new(config);
+    match cli.command {
+        Command::Migrate => {
+            let pool = db::connect(&config, 2).await?;
+            db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Seed { students, seed: s } => {
+            let pool = db::connect(&config, 2).await?;
+            let report = seed::seed(&pool, &seed::SeedOptions { students, seed: s }).await?;
+            println!(
+                "seeded {} students, {} universities, {} courses, {} enrollments in {:.1}s",
+                report.students,
+                report.universities,
+                report.courses,
+                report.enrollments,
+                report.elapsed.as_secs_f64()
+            );
+        }
+        Command::Sync => {
+            let engine = engine(&config, None).await?;
+            let r = engine.drain().await?;
+            println!(
+                "synced: {} indexed, {} deleted, {} dead-lettered, {} fanned out, in {} batches{}",
+                r.indexed,
+                r.deleted,
+                r.dead,
+                r.fanned_out,
+                r.batches,
+                if r.stalled { " (stopped: batches keep failing; marks remain)" } else { "" }
+            );
+        }
+        Command::Worker { concurrency } => {
+            let concurrency = concurrency.unwrap_or(config.worker.concurrency) as usize;
+            run_worker(config, concurrency).await?;
+        }
+        Command::Scheduler { interval } => {
+            let mut config = (*config).clone();
+            if let Some(i) = interval {
+                config.scheduler.interval = i;
+                config.validate()?;
+            }
+            run_scheduler(Arc::new(config)).await?;
+        }
+        Command::Admin { command } => admin(config, command).await?,
+    }
+    Ok(())
+}
+
+async fn engine(config: &Arc<Config>, queue: Option<Queue>) -> Result<Engine> {
+    let pool = db::connect(config, config.worker.concurrency + 4).await?;
+    check_schema(&pool).await?;
+    let search = Search::new(config)?;
+    Ok(Engine::new(pool, search, config.clone(), queue))
+}
+
+async fn check_schema(pool: &sqlx::PgPool) -> Result<()> {
+    let ok: bool = sqlx::query_scalar("SELECT to_regclass('tidemark.dirty_students') IS NOT NULL").fetch_one(pool).await?;
+    if !ok {
+        bail!("the database has no tidemark schema yet; run `tidemark migrate` first");
+    }
+    Ok(())
+}
+
+/// Connects to Redis, retrying with capped backoff until it answers or shutdown comes.
+async fn connect_queue(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Queue>> {
+    let url = config.redis_url()?;
+    let redacted = redact_url(url.expose());
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match Queue::connect(url.expose(), &redacted, &config.queue_namespace).await {
+            Ok(q) => return Ok(Some(q)),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "waiting for Redis");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(None),
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested; finishing running jobs");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+/// Turns database notifications (one per writing transaction) into nudges, so a change is
+/// picked up within milliseconds rather than at the next tick.
+fn spawn_listener(pool: sqlx::PgPool, queue: Queue) {
+    tokio::spawn(async move {
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for change notifications; retrying in 2s");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen("tidemark_sync").await {
+                tracing::warn!(error = %e, "LISTEN failed; retrying in 2s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            loop {
+                match listener.recv().await {
+                    Ok(_) => {
+                        // Coalesce a burst: whatever else already arrived rides on this nudge.
+                        while let Ok(Some(_)) = listener.try_recv().await {}
+                        if let Err(e) = queue.nudge("notify").await {
+                            tracing::debug!(error = %e, "nudge after notification failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change-notification connection lost; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn run_worker(config: Arc<Config>, concurrency: usize) -> Result<()> {
+    let mut shutdown = shutdown_signal();
+    let pool = db::connect(&config, concurrency as u32 + 4).await?;
+    check_schema(&pool).await?;
+    let search = Search::new(&config)?;
+    match search.ping().await {
+        Ok(()) => tracing::info!(url = search.redacted_url(), "search server reachable"),
+        Err(e) => tracing::warn!(error = %e, "search server not reachable yet; sync jobs will keep failing and retrying until it is"),
+    }
+    let name = format!("tidemark-worker-{}", std::process::id());
+    let mut listening = false;
+    let mut owner = None;
+    while !*shutdown.borrow() {
+        let Some(queue) = connect_queue(&config, &mut shutdown).await? else { break };
+        tracing::info!(concurrency, queue = %config.queue_namespace, "worker started");
+        if !listening {
+            spawn_listener(pool.clone(), queue.clone());
+            listening = true;
+        }
+        let engine = Arc::new(Engine::new(pool.clone(), search.clone(), config.clone(), Some(queue.clone())));
+        owner = Some(engine.owner.clone());
+        // Whatever was left before this (re)start is looked for at once.
+        let _ = queue.nudge("worker-start").await;
+        let result = workers::run_worker(queue, engine, &name, concurrency, stopped(shutdown.clone())).await;
+        match result {
+            Ok(()) if *shutdown.borrow() => break,
+            Ok(()) => tracing::warn!("queue worker ended; restarting"),
+            Err(e) => tracing::warn!(error = %e, "queue worker failed (Redis lost?); reconnecting"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    if let Some(owner) = owner {
+        let released = tidemark::pipeline::claim::release_all(&pool, &owner).await?;
+        tracing::info!(released, "worker stopped; leases given back");
+    }
+    Ok(())
+}
+
+async fn run_scheduler(config: Arc<Config>) -> Result<()> {
+    let mut shutdown = shutdown_signal();
+    let pool = db::connect(&config, 2).await?;
+    check_schema(&pool).await?;
+    let mut listening = false;
+    while !*shutdown.borrow() {
+        let Some(queue) = connect_queue(&config, &mut shutdown).await? else { break };
+        if !listening {
+            spawn_listener(pool.clone(), queue.clone());
+            listening = true;
+        }
+        tracing::info!(interval = %config.scheduler.interval, "scheduler started");
+        match workers::run_scheduler(queue, config.scheduler.interval.0, stopped(shutdown.clone())).await {
+            Ok(()) if *shutdown.borrow() => break,
+            Ok(()) => tracing::warn!("scheduler ended; restarting"),
+            Err(e) => tracing::warn!(error = %e, "scheduler failed (Redis lost?); reconnecting"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    Ok(())
+}
+
+async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<()> {
+    let pool = db::connect(&config, 2).await?;
+    check_schema(&pool).await?;
+    match command {
+        AdminCommand::Status { json } => {
+            let search = Search::new(&config)?;
+            let queue = match config.redis_url() {
+                Ok(url) => match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    Queue::connect(url.expose(), &redact_url(url.expose()), &config.queue_namespace),
+                )
+                .await
+                {
+                    Ok(Ok(q)) => Some(q),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "queue depth unknown");
+                        None
+                    }
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            let status = admin::status(&pool, &search, queue.as_ref(), &config.index_alias).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+        }
+        AdminCommand::Failed { json, limit } => {
+            let rows = admin::failed(&pool, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no dead letters");
+            } else {
+                println!("{:>10}  {:>6}  {:>8}  {:<20}  reason", "student", "status", "attempts", "last failed");
+                for r in rows {
+                    println!(
+                        "{:>10}  {:>6}  {:>8}  {:<20}  {}",
+                        r.student_id,
+                        r.status.map_or("-".into(), |s| s.to_string()),
+                        r.attempts,
+                        r.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
+                        r.error
+                    );
+                }
+            }
+        }
+        AdminCommand::RetryFailed { students } => {
+            let only = (!students.is_empty()).then_some(students.as_slice());
+            let n = admin::retry_failed(&pool, only).await.context("re-marking dead letters")?;
+            println!("re-marked {n} dead-lettered students; the next sync retries them");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Acknowledge: clear a mark only if it still carries the number claimed (protocol
+//! invariant 5), dead-letter what the index refused for good, and give back the rest.
+//!
+//! A change that landed while the batch was in flight re-numbered its mark, so the
+//! conditional delete leaves it, and it is indexed again by a later batch.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+
+use super::{classify::ItemOutcome, Mark};
+
+/// The verdict on one student, over every index the batch wrote to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every target holds this write or a newer one.
+    Done,
+    /// Some target refused it for good.
+    Dead { status: u16, reason: String },
+    /// Some target still failed transiently after the retries: keep the mark.
+    Later,
+}
+
+/// Folds per-op outcomes (one per student per target) into one verdict per student.
+pub fn verdicts(ops: impl IntoIterator<Item = (i64, Option<ItemOutcome>)>) -> HashMap<i64, Verdict> {
+    let mut out: HashMap<i64, Verdict> = HashMap::new();
+    for (id, outcome) in ops {
+        let v = match outcome {
+            Some(ItemOutcome::Written | ItemOutcome::Superseded) => Verdict::Done,
+            Some(ItemOutcome::Permanent { status, reason }) => Verdict::Dead { status, reason },
+            Some(ItemOutcome::Transient(_)) | None => Verdict::Later,
+        };
+        let slot = out.entry(id).or_insert(Verdict::Done);
+        // Dead beats Later beats Done.
+        let rank = |v: &Verdict| match v {
+            Verdict::Done => 0,
+            Verdict::Later => 1,
+            Verdict::Dead { .. } => 2,
+        };
+        if rank(&v) > rank(slot) {
+            *slot = v;
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Acked {
+    /// Marks cleared.
+    pub cleared: u64,
+    /// Marks kept because a newer change re-numbered them while the batch was in flight.
+    pub changed_in_flight: u64,
+    /// Students dead-lettered.
+    pub dead: u64,
+    /// Students left dirty for a later try (transient failures).
+    pub later: u64,
+}
+
+pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &HashMap<i64, Verdict>) -> Result<Acked, sqlx::Error> {
+    let mut done = (Vec::new(), Vec::new());
+    let mut dead = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut acked = Acked::default();
+    for m in marks {
+        match verdicts.get(&m.student_id).unwrap_or(&Verdict::Later) {
+            Verdict::Done => {
+                done.0.push(m.student_id);
+                done.1.push(m.seq);
+            }
+            Verdict::Dead { status, reason } => {
+                dead.0.push(m.student_id);
+                dead.1.push(m.seq);
+                dead.2.push(i32::from(*status));
+                dead.3.push(reason.clone());
+            }
+            Verdict::Later => acked.later += 1,
+        }
+    }
+    let mut tx = pool.begin().await?;
+    if !dead.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO tidemark.dead_letters AS d (student_id, status, error)
+             SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])
+             ON CONFLICT (student_id) DO UPDATE
+                SET status = EXCLUDED.status, error = EXCLUDED.error,
+                    attempts = d.attempts + 1, last_failed_at = now()",
+        )
+        .bind(&dead.0)
+        .bind(&dead.2)
+        .bind(&dead.3)
+        .execute(&mut *tx)
+        .await?;
+        acked.dead = dead.0.len() as u64;
+    }
+    // Clear done and dead marks, each only under its claimed number.
+    let ids: Vec<i64> = done.0.iter().chain(&dead.0).copied().collect();
+    let seqs: Vec<i64> = done.1.iter().chain(&dead.1).copied().collect();
+    if !ids.is_empty() {
+        let r = sqlx::query(
+            "DELETE FROM tidemark.dirty_students d
+              USING unnest($1::bigint[], $2::bigint[]) AS a(id, seq)
+              WHERE d.student_id = a.id AND d.seq = a.seq",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+        acked.cleared = r.rows_affected();
+        acked.changed_in_flight = ids.len() as u64 - r.rows_affected();
+    }
+    if !done.0.is_empty() {
+        // A student that indexes fine now is no longer a dead letter.
+        sqlx::query("DELETE FROM tidemark.dead_letters WHERE student_id = ANY($1)")
+            .bind(&done.0)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Whatever is left (re-numbered in flight, or to retry later) is given back at once.
+    let all: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
+    sqlx::query(
+        "UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL
+          WHERE student_id = ANY($1) AND lease_owner = $2",
+    )
+    .bind(&all)
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(acked)
+}

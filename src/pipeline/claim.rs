@@ -1,0 +1,66 @@
+//! Claim: take a batch of marks without blocking other workers, and draw the version.
+//!
+//! `FOR UPDATE SKIP LOCKED` keeps concurrent claimers off each other's rows while the claim
+//! runs; the lease written by the claim keeps them off afterwards, until it runs out (which
+//! is how a crashed worker's marks come back).
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use super::Mark;
+
+/// Claims up to `limit` unleased marks, oldest number first, for `owner` until `lease` ends.
+pub async fn claim_students(pool: &PgPool, owner: &str, lease: Duration, limit: i64) -> Result<Vec<Mark>, sqlx::Error> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "UPDATE tidemark.dirty_students d
+            SET lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond'
+           FROM (SELECT student_id FROM tidemark.dirty_students
+                  WHERE lease_until IS NULL OR lease_until < clock_timestamp()
+                  ORDER BY seq
+                  LIMIT $3
+                  FOR UPDATE SKIP LOCKED) c
+          WHERE d.student_id = c.student_id
+      RETURNING d.student_id, d.seq",
+    )
+    .bind(owner)
+    .bind(lease.as_millis() as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(student_id, seq)| Mark { student_id, seq }).collect())
+}
+
+/// Draws the version for one processing, from the marks' own sequence, *before* the
+/// snapshot the documents are read from (DESIGN.md, "Why the version is taken by the
+/// reader"). Must be called after the claim and before [`super::load`].
+pub async fn draw_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT nextval('tidemark.seq')").fetch_one(pool).await
+}
+
+/// Gives back the leases this owner still holds on these students, so the marks that
+/// were not acknowledged can be claimed again at once.
+pub async fn release(pool: &PgPool, owner: &str, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL
+          WHERE student_id = ANY($1) AND lease_owner = $2",
+    )
+    .bind(ids)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Gives back every lease an owner holds (a stopping worker's last act).
+pub async fn release_all(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
+    let a = sqlx::query("UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    let b = sqlx::query("UPDATE tidemark.dirty_parents SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    Ok(a.rows_affected() + b.rows_affected())
+}

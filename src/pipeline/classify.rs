@@ -1,0 +1,147 @@
+//! Classify: a `_bulk` answer becomes one outcome per op. A 200 is never taken as success
+//! without reading every item (the `errors` flag is only a hint).
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// The index holds this write (created, updated, deleted, or a delete of a document
+    /// that was already absent).
+    Written,
+    /// 409: the index already holds a newer write of this document. Not an error, and not
+    /// rewritten (protocol invariant 4).
+    Superseded,
+    /// Worth retrying: 429, 5xx, or no answer for this item.
+    Transient(String),
+    /// Will fail the same way again (400: mapping or parse error). Dead-lettered.
+    Permanent { status: u16, reason: String },
+}
+
+/// The answer to one `_bulk` request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BulkOutcome {
+    /// One outcome per op sent, in order.
+    Items(Vec<ItemOutcome>),
+    /// The whole request should be retried (429, 5xx, a truncated or garbled answer).
+    RetryAll(String),
+    /// The request itself was refused (4xx other than 429): retrying cannot help.
+    Refused { status: u16, reason: String },
+}
+
+#[derive(Deserialize)]
+struct Response {
+    #[serde(default)]
+    items: Vec<std::collections::HashMap<String, Item>>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    status: u16,
+    #[serde(default)]
+    result: Option<String>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// Turns the status and body of a `_bulk` answer to `sent` ops into outcomes.
+pub fn classify(status: u16, body: &[u8], sent: usize) -> BulkOutcome {
+    if status == 429 || status >= 500 {
+        return BulkOutcome::RetryAll(format!("HTTP {status}: {}", error_text(body)));
+    }
+    if !(200..300).contains(&status) {
+        return BulkOutcome::Refused { status, reason: error_text(body) };
+    }
+    let parsed: Response = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return BulkOutcome::RetryAll(format!("unreadable _bulk answer: {e}")),
+    };
+    if parsed.items.len() != sent {
+        return BulkOutcome::RetryAll(format!("_bulk answered {} items for {sent} sent", parsed.items.len()));
+    }
+    BulkOutcome::Items(
+        parsed
+            .items
+            .into_iter()
+            .map(|m| match m.into_iter().next() {
+                Some((op, item)) => item_outcome(&op, item),
+                None => ItemOutcome::Transient("empty item in _bulk answer".into()),
+            })
+            .collect(),
+    )
+}
+
+fn item_outcome(op: &str, item: Item) -> ItemOutcome {
+    let reason = || item.error.as_ref().map(describe).unwrap_or_else(|| format!("HTTP {}", item.status));
+    match item.status {
+        200..=299 => ItemOutcome::Written,
+        409 => ItemOutcome::Superseded,
+        // A delete of a document the index never had: the index already says "absent".
+        404 if op == "delete" && item.error.is_none() => ItemOutcome::Written,
+        404 if item.result.as_deref() == Some("not_found") => ItemOutcome::Written,
+        // index_not_found: the index vanished under us; the batch is retried after the
+        // index is there again.
+        404 => ItemOutcome::Transient(reason()),
+        429 | 500..=599 => ItemOutcome::Transient(reason()),
+        status => ItemOutcome::Permanent { status, reason: reason() },
+    }
+}
+
+fn describe(error: &serde_json::Value) -> String {
+    let ty = error["type"].as_str().unwrap_or("error");
+    let mut text = match error["reason"].as_str() {
+        Some(r) => format!("{ty}: {r}"),
+        None => ty.to_string(),
+    };
+    if let Some(cause) = error.get("caused_by").filter(|c| c.is_object()) {
+        text.push_str(" (caused by ");
+        text.push_str(&describe(cause));
+        text.push(')');
+    }
+    text
+}
+
+fn error_text(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v.get("error").is_some() => match &v["error"] {
+            e @ serde_json::Value::Object(_) => describe(e),
+            other => other.to_string(),
+        },
+        _ => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Recorded from Elasticsearch 8 / OpenSearch 2 answers.
+    const MIXED: &str = r#"{"took":3,"errors":true,"items":[
+      {"index":{"_index":"students_1","_id":"1","_version":7,"result":"created","status":201}},
+      {"index":{"_index":"students_1","_id":"2","status":409,"error":{"type":"version_conflict_engine_exception","reason":"[2]: version conflict, current version [9] is higher or equal to the one provided [7]"}}},
+      {"index":{"_index":"students_1","_id":"3","status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation"}}},
+      {"index":{"_index":"students_1","_id":"4","status":400,"error":{"type":"document_parsing_exception","reason":"[1:40] failed to parse field [age] of type [integer]","caused_by":{"type":"number_format_exception","reason":"For input string: \"abc\""}}}},
+      {"delete":{"_index":"students_1","_id":"5","_version":7,"result":"not_found","status":404}},
+      {"index":{"_index":"students_1","_id":"6","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}}
+    ]}"#;
+
+    #[test]
+    fn every_item_is_read() {
+        let BulkOutcome::Items(items) = classify(200, MIXED.as_bytes(), 6) else { panic!() };
+        assert_eq!(items[0], ItemOutcome::Written);
+        assert_eq!(items[1], ItemOutcome::Superseded);
+        assert!(matches!(&items[2], ItemOutcome::Transient(r) if r.contains("es_rejected_execution_exception")));
+        assert!(matches!(&items[3], ItemOutcome::Permanent { status: 400, reason } if reason.contains("failed to parse field [age]") && reason.contains("For input string")));
+        assert_eq!(items[4], ItemOutcome::Written);
+        assert!(matches!(&items[5], ItemOutcome::Transient(_)));
+    }
+
+    #[test]
+    fn whole_request_failures() {
+        assert!(matches!(classify(503, br#"{"error":{"type":"unavailable_shards_exception","reason":"x"},"status":503}"#, 1), BulkOutcome::RetryAll(r) if r.contains("503")));
+        assert!(matches!(classify(429, b"Too Many Requests", 1), BulkOutcome::RetryAll(_)));
+        assert!(matches!(classify(400, br#"{"error":{"type":"illegal_argument_exception","reason":"bad"}}"#, 1), BulkOutcome::Refused { status: 400, .. }));
+        // A 200 that does not account for every op is not success.
+        assert!(matches!(classify(200, br#"{"errors":false,"items":[]}"#, 2), BulkOutcome::RetryAll(_)));
+        assert!(matches!(classify(200, b"<html>proxy error</html>", 1), BulkOutcome::RetryAll(_)));
+    }
+}

@@ -1,0 +1,78 @@
+//! Ship: send the encoded ops, and retry only the transiently failed ones, with backoff,
+//! until they succeed or the attempts run out. Permanent failures are not retried.
+
+use elasticsearch::http::Method;
+use rand::SeedableRng;
+
+use super::{
+    classify::{classify, BulkOutcome, ItemOutcome},
+    encode::{body, split, Encoded},
+    retry::Backoff,
+};
+use crate::search::{Search, SearchError};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ShipLimits {
+    pub max_docs: usize,
+    pub max_bytes: usize,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+#[derive(Debug, Default)]
+pub struct Shipped {
+    /// One final outcome per op of the [`Encoded`] batch.
+    pub outcomes: Vec<Option<ItemOutcome>>,
+    pub requests: u32,
+    pub retried_ops: u64,
+}
+
+/// Sends every op, retrying transient failures. Returns `Err` only for failures that no
+/// retry can mend (refused credentials); everything else ends as per-op outcomes, with
+/// ops still failing transiently after the last attempt left as `Transient`.
+pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits) -> Result<Shipped, SearchError> {
+    let mut shipped = Shipped { outcomes: vec![None; encoded.ops.len()], ..Default::default() };
+    let mut pending: Vec<usize> = (0..encoded.ops.len()).collect();
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut attempt = 1;
+    loop {
+        for request in split(&encoded.ops, &pending, limits.max_docs, limits.max_bytes) {
+            shipped.requests += 1;
+            let span = tracing::debug_span!("ship", ops = request.len(), attempt);
+            let _enter = span.enter();
+            let outcome = match search.request(Method::Post, "/_bulk", Some(body(encoded, &request)), true).await {
+                Ok(reply) => classify(reply.status, &reply.body, request.len()),
+                Err(e) if e.is_transient() => BulkOutcome::RetryAll(e.to_string()),
+                Err(e) => return Err(e),
+            };
+            match outcome {
+                BulkOutcome::Items(items) => {
+                    for (&i, item) in request.iter().zip(items) {
+                        shipped.outcomes[i] = Some(item);
+                    }
+                }
+                BulkOutcome::RetryAll(reason) => {
+                    tracing::warn!(ops = request.len(), attempt, %reason, "bulk request failed; will retry");
+                    for &i in &request {
+                        shipped.outcomes[i] = Some(ItemOutcome::Transient(reason.clone()));
+                    }
+                }
+                BulkOutcome::Refused { status, reason } => {
+                    // The request as a whole was refused; every op in it carries the reason.
+                    for &i in &request {
+                        shipped.outcomes[i] = Some(ItemOutcome::Permanent { status, reason: reason.clone() });
+                    }
+                }
+            }
+        }
+        pending.retain(|&i| matches!(shipped.outcomes[i], Some(ItemOutcome::Transient(_))));
+        if pending.is_empty() || attempt >= limits.max_attempts {
+            return Ok(shipped);
+        }
+        let wait = limits.backoff.delay(attempt, &mut rng);
+        tracing::info!(ops = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying transiently failed ops");
+        shipped.retried_ops += pending.len() as u64;
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}

@@ -1,0 +1,263 @@
+//! The search server: one client built from the configuration, and the few calls tidemark
+//! makes. Everything goes through [`Search::request`], which turns transport failures into
+//! [`SearchError`]s that name the server by its redacted URL, never with credentials.
+
+use std::time::Duration;
+
+use elasticsearch::{
+    auth::Credentials,
+    cert::{Certificate, CertificateValidation},
+    http::{
+        headers::{HeaderMap, HeaderValue, CONTENT_TYPE},
+        transport::{SingleNodeConnectionPool, TransportBuilder},
+        Method,
+    },
+    Elasticsearch,
+};
+use serde_json::Value;
+use url::Url;
+
+use crate::config::{redact_url, Config, ConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search server at {url} is unreachable ({reason}); check ELASTICSEARCH_URL and that the server is up")]
+    Unreachable { url: String, reason: String },
+    #[error("search server at {url} refused the credentials (HTTP {status}); check the user/password in ELASTICSEARCH_URL or ELASTICSEARCH_API_KEY")]
+    Unauthorized { url: String, status: u16 },
+    #[error("search server answered {method} {path} with HTTP {status}: {reason}")]
+    Status { method: String, path: String, status: u16, reason: String },
+    #[error("search server answered {path} with a body that is not the JSON expected: {reason}")]
+    Malformed { path: String, reason: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use the CA certificate {path}: {reason}")]
+    Certificate { path: String, reason: String },
+}
+
+impl SearchError {
+    /// Worth trying again later: the server is down, overloaded or restarting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SearchError::Unreachable { .. } => true,
+            SearchError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// A raw answer: status and body.
+pub struct Reply {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    pub fn json(&self, path: &str) -> Result<Value, SearchError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| SearchError::Malformed { path: path.to_string(), reason: e.to_string() })
+    }
+}
+
+#[derive(Clone)]
+pub struct Search {
+    client: Elasticsearch,
+    /// For messages: the URL with any password replaced.
+    url: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Search {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Search").field("url", &self.url).finish()
+    }
+}
+
+impl Search {
+    pub fn new(config: &Config) -> Result<Search, SearchError> {
+        let raw = config.elasticsearch_url()?;
+        let mut url = Url::parse(raw.expose()).map_err(|e| ConfigError::BadUrl {
+            name: "ELASTICSEARCH_URL",
+            reason: e.to_string(),
+            example: "http://127.0.0.1:9200",
+        })?;
+        // Credentials leave the URL and travel as a header, so no error message built from
+        // the request URL can ever show them.
+        let credentials = if !url.username().is_empty() || url.password().is_some() {
+            let user = percent_decode(url.username());
+            let pass = percent_decode(url.password().unwrap_or(""));
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            Some(Credentials::Basic(user, pass))
+        } else {
+            config.elasticsearch_api_key.as_ref().map(|k| Credentials::EncodedApiKey(k.expose().to_string()))
+        };
+        let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url.clone()))
+            .timeout(config.sync.request_timeout.0)
+            .enable_meta_header(false);
+        if let Some(c) = credentials {
+            builder = builder.auth(c);
+        }
+        if let Some(path) = &config.elasticsearch_ca_cert {
+            let cert_err = |reason: String| SearchError::Certificate { path: path.display().to_string(), reason };
+            let pem = std::fs::read(path).map_err(|e| cert_err(e.to_string()))?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| cert_err(e.to_string()))?;
+            builder = builder.cert_validation(CertificateValidation::Full(cert));
+        }
+        let transport = builder.build().map_err(|e| SearchError::Unreachable {
+            url: redact_url(raw.expose()),
+            reason: format!("client could not be built: {e}"),
+        })?;
+        Ok(Search {
+            client: Elasticsearch::new(transport),
+            url: redact_url(raw.expose()),
+            timeout: config.sync.request_timeout.0,
+        })
+    }
+
+    /// The server's address, safe to print.
+    pub fn redacted_url(&self) -> &str {
+        &self.url
+    }
+
+    /// One request. A status is not an error here (callers classify it), except that 401/403
+    /// become [`SearchError::Unauthorized`] and no answer at all becomes `Unreachable`.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        ndjson: bool,
+    ) -> Result<Reply, SearchError> {
+        let mut headers = HeaderMap::new();
+        if ndjson {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        }
+        let unreachable = |e: &dyn std::fmt::Display| SearchError::Unreachable {
+            url: self.url.clone(),
+            reason: scrub(&e.to_string()),
+        };
+        let response = self
+            .client
+            .transport()
+            .send(method, path, headers, None::<&()>, body, Some(self.timeout))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let status = response.status_code().as_u16();
+        let body = response.bytes().await.map_err(|e| unreachable(&e))?;
+        if status == 401 || status == 403 {
+            return Err(SearchError::Unauthorized { url: self.url.clone(), status });
+        }
+        Ok(Reply { status, body })
+    }
+
+    /// A JSON request whose non-2xx answers are errors.
+    pub async fn json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, SearchError> {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("a JSON value always serialises"));
+        let reply = self.request(method, path, bytes, false).await?;
+        if !(200..300).contains(&reply.status) {
+            return Err(status_error(method, path, &reply));
+        }
+        reply.json(path)
+    }
+
+    /// `GET /`: proves the server answers and the credentials work.
+    pub async fn ping(&self) -> Result<(), SearchError> {
+        self.json(Method::Get, "/", None).await.map(|_| ())
+    }
+
+    /// The physical indices an alias points to; empty when the alias does not exist.
+    pub async fn alias_targets(&self, alias: &str) -> Result<Vec<String>, SearchError> {
+        let path = format!("/_alias/{alias}");
+        let reply = self.request(Method::Get, &path, None, false).await?;
+        if reply.status == 404 {
+            return Ok(Vec::new());
+        }
+        if !(200..300).contains(&reply.status) {
+            return Err(status_error(Method::Get, &path, &reply));
+        }
+        let v = reply.json(&path)?;
+        let mut names: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether a physical index exists.
+    pub async fn index_exists(&self, index: &str) -> Result<bool, SearchError> {
+        let reply = self.request(Method::Head, &format!("/{index}"), None, false).await?;
+        Ok((200..300).contains(&reply.status))
+    }
+
+    /// Names of existing indices matching `pattern` (e.g. `students_*`).
+    pub async fn indices(&self, pattern: &str) -> Result<Vec<String>, SearchError> {
+        let path = format!("/_cat/indices/{pattern}?format=json&h=index");
+        let reply = self.request(Method::Get, &path, None, false).await?;
+        if reply.status == 404 {
+            return Ok(Vec::new());
+        }
+        if !(200..300).contains(&reply.status) {
+            return Err(status_error(Method::Get, &path, &reply));
+        }
+        let v = reply.json(&path)?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(|r| r["index"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default())
+    }
+
+    /// Document count of an index or alias (after a refresh when asked).
+    pub async fn count(&self, target: &str) -> Result<u64, SearchError> {
+        let v = self.json(Method::Get, &format!("/{target}/_count"), None).await?;
+        v["count"].as_u64().ok_or_else(|| SearchError::Malformed {
+            path: format!("/{target}/_count"),
+            reason: "no count in the answer".into(),
+        })
+    }
+
+    pub async fn refresh(&self, target: &str) -> Result<(), SearchError> {
+        self.json(Method::Post, &format!("/{target}/_refresh"), None).await.map(|_| ())
+    }
+}
+
+pub(crate) fn status_error(method: Method, path: &str, reply: &Reply) -> SearchError {
+    let reason = serde_json::from_slice::<Value>(&reply.body)
+        .ok()
+        .and_then(|v| {
+            let e = &v["error"];
+            let ty = e["type"].as_str().or_else(|| e.as_str())?;
+            Some(match e["reason"].as_str() {
+                Some(r) => format!("{ty}: {r}"),
+                None => ty.to_string(),
+            })
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)]).into_owned());
+    SearchError::Status { method: format!("{method:?}").to_uppercase(), path: path.to_string(), status: reply.status, reason }
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// Transport errors quote the request URL; ours carries no credentials, but strip any
+/// `user:pass@` defensively in case a client library ever adds one back.
+fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for word in message.split_inclusive(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+        if word.contains("://") && word.contains('@') {
+            let trimmed = word.trim_end_matches(|c: char| c.is_whitespace() || c == ')' || c == '(');
+            out.push_str(&redact_url(trimmed));
+            out.push_str(&word[trimmed.len()..]);
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scrub_removes_userinfo() {
+        let s = super::scrub("error sending request for url (http://u:hunter2@h:9200/_bulk)");
+        assert!(!s.contains("hunter2"), "{s}");
+    }
+}

@@ -1,0 +1,216 @@
+//! tidemark's jobs and the processes that run them: the only crate that touches apalis,
+//! so a change of apalis's API touches this file alone.
+//!
+//! Redis carries *when* and *who* (nudges and ticks); PostgreSQL carries *what* (the dirty
+//! marks). A job therefore carries no data: it says "look for work". Losing every job loses
+//! nothing: the next scheduler tick finds every mark.
+//!
+//! Jobs do not pile up: a nudge enqueues a job only if no job is already waiting (a Redis
+//! `SET NX` flag, cleared by the worker that starts the job). A job that finds more work
+//! than one batch nudges again before it starts working, so idle workers join in at once.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use apalis_cron::{CronScheduler, Schedule, Tick};
+use apalis_redis::{ConnectionManager, RedisStorage};
+use serde::{Deserialize, Serialize};
+
+/// "Look for work." Why it was enqueued is kept for the logs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncJob {
+    pub reason: String,
+}
+
+/// What a worker runs for each [`SyncJob`]. Implemented by the core engine; kept as a trait
+/// so this crate knows nothing of PostgreSQL or the search server.
+pub trait SyncRunner: Send + Sync + 'static {
+    fn run(&self, job: SyncJob) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("Redis at {url} is unreachable ({reason}); check REDIS_URL and that Redis is up")]
+    Unreachable { url: String, reason: String },
+    #[error("Redis command failed: {0}")]
+    Command(String),
+    #[error("worker stopped with an error: {0}")]
+    Worker(String),
+}
+
+/// The sync queue in one Redis namespace.
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    storage: RedisStorage<SyncJob>,
+    /// Set while a job waits to be picked up.
+    pending_key: String,
+    /// The apalis list of waiting jobs (its depth is the queue depth).
+    waiting_list: String,
+    url: String,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("url", &self.url).field("pending_key", &self.pending_key).finish()
+    }
+}
+
+/// How long a "job waiting" flag lives if its job is lost with Redis's data: a nudge after
+/// that enqueues afresh.
+const PENDING_TTL_SECS: u64 = 30;
+
+impl Queue {
+    /// Connects once. `redacted_url` is what messages show (the caller strips the password).
+    pub async fn connect(url: &str, redacted_url: &str, namespace: &str) -> Result<Queue, QueueError> {
+        let unreachable = |e: &dyn std::fmt::Display| QueueError::Unreachable {
+            url: redacted_url.to_string(),
+            reason: scrub(&e.to_string(), url),
+        };
+        let client = apalis_redis::Client::open(url).map_err(|e| unreachable(&e))?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, cfg).await.map_err(|e| unreachable(&e))?;
+        // Name the queue explicitly: apalis's default is the Rust type path, which moves
+        // when the type moves.
+        let config = apalis_redis::Config::default()
+            .queue(format!("{namespace}:sync"))
+            .persist_results(false)
+            .heartbeat_interval(Duration::from_secs(5));
+        let waiting_list = config.active_jobs_list();
+        let storage = RedisStorage::new(conn.clone()).with_config(config);
+        let mut q = Queue { conn, storage, pending_key: format!("{namespace}:sync:pending"), waiting_list, url: redacted_url.to_string() };
+        q.ping().await?;
+        Ok(q)
+    }
+
+    async fn ping(&mut self) -> Result<(), QueueError> {
+        redis::cmd("PING").query_async::<String>(&mut self.conn).await.map(|_| ()).map_err(|e| QueueError::Unreachable {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Enqueues a sync unless one is already waiting. Returns whether it enqueued.
+    pub async fn nudge(&self, reason: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&self.pending_key)
+            .arg(reason)
+            .arg("NX")
+            .arg("EX")
+            .arg(PENDING_TTL_SECS)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| QueueError::Command(e.to_string()))?;
+        if set.is_none() {
+            return Ok(false);
+        }
+        let mut storage = self.storage.clone();
+        if let Err(e) = storage.push(SyncJob { reason: reason.to_string() }).await {
+            // Do not leave a flag for a job that does not exist.
+            let _: Result<(), _> = redis::cmd("DEL").arg(&self.pending_key).query_async(&mut conn).await;
+            return Err(QueueError::Command(e.to_string()));
+        }
+        Ok(true)
+    }
+
+    /// Jobs waiting to be picked up.
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("LLEN").arg(&self.waiting_list).query_async(&mut conn).await.map_err(|e| QueueError::Command(e.to_string()))
+    }
+
+    async fn job_started(&self) {
+        let mut conn = self.conn.clone();
+        if let Err(e) = redis::cmd("DEL").arg(&self.pending_key).query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "could not clear the waiting-job flag; it expires by itself");
+        }
+    }
+}
+
+async fn handle_sync<R: SyncRunner>(job: SyncJob, runner: Data<Arc<R>>, queue: Data<Queue>) -> Result<(), BoxDynError> {
+    queue.job_started().await;
+    runner.run(job).await.map_err(|e| -> BoxDynError { e.into() })
+}
+
+/// Runs sync jobs, `concurrency` at a time, until `shutdown` completes; then stops taking
+/// jobs and lets the running ones finish.
+pub async fn run_worker<R: SyncRunner>(
+    queue: Queue,
+    runner: Arc<R>,
+    name: &str,
+    concurrency: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), QueueError> {
+    let worker = WorkerBuilder::new(name)
+        .backend(queue.storage.clone())
+        .concurrency(concurrency)
+        .data(runner)
+        .data(queue.clone())
+        .build(handle_sync::<R>);
+    worker.run_until(async move {
+        shutdown.await;
+        Ok::<(), std::io::Error>(())
+    })
+    .await
+    .map_err(|e| QueueError::Worker(e.to_string()))
+}
+
+/// Ticks every `interval` (whole seconds), each tick a nudge.
+#[derive(Clone, Debug)]
+struct Every {
+    interval: u64,
+    next: u64,
+}
+
+impl<Tz> Schedule<Tz> for Every {
+    fn next_tick(&mut self, _tz: &Tz) -> Option<Tick<Tz>> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        // Never a tick in the past (a slow tick must not make the next one fire late and
+        // then in a burst).
+        self.next = (self.next + self.interval).max(now + 1);
+        Some(Tick::new(self.next))
+    }
+}
+
+async fn handle_tick(_tick: Tick, queue: Data<Queue>) -> Result<(), BoxDynError> {
+    match queue.nudge("tick").await {
+        Ok(enqueued) => tracing::debug!(enqueued, "scheduler tick"),
+        Err(e) => tracing::warn!(error = %e, "scheduler tick could not enqueue a sync; next tick tries again"),
+    }
+    Ok(())
+}
+
+/// Enqueues a sync every `interval` until `shutdown` completes.
+pub async fn run_scheduler(queue: Queue, interval: Duration, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), QueueError> {
+    let schedule = Every { interval: interval.as_secs().max(1), next: 0 };
+    let worker = WorkerBuilder::new("tidemark-scheduler")
+        .backend(CronScheduler::new(schedule))
+        .data(queue)
+        .build(handle_tick);
+    worker.run_until(async move {
+        shutdown.await;
+        Ok::<(), std::io::Error>(())
+    })
+    .await
+    .map_err(|e| QueueError::Worker(e.to_string()))
+}
+
+/// Redis errors may quote the URL they were given; never let its password through.
+fn scrub(message: &str, url: &str) -> String {
+    let mut m = message.to_string();
+    if let Some(at) = url.find('@') {
+        if let Some(scheme_end) = url.find("://") {
+            let userinfo = &url[scheme_end + 3..at];
+            if let Some((_, pass)) = userinfo.split_once(':') {
+                if !pass.is_empty() {
+                    m = m.replace(pass, "***");
+                }
+            }
+        }
+    }
+    m
+}
