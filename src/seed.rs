@@ -261,6 +261,7 @@ struct CopySink<'c> {
     copy: PgCopyIn<&'c mut PgConnection>,
     buf: Vec<u8>,
     table: &'static str,
+    started: Instant,
 }
 
 impl<'c> CopySink<'c> {
@@ -277,6 +278,7 @@ impl<'c> CopySink<'c> {
             copy,
             buf: Vec::with_capacity(COPY_CHUNK_BYTES + 4096),
             table,
+            started: Instant::now(),
         })
     }
 
@@ -326,6 +328,12 @@ impl<'c> CopySink<'c> {
             .finish()
             .await
             .map_err(db_error("finishing a COPY"))?;
+        tracing::debug!(
+            table,
+            rows = actual,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "COPY done (including its statement triggers)"
+        );
         if actual != expected {
             return Err(SeedError::RowCount {
                 table,
@@ -423,11 +431,11 @@ fn age_weight(age: u8) -> f64 {
 
 /// Weights over `[no university, university 1 (MIT), university 2, …]`.
 pub(crate) fn university_weights(universities: usize) -> Vec<f64> {
+    if universities == 0 {
+        return vec![1.0];
+    }
     let mut weights = Vec::with_capacity(universities + 1);
     weights.push(NO_UNIVERSITY_SHARE);
-    if universities == 0 {
-        return weights;
-    }
     let others: Vec<f64> = (2..=universities)
         .map(|rank| (rank as f64).powf(-ZIPF_EXPONENT))
         .collect();

@@ -31,16 +31,22 @@ tidemark_services() (
   die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
   # Install Debian packages; `apt-get update` runs once per invocation, before the
-  # first install, because a fresh machine has no package lists.
+  # first install, because a fresh machine has no package lists. dpkg is chatty, so
+  # its output goes to $cache/apt.log and is shown only when something fails.
   apt_install() {
     [[ $(id -u) -eq 0 ]] || die "need root to apt-get install $*"
+    local aptlog="$cache/apt.log"
     if [[ $apt_updated -eq 0 ]]; then
       log "apt-get update"
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive apt-get update -q >"$aptlog" 2>&1 \
+        || die "apt-get update failed; tail of $aptlog:
+$(tail -n 20 "$aptlog")"
       apt_updated=1
     fi
-    log "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 9>&-
+    log "apt-get install $* (log: $aptlog)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >>"$aptlog" 2>&1 9>&- \
+      || die "apt-get install $* failed; tail of $aptlog:
+$(tail -n 20 "$aptlog")"
   }
 
   # Install the package providing a command only if the command is missing.
@@ -173,7 +179,7 @@ $(tail -n 20 /var/log/redis/ci.log 2>/dev/null)"
     else
       # osmem ships as a binary inside a PyPI wheel: install it into a private venv.
       if ! "$venv/bin/python" -c "import osmem_server, sys; sys.exit(osmem_server.__version__ != '$osmem_version')" 2>/dev/null; then
-        need_cmd python3 python3
+        command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
         # Debian's python3 lacks ensurepip until python3-venv is installed; a failed
         # `python3 -m venv` leaves a half-made venv behind, so remove it and retry.
         rm -rf "$venv"
@@ -183,7 +189,8 @@ $(tail -n 20 /var/log/redis/ci.log 2>/dev/null)"
           python3 -m venv "$venv" >&2
         fi
         log "osmem: pip install osmem-server==$osmem_version into $venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "osmem-server==$osmem_version" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "osmem-server==$osmem_version" >&2 \
+          || die "pip install osmem-server==$osmem_version failed (see above)"
       fi
       local bin
       bin=$("$venv/bin/python" -c 'import osmem_server; print(osmem_server.resolve_binary())')

@@ -1,0 +1,533 @@
+//! Self-test of the fault-injecting proxy, against a real search server (osmem).
+//!
+//! Needs `ELASTICSEARCH_URL` (start the services with `deploy/local/services.sh`).
+
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use fault_proxy::{FaultProxy, FaultStats, Faults};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn es_url() -> String {
+    match std::env::var("ELASTICSEARCH_URL") {
+        Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_string(),
+        _ => panic!(
+            "ELASTICSEARCH_URL is not set: these tests need a real search server (osmem). \
+             Run `deploy/local/services.sh` to start the test services and export the \
+             ELASTICSEARCH_URL it prints (e.g. http://127.0.0.1:9200)."
+        ),
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn unique_index(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("fault_proxy_{tag}_{}_{nanos}", std::process::id())
+}
+
+async fn create_index(c: &reqwest::Client, base: &str, index: &str) {
+    let r = c
+        .put(format!("{base}/{index}"))
+        .json(&json!({"mappings": {"properties": {"n": {"type": "integer"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "create {index}: {} {}", r.status(), r.text().await.unwrap());
+}
+
+async fn delete_index(c: &reqwest::Client, index: &str) {
+    let r = c.delete(format!("{}/{index}", es_url())).send().await.unwrap();
+    assert!(r.status().is_success(), "delete {index}: {}", r.status());
+}
+
+async fn bulk(c: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
+    let r = c
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+async fn count(c: &reqwest::Client, index: &str) -> u64 {
+    let r: Value = c
+        .get(format!("{}/{index}/_count", es_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["count"].as_u64().unwrap_or_else(|| panic!("bad _count answer {r}"))
+}
+
+/// Ids among `ids` that exist in `index`, read directly from the server.
+async fn existing(c: &reqwest::Client, index: &str, ids: &[String]) -> BTreeSet<String> {
+    let r: Value = c
+        .post(format!("{}/{index}/_mget", es_url()))
+        .json(&json!({ "ids": ids }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let docs = r["docs"].as_array().unwrap_or_else(|| panic!("bad _mget answer {r}"));
+    assert_eq!(docs.len(), ids.len());
+    docs.iter()
+        .filter(|d| d["found"] == json!(true))
+        .map(|d| d["_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_injected_429(item: &Value, op: &str, index: &str, id: &str) {
+    let inner = &item[op];
+    assert_eq!(inner["status"], json!(429), "{item}");
+    assert_eq!(inner["_index"], json!(index), "{item}");
+    assert_eq!(inner["_id"], json!(id), "{item}");
+    assert_eq!(inner["error"]["type"], json!("es_rejected_execution_exception"), "{item}");
+    assert_eq!(inner["error"]["reason"], json!("rejected execution (injected by fault proxy)"), "{item}");
+}
+
+#[tokio::test]
+async fn bulk_item_429_rejects_exactly_the_reported_items() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("bulk429");
+    create_index(&c, &proxy.url(), &index).await;
+
+    proxy.set(Faults { bulk_item_429: 0.3, only_path: Some("_bulk".into()), ..Faults::default() });
+    let mut body = String::new();
+    for i in 0..100 {
+        body.push_str(&format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n{{\"n\":{i}}}\n"));
+    }
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
+    assert_eq!(status, 200, "{resp}");
+    let items = resp["items"].as_array().unwrap();
+    assert_eq!(items.len(), 100);
+    let mut rejected = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let id = i.to_string();
+        assert_eq!(item["index"]["_id"], json!(id), "item {i} out of place: {item}");
+        if item["index"]["status"] == json!(429) {
+            assert_injected_429(item, "index", &index, &id);
+            rejected.insert(id);
+        } else {
+            assert_eq!(item["index"]["status"], json!(201), "{item}");
+        }
+    }
+    assert!(!rejected.is_empty() && rejected.len() < 100, "{} rejected", rejected.len());
+    assert_eq!(resp["errors"], json!(true));
+    assert_eq!(
+        proxy.stats(),
+        FaultStats { forwarded: 2, items_429: rejected.len() as u64, ..FaultStats::default() }
+    );
+
+    // The server holds exactly the items that were not rejected.
+    assert_eq!(count(&c, &index).await, 100 - rejected.len() as u64);
+    let ids: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let found = existing(&c, &index, &ids).await;
+    let expected: BTreeSet<String> = ids.iter().filter(|id| !rejected.contains(*id)).cloned().collect();
+    assert_eq!(found, expected);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn bulk_item_429_splits_deletes_and_other_ops_correctly() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("bulkmixed");
+    create_index(&c, &es, &index).await;
+
+    // 40 documents to delete, written directly.
+    let mut seed = String::new();
+    for i in 0..40 {
+        seed.push_str(&format!("{{\"index\":{{\"_id\":\"d{i}\"}}}}\n{{\"n\":{i}}}\n"));
+    }
+    let (status, resp) = bulk(&c, &format!("{es}/{index}/_bulk?refresh=true"), seed).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+
+    // Through the proxy, on `/_bulk` with `_index` in the metadata: delete d_i (no source
+    // line), then index / create / update (with source lines), interleaved.
+    proxy.set(Faults { bulk_item_429: 0.5, ..Faults::default() });
+    let mut body = String::new();
+    let mut expected_ops = Vec::new();
+    for i in 0..40 {
+        body.push_str(&format!("{{\"delete\":{{\"_index\":\"{index}\",\"_id\":\"d{i}\"}}}}\n"));
+        expected_ops.push(("delete", format!("d{i}")));
+        let (op, source) = match i % 3 {
+            0 => ("index", format!("{{\"n\":{i}}}")),
+            1 => ("create", format!("{{\"n\":{i}}}")),
+            _ => ("update", format!("{{\"doc\":{{\"n\":{i}}},\"doc_as_upsert\":true}}")),
+        };
+        body.push_str(&format!("{{\"{op}\":{{\"_index\":\"{index}\",\"_id\":\"n{i}\"}}}}\n{source}\n"));
+        expected_ops.push((op, format!("n{i}")));
+    }
+    let (status, resp) = bulk(&c, &format!("{}/_bulk?refresh=wait_for", proxy.url()), body).await;
+    assert_eq!(status, 200, "{resp}");
+    let items = resp["items"].as_array().unwrap();
+    assert_eq!(items.len(), 80);
+    let mut rejected = BTreeSet::new();
+    for (item, (op, id)) in items.iter().zip(&expected_ops) {
+        let obj = item.as_object().unwrap();
+        assert_eq!(obj.keys().collect::<Vec<_>>(), vec![op], "{item}");
+        assert_eq!(item[*op]["_id"], json!(id), "{item}");
+        match item[*op]["status"].as_u64().unwrap() {
+            429 => {
+                assert_injected_429(item, op, &index, id);
+                rejected.insert(id.clone());
+            }
+            200 | 201 => {}
+            other => panic!("unexpected status {other}: {item}"),
+        }
+    }
+    assert!(!rejected.is_empty() && rejected.len() < 80);
+    assert_eq!(resp["errors"], json!(true));
+    assert_eq!(proxy.stats().items_429, rejected.len() as u64);
+    assert_eq!(proxy.stats().forwarded, 1);
+
+    // d_i survives iff its delete was rejected; n_i exists iff its write was not.
+    let ids: Vec<String> = expected_ops.iter().map(|(_, id)| id.clone()).collect();
+    let found = existing(&c, &index, &ids).await;
+    let expected: BTreeSet<String> = ids
+        .iter()
+        .filter(|id| id.starts_with('d') == rejected.contains(*id))
+        .cloned()
+        .collect();
+    assert_eq!(found, expected);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn bulk_all_items_rejected_is_answered_without_forwarding() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("bulkall");
+    create_index(&c, &es, &index).await;
+
+    proxy.set(Faults { bulk_item_429: 1.0, ..Faults::default() });
+    let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n{\"delete\":{\"_id\":\"b\"}}\n".to_string();
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(resp["errors"], json!(true));
+    let items = resp["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_injected_429(&items[0], "index", &index, "a");
+    assert_injected_429(&items[1], "delete", &index, "b");
+    assert_eq!(proxy.stats(), FaultStats { items_429: 2, ..FaultStats::default() });
+    assert_eq!(count(&c, &index).await, 0);
+
+    // Not a bulk body we can split faithfully (no final newline): forwarded untouched,
+    // the server judges it.
+    let (status, _) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), "{\"index\":{}}\n{}".into()).await;
+    assert_eq!(status, 400);
+    assert_eq!(proxy.stats().forwarded, 1);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("failnext");
+    create_index(&c, &es, &index).await;
+    let count_url = format!("{}/{index}/_count", proxy.url());
+
+    proxy.set(Faults { fail_next: 2, ..Faults::default() });
+    for _ in 0..2 {
+        let r = c.get(&count_url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"error":{"type":"unavailable_shards_exception","reason":"injected by fault proxy"},"status":503})
+        );
+    }
+    let r = c.get(&count_url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 1, unavailable: 2, ..FaultStats::default() });
+
+    // only_path: fail_next and probabilities apply to matching paths only.
+    proxy.set(Faults { fail_next: 1, unavailable: 1.0, only_path: Some("_bulk".into()), ..Faults::default() });
+    for _ in 0..3 {
+        assert_eq!(c.get(&count_url).send().await.unwrap().status().as_u16(), 200);
+    }
+    let body = "{\"index\":{\"_id\":\"x\"}}\n{\"n\":1}\n".to_string();
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body.clone()).await;
+    assert_eq!((status, resp["status"].clone()), (503, json!(503)));
+    let (status, _) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body.clone()).await;
+    assert_eq!(status, 503);
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 4, unavailable: 4, ..FaultStats::default() });
+
+    proxy.clear();
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    assert_eq!(count(&c, &index).await, 1);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn unavailable_probability_is_applied_per_request() {
+    let proxy = FaultProxy::start(&es_url()).await;
+    let c = client();
+    proxy.set(Faults { unavailable: 0.5, ..Faults::default() });
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for _ in 0..200 {
+        match c.get(proxy.url()).send().await.unwrap().status().as_u16() {
+            200 => ok += 1,
+            503 => failed += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(ok > 30 && failed > 30, "ok {ok}, failed {failed}");
+    assert_eq!(proxy.stats(), FaultStats { forwarded: ok, unavailable: failed, ..FaultStats::default() });
+}
+
+#[tokio::test]
+async fn reset_is_a_connection_error_and_the_client_recovers() {
+    let proxy = FaultProxy::start(&es_url()).await;
+    let c = client();
+    // A first request leaves a pooled keep-alive connection behind.
+    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+
+    proxy.set(Faults { reset: 1.0, ..Faults::default() });
+    for _ in 0..3 {
+        let err = c.get(proxy.url()).send().await.expect_err("a reset must be an error");
+        assert!(err.is_request() || err.is_connect(), "{err:?}");
+        assert!(err.status().is_none());
+        // A reset (RST), not a clean close.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        let mut reset = false;
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                reset |= io.kind() == std::io::ErrorKind::ConnectionReset;
+            }
+            source = e.source();
+        }
+        assert!(reset, "expected ConnectionReset somewhere in {err:?}");
+    }
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 1, resets: 3, ..FaultStats::default() });
+
+    proxy.clear();
+    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(proxy.stats().forwarded, 2);
+}
+
+#[tokio::test]
+async fn slow_delays_requests() {
+    let proxy = FaultProxy::start(&es_url()).await;
+    let c = client();
+    let delay = Duration::from_millis(400);
+    proxy.set(Faults { slow: 1.0, delay, ..Faults::default() });
+    let started = Instant::now();
+    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 1, slowed: 1, ..FaultStats::default() });
+
+    // A client timeout shorter than the delay sees a timeout.
+    let err = c
+        .get(proxy.url())
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await
+        .expect_err("must time out");
+    assert!(err.is_timeout(), "{err:?}");
+
+    proxy.set(Faults { slow: 1.0, delay, only_path: Some("_bulk".into()), ..Faults::default() });
+    let started = Instant::now();
+    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert!(started.elapsed() < delay, "{:?}", started.elapsed());
+}
+
+/// Writes raw bytes on one connection and reads until the server closes it.
+async fn raw_exchange(url: &str, request: &[u8]) -> String {
+    raw_exchange_with(url, request, false).await
+}
+
+/// Like `raw_exchange`; with `half_close`, also shuts down our writing side (the
+/// request is truncated for good).
+async fn raw_exchange_with(url: &str, request: &[u8], half_close: bool) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    if half_close {
+        s.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy must close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("raw");
+    create_index(&c, &es, &index).await;
+
+    // Three pipelined requests on one connection, the last one closing it.
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /{index}/_count HTTP/1.1\r\nHost: x\r\n\r\n\
+         HEAD /{index} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let out = raw_exchange(&proxy.url(), req.as_bytes()).await;
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{out}");
+    assert!(out.contains("\"count\":0"), "{out}");
+    assert!(out.ends_with("\r\n\r\n"), "HEAD answer must have no body: {out}");
+
+    // A chunked `_bulk` body with Expect: 100-continue, with faults on.
+    proxy.set(Faults { bulk_item_429: 0.5, ..Faults::default() });
+    let ndjson = "{\"index\":{\"_id\":\"1\"}}\n{\"n\":1}\n{\"index\":{\"_id\":\"2\"}}\n{\"n\":2}\n";
+    let (a, b) = ndjson.split_at(17);
+    let req = format!(
+        "POST /{index}/_bulk?refresh=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n\
+         Transfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n\
+         {:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: t\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let out = raw_exchange(&proxy.url(), req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{out}");
+    let json_start = out.find("\r\n\r\n{").expect("a JSON body") + 4;
+    let head = out[..json_start].to_ascii_lowercase();
+    let resp: Value = serde_json::from_str(&out[json_start..]).unwrap();
+    assert!(head.contains(&format!("content-length: {}\r\n", out.len() - json_start)), "{out}");
+    assert!(!head.contains("transfer-encoding"), "{out}");
+    let statuses: Vec<u64> = resp["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["index"]["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 2);
+    let accepted = statuses.iter().filter(|s| **s == 201).count() as u64;
+    assert_eq!(statuses.len() as u64 - accepted, proxy.stats().items_429);
+    assert_eq!(count(&c, &index).await, accepted);
+    proxy.clear();
+
+    // Malformed input gets a 400 and a closed connection; the proxy keeps serving.
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        let out = raw_exchange(&proxy.url(), garbage).await;
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    }
+    let out = raw_exchange(&proxy.url(), b"GET / HTTP/2.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 505 "), "{out}");
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000));
+    let out = raw_exchange(&proxy.url(), long.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+    // Truncated requests: the peer goes away, nothing to answer.
+    assert_eq!(raw_exchange_with(&proxy.url(), b"GET / HTT", true).await, "");
+    let truncated = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+    assert_eq!(raw_exchange_with(&proxy.url(), truncated, true).await, "");
+    // HTTP/1.0 without keep-alive is closed after the answer.
+    let out = raw_exchange(&proxy.url(), b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn dropping_the_proxy_stops_it() {
+    let proxy = FaultProxy::start(&es_url()).await;
+    let url = proxy.url();
+    let addr = url.trim_start_matches("http://").to_string();
+    // An idle keep-alive connection, open when the proxy is dropped.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+
+    drop(proxy);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(TcpStream::connect(&addr).await.is_err(), "listener still open after drop");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "open connection not closed after drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_proxies_in_parallel_under_concurrent_load() {
+    let es = es_url();
+    let mut handles = Vec::new();
+    for p in 0..4 {
+        let es = es.clone();
+        handles.push(tokio::spawn(async move {
+            let proxy = FaultProxy::start(&es).await;
+            proxy.set(Faults { unavailable: 0.2, ..Faults::default() });
+            let c = client();
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let (c, url) = (c.clone(), proxy.url());
+                tasks.push(tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    for _ in 0..25 {
+                        match c.get(&url).send().await.unwrap().status().as_u16() {
+                            200 => ok += 1,
+                            503 => failed += 1,
+                            other => panic!("status {other}"),
+                        }
+                    }
+                    (ok, failed)
+                }));
+            }
+            let (mut ok, mut failed) = (0, 0);
+            for t in tasks {
+                let (o, f) = t.await.unwrap();
+                ok += o;
+                failed += f;
+            }
+            assert_eq!(ok + failed, 200, "proxy {p}");
+            assert_eq!(proxy.stats(), FaultStats { forwarded: ok, unavailable: failed, ..FaultStats::default() });
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+}

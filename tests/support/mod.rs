@@ -1,0 +1,334 @@
+//! Test support: every test gets its own database, Redis namespace and index alias on the
+//! real services that `deploy/local/test.sh` provides, and an *independent* oracle: the
+//! expected document of a student is built here in SQL, not with tidemark's own code.
+#![allow(dead_code)]
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tidemark::{config::Config, engine::Engine, search::Search};
+
+pub fn service_url(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `deploy/local/test.sh`, which starts PostgreSQL, Redis and osmem and sets it")
+    })
+}
+
+pub struct Env {
+    pub db_name: String,
+    pub database_url: String,
+    pub redis_url: String,
+    pub es_url: String,
+    pub alias: String,
+    pub namespace: String,
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub search: Search,
+    http: reqwest::Client,
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:x}{:06x}", std::process::id() & 0xffff, rand::random::<u32>() & 0xffffff)
+}
+
+/// The database URL with its path replaced by `db`.
+fn with_db(base: &str, db: &str) -> String {
+    let mut u = url::Url::parse(base).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        Env::with_config(|_| {}).await
+    }
+
+    pub async fn with_config(tweak: impl FnOnce(&mut Config)) -> Env {
+        let base = service_url("DATABASE_URL");
+        let redis_url = service_url("REDIS_URL");
+        let es_url = service_url("ELASTICSEARCH_URL");
+        let id = unique("t");
+        let db_name = format!("tidemark_test_{id}");
+        let admin = PgPoolOptions::new().max_connections(1).connect(&base).await.expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await.expect("create test database");
+        admin.close().await;
+        let database_url = with_db(&base, &db_name);
+        let pool = PgPoolOptions::new().max_connections(8).connect(&database_url).await.expect("connect to test database");
+        tidemark::db::migrate(&pool).await.expect("migrations");
+        let alias = format!("{id}_students");
+        let mut config = Config::default();
+        config.database_url = Some(tidemark::config::Secret::new(database_url.clone()));
+        config.redis_url = Some(tidemark::config::Secret::new(redis_url.clone()));
+        config.elasticsearch_url = Some(tidemark::config::Secret::new(es_url.clone()));
+        config.index_alias = alias.clone();
+        config.queue_namespace = id.clone();
+        // Small batches so tests exercise many batches; quick retries.
+        config.sync.batch_size = 500;
+        config.sync.backoff_base = "20ms".parse().unwrap();
+        config.sync.backoff_cap = "500ms".parse().unwrap();
+        config.sync.max_attempts = 8;
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let search = Search::new(&config).expect("search client");
+        Env {
+            db_name,
+            database_url,
+            redis_url,
+            es_url,
+            alias,
+            namespace: id,
+            pool,
+            config: Arc::new(config),
+            search,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// An in-process engine without a queue (drains directly).
+    pub fn engine(&self) -> Engine {
+        Engine::new(self.pool.clone(), self.search.clone(), self.config.clone(), None)
+    }
+
+    pub fn engine_with(&self, tweak: impl FnOnce(&mut Config)) -> Engine {
+        let mut c = (*self.config).clone();
+        tweak(&mut c);
+        Engine::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c), None)
+    }
+
+    /// The `tidemark` binary with this test's services in its environment.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        c.env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", &self.redis_url)
+            .env("ELASTICSEARCH_URL", &self.es_url)
+            .env("TIDEMARK_INDEX_ALIAS", &self.alias)
+            .env("TIDEMARK_QUEUE_NAMESPACE", &self.namespace)
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    /// Starts a long-running subcommand (worker, scheduler) whose stderr is captured.
+    pub fn spawn(&self, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Proc {
+        let mut c = self.command();
+        c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        tweak(&mut c);
+        Proc::start(c)
+    }
+
+    pub async fn sql(&self, q: &str) {
+        sqlx::raw_sql(q).execute(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"));
+    }
+
+    pub async fn scalar_i64(&self, q: &str) -> i64 {
+        sqlx::query_scalar(q).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"))
+    }
+
+    /// The document tidemark must have indexed for each existing student, built in SQL
+    /// independently of tidemark's loader.
+    pub async fn expected_docs(&self) -> std::collections::BTreeMap<i64, Value> {
+        let rows: Vec<(i64, Value)> = sqlx::query_as(
+            r#"SELECT s.id, json_build_object(
+                   'first_name', s.first_name,
+                   'last_name', s.last_name,
+                   'age', s.age,
+                   'year_in_school', s.year_in_school::text,
+                   'university', CASE WHEN u.id IS NULL THEN NULL ELSE json_build_object('id', u.id, 'name', u.name) END,
+                   'course_names', coalesce((SELECT json_agg(n ORDER BY n COLLATE "C")
+                                               FROM (SELECT DISTINCT c.name AS n FROM student_courses sc
+                                                      JOIN courses c ON c.id = sc.course_id WHERE sc.student_id = s.id) x),
+                                            '[]'::json),
+                   'name_complete', json_build_object('input', json_build_array(s.first_name, s.last_name, s.first_name || ' ' || s.last_name))
+               )::jsonb::json
+               FROM students s LEFT JOIN universities u ON u.id = s.university_id"#,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("expected documents");
+        rows.into_iter().collect()
+    }
+
+    async fn es(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.es_url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("search server answers");
+        let status = resp.status().as_u16();
+        let v = resp.json().await.unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    pub async fn es_json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.es(method, path, body).await;
+        assert!((200..300).contains(&status), "{path}: HTTP {status}: {v}");
+        v
+    }
+
+    /// One document as the index holds it (after a refresh), or None.
+    pub async fn doc(&self, id: i64) -> Option<Value> {
+        let (status, v) = self.es(reqwest::Method::GET, &format!("/{}/_doc/{id}", self.alias), None).await;
+        (status == 200 && v["found"] == json!(true)).then(|| v["_source"].clone())
+    }
+
+    /// Every document behind the alias, by id (scrolls, so any size works).
+    pub async fn indexed_docs(&self) -> std::collections::BTreeMap<i64, Value> {
+        self.refresh().await;
+        let mut out = std::collections::BTreeMap::new();
+        let mut page = self
+            .es_json(reqwest::Method::POST, &format!("/{}/_search?scroll=1m", self.alias), Some(json!({"size": 5000, "query": {"match_all": {}}})))
+            .await;
+        loop {
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            for h in hits {
+                out.insert(h["_id"].as_str().unwrap().parse().unwrap(), h["_source"].clone());
+            }
+            let scroll_id = page["_scroll_id"].as_str().expect("scroll id").to_string();
+            page = self
+                .es_json(reqwest::Method::POST, "/_search/scroll", Some(json!({"scroll": "1m", "scroll_id": scroll_id})))
+                .await;
+        }
+        out
+    }
+
+    pub async fn refresh(&self) {
+        let _ = self.es(reqwest::Method::POST, &format!("/{}/_refresh", self.alias), None).await;
+    }
+
+    pub async fn count(&self, query: Value) -> u64 {
+        self.refresh().await;
+        let v = self.es_json(reqwest::Method::POST, &format!("/{}/_count", self.alias), Some(json!({"query": query}))).await;
+        v["count"].as_u64().unwrap()
+    }
+
+    /// Asserts the index equals the database, document by document, and prints the first
+    /// differences when it does not.
+    pub async fn assert_converged(&self) {
+        let expected = self.expected_docs().await;
+        let actual = self.indexed_docs().await;
+        let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(k)).take(5).collect();
+        let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(k)).take(5).collect();
+        let differing: Vec<_> = expected
+            .iter()
+            .filter(|(k, v)| actual.get(k).is_some_and(|a| a != *v))
+            .take(3)
+            .map(|(k, v)| format!("{k}: expected {v}, index has {}", actual[k]))
+            .collect();
+        assert!(
+            missing.is_empty() && extra.is_empty() && differing.is_empty(),
+            "index differs from database ({} expected, {} indexed): missing {missing:?}, extra {extra:?}, differing {differing:#?}",
+            expected.len(),
+            actual.len()
+        );
+    }
+
+    /// Polls `check` until it holds or `timeout` passes.
+    pub async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+
+    /// Drops the index and database (best effort; test.sh also sweeps leftovers).
+    pub async fn cleanup(self) {
+        for index in self.search.alias_targets(&self.alias).await.unwrap_or_default() {
+            let _ = self.es(reqwest::Method::DELETE, &format!("/{index}"), None).await;
+        }
+        let _ = self.es(reqwest::Method::DELETE, &format!("/{}_*", self.alias), None).await;
+        self.pool.close().await;
+        if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&service_url("DATABASE_URL")).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).execute(&admin).await;
+        }
+    }
+}
+
+/// Inserts a small, known directory: universities MIT and KPI, courses CS101 and MATH201.
+pub async fn small_directory(env: &Env) {
+    env.sql(
+        "INSERT INTO universities (id, name) VALUES (1, 'MIT'), (2, 'KPI');
+         INSERT INTO courses (id, name) VALUES (1, 'CS101'), (2, 'MATH201');
+         SELECT setval(pg_get_serial_sequence('universities', 'id'), 2);
+         SELECT setval(pg_get_serial_sequence('courses', 'id'), 2);",
+    )
+    .await;
+}
+
+/// A child process whose stderr is collected in the background.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    fn start(mut c: Command) -> Proc {
+        let mut child = c.spawn().expect("spawn tidemark");
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    pub fn output(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(40) {
+                let _ = self.child.kill();
+                panic!("process did not stop within 40s of SIGTERM; output:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}

@@ -1,0 +1,221 @@
+//! The core: every kind of write reaches the index as exactly the document DESIGN.md shows,
+//! against real PostgreSQL and osmem.
+
+mod support;
+
+use std::collections::HashSet;
+
+use serde_json::json;
+use support::{small_directory, Env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_write_reaches_the_index_exactly() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    let engine = env.engine();
+
+    // Insert, with enrollments.
+    env.sql(
+        "INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id)
+         VALUES (1, 'Ann', 'Lee', 20, 'FR', 1), (2, 'Bob', 'Ray', 22, 'SO', 2), (3, 'Cy', 'Oz', 30, 'SR', NULL);
+         INSERT INTO student_courses VALUES (1, 2), (1, 1), (2, 1);",
+    )
+    .await;
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(
+        env.doc(1).await.unwrap(),
+        json!({"first_name": "Ann", "last_name": "Lee", "age": 20, "year_in_school": "FR",
+               "university": {"id": 1, "name": "MIT"}, "course_names": ["CS101", "MATH201"],
+               "name_complete": {"input": ["Ann", "Lee", "Ann Lee"]}})
+    );
+    assert_eq!(env.doc(3).await.unwrap()["university"], json!(null));
+    assert_eq!(env.doc(3).await.unwrap()["course_names"], json!([]));
+    env.assert_converged().await;
+
+    // Update.
+    env.sql("UPDATE students SET first_name = 'Anna', age = 21 WHERE id = 1").await;
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    let d = env.doc(1).await.unwrap();
+    assert_eq!((d["first_name"].clone(), d["age"].clone()), (json!("Anna"), json!(21)));
+    assert_eq!(d["name_complete"]["input"], json!(["Anna", "Lee", "Anna Lee"]));
+
+    // Enrollment added and removed.
+    env.sql("INSERT INTO student_courses VALUES (3, 2); DELETE FROM student_courses WHERE student_id = 1 AND course_id = 1").await;
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(3).await.unwrap()["course_names"], json!(["MATH201"]));
+    assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["MATH201"]));
+
+    // University renamed: one row for the writer, every student of it re-indexed.
+    env.sql("UPDATE universities SET name = 'Massachusetts Institute of Technology' WHERE id = 1").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0, "a rename marks only the university");
+    let r = engine.drain().await.unwrap();
+    assert_eq!(r.fanned_out, 1);
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["university"]["name"], json!("Massachusetts Institute of Technology"));
+
+    // Course renamed.
+    env.sql("UPDATE courses SET name = 'ALG201' WHERE id = 2").await;
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["ALG201"]));
+    assert_eq!(env.doc(3).await.unwrap()["course_names"], json!(["ALG201"]));
+
+    // University deleted: its students' university becomes null.
+    env.sql("DELETE FROM universities WHERE id = 2").await;
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(2).await.unwrap()["university"], json!(null));
+
+    // Course deleted: it leaves its students' course lists.
+    env.sql("DELETE FROM courses WHERE id = 1").await;
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(2).await.unwrap()["course_names"], json!([]));
+
+    // Student deleted: the document goes.
+    env.sql("DELETE FROM students WHERE id = 3").await;
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(3).await, None);
+
+    env.assert_converged().await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR')").await;
+    env.engine().drain().await.unwrap();
+    env.sql("UPDATE students SET age = age, first_name = first_name").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
+    env.sql("UPDATE universities SET name = name").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
+    for age in 21..71 {
+        env.sql(&format!("UPDATE students SET age = {age} WHERE id = 1")).await;
+    }
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 1, "50 writes, one mark");
+    let r = env.engine().drain().await.unwrap();
+    assert_eq!(r.indexed, 1, "50 writes, one index op");
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["age"], json!(70));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
+    let env = Env::with_config(|c| c.sync.batch_size = 5000).await;
+    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 100_000, seed: 7 }).await.unwrap();
+    let engine = env.engine_with(|c| c.sync.batch_size = 5000);
+    engine.drain().await.unwrap();
+    assert_eq!(env.count(json!({"match_all": {}})).await, 100_000);
+
+    // One statement, 100k rows: one trigger run, one notification, 100k marks.
+    env.sql("UPDATE students SET age = 99").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100_000);
+    let r = engine.drain().await.unwrap();
+    assert_eq!(r.indexed, 100_000);
+    assert_eq!(env.count(json!({"term": {"age": 99}})).await, 100_000);
+    // Spot-check whole documents against the independent oracle.
+    let expected = env.expected_docs().await;
+    for id in [1_i64, 777, 50_000, 99_999, 100_000] {
+        assert_eq!(env.doc(id).await.as_ref(), expected.get(&id), "student {id}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_never_hold_the_same_mark_and_together_converge() {
+    let env = Env::new().await;
+    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 3_000, seed: 3 }).await.unwrap();
+    // Bootstrap the index so every student is marked.
+    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
+    let a = env.engine();
+    let b = env.engine();
+    // Concurrent claims never overlap while their leases run.
+    let (ca, cb) = tokio::join!(a.claim(1000), b.claim(1000));
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!(ca.len() + cb.len(), 2000);
+    let sa: HashSet<i64> = ca.iter().map(|m| m.student_id).collect();
+    assert!(cb.iter().all(|m| !sa.contains(&m.student_id)), "two workers claimed the same mark");
+    // A third claim while those leases are held sees only the rest.
+    let rest = env.engine().claim(5000).await.unwrap();
+    assert_eq!(rest.len(), 1000);
+    assert!(rest.iter().all(|m| !sa.contains(&m.student_id)));
+    for (e, marks) in [(&a, ca), (&b, cb)] {
+        let p = e.prepare(marks).await.unwrap();
+        e.deliver(p).await.unwrap();
+    }
+    // The third claim's owner vanished (crash): its leases must run out before anyone
+    // else takes them; with a short lease they come back.
+    sqlx::query("UPDATE tidemark.dirty_students SET lease_until = now() - interval '1 second'").execute(&env.pool).await.unwrap();
+
+    // Both drain concurrently while a writer keeps changing rows.
+    let writer = async {
+        for i in 0..20 {
+            env.sql(&format!("UPDATE students SET age = 1 + (id + {i}) % 100 WHERE id % 50 = {i}")).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let (ra, rb, ()) = tokio::join!(a.drain(), b.drain(), writer);
+    ra.unwrap();
+    rb.unwrap();
+    a.drain().await.unwrap();
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_while_its_batch_is_in_flight_is_indexed_afterwards() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)").await;
+    let engine = env.engine();
+    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
+    let marks = engine.claim(10).await.unwrap();
+    assert_eq!(marks.len(), 1);
+    let prepared = engine.prepare(marks).await.unwrap();
+    // Held between load and acknowledge: a change commits now.
+    env.sql("UPDATE students SET age = 33 WHERE id = 1").await;
+    let report = engine.deliver(prepared).await.unwrap();
+    assert_eq!(report.acked.changed_in_flight, 1, "the mark of a change made in flight must stay");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 1);
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["age"], json!(20), "the batch wrote what it read");
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["age"], json!(33));
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_write_never_overwrites_a_newer_one() {
+    // Two processings of one student: the one that drew its version later wins, whatever
+    // order their bulk requests arrive in (409 → superseded, not an error).
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR')").await;
+    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
+    let old = env.engine();
+    let marks = old.claim(10).await.unwrap();
+    let stale = old.prepare(marks).await.unwrap();
+    env.sql("UPDATE students SET age = 44 WHERE id = 1").await;
+    // Lease of the first claim blocks a second claim; simulate its expiry.
+    env.sql("UPDATE tidemark.dirty_students SET lease_until = now() - interval '1 second'").await;
+    let new = env.engine();
+    let fresh = new.prepare(new.claim(10).await.unwrap()).await.unwrap();
+    assert!(fresh.version > stale.version);
+    new.deliver(fresh).await.unwrap();
+    let late = old.deliver(stale).await.unwrap();
+    assert_eq!(late.acked.later, 0, "a 409 is not a failure");
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["age"], json!(44));
+    env.cleanup().await;
+}
