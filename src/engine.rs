@@ -200,6 +200,9 @@ impl Engine {
 
     /// One job's work: expand at most one university/course mark, then sync one batch.
     pub async fn step(&self) -> Result<StepReport, EngineError> {
+        // Before claiming: creating a missing index marks every student, and a batch
+        // claimed before that would only be re-done.
+        index::ensure(&self.pool, &self.search, &self.config.index_alias).await?;
         let fanned_out = self.fan_out_one().await?;
         let batch_size = self.config.sync.batch_size as usize;
         let marks = self.claim(batch_size).await?;

@@ -10,6 +10,7 @@
 //! - [`index`]: the physical index behind the alias, created with its mapping when missing.
 //! - [`search`]: the search-server client; [`document`]: the document and its mapping.
 //! - [`admin`]: status, dead letters, retries; [`seed`]: demo and benchmark data.
+//! - [`writer`]: `commit_and_nudge`, for Rust applications that write.
 //! - `workers/` (crate `tidemark-workers`): the jobs and the apalis glue.
 
 pub mod admin;
@@ -21,5 +22,6 @@ pub mod index;
 pub mod pipeline;
 pub mod search;
 pub mod seed;
+pub mod writer;
 
 pub use tidemark_workers as workers;

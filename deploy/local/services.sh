@@ -55,7 +55,7 @@ $(tail -n 20 "$aptlog")"
   # Poll a check command once per 0.5 s for at most $1 seconds.
   wait_until() {
     local secs=$1; shift
-    local tries=$((secs * 2))
+    local tries=$((secs * 2)) i
     for ((i = 0; i < tries; i++)); do
       if "$@" >/dev/null 2>&1; then return 0; fi
       sleep 0.5

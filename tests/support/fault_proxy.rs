@@ -92,9 +92,15 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts on 127.0.0.1:0 in a background tokio task, forwarding to `upstream` (e.g. "http://127.0.0.1:9200").
     pub async fn start(upstream: &str) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        FaultProxy::start_on("127.0.0.1:0", upstream).await
+    }
+
+    /// Starts on a given address (a port a process was already told to use, to play a
+    /// server that comes back).
+    pub async fn start_on(addr: &str, upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("fault proxy: bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("fault proxy: bind {addr}: {e}"));
         let addr = listener.local_addr().expect("fault proxy: local_addr");
         let client = reqwest::Client::builder()
             .no_proxy()

@@ -3,6 +3,8 @@
 //! expected document of a student is built here in SQL, not with tidemark's own code.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::{
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -327,6 +329,11 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {

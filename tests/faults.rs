@@ -1,0 +1,315 @@
+//! Faults and operations: 429s and 503s from a fault-injecting proxy in front of osmem,
+//! documents the index refuses, services that are down when a worker starts, real worker
+//! and scheduler processes, and what `admin status` reports.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{
+    fault_proxy::{FaultProxy, Faults},
+    free_port, small_directory, Env,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_level_429s_and_whole_request_503s_are_retried_and_end_indexed() {
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::with_config(|c| {
+        c.elasticsearch_url = Some(tidemark::config::Secret::new(proxy.url()));
+        c.sync.batch_size = 300;
+    })
+    .await;
+    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 2_000, seed: 11 }).await.unwrap();
+    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
+    proxy.set(Faults { bulk_item_429: 0.3, fail_next: 3, only_path: Some("_bulk".into()), ..Faults::default() });
+    let report = env.engine().drain().await.unwrap();
+    let stats = proxy.stats();
+    assert!(stats.items_429 > 100, "the proxy injected item-level 429s: {stats:?}");
+    assert_eq!(stats.unavailable, 3, "the proxy answered three whole requests with 503: {stats:?}");
+    assert_eq!(report.dead, 0, "transient failures are never dead-lettered");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
+    proxy.clear();
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_document_is_dead_lettered_the_rest_indexed_and_retry_failed_brings_it_in() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    // The operator's index forgot `university.name` in its strict mapping: documents of
+    // students with a university are refused, the others are fine.
+    let mut body = tidemark::document::index_body();
+    body["mappings"]["properties"]["university"] = json!({"dynamic": "strict", "properties": {"id": {"type": "long"}}});
+    let index = format!("{}_1", env.alias);
+    env.es_json(reqwest::Method::PUT, &format!("/{index}"), Some(body)).await;
+    env.es_json(reqwest::Method::POST, "/_aliases", Some(json!({"actions": [{"add": {"index": index, "alias": env.alias}}]}))).await;
+    env.sql(
+        "INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES
+           (1, 'Ann', 'Lee', 20, 'FR', NULL), (2, 'Bob', 'Ray', 21, 'SO', NULL), (3, 'Cy', 'Oz', 22, 'JR', 1),
+           (4, 'Di', 'Yu', 23, 'SR', NULL), (5, 'Ed', 'Wu', 24, 'FR', NULL)",
+    )
+    .await;
+    let report = env.engine().drain().await.unwrap();
+    assert_eq!(report.dead, 1);
+    env.refresh().await;
+    for id in [1, 2, 4, 5] {
+        assert!(env.doc(id).await.is_some(), "student {id} is indexed despite its batch-mate's failure");
+    }
+    assert_eq!(env.doc(3).await, None);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0, "a dead letter does not block");
+
+    // The operator sees it, with the server's reason.
+    let out = env.command().args(["admin", "failed"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("     3") && text.contains("strict_dynamic_mapping_exception") && text.contains("400"), "{text}");
+    let json_out = env.command().args(["admin", "failed", "--json"]).output().unwrap();
+    let rows: Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(rows[0]["student_id"], json!(3));
+    assert!(rows[0]["error"].as_str().unwrap().contains("name"), "{rows}");
+
+    // Fix the cause (add the missing field), retry, and it comes in.
+    env.es_json(
+        reqwest::Method::PUT,
+        &format!("/{index}/_mapping"),
+        Some(json!({"properties": {"university": {"properties": {"name": {"type": "keyword"}}}}})),
+    )
+    .await;
+    let out = env.command().args(["admin", "retry-failed"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-marked 1"), "{out:?}");
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(3).await.unwrap()["university"], json!({"id": 1, "name": "MIT"}));
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dead_letters").await, 0);
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_the_mapping_rejects_is_dead_lettered_and_fixing_the_row_brings_it_in() {
+    // A completion field refuses the reserved character U+001F: a row edited directly to
+    // such a value is refused for good, with the server's reason.
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, E'An\\x1Fn', 'Lee', 20, 'FR'), (2, 'Bo', 'Ray', 20, 'FR')").await;
+    let r = env.engine().drain().await.unwrap();
+    assert_eq!(r.dead, 1);
+    let reason: String = sqlx::query_scalar("SELECT error FROM tidemark.dead_letters WHERE student_id = 1").fetch_one(&env.pool).await.unwrap();
+    assert!(reason.contains("reserved character"), "{reason}");
+    env.sql("UPDATE students SET first_name = 'Ann' WHERE id = 1").await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dead_letters").await, 0);
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_and_scheduler_processes_sync_changes_within_seconds_and_stop_cleanly() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
+    let mut scheduler = env.spawn(&["scheduler", "--interval", "1s"], |_| {});
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)").await;
+    env.eventually("the new student is searchable", Duration::from_secs(20), || async { env.doc(1).await.is_some() }).await;
+    // A change is picked up by notification, well before a slow tick would.
+    let start = std::time::Instant::now();
+    env.sql("UPDATE universities SET name = 'MIT2' WHERE id = 1").await;
+    env.eventually("the rename is searchable", Duration::from_secs(20), || async {
+        env.doc(1).await.is_some_and(|d| d["university"]["name"] == json!("MIT2"))
+    })
+    .await;
+    eprintln!("rename searchable after {:?}", start.elapsed());
+    assert!(worker.terminate().success(), "worker exits 0 on SIGTERM:\n{}", worker.output());
+    assert!(scheduler.terminate().success(), "scheduler exits 0 on SIGTERM:\n{}", scheduler.output());
+    assert!(worker.output().contains("leases given back"), "{}", worker.output());
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 0);
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_the_search_server_is_down_says_so_and_catches_up() {
+    let port = free_port();
+    let down_url = format!("http://127.0.0.1:{port}");
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 50) g").await;
+    let mut worker = env.spawn(&["worker"], |c| {
+        c.env("ELASTICSEARCH_URL", &down_url);
+    });
+    let mut scheduler = env.spawn(&["scheduler", "--interval", "1s"], |_| {});
+    env.eventually("the worker says the search server is unreachable", Duration::from_secs(20), || async {
+        worker.output().contains(&format!("search server at {down_url}/ is unreachable"))
+    })
+    .await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 50, "nothing is lost while it is down");
+    // The server comes back on the same address.
+    let _proxy = FaultProxy::start_on(&format!("127.0.0.1:{port}"), &env.es_url).await;
+    env.eventually("everything is indexed once the server is back", Duration::from_secs(30), || async {
+        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
+    })
+    .await;
+    env.assert_converged().await;
+    worker.terminate();
+    scheduler.terminate();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_redis_is_down_says_so_and_catches_up() {
+    let port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 50) g").await;
+    let mut worker = env.spawn(&["worker"], |c| {
+        c.env("REDIS_URL", &redis_url);
+    });
+    env.eventually("the worker says Redis is unreachable", Duration::from_secs(20), || async {
+        worker.output().contains(&format!("Redis at {redis_url} is unreachable"))
+    })
+    .await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 50);
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    env.eventually("everything is indexed once Redis is back", Duration::from_secs(40), || async {
+        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
+    })
+    .await;
+    env.assert_converged().await;
+    worker.terminate();
+    let _ = redis.kill();
+    let _ = redis.wait();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_lag_and_counts_truthfully() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    let status = || async {
+        let out = env.command().args(["admin", "status", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let s = status().await;
+    assert_eq!((s["outstanding_marks"].clone(), s["lag_seconds"].clone(), s["indices"].clone()), (json!(0), json!(0.0), json!([])));
+
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) SELECT g, 'N' || g, 'L', 20, 'FR', 1 FROM generate_series(1, 7) g").await;
+    env.engine().drain().await.unwrap();
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (8, 'A', 'B', 20, 'FR'), (9, 'C', 'D', 20, 'FR')").await;
+    env.sql("UPDATE universities SET name = 'MIT2' WHERE id = 1").await;
+    env.sql("INSERT INTO tidemark.dead_letters (student_id, status, error) VALUES (5, 400, 'x')").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let s = status().await;
+    assert_eq!(s["outstanding_marks"], json!(2));
+    assert_eq!(s["pending_fanouts"], json!(1));
+    assert_eq!(s["dead_letters"], json!(1));
+    assert_eq!(s["documents"], json!(7));
+    assert_eq!(s["indices"], json!([format!("{}_1", env.alias)]));
+    assert_eq!(s["queue_depth"], json!(0));
+    let lag = s["lag_seconds"].as_f64().unwrap();
+    assert!((1.0..30.0).contains(&lag), "lag is the age of the oldest unindexed change: {lag}");
+
+    let table = env.command().args(["admin", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("outstanding marks    2") && text.contains("pending fan-outs     1"), "{text}");
+
+    env.engine().drain().await.unwrap();
+    let s = status().await;
+    assert_eq!((s["outstanding_marks"].clone(), s["pending_fanouts"].clone(), s["lag_seconds"].clone()), (json!(0), json!(0), json!(0.0)));
+    env.refresh().await;
+    assert_eq!(status().await["documents"], json!(9));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_service_urls_never_reach_logs_errors_or_status() {
+    let env = Env::new().await;
+    let secret = "s3cr3t-Pa55";
+    let with_password = |url: &str, user: &str| url.replacen("://", &format!("://{user}:{secret}@"), 1);
+    let out = env
+        .command()
+        .args(["admin", "status"])
+        .env("DATABASE_URL", with_password(&env.database_url, "postgres"))
+        .env("ELASTICSEARCH_URL", with_password(&env.es_url, "elastic"))
+        .env("REDIS_URL", with_password(&env.redis_url, "default"))
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains(secret), "a password leaked:\n{all}");
+    // Unreachable services: the error names the service, not the password.
+    let port = free_port();
+    let out = env
+        .command()
+        .args(["admin", "status"])
+        .env("DATABASE_URL", format!("postgres://app:{secret}@127.0.0.1:{port}/x"))
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(all.contains(&format!("cannot connect to PostgreSQL at postgres://app:***@127.0.0.1:{port}/x")), "{all}");
+    assert!(!all.contains(secret), "a password leaked:\n{all}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_and_cli_misuse_get_clear_errors() {
+    let env = Env::new().await;
+    let dir = std::env::temp_dir().join(format!("tidemark-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "index_alias = \"x\"\n[sync]\nbatch_sise = 10\n").unwrap();
+    let out = env.command().args(["--config", file.to_str().unwrap(), "admin", "status"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("batch_sise") && err.contains("unknown field"), "{err}");
+
+    let out = env.command().args(["admin", "status"]).env("REDIS_URL", "http://127.0.0.1:6379").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("REDIS_URL") && err.contains("redis://"), "{err}");
+
+    let out = env.command().args(["scheduler", "--interval", "fast"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--interval") && err.contains("250ms, 5s"), "{err}");
+
+    let out = env.command().args(["worker", "--concurrency", "0"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--concurrency"));
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_writer_commits_and_nudges_once_without_piling_up_jobs() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.redis_url, &env.namespace).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    for i in 1..=5 {
+        let mut tx = env.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES ($1, 'A', 'B', 20, 'FR')")
+            .bind(i as i64)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tidemark::writer::commit_and_nudge(tx, &queue).await.unwrap();
+    }
+    assert_eq!(queue.depth().await.unwrap(), 1, "five nudges while no worker runs: one waiting job, not five");
+    // A worker picks the job up and syncs.
+    let mut worker = env.spawn(&["worker"], |_| {});
+    env.eventually("the writes are indexed", Duration::from_secs(20), || async {
+        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
+    })
+    .await;
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    worker.terminate();
+    env.assert_converged().await;
+    env.cleanup().await;
+}
