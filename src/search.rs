@@ -133,9 +133,9 @@ impl Search {
         if ndjson {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         }
-        let unreachable = |e: &dyn std::fmt::Display| SearchError::Unreachable {
+        let unreachable = |e: &dyn std::error::Error| SearchError::Unreachable {
             url: self.url.clone(),
-            reason: scrub(&e.to_string()),
+            reason: scrub(&root_cause(e)),
         };
         let response = self
             .client
@@ -231,6 +231,17 @@ pub(crate) fn status_error(method: Method, path: &str, reply: &Reply) -> SearchE
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)]).into_owned());
     SearchError::Status { method: format!("{method:?}").to_uppercase(), path: path.to_string(), status: reply.status, reason }
+}
+
+/// The innermost cause ("Connection refused", "operation timed out"), which says more than
+/// the outer "error sending request".
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let (outer, root) = (e.to_string(), inner.to_string());
+    if outer == root { outer } else { format!("{root}; {outer}") }
 }
 
 fn percent_decode(s: &str) -> String {

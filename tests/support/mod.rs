@@ -254,6 +254,14 @@ impl Env {
         }
         let _ = self.es(reqwest::Method::DELETE, &format!("/{}_*", self.alias), None).await;
         self.pool.close().await;
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut conn).await.unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        }
         if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&service_url("DATABASE_URL")).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).execute(&admin).await;
         }

@@ -45,8 +45,10 @@ pub struct Queue {
     storage: RedisStorage<SyncJob>,
     /// Set while a job waits to be picked up.
     pending_key: String,
-    /// The apalis list of waiting jobs (its depth is the queue depth).
+    /// Where apalis keeps waiting jobs: due ones in a list, future (and freshly pushed)
+    /// ones in a sorted set. Together they are the queue depth.
     waiting_list: String,
+    scheduled_set: String,
     url: String,
 }
 
@@ -80,8 +82,9 @@ impl Queue {
             .persist_results(false)
             .heartbeat_interval(Duration::from_secs(5));
         let waiting_list = config.active_jobs_list();
+        let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
-        let mut q = Queue { conn, storage, pending_key: format!("{namespace}:sync:pending"), waiting_list, url: redacted_url.to_string() };
+        let mut q = Queue { conn, storage, pending_key: format!("{namespace}:sync:pending"), waiting_list, scheduled_set, url: redacted_url.to_string() };
         q.ping().await?;
         Ok(q)
     }
@@ -120,7 +123,15 @@ impl Queue {
     /// Jobs waiting to be picked up.
     pub async fn depth(&self) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
-        redis::cmd("LLEN").arg(&self.waiting_list).query_async(&mut conn).await.map_err(|e| QueueError::Command(e.to_string()))
+        let (due, scheduled): (u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(&self.waiting_list)
+            .cmd("ZCARD")
+            .arg(&self.scheduled_set)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| QueueError::Command(e.to_string()))?;
+        Ok(due + scheduled)
     }
 
     async fn job_started(&self) {
