@@ -237,7 +237,8 @@ fn spawn_listener(pool: sqlx::PgPool, queue: Queue) {
                 match listener.recv().await {
                     Ok(_) => {
                         // Coalesce a burst: whatever else already arrived rides on this nudge.
-                        while let Ok(Some(_)) = listener.try_recv().await {}
+                        // (next_buffered does not wait; try_recv would.)
+                        while listener.next_buffered().is_some() {}
                         if let Err(e) = queue.nudge("notify").await {
                             tracing::debug!(error = %e, "nudge after notification failed");
                         }

@@ -110,10 +110,11 @@ async fn worker_and_scheduler_processes_sync_changes_within_seconds_and_stop_cle
     let env = Env::new().await;
     small_directory(&env).await;
     let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
-    let mut scheduler = env.spawn(&["scheduler", "--interval", "1s"], |_| {});
+    // A tick a minute: anything indexed sooner came through a database notification.
+    let mut scheduler = env.spawn(&["scheduler", "--interval", "60s"], |_| {});
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)").await;
     env.eventually("the new student is searchable", Duration::from_secs(20), || async { env.doc(1).await.is_some() }).await;
-    // A change is picked up by notification, well before a slow tick would.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let start = std::time::Instant::now();
     env.sql("UPDATE universities SET name = 'MIT2' WHERE id = 1").await;
     env.eventually("the rename is searchable", Duration::from_secs(20), || async {
@@ -121,6 +122,20 @@ async fn worker_and_scheduler_processes_sync_changes_within_seconds_and_stop_cle
     })
     .await;
     eprintln!("rename searchable after {:?}", start.elapsed());
+    // Each change is one job; finished jobs leave nothing behind in Redis once vacuumed.
+    for i in 0..5 {
+        env.sql(&format!("UPDATE students SET age = {} WHERE id = 1", 30 + i)).await;
+        env.eventually("the update is searchable", Duration::from_secs(20), || async {
+            env.doc(1).await.is_some_and(|d| d["age"] == json!(30 + i))
+        })
+        .await;
+    }
+    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.redis_url, &env.namespace).await.unwrap();
+    queue.vacuum().await.unwrap();
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let leftovers: Vec<String> = redis::cmd("KEYS").arg(format!("{}:sync:meta:*", env.namespace)).query_async(&mut conn).await.unwrap();
+    assert!(leftovers.len() <= 1, "finished jobs' bookkeeping is vacuumed: {leftovers:?}");
     assert!(worker.terminate().success(), "worker exits 0 on SIGTERM:\n{}", worker.output());
     assert!(scheduler.terminate().success(), "scheduler exits 0 on SIGTERM:\n{}", scheduler.output());
     assert!(worker.output().contains("leases given back"), "{}", worker.output());

@@ -12,6 +12,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use apalis::prelude::*;
+use apalis_core::backend::Vacuum;
 use apalis_cron::{CronScheduler, Schedule, Tick};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use serde::{Deserialize, Serialize};
@@ -79,8 +80,15 @@ impl Queue {
         // when the type moves.
         let config = apalis_redis::Config::default()
             .queue(format!("{namespace}:sync"))
-            .persist_results(false)
-            .heartbeat_interval(Duration::from_secs(5));
+            // Results must be persisted for apalis to mark a job done and drop it from the
+            // worker's in-flight set; vacuum() then deletes the bookkeeping.
+            .persist_results(true)
+            // An idle apalis-redis worker looks for new jobs when its heartbeat fires, so
+            // the heartbeat is what bounds nudge → start. 200 ms keeps that well under the
+            // freshness target for one cheap Redis call per tick; a worker is declared
+            // dead (its jobs re-enqueued) after 50 missed beats, 10 s.
+            .heartbeat_interval(Duration::from_millis(200))
+            .missed_heartbeats(50);
         let waiting_list = config.active_jobs_list();
         let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
@@ -134,6 +142,17 @@ impl Queue {
         Ok(due + scheduled)
     }
 
+    /// Deletes finished jobs' bookkeeping, which apalis otherwise keeps forever. Run by the
+    /// scheduler on every tick.
+    pub async fn vacuum(&self) -> Result<usize, QueueError> {
+        let mut storage = self.storage.clone();
+        let n = storage.vacuum().await.map_err(|e| QueueError::Command(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let done = storage.get_config().done_jobs_set();
+        redis::cmd("DEL").arg(done).query_async::<()>(&mut conn).await.map_err(|e| QueueError::Command(e.to_string()))?;
+        Ok(n)
+    }
+
     async fn job_started(&self) {
         let mut conn = self.conn.clone();
         if let Err(e) = redis::cmd("DEL").arg(&self.pending_key).query_async::<()>(&mut conn).await {
@@ -142,9 +161,26 @@ impl Queue {
     }
 }
 
+/// Never fails the job: a failed sync keeps its marks in PostgreSQL and is retried by a
+/// delayed nudge (and by the next tick), so apalis's own job retries would only pile up
+/// duplicate jobs.
 async fn handle_sync<R: SyncRunner>(job: SyncJob, runner: Data<Arc<R>>, queue: Data<Queue>) -> Result<(), BoxDynError> {
     queue.job_started().await;
-    runner.run(job).await.map_err(|e| -> BoxDynError { e.into() })
+    if runner.run(job).await.is_err() {
+        let queue = (*queue).clone();
+        tokio::spawn(async move {
+            // Jittered, so a fleet that failed together does not come back together.
+            let wait = Duration::from_millis(1000 + rand_jitter_ms(2000));
+            tokio::time::sleep(wait).await;
+            let _ = queue.nudge("retry").await;
+        });
+    }
+    Ok(())
+}
+
+fn rand_jitter_ms(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    u64::from(nanos) % max
 }
 
 /// Runs sync jobs, `concurrency` at a time, until `shutdown` completes; then stops taking
@@ -191,6 +227,9 @@ async fn handle_tick(_tick: Tick, queue: Data<Queue>) -> Result<(), BoxDynError>
     match queue.nudge("tick").await {
         Ok(enqueued) => tracing::debug!(enqueued, "scheduler tick"),
         Err(e) => tracing::warn!(error = %e, "scheduler tick could not enqueue a sync; next tick tries again"),
+    }
+    if let Err(e) = queue.vacuum().await {
+        tracing::debug!(error = %e, "queue vacuum failed");
     }
     Ok(())
 }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The main job (README): on a fresh machine, start what is missing (PostgreSQL, Redis,
+# osmem), migrate, seed students, run a scheduler and two workers, then play a short
+# scenario and print how long each change took to become searchable, and the status.
+#
+#   DEMO_STUDENTS=100000 deploy/local/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+STUDENTS="${DEMO_STUDENTS:-100000}"
+eval "$(deploy/local/services.sh)"
+
+# The demo's own database, alias and queue namespace: it never touches anything else.
+BASE_URL="$DATABASE_URL"
+export DATABASE_URL="${BASE_URL%/*}/tidemark_demo"
+export REDIS_URL ELASTICSEARCH_URL
+export TIDEMARK_INDEX_ALIAS=demo_students TIDEMARK_QUEUE_NAMESPACE=tidemark_demo
+ES="$ELASTICSEARCH_URL"
+
+echo "== building tidemark (release)"
+cargo build --release --quiet
+T=target/release/tidemark
+LOGS=target/demo
+mkdir -p "$LOGS"
+
+echo "== fresh demo database and index"
+psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS tidemark_demo WITH (FORCE)" -c "CREATE DATABASE tidemark_demo"
+for index in $(curl -s "$ES/_cat/indices/demo_students_*?format=json&h=index" | grep -o '"index":"[^"]*"' | cut -d'"' -f4); do
+  curl -s -XDELETE "$ES/$index" >/dev/null
+done
+redis-cli -u "$REDIS_URL" --scan --pattern 'tidemark_demo:*' | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
+
+$T migrate
+$T seed --students "$STUDENTS"
+
+echo "== starting a scheduler and two workers (logs in $LOGS/)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+$T scheduler --interval 5s 2>"$LOGS/scheduler.log" & pids+=($!)
+$T worker --concurrency 2 2>"$LOGS/worker-1.log" & pids+=($!)
+$T worker --concurrency 2 2>"$LOGS/worker-2.log" & pids+=($!)
+
+sql() { psql "$DATABASE_URL" -Atqc "$1"; }
+count() { curl -s "$ES/$TIDEMARK_INDEX_ALIAS/_count" -H 'content-type: application/json' -d "$1" | grep -o '"count":[0-9]*' | cut -d: -f2; }
+now() { date +%s.%N; }
+# Polls until the index answers `want` to the count query; prints the seconds it took.
+wait_count() { # query want started_at
+  local deadline=$(( $(date +%s) + 600 ))
+  while [ "$(count "$1")" != "$2" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out; see $LOGS/" >&2; exit 1; }
+    sleep 0.05
+  done
+  printf '%.2f s' "$(echo "$(now) - $3" | bc)"
+}
+
+echo "== first full index of $STUDENTS students"
+t0=$(now)
+printf 'all %s students searchable after %s\n' "$STUDENTS" "$(wait_count '{"query":{"match_all":{}}}' "$STUDENTS" "$t0")"
+
+echo "== scenario"
+mit=$(sql "SELECT count(*) FROM students WHERE university_id = 1")
+name="Massachusetts Institute of Technology $(date +%H%M%S)"
+t0=$(now); sql "UPDATE universities SET name = '$name' WHERE id = 1"
+printf '%-52s %s\n' "rename MIT ($mit students)" "$(wait_count "{\"query\":{\"term\":{\"university.name\":\"$name\"}}}" "$mit" "$t0")"
+
+t0=$(now); sql "UPDATE students SET last_name = 'Demo' WHERE id BETWEEN 1000 AND 1099"
+printf '%-52s %s\n' "update 100 students" "$(wait_count '{"query":{"term":{"last_name.raw":"Demo"}}}' 100 "$t0")"
+
+n=$(sql "SELECT count(*) FROM students WHERE id % 10 = 0")
+t0=$(now); sql "UPDATE students SET age = 77 WHERE id % 10 = 0"
+want=$(sql "SELECT count(*) FROM students WHERE age = 77")
+printf '%-52s %s\n' "bulk-update the age of $n students (one statement)" "$(wait_count '{"query":{"term":{"age":77}}}' "$want" "$t0")"
+
+t0=$(now); sql "DELETE FROM students WHERE id = 42"
+printf '%-52s %s\n' "delete one student" "$(wait_count '{"query":{"ids":{"values":["42"]}}}' 0 "$t0")"
+
+echo "== status"
+$T admin status
