@@ -143,6 +143,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub scheduler: SchedulerConfig,
     pub worker: WorkerConfig,
+    pub reindex: ReindexConfig,
 }
 
 /// How a sync batch is claimed, shipped and retried.
@@ -189,6 +190,24 @@ pub struct WorkerConfig {
     pub shutdown_timeout: HumanDuration,
 }
 
+/// Full reindexes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReindexConfig {
+    /// Student ids per chunk job (`admin reindex --chunk-size` overrides it).
+    pub chunk_size: u32,
+    /// Previous indices kept after a swap, for `admin rollback`.
+    pub keep_previous: u32,
+    /// Documents compared with their freshly built version before the alias moves.
+    pub verify_sample: u32,
+}
+
+impl Default for ReindexConfig {
+    fn default() -> Self {
+        ReindexConfig { chunk_size: 10_000, keep_previous: 1, verify_sample: 200 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -202,6 +221,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             scheduler: SchedulerConfig::default(),
             worker: WorkerConfig::default(),
+            reindex: ReindexConfig::default(),
         }
     }
 }
@@ -354,6 +374,8 @@ impl Config {
         positive("sync.fanout_chunk", s.fanout_chunk.into(), 1_000_000)?;
         positive("sync.max_attempts", s.max_attempts.into(), 100)?;
         positive("worker.concurrency", self.worker.concurrency.into(), 1024)?;
+        positive("reindex.chunk_size", self.reindex.chunk_size.into(), 1_000_000)?;
+        positive("reindex.verify_sample", self.reindex.verify_sample.into(), 10_000)?;
         if s.bulk_max_bytes < 1024 || s.bulk_max_bytes > 100 * 1024 * 1024 {
             return Err(ConfigError::Invalid {
                 name: "sync.bulk_max_bytes",

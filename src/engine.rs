@@ -11,6 +11,7 @@ use crate::{
     config::Config,
     document::StudentDoc,
     index::{self, Targets},
+    reindex::{self, Finish},
     pipeline::{
         acknowledge::{acknowledge, verdicts, Acked, Verdict},
         claim,
@@ -59,12 +60,17 @@ pub struct BatchReport {
 pub struct StepReport {
     /// Students marked by expanding a university or course.
     pub fanned_out: u64,
+    /// Documents written by a full-reindex chunk.
+    pub reindexed: usize,
+    /// A full reindex is still building or verifying.
+    pub building: bool,
     pub batch: Option<BatchReport>,
 }
 
 impl StepReport {
+    /// Nothing done this step.
     pub fn idle(&self) -> bool {
-        self.fanned_out == 0 && self.batch.is_none()
+        self.fanned_out == 0 && self.reindexed == 0 && self.batch.is_none()
     }
 }
 
@@ -100,7 +106,7 @@ impl Engine {
     pub async fn prepare(&self, marks: Vec<Mark>) -> Result<Prepared, EngineError> {
         let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
         let result = async {
-            let targets = index::ensure(&self.pool, &self.search, &self.config.index_alias).await?;
+            let targets = self.targets().await?;
             let version = claim::draw_version(&self.pool).await?;
             let docs = load(&self.pool, &ids).await?;
             Ok::<_, EngineError>((targets, version, docs))
@@ -118,15 +124,8 @@ impl Engine {
     /// Encodes, ships with retries, and acknowledges under the sequence guard.
     pub async fn deliver(&self, p: Prepared) -> Result<BatchReport, EngineError> {
         let ids: Vec<i64> = p.marks.iter().map(|m| m.student_id).collect();
-        let s = &self.config.sync;
-        let limits = ShipLimits {
-            max_docs: s.bulk_max_docs as usize,
-            max_bytes: s.bulk_max_bytes as usize,
-            max_attempts: s.max_attempts,
-            backoff: Backoff { base: s.backoff_base.0, cap: s.backoff_cap.0 },
-        };
         let encoded = encode(&p.docs, &p.targets.indices, p.version);
-        let shipped = match ship(&self.search, &encoded, limits).await {
+        let shipped = match ship(&self.search, &encoded, self.ship_limits()).await {
             Ok(s) => s,
             Err(e) => {
                 self.give_back(&ids).await;
@@ -152,6 +151,45 @@ impl Engine {
             requests: shipped.requests,
             retried_ops: shipped.retried_ops,
         })
+    }
+
+    /// The indices a batch claimed now writes to (see [`index::targets`]).
+    pub async fn targets(&self) -> Result<Targets, EngineError> {
+        index::targets(&self.pool, &self.search, &self.config.index_alias, self.config.reindex.chunk_size).await
+    }
+
+    pub fn ship_limits(&self) -> ShipLimits {
+        let s = &self.config.sync;
+        ShipLimits {
+            max_docs: s.bulk_max_docs as usize,
+            max_bytes: s.bulk_max_bytes as usize,
+            max_attempts: s.max_attempts,
+            backoff: Backoff { base: s.backoff_base.0, cap: s.backoff_cap.0 },
+        }
+    }
+
+    /// Works on a running full reindex: one chunk, and the promotion once all are done.
+    async fn reindex_step(&self) -> Result<(usize, Option<Finish>), EngineError> {
+        let Some(build) = reindex::active(&self.pool, &self.config.index_alias).await? else {
+            return Ok((0, None));
+        };
+        let mut written = 0;
+        if let Some(chunk) = reindex::claim_chunk(&self.pool, build.id, &self.owner, self.lease()).await? {
+            // More chunks likely wait: let idle workers join now.
+            self.nudge("reindex").await;
+            let span = tracing::info_span!("reindex_chunk", id = build.id, lo = chunk.lo, hi = chunk.hi);
+            match reindex::process_chunk(self, &build, &chunk).instrument(span).await? {
+                Some(n) => written = n.max(1),
+                None => tracing::warn!(lo = chunk.lo, "reindex chunk still failing after retries; it will be tried again"),
+            }
+        }
+        let finish = reindex::finish(self, build.id).await?;
+        match &finish {
+            Finish::Promoted | Finish::Failed(_) => self.nudge("reindex-finished").await,
+            Finish::Waiting(why) => tracing::debug!(%why, "reindex verification waits"),
+            Finish::NotYet => {}
+        }
+        Ok((written, Some(finish)))
     }
 
     async fn give_back(&self, ids: &[i64]) {
@@ -200,14 +238,15 @@ impl Engine {
 
     /// One job's work: expand at most one university/course mark, then sync one batch.
     pub async fn step(&self) -> Result<StepReport, EngineError> {
-        // Before claiming: creating a missing index marks every student, and a batch
-        // claimed before that would only be re-done.
-        index::ensure(&self.pool, &self.search, &self.config.index_alias).await?;
+        // Makes sure there is somewhere to write (a missing index starts a rebuild).
+        self.targets().await?;
         let fanned_out = self.fan_out_one().await?;
+        let (reindexed, finish) = self.reindex_step().await?;
+        let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
         let batch_size = self.config.sync.batch_size as usize;
         let marks = self.claim(batch_size).await?;
         if marks.is_empty() {
-            return Ok(StepReport { fanned_out, batch: None });
+            return Ok(StepReport { fanned_out, reindexed, building, batch: None });
         }
         if marks.len() == batch_size {
             // Probably more waiting: let another worker start on it now.
@@ -229,7 +268,7 @@ impl Engine {
         if report.acked.changed_in_flight > 0 || report.acked.later > 0 {
             self.nudge("leftover").await;
         }
-        Ok(StepReport { fanned_out, batch: Some(report) })
+        Ok(StepReport { fanned_out, reindexed, building, batch: Some(report) })
     }
 
     /// Steps until a step finds nothing to do. Marks that keep failing transiently stop
@@ -240,9 +279,16 @@ impl Engine {
         loop {
             let step = self.step().await?;
             if step.idle() {
-                return Ok(report);
+                if !step.building {
+                    return Ok(report);
+                }
+                // A build waits for chunks leased by others (or a crashed worker's leases
+                // to run out): wait for it rather than report done.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             report.fanned_out += step.fanned_out;
+            report.reindexed += step.reindexed as u64;
             if let Some(b) = step.batch {
                 report.batches += 1;
                 report.indexed += b.indexed as u64;
@@ -265,6 +311,7 @@ impl Engine {
 #[derive(Debug, Default)]
 pub struct DrainReport {
     pub batches: u64,
+    pub reindexed: u64,
     pub indexed: u64,
     pub deleted: u64,
     pub dead: u64,

@@ -1,73 +1,52 @@
-//! The index behind the alias: physical indices are `<alias>_<generation>`, so a full
-//! reindex can build the next generation and swap the alias.
+//! Which physical indices a batch writes to. Physical indices are `<alias>_<generation>`
+//! behind the alias, so a full reindex can build the next generation and swap the alias.
 
 use sqlx::PgPool;
 
 use crate::{
-    document::index_body,
     engine::EngineError,
-    search::{Search, SearchError},
+    reindex::{self, ReindexError},
+    search::Search,
 };
-use elasticsearch::http::Method;
 
-/// The indices a batch writes to, decided when the batch is claimed.
+/// The indices a batch writes to: the live one(s) behind the alias, plus the one a full
+/// reindex is building.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Targets {
     pub indices: Vec<String>,
 }
 
-/// The indices behind `alias`, creating `<alias>_<next generation>` with its mapping (and
-/// marking every student for a first full index) when the alias does not exist yet: a
-/// database that already holds students is indexed without manual steps.
-pub async fn ensure(pool: &PgPool, search: &Search, alias: &str) -> Result<Targets, EngineError> {
-    let indices = search.alias_targets(alias).await?;
-    if !indices.is_empty() {
-        return Ok(Targets { indices });
-    }
-    // One creator at a time across every worker: an advisory lock held by a transaction.
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tidemark.index.' || $1))").bind(alias).execute(&mut *tx).await?;
-    let indices = search.alias_targets(alias).await?;
-    if !indices.is_empty() {
-        return Ok(Targets { indices });
-    }
-    let generation = search
-        .indices(&format!("{alias}_*"))
-        .await?
-        .iter()
-        .filter_map(|name| name.strip_prefix(alias)?.strip_prefix('_')?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
-        + 1;
-    let name = format!("{alias}_{generation}");
-    create(search, &name).await?;
-    search
-        .json(Method::Post, "/_aliases", Some(&serde_json::json!({"actions": [{"add": {"index": name, "alias": alias}}]})))
-        .await?;
-    let marked: i64 = sqlx::query_scalar(
-        "WITH ids AS (SELECT array_agg(id) AS a FROM students)
-         SELECT coalesce(cardinality(a), 0)::bigint FROM ids, LATERAL (SELECT tidemark.mark_students(coalesce(a, '{}'))) m",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    tracing::info!(index = %name, alias, marked, "created the index behind the alias; every student is marked for a first full index");
-    Ok(Targets { indices: vec![name] })
-}
-
-/// Creates a physical index with the mapping; one that already exists is left as it is.
-pub async fn create(search: &Search, name: &str) -> Result<(), SearchError> {
-    let reply = search
-        .request(Method::Put, &format!("/{name}"), Some(serde_json::to_vec(&index_body()).expect("static JSON")), false)
-        .await?;
-    if (200..300).contains(&reply.status) {
-        return Ok(());
-    }
-    let err = crate::search::status_error(Method::Put, &format!("/{name}"), &reply);
-    if let SearchError::Status { reason, .. } = &err {
-        if reason.contains("already_exists") {
-            return Ok(());
+/// Decides the targets. Called *after* a batch's claim (protocol invariant 7): the build
+/// is read from PostgreSQL first and the alias second, because a promotion moves the alias
+/// before it records the build as done — so a batch never misses both.
+///
+/// With no alias and no build (a first run on a database that already holds students, or
+/// a search server that lost its data) this starts a full reindex by itself and says why;
+/// until it is promoted, batches write to the index being built.
+pub async fn targets(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32) -> Result<Targets, EngineError> {
+    let build = reindex::active(pool, alias).await?;
+    let mut indices = search.alias_targets(alias).await?;
+    if let Some(b) = build {
+        if !indices.contains(&b.target_index) {
+            indices.push(b.target_index);
         }
     }
-    Err(err)
+    if indices.is_empty() {
+        let why = format!("alias {alias} does not exist (first run, or the search server lost its index): rebuilding it from the database");
+        let build = match reindex::start(pool, search, alias, chunk_size, &why).await {
+            Ok(b) => {
+                tracing::warn!(index = %b.target_index, "{why}");
+                b
+            }
+            // Another worker started it a moment ago.
+            Err(ReindexError::AlreadyRunning { .. }) => match reindex::active(pool, alias).await? {
+                Some(b) => b,
+                None => return Box::pin(targets(pool, search, alias, chunk_size)).await,
+            },
+            Err(ReindexError::Engine(e)) => return Err(e),
+            Err(e) => unreachable!("start only refuses a running build: {e}"),
+        };
+        indices.push(build.target_index);
+    }
+    Ok(Targets { indices })
 }

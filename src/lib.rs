@@ -7,7 +7,8 @@
 //! - [`pipeline`]: claim → fanout → load → encode → ship → classify → acknowledge, one
 //!   module per stage.
 //! - [`engine`]: strings the stages into a sync step, and drains.
-//! - [`index`]: the physical index behind the alias, created with its mapping when missing.
+//! - [`index`]: which physical indices a batch writes to; [`reindex`]: zero-downtime full
+//!   reindex (chunks, dual writes, verification, atomic alias swap, rollback).
 //! - [`search`]: the search-server client; [`document`]: the document and its mapping.
 //! - [`admin`]: status, dead letters, retries; [`seed`]: demo and benchmark data.
 //! - [`writer`]: `commit_and_nudge`, for Rust applications that write.
@@ -20,6 +21,7 @@ pub mod document;
 pub mod engine;
 pub mod index;
 pub mod pipeline;
+pub mod reindex;
 pub mod search;
 pub mod seed;
 pub mod writer;

@@ -20,8 +20,8 @@ async fn item_level_429s_and_whole_request_503s_are_retried_and_end_indexed() {
         c.sync.batch_size = 300;
     })
     .await;
+    env.create_index().await;
     tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 2_000, seed: 11 }).await.unwrap();
-    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
     proxy.set(Faults { bulk_item_429: 0.3, fail_next: 3, only_path: Some("_bulk".into()), ..Faults::default() });
     let report = env.engine().drain().await.unwrap();
     let stats = proxy.stats();

@@ -133,9 +133,9 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_never_hold_the_same_mark_and_together_converge() {
     let env = Env::new().await;
+    env.create_index().await;
+    // Seeding marks every student it inserts.
     tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 3_000, seed: 3 }).await.unwrap();
-    // Bootstrap the index so every student is marked.
-    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
     let a = env.engine();
     let b = env.engine();
     // Concurrent claims never overlap while their leases run.
@@ -174,10 +174,10 @@ async fn two_workers_never_hold_the_same_mark_and_together_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_committed_while_its_batch_is_in_flight_is_indexed_afterwards() {
     let env = Env::new().await;
+    env.create_index().await;
     small_directory(&env).await;
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)").await;
     let engine = env.engine();
-    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
     let marks = engine.claim(10).await.unwrap();
     assert_eq!(marks.len(), 1);
     let prepared = engine.prepare(marks).await.unwrap();
@@ -200,9 +200,9 @@ async fn an_older_write_never_overwrites_a_newer_one() {
     // Two processings of one student: the one that drew its version later wins, whatever
     // order their bulk requests arrive in (409 → superseded, not an error).
     let env = Env::new().await;
+    env.create_index().await;
     small_directory(&env).await;
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR')").await;
-    tidemark::index::ensure(&env.pool, &env.search, &env.alias).await.unwrap();
     let old = env.engine();
     let marks = old.claim(10).await.unwrap();
     let stale = old.prepare(marks).await.unwrap();

@@ -15,4 +15,4 @@ curl -s "$ELASTICSEARCH_URL/_cat/indices?format=json&h=index" \
   | python3 -c 'import json,sys; print("\n".join(i["index"] for i in json.load(sys.stdin) if i["index"].startswith("t") and "_students_" in i["index"]))' \
   | while read -r index; do curl -s -XDELETE "$ELASTICSEARCH_URL/$index" >/dev/null; done
 
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --lib --bins --tests "$@"

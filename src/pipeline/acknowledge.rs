@@ -77,18 +77,7 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
     }
     let mut tx = pool.begin().await?;
     if !dead.0.is_empty() {
-        sqlx::query(
-            "INSERT INTO tidemark.dead_letters AS d (student_id, status, error)
-             SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])
-             ON CONFLICT (student_id) DO UPDATE
-                SET status = EXCLUDED.status, error = EXCLUDED.error,
-                    attempts = d.attempts + 1, last_failed_at = now()",
-        )
-        .bind(&dead.0)
-        .bind(&dead.2)
-        .bind(&dead.3)
-        .execute(&mut *tx)
-        .await?;
+        record_dead(&mut tx, &dead.0, &dead.2, &dead.3).await?;
         acked.dead = dead.0.len() as u64;
     }
     // Clear done and dead marks, each only under its claimed number.
@@ -126,4 +115,29 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
     .await?;
     tx.commit().await?;
     Ok(acked)
+}
+
+async fn record_dead(conn: &mut sqlx::PgConnection, ids: &[i64], statuses: &[i32], reasons: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tidemark.dead_letters AS d (student_id, status, error)
+         SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])
+         ON CONFLICT (student_id) DO UPDATE
+            SET status = EXCLUDED.status, error = EXCLUDED.error,
+                attempts = d.attempts + 1, last_failed_at = now()",
+    )
+    .bind(ids)
+    .bind(statuses)
+    .bind(reasons)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Records documents refused for good outside a sync batch (a reindex chunk has no marks).
+pub async fn dead_letter(pool: &PgPool, dead: &[(i64, i32, String)]) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = dead.iter().map(|d| d.0).collect();
+    let statuses: Vec<i32> = dead.iter().map(|d| d.1).collect();
+    let reasons: Vec<String> = dead.iter().map(|d| d.2.clone()).collect();
+    let mut conn = pool.acquire().await?;
+    record_dead(&mut conn, &ids, &statuses, &reasons).await
 }

@@ -1,5 +1,6 @@
 //! Load: the current rows of a batch of students, in one query (no N+1), as documents.
-//! A student that no longer exists comes back as `None` and becomes a `delete`.
+//! A sync batch reads a set of ids (a student that no longer exists comes back as `None`
+//! and becomes a `delete`); a reindex chunk reads an id range.
 
 use sqlx::PgPool;
 
@@ -7,31 +8,43 @@ use crate::document::{StudentDoc, UniversityRef};
 
 type Row = (i64, String, String, i32, String, Option<i64>, Option<String>, Option<Vec<String>>);
 
-/// Documents for `ids`, in the order of `ids`; `None` for a student that is gone.
-pub async fn load(pool: &PgPool, ids: &[i64]) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
+/// The one query; `{students}` and `{enrollments}` are the row filters of the two sides.
+fn query(students: &str, enrollments: &str) -> String {
+    format!(
         "SELECT s.id, s.first_name, s.last_name, s.age, s.year_in_school::text,
                 u.id, u.name, e.names
            FROM students s
            LEFT JOIN universities u ON u.id = s.university_id
            LEFT JOIN (SELECT sc.student_id, array_agg(c.name) AS names
                         FROM student_courses sc JOIN courses c ON c.id = sc.course_id
-                       WHERE sc.student_id = ANY($1)
+                       WHERE {enrollments}
                        GROUP BY sc.student_id) e ON e.student_id = s.id
-          WHERE s.id = ANY($1)",
+          WHERE {students}"
     )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    let mut found: std::collections::HashMap<i64, StudentDoc> = rows
-        .into_iter()
-        .map(|(id, first, last, age, year, uid, uname, names)| {
-            let university = match (uid, uname) {
-                (Some(id), Some(name)) => Some(UniversityRef { id, name }),
-                _ => None,
-            };
-            (id, StudentDoc::build(first, last, age, year, university, names.unwrap_or_default()))
-        })
-        .collect();
+}
+
+fn build(row: Row) -> (i64, StudentDoc) {
+    let (id, first, last, age, year, uid, uname, names) = row;
+    let university = match (uid, uname) {
+        (Some(id), Some(name)) => Some(UniversityRef { id, name }),
+        _ => None,
+    };
+    (id, StudentDoc::build(first, last, age, year, university, names.unwrap_or_default()))
+}
+
+/// Documents for `ids`, in the order of `ids`; `None` for a student that is gone.
+pub async fn load(pool: &PgPool, ids: &[i64]) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(&query("s.id = ANY($1)", "sc.student_id = ANY($1)")).bind(ids).fetch_all(pool).await?;
+    let mut found: std::collections::HashMap<i64, StudentDoc> = rows.into_iter().map(build).collect();
     Ok(ids.iter().map(|id| (*id, found.remove(id))).collect())
+}
+
+/// Documents of every student with `lo <= id < hi`, in id order.
+pub async fn load_range(pool: &PgPool, lo: i64, hi: i64) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
+    let sql = query("s.id >= $1 AND s.id < $2", "sc.student_id >= $1 AND sc.student_id < $2") + " ORDER BY s.id";
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(lo).bind(hi).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|r| {
+        let (id, doc) = build(r);
+        (id, Some(doc))
+    }).collect())
 }

@@ -102,6 +102,13 @@ impl Env {
         Engine::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c), None)
     }
 
+    /// Creates the (empty) index behind the alias, as the first sync on an empty database
+    /// does: a build with nothing to copy, promoted at once.
+    pub async fn create_index(&self) {
+        self.engine().drain().await.expect("first sync");
+        assert_eq!(self.search.alias_targets(&self.alias).await.unwrap().len(), 1, "the alias exists");
+    }
+
     /// The `tidemark` binary with this test's services in its environment.
     pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));

@@ -1,0 +1,333 @@
+//! One benchmark's isolated world on the real services, like tests/support does for tests:
+//! its own database (`tidemark_bench_<kind>_<id>`), index alias (`bench_<kind>_<id>`) and
+//! Redis namespace, tidemark processes started from the release binary, and a cleanup
+//! that drops all of it.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tidemark::{
+    config::{Config, Secret},
+    engine::{DrainReport, Engine},
+    search::Search,
+};
+
+use crate::progress;
+
+/// The services bench.sh started (or found): from the environment.
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub database_url: String,
+    pub redis_url: String,
+    pub es_url: String,
+}
+
+impl Services {
+    pub fn from_env() -> Result<Services> {
+        let get = |k: &str| {
+            std::env::var(k).with_context(|| format!("{k} is not set: run the benchmarks with deploy/local/bench.sh, which starts the services and sets it"))
+        };
+        Ok(Services { database_url: get("DATABASE_URL")?, redis_url: get("REDIS_URL")?, es_url: get("ELASTICSEARCH_URL")? })
+    }
+}
+
+/// The release binary built next to this harness (`cargo bench` builds it).
+pub fn tidemark_bin() -> PathBuf {
+    std::env::var_os("TIDEMARK_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tidemark")))
+}
+
+pub fn with_db(base: &str, db: &str) -> String {
+    let mut u = url::Url::parse(base).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+pub struct BenchEnv {
+    pub kind: String,
+    pub db_name: String,
+    pub database_url: String,
+    pub alias: String,
+    pub namespace: String,
+    pub pool: PgPool,
+    pub services: Services,
+    pub http: reqwest::Client,
+    pub log_dir: PathBuf,
+    /// Students seeded.
+    pub students: u64,
+    procs: Vec<Proc>,
+}
+
+impl BenchEnv {
+    pub async fn new(services: &Services, kind: &str, log_dir: PathBuf) -> Result<BenchEnv> {
+        let id = format!("{:x}{:04x}", std::process::id() & 0xffff, rand::random::<u16>());
+        let db_name = format!("tidemark_bench_{kind}_{id}");
+        let admin = PgPoolOptions::new().max_connections(1).connect(&services.database_url).await.context("connect to DATABASE_URL")?;
+        sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await.context("create the benchmark database")?;
+        admin.close().await;
+        let database_url = with_db(&services.database_url, &db_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect(&database_url)
+            .await
+            .context("connect to the benchmark database")?;
+        tidemark::db::migrate(&pool).await.context("migrations")?;
+        std::fs::create_dir_all(&log_dir)?;
+        Ok(BenchEnv {
+            kind: kind.to_string(),
+            db_name,
+            database_url,
+            alias: format!("bench_{kind}_{id}"),
+            namespace: format!("bench_{kind}_{id}"),
+            pool,
+            services: services.clone(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+            log_dir,
+            students: 0,
+            procs: Vec::new(),
+        })
+    }
+
+    /// The configuration tidemark would build from this environment, pointed at `es_url`.
+    pub fn config(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Arc<Config> {
+        let mut c = Config::default();
+        c.database_url = Some(Secret::new(self.database_url.clone()));
+        c.redis_url = Some(Secret::new(self.services.redis_url.clone()));
+        c.elasticsearch_url = Some(Secret::new(es_url.to_string()));
+        c.index_alias = self.alias.clone();
+        c.queue_namespace = self.namespace.clone();
+        tweak(&mut c);
+        c.validate().expect("benchmark configuration is valid");
+        Arc::new(c)
+    }
+
+    /// An in-process engine (no queue) against `es_url`.
+    pub fn engine(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Engine {
+        let config = self.config(es_url, tweak);
+        let search = Search::new(&config).expect("search client");
+        Engine::new(self.pool.clone(), search, config, None)
+    }
+
+    pub fn search(&self, es_url: &str) -> Search {
+        Search::new(&self.config(es_url, |_| {})).expect("search client")
+    }
+
+    /// Seeds `n` students (tidemark::seed; the capture triggers mark every one), then
+    /// VACUUM ANALYZE, as any database that has been running a while would be.
+    pub async fn seed(&mut self, n: u64) -> Result<Duration> {
+        let t = Instant::now();
+        let r = tidemark::seed::seed(&self.pool, &tidemark::seed::SeedOptions { students: n, seed: 1 }).await?;
+        let seeded = t.elapsed();
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&self.pool).await?;
+        self.students = r.students;
+        progress!("{}: seeded {} students ({} enrollments) in {:.1}s, vacuumed in {:.1}s", self.kind, r.students, r.enrollments, seeded.as_secs_f64(), (t.elapsed() - seeded).as_secs_f64());
+        Ok(seeded)
+    }
+
+    pub async fn sql(&self, q: &str) -> Result<()> {
+        sqlx::raw_sql(q).execute(&self.pool).await.with_context(|| q.to_string())?;
+        Ok(())
+    }
+
+    pub async fn scalar(&self, q: &str) -> Result<i64> {
+        sqlx::query_scalar(q).fetch_one(&self.pool).await.with_context(|| q.to_string())
+    }
+
+    /// (student marks, university/course marks) still waiting.
+    pub async fn marks_left(&self) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as("SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents)")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Creates the physical index and the alias on the search server *without* marking
+    /// every student (what `index::ensure` does for a first index), so a benchmark can
+    /// choose which students to index.
+    pub async fn create_index_unmarked(&self, es_url: &str) -> Result<String> {
+        let search = self.search(es_url);
+        let name = format!("{}_1", self.alias);
+        tidemark::index::create(&search, &name).await?;
+        search
+            .json(elasticsearch::http::Method::Post, "/_aliases", Some(&json!({"actions": [{"add": {"index": name, "alias": self.alias}}]})))
+            .await?;
+        Ok(name)
+    }
+
+    /// Drains every mark with `parallel` in-process engines against `es_url`.
+    pub async fn drain(&self, es_url: &str, parallel: usize, tweak: impl Fn(&mut Config)) -> Result<DrainReport> {
+        let engines: Vec<Engine> = (0..parallel).map(|_| self.engine(es_url, &tweak)).collect();
+        let mut total = DrainReport::default();
+        for _round in 0..5 {
+            let reports = futures::future::try_join_all(engines.iter().map(|e| e.drain())).await?;
+            for r in reports {
+                total.batches += r.batches;
+                total.indexed += r.indexed;
+                total.deleted += r.deleted;
+                total.dead += r.dead;
+                total.fanned_out += r.fanned_out;
+            }
+            if self.marks_left().await? == (0, 0) {
+                return Ok(total);
+            }
+        }
+        bail!("marks remain after draining: {:?}", self.marks_left().await?)
+    }
+
+    // ----------------------------------------------------------------- search server
+
+    pub async fn es(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut r = self.http.request(method, format!("{}{path}", self.services.es_url));
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let resp = r.send().await.with_context(|| format!("search server: {path}"))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("search server answered {path} with {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Documents behind the alias matching `query`.
+    pub async fn count(&self, query: Value) -> Result<u64> {
+        let v = self.es(reqwest::Method::POST, &format!("/{}/_count", self.alias), Some(&json!({"query": query}))).await?;
+        v["count"].as_u64().context("no count in the answer")
+    }
+
+    pub async fn index_name(&self) -> Result<String> {
+        let v = self.es(reqwest::Method::GET, &format!("/_alias/{}", self.alias), None).await?;
+        v.as_object().and_then(|o| o.keys().next().cloned()).context("alias has no index")
+    }
+
+    // ------------------------------------------------------------------- processes
+
+    /// Starts `tidemark <args>` with this environment; its stderr goes to a log file.
+    pub fn spawn(&mut self, args: &[&str], log_name: &str) -> Result<u32> {
+        let log_path = self.log_dir.join(format!("{}-{log_name}.log", self.kind));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(tidemark_bin())
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", &self.services.redis_url)
+            .env("ELASTICSEARCH_URL", &self.services.es_url)
+            .env("TIDEMARK_INDEX_ALIAS", &self.alias)
+            .env("TIDEMARK_QUEUE_NAMESPACE", &self.namespace)
+            .env("RUST_LOG", "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {} {args:?} (build it with `cargo build --release`)", tidemark_bin().display()))?;
+        let pid = child.id();
+        self.procs.push(Proc { child, log: log_path });
+        Ok(pid)
+    }
+
+    /// A scheduler and two workers (each with its default concurrency), as the demo runs.
+    pub async fn start_deployment(&mut self) -> Result<Vec<u32>> {
+        let pids = vec![
+            self.spawn(&["scheduler", "--interval", "5s"], "scheduler")?,
+            self.spawn(&["worker"], "worker-1")?,
+            self.spawn(&["worker"], "worker-2")?,
+        ];
+        // Ready when all three LISTEN for change notifications and both workers say so.
+        let start = Instant::now();
+        loop {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let started = self.procs.iter().filter(|p| std::fs::read_to_string(&p.log).is_ok_and(|l| l.contains("worker started"))).count();
+            if listening >= 3 && started >= 2 {
+                break;
+            }
+            for p in &mut self.procs {
+                if let Some(status) = p.child.try_wait()? {
+                    bail!("{} exited ({status}); see {}", p.log.display(), p.log.display());
+                }
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("scheduler and workers not ready within 60 s (listening: {listening}, started: {started}); see {}", self.log_dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(pids)
+    }
+
+    /// SIGTERM every process started, and waits (bounded) for them to exit.
+    pub async fn stop_processes(&mut self) {
+        for p in &self.procs {
+            let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
+        }
+        let start = Instant::now();
+        for p in &mut self.procs {
+            while matches!(p.child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(45) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if matches!(p.child.try_wait(), Ok(None)) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+        self.procs.clear();
+    }
+
+    /// Drops the processes, indices, Redis keys and database (best effort).
+    pub async fn cleanup(mut self) {
+        self.stop_processes().await;
+        let _ = self.es(reqwest::Method::DELETE, &format!("/{}_*", self.alias), None).await;
+        self.pool.close().await;
+        if let Ok(client) = redis::Client::open(self.services.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut conn).await.unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        }
+        if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&self.services.database_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).execute(&admin).await;
+        }
+    }
+}
+
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `check` every `every` until it returns Some or `limit` passes.
+pub async fn poll<T, F, Fut>(what: &str, every: Duration, limit: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,132 @@
+//! Support for the benchmark harness (`benches/tidemark.rs`): an isolated environment per
+//! benchmark on the real services, a discarding `_bulk` endpoint, process and CPU
+//! accounting, statistics, and the report.
+//!
+//! One file per benchmark (`fanout`, `reindex`, `overhead`, `freshness`, `facets`); each
+//! returns an [`report::Outcome`] (summary rows, a detail section, raw numbers).
+#![allow(dead_code)]
+
+pub mod cpu;
+pub mod discard;
+pub mod env;
+pub mod report;
+pub mod stats;
+
+pub mod facets;
+pub mod fanout;
+pub mod freshness;
+pub mod overhead;
+pub mod reindex;
+
+use std::path::PathBuf;
+
+/// Sizes and durations of one run: `--quick` or full.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    /// Fan-out cases: (students seeded, index every student or only the renamed
+    /// university's, per-document baseline sample or None for all of them).
+    pub fanout: Vec<FanoutCase>,
+    pub reindex_discard_students: u64,
+    pub reindex_baseline_sample: usize,
+    /// Students for the end-to-end reindex into osmem (its index is reused by the facets).
+    pub reindex_osmem_students: u64,
+    pub reindex_raw_sample: usize,
+    pub reindex_osmem_baseline_sample: usize,
+    pub overhead_students: u64,
+    pub overhead_single_rounds: usize,
+    pub overhead_single_per_round: usize,
+    pub overhead_bulk_rounds: usize,
+    pub fresh_students: u64,
+    pub fresh_rate: u32,
+    pub fresh_secs: u64,
+    /// Index sizes for the facet benchmark (the SQL side runs on these and `facets_sql_only`).
+    pub facets_index: Vec<u64>,
+    pub facets_sql_only: Vec<u64>,
+    pub facets_runs: usize,
+    pub out_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct FanoutCase {
+    pub students: u64,
+    /// Index only the renamed university's students (keeps osmem within its memory).
+    pub index_only_renamed: bool,
+    /// Per-document baseline on this many students, extrapolated; None: all of them.
+    pub baseline_sample: Option<usize>,
+    /// Also measure tidemark's own part of this fan-out against the discarding endpoint.
+    pub discard_too: bool,
+}
+
+impl Plan {
+    pub fn new(quick: bool, out_dir: PathBuf) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                fanout: vec![FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false }],
+                reindex_discard_students: 100_000,
+                reindex_baseline_sample: 5_000,
+                reindex_osmem_students: 10_000,
+                reindex_raw_sample: 10_000,
+                reindex_osmem_baseline_sample: 2_000,
+                overhead_students: 200_000,
+                overhead_single_rounds: 2,
+                overhead_single_per_round: 1_000,
+                overhead_bulk_rounds: 1,
+                fresh_students: 10_000,
+                fresh_rate: 200,
+                fresh_secs: 20,
+                facets_index: vec![10_000],
+                facets_sql_only: vec![],
+                facets_runs: 15,
+                out_dir,
+            }
+        } else {
+            Plan {
+                quick,
+                fanout: vec![
+                    FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false },
+                    FanoutCase { students: 1_000_000, index_only_renamed: true, baseline_sample: Some(10_000), discard_too: true },
+                ],
+                reindex_discard_students: 1_000_000,
+                reindex_baseline_sample: 20_000,
+                reindex_osmem_students: 200_000,
+                reindex_raw_sample: 20_000,
+                reindex_osmem_baseline_sample: 5_000,
+                overhead_students: 200_000,
+                overhead_single_rounds: 6,
+                overhead_single_per_round: 2_000,
+                overhead_bulk_rounds: 3,
+                fresh_students: 20_000,
+                fresh_rate: 500,
+                fresh_secs: 60,
+                facets_index: vec![10_000, 200_000],
+                facets_sql_only: vec![1_000_000],
+                facets_runs: 30,
+                out_dir,
+            }
+        }
+    }
+}
+
+/// Runs a future with a deadline, turning a timeout into an error that names what hung.
+pub async fn within<T>(what: &str, limit: std::time::Duration, f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("{what}: timed out after {limit:?}"),
+    }
+}
+
+/// Prints a progress line on stderr (the results go to files).
+#[macro_export]
+macro_rules! progress {
+    ($($arg:tt)*) => {{
+        eprintln!("[bench {:>7.1}s] {}", $crate::support::clock(), format!($($arg)*));
+    }};
+}
+
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+pub fn clock() -> f64 {
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+}
