@@ -1,1 +1,166 @@
-fn main() {}
+//! The benchmarks of BENCHMARKS.md: the DESIGN.md performance targets, each measured
+//! against a baseline in the same run, on real services (PostgreSQL, Redis, osmem) and
+//! real tidemark processes.
+//!
+//! Run it with `deploy/local/bench.sh [--quick]`, which starts the services, builds, runs
+//! this harness and writes BENCHMARKS.md. Directly:
+//!
+//! ```text
+//! cargo bench --bench tidemark -- [--quick] [--only fanout,reindex,overhead,freshness,facets] [--out DIR]
+//! ```
+//!
+//! with DATABASE_URL, REDIS_URL and ELASTICSEARCH_URL set. Results go to DIR
+//! (default `target/bench`): `results.md`, `results.json`, and process logs in `logs/`.
+
+mod support;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use support::{env::Services, report::Report, Plan};
+
+const ALL: [&str; 5] = ["fanout", "reindex", "overhead", "freshness", "facets"];
+
+struct Args {
+    quick: bool,
+    only: Vec<String>,
+    out: PathBuf,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args { quick: false, only: ALL.iter().map(|s| s.to_string()).collect(), out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench") };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            // cargo bench passes --bench to every bench target.
+            "--bench" => {}
+            "--only" => {
+                let list = it.next().ok_or_else(|| anyhow::anyhow!("--only needs a list, e.g. --only fanout,facets"))?;
+                a.only = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                if let Some(bad) = a.only.iter().find(|s| !ALL.contains(&s.as_str())) {
+                    anyhow::bail!("unknown benchmark {bad:?}; choose among {}", ALL.join(", "));
+                }
+            }
+            "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs a directory"))?),
+            "-h" | "--help" => {
+                println!("cargo bench --bench tidemark -- [--quick] [--only {}] [--out DIR]", ALL.join(","));
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> std::process::ExitCode {
+    support::clock();
+    let args = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the chosen benchmarks in order; a failing benchmark is reported and the others
+/// still run. Returns whether every benchmark ran (targets missed are not failures).
+async fn run(args: Args) -> Result<bool> {
+    let services = Services::from_env()?;
+    let plan = Plan::new(args.quick, args.out.clone());
+    std::fs::create_dir_all(plan.out_dir.join("logs"))?;
+    let wants = |b: &str| args.only.iter().any(|o| o == b);
+    let mut report = Report::default();
+    let mut ok = true;
+    progress!("{} run: {}", if plan.quick { "quick" } else { "full" }, args.only.join(", "));
+
+    if wants("fanout") {
+        match support::fanout::run(&plan, &services).await {
+            Ok(o) => report.add("1. Fan-out: a university renamed", "fanout", o),
+            Err(e) => {
+                ok = false;
+                progress!("fan-out failed: {e:#}");
+                report.failed("1. Fan-out", "fanout", &e);
+            }
+        }
+        report.write(&plan.out_dir)?;
+    }
+
+    let mut kept = support::reindex::Kept { discard_db: None, osmem: None };
+    if wants("reindex") {
+        let (r, k) = support::reindex::run(&plan, &services).await;
+        kept = k;
+        match r {
+            Ok(o) => report.add("2. Full reindex", "reindex", o),
+            Err(e) => {
+                ok = false;
+                progress!("reindex failed: {e:#}");
+                report.failed("2. Full reindex", "reindex", &e);
+            }
+        }
+        // Keep only what the facets can reuse.
+        if !wants("facets") || !plan.facets_sql_only.contains(&kept.discard_db.as_ref().map_or(0, |e| e.students)) {
+            if let Some(env) = kept.discard_db.take() {
+                env.cleanup().await;
+            }
+        }
+        if !wants("facets") || !plan.facets_index.contains(&kept.osmem.as_ref().map_or(0, |e| e.students)) {
+            if let Some(env) = kept.osmem.take() {
+                env.cleanup().await;
+            }
+        }
+        report.write(&plan.out_dir)?;
+    }
+
+    if wants("overhead") {
+        match support::overhead::run(&plan, &services).await {
+            Ok(o) => report.add("3. Write overhead of the capture triggers", "overhead", o),
+            Err(e) => {
+                ok = false;
+                progress!("write overhead failed: {e:#}");
+                report.failed("3. Write overhead", "overhead", &e);
+            }
+        }
+        report.write(&plan.out_dir)?;
+    }
+
+    if wants("freshness") {
+        match support::freshness::run(&plan, &services).await {
+            Ok(o) => report.add("4. Freshness under load", "freshness", o),
+            Err(e) => {
+                ok = false;
+                progress!("freshness failed: {e:#}");
+                report.failed("4. Freshness", "freshness", &e);
+            }
+        }
+        report.write(&plan.out_dir)?;
+    }
+
+    if wants("facets") {
+        match support::facets::run(&plan, &services, &mut kept).await {
+            Ok(o) => report.add("5. Facets: index vs SQL", "facets", o),
+            Err(e) => {
+                ok = false;
+                progress!("facets failed: {e:#}");
+                report.failed("5. Facets", "facets", &e);
+            }
+        }
+    }
+    for env in [kept.discard_db.take(), kept.osmem.take()].into_iter().flatten() {
+        env.cleanup().await;
+    }
+    report.write(&plan.out_dir)?;
+    println!("{}", report.markdown());
+    progress!("results in {}", plan.out_dir.join("results.md").display());
+    Ok(ok)
+}

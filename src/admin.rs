@@ -26,6 +26,8 @@ pub struct Status {
     pub documents: Option<u64>,
     /// Sync jobs waiting in Redis (None when Redis could not be asked).
     pub queue_depth: Option<u64>,
+    /// The running full reindex, or else the last one.
+    pub reindex: Option<crate::reindex::Build>,
     /// Problems met while gathering the status (a service down).
     pub problems: Vec<String>,
 }
@@ -68,7 +70,9 @@ pub async fn status(pool: &PgPool, search: &Search, queue: Option<&Queue>, alias
         },
         None => None,
     };
+    let reindex = crate::reindex::latest(pool, alias).await?;
     Ok(Status {
+        reindex,
         outstanding_marks,
         in_flight,
         lag_seconds: lag_marks.into_iter().chain(lag_parents).fold(0.0, f64::max),
@@ -98,6 +102,16 @@ impl Status {
             ("queue depth", opt(self.queue_depth)),
         ];
         let mut out = String::new();
+        let reindex = self.reindex.as_ref().map(|b| {
+            let pct = if b.docs_total > 0 { 100 * b.docs_done / b.docs_total } else { 100 };
+            if b.is_active() {
+                format!("#{} {} {}: {}/{} documents ({pct}%), {}/{} chunks", b.id, b.state, b.target_index, b.docs_done, b.docs_total, b.chunks_done, b.chunks_total)
+            } else {
+                let when = b.finished_at.unwrap_or(b.started_at).format("%Y-%m-%d %H:%M:%S UTC");
+                format!("#{} {} {} at {when}{}", b.id, b.state, b.target_index, b.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())
+            }
+        });
+        let rows = rows.into_iter().chain(reindex.map(|r| ("reindex", r)));
         for (k, v) in rows {
             out.push_str(&format!("{k:<20} {v}\n"));
         }

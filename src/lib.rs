@@ -10,7 +10,8 @@
 //! - [`index`]: which physical indices a batch writes to; [`reindex`]: zero-downtime full
 //!   reindex (chunks, dual writes, verification, atomic alias swap, rollback).
 //! - [`search`]: the search-server client; [`document`]: the document and its mapping.
-//! - [`admin`]: status, dead letters, retries; [`seed`]: demo and benchmark data.
+//! - [`admin`]: status, dead letters, retries; [`verify`]: index vs database;
+//!   [`seed`]: demo and benchmark data.
 //! - [`writer`]: `commit_and_nudge`, for Rust applications that write.
 //! - `workers/` (crate `tidemark-workers`): the jobs and the apalis glue.
 
@@ -24,6 +25,7 @@ pub mod pipeline;
 pub mod reindex;
 pub mod search;
 pub mod seed;
+pub mod verify;
 pub mod writer;
 
 pub use tidemark_workers as workers;

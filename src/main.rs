@@ -9,8 +9,9 @@ use tidemark::{
     config::{redact_url, Config, HumanDuration},
     db,
     engine::Engine,
+    reindex,
     search::Search,
-    seed,
+    seed, verify,
     workers::{self, Queue},
 };
 use tokio::sync::watch;
@@ -86,6 +87,39 @@ enum AdminCommand {
         /// Only these students (repeatable); all by default.
         #[arg(long = "student", value_name = "ID")]
         students: Vec<i64>,
+    },
+    /// Rebuild the whole index into a new generation while the live one keeps serving;
+    /// the alias moves once the new index is verified.
+    Reindex {
+        /// Show progress until the build is promoted or fails.
+        #[arg(long)]
+        wait: bool,
+        /// Student ids per chunk job [default: reindex.chunk_size, 10000].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000), conflicts_with_all = ["cancel", "resume"])]
+        chunk_size: Option<u32>,
+        /// Abandon the running build and delete its index.
+        #[arg(long, conflicts_with_all = ["resume", "wait"])]
+        cancel: bool,
+        /// Give back the chunks of vanished workers and wake the workers (after a crash
+        /// or a Redis flush; the scheduler's ticks do the same, more slowly).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Point the alias back at the index the last reindex replaced.
+    Rollback,
+    /// Compare the index with the database: missing, extra and differing documents.
+    Verify {
+        /// Compare this many random students (and as many random documents).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "full")]
+        sample: u32,
+        /// Compare everything.
+        #[arg(long)]
+        full: bool,
+        /// Re-mark every student found missing, extra or differing.
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -319,6 +353,74 @@ async fn run_scheduler(config: Arc<Config>) -> Result<()> {
     Ok(())
 }
 
+/// One quick attempt at Redis (admin commands must not hang on it).
+async fn connect_queue_once(config: &Config) -> Option<Queue> {
+    let url = config.redis_url().ok()?;
+    match tokio::time::timeout(Duration::from_secs(5), Queue::connect(url.expose(), &redact_url(url.expose()), &config.queue_namespace)).await {
+        Ok(Ok(q)) => Some(q),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Redis unreachable");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Shows a build's progress until it is promoted or fails; the error says why it failed.
+async fn wait_for_build(pool: &sqlx::PgPool, id: i64) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    let mut last_line = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        let b = reindex::get(pool, id).await?;
+        let elapsed = start.elapsed().as_secs_f64().max(0.001);
+        let rate = b.docs_done as f64 / elapsed;
+        let left = (b.docs_total - b.docs_done).max(0) as f64;
+        let eta = if rate > 0.0 { format!("{:.0}s", left / rate) } else { "?".into() };
+        let pct = if b.docs_total > 0 { 100.0 * b.docs_done as f64 / b.docs_total as f64 } else { 100.0 };
+        let filled = (pct / 5.0) as usize;
+        let line = format!(
+            "[{}{}] {}/{} documents  {:.0} docs/s  ETA {}  ({})",
+            "#".repeat(filled.min(20)),
+            ".".repeat(20 - filled.min(20)),
+            b.docs_done,
+            b.docs_total,
+            rate,
+            eta,
+            b.state
+        );
+        if tty {
+            eprint!("\r{line}   ");
+            let _ = std::io::stderr().flush();
+        } else if last_line.elapsed() >= Duration::from_secs(5) || !b.is_active() {
+            eprintln!("{line}");
+            last_line = std::time::Instant::now();
+        }
+        if !b.is_active() {
+            if tty {
+                eprintln!();
+            }
+            return match b.state.as_str() {
+                "done" => {
+                    println!(
+                        "reindex #{} done: {} holds {} documents, verified and live behind {} after {:.1}s{}",
+                        b.id,
+                        b.target_index,
+                        b.docs_done,
+                        b.alias,
+                        elapsed,
+                        b.previous_index.map(|p| format!("; {p} kept for `tidemark admin rollback`")).unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                state => bail!("reindex #{} {state}: {}; the alias did not move", b.id, b.message.unwrap_or_default()),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<()> {
     let pool = db::connect(&config, 2).await?;
     check_schema(&pool).await?;
@@ -366,6 +468,70 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<()> {
                         r.error
                     );
                 }
+            }
+        }
+        AdminCommand::Reindex { wait, chunk_size, cancel, resume } => {
+            let search = Search::new(&config)?;
+            let alias = &config.index_alias;
+            let queue = connect_queue_once(&config).await;
+            let build = if cancel {
+                let b = reindex::cancel(&pool, &search, alias).await?;
+                println!("reindex #{} cancelled; {} deleted; the alias never moved", b.id, b.target_index);
+                return Ok(());
+            } else if resume {
+                let (b, released) = reindex::resume(&pool, alias).await?;
+                println!("reindex #{} resumed: {released} abandoned chunks given back", b.id);
+                b
+            } else {
+                let size = chunk_size.unwrap_or(config.reindex.chunk_size);
+                let b = reindex::start(&pool, &search, alias, size, "requested with `tidemark admin reindex`").await?;
+                println!(
+                    "reindex #{} started: building {} ({} students in {} chunks){}",
+                    b.id,
+                    b.target_index,
+                    b.docs_total,
+                    b.chunks_total,
+                    b.previous_index.as_ref().map(|p| format!("; {p} keeps serving meanwhile")).unwrap_or_default()
+                );
+                b
+            };
+            match &queue {
+                Some(q) => {
+                    let _ = q.nudge("reindex").await;
+                }
+                None => eprintln!("warning: Redis is unreachable, so no worker was woken; the build starts when workers see the scheduler's next tick"),
+            }
+            if wait {
+                wait_for_build(&pool, build.id).await?;
+            }
+        }
+        AdminCommand::Rollback => {
+            let search = Search::new(&config)?;
+            let (from, to) = reindex::rollback(&pool, &search, &config.index_alias).await?;
+            if let Some(q) = connect_queue_once(&config).await {
+                let _ = q.nudge("rollback").await;
+            }
+            println!("alias {} points at {to} again (was {from}); every student is marked so {to} catches up", config.index_alias);
+        }
+        AdminCommand::Verify { sample, full, repair, json } => {
+            let search = Search::new(&config)?;
+            let engine = Engine::new(pool.clone(), search, config.clone(), None);
+            let mode = if full { verify::Mode::Full } else { verify::Mode::Sample(sample) };
+            let report = verify::verify(&engine, mode).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if repair && !report.is_clean() {
+                let n = verify::repair(&engine, &report).await?;
+                if let Some(q) = connect_queue_once(&config).await {
+                    let _ = q.nudge("repair").await;
+                }
+                println!("repair: re-marked {n} students; the next sync rewrites them");
+            } else if !report.is_clean() {
+                eprintln!("run again with --repair to re-mark them");
+                std::process::exit(3);
             }
         }
         AdminCommand::RetryFailed { students } => {

@@ -131,7 +131,10 @@ pub async fn start(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32,
         });
     }
     let previous = search.alias_targets(alias).await?.into_iter().next();
-    let next = search.indices(&format!("{alias}_*")).await?.iter().filter_map(|i| generation(alias, i)).max().unwrap_or(0) + 1;
+    // Never reuse a generation, even one whose index is gone: a late write to a deleted
+    // name would otherwise land in the new build.
+    let used: Vec<String> = sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1").bind(alias).fetch_all(&mut *tx).await?;
+    let next = search.indices(&format!("{alias}_*")).await?.iter().chain(&used).filter_map(|i| generation(alias, i)).max().unwrap_or(0) + 1;
     let target = format!("{alias}_{next}");
     let mut body = index_body();
     // Build-time settings: no refresh and no replicas while bulk loading.

@@ -8,9 +8,10 @@
 //! no university. Every student takes 1 to 10 distinct courses.
 //!
 //! Rows go in with `COPY … FROM STDIN` (text format, encoded straight into a byte
-//! buffer), all in one transaction: a failed seed leaves nothing behind. The capture
-//! triggers fire as for any writer, so every seeded student ends up marked dirty and
-//! is indexed by the workers.
+//! buffer), with the foreign keys and secondary indexes recreated after the load (see
+//! [`DeferredSchema`]), all in one transaction: a failed seed leaves nothing behind.
+//! The capture triggers fire as for any writer, so every seeded student ends up marked
+//! dirty and is indexed by the workers; at 1 M students they are about half the time.
 
 use std::time::{Duration, Instant};
 
@@ -149,9 +150,10 @@ pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedE
         }
     }
 
-    // The capture triggers sort each statement's ids (5.5 M enrollments' student ids
-    // per batch at most); with the default 4 MB that sort and the transition tables
-    // spill to disk. Raised for this transaction only, never lowered.
+    // The capture triggers sort each statement's ids (a batch's ~5.5 M enrollments);
+    // with the default 4 MB that sort and the transition tables spill to disk (the
+    // enrollments' marking took ~16 s instead of ~13 s at 1 M students). Raised for
+    // this transaction only, never lowered.
     sqlx::query(
         "SELECT set_config('work_mem', '128MB', true)
            FROM pg_settings
@@ -173,8 +175,9 @@ pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedE
     while students < opts.students {
         let batch = (opts.students - students).min(STUDENTS_PER_BATCH);
 
-        // The students' rows stream out in chunks; their enrollments wait in memory
-        // (~11 bytes each) until the students exist, for the foreign key.
+        // A connection runs one COPY at a time: the students' rows stream out in
+        // chunks while their enrollments wait in memory (~10 bytes each, ~55 MB for a
+        // full batch) for their own COPY right after.
         enrollment_buf.clear();
         let mut enrollment_rows = 0;
         let mut copy = CopySink::begin(
@@ -335,9 +338,11 @@ impl DeferredSchema {
                FROM pg_settings
               WHERE name = 'maintenance_work_mem' AND setting::bigint < 256 * 1024",
         )
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error("raising maintenance_work_mem for the index builds"))?;
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error(
+            "raising maintenance_work_mem for the index builds",
+        ))?;
         for (name, definition) in &self.indexes {
             let started = Instant::now();
             sqlx::query(definition)
@@ -348,10 +353,14 @@ impl DeferredSchema {
         }
         for (table, name, definition) in &self.foreign_keys {
             let started = Instant::now();
-            sqlx::query(&format!("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"))
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error("recreating (and validating) a foreign key after the load"))?;
+            sqlx::query(&format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"
+            ))
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error(
+                "recreating (and validating) a foreign key after the load",
+            ))?;
             tracing::debug!(constraint = %name, elapsed_ms = started.elapsed().as_millis() as u64, "foreign key validated");
         }
         Ok(())
@@ -482,7 +491,10 @@ pub(crate) struct SeedData {
 impl SeedData {
     pub(crate) fn embedded() -> Self {
         fn lines(text: &'static str) -> Vec<&'static str> {
-            text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect()
         }
         Self {
             first_names: lines(FIRST_NAMES),
@@ -589,8 +601,8 @@ impl<'d> StudentGenerator<'d> {
         // constructors cannot fail.
         let university = WeightedIndex::new(university_weights(data.universities.len()))
             .expect("university weights are valid");
-        let age = WeightedIndex::new((MIN_AGE..=MAX_AGE).map(age_weight))
-            .expect("age weights are valid");
+        let age =
+            WeightedIndex::new((MIN_AGE..=MAX_AGE).map(age_weight)).expect("age weights are valid");
         assert!(
             !data.first_names.is_empty() && !data.last_names.is_empty(),
             "the seed name lists are empty"
@@ -723,7 +735,10 @@ fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
 /// backslash, tab or newline in a future entry must not shift the columns.
 fn push_text(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    if !bytes.iter().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
         buf.extend_from_slice(bytes);
         return;
     }
@@ -755,8 +770,15 @@ mod tests {
         let mut seen = HashSet::new();
         for name in names {
             let chars = name.chars().count();
-            assert!((1..=50).contains(&chars), "{what}: {name:?} has {chars} chars");
-            assert_eq!(name.trim(), *name, "{what}: {name:?} has surrounding spaces");
+            assert!(
+                (1..=50).contains(&chars),
+                "{what}: {name:?} has {chars} chars"
+            );
+            assert_eq!(
+                name.trim(),
+                *name,
+                "{what}: {name:?} has surrounding spaces"
+            );
             assert!(
                 !name.chars().any(char::is_control),
                 "{what}: {name:?} has a control character"
@@ -768,13 +790,16 @@ mod tests {
     #[test]
     fn name_lists_are_valid() {
         let data = SeedData::embedded();
-        for (what, names) in [("first names", &data.first_names), ("last names", &data.last_names)]
-        {
+        for (what, names) in [
+            ("first names", &data.first_names),
+            ("last names", &data.last_names),
+        ] {
             assert!(names.len() >= 200, "{what}: only {} entries", names.len());
             assert_unique_and_sized(what, names);
             for name in names.iter() {
                 assert!(
-                    name.chars().all(|c| c.is_alphabetic() && u32::from(c) <= 0xFF),
+                    name.chars()
+                        .all(|c| c.is_alphabetic() && u32::from(c) <= 0xFF),
                     "{what}: {name:?} must be ASCII or Latin-1 letters only"
                 );
             }
@@ -848,12 +873,18 @@ mod tests {
             let mit = share(counts[1]);
             assert!((mit - 0.10).abs() <= tolerance, "N = {n}: MIT share {mit}");
             let none = share(counts[0]);
-            assert!((none - 0.02).abs() <= tolerance / 2.0, "N = {n}: NULL share {none}");
+            assert!(
+                (none - 0.02).abs() <= tolerance / 2.0,
+                "N = {n}: NULL share {none}"
+            );
             let largest_other = counts[2..].iter().max().copied().unwrap_or(0);
             assert!(counts[1] > largest_other, "N = {n}: {counts:?}");
             // Zipf-like: the head holds much more than the tail, and every university
             // still has students.
-            assert!(counts[2] > 3 * counts[data.universities.len()], "{counts:?}");
+            assert!(
+                counts[2] > 3 * counts[data.universities.len()],
+                "{counts:?}"
+            );
             assert!(counts[1..].iter().all(|&c| c > 0), "{counts:?}");
         }
     }
@@ -873,17 +904,26 @@ mod tests {
             assert!(row.first_name.chars().count() <= 50);
             assert!(row.last_name.chars().count() <= 50);
             if let Some(id) = row.university_id {
-                assert!((1..=data.universities.len() as u64).contains(&id), "{row:?}");
+                assert!(
+                    (1..=data.universities.len() as u64).contains(&id),
+                    "{row:?}"
+                );
             }
             let courses = row.courses.as_slice();
             assert!((1..=10).contains(&courses.len()), "{row:?}");
-            assert!(courses.windows(2).all(|p| p[0] < p[1]), "sorted, distinct: {row:?}");
+            assert!(
+                courses.windows(2).all(|p| p[0] < p[1]),
+                "sorted, distinct: {row:?}"
+            );
             assert!(courses
                 .iter()
                 .all(|&c| (1..=data.courses.len()).contains(&usize::from(c))));
             enrollments += courses.len();
         }
-        assert!(in_typical_range as f64 >= 0.9 * rows.len() as f64, "{in_typical_range}");
+        assert!(
+            in_typical_range as f64 >= 0.9 * rows.len() as f64,
+            "{in_typical_range}"
+        );
         let mean = enrollments as f64 / rows.len() as f64;
         assert!((mean - 5.5).abs() < 0.05, "mean courses per student {mean}");
         // Every course count from 1 to 10 occurs, and all four years.
@@ -920,7 +960,11 @@ mod tests {
         row.id = 0;
         let mut buf = Vec::new();
         encode_student(&row, &mut buf);
-        assert!(buf.ends_with(b"\tFR\t\\N\n"), "{:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.ends_with(b"\tFR\t\\N\n"),
+            "{:?}",
+            String::from_utf8_lossy(&buf)
+        );
         assert!(buf.starts_with(b"0\t"));
 
         let mut buf = Vec::new();

@@ -10,7 +10,7 @@
 //! not queue behind the measured code's tasks, and its CPU time is reported apart.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     io::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -29,6 +29,10 @@ struct State {
     indices: BTreeSet<String>,
     /// alias → indices
     aliases: BTreeMap<String, BTreeSet<String>>,
+    /// The last source of every document, per index, as the bytes received. Kept only so
+    /// that `_count` and `_mget` (tidemark's verification before an alias swap) answer
+    /// truthfully; nothing is parsed or indexed.
+    docs: HashMap<String, HashMap<u64, Box<[u8]>>>,
 }
 
 #[derive(Default)]
@@ -231,13 +235,16 @@ fn route(method: &str, target: &str, body: &[u8], state: &Mutex<State>, counters
         ("POST" | "PUT", ["_bulk"]) | ("POST" | "PUT", [_, "_bulk"]) => {
             counters.bulk_requests.fetch_add(1, Ordering::Relaxed);
             let default_index = if segs.len() == 2 { segs[0] } else { "" };
-            let (items, out) = bulk_answer(body, default_index);
+            let (items, out) = bulk_answer(body, default_index, &mut state.lock().unwrap());
             counters.bulk_items.fetch_add(items, Ordering::Relaxed);
             (200, out)
         }
         ("PUT" | "POST", [index, "_doc", id]) | ("PUT" | "POST", [index, "_create", id]) => {
             counters.doc_requests.fetch_add(1, Ordering::Relaxed);
             let index = resolve(state, index);
+            if let Ok(n) = id.parse::<u64>() {
+                store(&mut state.lock().unwrap(), &index, n, body);
+            }
             json(
                 201,
                 serde_json::json!({"_index": index, "_id": id, "_version": 1, "result": "created",
@@ -310,6 +317,7 @@ fn route(method: &str, target: &str, body: &[u8], state: &Mutex<State>, counters
             let gone: Vec<String> = st.indices.iter().filter(|i| glob(&pattern, i)).cloned().collect();
             for i in &gone {
                 st.indices.remove(i);
+                st.docs.remove(i);
                 for set in st.aliases.values_mut() {
                     set.remove(i);
                 }
@@ -317,10 +325,49 @@ fn route(method: &str, target: &str, body: &[u8], state: &Mutex<State>, counters
             json(200, serde_json::json!({"acknowledged": true}))
         }
         (_, [_, "_refresh"]) => json(200, serde_json::json!({"_shards": {"total": 1, "successful": 1, "failed": 0}})),
-        (_, [_, "_count"]) => json(200, serde_json::json!({"count": 0, "_shards": {"total": 1, "successful": 1, "failed": 0}})),
+        ("PUT", [_, "_settings"]) => json(200, serde_json::json!({"acknowledged": true})),
+        (_, [name, "_count"]) => {
+            let index = resolve(state, name);
+            let st = state.lock().unwrap();
+            let n = st.docs.get(&index).map_or(0, |d| d.len());
+            json(200, serde_json::json!({"count": n, "_shards": {"total": 1, "successful": 1, "failed": 0}}))
+        }
+        ("GET" | "POST", [name, "_mget"]) => {
+            let index = resolve(state, name);
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let st = state.lock().unwrap();
+            let mut out = Vec::from(&br#"{"docs":["#[..]);
+            for (i, id) in v["ids"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+                let id = id.as_str().map(str::to_string).unwrap_or_else(|| id.to_string());
+                if i > 0 {
+                    out.push(b',');
+                }
+                let found = id.parse::<u64>().ok().and_then(|n| st.docs.get(&index)?.get(&n));
+                match found {
+                    Some(src) => {
+                        let _ = write!(out, r#"{{"_index":"{index}","_id":"{id}","_version":1,"found":true,"_source":"#);
+                        out.extend_from_slice(src);
+                        out.push(b'}');
+                    }
+                    None => {
+                        let _ = write!(out, r#"{{"_index":"{index}","_id":"{id}","found":false}}"#);
+                    }
+                }
+            }
+            out.extend_from_slice(b"]}");
+            (200, out)
+        }
         (_, [name, ..]) => not_found(name),
         _ => not_found(path),
     }
+}
+
+fn store(st: &mut State, index: &str, id: u64, source: &[u8]) {
+    let docs = match st.docs.get_mut(index) {
+        Some(d) => d,
+        None => st.docs.entry(index.to_string()).or_default(),
+    };
+    docs.insert(id, source.into());
 }
 
 fn resolve(state: &Mutex<State>, name: &str) -> String {
@@ -337,7 +384,7 @@ fn field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
 
 /// One item per action line; the line after an `index`/`create`/`update` action is its
 /// source and is skipped.
-fn bulk_answer(body: &[u8], default_index: &str) -> (u64, Vec<u8>) {
+fn bulk_answer(body: &[u8], default_index: &str, st: &mut State) -> (u64, Vec<u8>) {
     let mut out = Vec::with_capacity(body.len() / 4 + 64);
     out.extend_from_slice(br#"{"took":1,"errors":false,"items":["#);
     let mut items = 0u64;
@@ -347,8 +394,14 @@ fn bulk_answer(body: &[u8], default_index: &str) -> (u64, Vec<u8>) {
         let op = action.get(2..).and_then(|r| r.iter().position(|b| *b == b'"').map(|e| &r[..e])).unwrap_or(b"index");
         let index = field(action, br#""_index":""#).unwrap_or(default_index.as_bytes());
         let id = field(action, br#""_id":""#).unwrap_or(b"");
+        let doc_id = std::str::from_utf8(id).ok().and_then(|s| s.parse::<u64>().ok());
+        let index_name = std::str::from_utf8(index).unwrap_or("");
         if op != b"delete" {
-            lines.next();
+            if let (Some(src), Some(n)) = (lines.next(), doc_id) {
+                store(st, index_name, n, src);
+            }
+        } else if let (Some(d), Some(n)) = (st.docs.get_mut(index_name), doc_id) {
+            d.remove(&n);
         }
         if items > 0 {
             out.push(b',');
@@ -375,7 +428,7 @@ mod tests {
     #[test]
     fn bulk_items_follow_actions() {
         let body = b"{\"index\":{\"_index\":\"s_1\",\"_id\":\"7\",\"version\":3,\"version_type\":\"external\"}}\n{\"a\":1}\n{\"delete\":{\"_index\":\"s_1\",\"_id\":\"8\"}}\n";
-        let (n, out) = super::bulk_answer(body, "");
+        let (n, out) = super::bulk_answer(body, "", &mut super::State::default());
         assert_eq!(n, 2);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["items"][0]["index"]["_id"], "7");

@@ -153,11 +153,32 @@ impl BenchEnv {
     pub async fn create_index_unmarked(&self, es_url: &str) -> Result<String> {
         let search = self.search(es_url);
         let name = format!("{}_1", self.alias);
-        tidemark::index::create(&search, &name).await?;
+        let body = serde_json::to_vec(&tidemark::document::index_body())?;
+        let reply = search.request(elasticsearch::http::Method::Put, &format!("/{name}"), Some(body), false).await?;
+        if !(200..300).contains(&reply.status) {
+            bail!("creating {name}: HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
+        }
         search
             .json(elasticsearch::http::Method::Post, "/_aliases", Some(&json!({"actions": [{"add": {"index": name, "alias": self.alias}}]})))
             .await?;
         Ok(name)
+    }
+
+    /// The first index of every student, as a first run does: no alias yet, so the first
+    /// step starts a full build, drained by `parallel` engines. The seed's marks are
+    /// dropped first (the build reads every student anyway). Returns the seconds it took.
+    pub async fn first_index(&self, parallel: usize) -> Result<f64> {
+        self.sql("TRUNCATE tidemark.dirty_students").await?;
+        let t = Instant::now();
+        let es = self.services.es_url.clone();
+        self.drain(&es, parallel, |_| {}).await?;
+        let secs = t.elapsed().as_secs_f64();
+        let n = self.count(json!({"match_all": {}})).await?;
+        if n != self.students {
+            bail!("the first index holds {n} documents for {} students", self.students);
+        }
+        progress!("{}: first index of {} students in {:.1}s ({:.0} docs/s)", self.kind, self.students, secs, self.students as f64 / secs);
+        Ok(secs)
     }
 
     /// Drains every mark with `parallel` in-process engines against `es_url`.
@@ -172,8 +193,9 @@ impl BenchEnv {
                 total.deleted += r.deleted;
                 total.dead += r.dead;
                 total.fanned_out += r.fanned_out;
+                total.reindexed += r.reindexed;
             }
-            if self.marks_left().await? == (0, 0) {
+            if self.marks_left().await? == (0, 0) && tidemark::reindex::active(&self.pool, &self.alias).await?.is_none() {
                 return Ok(total);
             }
         }

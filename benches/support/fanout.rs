@@ -1,0 +1,274 @@
+//! 1. Fan-out: rename a university and time from the renaming commit until every one of its
+//! students is searchable under the new name, with a scheduler and two worker processes
+//! running against osmem. Baseline in the same run: the tutorial's way, one request per
+//! student (read the student, index its document), then the same poll.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use super::{
+    cpu::{self, PgCpu, ProcCpu},
+    discard::Discard,
+    env::{BenchEnv, Services},
+    report::{Outcome, Row},
+    stats, FanoutCase, Plan,
+};
+use crate::progress;
+
+const BENCH: &str = "1. Fan-out";
+
+/// When the renamed documents became searchable, seconds after the rename was sent.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Milestones {
+    first: f64,
+    half: f64,
+    all: f64,
+    polls: u64,
+}
+
+/// Polls the index until `want` documents match `query`; times are from `t0`.
+async fn wait_searchable(env: &BenchEnv, query: serde_json::Value, want: u64, every: Duration, limit: Duration, t0: Instant) -> Result<Milestones> {
+    let mut m = Milestones { first: f64::NAN, half: f64::NAN, all: f64::NAN, polls: 0 };
+    loop {
+        let n = env.count(query.clone()).await?;
+        m.polls += 1;
+        let t = t0.elapsed().as_secs_f64();
+        if n > 0 && m.first.is_nan() {
+            m.first = t;
+        }
+        if n * 2 >= want && m.half.is_nan() {
+            m.half = t;
+        }
+        if n >= want {
+            m.all = t;
+            return Ok(m);
+        }
+        if t0.elapsed() > limit {
+            bail!("only {n} of {want} documents searchable after {limit:?}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let mut raw = Vec::new();
+    out.section.push_str(
+        "Rename university 1 (MIT in the seed data: ~10 % of the students) with one `UPDATE universities SET name = …`, \
+         then poll `_count` with a `term` query on `university.name` until every one of its students matches. \
+         The clock starts just before the `UPDATE` is sent (so it includes the commit) and stops when the poll that \
+         sees all of them returns. Processes: `tidemark scheduler --interval 5s` and two `tidemark worker` \
+         (default configuration: batch 2,000, fan-out chunk 10,000, concurrency 2 each), started from the release binary; \
+         one warm-up change goes through them first.\n\n\
+         Baseline, same database and index, after tidemark's run: the tutorial's way — rename, then for each student \
+         read it (one query, as an ORM `save()` does) and send one `PUT /<index>/_doc/<id>` with its document, in order, \
+         then the same poll.\n\n",
+    );
+    let mut update_ms = Vec::new();
+    for case in &plan.fanout {
+        let kind = if case.students >= 1_000_000 { "fanout1m" } else { "fanout16k" };
+        let mut env = BenchEnv::new(services, kind, plan.out_dir.join("logs")).await?;
+        let r = run_case(&mut env, case, &mut out).await;
+        env.cleanup().await;
+        let (v, upd) = r?;
+        update_ms.push(upd);
+        raw.push(v);
+    }
+    if update_ms.len() >= 2 {
+        let (small, big) = (update_ms[0], update_ms[update_ms.len() - 1]);
+        out.rows.push(
+            Row::new(BENCH, "the renaming `UPDATE` itself, 100k-student university vs 1,600")
+                .figure(format!("{} vs {}", stats::ms(big), stats::ms(small)))
+                .ratio(stats::ratio(big / small))
+                .target("O(1) (same cost whatever the size)", Some(big < 0.05 && big / small < 3.0)),
+        );
+    }
+    out.raw = json!(raw);
+    Ok(out)
+}
+
+async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> Result<(serde_json::Value, f64)> {
+    let es = env.services.es_url.clone();
+    env.seed(case.students).await?;
+    let n = env.scalar("SELECT count(*) FROM students WHERE university_id = 1").await? as u64;
+    let label = stats::int(n);
+
+    // The index: everybody, or (to stay within osmem's memory) only the renamed university.
+    let (indexed, initial_what) = if case.index_only_renamed {
+        env.sql("TRUNCATE tidemark.dirty_students").await?;
+        env.create_index_unmarked(&es).await?;
+        env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE university_id = 1))").await?;
+        (n, format!("only the {label} students of the university to be renamed are indexed (osmem holds its data in memory)"))
+    } else {
+        (env.students, format!("all {} students are indexed", stats::int(env.students)))
+    };
+    progress!("{}: initial index of {} documents into the search server", env.kind, stats::int(indexed));
+    let t = Instant::now();
+    env.drain(&es, 2, |_| {}).await?;
+    let initial = t.elapsed().as_secs_f64();
+    let in_index = env.count(json!({"match_all": {}})).await?;
+    if in_index != indexed {
+        bail!("initial index holds {in_index} documents, expected {indexed}");
+    }
+    let server_rate = indexed as f64 / initial;
+    progress!("{}: initial index took {:.1}s ({})", env.kind, initial, stats::rate(server_rate));
+
+    // The deployment, and one warm-up change through it.
+    let mut pids = env.start_deployment().await?;
+    let warm_t = Instant::now();
+    env.sql("UPDATE students SET last_name = 'Warmup' WHERE id = (SELECT min(id) FROM students WHERE university_id = 1)").await?;
+    wait_searchable(env, json!({"term": {"last_name.raw": "Warmup"}}), 1, Duration::from_millis(20), Duration::from_secs(60), warm_t).await?;
+    let warmup = warm_t.elapsed().as_secs_f64();
+
+    // The measured rename.
+    if let Some(p) = cpu::search_server_pid() {
+        pids.push(p);
+    }
+    let procs = ProcCpu::start(&pids);
+    let pg = PgCpu::start(&env.pool, &env.db_name).await;
+    let name = format!("Renamed University {}", chrono::Utc::now().format("%H%M%S%.3f"));
+    let every = if n > 10_000 { Duration::from_millis(100) } else { Duration::from_millis(20) };
+    let limit = Duration::from_secs(if n > 10_000 { 900 } else { 120 });
+    progress!("{}: renaming a university of {label} students", env.kind);
+    let t0 = Instant::now();
+    sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name).execute(&env.pool).await?;
+    let update = t0.elapsed().as_secs_f64();
+    let m = wait_searchable(env, json!({"term": {"university.name": name}}), n, every, limit, t0).await?;
+    let proc_cpu = procs.spent();
+    let pg_cpu = pg.spent(&env.pool).await;
+    progress!("{}: all {label} searchable after {:.2}s (UPDATE {:.1} ms)", env.kind, m.all, update * 1e3);
+    env.stop_processes().await;
+    if env.marks_left().await? != (0, 0) {
+        bail!("marks left after the fan-out: {:?}", env.marks_left().await?);
+    }
+
+    // tidemark's own part, against the discarding endpoint (no server cost).
+    let mut own = None;
+    if case.discard_too {
+        let index = env.index_name().await?;
+        let discard = Discard::start(&[(env.alias.clone(), index)]);
+        let name2 = format!("{name} (discard)");
+        let cpu0 = (cpu::self_cpu(), discard.cpu());
+        let t0 = Instant::now();
+        sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name2).execute(&env.pool).await?;
+        env.drain(&discard.url, 2, |_| {}).await?;
+        let secs = t0.elapsed().as_secs_f64();
+        let items = discard.bulk_items();
+        let tm_cpu = (cpu::self_cpu() - cpu0.0).saturating_sub(discard.cpu() - cpu0.1);
+        progress!("{}: the same fan-out into the discarding endpoint: {:.2}s ({} ops)", env.kind, secs, items);
+        own = Some((secs, items, tm_cpu));
+    }
+
+    // Baseline: one request per student, in order.
+    let sample = case.baseline_sample.map_or(n as usize, |s| s.min(n as usize));
+    let index = env.index_name().await?;
+    let name3 = format!("{name} (baseline)");
+    progress!("{}: baseline, one request per student ({} of {label})", env.kind, stats::int(sample as u64));
+    let t0 = Instant::now();
+    sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name3).execute(&env.pool).await?;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students WHERE university_id = 1 ORDER BY id LIMIT $1")
+        .bind(sample as i64)
+        .fetch_all(&env.pool)
+        .await?;
+    for id in &ids {
+        let docs = tidemark::pipeline::load::load(&env.pool, &[*id]).await?;
+        let Some(doc) = &docs[0].1 else { continue };
+        let resp = env
+            .http
+            .put(format!("{}/{index}/_doc/{id}", env.services.es_url))
+            .json(doc)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("baseline request for student {id} answered {}", resp.status());
+        }
+    }
+    let bm = wait_searchable(env, json!({"term": {"university.name": name3}}), sample as u64, Duration::from_millis(20), Duration::from_secs(900), t0).await?;
+    let base_measured = bm.all;
+    let base = base_measured * n as f64 / sample as f64;
+    let extrapolated = sample < n as usize;
+    progress!("{}: baseline {:.2}s for {} students{}", env.kind, base_measured, stats::int(sample as u64), if extrapolated { format!(" → {:.1}s extrapolated to {label}", base) } else { String::new() });
+
+    // Rows.
+    let (target, limit_s) = if n > 10_000 { ("< 15 s", 15.0) } else { ("< 1 s", 1.0) };
+    let base_text = if extrapolated {
+        format!("{} (extrapolated from {} requests: {})", stats::secs(base), stats::int(sample as u64), stats::secs(base_measured))
+    } else {
+        stats::secs(base)
+    };
+    out.rows.push(
+        Row::new(BENCH, format!("rename a university of {label} students → all searchable (scheduler + 2 workers, osmem)"))
+            .figure(stats::secs(m.all))
+            .baseline(format!("{base_text}, one request per student"))
+            .ratio(stats::ratio(base / m.all))
+            .target(target, Some(m.all < limit_s)),
+    );
+    out.rows.push(
+        Row::new(BENCH, format!("batched sync vs one request per document (fan-out of {label})"))
+            .figure(stats::ratio(base / m.all))
+            .target("≥ 20×", Some(base / m.all >= 20.0)),
+    );
+    if let Some((secs, items, tm_cpu)) = own {
+        out.rows.push(
+            Row::new(BENCH, format!("same fan-out of {label}, tidemark's own part (discarding endpoint, 2 in-process engines)"))
+                .figure(stats::secs(secs))
+                .baseline(format!("osmem alone: ≥ {} at its {} measured above", stats::secs(n as f64 / server_rate), stats::rate(server_rate)))
+                .target("< 15 s (tidemark's share)", Some(secs < 15.0)),
+        );
+        let _ = tm_cpu;
+    }
+
+    // Section.
+    let s = &mut out.section;
+    s.push_str(&format!("### University of {label} students ({} seeded; {initial_what})\n\n", stats::int(env.students)));
+    s.push_str("| | seconds after the rename was sent |\n| --- | --- |\n");
+    s.push_str(&format!("| `UPDATE universities` returned (committed) | {} |\n", stats::secs(update)));
+    s.push_str(&format!("| first renamed document searchable | {} |\n", stats::secs(m.first)));
+    s.push_str(&format!("| half of them searchable | {} |\n", stats::secs(m.half)));
+    s.push_str(&format!("| **all {label} searchable** | **{}** |\n", stats::secs(m.all)));
+    s.push_str(&format!("| baseline: all {} searchable, one request per student | {} |\n\n", stats::int(sample as u64), stats::secs(base_measured)));
+    s.push_str(&format!(
+        "- Poll every {} ms ({} polls). Warm-up change (one student) searchable after {}.\n",
+        every.as_millis(),
+        m.polls,
+        stats::secs(warmup)
+    ));
+    s.push_str(&format!(
+        "- CPU during the fan-out: tidemark processes + search server {}, PostgreSQL backends {}.\n",
+        stats::dur(proc_cpu),
+        stats::dur(pg_cpu)
+    ));
+    s.push_str(&format!(
+        "- The initial index ({} documents, 2 in-process engines) ran at {}: that is the search server's pace on this \
+           machine, so indexing {label} documents cannot take less than ~{} here.\n",
+        stats::int(indexed),
+        stats::rate(server_rate),
+        stats::secs(n as f64 / server_rate)
+    ));
+    if let Some((secs, items, tm_cpu)) = own {
+        s.push_str(&format!(
+            "- The same rename drained by 2 in-process engines into the discarding endpoint (tidemark's own cost: \
+               fan-out, reads, encoding, HTTP, acknowledgements): {} for {} ops ({} of tidemark CPU).\n",
+            stats::secs(secs),
+            stats::int(items),
+            stats::dur(tm_cpu)
+        ));
+    }
+    if extrapolated {
+        s.push_str(&format!(
+            "- The baseline ran on the first {} students only and is extrapolated linearly to {label} (it is strictly sequential).\n",
+            stats::int(sample as u64)
+        ));
+    }
+    s.push('\n');
+    let raw = json!({
+        "students_seeded": env.students, "renamed_university_students": n, "indexed": indexed,
+        "initial_index_s": initial, "server_docs_per_s": server_rate, "warmup_s": warmup,
+        "update_s": update, "milestones": m, "cpu_tidemark_and_server_s": proc_cpu.as_secs_f64(), "cpu_postgres_s": pg_cpu.as_secs_f64(),
+        "baseline_sample": sample, "baseline_measured_s": base_measured, "baseline_s": base,
+        "discard_s": own.map(|o| o.0), "discard_ops": own.map(|o| o.1),
+    });
+    Ok((raw, update))
+}

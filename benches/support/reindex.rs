@@ -1,0 +1,567 @@
+//! 2. Full reindex: tidemark's own cost (documents/s into a discarding endpoint that
+//! answers like `_bulk`), and end-to-end into osmem, each against one index request per
+//! document measured in the same run.
+//!
+//! The measured operation is [`full_reindex`]: what `tidemark admin reindex` does (a new
+//! generation built chunk by chunk, verified, then the alias swapped), with the chunks
+//! processed by in-process engines instead of worker processes. The sync path (marks
+//! claimed, read, shipped and acknowledged — what a fan-out or a bulk `UPDATE` goes
+//! through) is measured next to it on the same data with [`sync_all`].
+
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Result};
+use elasticsearch::http::Method;
+use serde_json::json;
+use tidemark::{
+    config::Config,
+    pipeline::{
+        acknowledge::{acknowledge, verdicts},
+        claim,
+        encode::{body, encode, split},
+        fanout,
+        load::{load, load_range},
+        ship::ship,
+    },
+    reindex::{self, Finish},
+};
+
+use super::{
+    cpu::{self, PgCpu, ProcCpu},
+    discard::Discard,
+    env::{BenchEnv, Services},
+    report::{Outcome, Row},
+    stats, Plan,
+};
+use crate::progress;
+
+const BENCH: &str = "2. Full reindex";
+
+/// Big batches and requests: chunks of 10,000 students (the default), `_bulk` requests
+/// of up to 10,000 ops, sync batches of 10,000 marks.
+pub fn reindex_config(c: &mut Config) {
+    c.reindex.chunk_size = 10_000;
+    c.sync.batch_size = 10_000;
+    c.sync.bulk_max_docs = 10_000;
+    c.sync.bulk_max_bytes = 16 * 1024 * 1024;
+}
+
+/// THE MEASURED OPERATION: a full reindex of every student into the search server at
+/// `es_url` — `reindex::start` (what `tidemark admin reindex` calls), then `parallel`
+/// engines step until the build is verified and promoted. Returns the documents built.
+pub async fn full_reindex(env: &BenchEnv, es_url: &str, parallel: usize) -> Result<u64> {
+    let engine = env.engine(es_url, reindex_config);
+    let b = reindex::start(&env.pool, &engine.search, &env.alias, engine.config.reindex.chunk_size, "benchmark").await?;
+    env.drain(es_url, parallel, reindex_config).await?;
+    let b = reindex::get(&env.pool, b.id).await?;
+    ensure!(b.state == "done", "the reindex ended {}: {}", b.state, b.message.unwrap_or_default());
+    Ok(b.docs_done as u64)
+}
+
+/// The sync path on every student: all marked (outside the clock), then drained.
+pub async fn sync_all(env: &BenchEnv, es_url: &str, parallel: usize) -> Result<u64> {
+    let r = env.drain(es_url, parallel, reindex_config).await?;
+    Ok(r.indexed)
+}
+
+async fn mark_all(env: &BenchEnv) -> Result<()> {
+    env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students))").await?;
+    env.sql("VACUUM ANALYZE tidemark.dirty_students").await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+enum Path {
+    Reindex,
+    Sync,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Run {
+    path: Path,
+    parallel: usize,
+    docs: u64,
+    secs: f64,
+    docs_per_s: f64,
+    /// CPU seconds: the harness process (tidemark's engines) minus the endpoint's thread,
+    /// the endpoint's thread (or the search server), PostgreSQL backends.
+    cpu_tidemark: f64,
+    cpu_server: f64,
+    cpu_postgres: f64,
+}
+
+async fn measured_run(env: &BenchEnv, es_url: &str, path: Path, parallel: usize, discard: Option<&Discard>) -> Result<Run> {
+    match path {
+        Path::Reindex => env.sql("TRUNCATE tidemark.dirty_students").await?,
+        Path::Sync => mark_all(env).await?,
+    }
+    let server_pid = if discard.is_none() { cpu::search_server_pid() } else { None };
+    let server0 = ProcCpu::start(&server_pid.into_iter().collect::<Vec<_>>());
+    let d0 = discard.map(|d| d.cpu()).unwrap_or_default();
+    let self0 = cpu::self_cpu();
+    let pg = PgCpu::start(&env.pool, &env.db_name).await;
+    let t = Instant::now();
+    let docs = match path {
+        Path::Reindex => full_reindex(env, es_url, parallel).await?,
+        Path::Sync => sync_all(env, es_url, parallel).await?,
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let d = discard.map(|d| d.cpu()).unwrap_or_default() - d0;
+    let run = Run {
+        path,
+        parallel,
+        docs,
+        secs,
+        docs_per_s: docs as f64 / secs,
+        cpu_tidemark: (cpu::self_cpu() - self0).saturating_sub(d).as_secs_f64(),
+        cpu_server: if discard.is_some() { d.as_secs_f64() } else { server0.spent().as_secs_f64() },
+        cpu_postgres: pg.spent(&env.pool).await.as_secs_f64(),
+    };
+    if docs != env.students {
+        bail!("{path:?} wrote {docs} documents for {} students", env.students);
+    }
+    progress!("{}: {path:?} of {} docs with {parallel} engine(s) in {:.2}s = {}", env.kind, stats::int(docs), secs, stats::rate(run.docs_per_s));
+    Ok(run)
+}
+
+/// Where one engine's time goes, stage by stage, in the order `Engine::step` runs them.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Splits {
+    path: Option<Path>,
+    steps: u64,
+    docs: u64,
+    total: f64,
+    /// `Engine::targets` (build lookup + `GET /_alias`), once per step and once per batch.
+    targets: f64,
+    claim_parent: f64,
+    /// `reindex::active` + `reindex::claim_chunk` (reindex) or the marks' claim (sync).
+    claim: f64,
+    draw_version: f64,
+    load: f64,
+    encode: f64,
+    ship: f64,
+    /// Chunk done (reindex) or marks acknowledged (sync).
+    acknowledge: f64,
+    /// `reindex::finish` after each chunk (verification and swap in the last one).
+    finish: f64,
+    /// The sync claim a reindex step makes after its chunk (finds nothing).
+    claim_marks: f64,
+}
+
+fn since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// One engine, the stages of `Engine::step` called one by one with a clock around each
+/// (the same public functions; the chunk's bookkeeping query is copied from
+/// `reindex::process_chunk`).
+async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
+    let engine = env.engine(es_url, reindex_config);
+    let cfg = engine.config.clone();
+    let lease = cfg.sync.lease.0;
+    let mut sp = Splits { path: Some(path), ..Default::default() };
+    let build = match path {
+        Path::Reindex => {
+            env.sql("TRUNCATE tidemark.dirty_students").await?;
+            Some(reindex::start(&env.pool, &engine.search, &env.alias, cfg.reindex.chunk_size, "benchmark split").await?)
+        }
+        Path::Sync => {
+            mark_all(env).await?;
+            None
+        }
+    };
+    let start = Instant::now();
+    loop {
+        sp.steps += 1;
+        let t = Instant::now();
+        engine.targets().await?;
+        sp.targets += since(t);
+        let t = Instant::now();
+        if fanout::claim_parent(&engine.pool, &engine.owner, lease).await?.is_some() {
+            bail!("unexpected university/course mark");
+        }
+        sp.claim_parent += since(t);
+        if let Some(build) = &build {
+            let t = Instant::now();
+            let active = reindex::active(&env.pool, &env.alias).await?;
+            let chunk = match &active {
+                Some(b) => reindex::claim_chunk(&env.pool, b.id, &engine.owner, lease).await?,
+                None => None,
+            };
+            sp.claim += since(t);
+            if let Some(chunk) = chunk {
+                let t = Instant::now();
+                let version = claim::draw_version(&env.pool).await?;
+                sp.draw_version += since(t);
+                let t = Instant::now();
+                let docs = load_range(&env.pool, chunk.lo, chunk.hi).await?;
+                sp.load += since(t);
+                let t = Instant::now();
+                let encoded = encode(&docs, &[build.target_index.clone()], version);
+                sp.encode += since(t);
+                let t = Instant::now();
+                let shipped = ship(&engine.search, &encoded, engine.ship_limits()).await?;
+                sp.ship += since(t);
+                let t = Instant::now();
+                let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
+                ensure!(v.values().all(|v| *v == tidemark::pipeline::acknowledge::Verdict::Done), "chunk items failed");
+                sqlx::query(
+                    "UPDATE tidemark.reindex_chunks
+                        SET done = $4, docs = CASE WHEN $4 THEN $5 ELSE docs END, lease_owner = NULL, lease_until = NULL
+                      WHERE reindex_id = $1 AND lo = $2 AND lease_owner = $3",
+                )
+                .bind(build.id)
+                .bind(chunk.lo)
+                .bind(&engine.owner)
+                .bind(true)
+                .bind(docs.len() as i32)
+                .execute(&env.pool)
+                .await?;
+                sp.acknowledge += since(t);
+                sp.docs += docs.len() as u64;
+            }
+            let t = Instant::now();
+            let finish = reindex::finish(&engine, build.id).await?;
+            sp.finish += since(t);
+            let t = Instant::now();
+            ensure!(engine.claim(cfg.sync.batch_size as usize).await?.is_empty(), "unexpected marks during the reindex");
+            sp.claim_marks += since(t);
+            match finish {
+                Finish::Promoted => break,
+                Finish::Failed(why) => bail!("reindex failed: {why}"),
+                Finish::NotYet | Finish::Waiting(_) => {}
+            }
+        } else {
+            let t = Instant::now();
+            let marks = engine.claim(cfg.sync.batch_size as usize).await?;
+            sp.claim += since(t);
+            if marks.is_empty() {
+                break;
+            }
+            let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
+            let t = Instant::now();
+            let targets = engine.targets().await?;
+            sp.targets += since(t);
+            let t = Instant::now();
+            let version = claim::draw_version(&env.pool).await?;
+            sp.draw_version += since(t);
+            let t = Instant::now();
+            let docs = load(&env.pool, &ids).await?;
+            sp.load += since(t);
+            let t = Instant::now();
+            let encoded = encode(&docs, &targets.indices, version);
+            sp.encode += since(t);
+            let t = Instant::now();
+            let shipped = ship(&engine.search, &encoded, engine.ship_limits()).await?;
+            sp.ship += since(t);
+            let t = Instant::now();
+            let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
+            let acked = acknowledge(&env.pool, &engine.owner, &marks, &v).await?;
+            sp.acknowledge += since(t);
+            sp.docs += acked.cleared;
+        }
+    }
+    sp.total = start.elapsed().as_secs_f64();
+    progress!("{}: split run ({path:?}) {:.2}s", env.kind, sp.total);
+    Ok(sp)
+}
+
+fn split_table(sp: &Splits) -> String {
+    let pct = |x: f64| format!("{:.2} s ({:.0} %)", x, 100.0 * x / sp.total);
+    let mut rows = vec![
+        ("read the documents (`load`)", sp.load),
+        ("encode (documents → NDJSON)", sp.encode),
+        ("ship (HTTP `_bulk`, the endpoint, reading the answer)", sp.ship),
+    ];
+    match sp.path {
+        Some(Path::Reindex) => {
+            rows.push(("record the chunk done", sp.acknowledge));
+            rows.push(("find and claim a chunk (`reindex::active` + `claim_chunk`)", sp.claim));
+            rows.push(("`reindex::finish` after each chunk (the last one verifies and swaps)", sp.finish));
+            rows.push(("look for sync marks after the chunk (`claim`, finds none)", sp.claim_marks));
+        }
+        _ => {
+            rows.push(("acknowledge (conditional delete of the marks, lease release)", sp.acknowledge));
+            rows.push(("claim (`UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`)", sp.claim));
+        }
+    }
+    rows.push(("`Engine::targets` (build lookup + `GET /_alias`)", sp.targets));
+    rows.push(("`claim_parent` (look for a renamed university/course)", sp.claim_parent));
+    rows.push(("`draw_version` (`nextval`)", sp.draw_version));
+    let mut s = format!(
+        "{} steps, {} documents, {:.2} s = {}\n\n| stage | time |\n| --- | --- |\n",
+        sp.steps,
+        stats::int(sp.docs),
+        sp.total,
+        stats::rate(sp.docs as f64 / sp.total)
+    );
+    for (what, t) in rows {
+        s.push_str(&format!("| {what} | {} |\n", pct(t)));
+    }
+    s
+}
+
+/// The baseline: one index request per document (external version, as tidemark writes),
+/// sequential, through the same client. Documents are read in batches of 1,000 (generous
+/// to the baseline: a per-document indexer usually reads per document too). Returns
+/// (documents, seconds).
+async fn per_document(env: &BenchEnv, es_url: &str, index: &str, sample: usize) -> Result<(u64, f64)> {
+    let search = env.search(es_url);
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY id LIMIT $1").bind(sample as i64).fetch_all(&env.pool).await?;
+    let t = Instant::now();
+    let mut n = 0;
+    for chunk in ids.chunks(1000) {
+        let version = claim::draw_version(&env.pool).await?;
+        for (id, doc) in load(&env.pool, chunk).await? {
+            let Some(doc) = doc else { continue };
+            let path = format!("/{index}/_doc/{id}?version={version}&version_type=external");
+            let reply = search.request(Method::Put, &path, Some(serde_json::to_vec(&doc)?), false).await?;
+            if !(200..300).contains(&reply.status) {
+                bail!("per-document baseline: {path} answered {}", reply.status);
+            }
+            n += 1;
+        }
+    }
+    Ok((n, t.elapsed().as_secs_f64()))
+}
+
+/// The search server's own ingest rate: pre-encoded `_bulk` bodies of `per_request` ops,
+/// `parallel` senders, no database and no tidemark in the loop. Returns docs/s.
+async fn raw_bulk(env: &BenchEnv, scratch: &str, sample: usize, per_request: usize, parallel: usize) -> Result<f64> {
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY id LIMIT $1").bind(sample as i64).fetch_all(&env.pool).await?;
+    let mut docs = Vec::new();
+    for chunk in ids.chunks(5000) {
+        docs.extend(load(&env.pool, chunk).await?);
+    }
+    let encoded = encode(&docs, &[scratch.to_string()], 1);
+    let all: Vec<usize> = (0..encoded.ops.len()).collect();
+    let bodies: Vec<Vec<u8>> = split(&encoded.ops, &all, per_request, usize::MAX).iter().map(|r| body(&encoded, r)).collect();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
+    let url = format!("{}/_bulk", env.services.es_url);
+    let t = Instant::now();
+    let senders = (0..parallel).map(|_| {
+        let (queue, http, url) = (queue.clone(), env.http.clone(), url.clone());
+        async move {
+            loop {
+                let Some(b) = queue.lock().unwrap().pop() else { return Ok::<_, anyhow::Error>(()) };
+                let resp = http.post(&url).header("content-type", "application/x-ndjson").body(b).send().await?;
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().await?;
+                if !status.is_success() || v["errors"] == json!(true) {
+                    bail!("raw bulk: {status} {}", v.to_string().chars().take(300).collect::<String>());
+                }
+            }
+        }
+    });
+    futures::future::try_join_all(senders).await?;
+    Ok(docs.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+pub struct Kept {
+    /// The database of the discarding run (for the facets' SQL side at that size).
+    pub discard_db: Option<BenchEnv>,
+    /// The database and index of the end-to-end run (for the facets).
+    pub osmem: Option<BenchEnv>,
+}
+
+pub async fn run(plan: &Plan, services: &Services) -> (Result<Outcome>, Kept) {
+    let mut kept = Kept { discard_db: None, osmem: None };
+    let mut out = Outcome::default();
+    let mut raw = serde_json::Map::new();
+
+    // A: tidemark's own cost.
+    let r = async {
+        let mut env = BenchEnv::new(services, "reindex", plan.out_dir.join("logs")).await?;
+        let r = discard_part(plan, &mut env, &mut out, &mut raw).await;
+        kept.discard_db = Some(env);
+        r
+    }
+    .await;
+    if let Err(e) = r {
+        return (Err(e), kept);
+    }
+
+    // B: end to end into osmem.
+    let r = async {
+        let mut env = BenchEnv::new(services, "reindex_osmem", plan.out_dir.join("logs")).await?;
+        let r = osmem_part(plan, &mut env, &mut out, &mut raw).await;
+        kept.osmem = Some(env);
+        r
+    }
+    .await;
+    out.raw = serde_json::Value::Object(raw);
+    match r {
+        Ok(()) => (Ok(out), kept),
+        Err(e) => (Err(e), kept),
+    }
+}
+
+async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    env.seed(plan.reindex_discard_students).await?;
+    let index = format!("{}_1", env.alias);
+    let discard = Discard::start(&[(env.alias.clone(), index.clone())]);
+    let n = env.students;
+    let label = stats::int(n);
+
+    let mut runs = Vec::new();
+    for parallel in [1, 2] {
+        runs.push(measured_run(env, &discard.url, parallel, Some(&discard)).await?);
+    }
+    let splits = split_run(env, &discard.url).await?;
+    progress!("{}: split run {:.2}s", env.kind, splits.total);
+    let sample = plan.reindex_baseline_sample.min(n as usize);
+    let (bn, bsecs) = per_document(env, &discard.url, &index, sample).await?;
+    let base_rate = bn as f64 / bsecs;
+    progress!("{}: per-document baseline {} docs in {:.2}s = {}", env.kind, bn, bsecs, stats::rate(base_rate));
+
+    let best = runs.iter().cloned().fold(runs[0].clone(), |a, b| if b.docs_per_s > a.docs_per_s { b } else { a });
+    let one = &runs[0];
+    out.rows.push(
+        Row::new(BENCH, format!("tidemark's own cost: {label} students into a discarding `_bulk` endpoint ({} engine(s))", best.parallel))
+            .figure(stats::rate(best.docs_per_s))
+            .baseline(format!("{} one request per document (measured on {}, extrapolated: {} for {label})", stats::rate(base_rate), stats::int(bn), stats::secs(n as f64 / base_rate)))
+            .ratio(stats::ratio(best.docs_per_s / base_rate))
+            .target("≥ 100,000 docs/s on 2 cores", Some(best.docs_per_s >= 100_000.0)),
+    );
+    out.rows.push(
+        Row::new(BENCH, "batched sync vs one request per document, both single-stream (discarding endpoint)")
+            .figure(stats::ratio(one.docs_per_s / base_rate))
+            .target("≥ 20×", Some(one.docs_per_s / base_rate >= 20.0)),
+    );
+
+    let s = &mut out.section;
+    s.push_str(&format!(
+        "### A. tidemark's own cost: {label} students into a discarding endpoint\n\n\
+         The endpoint (in the harness, on its own thread) answers `_bulk` like a server that accepted every op, and \
+         stores nothing. Measured operation (`full_reindex` in `benches/support/reindex.rs`): every student marked \
+         (outside the clock, as a first index does), then in-process `Engine::drain` with batch 10,000 and \
+         `_bulk` requests of up to 10,000 ops, until no mark is left. `tidemark admin reindex` will replace it.\n\n\
+         | engines | documents | seconds | documents/s | CPU: tidemark | CPU: PostgreSQL | CPU: endpoint |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+    ));
+    for r in &runs {
+        s.push_str(&format!(
+            "| {} | {} | {:.2} | **{}** | {:.1} s | {:.1} s | {:.1} s |\n",
+            r.parallel,
+            stats::int(r.docs),
+            r.secs,
+            stats::int(r.docs_per_s as u64),
+            r.cpu_tidemark,
+            r.cpu_postgres,
+            r.cpu_server
+        ));
+    }
+    let sp = &splits;
+    let pct = |x: f64| format!("{:.1} s ({:.0} %)", x, 100.0 * x / sp.total);
+    s.push_str(&format!(
+        "\nWhere the time goes — one engine, the stages of `Engine::step` timed one by one ({} batches, {} docs, {:.2} s, {}):\n\n\
+         | stage | time |\n| --- | --- |\n\
+         | claim (`UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`) | {} |\n\
+         | load (read students, universities, courses) | {} |\n\
+         | encode (documents → NDJSON) | {} |\n\
+         | ship (HTTP `_bulk` + endpoint + reading the answer) | {} |\n\
+         | acknowledge (conditional delete of the marks, lease release) | {} |\n\
+         | index::ensure ×2 per batch (`GET /_alias`) | {} |\n\
+         | claim_parent (look for a university/course mark) | {} |\n\
+         | draw_version (`nextval`) | {} |\n\n",
+        sp.batches,
+        stats::int(sp.docs),
+        sp.total,
+        stats::rate(sp.docs as f64 / sp.total),
+        pct(sp.claim),
+        pct(sp.load),
+        pct(sp.encode),
+        pct(sp.ship),
+        pct(sp.acknowledge),
+        pct(sp.ensure),
+        pct(sp.claim_parent),
+        pct(sp.draw_version),
+    ));
+    s.push_str(&format!(
+        "Baseline: one `PUT /<index>/_doc/<id>?version=…&version_type=external` per document, sequential, same client \
+         and endpoint, documents read 1,000 at a time: {} documents in {:.2} s = {} (extrapolated to {label}: {}).\n\n",
+        stats::int(bn),
+        bsecs,
+        stats::rate(base_rate),
+        stats::secs(n as f64 / base_rate)
+    ));
+    raw.insert("discard".into(), json!({"students": n, "runs": runs, "splits": splits, "baseline_docs": bn, "baseline_s": bsecs}));
+    Ok(())
+}
+
+async fn osmem_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    let es = env.services.es_url.clone();
+    env.seed(plan.reindex_osmem_students).await?;
+    let n = env.students;
+    let label = stats::int(n);
+    let search = env.search(&es);
+    // The index (created now, outside the clock).
+    index::ensure(&env.pool, &search, &env.alias).await?;
+
+    // The server's own pace, and the per-document baseline, on a scratch index.
+    let scratch = format!("{}_scratch", env.alias);
+    index::create(&search, &scratch).await?;
+    let raw_sample = plan.reindex_raw_sample.min(n as usize);
+    let raw_rate = raw_bulk(env, &scratch, raw_sample, 10_000, 2).await?;
+    progress!("{}: server alone ingests {} (pre-encoded _bulk, 2 senders)", env.kind, stats::rate(raw_rate));
+    env.es(reqwest::Method::DELETE, &format!("/{scratch}"), None).await?;
+    index::create(&search, &scratch).await?;
+    let sample = plan.reindex_osmem_baseline_sample.min(n as usize);
+    let (bn, bsecs) = per_document(env, &es, &scratch, sample).await?;
+    let base_rate = bn as f64 / bsecs;
+    progress!("{}: per-document baseline into osmem {} docs in {:.2}s = {}", env.kind, bn, bsecs, stats::rate(base_rate));
+    env.es(reqwest::Method::DELETE, &format!("/{scratch}"), None).await?;
+
+    // End to end.
+    let run = measured_run(env, &es, 2, None).await?;
+    let in_index = env.count(json!({"match_all": {}})).await?;
+    if in_index != n {
+        bail!("the index holds {in_index} documents after the reindex, expected {n}");
+    }
+    let frac = run.docs_per_s / raw_rate;
+    out.rows.push(
+        Row::new(BENCH, format!("end to end: {label} students into osmem (2 engines)"))
+            .figure(stats::rate(run.docs_per_s))
+            .baseline(format!(
+                "{} one request per document (measured on {}, extrapolated: {} for {label})",
+                stats::rate(base_rate),
+                stats::int(bn),
+                stats::secs(n as f64 / base_rate)
+            ))
+            .ratio(stats::ratio(run.docs_per_s / base_rate))
+            .target("≥ 20× the per-document baseline", Some(run.docs_per_s / base_rate >= 20.0)),
+    );
+    out.rows.push(
+        Row::new(BENCH, "end to end vs the server's own `_bulk` ingest rate (pre-encoded bodies, no tidemark)")
+            .figure(format!("{} of {}", format!("{:.0} %", frac * 100.0), stats::rate(raw_rate)))
+            .ratio(stats::ratio(frac))
+            .target("bounded by the server (≥ 80 % of its own rate)", Some(frac >= 0.8)),
+    );
+    let s = &mut out.section;
+    s.push_str(&format!(
+        "### B. End to end: {label} students into osmem\n\n\
+         Same measured operation, 2 engines, into osmem (as large as its memory comfortably allows): {} documents in \
+         {:.1} s = **{}**. CPU meanwhile: osmem {:.1} s, tidemark {:.1} s, PostgreSQL {:.1} s.\n\n\
+         - The server alone, on the first {} of the same documents pre-encoded by tidemark's encoder and sent as \
+           `_bulk` bodies of 10,000 ops by 2 senders (no database, no tidemark): {}. tidemark reaches {:.0} % of it.\n\
+         - Baseline: one index request per document into a scratch index, sequential: {} documents in {:.2} s = {} \
+           (extrapolated to {label}: {}).\n\n",
+        stats::int(run.docs),
+        run.secs,
+        stats::rate(run.docs_per_s),
+        run.cpu_server,
+        run.cpu_tidemark,
+        run.cpu_postgres,
+        stats::int(raw_sample as u64),
+        stats::rate(raw_rate),
+        frac * 100.0,
+        stats::int(bn),
+        bsecs,
+        stats::rate(base_rate),
+        stats::secs(n as f64 / base_rate)
+    ));
+    if cpu::search_server_pid().is_none() {
+        s.push_str("(osmem's CPU is not known: bench.sh passes its pid when services.sh started it.)\n\n");
+    }
+    raw.insert("osmem".into(), json!({"students": n, "run": run, "raw_docs_per_s": raw_rate, "raw_sample": raw_sample, "baseline_docs": bn, "baseline_s": bsecs}));
+    let _ = Duration::ZERO;
+    Ok(())
+}

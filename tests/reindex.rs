@@ -1,0 +1,267 @@
+//! Zero-downtime full reindex, against real PostgreSQL, Redis and osmem.
+
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use serde_json::json;
+use support::{small_directory, Env};
+use tidemark::reindex;
+
+async fn seed(env: &Env, students: u64) {
+    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students, seed: 5 }).await.unwrap();
+}
+
+fn generation(env: &Env, g: u32) -> String {
+    format!("{}_{g}", env.alias)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reindex_under_concurrent_writes_equals_the_database_and_searches_never_see_less() {
+    let env = Env::with_config(|c| {
+        c.sync.batch_size = 2000;
+        c.reindex.chunk_size = 2500;
+    })
+    .await;
+    seed(&env, 50_000).await;
+    // The first run builds generation 1 from the database.
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
+    let students = env.scalar_i64("SELECT count(*) FROM students").await as u64;
+    assert_eq!(env.count(json!({"match_all": {}})).await, students);
+
+    let build = reindex::start(&env.pool, &env.search, &env.alias, 2500, "test").await.unwrap();
+    assert_eq!(build.target_index, generation(&env, 2));
+
+    // A reader polls the alias the whole time.
+    let done = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (done, polls, url, alias) = (done.clone(), polls.clone(), env.es_url.clone(), env.alias.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while !done.load(Ordering::Relaxed) {
+                let r = http.get(format!("{url}/{alias}/_count")).send().await.unwrap();
+                assert_eq!(r.status(), 200, "the alias vanished during the reindex");
+                let n = r.json::<serde_json::Value>().await.unwrap()["count"].as_u64().unwrap();
+                assert!(n >= students, "a search saw {n} documents, the database holds {students}");
+                polls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    // Writers change a few thousand students while two workers rebuild.
+    let writer = async {
+        for i in 0..40 {
+            env.sql(&format!(
+                "UPDATE students SET age = 1 + (age + {i}) % 100 WHERE id % 997 = {i};
+                 UPDATE students SET last_name = 'W{i}' WHERE id BETWEEN {a} AND {b};
+                 INSERT INTO student_courses SELECT id, 1 FROM students WHERE id % 1009 = {i} ON CONFLICT DO NOTHING;",
+                a = 1 + i * 50,
+                b = 40 + i * 50
+            ))
+            .await;
+            if i == 20 {
+                env.sql("UPDATE universities SET name = 'Renamed During Reindex' WHERE id = 2").await;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    };
+    let (a, b) = (env.engine(), env.engine());
+    let (ra, rb, ()) = tokio::join!(a.drain(), b.drain(), writer);
+    ra.unwrap();
+    rb.unwrap();
+    env.engine().drain().await.unwrap();
+    done.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    assert!(polls.load(Ordering::Relaxed) > 20, "the reader polled throughout");
+
+    let build = reindex::get(&env.pool, build.id).await.unwrap();
+    assert_eq!(build.state, "done", "{:?}", build.message);
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    assert!(env.search.index_exists(&generation(&env, 1)).await.unwrap(), "the previous index is kept for rollback");
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_reindex_and_a_redis_flush_then_resume_complete_the_build() {
+    let env = Env::new().await;
+    seed(&env, 20_000).await;
+    env.engine().drain().await.unwrap();
+    let out = env.command().args(["admin", "reindex", "--chunk-size", "500"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let build = reindex::active(&env.pool, &env.alias).await.unwrap().expect("a build runs");
+    assert_eq!(build.chunks_total, 40);
+
+    let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
+    env.eventually("some chunks are done", Duration::from_secs(60), || async {
+        reindex::get(&env.pool, build.id).await.unwrap().chunks_done >= 6
+    })
+    .await;
+    worker.kill();
+    let before = reindex::get(&env.pool, build.id).await.unwrap();
+    assert!(before.chunks_done < before.chunks_total, "killed mid-build");
+    // The queue is lost too.
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", env.namespace)).query_async(&mut conn).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+    }
+
+    let out = env.command().args(["admin", "reindex", "--resume"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("resumed"), "{out:?}");
+    let after = reindex::get(&env.pool, build.id).await.unwrap();
+    assert!(after.chunks_done >= before.chunks_done, "progress survived: no restart from zero");
+    let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
+    let out = env.command().args(["admin", "reindex", "--wait"]).output();
+    // A second request is refused while one runs.
+    let out = out.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
+    env.eventually("the build is promoted", Duration::from_secs(120), || async {
+        reindex::get(&env.pool, build.id).await.unwrap().state == "done"
+    })
+    .await;
+    worker.terminate();
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_wait_shows_progress_and_a_summary_and_rollback_restores_the_previous_index() {
+    let env = Env::new().await;
+    seed(&env, 3_000).await;
+    env.engine().drain().await.unwrap();
+    let mut worker = env.spawn(&["worker"], |_| {});
+    let out = env.command().args(["admin", "reindex", "--wait", "--chunk-size", "300"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("/3000 documents") && stderr.contains("docs/s") && stderr.contains("ETA"), "{stderr}");
+    assert!(stdout.contains("done") && stdout.contains(&generation(&env, 2)) && stdout.contains("kept for"), "{stdout}");
+    let status = env.command().args(["admin", "status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("done"), "{status:?}");
+
+    // A change after the swap, then roll back: the previous index serves again and
+    // catches up with what changed while it was not live.
+    env.sql("UPDATE students SET last_name = 'AfterSwap' WHERE id = 7").await;
+    env.eventually("the change is searchable", Duration::from_secs(20), || async {
+        env.doc(7).await.is_some_and(|d| d["last_name"] == json!("AfterSwap"))
+    })
+    .await;
+    let out = env.command().args(["admin", "rollback"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
+    env.eventually("the restored index caught up", Duration::from_secs(60), || async {
+        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
+    })
+    .await;
+    env.refresh().await;
+    assert_eq!(env.doc(7).await.unwrap()["last_name"], json!("AfterSwap"));
+    worker.terminate();
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_abandons_a_build_and_deletes_its_index() {
+    let env = Env::new().await;
+    seed(&env, 1_000).await;
+    env.engine().drain().await.unwrap();
+    let build = reindex::start(&env.pool, &env.search, &env.alias, 100, "test").await.unwrap();
+    assert!(env.search.index_exists(&build.target_index).await.unwrap());
+    let out = env.command().args(["admin", "reindex", "--cancel"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!env.search.index_exists(&build.target_index).await.unwrap());
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
+    let out = env.command().args(["admin", "reindex", "--cancel"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no reindex"), "{out:?}");
+    // Syncing goes on against the live index.
+    env.sql("UPDATE students SET age = 42 WHERE id = 1").await;
+    env.engine().drain().await.unwrap();
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_fails_verification_leaves_the_alias_and_says_why() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 20) g").await;
+    env.engine().drain().await.unwrap();
+    // A row edited to a value no index accepts (completion inputs refuse U+001F).
+    env.sql("UPDATE students SET first_name = E'Bad\\x1Fname' WHERE id = 3").await;
+    env.engine().drain().await.unwrap();
+    let build = reindex::start(&env.pool, &env.search, &env.alias, 5, "test").await.unwrap();
+    env.engine().drain().await.unwrap();
+    let build = reindex::get(&env.pool, build.id).await.unwrap();
+    assert_eq!(build.state, "failed");
+    let why = build.message.unwrap();
+    assert!(why.contains("holds 19 documents, the database 20") && why.contains("admin failed"), "{why}");
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_missing_edited_and_extra_documents_and_repair_fixes_them() {
+    let env = Env::new().await;
+    seed(&env, 500).await;
+    env.engine().drain().await.unwrap();
+    let index = generation(&env, 1);
+    // Behind tidemark's back: one deleted, one edited, one extra.
+    env.es_json(reqwest::Method::DELETE, &format!("/{index}/_doc/10"), None).await;
+    let mut edited = env.doc(20).await.unwrap();
+    edited["age"] = json!(99);
+    edited["last_name"] = json!("Tampered");
+    env.es_json(reqwest::Method::PUT, &format!("/{index}/_doc/20"), Some(edited)).await;
+    let mut extra = env.doc(30).await.unwrap();
+    extra["first_name"] = json!("Ghost");
+    env.es_json(reqwest::Method::PUT, &format!("/{index}/_doc/999999"), Some(extra)).await;
+    env.refresh().await;
+
+    let out = env.command().args(["admin", "verify", "--full", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "differences make verify exit 3: {out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["missing"], json!([10]));
+    assert_eq!(report["differing"], json!([20]));
+    assert_eq!(report["extra"], json!([999999]));
+    // A sample as large as the table finds them too.
+    let out = env.command().args(["admin", "verify", "--sample", "1000", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["missing"].clone(), report["differing"].clone(), report["extra"].clone()), (json!([10]), json!([20]), json!([999999])));
+
+    let out = env.command().args(["admin", "verify", "--full", "--repair"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("re-marked 3"), "{out:?}");
+    env.engine().drain().await.unwrap();
+    let out = env.command().args(["admin", "verify", "--full"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_index_behind_tidemarks_back_leads_to_a_self_healing_rebuild() {
+    let env = Env::new().await;
+    seed(&env, 2_000).await;
+    env.engine().drain().await.unwrap();
+    let mut worker = env.spawn(&["worker"], |_| {});
+    let mut scheduler = env.spawn(&["scheduler", "--interval", "1s"], |_| {});
+    env.es_json(reqwest::Method::DELETE, &format!("/{}", generation(&env, 1)), None).await;
+    env.eventually("the alias is back", Duration::from_secs(90), || async {
+        env.search.alias_targets(&env.alias).await.unwrap() == vec![generation(&env, 2)]
+    })
+    .await;
+    assert!(worker.output().contains("does not exist"), "the worker says why it rebuilds:\n{}", worker.output());
+    worker.terminate();
+    scheduler.terminate();
+    env.assert_converged().await;
+    env.cleanup().await;
+}
