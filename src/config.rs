@@ -157,6 +157,8 @@ pub struct SyncConfig {
     pub bulk_max_docs: u32,
     /// Most bytes in one `_bulk` request (Elastic advises 5–15 MB).
     pub bulk_max_bytes: u64,
+    /// `_bulk` requests of one batch in flight at once.
+    pub bulk_concurrency: u32,
     /// How long a claim is owned before another worker may take it over (a crashed worker's
     /// marks come back after this).
     pub lease: HumanDuration,
@@ -230,8 +232,9 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             batch_size: 2000,
-            bulk_max_docs: 2000,
+            bulk_max_docs: 1000,
             bulk_max_bytes: 8 * 1024 * 1024,
+            bulk_concurrency: 2,
             lease: HumanDuration(Duration::from_secs(60)),
             fanout_chunk: 10_000,
             max_attempts: 6,
@@ -372,6 +375,7 @@ impl Config {
         positive("sync.batch_size", s.batch_size.into(), 100_000)?;
         positive("sync.bulk_max_docs", s.bulk_max_docs.into(), 100_000)?;
         positive("sync.fanout_chunk", s.fanout_chunk.into(), 1_000_000)?;
+        positive("sync.bulk_concurrency", s.bulk_concurrency.into(), 64)?;
         positive("sync.max_attempts", s.max_attempts.into(), 100)?;
         positive("worker.concurrency", self.worker.concurrency.into(), 1024)?;
         positive("reindex.chunk_size", self.reindex.chunk_size.into(), 1_000_000)?;

@@ -165,6 +165,7 @@ impl Engine {
             max_bytes: s.bulk_max_bytes as usize,
             max_attempts: s.max_attempts,
             backoff: Backoff { base: s.backoff_base.0, cap: s.backoff_cap.0 },
+            concurrency: s.bulk_concurrency as usize,
         }
     }
 

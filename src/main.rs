@@ -217,6 +217,8 @@ async fn connect_queue(config: &Config, shutdown: &mut watch::Receiver<bool>) ->
     loop {
         match Queue::connect(url.expose(), &redacted, &config.queue_namespace).await {
             Ok(q) => return Ok(Some(q)),
+            // Waiting cannot mend wrong credentials.
+            Err(e @ workers::QueueError::Unauthorized { .. }) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "waiting for Redis");
                 tokio::select! {
@@ -294,6 +296,7 @@ async fn run_worker(config: Arc<Config>, concurrency: usize) -> Result<()> {
     let search = Search::new(&config)?;
     match search.ping().await {
         Ok(()) => tracing::info!(url = search.redacted_url(), "search server reachable"),
+        Err(e @ tidemark::search::SearchError::Unauthorized { .. }) => return Err(e.into()),
         Err(e) => tracing::warn!(error = %e, "search server not reachable yet; sync jobs will keep failing and retrying until it is"),
     }
     let name = format!("tidemark-worker-{}", std::process::id());
@@ -310,7 +313,24 @@ async fn run_worker(config: Arc<Config>, concurrency: usize) -> Result<()> {
         owner = Some(engine.owner.clone());
         // Whatever was left before this (re)start is looked for at once.
         let _ = queue.nudge("worker-start").await;
-        let result = workers::run_worker(queue, engine, &name, concurrency, stopped(shutdown.clone())).await;
+        let run = workers::run_worker(queue, engine, &name, concurrency, stopped(shutdown.clone()));
+        // After a stop request, running jobs get `shutdown_timeout` to finish; then the
+        // process gives their marks back and exits anyway.
+        let grace = {
+            let stop = stopped(shutdown.clone());
+            let timeout = config.worker.shutdown_timeout.0;
+            async move {
+                stop.await;
+                tokio::time::sleep(timeout).await;
+            }
+        };
+        let result = tokio::select! {
+            r = run => r,
+            () = grace => {
+                tracing::warn!(timeout = %config.worker.shutdown_timeout, "running jobs did not finish in time; giving their marks back");
+                Ok(())
+            }
+        };
         match result {
             Ok(()) if *shutdown.borrow() => break,
             Ok(()) => tracing::warn!("queue worker ended; restarting"),

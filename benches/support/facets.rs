@@ -120,9 +120,7 @@ pub async fn run(plan: &Plan, services: &Services, kept: &mut Kept) -> Result<Ou
             let mut env = BenchEnv::new(services, "facets", plan.out_dir.join("logs")).await?;
             let r = async {
                 env.seed(n).await?;
-                progress!("{}: indexing {} students", env.kind, stats::int(n));
-                let es = env.services.es_url.clone();
-                env.drain(&es, 2, |_| {}).await?;
+                env.first_index(2).await?;
                 Ok::<_, anyhow::Error>(())
             }
             .await;

@@ -43,8 +43,7 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     if lo_id != 1 || hi_id as u64 != n {
         bail!("expected student ids 1..={n}, found {lo_id}..={hi_id}");
     }
-    progress!("{}: initial index of {} documents", env.kind, stats::int(n));
-    env.drain(&es, 2, |_| {}).await?;
+    env.first_index(2).await?;
     let mut pids = env.start_deployment().await?;
     // Warm-up: one change through the deployment.
     env.sql("UPDATE students SET last_name = 'Warmup' WHERE id = 1").await?;

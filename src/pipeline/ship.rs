@@ -2,6 +2,7 @@
 //! until they succeed or the attempts run out. Permanent failures are not retried.
 
 use elasticsearch::http::Method;
+use futures::StreamExt;
 use rand::SeedableRng;
 
 use super::{
@@ -17,6 +18,8 @@ pub struct ShipLimits {
     pub max_bytes: usize,
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// `_bulk` requests of one batch in flight at once.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Default)]
@@ -36,16 +39,21 @@ pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits) -> Res
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut attempt = 1;
     loop {
-        for request in split(&encoded.ops, &pending, limits.max_docs, limits.max_bytes) {
-            shipped.requests += 1;
-            let span = tracing::debug_span!("ship", ops = request.len(), attempt);
-            let _enter = span.enter();
+        let requests = split(&encoded.ops, &pending, limits.max_docs, limits.max_bytes);
+        shipped.requests += requests.len() as u32;
+        // Up to `concurrency` requests in flight: a server indexes several bulks at once
+        // much faster than one after another; the bound keeps one batch from flooding it.
+        let mut answers = futures::stream::iter(requests.into_iter().map(|request| async move {
             let outcome = match search.request(Method::Post, "/_bulk", Some(body(encoded, &request)), true).await {
-                Ok(reply) => classify(reply.status, &reply.body, request.len()),
-                Err(e) if e.is_transient() => BulkOutcome::RetryAll(e.to_string()),
-                Err(e) => return Err(e),
+                Ok(reply) => Ok(classify(reply.status, &reply.body, request.len())),
+                Err(e) if e.is_transient() => Ok(BulkOutcome::RetryAll(e.to_string())),
+                Err(e) => Err(e),
             };
-            match outcome {
+            (request, outcome)
+        }))
+        .buffer_unordered(limits.concurrency.max(1));
+        while let Some((request, outcome)) = answers.next().await {
+            match outcome? {
                 BulkOutcome::Items(items) => {
                     for (&i, item) in request.iter().zip(items) {
                         shipped.outcomes[i] = Some(item);

@@ -65,6 +65,9 @@ pub struct Faults {
     pub only_path: Option<String>,
     /// Deterministic first: the next `fail_next` matching requests get 503 regardless of probabilities.
     pub fail_next: u32,
+    /// Plays a secured server: requests whose `Authorization` header is not exactly this
+    /// are answered 401 (security_exception), as Elasticsearch answers wrong credentials.
+    pub require_authorization: Option<String>,
 }
 
 /// What the proxy has done so far.
@@ -587,6 +590,16 @@ fn encode_response(resp: &Response, head_request: bool, close: bool) -> Vec<u8> 
 // Fault application and forwarding
 
 async fn handle(shared: &Shared, req: &Request) -> Outcome {
+    let required = lock(&shared.faults).require_authorization.clone();
+    if let Some(required) = required {
+        if req.header("authorization") != Some(required.as_bytes()) {
+            let body = serde_json::json!({
+                "error": {"type": "security_exception", "reason": "unable to authenticate user for REST request"},
+                "status": 401,
+            });
+            return Outcome::Respond(Response::json(401, body.to_string().into_bytes()));
+        }
+    }
     let decision = shared.decide(req.path());
     match decision.action {
         Action::Reset => {

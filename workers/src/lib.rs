@@ -33,6 +33,8 @@ pub trait SyncRunner: Send + Sync + 'static {
 pub enum QueueError {
     #[error("Redis at {url} is unreachable ({reason}); check REDIS_URL and that Redis is up")]
     Unreachable { url: String, reason: String },
+    #[error("Redis at {url} refused the credentials ({reason}); check the user and password in REDIS_URL")]
+    Unauthorized { url: String, reason: String },
     #[error("Redis command failed: {0}")]
     Command(String),
     #[error("worker stopped with an error: {0}")]
@@ -66,9 +68,13 @@ const PENDING_TTL_SECS: u64 = 30;
 impl Queue {
     /// Connects once. `redacted_url` is what messages show (the caller strips the password).
     pub async fn connect(url: &str, redacted_url: &str, namespace: &str) -> Result<Queue, QueueError> {
-        let unreachable = |e: &dyn std::fmt::Display| QueueError::Unreachable {
-            url: redacted_url.to_string(),
-            reason: scrub(&e.to_string(), url),
+        let unreachable = |e: &redis::RedisError| {
+            let (url, reason) = (redacted_url.to_string(), scrub(&e.to_string(), url));
+            if e.kind() == redis::ErrorKind::AuthenticationFailed || reason.contains("AUTH") || reason.contains("WRONGPASS") {
+                QueueError::Unauthorized { url, reason }
+            } else {
+                QueueError::Unreachable { url, reason }
+            }
         };
         let client = apalis_redis::Client::open(url).map_err(|e| unreachable(&e))?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
