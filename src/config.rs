@@ -267,7 +267,7 @@ impl Config {
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.into(),
                     // toml's message quotes the offending line; a secret may stand on it.
-                    message: scrub_toml_error(&e),
+                    message: scrub_toml_error(&text, &e),
                 })?
             }
             None => Config::default(),
@@ -439,12 +439,32 @@ impl Config {
     }
 }
 
-/// toml's errors quote the source line; keep only the first line of the message and the
-/// key path, never the quoted text.
-fn scrub_toml_error(e: &toml::de::Error) -> String {
-    let msg = e.message();
-    let span = e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default();
-    format!("{msg}{span}")
+/// toml's errors quote the offending source line, which may hold a secret. Say instead
+/// which line and key (`[table] key`) the problem is on, and what is wrong with it.
+fn scrub_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut msg = e.message().to_string();
+    // A value echoed in the message (a mistyped URL, say) must not show a password.
+    if msg.contains("://") && msg.contains('@') {
+        msg = "a value of the wrong type".to_string();
+    }
+    let Some(span) = e.span() else { return msg };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
+    match line.split_once('=') {
+        Some((key, _)) => {
+            let key = key.trim();
+            let path = table.map_or(key.to_string(), |t| format!("{t}.{key}"));
+            format!("line {line_no}, key {path}: {msg}")
+        }
+        None => format!("line {line_no}: {msg}"),
+    }
 }
 
 #[cfg(test)]
@@ -472,6 +492,17 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("index_alias = \"s\"\n[sync]\nbatch_sise = 3\n").unwrap_err();
         assert!(err.message().contains("batch_sise"), "{}", err.message());
+    }
+
+    #[test]
+    fn parse_errors_name_the_key_but_never_quote_the_line() {
+        let text = "database_url = \"postgres://u:hunter2@db/x\"\n[worker]\nconcurrency = -1\n";
+        let e = toml::from_str::<Config>(text).unwrap_err();
+        let m = scrub_toml_error(text, &e);
+        assert!(m.contains("line 3, key worker.concurrency") && m.contains("-1"), "{m}");
+        let text = "[sync]\nbatch_size = \"postgres://u:hunter2@db/x\"\n";
+        let m = scrub_toml_error(text, &toml::from_str::<Config>(text).unwrap_err());
+        assert!(m.contains("sync.batch_size") && !m.contains("hunter2"), "{m}");
     }
 
     #[test]
