@@ -59,7 +59,11 @@ BEGIN
     v := nextval('tidemark.seq');
     INSERT INTO tidemark.dirty_students AS d (student_id, seq)
     SELECT DISTINCT id, v FROM unnest(ids) AS t(id) WHERE id IS NOT NULL ORDER BY 1
-    ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq;
+    ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq
+    -- A mark this very transaction already made (or re-made) needs no new number: no
+    -- reader can have seen it yet. Skipping it saves a row version per student when one
+    -- transaction writes a student and then its enrollments.
+    WHERE d.xmin::text <> (txid_current() % 4294967296)::text;
     -- Delivered at commit, once per transaction whatever the number of statements.
     PERFORM pg_notify('tidemark_sync', '');
 END $$;

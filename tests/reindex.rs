@@ -265,3 +265,36 @@ async fn deleting_the_index_behind_tidemarks_back_leads_to_a_self_healing_rebuil
     env.assert_converged().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_100k_student_university_renamed_while_a_reindex_runs() {
+    let env = Env::with_config(|c| {
+        c.sync.batch_size = 5000;
+        c.reindex.chunk_size = 10_000;
+    })
+    .await;
+    seed(&env, 100_000).await;
+    env.sql("UPDATE students SET university_id = 1").await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.count(json!({"term": {"university.id": 1}})).await, 100_000);
+
+    let build = reindex::start(&env.pool, &env.search, &env.alias, 10_000, "test").await.unwrap();
+    let renamer = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let marks_before = env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await;
+        env.sql("UPDATE universities SET name = 'Renamed Mid-Reindex' WHERE id = 1").await;
+        // O(1) for the writer: one parent mark, no student marks.
+        assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
+        assert!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await <= marks_before);
+    };
+    let (a, b) = (env.engine(), env.engine());
+    let (ra, rb, ()) = tokio::join!(a.drain(), b.drain(), renamer);
+    ra.unwrap();
+    rb.unwrap();
+    env.engine().drain().await.unwrap();
+    assert_eq!(reindex::get(&env.pool, build.id).await.unwrap().state, "done");
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    assert_eq!(env.count(json!({"term": {"university.name": "Renamed Mid-Reindex"}})).await, 100_000);
+    env.assert_converged().await;
+    env.cleanup().await;
+}

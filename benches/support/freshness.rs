@@ -36,7 +36,6 @@ pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
 }
 
 async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
-    let es = env.services.es_url.clone();
     env.seed(plan.fresh_students).await?;
     let n = env.students;
     let (lo_id, hi_id): (i64, i64) = sqlx::query_as("SELECT min(id), max(id) FROM students").fetch_one(&env.pool).await?;

@@ -1,0 +1,1563 @@
+//! Stress: convergence under crashes, concurrency and faults (DESIGN.md, "The result to
+//! prove in tests").
+//!
+//! Several writers do random operations on their own connections — student inserts,
+//! updates and deletes, enrollment changes, university and course inserts, renames and
+//! deletes, bulk statements over thousands of rows, transactions that roll back (whole or
+//! to a savepoint) — while real `tidemark worker` processes are SIGKILLed and restarted,
+//! the scheduler is SIGKILLed and restarted, a private Redis is flushed and restarted,
+//! the workers' PostgreSQL connections are terminated, every request to the search server
+//! goes through a fault proxy (item-level 429s, 503s, slow answers, connection resets),
+//! and a full reindex is started in the middle with `tidemark admin reindex`.
+//!
+//! Then writes stop, faults stop, the workers drain, and a checker whose SQL is written
+//! independently of tidemark's document code ([`Env::expected_docs`]) compares every
+//! document field by field: no missing, no extra, no difference, no dead letters, no
+//! failed reindex. It prints what it did.
+//!
+//! Knobs (environment): `STRESS_SECONDS` (chaos duration, default 60; a soak is the same
+//! test with a bigger number), `STRESS_SEED` (default: random, printed), `STRESS_STUDENTS`
+//! (seeded students, default 8000), `STRESS_WRITERS` (4), `STRESS_WORKERS` (3),
+//! `STRESS_CONVERGE_SECONDS` (bound on the final drain, default 300), `STRESS_FAULT_PATH`
+//! (fault only requests whose path contains this, e.g. `_bulk`; default: every request),
+//! `STRESS_KEEP_LOGS=1` (keep the process logs even when the test passes).
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    str::FromStr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use support::{
+    fault_proxy::{FaultProxy, Faults},
+    free_port, Env, Proc,
+};
+
+// ---------------------------------------------------------------------------------------
+// Settings
+
+struct Settings {
+    seed: u64,
+    chaos: Duration,
+    students: u64,
+    writers: usize,
+    workers: usize,
+    converge: Duration,
+    fault_path: Option<String>,
+    keep_logs: bool,
+}
+
+fn knob<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
+        _ => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let random_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000;
+        Settings {
+            seed: knob("STRESS_SEED", random_seed),
+            chaos: Duration::from_secs(knob("STRESS_SECONDS", 60u64).max(5)),
+            students: knob("STRESS_STUDENTS", 8_000u64).max(100),
+            writers: knob("STRESS_WRITERS", 4usize).max(1),
+            workers: knob("STRESS_WORKERS", 3usize).max(1),
+            converge: Duration::from_secs(knob("STRESS_CONVERGE_SECONDS", 300u64)),
+            fault_path: std::env::var("STRESS_FAULT_PATH").ok().filter(|s| !s.is_empty()),
+            keep_logs: std::env::var("STRESS_KEEP_LOGS").is_ok_and(|v| !v.is_empty() && v != "0"),
+        }
+    }
+}
+
+/// What the worker processes read with `--config`: a short lease, so a killed worker's
+/// marks and chunks come back within seconds; the lease still covers a batch's retries
+/// (backoff_cap × max_attempts + request_timeout = 10 s, as `Config::validate` demands).
+const WORKER_CONFIG: &str = r#"
+[sync]
+batch_size = 500
+lease = "10s"
+backoff_base = "50ms"
+backoff_cap = "1s"
+max_attempts = 6
+request_timeout = "4s"
+
+[reindex]
+chunk_size = 500
+"#;
+
+const LOG_FILTER: &str = "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn";
+
+/// Moderate fault rates: plenty of faults, and still progress.
+fn chaos_faults(only_path: Option<String>) -> Faults {
+    Faults {
+        bulk_item_429: 0.1,
+        unavailable: 0.05,
+        reset: 0.02,
+        slow: 0.05,
+        delay: Duration::from_millis(200),
+        only_path,
+        ..Faults::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The test
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_index_converges_to_the_database_after_crashes_concurrency_and_faults() {
+    let s = Settings::from_env();
+    let t0 = Instant::now();
+    say(&format!(
+        "seed {} (STRESS_SEED), {}s of chaos (STRESS_SECONDS), {} students, {} writers, {} workers",
+        s.seed,
+        s.chaos.as_secs(),
+        s.students,
+        s.writers,
+        s.workers
+    ));
+    let env = Env::new().await;
+    let log_dir = std::env::temp_dir().join(format!("tidemark-stress-{}", env.namespace));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let config_path = log_dir.join("worker.toml");
+    std::fs::write(&config_path, WORKER_CONFIG).unwrap();
+    say(&format!("process logs go to {}", log_dir.display()));
+
+    // A private Redis, so flushing and restarting it disturbs no other test.
+    let mut redis = PrivateRedis::start(free_port());
+    assert!(redis.wait_ready(Duration::from_secs(10)).await, "private redis-server did not come up");
+    let proxy = FaultProxy::start(&env.es_url).await;
+
+    // The starting point: seeded students, indexed by a first drain (direct, no faults).
+    let seeded = tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: s.students, seed: s.seed })
+        .await
+        .expect("seed");
+    let drained = env.engine().drain().await.expect("first drain");
+    assert!(!drained.stalled);
+    let first_index = env.search.alias_targets(&env.alias).await.unwrap();
+    say(&format!(
+        "seeded {} students, {} universities, {} courses, {} enrollments; first drain indexed {} into {:?} ({:.1}s)",
+        seeded.students,
+        seeded.universities,
+        seeded.courses,
+        seeded.enrollments,
+        drained.indexed + drained.reindexed,
+        first_index,
+        t0.elapsed().as_secs_f64()
+    ));
+
+    let mut fleet = Fleet {
+        env: &env,
+        log_dir: log_dir.clone(),
+        config_path: config_path.display().to_string(),
+        worker_db_url: with_app_name(&env.database_url, "tidemark_worker"),
+        scheduler_db_url: with_app_name(&env.database_url, "tidemark_scheduler"),
+        redis_url: redis.url(),
+        proxy_url: proxy.url(),
+        workers: (0..s.workers).map(|i| Slot::new(format!("worker{i}"))).collect(),
+        scheduler: Slot::new("scheduler".into()),
+        started: Instant::now(),
+        events: Vec::new(),
+        counts: ChaosCounts::default(),
+    };
+    fleet.start_all();
+    proxy.set(chaos_faults(s.fault_path.clone()));
+
+    // Writers.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Mutex::new(WriterStats::default()));
+    let writer_url = with_app_name(&env.database_url, "tidemark_stress_writer");
+    let chaos_start = Instant::now();
+    let deadline = chaos_start + s.chaos;
+    let writers: Vec<_> = (0..s.writers)
+        .map(|w| {
+            let (url, stop, stats) = (writer_url.clone(), stop.clone(), stats.clone());
+            let seed = s.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
+            let target = s.students as i64;
+            tokio::spawn(async move { writer(w, seed, url, target, stop, deadline, stats).await })
+        })
+        .collect();
+
+    // Chaos, and the full reindex in the middle.
+    let mut rng = StdRng::seed_from_u64(s.seed ^ 0x5eed_c4a0);
+    let mut next_action = chaos_start + Duration::from_millis(rng.gen_range(1000..3000));
+    let mut reindexes: Vec<ReindexRequest> = Vec::new();
+    let mut next_reindex = chaos_start + s.chaos / 3;
+    let mut pending_redis: Option<Instant> = None;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fleet.tend(&mut rng);
+        if let Some(at) = pending_redis {
+            if Instant::now() >= at {
+                redis.respawn();
+                fleet.event("redis-server started again (empty)");
+                pending_redis = None;
+            }
+        }
+        if Instant::now() >= next_reindex {
+            let active = tidemark::reindex::active(&env.pool, &env.alias).await.unwrap().is_some();
+            if !active && reindexes.iter().all(|r| r.handle.is_none()) {
+                fleet.event("requesting a full reindex: tidemark admin reindex --chunk-size 500");
+                reindexes.push(ReindexRequest::start(&env, &redis.url(), fleet.started.elapsed()));
+            }
+            // A soak keeps rebuilding: one build every two minutes.
+            next_reindex = Instant::now() + Duration::from_secs(120);
+        }
+        for r in &mut reindexes {
+            r.poll().await;
+        }
+        if Instant::now() < next_action {
+            continue;
+        }
+        next_action = Instant::now() + Duration::from_millis(rng.gen_range(800..2500));
+        match rng.gen_range(0..100) {
+            0..=39 => fleet.kill_random_worker(&mut rng),
+            40..=44 => fleet.kill_all_workers(&mut rng),
+            45..=64 => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE datname = current_database() AND application_name IN ('tidemark_worker', 'tidemark_scheduler')) t",
+                )
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+                fleet.counts.pg_terminations += 1;
+                fleet.counts.pg_backends_terminated += n as u64;
+                fleet.event(&format!("pg_terminate_backend: {n} worker/scheduler connections"));
+            }
+            65..=79 => {
+                if pending_redis.is_none() {
+                    match redis.flushall().await {
+                        Ok(()) => {
+                            fleet.counts.redis_flushes += 1;
+                            fleet.event("redis FLUSHALL");
+                        }
+                        Err(e) => fleet.event(&format!("redis FLUSHALL failed: {e}")),
+                    }
+                }
+            }
+            80..=89 => {
+                if pending_redis.is_none() {
+                    redis.kill();
+                    fleet.counts.redis_restarts += 1;
+                    let down = Duration::from_millis(rng.gen_range(300..3000));
+                    fleet.event(&format!("redis-server SIGKILLed; back in {} ms", down.as_millis()));
+                    pending_redis = Some(Instant::now() + down);
+                }
+            }
+            _ => fleet.kill_scheduler(&mut rng),
+        }
+    }
+
+    // Writes stop.
+    stop.store(true, Ordering::SeqCst);
+    let writes_stopped = Instant::now();
+    for w in writers {
+        if tokio::time::timeout(Duration::from_secs(60), w).await.is_err() {
+            fleet.event("a writer did not stop within 60s");
+        }
+    }
+    fleet.event(&format!("writers stopped ({:.1}s after the deadline)", writes_stopped.elapsed().as_secs_f64()));
+    // Faults stop; everything that is down comes back.
+    proxy.clear();
+    if pending_redis.take().is_some() || !redis.is_running() {
+        redis.respawn();
+        fleet.event("redis-server started again (empty)");
+    }
+    assert!(redis.wait_ready(Duration::from_secs(10)).await, "private redis-server did not come back");
+    fleet.restart_all_pending();
+    let faults = proxy.stats();
+    fleet.event(&format!("faults cleared: {faults:?}"));
+    for r in &mut reindexes {
+        r.finish().await;
+    }
+
+    // Drain: bounded wait until nothing is outstanding and no build runs.
+    let converge_start = Instant::now();
+    let mut last_report = Instant::now();
+    let converged = loop {
+        fleet.tend(&mut rng);
+        let (marks, parents, active): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents),
+                    (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if marks == 0 && parents == 0 && active == 0 {
+            break true;
+        }
+        if converge_start.elapsed() > s.converge {
+            fleet.event(&format!("NOT converged after {:?}: {marks} marks, {parents} parent marks, {active} active builds", s.converge));
+            break false;
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            let build = tidemark::reindex::active(&env.pool, &env.alias).await.unwrap();
+            say(&format!(
+                "draining: {marks} student marks, {parents} parent marks{}",
+                build.map(|b| format!(", build #{} {} {}/{} chunks", b.id, b.state, b.chunks_done, b.chunks_total)).unwrap_or_default()
+            ));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let converge_time = converge_start.elapsed();
+    fleet.event(&format!("drain ended after {:.1}s (converged: {converged})", converge_time.as_secs_f64()));
+
+    // The checker.
+    let check = if converged { Some(check(&env).await) } else { None };
+    let dead_letters: Vec<(i64, Option<i32>, String, i32)> =
+        sqlx::query_as("SELECT student_id, status, error, attempts FROM tidemark.dead_letters ORDER BY student_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let builds: Vec<(i64, String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, state, target_index, message, reason FROM tidemark.reindexes ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let alias_now = env.search.alias_targets(&env.alias).await.unwrap();
+    let leftover_leases = env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await;
+
+    // Stop the processes (SIGTERM, bounded) and keep their logs.
+    let stop_report = fleet.stop_all();
+    let logs = fleet.all_logs();
+    let panics: Vec<String> = logs.iter().filter(|(_, text)| text.contains("panicked")).map(|(name, _)| name.clone()).collect();
+
+    // The report.
+    let stats = stats.lock().unwrap().clone();
+    let mut out = String::new();
+    let _ = writeln!(out, "\n==== tidemark stress summary (seed {}) ====", s.seed);
+    let _ = writeln!(
+        out,
+        "chaos {:.1}s with {} writers and {} worker processes (--concurrency 2) + 1 scheduler; whole test {:.1}s",
+        s.chaos.as_secs_f64(),
+        s.writers,
+        s.workers,
+        t0.elapsed().as_secs_f64()
+    );
+    out.push_str(&stats.render());
+    out.push_str(&fleet.counts.render());
+    let _ = writeln!(
+        out,
+        "search faults injected: {} item-level 429s, {} 503s, {} connection resets, {} slowed by 200ms ({} requests forwarded){}",
+        faults.items_429,
+        faults.unavailable,
+        faults.resets,
+        faults.slowed,
+        faults.forwarded,
+        s.fault_path.as_ref().map(|p| format!(", only on paths containing {p:?}")).unwrap_or_else(|| ", on every path".into())
+    );
+    for r in &reindexes {
+        let _ = writeln!(out, "reindex requested at {:.1}s: {}", r.at.as_secs_f64(), r.outcome.as_deref().unwrap_or("(no answer)"));
+    }
+    for (id, state, target, message, reason) in &builds {
+        let _ = writeln!(out, "  build #{id} {target}: {state} — {} (reason: {reason})", message.as_deref().unwrap_or(""));
+    }
+    let _ = writeln!(out, "alias {} → {:?}", env.alias, alias_now);
+    let _ = writeln!(
+        out,
+        "converged: {converged}, {:.1}s after writes and faults stopped (bound {}s)",
+        converge_time.as_secs_f64(),
+        s.converge.as_secs()
+    );
+    if let Some(c) = &check {
+        out.push_str(&c.render());
+    }
+    let _ = writeln!(out, "dead letters: {}", dead_letters.len());
+    for d in dead_letters.iter().take(5) {
+        let _ = writeln!(out, "  {d:?}");
+    }
+    out.push_str(&stop_report);
+    if !panics.is_empty() {
+        let _ = writeln!(out, "panics in process logs: {panics:?}");
+    }
+    let _ = writeln!(out, "process logs: {}", log_dir.display());
+    println!("{out}");
+
+    // Verdict.
+    let mut failures = Vec::new();
+    if !converged {
+        failures.push(format!("the workers did not drain within {}s", s.converge.as_secs()));
+    }
+    match &check {
+        Some(c) if !c.is_clean() => failures.push(format!(
+            "the index differs from the database: {} missing, {} extra, {} differing",
+            c.missing.len(),
+            c.extra.len(),
+            c.differing.len()
+        )),
+        _ => {}
+    }
+    if !dead_letters.is_empty() {
+        failures.push(format!("{} dead letters although no permanent fault was injected", dead_letters.len()));
+    }
+    for (id, state, _, message, _) in &builds {
+        if state == "failed" {
+            failures.push(format!("reindex #{id} failed: {}", message.as_deref().unwrap_or("")));
+        }
+    }
+    let requested = reindexes.iter().filter(|r| r.id.is_some()).count();
+    if requested == 0 {
+        failures.push("the mid-run reindex was not started".into());
+    }
+    if converged {
+        if let Some((_, state, target, _, _)) = builds.last() {
+            if state != "done" || alias_now != vec![target.clone()] {
+                failures.push(format!("the last build ({target}, {state}) is not what the alias serves ({alias_now:?})"));
+            }
+        }
+        if leftover_leases != 0 {
+            failures.push(format!("{leftover_leases} marks still leased after the drain"));
+        }
+    }
+    if stats.unexpected() > 0 {
+        failures.push(format!("{} writer operations failed for reasons a writer should never see (see above)", stats.unexpected()));
+    }
+    if !panics.is_empty() {
+        failures.push(format!("processes panicked: {panics:?}"));
+    }
+    let ok = failures.is_empty();
+    if !ok {
+        // The end of each log says what the processes were doing.
+        for (name, text) in &logs {
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            eprintln!("---- tail of {name} ----");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        eprintln!("---- chaos timeline ----\n{}", fleet.events.join("\n"));
+    } else {
+        say(&format!("chaos timeline: {} events (kept in {})", fleet.events.len(), log_dir.join("chaos.log").display()));
+    }
+    let _ = std::fs::write(log_dir.join("chaos.log"), fleet.events.join("\n"));
+    let _ = std::fs::write(log_dir.join("summary.txt"), &out);
+    drop(fleet);
+    drop(redis);
+    drop(proxy);
+    env.cleanup().await;
+    if ok && !s.keep_logs {
+        let _ = std::fs::remove_dir_all(&log_dir);
+    }
+    assert!(ok, "stress test failed (seed {}, rerun with STRESS_SEED={}):\n- {}", s.seed, s.seed, failures.join("\n- "));
+}
+
+fn say(what: &str) {
+    eprintln!("[stress] {what}");
+}
+
+fn with_app_name(url: &str, name: &str) -> String {
+    let mut u = url::Url::parse(url).expect("database URL");
+    u.query_pairs_mut().append_pair("application_name", name);
+    u.to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// The checker: every document, field by field, against documents built in SQL by the
+// test support (independent of tidemark's loader and document code).
+
+struct Check {
+    expected: usize,
+    indexed: usize,
+    missing: Vec<i64>,
+    extra: Vec<i64>,
+    /// Student, then (field, expected, indexed) for each field that differs.
+    differing: Vec<(i64, Vec<(String, Value, Value)>)>,
+    expected_docs: BTreeMap<i64, Value>,
+    indexed_docs: BTreeMap<i64, Value>,
+}
+
+impl Check {
+    fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.differing.is_empty()
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "checker: {} students in the database, {} documents behind the alias: {} missing, {} extra, {} differing (mismatches: {})",
+            self.expected,
+            self.indexed,
+            self.missing.len(),
+            self.extra.len(),
+            self.differing.len(),
+            self.missing.len() + self.extra.len() + self.differing.len()
+        );
+        if !self.missing.is_empty() {
+            let _ = writeln!(out, "  missing (first 20): {:?}", &self.missing[..self.missing.len().min(20)]);
+            for id in self.missing.iter().take(3) {
+                let _ = writeln!(out, "    {id} expected {}", self.expected_docs[id]);
+            }
+        }
+        if !self.extra.is_empty() {
+            let _ = writeln!(out, "  extra (first 20): {:?}", &self.extra[..self.extra.len().min(20)]);
+            for id in self.extra.iter().take(3) {
+                let _ = writeln!(out, "    {id} indexed {}", self.indexed_docs[id]);
+            }
+        }
+        if !self.differing.is_empty() {
+            let mut by_field: BTreeMap<&str, usize> = BTreeMap::new();
+            for (_, fields) in &self.differing {
+                for (f, _, _) in fields {
+                    *by_field.entry(f.as_str()).or_default() += 1;
+                }
+            }
+            let _ = writeln!(out, "  differing by field: {by_field:?}");
+            let ids: Vec<i64> = self.differing.iter().map(|(id, _)| *id).take(20).collect();
+            let _ = writeln!(out, "  differing (first 20): {ids:?}");
+            for (id, fields) in self.differing.iter().take(5) {
+                for (f, e, a) in fields {
+                    let _ = writeln!(out, "    {id}.{f}: expected {e}, index has {a}");
+                }
+                let _ = writeln!(out, "    {id} expected {}\n    {id} indexed  {}", self.expected_docs[id], self.indexed_docs[id]);
+            }
+        }
+        out
+    }
+}
+
+async fn check(env: &Env) -> Check {
+    let expected = env.expected_docs().await;
+    let indexed = env.indexed_docs().await;
+    let missing: Vec<i64> = expected.keys().filter(|k| !indexed.contains_key(k)).copied().collect();
+    let extra: Vec<i64> = indexed.keys().filter(|k| !expected.contains_key(k)).copied().collect();
+    let mut differing = Vec::new();
+    for (id, e) in &expected {
+        let Some(a) = indexed.get(id) else { continue };
+        if a == e {
+            continue;
+        }
+        let (eo, ao) = (e.as_object(), a.as_object());
+        let fields: BTreeSet<String> = eo.iter().chain(ao.iter()).flat_map(|o| o.keys().cloned()).collect();
+        let diffs: Vec<(String, Value, Value)> = fields
+            .into_iter()
+            .filter_map(|f| {
+                let ev = e.get(&f).cloned().unwrap_or(Value::Null);
+                let av = a.get(&f).cloned().unwrap_or(Value::Null);
+                // A field absent on one side and null on the other still differs as JSON.
+                let present_differently = e.get(&f).is_some() != a.get(&f).is_some();
+                (ev != av || present_differently).then_some((f, ev, av))
+            })
+            .collect();
+        differing.push((*id, diffs));
+    }
+    Check { expected: expected.len(), indexed: indexed.len(), missing, extra, differing, expected_docs: expected, indexed_docs: indexed }
+}
+
+// ---------------------------------------------------------------------------------------
+// The mid-run reindex, requested through the CLI as an operator would.
+
+struct ReindexRequest {
+    at: Duration,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<std::process::Output>>>,
+    outcome: Option<String>,
+    id: Option<i64>,
+}
+
+impl ReindexRequest {
+    fn start(env: &Env, redis_url: &str, at: Duration) -> ReindexRequest {
+        let mut c = env.command();
+        // The operator's command talks to the search server directly (faults are for the
+        // workers) and to the same Redis as the workers, to wake them.
+        c.args(["admin", "reindex", "--chunk-size", "500"]).env("REDIS_URL", redis_url).env("RUST_LOG", "warn");
+        ReindexRequest { at, handle: Some(tokio::task::spawn_blocking(move || c.output())), outcome: None, id: None }
+    }
+
+    async fn poll(&mut self) {
+        if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+            self.finish().await;
+        }
+    }
+
+    async fn finish(&mut self) {
+        let Some(h) = self.handle.take() else { return };
+        let out = match tokio::time::timeout(Duration::from_secs(60), h).await {
+            Ok(Ok(Ok(out))) => out,
+            other => {
+                self.outcome = Some(format!("the CLI did not answer: {other:?}"));
+                return;
+            }
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        self.id = stdout
+            .strip_prefix("reindex #")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        self.outcome = Some(format!("exit {:?}: {stdout} {stderr}", out.status.code()));
+        say(&format!("admin reindex: {}", self.outcome.as_deref().unwrap()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A private Redis on its own port.
+
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let mut r = PrivateRedis { port, child: None };
+        r.respawn();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn respawn(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (install the redis-server package)");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    async fn wait_ready(&self, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(mut c) = self.connection().await {
+                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    async fn flushall(&self) -> Result<(), String> {
+        let mut c = self.connection().await?;
+        redis::cmd("FLUSHALL").query_async::<()>(&mut c).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The worker and scheduler processes, and the chaos done to them.
+
+#[derive(Default)]
+struct ChaosCounts {
+    worker_kills: u64,
+    kill_all: u64,
+    scheduler_kills: u64,
+    restarts: u64,
+    exited_by_themselves: u64,
+    pg_terminations: u64,
+    pg_backends_terminated: u64,
+    redis_flushes: u64,
+    redis_restarts: u64,
+}
+
+impl ChaosCounts {
+    fn render(&self) -> String {
+        format!(
+            "chaos: {} worker SIGKILLs ({} of them all workers at once), {} scheduler SIGKILLs, {} process restarts, {} processes exited by themselves;\n       {} pg_terminate_backend rounds ({} connections), {} Redis FLUSHALLs, {} Redis SIGKILL+restarts\n",
+            self.worker_kills,
+            self.kill_all,
+            self.scheduler_kills,
+            self.restarts,
+            self.exited_by_themselves,
+            self.pg_terminations,
+            self.pg_backends_terminated,
+            self.redis_flushes,
+            self.redis_restarts
+        )
+    }
+}
+
+struct Slot {
+    name: String,
+    proc: Option<Proc>,
+    generation: u32,
+    restart_at: Option<Instant>,
+    /// Logs of earlier generations (killed or exited), by file name.
+    logs: Vec<(String, String)>,
+}
+
+impl Slot {
+    fn new(name: String) -> Slot {
+        Slot { name, proc: None, generation: 0, restart_at: None, logs: Vec::new() }
+    }
+
+    fn log_name(&self) -> String {
+        format!("{}-{}.log", self.name, self.generation)
+    }
+
+    /// Keeps the log of the running generation and forgets the process.
+    fn retire(&mut self, dir: &std::path::Path) {
+        if let Some(p) = self.proc.take() {
+            let text = p.output();
+            let _ = std::fs::write(dir.join(self.log_name()), &text);
+            self.logs.push((self.log_name(), text));
+        }
+    }
+}
+
+struct Fleet<'a> {
+    env: &'a Env,
+    log_dir: PathBuf,
+    config_path: String,
+    worker_db_url: String,
+    scheduler_db_url: String,
+    redis_url: String,
+    proxy_url: String,
+    workers: Vec<Slot>,
+    scheduler: Slot,
+    started: Instant,
+    events: Vec<String>,
+    counts: ChaosCounts,
+}
+
+impl Fleet<'_> {
+    fn event(&mut self, what: &str) {
+        let line = format!("{:>7.2}s {what}", self.started.elapsed().as_secs_f64());
+        eprintln!("[stress] {line}");
+        self.events.push(line);
+    }
+
+    fn spawn_worker(&mut self, i: usize) {
+        let (db, redis, es, cfg) = (self.worker_db_url.clone(), self.redis_url.clone(), self.proxy_url.clone(), self.config_path.clone());
+        let p = self.env.spawn(&["--config", &cfg, "worker", "--concurrency", "2"], |c| {
+            c.env("DATABASE_URL", &db).env("REDIS_URL", &redis).env("ELASTICSEARCH_URL", &es).env("RUST_LOG", LOG_FILTER);
+        });
+        let slot = &mut self.workers[i];
+        slot.generation += 1;
+        slot.proc = Some(p);
+        slot.restart_at = None;
+    }
+
+    fn spawn_scheduler(&mut self) {
+        let (db, redis, es, cfg) = (self.scheduler_db_url.clone(), self.redis_url.clone(), self.proxy_url.clone(), self.config_path.clone());
+        let p = self.env.spawn(&["--config", &cfg, "scheduler", "--interval", "1s"], |c| {
+            c.env("DATABASE_URL", &db).env("REDIS_URL", &redis).env("ELASTICSEARCH_URL", &es).env("RUST_LOG", LOG_FILTER);
+        });
+        self.scheduler.generation += 1;
+        self.scheduler.proc = Some(p);
+        self.scheduler.restart_at = None;
+    }
+
+    fn start_all(&mut self) {
+        self.spawn_scheduler();
+        for i in 0..self.workers.len() {
+            self.spawn_worker(i);
+        }
+        let n = self.workers.len();
+        self.event(&format!("started the scheduler (--interval 1s) and {n} workers (--concurrency 2) behind the fault proxy"));
+    }
+
+    /// Restarts what is due, and notices processes that exited by themselves.
+    fn tend(&mut self, rng: &mut StdRng) {
+        let now = Instant::now();
+        for i in 0..self.workers.len() {
+            if let Some(p) = self.workers[i].proc.as_mut() {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    self.counts.exited_by_themselves += 1;
+                    let name = self.workers[i].log_name();
+                    self.workers[i].retire(&self.log_dir);
+                    self.workers[i].restart_at = Some(now + Duration::from_millis(rng.gen_range(200..1000)));
+                    self.event(&format!("{name} exited by itself ({status}); restarting it"));
+                }
+            }
+            if self.workers[i].proc.is_none() && self.workers[i].restart_at.is_some_and(|t| now >= t) {
+                self.spawn_worker(i);
+                self.counts.restarts += 1;
+                let name = self.workers[i].log_name();
+                self.event(&format!("started {name}"));
+            }
+        }
+        if let Some(p) = self.scheduler.proc.as_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                self.counts.exited_by_themselves += 1;
+                let name = self.scheduler.log_name();
+                self.scheduler.retire(&self.log_dir);
+                self.scheduler.restart_at = Some(now);
+                self.event(&format!("{name} exited by itself ({status}); restarting it"));
+            }
+        }
+        if self.scheduler.proc.is_none() && self.scheduler.restart_at.is_some_and(|t| now >= t) {
+            self.spawn_scheduler();
+            self.counts.restarts += 1;
+            let name = self.scheduler.log_name();
+            self.event(&format!("started {name}"));
+        }
+    }
+
+    fn kill_worker(&mut self, i: usize, back_in: Duration) {
+        let slot = &mut self.workers[i];
+        let Some(p) = slot.proc.as_mut() else { return };
+        p.kill();
+        let name = slot.log_name();
+        slot.retire(&self.log_dir);
+        slot.restart_at = Some(Instant::now() + back_in);
+        self.counts.worker_kills += 1;
+        self.event(&format!("SIGKILL {name}; restart in {} ms", back_in.as_millis()));
+    }
+
+    fn kill_random_worker(&mut self, rng: &mut StdRng) {
+        let alive: Vec<usize> = (0..self.workers.len()).filter(|i| self.workers[*i].proc.is_some()).collect();
+        if let Some(&i) = alive.choose(rng) {
+            let back_in = Duration::from_millis(rng.gen_range(100..2000));
+            self.kill_worker(i, back_in);
+        }
+    }
+
+    fn kill_all_workers(&mut self, rng: &mut StdRng) {
+        self.counts.kill_all += 1;
+        self.event("SIGKILL every worker at once");
+        let back_in = Duration::from_millis(rng.gen_range(500..3000));
+        for i in 0..self.workers.len() {
+            self.kill_worker(i, back_in);
+        }
+    }
+
+    fn kill_scheduler(&mut self, rng: &mut StdRng) {
+        let Some(p) = self.scheduler.proc.as_mut() else { return };
+        p.kill();
+        let name = self.scheduler.log_name();
+        self.scheduler.retire(&self.log_dir);
+        let back_in = Duration::from_millis(rng.gen_range(200..3000));
+        self.scheduler.restart_at = Some(Instant::now() + back_in);
+        self.counts.scheduler_kills += 1;
+        self.event(&format!("SIGKILL {name}; restart in {} ms", back_in.as_millis()));
+    }
+
+    /// Starts at once whatever waits for its restart.
+    fn restart_all_pending(&mut self) {
+        let now = Instant::now();
+        for s in self.workers.iter_mut().chain(std::iter::once(&mut self.scheduler)) {
+            if s.proc.is_none() {
+                s.restart_at = Some(now);
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(0);
+        self.tend(&mut rng);
+    }
+
+    /// SIGTERM to every process, bounded; says which did not stop cleanly.
+    fn stop_all(&mut self) -> String {
+        let mut out = String::new();
+        let slots: Vec<&mut Slot> = self.workers.iter_mut().chain(std::iter::once(&mut self.scheduler)).collect();
+        let mut stopping = Vec::new();
+        for s in slots {
+            if let Some(p) = s.proc.as_ref() {
+                let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
+                stopping.push(s);
+            }
+        }
+        let start = Instant::now();
+        for s in stopping {
+            let name = s.log_name();
+            let p = s.proc.as_mut().unwrap();
+            let status = loop {
+                if let Ok(Some(st)) = p.child.try_wait() {
+                    break Some(st);
+                }
+                if start.elapsed() > Duration::from_secs(45) {
+                    p.kill();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            match status {
+                Some(st) if st.success() => {}
+                Some(st) => {
+                    let _ = writeln!(out, "note: {name} exited with {st} on SIGTERM");
+                }
+                None => {
+                    let _ = writeln!(out, "note: {name} did not stop within 45s of SIGTERM (killed)");
+                }
+            }
+            s.retire(&self.log_dir);
+        }
+        out
+    }
+
+    fn all_logs(&self) -> Vec<(String, String)> {
+        self.workers.iter().chain(std::iter::once(&self.scheduler)).flat_map(|s| s.logs.iter().cloned()).collect()
+    }
+}
+
+impl Drop for Fleet<'_> {
+    fn drop(&mut self) {
+        for s in self.workers.iter_mut().chain(std::iter::once(&mut self.scheduler)) {
+            if let Some(p) = s.proc.as_mut() {
+                p.kill();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writers
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    UpdateStudent,
+    InsertStudent,
+    DeleteStudent,
+    Enroll,
+    Unenroll,
+    ChangeUniversity,
+    RenameUniversity,
+    RenameCourse,
+    InsertUniversity,
+    InsertCourse,
+    DeleteUniversity,
+    DeleteCourse,
+    MultiStatementTx,
+    RolledBackTx,
+    SavepointRollback,
+    BulkUpdate,
+    BulkEnroll,
+    BulkUnenroll,
+    BulkInsert,
+    BulkDelete,
+    MergeUniversities,
+    MoveStudentId,
+    NoopBulkUpdate,
+}
+
+impl Op {
+    /// Weighted choice of the next operation.
+    fn pick(rng: &mut StdRng) -> Op {
+        const TABLE: &[(Op, u32)] = &[
+            (Op::UpdateStudent, 240),
+            (Op::InsertStudent, 70),
+            (Op::DeleteStudent, 50),
+            (Op::Enroll, 110),
+            (Op::Unenroll, 80),
+            (Op::ChangeUniversity, 60),
+            (Op::RenameUniversity, 30),
+            (Op::RenameCourse, 30),
+            (Op::InsertUniversity, 12),
+            (Op::InsertCourse, 12),
+            (Op::DeleteUniversity, 10),
+            (Op::DeleteCourse, 10),
+            (Op::MultiStatementTx, 50),
+            (Op::RolledBackTx, 40),
+            (Op::SavepointRollback, 20),
+            (Op::BulkUpdate, 12),
+            (Op::BulkEnroll, 5),
+            (Op::BulkUnenroll, 5),
+            (Op::BulkInsert, 5),
+            (Op::BulkDelete, 5),
+            (Op::MergeUniversities, 5),
+            (Op::MoveStudentId, 10),
+            (Op::NoopBulkUpdate, 4),
+        ];
+        let total: u32 = TABLE.iter().map(|(_, w)| w).sum();
+        let mut x = rng.gen_range(0..total);
+        for (op, w) in TABLE {
+            if x < *w {
+                return *op;
+            }
+            x -= w;
+        }
+        unreachable!()
+    }
+
+    /// Operations that touch hundreds or thousands of rows; a writer runs at most one every
+    /// few seconds so the index can keep up at all.
+    fn is_bulk(self) -> bool {
+        matches!(
+            self,
+            Op::BulkUpdate | Op::BulkEnroll | Op::BulkUnenroll | Op::BulkInsert | Op::BulkDelete | Op::MergeUniversities | Op::NoopBulkUpdate
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::UpdateStudent => "update student",
+            Op::InsertStudent => "insert student (+ enrollments)",
+            Op::DeleteStudent => "delete student",
+            Op::Enroll => "enroll",
+            Op::Unenroll => "unenroll",
+            Op::ChangeUniversity => "change a student's university",
+            Op::RenameUniversity => "rename university",
+            Op::RenameCourse => "rename course",
+            Op::InsertUniversity => "insert university (+ students moved in)",
+            Op::InsertCourse => "insert course (+ students enrolled)",
+            Op::DeleteUniversity => "delete university",
+            Op::DeleteCourse => "delete course",
+            Op::MultiStatementTx => "multi-statement transaction",
+            Op::RolledBackTx => "transaction rolled back",
+            Op::SavepointRollback => "rollback to savepoint, then commit",
+            Op::BulkUpdate => "bulk update (thousands of rows)",
+            Op::BulkEnroll => "bulk enroll",
+            Op::BulkUnenroll => "bulk unenroll",
+            Op::BulkInsert => "bulk insert students",
+            Op::BulkDelete => "bulk delete students",
+            Op::MergeUniversities => "merge universities (move all students)",
+            Op::MoveStudentId => "change a student's id",
+            Op::NoopBulkUpdate => "no-op bulk update",
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct WriterStats {
+    ok: BTreeMap<&'static str, u64>,
+    refused: BTreeMap<&'static str, u64>,
+    /// Why operations were refused: SQLSTATE and constraint, or the connection error.
+    causes: BTreeMap<String, u64>,
+    /// Causes a correct writer should never see (a bug in this test's SQL).
+    unexpected: BTreeMap<String, u64>,
+    rows: u64,
+    reconnects: u64,
+}
+
+impl WriterStats {
+    fn unexpected(&self) -> u64 {
+        self.unexpected.values().sum()
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("operations by kind (committed or rolled back as intended / refused):\n");
+        let kinds: BTreeSet<&str> = self.ok.keys().chain(self.refused.keys()).copied().collect();
+        for k in kinds {
+            let _ = writeln!(out, "  {k:<42} {:>7} / {}", self.ok.get(k).unwrap_or(&0), self.refused.get(k).unwrap_or(&0));
+        }
+        let ok: u64 = self.ok.values().sum();
+        let refused: u64 = self.refused.values().sum();
+        let _ = writeln!(out, "  {:<42} {ok:>7} / {refused}   ({} rows written, {} reconnects)", "total", self.rows, self.reconnects);
+        if !self.causes.is_empty() {
+            let _ = writeln!(out, "refused because: {:?}", self.causes);
+        }
+        if !self.unexpected.is_empty() {
+            let _ = writeln!(out, "UNEXPECTED writer errors: {:?}", self.unexpected);
+        }
+        out
+    }
+}
+
+/// Why a statement failed, and whether the connection must be replaced.
+fn cause(e: &sqlx::Error) -> (String, bool, bool) {
+    match e {
+        sqlx::Error::Database(d) => {
+            let code = d.code().map(|c| c.to_string()).unwrap_or_default();
+            let what = match d.constraint() {
+                Some(c) => format!("{code} {c}"),
+                None => format!("{code} {}", d.message().chars().take(60).collect::<String>()),
+            };
+            // Unique names, foreign keys raced by deletes, deadlocks between bulk writers,
+            // lock and statement timeouts, a terminated connection.
+            let expected = matches!(code.as_str(), "23505" | "23503" | "40P01" | "40001" | "55P03" | "57014")
+                || code.starts_with("57P")
+                || code.starts_with("08");
+            let reconnect = code.starts_with("57P") || code.starts_with("08");
+            (what, expected, reconnect)
+        }
+        other => (format!("connection: {}", other.to_string().chars().take(80).collect::<String>()), true, true),
+    }
+}
+
+fn connect_writer(url: &str) -> futures::future::BoxFuture<'_, Result<PgConnection, sqlx::Error>> {
+    Box::pin(async move {
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?.options([("statement_timeout", "20s"), ("lock_timeout", "10s")]);
+        PgConnection::connect_with(&options).await
+    })
+}
+
+async fn writer(
+    w: usize,
+    seed: u64,
+    url: String,
+    target_students: i64,
+    stop: Arc<AtomicBool>,
+    deadline: Instant,
+    stats: Arc<Mutex<WriterStats>>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut conn: Option<PgConnection> = None;
+    let mut last_bulk = Instant::now() - Duration::from_secs(60);
+    let mut n: u64 = 0;
+    // Bounded twice: by the deadline and by a (generous) number of operations.
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 5_000_000 {
+        n += 1;
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect_writer(&url).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    let (what, _, _) = cause(&e);
+                    *stats.lock().unwrap().causes.entry(format!("connect: {what}")).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let mut op = Op::pick(&mut rng);
+        if op.is_bulk() {
+            if last_bulk.elapsed() < Duration::from_secs(3) {
+                op = Op::UpdateStudent;
+            } else {
+                last_bulk = Instant::now();
+            }
+        }
+        let result = match rebalance(c, op).await {
+            Ok(o) => {
+                op = o;
+                run_op(c, &mut rng, op, w, n, target_students).await
+            }
+            Err(e) => Err(e),
+        };
+        {
+            let mut st = stats.lock().unwrap();
+            match result {
+                Ok(rows) => {
+                    *st.ok.entry(op.name()).or_default() += 1;
+                    st.rows += rows;
+                }
+                Err(e) => {
+                    *st.refused.entry(op.name()).or_default() += 1;
+                    let (what, expected, reconnect) = cause(&e);
+                    if expected {
+                        *st.causes.entry(what).or_default() += 1;
+                    } else {
+                        *st.unexpected.entry(format!("{}: {what}: {e}", op.name())).or_default() += 1;
+                    }
+                    if reconnect {
+                        conn = None;
+                        st.reconnects += 1;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(2..25))).await;
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+}
+
+const FIRST: &[&str] = &["Ann", "Bob", "Zoë", "José", "Łukasz", "Anne-Marie", "Jean Luc", "ann", "Ängel", "Mia", "Noah", "Chloé"];
+const LAST: &[&str] = &["Lee", "O'Brien", "Müller", "García", "van der Berg", "Nguyễn", "lee", "Smith", "Østergaard", "Dupont"];
+const YEARS: &[&str] = &["FR", "SO", "JR", "SR"];
+/// Names several writers may pick at once: unique-name violations are part of the game.
+const SHARED_NAMES: &[&str] = &["Shared Name A", "Shared Name B", "shared name a", "Ünïversität Shared"];
+/// Course name prefixes whose byte order differs from a linguistic order.
+const COURSE_PREFIX: &[&str] = &["CS", "cs", "Math", "ÉCO", "bio", "Zoo", "_x", "ß-Lab", "a"];
+
+fn first(rng: &mut StdRng) -> &'static str {
+    FIRST.choose(rng).unwrap()
+}
+fn last(rng: &mut StdRng) -> &'static str {
+    LAST.choose(rng).unwrap()
+}
+fn year(rng: &mut StdRng) -> &'static str {
+    YEARS.choose(rng).unwrap()
+}
+fn age(rng: &mut StdRng) -> i32 {
+    rng.gen_range(1..=100)
+}
+
+fn university_name(rng: &mut StdRng, w: usize, n: u64) -> String {
+    if rng.gen_bool(0.15) {
+        return SHARED_NAMES.choose(rng).unwrap().to_string();
+    }
+    let word = ["University", "Universität", "École", "Institute", "College", "Sø Akademi"].choose(rng).unwrap();
+    format!("{word} {w}-{n}")
+}
+
+fn course_name(rng: &mut StdRng, w: usize, n: u64) -> String {
+    if rng.gen_bool(0.1) {
+        return SHARED_NAMES.choose(rng).unwrap().to_string();
+    }
+    format!("{}{}{w}", COURSE_PREFIX.choose(rng).unwrap(), n % 1000)
+}
+
+/// An existing student id (or none when the table is empty).
+async fn some_student(c: &mut PgConnection, rng: &mut StdRng) -> Result<Option<i64>, sqlx::Error> {
+    let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM students").fetch_one(&mut *c).await?;
+    let Some(max) = max else { return Ok(None) };
+    let at = rng.gen_range(1..=max.max(1));
+    sqlx::query_scalar("SELECT id FROM students WHERE id >= $1 ORDER BY id LIMIT 1").bind(at).fetch_optional(&mut *c).await
+}
+
+async fn some_row(c: &mut PgConnection, table: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY random() LIMIT 1")).fetch_optional(&mut *c).await
+}
+
+async fn count(c: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut *c).await
+}
+
+/// One random update of one student, on any executor (a transaction or the connection).
+async fn update_one(c: &mut PgConnection, rng: &mut StdRng, id: i64) -> Result<u64, sqlx::Error> {
+    let q = match rng.gen_range(0..6) {
+        0 => sqlx::query("UPDATE students SET first_name = $2 WHERE id = $1").bind(id).bind(first(rng)),
+        1 => sqlx::query("UPDATE students SET last_name = $2 WHERE id = $1").bind(id).bind(last(rng)),
+        2 => sqlx::query("UPDATE students SET age = $2 WHERE id = $1").bind(id).bind(age(rng)),
+        3 => sqlx::query("UPDATE students SET year_in_school = $2 WHERE id = $1").bind(id).bind(year(rng)),
+        4 => sqlx::query("UPDATE students SET first_name = $2, last_name = $3, age = $4, year_in_school = $5 WHERE id = $1")
+            .bind(id)
+            .bind(first(rng))
+            .bind(last(rng))
+            .bind(age(rng))
+            .bind(year(rng)),
+        // Sets what is already there: marks nothing.
+        _ => sqlx::query("UPDATE students SET age = age WHERE id = $1").bind(id),
+    };
+    Ok(q.execute(&mut *c).await?.rows_affected())
+}
+
+/// Keeps the number of universities and courses within bounds: an insert past the upper
+/// bound becomes a delete, a delete under the lower bound an insert.
+fn rebalance(c: &mut PgConnection, op: Op) -> futures::future::BoxFuture<'_, Result<Op, sqlx::Error>> {
+    Box::pin(async move { Ok(match op {
+        Op::InsertUniversity if count(c, "universities").await? > 120 => Op::DeleteUniversity,
+        Op::DeleteUniversity if count(c, "universities").await? < 10 => Op::InsertUniversity,
+        Op::InsertCourse if count(c, "courses").await? > 150 => Op::DeleteCourse,
+        Op::DeleteCourse if count(c, "courses").await? < 10 => Op::InsertCourse,
+        other => other,
+    }) })
+}
+
+/// One operation. Boxed as `Send` here, where every lifetime is concrete: left to infer
+/// it through `tokio::spawn`, rustc cannot prove sqlx's executor bounds for all lifetimes.
+fn run_op<'a>(
+    c: &'a mut PgConnection,
+    rng: &'a mut StdRng,
+    op: Op,
+    w: usize,
+    n: u64,
+    target: i64,
+) -> futures::future::BoxFuture<'a, Result<u64, sqlx::Error>> {
+    Box::pin(run_op_inner(c, rng, op, w, n, target))
+}
+
+async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64, target: i64) -> Result<u64, sqlx::Error> {
+    match op {
+        Op::UpdateStudent => {
+            let Some(id) = some_student(c, rng).await? else { return Ok(0) };
+            update_one(c, rng, id).await
+        }
+        Op::InsertStudent => {
+            let uni = if rng.gen_bool(0.8) { some_row(c, "universities").await? } else { None };
+            let mut tx = c.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO students (first_name, last_name, age, year_in_school, university_id) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(first(rng))
+            .bind(last(rng))
+            .bind(age(rng))
+            .bind(year(rng))
+            .bind(uni)
+            .fetch_one(&mut *tx)
+            .await?;
+            let k = rng.gen_range(0..4);
+            if k > 0 {
+                sqlx::query(
+                    "INSERT INTO student_courses (student_id, course_id)
+                     SELECT $1, id FROM (SELECT id FROM courses ORDER BY random() LIMIT $2) c ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(k as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(1 + k)
+        }
+        Op::DeleteStudent => {
+            let Some(id) = some_student(c, rng).await? else { return Ok(0) };
+            Ok(sqlx::query("DELETE FROM students WHERE id = $1").bind(id).execute(&mut *c).await?.rows_affected())
+        }
+        Op::Enroll => {
+            let (Some(s), Some(course)) = (some_student(c, rng).await?, some_row(c, "courses").await?) else { return Ok(0) };
+            Ok(sqlx::query("INSERT INTO student_courses (student_id, course_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(s)
+                .bind(course)
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
+        }
+        Op::Unenroll => {
+            let Some(s) = some_student(c, rng).await? else { return Ok(0) };
+            Ok(sqlx::query(
+                "DELETE FROM student_courses WHERE (student_id, course_id) IN
+                   (SELECT student_id, course_id FROM student_courses WHERE student_id >= $1 ORDER BY student_id LIMIT 1)",
+            )
+            .bind(s)
+            .execute(&mut *c)
+            .await?
+            .rows_affected())
+        }
+        Op::ChangeUniversity => {
+            let Some(s) = some_student(c, rng).await? else { return Ok(0) };
+            let uni = if rng.gen_bool(0.85) { some_row(c, "universities").await? } else { None };
+            Ok(sqlx::query("UPDATE students SET university_id = $2 WHERE id = $1").bind(s).bind(uni).execute(&mut *c).await?.rows_affected())
+        }
+        Op::RenameUniversity => {
+            let Some(u) = some_row(c, "universities").await? else { return Ok(0) };
+            Ok(sqlx::query("UPDATE universities SET name = $2 WHERE id = $1")
+                .bind(u)
+                .bind(university_name(rng, w, n))
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
+        }
+        Op::RenameCourse => {
+            let Some(k) = some_row(c, "courses").await? else { return Ok(0) };
+            Ok(sqlx::query("UPDATE courses SET name = $2 WHERE id = $1").bind(k).bind(course_name(rng, w, n)).execute(&mut *c).await?.rows_affected())
+        }
+        Op::InsertUniversity => {
+            let mut tx = c.begin().await?;
+            let id: i64 = sqlx::query_scalar("INSERT INTO universities (name) VALUES ($1) RETURNING id")
+                .bind(university_name(rng, w, n))
+                .fetch_one(&mut *tx)
+                .await?;
+            let moved = sqlx::query("UPDATE students SET university_id = $1 WHERE id % 97 = $2")
+                .bind(id)
+                .bind(rng.gen_range(0..97i64))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(1 + moved)
+        }
+        Op::InsertCourse => {
+            let mut tx = c.begin().await?;
+            let id: i64 = sqlx::query_scalar("INSERT INTO courses (name) VALUES ($1) RETURNING id")
+                .bind(course_name(rng, w, n))
+                .fetch_one(&mut *tx)
+                .await?;
+            let enrolled = sqlx::query("INSERT INTO student_courses (student_id, course_id) SELECT id, $1 FROM students WHERE id % 89 = $2")
+                .bind(id)
+                .bind(rng.gen_range(0..89i64))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(1 + enrolled)
+        }
+        Op::DeleteUniversity => {
+            let Some(u) = some_row(c, "universities").await? else { return Ok(0) };
+            // ON DELETE SET NULL rewrites its students' rows.
+            Ok(sqlx::query("DELETE FROM universities WHERE id = $1").bind(u).execute(&mut *c).await?.rows_affected())
+        }
+        Op::DeleteCourse => {
+            let Some(k) = some_row(c, "courses").await? else { return Ok(0) };
+            // ON DELETE CASCADE removes its enrollments.
+            Ok(sqlx::query("DELETE FROM courses WHERE id = $1").bind(k).execute(&mut *c).await?.rows_affected())
+        }
+        Op::MultiStatementTx => {
+            let a = some_student(c, rng).await?;
+            let b = some_student(c, rng).await?;
+            let course = some_row(c, "courses").await?;
+            let uni = some_row(c, "universities").await?;
+            let mut tx = c.begin().await?;
+            let mut rows = 0;
+            for id in [a, b].into_iter().flatten() {
+                rows += update_one(&mut tx, rng, id).await?;
+            }
+            if let (Some(s), Some(k)) = (a, course) {
+                rows += sqlx::query("INSERT INTO student_courses (student_id, course_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(s)
+                    .bind(k)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            if let Some(u) = uni {
+                if rng.gen_bool(0.3) {
+                    rows += sqlx::query("UPDATE universities SET name = $2 WHERE id = $1")
+                        .bind(u)
+                        .bind(university_name(rng, w, n))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                if let Some(s) = b {
+                    rows += sqlx::query("UPDATE students SET university_id = $2 WHERE id = $1").bind(s).bind(u).execute(&mut *tx).await?.rows_affected();
+                }
+            }
+            tx.commit().await?;
+            Ok(rows)
+        }
+        Op::RolledBackTx => {
+            // Everything here is undone: nothing of it may ever reach the index.
+            let a = some_student(c, rng).await?;
+            let uni = some_row(c, "universities").await?;
+            let course = some_row(c, "courses").await?;
+            let mut tx = c.begin().await?;
+            if let Some(id) = a {
+                sqlx::query("UPDATE students SET first_name = 'ROLLED BACK', age = 99 WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                if rng.gen_bool(0.3) {
+                    sqlx::query("DELETE FROM students WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                }
+            }
+            sqlx::query("INSERT INTO students (first_name, last_name, age, year_in_school) VALUES ('ROLLED BACK', 'Ghost', 50, 'SR')")
+                .execute(&mut *tx)
+                .await?;
+            if let Some(u) = uni {
+                sqlx::query("UPDATE universities SET name = 'ROLLED BACK ' || id WHERE id = $1").bind(u).execute(&mut *tx).await?;
+            }
+            if let Some(k) = course {
+                if rng.gen_bool(0.3) {
+                    sqlx::query("DELETE FROM courses WHERE id = $1").bind(k).execute(&mut *tx).await?;
+                } else {
+                    sqlx::query("UPDATE courses SET name = 'ROLLED BACK ' || id WHERE id = $1").bind(k).execute(&mut *tx).await?;
+                }
+            }
+            if rng.gen_bool(0.2) {
+                sqlx::query("UPDATE students SET last_name = 'ROLLED BACK' WHERE id % 13 = $1").bind(rng.gen_range(0..13i64)).execute(&mut *tx).await?;
+            }
+            tx.rollback().await?;
+            Ok(0)
+        }
+        Op::SavepointRollback => {
+            let a = some_student(c, rng).await?;
+            let b = some_student(c, rng).await?;
+            let course = some_row(c, "courses").await?;
+            let mut tx = c.begin().await?;
+            let mut rows = 0;
+            if let Some(id) = a {
+                rows += update_one(&mut tx, rng, id).await?;
+            }
+            sqlx::query("SAVEPOINT sp").execute(&mut *tx).await?;
+            if let Some(id) = b {
+                sqlx::query("UPDATE students SET last_name = 'UNDONE BY SAVEPOINT' WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            }
+            if let Some(k) = course {
+                sqlx::query("UPDATE courses SET name = 'UNDONE ' || id WHERE id = $1").bind(k).execute(&mut *tx).await?;
+            }
+            sqlx::query("ROLLBACK TO SAVEPOINT sp").execute(&mut *tx).await?;
+            if let Some(id) = b {
+                rows += sqlx::query("UPDATE students SET age = $2 WHERE id = $1").bind(id).bind(age(rng)).execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(rows)
+        }
+        Op::BulkUpdate => {
+            let q = match rng.gen_range(0..4) {
+                0 => sqlx::query("UPDATE students SET age = 1 + (age + $1) % 100 WHERE id % $2 = $3")
+                    .bind(rng.gen_range(1..50i32))
+                    .bind(rng.gen_range(2..5i64))
+                    .bind(rng.gen_range(0..2i64)),
+                1 => {
+                    let max: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM students").fetch_one(&mut *c).await?;
+                    let lo = rng.gen_range(0..max.max(1));
+                    sqlx::query("UPDATE students SET last_name = $1 WHERE id BETWEEN $2 AND $3")
+                        .bind(format!("{} {w}", last(rng)))
+                        .bind(lo)
+                        .bind(lo + rng.gen_range(1000..4000))
+                }
+                2 => sqlx::query("UPDATE students SET year_in_school = (ARRAY['FR','SO','JR','SR'])[1 + (id + $1) % 4] WHERE id % 3 <> $2")
+                    .bind(rng.gen_range(0..4i64))
+                    .bind(rng.gen_range(0..3i64)),
+                _ => sqlx::query("UPDATE students SET first_name = $1, age = 1 + (id % 100) WHERE id % $2 = 0").bind(first(rng)).bind(rng.gen_range(2..4i64)),
+            };
+            Ok(q.execute(&mut *c).await?.rows_affected())
+        }
+        Op::BulkEnroll => {
+            let Some(k) = some_row(c, "courses").await? else { return Ok(0) };
+            Ok(sqlx::query("INSERT INTO student_courses (student_id, course_id) SELECT id, $1 FROM students WHERE id % $2 = $3 ON CONFLICT DO NOTHING")
+                .bind(k)
+                .bind(rng.gen_range(3..8i64))
+                .bind(rng.gen_range(0..3i64))
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
+        }
+        Op::BulkUnenroll => {
+            let Some(k) = some_row(c, "courses").await? else { return Ok(0) };
+            Ok(sqlx::query("DELETE FROM student_courses WHERE course_id = $1 OR student_id % 41 = $2")
+                .bind(k)
+                .bind(rng.gen_range(0..41i64))
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
+        }
+        Op::BulkInsert | Op::BulkDelete => {
+            // Keep the directory near its starting size.
+            if count(c, "students").await? < target {
+                let uni = some_row(c, "universities").await?;
+                Ok(sqlx::query(
+                    "INSERT INTO students (first_name, last_name, age, year_in_school, university_id)
+                     SELECT 'Bulk' || g, $1, 1 + g % 100, (ARRAY['FR','SO','JR','SR'])[1 + g % 4], CASE WHEN g % 3 = 0 THEN NULL ELSE $2 END
+                       FROM generate_series(1, $3) g",
+                )
+                .bind(format!("{} {w}", last(rng)))
+                .bind(uni)
+                .bind(rng.gen_range(200..1000i64))
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
+            } else {
+                Ok(sqlx::query("DELETE FROM students WHERE id IN (SELECT id FROM students WHERE id % 17 = $1 ORDER BY id LIMIT $2)")
+                    .bind(rng.gen_range(0..17i64))
+                    .bind(rng.gen_range(200..800i64))
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected())
+            }
+        }
+        Op::MergeUniversities => {
+            let (Some(a), Some(b)) = (some_row(c, "universities").await?, some_row(c, "universities").await?) else { return Ok(0) };
+            Ok(sqlx::query("UPDATE students SET university_id = $1 WHERE university_id = $2").bind(a).bind(b).execute(&mut *c).await?.rows_affected())
+        }
+        Op::MoveStudentId => {
+            // The old document must go and the new one come. A student with enrollments
+            // cannot move (no ON UPDATE CASCADE): the FK refuses, which is fine.
+            let Some(s) = some_student(c, rng).await? else { return Ok(0) };
+            Ok(sqlx::query("UPDATE students SET id = nextval(pg_get_serial_sequence('students', 'id')) WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM student_courses WHERE student_id = $1)")
+                .bind(s)
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
+        }
+        Op::NoopBulkUpdate => Ok(sqlx::query("UPDATE students SET age = age, university_id = university_id WHERE id % 5 = $1")
+            .bind(rng.gen_range(0..5i64))
+            .execute(&mut *c)
+            .await?
+            .rows_affected()),
+    }
+}
