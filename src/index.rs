@@ -9,8 +9,9 @@ use crate::{
     search::Search,
 };
 
-/// The indices a batch writes to: the live one(s) behind the alias, plus the one a full
-/// reindex is building.
+/// What a batch writes to: the alias (the live index), plus the build alias of the index a
+/// full reindex is building. Writes go through aliases with `require_alias`, so a write
+/// whose index vanished fails (and is retried) instead of auto-creating it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Targets {
     pub indices: Vec<String>,
@@ -25,28 +26,23 @@ pub struct Targets {
 /// until it is promoted, batches write to the index being built.
 pub async fn targets(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32) -> Result<Targets, EngineError> {
     let build = reindex::active(pool, alias).await?;
-    let mut indices = search.alias_targets(alias).await?;
-    if let Some(b) = build {
-        if !indices.contains(&b.target_index) {
-            indices.push(b.target_index);
-        }
+    let mut indices = Vec::new();
+    if !search.alias_targets(alias).await?.is_empty() {
+        indices.push(alias.to_string());
+    }
+    if build.is_some() {
+        indices.push(reindex::build_alias(alias));
     }
     if indices.is_empty() {
         let why = format!("alias {alias} does not exist (first run, or the search server lost its index): rebuilding it from the database");
-        let build = match reindex::start(pool, search, alias, chunk_size, &why).await {
-            Ok(b) => {
-                tracing::warn!(index = %b.target_index, "{why}");
-                b
-            }
+        match reindex::start(pool, search, alias, chunk_size, &why).await {
+            Ok(b) => tracing::warn!(index = %b.target_index, "{why}"),
             // Another worker started it a moment ago.
-            Err(ReindexError::AlreadyRunning { .. }) => match reindex::active(pool, alias).await? {
-                Some(b) => b,
-                None => return Box::pin(targets(pool, search, alias, chunk_size)).await,
-            },
+            Err(ReindexError::AlreadyRunning { .. }) => {}
             Err(ReindexError::Engine(e)) => return Err(e),
             Err(e) => unreachable!("start only refuses a running build: {e}"),
-        };
-        indices.push(build.target_index);
+        }
+        indices.push(reindex::build_alias(alias));
     }
     Ok(Targets { indices })
 }

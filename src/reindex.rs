@@ -113,6 +113,13 @@ async fn lock(tx: &mut sqlx::PgConnection, alias: &str) -> Result<(), sqlx::Erro
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tidemark.index.' || $1))").bind(alias).execute(tx).await.map(|_| ())
 }
 
+/// The write alias of the index being built. Writes go through aliases with
+/// `require_alias`, so a write can never auto-create an index that was deleted meanwhile
+/// (with a guessed mapping): it fails, and is retried against fresh targets.
+pub fn build_alias(alias: &str) -> String {
+    format!("{alias}_building")
+}
+
 fn generation(alias: &str, index: &str) -> Option<u64> {
     index.strip_prefix(alias)?.strip_prefix('_')?.parse().ok()
 }
@@ -136,9 +143,21 @@ pub async fn start(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32,
     let used: Vec<String> = sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1").bind(alias).fetch_all(&mut *tx).await?;
     let next = search.indices(&format!("{alias}_*")).await?.iter().chain(&used).filter_map(|i| generation(alias, i)).max().unwrap_or(0) + 1;
     let target = format!("{alias}_{next}");
+    // A build alias left on an older index (a crash between steps) would make writes
+    // ambiguous: take it off first.
+    let stale: Vec<Value> = search
+        .alias_targets(&build_alias(alias))
+        .await?
+        .into_iter()
+        .map(|i| json!({"remove": {"index": i, "alias": build_alias(alias)}}))
+        .collect();
+    if !stale.is_empty() {
+        search.json(Method::Post, "/_aliases", Some(&json!({ "actions": stale }))).await?;
+    }
     let mut body = index_body();
     // Build-time settings: no refresh and no replicas while bulk loading.
     body["settings"] = json!({"index": {"refresh_interval": "-1", "number_of_replicas": 0}});
+    body["aliases"] = json!({ build_alias(alias): {} });
     let path = format!("/{target}");
     let reply = search.request(Method::Put, &path, Some(serde_json::to_vec(&body).expect("static JSON")), false).await?;
     if !(200..300).contains(&reply.status) {
@@ -208,7 +227,7 @@ pub async fn process_chunk(engine: &Engine, build: &Build, chunk: &Chunk) -> Res
         // The version is drawn before the read, as every reader does.
         let version = draw_version(pool).await?;
         let docs = load_range(pool, chunk.lo, chunk.hi).await?;
-        let targets = [build.target_index.clone()];
+        let targets = [build_alias(&build.alias)];
         let encoded = encode(&docs, &targets, version);
         let shipped = crate::pipeline::ship::ship(&engine.search, &encoded, engine.ship_limits()).await?;
         let verdicts = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
@@ -284,7 +303,7 @@ pub async fn finish(engine: &Engine, build_id: i64) -> Result<Finish, EngineErro
     let index = &build.target_index;
     if !search.index_exists(index).await? {
         let why = format!("the index being built, {index}, disappeared from the search server");
-        fail(pool, build.id, &why).await?;
+        fail(pool, search, &build, &why).await?;
         return Ok(Finish::Failed(why));
     }
     if build.state == "building" {
@@ -302,7 +321,7 @@ pub async fn finish(engine: &Engine, build_id: i64) -> Result<Finish, EngineErro
         Verification::Ok => {}
         Verification::Wait(why) => return Ok(Finish::Waiting(why)),
         Verification::Failed(why) => {
-            fail(pool, build.id, &why).await?;
+            fail(pool, search, &build, &why).await?;
             return Ok(Finish::Failed(why));
         }
     }
@@ -314,6 +333,7 @@ pub async fn finish(engine: &Engine, build_id: i64) -> Result<Finish, EngineErro
         .map(|i| json!({"remove": {"index": i, "alias": build.alias}}))
         .collect();
     actions.push(json!({"add": {"index": index, "alias": build.alias}}));
+    actions.push(json!({"remove": {"index": index, "alias": build_alias(&build.alias)}}));
     search.json(Method::Post, "/_aliases", Some(&json!({ "actions": actions }))).await?;
     let previous = current.into_iter().find(|i| i != index).or(build.previous_index.clone());
     sqlx::query("UPDATE tidemark.reindexes SET state = 'done', previous_index = $2, finished_at = now(), message = 'verified and promoted' WHERE id = $1")
@@ -327,14 +347,19 @@ pub async fn finish(engine: &Engine, build_id: i64) -> Result<Finish, EngineErro
     Ok(Finish::Promoted)
 }
 
-async fn fail(pool: &PgPool, id: i64, why: &str) -> Result<(), sqlx::Error> {
-    tracing::error!(id, reason = why, "reindex failed verification; the alias stays where it is");
+/// Records the failure; the index stays for inspection, but stops receiving writes.
+async fn fail(pool: &PgPool, search: &Search, build: &Build, why: &str) -> Result<(), EngineError> {
+    tracing::error!(id = build.id, reason = why, "reindex failed; the alias stays where it is");
     sqlx::query("UPDATE tidemark.reindexes SET state = 'failed', message = $2, finished_at = now() WHERE id = $1")
-        .bind(id)
+        .bind(build.id)
         .bind(why)
         .execute(pool)
-        .await
-        .map(|_| ())
+        .await?;
+    let actions = json!({"actions": [{"remove": {"index": build.target_index, "alias": build_alias(&build.alias)}}]});
+    if let Err(e) = search.json(Method::Post, "/_aliases", Some(&actions)).await {
+        tracing::debug!(error = %e, "build alias already gone");
+    }
+    Ok(())
 }
 
 /// Deletes generations older than the live index and the `keep` previous ones.

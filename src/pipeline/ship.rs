@@ -44,7 +44,7 @@ pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits) -> Res
         // Up to `concurrency` requests in flight: a server indexes several bulks at once
         // much faster than one after another; the bound keeps one batch from flooding it.
         let mut answers = futures::stream::iter(requests.into_iter().map(|request| async move {
-            let outcome = match search.request(Method::Post, "/_bulk", Some(body(encoded, &request)), true).await {
+            let outcome = match search.request(Method::Post, "/_bulk?require_alias=true", Some(body(encoded, &request)), true).await {
                 Ok(reply) => Ok(classify(reply.status, &reply.body, request.len())),
                 Err(e) if e.is_transient() => Ok(BulkOutcome::RetryAll(e.to_string())),
                 Err(e) => Err(e),
