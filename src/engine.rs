@@ -171,7 +171,13 @@ impl Engine {
 
     /// Works on a running full reindex: one chunk, and the promotion once all are done.
     async fn reindex_step(&self) -> Result<(usize, Option<Finish>), EngineError> {
-        let Some(build) = reindex::active(&self.pool, &self.config.index_alias).await? else {
+        let alias = &self.config.index_alias;
+        match reindex::take_resync_request(&self.pool, &self.search, alias, self.config.reindex.chunk_size).await {
+            Ok(_) => {}
+            Err(reindex::ReindexError::Engine(e)) => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "could not act on a TRUNCATE yet"),
+        }
+        let Some(build) = reindex::active(&self.pool, alias).await? else {
             return Ok((0, None));
         };
         let mut written = 0;

@@ -194,6 +194,25 @@ pub async fn start(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32,
     Ok(get(pool, id).await?)
 }
 
+/// Acts on a TRUNCATE recorded by the capture triggers: a running build (which may already
+/// hold truncated students) is abandoned, and a new one starts from the database as it is
+/// now. Returns the new build, if a request was taken.
+pub async fn take_resync_request(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32) -> Result<Option<Build>, ReindexError> {
+    let mut tx = pool.begin().await?;
+    let reasons: Vec<String> = sqlx::query_scalar("DELETE FROM tidemark.resync_requests RETURNING reason").fetch_all(&mut *tx).await?;
+    if reasons.is_empty() {
+        return Ok(None);
+    }
+    let reason = format!("{} (rows removed without row triggers)", reasons.join(", "));
+    if active(pool, alias).await?.is_some() {
+        cancel(pool, search, alias).await?;
+    }
+    let build = start(pool, search, alias, chunk_size, &reason).await?;
+    tracing::warn!(index = %build.target_index, %reason, "rebuilding the index");
+    tx.commit().await?;
+    Ok(Some(build))
+}
+
 /// A chunk claimed by a worker.
 #[derive(Debug)]
 pub struct Chunk {

@@ -298,3 +298,19 @@ async fn a_100k_student_university_renamed_while_a_reindex_runs() {
     env.assert_converged().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_rebuilds_the_index_from_what_is_left() {
+    let env = Env::new().await;
+    seed(&env, 1_000).await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.count(json!({"match_all": {}})).await, 1_000);
+    // TRUNCATE fires no row triggers: it requests a rebuild instead.
+    env.sql("TRUNCATE student_courses; TRUNCATE students CASCADE;").await;
+    env.sql("INSERT INTO students (first_name, last_name, age, year_in_school) VALUES ('After', 'Truncate', 20, 'FR')").await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    assert_eq!(env.count(json!({"match_all": {}})).await, 1);
+    env.assert_converged().await;
+    env.cleanup().await;
+}

@@ -83,19 +83,21 @@ impl Settings {
 }
 
 /// What the worker processes read with `--config`: a short lease, so a killed worker's
-/// marks and chunks come back within seconds; the lease still covers a batch's retries
-/// as `Config::validate` demands (backoff_cap × max_attempts + request_timeout = 11 s).
-/// Batches are small so that one `_bulk` (dual-written during the rebuild: 2 × 200 ops)
-/// stays well inside the request timeout on a 2-core machine shared with osmem.
+/// marks and chunks come back within seconds, yet one that covers a batch's retries as
+/// `Config::validate` demands (backoff_cap × max_attempts + request_timeout = 20 s).
+/// Small batches keep one `_bulk` (dual-written during the rebuild: 2 × 200 ops) short;
+/// the request timeout is generous because osmem on a shared 2-core machine can take
+/// seconds per `_bulk` when every worker writes at once, and a timed-out `_bulk` is still
+/// executed by the server, so a short timeout only multiplies its load.
 const WORKER_CONFIG: &str = r#"
 [sync]
 batch_size = 200
 bulk_max_docs = 500
-lease = "12s"
+lease = "20s"
 backoff_base = "50ms"
 backoff_cap = "1s"
-max_attempts = 6
-request_timeout = "5s"
+max_attempts = 5
+request_timeout = "15s"
 
 [reindex]
 chunk_size = 500
