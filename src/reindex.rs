@@ -124,19 +124,24 @@ fn generation(alias: &str, index: &str) -> Option<u64> {
     index.strip_prefix(alias)?.strip_prefix('_')?.parse().ok()
 }
 
+async fn refuse_if_running(pool: &PgPool, alias: &str) -> Result<(), ReindexError> {
+    match active(pool, alias).await? {
+        Some(b) => Err(ReindexError::AlreadyRunning {
+            alias: alias.into(),
+            id: b.id,
+            index: b.target_index,
+            started: b.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Starts a build: creates the next generation's index and the chunks. Refused while
 /// another build of the alias runs.
 pub async fn start(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32, reason: &str) -> Result<Build, ReindexError> {
     let mut tx = pool.begin().await?;
     lock(&mut tx, alias).await?;
-    if let Some(b) = active(pool, alias).await? {
-        return Err(ReindexError::AlreadyRunning {
-            alias: alias.into(),
-            id: b.id,
-            index: b.target_index,
-            started: b.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        });
-    }
+    refuse_if_running(pool, alias).await?;
     let previous = search.alias_targets(alias).await?.into_iter().next();
     // Never reuse a generation, even one whose index is gone: a late write to a deleted
     // name would otherwise land in the new build.
@@ -515,14 +520,7 @@ pub async fn resume(pool: &PgPool, alias: &str) -> Result<(Build, u64), ReindexE
 pub async fn rollback(pool: &PgPool, search: &Search, alias: &str) -> Result<(String, String), ReindexError> {
     let mut tx = pool.begin().await?;
     lock(&mut tx, alias).await?;
-    if let Some(b) = active(pool, alias).await? {
-        return Err(ReindexError::AlreadyRunning {
-            alias: alias.into(),
-            id: b.id,
-            index: b.target_index,
-            started: b.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        });
-    }
+    refuse_if_running(pool, alias).await?;
     let last: Option<(i64, String, Option<String>)> = sqlx::query_as(
         "SELECT id, target_index, previous_index FROM tidemark.reindexes WHERE alias = $1 AND state = 'done' ORDER BY id DESC LIMIT 1",
     )

@@ -168,18 +168,20 @@ impl Search {
 
     /// The physical indices an alias points to; empty when the alias does not exist.
     pub async fn alias_targets(&self, alias: &str) -> Result<Vec<String>, SearchError> {
-        let path = format!("/_alias/{alias}");
-        let reply = self.request(Method::Get, &path, None, false).await?;
-        if reply.status == 404 {
-            return Ok(Vec::new());
-        }
-        if !(200..300).contains(&reply.status) {
-            return Err(status_error(Method::Get, &path, &reply));
-        }
-        let v = reply.json(&path)?;
+        let Some(v) = self.get_unless_missing(&format!("/_alias/{alias}")).await? else { return Ok(Vec::new()) };
         let mut names: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
         names.sort();
         Ok(names)
+    }
+
+    /// A GET whose 404 means "none" rather than an error.
+    async fn get_unless_missing(&self, path: &str) -> Result<Option<Value>, SearchError> {
+        let reply = self.request(Method::Get, path, None, false).await?;
+        match reply.status {
+            404 => Ok(None),
+            200..=299 => reply.json(path).map(Some),
+            _ => Err(status_error(Method::Get, path, &reply)),
+        }
     }
 
     /// Whether a physical index exists.
@@ -190,15 +192,9 @@ impl Search {
 
     /// Names of existing indices matching `pattern` (e.g. `students_*`).
     pub async fn indices(&self, pattern: &str) -> Result<Vec<String>, SearchError> {
-        let path = format!("/_cat/indices/{pattern}?format=json&h=index");
-        let reply = self.request(Method::Get, &path, None, false).await?;
-        if reply.status == 404 {
+        let Some(v) = self.get_unless_missing(&format!("/_cat/indices/{pattern}?format=json&h=index")).await? else {
             return Ok(Vec::new());
-        }
-        if !(200..300).contains(&reply.status) {
-            return Err(status_error(Method::Get, &path, &reply));
-        }
-        let v = reply.json(&path)?;
+        };
         Ok(v.as_array()
             .map(|a| a.iter().filter_map(|r| r["index"].as_str().map(str::to_string)).collect())
             .unwrap_or_default())
