@@ -23,16 +23,19 @@ const ALL: [&str; 5] = ["fanout", "reindex", "overhead", "freshness", "facets"];
 
 struct Args {
     quick: bool,
+    /// Debugging aid: serve the discarding endpoint and wait.
+    serve_discard: bool,
     only: Vec<String>,
     out: PathBuf,
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { quick: false, only: ALL.iter().map(|s| s.to_string()).collect(), out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench") };
+    let mut a = Args { quick: false, serve_discard: false, only: ALL.iter().map(|s| s.to_string()).collect(), out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench") };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => a.quick = true,
+            "--serve-discard" => a.serve_discard = true,
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             "--only" => {
@@ -44,7 +47,7 @@ fn args() -> Result<Args> {
             }
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs a directory"))?),
             "-h" | "--help" => {
-                println!("cargo bench --bench tidemark -- [--quick] [--only {}] [--out DIR]", ALL.join(","));
+                println!("cargo bench --bench tidemark -- [--quick] [--only {}] [--out DIR] [--serve-discard]", ALL.join(","));
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other:?} (try --help)"),
@@ -62,6 +65,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // tidemark's own logs (warnings by default; RUST_LOG to change) go to a file.
+    let _ = std::fs::create_dir_all(args.out.join("logs"));
+    if let Ok(file) = std::fs::File::create(args.out.join("logs/harness.log")) {
+        tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .init();
+    }
+    if args.serve_discard {
+        let d = support::discard::Discard::start(&[("students".into(), "students_1".into())]);
+        println!("discarding endpoint at {} (alias students → students_1); Ctrl-C to stop", d.url);
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(args)) {
         Ok(true) => std::process::ExitCode::SUCCESS,

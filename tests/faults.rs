@@ -162,10 +162,7 @@ async fn a_worker_started_while_the_search_server_is_down_says_so_and_catches_up
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 50, "nothing is lost while it is down");
     // The server comes back on the same address.
     let _proxy = FaultProxy::start_on(&format!("127.0.0.1:{port}"), &env.es_url).await;
-    env.eventually("everything is indexed once the server is back", Duration::from_secs(30), || async {
-        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
-    })
-    .await;
+    env.wait_synced("everything is indexed once the server is back", Duration::from_secs(90)).await;
     env.assert_converged().await;
     worker.terminate();
     scheduler.terminate();
@@ -192,10 +189,7 @@ async fn a_worker_started_while_redis_is_down_says_so_and_catches_up() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server");
-    env.eventually("everything is indexed once Redis is back", Duration::from_secs(40), || async {
-        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
-    })
-    .await;
+    env.wait_synced("everything is indexed once Redis is back", Duration::from_secs(90)).await;
     env.assert_converged().await;
     worker.terminate();
     let _ = redis.kill();
@@ -319,10 +313,7 @@ async fn a_rust_writer_commits_and_nudges_once_without_piling_up_jobs() {
     assert_eq!(queue.depth().await.unwrap(), 1, "five nudges while no worker runs: one waiting job, not five");
     // A worker picks the job up and syncs.
     let mut worker = env.spawn(&["worker"], |_| {});
-    env.eventually("the writes are indexed", Duration::from_secs(20), || async {
-        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
-    })
-    .await;
+    env.wait_synced("the writes are indexed", Duration::from_secs(60)).await;
     assert_eq!(queue.depth().await.unwrap(), 0);
     worker.terminate();
     env.assert_converged().await;

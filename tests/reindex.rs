@@ -160,10 +160,7 @@ async fn reindex_wait_shows_progress_and_a_summary_and_rollback_restores_the_pre
     let out = env.command().args(["admin", "rollback"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
-    env.eventually("the restored index caught up", Duration::from_secs(60), || async {
-        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
-    })
-    .await;
+    env.wait_synced("the restored index caught up", Duration::from_secs(60)).await;
     env.refresh().await;
     assert_eq!(env.doc(7).await.unwrap()["last_name"], json!("AfterSwap"));
     worker.terminate();

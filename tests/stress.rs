@@ -17,7 +17,7 @@
 //!
 //! Knobs (environment): `STRESS_SECONDS` (chaos duration, default 60; a soak is the same
 //! test with a bigger number), `STRESS_SEED` (default: random, printed), `STRESS_STUDENTS`
-//! (seeded students, default 8000), `STRESS_WRITERS` (4), `STRESS_WORKERS` (3),
+//! (seeded students, default 6000), `STRESS_WRITERS` (4), `STRESS_WORKERS` (3),
 //! `STRESS_CONVERGE_SECONDS` (bound on the final drain, default 300), `STRESS_FAULT_PATH`
 //! (fault only requests whose path contains this, e.g. `_bulk`; default: every request),
 //! `STRESS_KEEP_LOGS=1` (keep the process logs even when the test passes).
@@ -72,7 +72,7 @@ impl Settings {
         Settings {
             seed: knob("STRESS_SEED", random_seed),
             chaos: Duration::from_secs(knob("STRESS_SECONDS", 60u64).max(5)),
-            students: knob("STRESS_STUDENTS", 8_000u64).max(100),
+            students: knob("STRESS_STUDENTS", 6_000u64).max(100),
             writers: knob("STRESS_WRITERS", 4usize).max(1),
             workers: knob("STRESS_WORKERS", 3usize).max(1),
             converge: Duration::from_secs(knob("STRESS_CONVERGE_SECONDS", 300u64)),
@@ -145,7 +145,9 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     assert!(redis.wait_ready(Duration::from_secs(10)).await, "private redis-server did not come up");
     let proxy = FaultProxy::start(&env.es_url).await;
 
-    // The starting point: seeded students, indexed by a first drain (direct, no faults).
+    // The starting point: an index, then seeded students indexed by a first drain (direct,
+    // no faults). The index comes first so the seeded students are written once.
+    env.create_index().await;
     let seeded = tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: s.students, seed: s.seed })
         .await
         .expect("seed");
@@ -191,19 +193,21 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
             let (url, stop, stats) = (writer_url.clone(), stop.clone(), stats.clone());
             let seed = s.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
             let target = s.students as i64;
-            tokio::spawn(async move { writer(w, seed, url, target, stop, deadline, stats).await })
+            tokio::spawn(async move { writer(w, seed, url, target, stop, chaos_start, deadline, stats).await })
         })
         .collect();
 
     // Chaos, and the full reindex in the middle.
     let mut rng = StdRng::seed_from_u64(s.seed ^ 0x5eed_c4a0);
-    let mut next_action = chaos_start + Duration::from_millis(rng.gen_range(1000..3000));
+    let mut next_action = chaos_start + Duration::from_millis(rng.gen_range(1500..4000));
     let mut reindexes: Vec<ReindexRequest> = Vec::new();
-    let mut next_reindex = chaos_start + s.chaos / 3;
+    let mut next_reindex = chaos_start + s.chaos / 4;
     let mut pending_redis: Option<Instant> = None;
+    let mut watch = BuildWatch::default();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         fleet.tend(&mut rng);
+        watch.look(&env, &mut fleet).await;
         if let Some(at) = pending_redis {
             if Instant::now() >= at {
                 redis.respawn();
@@ -226,7 +230,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         if Instant::now() < next_action {
             continue;
         }
-        next_action = Instant::now() + Duration::from_millis(rng.gen_range(800..2500));
+        next_action = Instant::now() + Duration::from_millis(rng.gen_range(1500..4000));
         match rng.gen_range(0..100) {
             0..=39 => fleet.kill_random_worker(&mut rng),
             40..=44 => fleet.kill_all_workers(&mut rng),
@@ -294,6 +298,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     let mut last_report = Instant::now();
     let converged = loop {
         fleet.tend(&mut rng);
+        watch.look(&env, &mut fleet).await;
         let (marks, parents, active): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents),
                     (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))",
@@ -599,7 +604,37 @@ async fn check(env: &Env) -> Check {
 }
 
 // ---------------------------------------------------------------------------------------
-// The mid-run reindex, requested through the CLI as an operator would.
+// The mid-run reindex, requested through the CLI as an operator would, and watched.
+
+/// Notes in the timeline when a build appears, gets chunks done, and changes state.
+#[derive(Default)]
+struct BuildWatch {
+    last: Option<(i64, String, i64)>,
+    checked: Option<Instant>,
+}
+
+impl BuildWatch {
+    async fn look(&mut self, env: &Env, fleet: &mut Fleet<'_>) {
+        if self.checked.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        self.checked = Some(Instant::now());
+        let Ok(Some(b)) = tidemark::reindex::latest(&env.pool, &env.alias).await else { return };
+        let now = (b.id, b.state.clone(), b.chunks_done);
+        if self.last.as_ref() != Some(&now) {
+            fleet.event(&format!(
+                "build #{} {}: {} ({}/{} chunks){}",
+                b.id,
+                b.target_index,
+                b.state,
+                b.chunks_done,
+                b.chunks_total,
+                b.message.map(|m| format!(" — {m}")).unwrap_or_default()
+            ));
+            self.last = Some(now);
+        }
+    }
+}
 
 struct ReindexRequest {
     at: Duration,
@@ -980,6 +1015,14 @@ impl Drop for Fleet<'_> {
 // ---------------------------------------------------------------------------------------
 // Writers
 
+/// Writers come in waves: in every 20 s of chaos, 12 s of everything at full speed, then
+/// 8 s of a trickle of single-student changes. The trickle lets the workers catch up while
+/// the faults and kills go on, so a build can be verified and promoted with writes still
+/// landing, not only after they stop.
+fn is_calm(since_start: Duration) -> bool {
+    since_start.as_secs() % 20 >= 12
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Op {
     UpdateStudent,
@@ -1044,6 +1087,12 @@ impl Op {
             x -= w;
         }
         unreachable!()
+    }
+
+    /// Operations of the calm windows: a trickle of single-student changes that leaves the
+    /// number of students alone.
+    fn is_calm(self) -> bool {
+        matches!(self, Op::UpdateStudent | Op::Enroll | Op::Unenroll | Op::ChangeUniversity | Op::SavepointRollback | Op::RolledBackTx)
     }
 
     /// Operations that touch hundreds or thousands of rows; a writer runs at most one every
@@ -1154,6 +1203,7 @@ async fn writer(
     url: String,
     target_students: i64,
     stop: Arc<AtomicBool>,
+    start: Instant,
     deadline: Instant,
     stats: Arc<Mutex<WriterStats>>,
 ) {
@@ -1176,7 +1226,11 @@ async fn writer(
                 }
             },
         };
+        let calm = is_calm(start.elapsed());
         let mut op = Op::pick(&mut rng);
+        if calm && !op.is_calm() {
+            op = Op::UpdateStudent;
+        }
         if op.is_bulk() {
             if last_bulk.elapsed() < Duration::from_secs(5) {
                 op = Op::UpdateStudent;
@@ -1213,7 +1267,8 @@ async fn writer(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
+        let pause = if calm { rng.gen_range(100..300) } else { rng.gen_range(5..40) };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     if let Some(c) = conn {
         let _ = c.close().await;

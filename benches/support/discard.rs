@@ -377,8 +377,13 @@ fn resolve(state: &Mutex<State>, name: &str) -> String {
 
 /// The value of `"key":"…"` in an action line (ids and index names need no unescaping here).
 fn field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let start = find(line, key)? + key.len();
-    let len = line[start..].iter().position(|b| *b == b'"')?;
+    // `key` is `"name"`; the value is the next string after the colon (spaces allowed).
+    let mut i = find(line, key)? + key.len();
+    while i < line.len() && (line[i] == b' ' || line[i] == b':') {
+        i += 1;
+    }
+    let start = i + usize::from(line.get(i) == Some(&b'"'));
+    let len = line[start..].iter().position(|b| *b == b'"' || *b == b',' || *b == b'}')?;
     Some(&line[start..start + len])
 }
 
@@ -392,8 +397,8 @@ fn bulk_answer(body: &[u8], default_index: &str, st: &mut State) -> (u64, Vec<u8
     while let Some(action) = lines.next() {
         // {"index":{...}}: the op is the first key.
         let op = action.get(2..).and_then(|r| r.iter().position(|b| *b == b'"').map(|e| &r[..e])).unwrap_or(b"index");
-        let index = field(action, br#""_index":""#).unwrap_or(default_index.as_bytes());
-        let id = field(action, br#""_id":""#).unwrap_or(b"");
+        let index = field(action, br#""_index""#).unwrap_or(default_index.as_bytes());
+        let id = field(action, br#""_id""#).unwrap_or(b"");
         let doc_id = std::str::from_utf8(id).ok().and_then(|s| s.parse::<u64>().ok());
         let index_name = std::str::from_utf8(index).unwrap_or("");
         if op != b"delete" {

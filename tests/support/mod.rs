@@ -254,6 +254,31 @@ impl Env {
         panic!("timed out after {timeout:?} waiting for: {what}");
     }
 
+    /// Whether everything is in the index: no marks, no fan-outs, no build under way, and
+    /// the alias exists.
+    pub async fn synced(&self) -> bool {
+        self.scalar_i64(
+            "SELECT (SELECT count(*) FROM tidemark.dirty_students) + (SELECT count(*) FROM tidemark.dirty_parents)
+                  + (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))
+                  + (SELECT count(*) FROM tidemark.resync_requests)",
+        )
+        .await
+            == 0
+            && !self.search.alias_targets(&self.alias).await.unwrap_or_default().is_empty()
+    }
+
+    /// Waits (bounded) until [`Env::synced`].
+    pub async fn wait_synced(&self, what: &str, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.synced().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+
     /// Drops the index and database (best effort; test.sh also sweeps leftovers).
     pub async fn cleanup(self) {
         for index in self.search.alias_targets(&self.alias).await.unwrap_or_default() {
