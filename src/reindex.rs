@@ -227,13 +227,14 @@ pub struct Chunk {
 
 pub async fn claim_chunk(pool: &PgPool, reindex_id: i64, owner: &str, lease: Duration) -> Result<Option<Chunk>, sqlx::Error> {
     let row: Option<(i64, i64)> = sqlx::query_as(
-        "UPDATE tidemark.reindex_chunks c
+        // One chunk, picked once (see pipeline/claim.rs on why not a FROM sub-select).
+        "UPDATE tidemark.reindex_chunks
             SET lease_owner = $2, lease_until = clock_timestamp() + $3 * interval '1 millisecond'
-           FROM (SELECT lo FROM tidemark.reindex_chunks
-                  WHERE reindex_id = $1 AND NOT done AND (lease_until IS NULL OR lease_until < clock_timestamp())
-                  ORDER BY lo LIMIT 1 FOR UPDATE SKIP LOCKED) p
-          WHERE c.reindex_id = $1 AND c.lo = p.lo
-      RETURNING c.lo, c.hi",
+          WHERE reindex_id = $1
+            AND lo = (SELECT lo FROM tidemark.reindex_chunks
+                       WHERE reindex_id = $1 AND NOT done AND (lease_until IS NULL OR lease_until < clock_timestamp())
+                       ORDER BY lo LIMIT 1 FOR UPDATE SKIP LOCKED)
+      RETURNING lo, hi",
     )
     .bind(reindex_id)
     .bind(owner)

@@ -311,3 +311,24 @@ async fn a_truncate_rebuilds_the_index_from_what_is_left() {
     env.assert_converged().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_leases_exactly_what_it_returns() {
+    // Regression: a `FROM (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` claim can be re-scanned
+    // per row and lease everything, stalling every other worker until the leases run out.
+    let env = Env::new().await;
+    env.create_index().await;
+    seed(&env, 1_000).await;
+    let build = reindex::start(&env.pool, &env.search, &env.alias, 100, "test").await.unwrap();
+    let engine = env.engine();
+    let chunk = reindex::claim_chunk(&env.pool, build.id, &engine.owner, Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(chunk.hi - chunk.lo, 100);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE lease_owner IS NOT NULL").await, 1);
+    let marks = engine.claim(7).await.unwrap();
+    assert_eq!(marks.len(), 7);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 7);
+    env.sql("UPDATE universities SET name = name || '!' WHERE id IN (1, 2, 3)").await;
+    assert!(tidemark::pipeline::fanout::claim_parent(&env.pool, &engine.owner, Duration::from_secs(60)).await.unwrap().is_some());
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents WHERE lease_owner IS NOT NULL").await, 1);
+    env.cleanup().await;
+}

@@ -12,16 +12,20 @@ use super::Mark;
 
 /// Claims up to `limit` unleased marks, oldest number first, for `owner` until `lease` ends.
 pub async fn claim_students(pool: &PgPool, owner: &str, lease: Duration, limit: i64) -> Result<Vec<Mark>, sqlx::Error> {
+    // The candidates are picked by an uncorrelated ARRAY(...) sub-select, which PostgreSQL
+    // runs exactly once. (A `FROM (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` join may be
+    // re-scanned per outer row, each re-scan skipping the rows just locked — and so
+    // claim far more than n.)
     let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "UPDATE tidemark.dirty_students d
+        "UPDATE tidemark.dirty_students
             SET lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond'
-           FROM (SELECT student_id FROM tidemark.dirty_students
-                  WHERE lease_until IS NULL OR lease_until < clock_timestamp()
-                  ORDER BY seq
-                  LIMIT $3
-                  FOR UPDATE SKIP LOCKED) c
-          WHERE d.student_id = c.student_id
-      RETURNING d.student_id, d.seq",
+          WHERE student_id = ANY(ARRAY(
+                SELECT student_id FROM tidemark.dirty_students
+                 WHERE lease_until IS NULL OR lease_until < clock_timestamp()
+                 ORDER BY seq
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED))
+      RETURNING student_id, seq",
     )
     .bind(owner)
     .bind(lease.as_millis() as f64)

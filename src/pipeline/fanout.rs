@@ -19,13 +19,13 @@ pub struct ParentMark {
 /// Claims one parent mark (the oldest unleased), or none.
 pub async fn claim_parent(pool: &PgPool, owner: &str, lease: Duration) -> Result<Option<ParentMark>, sqlx::Error> {
     let row: Option<(String, i64, i64, i64)> = sqlx::query_as(
-        "UPDATE tidemark.dirty_parents d
+        // One candidate, picked once (see claim.rs on why not a FROM sub-select).
+        "UPDATE tidemark.dirty_parents
             SET lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond'
-           FROM (SELECT kind, parent_id FROM tidemark.dirty_parents
-                  WHERE lease_until IS NULL OR lease_until < clock_timestamp()
-                  ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) c
-          WHERE d.kind = c.kind AND d.parent_id = c.parent_id
-      RETURNING d.kind, d.parent_id, d.seq, d.cursor",
+          WHERE ctid = (SELECT ctid FROM tidemark.dirty_parents
+                         WHERE lease_until IS NULL OR lease_until < clock_timestamp()
+                         ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
+      RETURNING kind, parent_id, seq, cursor",
     )
     .bind(owner)
     .bind(lease.as_millis() as f64)
