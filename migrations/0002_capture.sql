@@ -65,7 +65,9 @@ BEGIN
     -- transaction writes a student and then its enrollments.
     WHERE d.xmin::text <> (txid_current() % 4294967296)::text;
     -- Delivered at commit, once per transaction whatever the number of statements.
-    PERFORM pg_notify('tidemark_sync', '');
+    IF FOUND THEN
+        PERFORM pg_notify('tidemark_sync', '');
+    END IF;
 END $$;
 
 CREATE FUNCTION tidemark.mark_parents(parent_kind text, ids bigint[]) RETURNS void
@@ -85,34 +87,61 @@ BEGIN
     PERFORM pg_notify('tidemark_sync', '');
 END $$;
 
+-- The row triggers below write their marks directly from the transition tables (no array
+-- round trip), with one number per statement, in id order (a stable lock order), and
+-- notify only if they marked something. A mark this very transaction already made keeps
+-- its number (see mark_students).
+
 -- students ---------------------------------------------------------------------------
 CREATE FUNCTION tidemark.capture_students_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    v bigint := nextval('tidemark.seq');
 BEGIN
-    PERFORM tidemark.mark_students(ARRAY(SELECT id FROM new_rows));
+    INSERT INTO tidemark.dirty_students AS d (student_id, seq)
+    SELECT id, v FROM new_rows ORDER BY id
+    ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq
+    WHERE d.xmin::text <> (txid_current() % 4294967296)::text;
+    IF FOUND THEN
+        PERFORM pg_notify('tidemark_sync', '');
+    END IF;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION tidemark.capture_students_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    v bigint := nextval('tidemark.seq');
 BEGIN
-    -- Only rows whose indexed columns changed; a no-op UPDATE marks nothing.
-    PERFORM tidemark.mark_students(ARRAY(
-        SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id
-         WHERE (n.first_name, n.last_name, n.age, n.year_in_school, n.university_id)
-               IS DISTINCT FROM (o.first_name, o.last_name, o.age, o.year_in_school, o.university_id)
-        UNION
-        -- An id that changed: the old document must go, the new one must come.
-        SELECT n.id FROM new_rows n WHERE NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.id = n.id)
-        UNION
-        SELECT o.id FROM old_rows o WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.id = o.id)));
+    -- Only rows whose indexed columns changed (a no-op UPDATE marks nothing), and both
+    -- sides of an id change (the old document must go, the new one come): one full join.
+    INSERT INTO tidemark.dirty_students AS d (student_id, seq)
+    SELECT coalesce(n.id, o.id), v
+      FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
+     WHERE n.id IS NULL OR o.id IS NULL
+        OR (n.first_name, n.last_name, n.age, n.year_in_school, n.university_id)
+           IS DISTINCT FROM (o.first_name, o.last_name, o.age, o.year_in_school, o.university_id)
+     ORDER BY 1
+    ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq
+    WHERE d.xmin::text <> (txid_current() % 4294967296)::text;
+    IF FOUND THEN
+        PERFORM pg_notify('tidemark_sync', '');
+    END IF;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION tidemark.capture_students_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    v bigint := nextval('tidemark.seq');
 BEGIN
-    PERFORM tidemark.mark_students(ARRAY(SELECT id FROM old_rows));
+    INSERT INTO tidemark.dirty_students AS d (student_id, seq)
+    SELECT id, v FROM old_rows ORDER BY id
+    ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq
+    WHERE d.xmin::text <> (txid_current() % 4294967296)::text;
+    IF FOUND THEN
+        PERFORM pg_notify('tidemark_sync', '');
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -127,7 +156,7 @@ CREATE TRIGGER tidemark_capture_delete AFTER DELETE ON students
 CREATE FUNCTION tidemark.capture_enrollments_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM tidemark.mark_students(ARRAY(SELECT student_id FROM new_rows));
+    PERFORM tidemark.mark_students(ARRAY(SELECT DISTINCT student_id FROM new_rows));
     RETURN NULL;
 END $$;
 
@@ -135,19 +164,18 @@ CREATE FUNCTION tidemark.capture_enrollments_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM tidemark.mark_students(ARRAY(
-        SELECT n.student_id FROM new_rows n
-         WHERE NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.student_id = n.student_id AND o.course_id = n.course_id)
-        UNION
-        SELECT o.student_id FROM old_rows o
-         WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.student_id = o.student_id AND n.course_id = o.course_id)));
+        SELECT coalesce(n.student_id, o.student_id)
+          FROM new_rows n FULL JOIN old_rows o ON o.student_id = n.student_id AND o.course_id = n.course_id
+         WHERE n.student_id IS NULL OR o.student_id IS NULL));
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION tidemark.capture_enrollments_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- A cascade from a deleted student marks it again; harmless, it is a delete either way.
-    PERFORM tidemark.mark_students(ARRAY(SELECT student_id FROM old_rows));
+    -- A cascade from a deleted student marks it again within the same transaction: that
+    -- keeps its number, so it costs nothing.
+    PERFORM tidemark.mark_students(ARRAY(SELECT DISTINCT student_id FROM old_rows));
     RETURN NULL;
 END $$;
 
