@@ -301,7 +301,9 @@ async fn run_worker(config: Arc<Config>, concurrency: usize) -> Result<()> {
     }
     let name = format!("tidemark-worker-{}", std::process::id());
     let mut listening = false;
-    let mut owner = None;
+    // One lease owner for the life of the process, so the leases of steps cut short by a
+    // lost queue can be given back when the queue loop restarts.
+    let owner = Engine::new(pool.clone(), search.clone(), config.clone(), None).owner;
     while !*shutdown.borrow() {
         let Some(queue) = connect_queue(&config, &mut shutdown).await? else { break };
         tracing::info!(concurrency, queue = %config.queue_namespace, "worker started");
@@ -309,8 +311,9 @@ async fn run_worker(config: Arc<Config>, concurrency: usize) -> Result<()> {
             spawn_listener(pool.clone(), queue.clone());
             listening = true;
         }
-        let engine = Arc::new(Engine::new(pool.clone(), search.clone(), config.clone(), Some(queue.clone())));
-        owner = Some(engine.owner.clone());
+        let mut engine = Engine::new(pool.clone(), search.clone(), config.clone(), Some(queue.clone()));
+        engine.owner = owner.clone();
+        let engine = Arc::new(engine);
         // Whatever was left before this (re)start is looked for at once.
         let _ = queue.nudge("worker-start").await;
         let run = workers::run_worker(queue, engine, &name, concurrency, stopped(shutdown.clone()));
@@ -336,15 +339,20 @@ async fn run_worker(config: Arc<Config>, concurrency: usize) -> Result<()> {
             Ok(()) => tracing::warn!("queue worker ended; restarting"),
             Err(e) => tracing::warn!(error = %e, "queue worker failed (Redis lost?); reconnecting"),
         }
+        // Steps that were running are gone with the queue worker: give their marks back
+        // now rather than when their leases run out.
+        match tidemark::pipeline::claim::release_all(&pool, &owner).await {
+            Ok(n) if n > 0 => tracing::info!(released = n, "leases of interrupted steps given back"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not give back leases; they run out by themselves"),
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {}
         }
     }
-    if let Some(owner) = owner {
-        let released = tidemark::pipeline::claim::release_all(&pool, &owner).await?;
-        tracing::info!(released, "worker stopped; leases given back");
-    }
+    let released = tidemark::pipeline::claim::release_all(&pool, &owner).await?;
+    tracing::info!(released, "worker stopped; leases given back");
     Ok(())
 }
 

@@ -184,10 +184,16 @@ impl Search {
         }
     }
 
-    /// Whether a physical index exists.
+    /// Whether a physical index exists. Only a 404 means no: a 429 or 5xx is an error (a
+    /// transient one), not a verdict.
     pub async fn index_exists(&self, index: &str) -> Result<bool, SearchError> {
-        let reply = self.request(Method::Head, &format!("/{index}"), None, false).await?;
-        Ok((200..300).contains(&reply.status))
+        let path = format!("/{index}");
+        let reply = self.request(Method::Head, &path, None, false).await?;
+        match reply.status {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            _ => Err(status_error(Method::Head, &path, &reply)),
+        }
     }
 
     /// Names of existing indices matching `pattern` (e.g. `students_*`).

@@ -66,5 +66,9 @@ pub async fn release_all(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error>
         .bind(owner)
         .execute(pool)
         .await?;
-    Ok(a.rows_affected() + b.rows_affected())
+    let c = sqlx::query("UPDATE tidemark.reindex_chunks SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND NOT done")
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
 }

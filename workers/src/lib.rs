@@ -92,9 +92,11 @@ impl Queue {
             // An idle apalis-redis worker looks for new jobs when its heartbeat fires, so
             // the heartbeat is what bounds nudge → start. 200 ms keeps that well under the
             // freshness target for one cheap Redis call per tick; a worker is declared
-            // dead (its jobs re-enqueued) after 50 missed beats, 10 s.
+            // dead (its jobs re-enqueued) after 600 missed beats, 2 minutes: heartbeats
+            // pause while every job slot is busy, and a long step must not make a healthy
+            // worker look dead.
             .heartbeat_interval(Duration::from_millis(200))
-            .missed_heartbeats(50);
+            .missed_heartbeats(600);
         let waiting_list = config.active_jobs_list();
         let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
