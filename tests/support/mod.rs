@@ -318,6 +318,12 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts any command (e.g. a private copy of the binary) with its stderr collected.
+    pub fn spawn(mut c: Command) -> Proc {
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        Proc::start(c)
+    }
+
     fn start(mut c: Command) -> Proc {
         let mut child = c.spawn().expect("spawn tidemark");
         let stderr = Arc::new(std::sync::Mutex::new(String::new()));
