@@ -33,6 +33,9 @@ struct State {
     /// that `_count` and `_mget` (tidemark's verification before an alias swap) answer
     /// truthfully; nothing is parsed or indexed.
     docs: HashMap<String, HashMap<u64, Box<[u8]>>>,
+    /// When set, every `"last_name":"F<digits>"` stamp received, with its arrival time
+    /// (the freshness benchmark's writers stamp documents this way).
+    stamps: Option<Vec<(u64, std::time::Instant)>>,
 }
 
 #[derive(Default)]
@@ -95,6 +98,16 @@ impl Discard {
     pub fn cpu(&self) -> Duration {
         let path = self.stat_path.lock().unwrap().clone();
         path.and_then(|p| super::cpu::stat_cpu(&p)).unwrap_or_default()
+    }
+
+    /// Starts recording the stamps of the documents received (see [`State::stamps`]).
+    pub fn record_stamps(&self) {
+        self.state.lock().unwrap().stamps = Some(Vec::new());
+    }
+
+    /// The stamps received so far, with their arrival times.
+    pub fn take_stamps(&self) -> Vec<(u64, std::time::Instant)> {
+        self.state.lock().unwrap().stamps.take().unwrap_or_default()
     }
 
     pub fn bulk_items(&self) -> u64 {
@@ -186,6 +199,9 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, counters: Arc<Coun
         counters.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
 
         let (status, payload) = route(&method, &target, &body, &state, &counters);
+        if std::env::var_os("DISCARD_TRACE").is_some() {
+            eprintln!("[discard] {method} {target} ({} bytes) -> {status} {}", body.len(), String::from_utf8_lossy(&payload[..payload.len().min(160)]));
+        }
         let reason = match status {
             200 => "OK",
             201 => "Created",
@@ -235,7 +251,8 @@ fn route(method: &str, target: &str, body: &[u8], state: &Mutex<State>, counters
         ("POST" | "PUT", ["_bulk"]) | ("POST" | "PUT", [_, "_bulk"]) => {
             counters.bulk_requests.fetch_add(1, Ordering::Relaxed);
             let default_index = if segs.len() == 2 { segs[0] } else { "" };
-            let (items, out) = bulk_answer(body, default_index, &mut state.lock().unwrap());
+            let require_alias = target.contains("require_alias=true");
+            let (items, out) = bulk_answer(body, default_index, require_alias, &mut state.lock().unwrap());
             counters.bulk_items.fetch_add(items, Ordering::Relaxed);
             (200, out)
         }
@@ -308,6 +325,13 @@ fn route(method: &str, target: &str, body: &[u8], state: &Mutex<State>, counters
                     400,
                     serde_json::json!({"error": {"type": "resource_already_exists_exception", "reason": format!("index [{index}] already exists")}, "status": 400}),
                 );
+            }
+            // Aliases given with the index.
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            if let Some(aliases) = v["aliases"].as_object() {
+                for alias in aliases.keys() {
+                    st.aliases.entry(alias.clone()).or_default().insert(index.to_string());
+                }
             }
             json(200, serde_json::json!({"acknowledged": true, "shards_acknowledged": true, "index": index}))
         }
@@ -387,34 +411,76 @@ fn field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     Some(&line[start..start + len])
 }
 
+/// The concrete index a write to `name` lands in: the index behind an alias, or `name`
+/// itself (created on the fly, as a server does) unless `require_alias` forbids it.
+fn concrete(st: &mut State, name: &str, require_alias: bool) -> Option<String> {
+    if let Some(index) = st.aliases.get(name).and_then(|s| s.iter().next()) {
+        return Some(index.clone());
+    }
+    if require_alias {
+        return None;
+    }
+    st.indices.insert(name.to_string());
+    Some(name.to_string())
+}
+
 /// One item per action line; the line after an `index`/`create`/`update` action is its
-/// source and is skipped.
-fn bulk_answer(body: &[u8], default_index: &str, st: &mut State) -> (u64, Vec<u8>) {
+/// source and is skipped (kept for `_mget`).
+fn bulk_answer(body: &[u8], default_index: &str, require_alias: bool, st: &mut State) -> (u64, Vec<u8>) {
     let mut out = Vec::with_capacity(body.len() / 4 + 64);
-    out.extend_from_slice(br#"{"took":1,"errors":false,"items":["#);
     let mut items = 0u64;
+    let mut errors = false;
+    // The targets of one request are few: resolve each name once.
+    let mut resolved: Vec<(Vec<u8>, Option<String>)> = Vec::new();
+    let now = std::time::Instant::now();
     let mut lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
     while let Some(action) = lines.next() {
         // {"index":{...}}: the op is the first key.
         let op = action.get(2..).and_then(|r| r.iter().position(|b| *b == b'"').map(|e| &r[..e])).unwrap_or(b"index");
-        let index = field(action, br#""_index""#).unwrap_or(default_index.as_bytes());
+        let name = field(action, br#""_index""#).unwrap_or(default_index.as_bytes());
         let id = field(action, br#""_id""#).unwrap_or(b"");
-        let doc_id = std::str::from_utf8(id).ok().and_then(|s| s.parse::<u64>().ok());
-        let index_name = std::str::from_utf8(index).unwrap_or("");
-        if op != b"delete" {
-            if let (Some(src), Some(n)) = (lines.next(), doc_id) {
-                store(st, index_name, n, src);
+        let index = match resolved.iter().find(|(n, _)| n == name) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = concrete(st, std::str::from_utf8(name).unwrap_or(""), require_alias);
+                resolved.push((name.to_vec(), c.clone()));
+                c
             }
-        } else if let (Some(d), Some(n)) = (st.docs.get_mut(index_name), doc_id) {
-            d.remove(&n);
-        }
+        };
+        let doc_id = std::str::from_utf8(id).ok().and_then(|s| s.parse::<u64>().ok());
+        let source = if op != b"delete" { lines.next() } else { None };
         if items > 0 {
             out.push(b',');
         }
+        items += 1;
         out.extend_from_slice(b"{\"");
         out.extend_from_slice(op);
         out.extend_from_slice(br#"":{"_index":""#);
-        out.extend_from_slice(index);
+        let Some(index) = index else {
+            errors = true;
+            out.extend_from_slice(name);
+            out.extend_from_slice(br#"","_id":""#);
+            out.extend_from_slice(id);
+            out.extend_from_slice(br#"","status":404,"error":{"type":"index_not_found_exception","reason":"no such index and [require_alias] request flag is [true] and it is not an alias"}}}"#);
+            continue;
+        };
+        if let (Some(stamps), Some(src)) = (st.stamps.as_mut(), source) {
+            if let Some(v) = field(src, br#""last_name""#).and_then(|v| v.strip_prefix(b"F")) {
+                if let Some(k) = std::str::from_utf8(v).ok().and_then(|t| t.parse::<u64>().ok()) {
+                    stamps.push((k, now));
+                }
+            }
+        }
+        match (source, doc_id) {
+            (Some(src), Some(n)) => store(st, &index, n, src),
+            (None, Some(n)) => {
+                if let Some(d) = st.docs.get_mut(&index) {
+                    d.remove(&n);
+                }
+            }
+            _ => {}
+        }
+        out.extend_from_slice(index.as_bytes());
         out.extend_from_slice(br#"","_id":""#);
         out.extend_from_slice(id);
         if op == b"delete" {
@@ -422,9 +488,10 @@ fn bulk_answer(body: &[u8], default_index: &str, st: &mut State) -> (u64, Vec<u8
         } else {
             out.extend_from_slice(br#"","_version":1,"result":"created","status":201}}"#);
         }
-        items += 1;
     }
     out.extend_from_slice(b"]}");
+    let head: &[u8] = if errors { br#"{"took":1,"errors":true,"items":["# } else { br#"{"took":1,"errors":false,"items":["# };
+    out.splice(0..0, head.iter().copied());
     (items, out)
 }
 
@@ -433,7 +500,7 @@ mod tests {
     #[test]
     fn bulk_items_follow_actions() {
         let body = b"{\"index\":{\"_index\":\"s_1\",\"_id\":\"7\",\"version\":3,\"version_type\":\"external\"}}\n{\"a\":1}\n{\"delete\":{\"_index\":\"s_1\",\"_id\":\"8\"}}\n";
-        let (n, out) = super::bulk_answer(body, "", &mut super::State::default());
+        let (n, out) = super::bulk_answer(body, "", false, &mut super::State::default());
         assert_eq!(n, 2);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["items"][0]["index"]["_id"], "7");

@@ -61,6 +61,8 @@ pub struct BenchEnv {
     pub log_dir: PathBuf,
     /// Students seeded.
     pub students: u64,
+    /// The search server given to the tidemark processes, when not the real one.
+    pub proc_es_url: Option<String>,
     procs: Vec<Proc>,
 }
 
@@ -91,6 +93,7 @@ impl BenchEnv {
             http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
             log_dir,
             students: 0,
+            proc_es_url: None,
             procs: Vec::new(),
         })
     }
@@ -164,13 +167,15 @@ impl BenchEnv {
         Ok(name)
     }
 
-    /// The first index of every student, as a first run does: no alias yet, so the first
-    /// step starts a full build, drained by `parallel` engines. The seed's marks are
-    /// dropped first (the build reads every student anyway). Returns the seconds it took.
+    /// The first index of every student, as a first run does: no alias yet, so a full
+    /// build (as the first step would start by itself), drained by `parallel` engines. The
+    /// seed's marks are dropped first (the build reads every student anyway). Returns the
+    /// seconds it took.
     pub async fn first_index(&self, parallel: usize) -> Result<f64> {
         self.sql("TRUNCATE tidemark.dirty_students").await?;
-        let t = Instant::now();
         let es = self.services.es_url.clone();
+        let t = Instant::now();
+        start_build(self, &es, "benchmark: first index").await?;
         self.drain(&es, parallel, |_| {}).await?;
         let secs = t.elapsed().as_secs_f64();
         let n = self.count(json!({"match_all": {}})).await?;
@@ -239,7 +244,7 @@ impl BenchEnv {
             .args(args)
             .env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", &self.services.redis_url)
-            .env("ELASTICSEARCH_URL", &self.services.es_url)
+            .env("ELASTICSEARCH_URL", self.proc_es_url.as_ref().unwrap_or(&self.services.es_url))
             .env("TIDEMARK_INDEX_ALIAS", &self.alias)
             .env("TIDEMARK_QUEUE_NAMESPACE", &self.namespace)
             .env("RUST_LOG", "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn")
@@ -255,10 +260,23 @@ impl BenchEnv {
 
     /// A scheduler and two workers (each with its default concurrency), as the demo runs.
     pub async fn start_deployment(&mut self) -> Result<Vec<u32>> {
+        self.start_deployment_with(None).await
+    }
+
+    /// Same, with a TOML configuration file given to every process (`--config`).
+    pub async fn start_deployment_with(&mut self, toml: Option<&str>) -> Result<Vec<u32>> {
+        let mut base: Vec<String> = Vec::new();
+        if let Some(text) = toml {
+            let path = self.log_dir.join(format!("{}-config.toml", self.kind));
+            std::fs::write(&path, text)?;
+            base = vec!["--config".into(), path.display().to_string()];
+        }
+        let with = |extra: &[&str]| -> Vec<String> { base.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect() };
+        let (a, b, c) = (with(&["scheduler", "--interval", "5s"]), with(&["worker"]), with(&["worker"]));
         let pids = vec![
-            self.spawn(&["scheduler", "--interval", "5s"], "scheduler")?,
-            self.spawn(&["worker"], "worker-1")?,
-            self.spawn(&["worker"], "worker-2")?,
+            self.spawn(&a.iter().map(String::as_str).collect::<Vec<_>>(), "scheduler")?,
+            self.spawn(&b.iter().map(String::as_str).collect::<Vec<_>>(), "worker-1")?,
+            self.spawn(&c.iter().map(String::as_str).collect::<Vec<_>>(), "worker-2")?,
         ];
         // Ready when all three LISTEN for change notifications and both workers say so.
         let start = Instant::now();
@@ -283,6 +301,29 @@ impl BenchEnv {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(pids)
+    }
+
+    /// Lines of the processes' logs logged at or after `since` that contain one of
+    /// `patterns`: (seconds after `since`, process log name, the line without colours).
+    pub fn log_events(&self, since: chrono::DateTime<chrono::Utc>, patterns: &[&str]) -> Vec<(f64, String, String)> {
+        let mut out = Vec::new();
+        for p in &self.procs {
+            let name = p.log.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let Ok(text) = std::fs::read_to_string(&p.log) else { continue };
+            for line in text.lines() {
+                let clean = strip_ansi(line);
+                if !patterns.iter().any(|pat| clean.contains(pat)) {
+                    continue;
+                }
+                let Some(ts) = clean.split_whitespace().next().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) else { continue };
+                let dt = (ts.with_timezone(&chrono::Utc) - since).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                if dt >= 0.0 {
+                    out.push((dt, name.clone(), clean));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        out
     }
 
     /// SIGTERM every process started, and waits (bounded) for them to exit.
@@ -352,4 +393,40 @@ where
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Starts a full build of `env`'s alias on `es_url` (what `tidemark admin reindex` does),
+/// chunks of 10,000 students.
+///
+/// WORKAROUND: then `ANALYZE tidemark.reindex_chunks`. Without statistics PostgreSQL plans
+/// `reindex::claim_chunk` as a nested loop that re-runs its `LIMIT 1 … FOR UPDATE SKIP
+/// LOCKED` subquery for every chunk row, so one claim leases *every* remaining chunk and
+/// processes one; the others wait for their lease (60 s) to run out. The reindex benchmark
+/// measures that bug separately (`claim_chunk` canary); with the claim fixed this is a no-op.
+pub async fn start_build(env: &BenchEnv, es_url: &str, reason: &str) -> Result<tidemark::reindex::Build> {
+    let search = env.search(es_url);
+    let b = tidemark::reindex::start(&env.pool, &search, &env.alias, 10_000, reason).await?;
+    env.sql("ANALYZE tidemark.reindex_chunks").await?;
+    Ok(b)
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … letter
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }

@@ -35,6 +35,9 @@ async fn wait_searchable(env: &BenchEnv, query: serde_json::Value, want: u64, ev
         let n = env.count(query.clone()).await?;
         m.polls += 1;
         let t = t0.elapsed().as_secs_f64();
+        if std::env::var_os("BENCH_TRACE").is_some() {
+            eprintln!("[poll] {t:.3} s: {n}");
+        }
         if n > 0 && m.first.is_nan() {
             m.first = t;
         }
@@ -117,33 +120,58 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let server_rate = indexed as f64 / initial;
 
     // The deployment, and one warm-up change through it.
-    let mut pids = env.start_deployment().await?;
+    let worker_toml = std::env::var("BENCH_WORKER_TOML").ok();
+    let mut pids = env.start_deployment_with(worker_toml.as_deref()).await?;
     let warm_t = Instant::now();
     env.sql("UPDATE students SET last_name = 'Warmup' WHERE id = (SELECT min(id) FROM students WHERE university_id = 1)").await?;
     wait_searchable(env, json!({"term": {"last_name.raw": "Warmup"}}), 1, Duration::from_millis(20), Duration::from_secs(60), warm_t).await?;
     let warmup = warm_t.elapsed().as_secs_f64();
 
-    // The measured rename.
+    // The measured renames, one after the other.
     if let Some(p) = cpu::search_server_pid() {
         pids.push(p);
     }
+    let every = std::env::var("BENCH_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(if n > 10_000 { Duration::from_millis(100) } else { Duration::from_millis(20) });
+    let limit = Duration::from_secs(if n > 10_000 { 900 } else { 120 });
+    let mut tries: Vec<(f64, Milestones, Vec<(f64, String, String)>, String)> = Vec::new();
     let procs = ProcCpu::start(&pids);
     let pg = PgCpu::start(&env.pool, &env.db_name).await;
-    let name = format!("Renamed University {}", chrono::Utc::now().format("%H%M%S%.3f"));
-    let every = if n > 10_000 { Duration::from_millis(100) } else { Duration::from_millis(20) };
-    let limit = Duration::from_secs(if n > 10_000 { 900 } else { 120 });
-    progress!("{}: renaming a university of {label} students", env.kind);
-    let t0 = Instant::now();
-    sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name).execute(&env.pool).await?;
-    let update = t0.elapsed().as_secs_f64();
-    let m = wait_searchable(env, json!({"term": {"university.name": name}}), n, every, limit, t0).await?;
+    let mut name = String::new();
+    for r in 0..case.repeats.max(1) {
+        name = format!("Renamed University {} #{r}", chrono::Utc::now().format("%H%M%S%.3f"));
+        progress!("{}: renaming a university of {label} students ({}/{})", env.kind, r + 1, case.repeats.max(1));
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string();
+        let wall0 = chrono::Utc::now();
+        let t0 = Instant::now();
+        sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name).execute(&env.pool).await?;
+        let update = t0.elapsed().as_secs_f64();
+        let m = wait_searchable(env, json!({"term": {"university.name": name}}), n, every, limit, t0).await?;
+        progress!("{}: all {label} searchable after {:.2}s (UPDATE {:.1} ms, load {load})", env.kind, m.all, update * 1e3);
+        // Let the batch's acknowledgement land and be logged before the next rename.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let all = m.all;
+        let events: Vec<(f64, String, String)> = env
+            .log_events(wall0, &["fan-out done", "batch synced", "changed again"])
+            .into_iter()
+            .filter(|(t, _, _)| *t <= all + 0.5)
+            .collect();
+        tries.push((update, m, events, load));
+    }
     let proc_cpu = procs.spent();
     let pg_cpu = pg.spent(&env.pool).await;
-    progress!("{}: all {label} searchable after {:.2}s (UPDATE {:.1} ms)", env.kind, m.all, update * 1e3);
     env.stop_processes().await;
     if env.marks_left().await? != (0, 0) {
         bail!("marks left after the fan-out: {:?}", env.marks_left().await?);
     }
+    let alls: Vec<f64> = tries.iter().map(|t| t.1.all).collect();
+    let median_all = stats::median(&alls);
+    let best_all = alls.iter().copied().fold(f64::INFINITY, f64::min);
+    let update = stats::median(&tries.iter().map(|t| t.0).collect::<Vec<_>>());
+    let m = tries[tries.len() / 2].1.clone();
 
     // tidemark's own part, against the discarding endpoint (no server cost).
     let mut own = None;
@@ -201,15 +229,19 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     };
     out.rows.push(
         Row::new(BENCH, format!("rename a university of {label} students → all searchable (scheduler + 2 workers, osmem)"))
-            .figure(stats::secs(m.all))
+            .figure(if tries.len() > 1 {
+                format!("{} (median of {}; best {})", stats::secs(median_all), tries.len(), stats::secs(best_all))
+            } else {
+                stats::secs(median_all)
+            })
             .baseline(format!("{base_text}, one request per student"))
-            .ratio(stats::ratio(base / m.all))
-            .target(target, Some(m.all < limit_s)),
+            .ratio(stats::ratio(base / median_all))
+            .target(target, Some(median_all < limit_s)),
     );
     out.rows.push(
         Row::new(BENCH, format!("batched sync vs one request per document (fan-out of {label})"))
-            .figure(stats::ratio(base / m.all))
-            .target("≥ 20×", Some(base / m.all >= 20.0)),
+            .figure(stats::ratio(base / median_all))
+            .target("≥ 20×", Some(base / median_all >= 20.0)),
     );
     if let Some((secs, _items, tm_cpu)) = own {
         out.rows.push(
@@ -224,20 +256,54 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     // Section.
     let s = &mut out.section;
     s.push_str(&format!("### University of {label} students ({} seeded; {initial_what})\n\n", stats::int(env.students)));
-    s.push_str("| | seconds after the rename was sent |\n| --- | --- |\n");
-    s.push_str(&format!("| `UPDATE universities` returned (committed) | {} |\n", stats::secs(update)));
-    s.push_str(&format!("| first renamed document searchable | {} |\n", stats::secs(m.first)));
-    s.push_str(&format!("| half of them searchable | {} |\n", stats::secs(m.half)));
-    s.push_str(&format!("| **all {label} searchable** | **{}** |\n", stats::secs(m.all)));
-    s.push_str(&format!("| baseline: all {} searchable, one request per student | {} |\n\n", stats::int(sample as u64), stats::secs(base_measured)));
+    s.push_str("| rename | `UPDATE` returned (committed) | first renamed document searchable | half | **all searchable** | load average (1 min) |\n| --- | --- | --- | --- | --- | --- |\n");
+    for (i, (upd, m, _, load)) in tries.iter().enumerate() {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | **{}** | {load} |\n",
+            i + 1,
+            stats::secs(*upd),
+            stats::secs(m.first),
+            stats::secs(m.half),
+            stats::secs(m.all)
+        ));
+    }
     s.push_str(&format!(
-        "- Poll every {} ms ({} polls). Warm-up change (one student) searchable after {}.\n",
+        "| baseline, one request per student | | | | {} ({} students) | |\n\n",
+        stats::secs(base_measured),
+        stats::int(sample as u64)
+    ));
+    let events = &tries[0].2;
+    if !events.is_empty() {
+        s.push_str("What the workers logged during the first rename (seconds after it was sent; a batch is logged once acknowledged, after its `_bulk` answers):\n\n");
+        let mut batches = 0;
+        let mut docs = 0u64;
+        for (t, proc_name, line) in events {
+            if line.contains("batch synced") {
+                batches += 1;
+                let k: u64 = line.split("size=").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|x| x.parse().ok()).unwrap_or(0);
+                docs += k;
+                if batches <= 12 {
+                    s.push_str(&format!("- {}: {proc_name}: batch of {} synced\n", stats::secs(*t), stats::int(k)));
+                }
+            } else if line.contains("fan-out done") {
+                s.push_str(&format!("- {}: {proc_name}: fan-out done (every student marked)\n", stats::secs(*t)));
+            } else {
+                s.push_str(&format!("- {}: {proc_name}: {}\n", stats::secs(*t), line.chars().skip(28).take(120).collect::<String>()));
+            }
+        }
+        if batches > 12 {
+            s.push_str(&format!("- … {} batches, {} documents in all\n", batches, stats::int(docs)));
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "- Poll every {} ms ({} polls in the median rename). Warm-up change (one student) searchable after {}.\n",
         every.as_millis(),
         m.polls,
         stats::secs(warmup)
     ));
     s.push_str(&format!(
-        "- CPU during the fan-out: tidemark processes + search server {}, PostgreSQL backends {}.\n",
+        "- CPU during the renames: tidemark processes + search server {}, PostgreSQL backends {}.\n",
         stats::dur(proc_cpu),
         stats::dur(pg_cpu)
     ));
@@ -267,7 +333,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let raw = json!({
         "students_seeded": env.students, "renamed_university_students": n, "indexed": indexed,
         "initial_index_s": initial, "server_docs_per_s": server_rate, "warmup_s": warmup,
-        "update_s": update, "milestones": m, "cpu_tidemark_and_server_s": proc_cpu.as_secs_f64(), "cpu_postgres_s": pg_cpu.as_secs_f64(),
+        "update_s": update, "milestones": tries.iter().map(|t| t.1.clone()).collect::<Vec<_>>(), "median_all_s": median_all, "cpu_tidemark_and_server_s": proc_cpu.as_secs_f64(), "cpu_postgres_s": pg_cpu.as_secs_f64(),
         "baseline_sample": sample, "baseline_measured_s": base_measured, "baseline_s": base,
         "discard_s": own.map(|o| o.0), "discard_ops": own.map(|o| o.1),
     });

@@ -1,6 +1,11 @@
 //! 4. Freshness under load: writers commit single-row UPDATEs at a steady rate, each
-//! stamping a student's last name with its sequence number; a poller searches the index for
-//! stamps and records when each first became searchable. Scheduler and two workers run.
+//! stamping a student's last name with its sequence number, and the time each stamp
+//! became searchable is recorded. Scheduler and two workers run.
+//!
+//! Twice: into osmem, observed by a poller searching the index for stamps; and into the
+//! discarding endpoint, which records when each stamp arrives in a `_bulk` body — the
+//! same deployment and load with the search server's indexing taken out, so tidemark's
+//! own latency shows.
 
 use std::{
     sync::{
@@ -15,9 +20,11 @@ use serde_json::json;
 
 use super::{
     cpu::{self, PgCpu, ProcCpu},
+    discard::Discard,
     env::{BenchEnv, Services},
     report::{Outcome, Row},
-    stats, Plan,
+    stats::{self, Dist},
+    Plan,
 };
 use crate::progress;
 
@@ -35,6 +42,35 @@ pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
     r
 }
 
+/// How the time a stamp becomes visible is observed.
+enum Observe<'a> {
+    /// Search the index for stamps.
+    Poll,
+    /// The discarding endpoint's record of stamps received.
+    Arrivals(&'a Discard),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Load {
+    what: &'static str,
+    writes: u64,
+    writers_secs: f64,
+    achieved: f64,
+    latency: Dist,
+    write_latency: Dist,
+    unseen: u64,
+    early: u64,
+    polls: u64,
+    poll_cycle_ms: f64,
+    max_backlog: i64,
+    backlog: Vec<i64>,
+    /// p99 per 5-second window (by commit time), ms.
+    windows_p99_ms: Vec<Option<f64>>,
+    cpu_workers: f64,
+    cpu_server: f64,
+    cpu_postgres: f64,
+}
+
 async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     env.seed(plan.fresh_students).await?;
     let n = env.students;
@@ -43,15 +79,107 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
         bail!("expected student ids 1..={n}, found {lo_id}..={hi_id}");
     }
     env.first_index(2).await?;
-    let mut pids = env.start_deployment().await?;
+
+    // A: into osmem, observed by searching.
+    let osmem = run_load(plan, env, Observe::Poll, 0).await?;
+
+    // B: the same into the discarding endpoint.
+    let index = env.index_name().await?;
+    let discard = Discard::start(&[(env.alias.clone(), index)]);
+    env.proc_es_url = Some(discard.url.clone());
+    let offset = plan.fresh_rate as u64 * plan.fresh_secs;
+    let own = run_load(plan, env, Observe::Arrivals(&discard), offset).await;
+    env.proc_es_url = None;
+    let own = own?;
+
+    let mut out = Outcome::default();
+    let d = &osmem.latency;
+    out.rows.push(
+        Row::new(BENCH, format!("commit → searchable at {} writes/s for {} s (scheduler + 2 workers, osmem)", plan.fresh_rate, plan.fresh_secs))
+            .figure(format!("p99 {} (p50 {}, p95 {}, max {})", stats::secs(d.p99), stats::secs(d.p50), stats::secs(d.p95), stats::secs(d.max)))
+            .target(
+                if plan.fresh_rate >= 500 { "p99 ≤ 2 s at 500 writes/s" } else { "p99 ≤ 2 s at 500 writes/s (quick: lower rate)" },
+                Some(d.p99 <= 2.0 && osmem.unseen == 0 && (plan.fresh_rate < 500 || osmem.achieved >= 0.95 * plan.fresh_rate as f64)),
+            ),
+    );
+    let o = &own.latency;
+    out.rows.push(
+        Row::new(BENCH, format!("same load, tidemark's own part: commit → `_bulk` received by the discarding endpoint ({} writes/s)", plan.fresh_rate))
+            .figure(format!("p99 {} (p50 {}, p95 {}, max {})", stats::secs(o.p99), stats::secs(o.p50), stats::secs(o.p95), stats::secs(o.max)))
+            .target("p99 ≤ 2 s (tidemark's share)", Some(o.p99 <= 2.0 && own.unseen == 0)),
+    );
+    let mut s = format!(
+        "{} students seeded and indexed; `tidemark scheduler --interval 5s` and two `tidemark worker` (default \
+         configuration). {WRITERS} writer connections commit `UPDATE students SET last_name = 'F<k>' WHERE id = <k mod N + 1>` \
+         for k = 0, 1, 2, …, write k due at k / {} s after the start (each its own transaction, so each sends its \
+         notification). The commit time is taken when the `UPDATE` returns.\n\n\
+         - **A, osmem**: a poller searches the alias (`range` on `last_name.raw` from the lowest stamp not yet seen, \
+           oldest first, every ~25 ms plus the query's own time) and records when each stamp — or a later stamp of \
+           the same student — is first returned.\n\
+         - **B, tidemark's own part**: the same processes and load, with `ELASTICSEARCH_URL` pointing at the \
+           discarding endpoint, which records when each stamp arrives in a `_bulk` body (no indexing, no polling).\n\n\
+         | | A: osmem, searchable | B: discarding endpoint, received |\n| --- | --- | --- |\n",
+        stats::int(n),
+        plan.fresh_rate,
+    );
+    let row = |label: &str, a: String, b: String| format!("| {label} | {a} | {b} |\n");
+    let fmt_d = |d: &Dist| format!("**p50 {}, p95 {}, p99 {}, max {}** (mean {})", stats::secs(d.p50), stats::secs(d.p95), stats::secs(d.p99), stats::secs(d.max), stats::secs(d.mean));
+    let writes = |l: &Load| format!("{} in {:.1} s = {:.0}/s", stats::int(l.writes), l.writers_secs, l.achieved);
+    let wl = |l: &Load| format!("p50 {}, p99 {}, max {}", stats::secs(l.write_latency.p50), stats::secs(l.write_latency.p99), stats::secs(l.write_latency.max));
+    s.push_str(&row("writes", writes(&osmem), writes(&own)));
+    s.push_str(&row("write latency (UPDATE + commit)", wl(&osmem), wl(&own)));
+    s.push_str(&row("**commit → visible**", fmt_d(&osmem.latency), fmt_d(&own.latency)));
+    s.push_str(&row("not visible 60 s after the load stopped", osmem.unseen.to_string(), own.unseen.to_string()));
+    s.push_str(&row("seen before the writer had its commit acknowledged (counted as 0)", osmem.early.to_string(), own.early.to_string()));
+    s.push_str(&row("polls", format!("{} ({:.0} ms per cycle)", osmem.polls, osmem.poll_cycle_ms), "—".into()));
+    s.push_str(&row("marks waiting (sampled each second): max", osmem.max_backlog.to_string(), own.max_backlog.to_string()));
+    s.push_str(&row(
+        "CPU: workers + scheduler / search server / PostgreSQL",
+        format!("{:.1} s / {:.1} s / {:.1} s", osmem.cpu_workers, osmem.cpu_server, osmem.cpu_postgres),
+        format!("{:.1} s / {:.1} s (endpoint) / {:.1} s", own.cpu_workers, own.cpu_server, own.cpu_postgres),
+    ));
+    let win = |l: &Load| l.windows_p99_ms.iter().map(|w| w.map_or("–".into(), |v| format!("{v:.0}"))).collect::<Vec<_>>().join(", ");
+    s.push_str(&row("p99 per 5-second window (ms)", win(&osmem), win(&own)));
+    s.push_str(&format!(
+        "\nMarks waiting, sampled each second — A: {}; B: {}.\n",
+        osmem.backlog.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
+        own.backlog.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" ")
+    ));
+    out.section = s;
+    out.raw = json!({"students": n, "osmem": osmem, "discard": own});
+    Ok(out)
+}
+
+/// One load: writers at the planned rate, the deployment started (and stopped) around it,
+/// stamps `offset + k`.
+async fn run_load(plan: &Plan, env: &mut BenchEnv, observe: Observe<'_>, offset: u64) -> Result<Load> {
+    let n = env.students;
+    let worker_pids = env.start_deployment().await?;
     // Warm-up: one change through the deployment.
-    env.sql("UPDATE students SET last_name = 'Warmup' WHERE id = 1").await?;
-    let t = Instant::now();
-    while env.count(json!({"term": {"last_name.raw": "Warmup"}})).await? != 1 {
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("warm-up change not searchable within 60 s");
+    match &observe {
+        Observe::Poll => {
+            env.sql("UPDATE students SET last_name = 'Warmup' WHERE id = 1").await?;
+            let t = Instant::now();
+            while env.count(json!({"term": {"last_name.raw": "Warmup"}})).await? != 1 {
+                if t.elapsed() > Duration::from_secs(60) {
+                    bail!("warm-up change not searchable within 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Observe::Arrivals(d) => {
+            d.record_stamps();
+            env.sql("UPDATE students SET last_name = 'Warmup2' WHERE id = 1").await?;
+            let t = Instant::now();
+            while env.marks_left().await?.0 != 0 {
+                if t.elapsed() > Duration::from_secs(60) {
+                    bail!("warm-up change not synced within 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            d.take_stamps();
+            d.record_stamps();
+        }
     }
 
     let rate = plan.fresh_rate as f64;
@@ -60,12 +188,22 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     let write_lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    if let Some(p) = cpu::search_server_pid() {
-        pids.push(p);
-    }
-    let procs = ProcCpu::start(&pids);
+    let server_pids: Vec<u32> = match &observe {
+        Observe::Poll => cpu::search_server_pid().into_iter().collect(),
+        Observe::Arrivals(_) => Vec::new(),
+    };
+    let workers_cpu = ProcCpu::start(&worker_pids);
+    let server_cpu = ProcCpu::start(&server_pids);
+    let endpoint_cpu0 = match &observe {
+        Observe::Arrivals(d) => d.cpu(),
+        Observe::Poll => Duration::ZERO,
+    };
     let pg = PgCpu::start(&env.pool, &env.db_name).await;
-    progress!("{}: {} writes/s for {} s", env.kind, plan.fresh_rate, plan.fresh_secs);
+    let what = match &observe {
+        Observe::Poll => "osmem",
+        Observe::Arrivals(_) => "discarding endpoint",
+    };
+    progress!("{}: {} writes/s for {} s into {what}", env.kind, plan.fresh_rate, plan.fresh_secs);
     let start = Instant::now();
 
     // Writers: write k is due at start + k / rate; each is its own transaction.
@@ -81,7 +219,7 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
                 tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / rate)).into()).await;
                 let id = (k % n) as i64 + 1;
                 let t = Instant::now();
-                sqlx::query("UPDATE students SET last_name = $1 WHERE id = $2").bind(stamp(k)).bind(id).execute(&mut *conn).await?;
+                sqlx::query("UPDATE students SET last_name = $1 WHERE id = $2").bind(stamp(offset + k)).bind(id).execute(&mut *conn).await?;
                 let committed = start.elapsed().as_secs_f64();
                 commit_at.lock().unwrap()[k as usize] = committed;
                 write_lat.lock().unwrap().push(t.elapsed().as_secs_f64());
@@ -96,165 +234,153 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
 
     // Backlog sampler: marks waiting, once a second.
     let backlog = async {
-        let mut max = 0i64;
         let mut samples = Vec::new();
         while !done.load(Ordering::Relaxed) {
             let b: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_students").fetch_one(&env.pool).await.unwrap_or(0);
-            max = max.max(b);
             samples.push(b);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        (max, samples)
+        samples
     };
 
-    // Poller: every stamp at or above the lowest unseen one, oldest first.
-    let poller = async {
+    // Marks a stamp (and every earlier stamp of the same student) seen at `t`.
+    fn see(seen: &mut [f64], lo: u64, n: u64, s: u64, t: f64) {
+        let mut k = s as i64;
+        while k >= lo as i64 && seen[k as usize].is_nan() {
+            seen[k as usize] = t;
+            k -= n as i64;
+        }
+    }
+
+    // Observer.
+    let observer = async {
         let mut seen = vec![f64::NAN; total as usize];
-        let mut lo = 0u64;
         let mut polls = 0u64;
-        let mut done_at: Option<Instant> = None;
-        let url = format!("{}/{}/_search", env.services.es_url, env.alias);
-        loop {
-            if lo >= total {
-                break;
-            }
-            if done.load(Ordering::Relaxed) {
-                let d = *done_at.get_or_insert_with(Instant::now);
-                if d.elapsed() > Duration::from_secs(60) {
-                    break;
+        match &observe {
+            Observe::Poll => {
+                let mut lo = 0u64;
+                let mut done_at: Option<Instant> = None;
+                let url = format!("{}/{}/_search", env.services.es_url, env.alias);
+                while lo < total {
+                    if done.load(Ordering::Relaxed) {
+                        let d = *done_at.get_or_insert_with(Instant::now);
+                        if d.elapsed() > Duration::from_secs(60) {
+                            break;
+                        }
+                    }
+                    let q = json!({
+                        "size": 10000, "_source": ["last_name"], "sort": [{"last_name.raw": "asc"}],
+                        "query": {"range": {"last_name.raw": {"gte": stamp(offset + lo), "lte": "F999999999"}}}
+                    });
+                    let resp: serde_json::Value = env.http.post(&url).json(&q).send().await?.json().await?;
+                    let t = start.elapsed().as_secs_f64();
+                    polls += 1;
+                    for hit in resp["hits"]["hits"].as_array().cloned().unwrap_or_default() {
+                        let Some(id) = hit["_id"].as_str().and_then(|s| s.parse::<u64>().ok()) else { continue };
+                        let Some(s) = hit["_source"]["last_name"].as_str().and_then(|s| s.strip_prefix('F')).and_then(|s| s.parse::<u64>().ok()) else {
+                            continue;
+                        };
+                        let Some(s) = s.checked_sub(offset) else { continue };
+                        if s >= total || (s % n) + 1 != id {
+                            continue;
+                        }
+                        see(&mut seen, lo, n, s, t);
+                    }
+                    while lo < total && !seen[lo as usize].is_nan() {
+                        lo += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
                 }
             }
-            let q = json!({
-                "size": 10000, "_source": ["last_name"], "sort": [{"last_name.raw": "asc"}],
-                "query": {"range": {"last_name.raw": {"gte": stamp(lo), "lte": "F999999999"}}}
-            });
-            let resp: serde_json::Value = env.http.post(&url).json(&q).send().await?.json().await?;
-            let t = start.elapsed().as_secs_f64();
-            polls += 1;
-            for hit in resp["hits"]["hits"].as_array().cloned().unwrap_or_default() {
-                let Some(id) = hit["_id"].as_str().and_then(|s| s.parse::<u64>().ok()) else { continue };
-                let Some(s) = hit["_source"]["last_name"].as_str().and_then(|s| s.strip_prefix('F')).and_then(|s| s.parse::<u64>().ok()) else {
-                    continue;
-                };
-                if s >= total || (s % n) + 1 != id {
-                    continue;
+            Observe::Arrivals(d) => {
+                // Wait for the load to end and the backlog to drain (bounded), then read
+                // the endpoint's record.
+                while !done.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                // This write, and every earlier write to the same student, is now reflected.
-                let mut k = s as i64;
-                while k >= lo as i64 && seen[k as usize].is_nan() {
-                    seen[k as usize] = t;
-                    k -= n as i64;
+                let t = Instant::now();
+                while env.marks_left().await?.0 != 0 && t.elapsed() < Duration::from_secs(60) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut arrivals = d.take_stamps();
+                arrivals.sort_by_key(|a| a.1);
+                for (s, at) in arrivals {
+                    let Some(s) = s.checked_sub(offset) else { continue };
+                    if s >= total {
+                        continue;
+                    }
+                    let t = at.checked_duration_since(start).map_or(0.0, |d| d.as_secs_f64());
+                    see(&mut seen, 0, n, s, t);
                 }
             }
-            while lo < total && !seen[lo as usize].is_nan() {
-                lo += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Ok::<_, anyhow::Error>((seen, polls))
     };
 
-    let (writers_secs, (max_backlog, backlog_samples), poll) = tokio::join!(writers, backlog, poller);
+    let (writers_secs, backlog_samples, observed) = tokio::join!(writers, backlog, observer);
     let writers_secs = writers_secs?;
-    let (seen, polls) = poll?;
-    let proc_cpu = procs.spent();
-    let pg_cpu = pg.spent(&env.pool).await;
+    let (seen, polls) = observed?;
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_workers = workers_cpu.spent().as_secs_f64();
+    let cpu_server = match &observe {
+        Observe::Poll => server_cpu.spent().as_secs_f64(),
+        Observe::Arrivals(d) => (d.cpu() - endpoint_cpu0).as_secs_f64(),
+    };
+    let cpu_postgres = pg.spent(&env.pool).await.as_secs_f64();
+    env.stop_processes().await;
 
     let commit_at = commit_at.lock().unwrap().clone();
     let mut lat = Vec::new();
-    let mut unseen = 0;
-    let mut early = 0;
+    let (mut unseen, mut early) = (0, 0);
+    let secs = plan.fresh_secs as usize;
+    let mut by_sec: Vec<Vec<f64>> = vec![Vec::new(); secs + 1];
     for (c, s) in commit_at.iter().zip(&seen) {
         if c.is_nan() {
             continue;
         }
         if s.is_nan() {
             unseen += 1;
-        } else {
-            if s < c {
-                early += 1;
-            }
-            lat.push((s - c).max(0.0));
+            continue;
         }
-    }
-    let d = stats::dist(&lat);
-    let wl = stats::dist(&write_lat.lock().unwrap());
-    let achieved = total as f64 / writers_secs;
-    progress!("{}: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {} unseen", env.kind, d.p50 * 1e3, d.p99 * 1e3, d.max * 1e3, unseen);
-    env.stop_processes().await;
-
-    let mut out = Outcome::default();
-    out.rows.push(
-        Row::new(BENCH, format!("commit → searchable at {} writes/s for {} s (scheduler + 2 workers, osmem)", plan.fresh_rate, plan.fresh_secs))
-            .figure(format!("p99 {} (p50 {}, p95 {}, max {})", stats::secs(d.p99), stats::secs(d.p50), stats::secs(d.p95), stats::secs(d.max)))
-            .target(
-                if plan.fresh_rate >= 500 { "p99 ≤ 2 s at 500 writes/s" } else { "p99 ≤ 2 s at 500 writes/s (quick: lower rate)" },
-                Some(d.p99 <= 2.0 && unseen == 0 && (plan.fresh_rate < 500 || achieved >= 0.95 * rate)),
-            ),
-    );
-    out.section = format!(
-        "{} students seeded and indexed; `tidemark scheduler --interval 5s` and two `tidemark worker` (default \
-         configuration). {WRITERS} writer connections commit `UPDATE students SET last_name = 'F<k>' WHERE id = <k mod N + 1>` \
-         for k = 0, 1, 2, …, write k due at k / {} s after the start (each its own transaction, so each sends its \
-         notification). The commit time is taken when the `UPDATE` returns. A poller searches the alias every ~25 ms \
-         for stamps at or above the lowest one not yet seen (`range` on `last_name.raw`, oldest first) and records when \
-         each stamp — or a later stamp of the same student — is first returned.\n\n\
-         | | |\n| --- | --- |\n\
-         | writes | {} in {:.1} s = {:.0}/s achieved (target rate {}/s) |\n\
-         | write latency (UPDATE + commit) | p50 {}, p99 {}, max {} |\n\
-         | **commit → searchable** | **p50 {}, p95 {}, p99 {}, max {}** (mean {}) |\n\
-         | not searchable 60 s after the load stopped | {} |\n\
-         | seen before the writer had its commit acknowledged (counted as 0) | {} |\n\
-         | polls | {} in {:.1} s ({:.0} ms per cycle) |\n\
-         | marks waiting, sampled each second | max {}, samples {} |\n\
-         | CPU during the run | workers + scheduler + search server {}, PostgreSQL backends {} |\n",
-        stats::int(n),
-        plan.fresh_rate,
-        stats::int(total),
-        writers_secs,
-        achieved,
-        plan.fresh_rate,
-        stats::secs(wl.p50),
-        stats::secs(wl.p99),
-        stats::secs(wl.max),
-        stats::secs(d.p50),
-        stats::secs(d.p95),
-        stats::secs(d.p99),
-        stats::secs(d.max),
-        stats::secs(d.mean),
-        unseen,
-        early,
-        polls,
-        elapsed,
-        elapsed * 1e3 / polls.max(1) as f64,
-        max_backlog,
-        backlog_samples.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
-        stats::dur(proc_cpu),
-        stats::dur(pg_cpu),
-    );
-    // Latency over time, by second of the run (when the write committed).
-    let secs = plan.fresh_secs as usize;
-    let mut by_sec: Vec<Vec<f64>> = vec![Vec::new(); secs + 1];
-    for (c, s) in commit_at.iter().zip(&seen) {
-        if !c.is_nan() && !s.is_nan() {
-            by_sec[(*c as usize).min(secs)].push(s - c);
+        if s < c {
+            early += 1;
         }
+        lat.push((s - c).max(0.0));
+        by_sec[(*c as usize).min(secs)].push((s - c).max(0.0));
     }
-    out.section.push_str("\nCommit → searchable p99 per 5-second window of the run: ");
-    let windows: Vec<String> = by_sec
+    let latency = stats::dist(&lat);
+    progress!(
+        "{}: into {what}: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {} unseen",
+        env.kind,
+        latency.p50 * 1e3,
+        latency.p99 * 1e3,
+        latency.max * 1e3,
+        unseen
+    );
+    let windows_p99_ms = by_sec
         .chunks(5)
         .map(|w| {
             let all: Vec<f64> = w.iter().flatten().copied().collect();
-            if all.is_empty() { "–".into() } else { format!("{:.0} ms", stats::dist(&all).p99 * 1e3) }
+            (!all.is_empty()).then(|| stats::dist(&all).p99 * 1e3)
         })
         .collect();
-    out.section.push_str(&windows.join(", "));
-    out.section.push_str(".\n");
-    out.raw = json!({
-        "students": n, "rate": plan.fresh_rate, "secs": plan.fresh_secs, "writes": total, "achieved_rate": achieved,
-        "latency": d, "write_latency": wl, "unseen": unseen, "early": early, "polls": polls, "max_backlog": max_backlog,
-        "cpu_procs_s": proc_cpu.as_secs_f64(), "cpu_postgres_s": pg_cpu.as_secs_f64(),
-    });
-    Ok(out)
+    let write_latency = stats::dist(&write_lat.lock().unwrap().clone());
+    Ok(Load {
+        what,
+        writes: total,
+        writers_secs,
+        achieved: total as f64 / writers_secs,
+        latency,
+        write_latency,
+        unseen,
+        early,
+        polls,
+        poll_cycle_ms: if polls > 0 { elapsed * 1e3 / polls as f64 } else { 0.0 },
+        max_backlog: backlog_samples.iter().copied().max().unwrap_or(0),
+        backlog: backlog_samples,
+        windows_p99_ms,
+        cpu_workers,
+        cpu_server,
+        cpu_postgres,
+    })
 }

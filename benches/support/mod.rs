@@ -28,6 +28,9 @@ pub struct Plan {
     /// university's, per-document baseline sample or None for all of them).
     pub fanout: Vec<FanoutCase>,
     pub reindex_discard_students: u64,
+    /// Each discarding-endpoint run is repeated this many times (the machine is shared:
+    /// the best run is the least disturbed one).
+    pub reindex_repeats: usize,
     pub reindex_baseline_sample: usize,
     /// Students for the end-to-end reindex into osmem (its index is reused by the facets).
     pub reindex_osmem_students: u64,
@@ -56,6 +59,8 @@ pub struct FanoutCase {
     pub baseline_sample: Option<usize>,
     /// Also measure tidemark's own part of this fan-out against the discarding endpoint.
     pub discard_too: bool,
+    /// Renames measured one after the other (the median is judged).
+    pub repeats: usize,
 }
 
 impl Plan {
@@ -63,8 +68,9 @@ impl Plan {
         if quick {
             Plan {
                 quick,
-                fanout: vec![FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false }],
+                fanout: vec![FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false, repeats: 3 }],
                 reindex_discard_students: 100_000,
+                reindex_repeats: 3,
                 reindex_baseline_sample: 5_000,
                 reindex_osmem_students: 10_000,
                 reindex_raw_sample: 10_000,
@@ -85,10 +91,11 @@ impl Plan {
             Plan {
                 quick,
                 fanout: vec![
-                    FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false },
-                    FanoutCase { students: 1_000_000, index_only_renamed: true, baseline_sample: Some(10_000), discard_too: true },
+                    FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false, repeats: 5 },
+                    FanoutCase { students: 1_000_000, index_only_renamed: true, baseline_sample: Some(10_000), discard_too: true, repeats: 1 },
                 ],
                 reindex_discard_students: 1_000_000,
+                reindex_repeats: 2,
                 reindex_baseline_sample: 20_000,
                 reindex_osmem_students: 200_000,
                 reindex_raw_sample: 20_000,

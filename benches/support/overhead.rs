@@ -23,6 +23,130 @@ async fn set_capture(env: &BenchEnv, on: bool) -> Result<()> {
     env.sql(&format!("ALTER TABLE students {} TRIGGER tidemark_capture_update", if on { "ENABLE" } else { "DISABLE" })).await
 }
 
+/// Experimental capture variants, created in the benchmark's own database only, to see
+/// where the overhead goes. Each is a trigger on `students`, created disabled.
+const VARIANTS_SQL: &str = r#"
+CREATE SCHEMA bench;
+-- The statement trigger with transition tables, doing nothing: the price of the mechanism.
+CREATE FUNCTION bench.noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER bench_noop AFTER UPDATE ON students
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION bench.noop();
+-- tidemark's capture (as in migrations/0002 when this was written) without its NOTIFY.
+CREATE FUNCTION bench.capture_quiet() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE v bigint := nextval('tidemark.seq');
+BEGIN
+    INSERT INTO tidemark.dirty_students AS d (student_id, seq)
+    SELECT coalesce(n.id, o.id), v
+      FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
+     WHERE n.id IS NULL OR o.id IS NULL
+        OR (n.first_name, n.last_name, n.age, n.year_in_school, n.university_id)
+           IS DISTINCT FROM (o.first_name, o.last_name, o.age, o.year_in_school, o.university_id)
+     ORDER BY 1
+    ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq
+    WHERE d.xmin::text <> (txid_current() % 4294967296)::text;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_quiet AFTER UPDATE ON students
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION bench.capture_quiet();
+-- A row-level trigger: one upsert per changed row, no transition tables.
+CREATE FUNCTION bench.capture_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO tidemark.dirty_students AS d (student_id, seq) VALUES (NEW.id, nextval('tidemark.seq'))
+    ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq;
+    PERFORM pg_notify('tidemark_sync', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_row AFTER UPDATE ON students FOR EACH ROW
+    WHEN ((NEW.first_name, NEW.last_name, NEW.age, NEW.year_in_school, NEW.university_id)
+          IS DISTINCT FROM (OLD.first_name, OLD.last_name, OLD.age, OLD.year_in_school, OLD.university_id))
+    EXECUTE FUNCTION bench.capture_row();
+ALTER TABLE students DISABLE TRIGGER bench_noop, DISABLE TRIGGER bench_quiet, DISABLE TRIGGER bench_row;
+"#;
+
+/// (trigger enabled on `students` besides none, label)
+const VARIANTS: [(&str, &str); 5] = [
+    ("", "no trigger"),
+    ("bench_noop", "statement trigger with transition tables that does nothing"),
+    ("tidemark_capture_update", "**tidemark's capture** (as shipped)"),
+    ("bench_quiet", "the same capture without its `NOTIFY`"),
+    ("bench_row", "row-level trigger (`WHEN` changed): one upsert + `NOTIFY` per row"),
+];
+
+async fn only_trigger(env: &BenchEnv, name: &str) -> Result<()> {
+    let mut sql = String::from("ALTER TABLE students");
+    for (i, (t, _)) in VARIANTS.iter().filter(|(t, _)| !t.is_empty()).enumerate() {
+        sql.push_str(if i == 0 { " " } else { ", " });
+        sql.push_str(if *t == name { "ENABLE TRIGGER " } else { "DISABLE TRIGGER " });
+        sql.push_str(t);
+    }
+    env.sql(&sql).await
+}
+
+async fn single_mean(env: &BenchEnv, n: i64, count: usize, rng: &mut rand::rngs::StdRng) -> Result<f64> {
+    env.sql("TRUNCATE tidemark.dirty_students").await?;
+    let mut conn = env.pool.acquire().await?;
+    for _ in 0..100 {
+        sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
+    }
+    let t = Instant::now();
+    for _ in 0..count {
+        sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
+    }
+    Ok(t.elapsed().as_secs_f64() / count as f64)
+}
+
+async fn bulk_once(env: &BenchEnv) -> Result<f64> {
+    env.sql("TRUNCATE tidemark.dirty_students").await?;
+    env.sql("VACUUM students").await?;
+    env.sql("CHECKPOINT").await?;
+    let t = Instant::now();
+    sqlx::query(BULK).execute(&env.pool).await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Each variant alone on the table: mean single-row latency (two passes in opposite
+/// orders, averaged) and one 100k-row UPDATE.
+async fn variants(plan: &Plan, env: &BenchEnv) -> Result<String> {
+    env.sql(VARIANTS_SQL).await?;
+    let n = env.students as i64;
+    let count = plan.overhead_single_per_round / 2;
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut single = vec![Vec::new(); VARIANTS.len()];
+    for pass in 0..2 {
+        let order: Vec<usize> = if pass == 0 { (0..VARIANTS.len()).collect() } else { (0..VARIANTS.len()).rev().collect() };
+        for i in order {
+            only_trigger(env, VARIANTS[i].0).await?;
+            single[i].push(single_mean(env, n, count, &mut rng).await?);
+        }
+    }
+    let mut bulk = Vec::new();
+    for (t, _) in VARIANTS {
+        only_trigger(env, t).await?;
+        bulk.push(bulk_once(env).await?);
+    }
+    only_trigger(env, "tidemark_capture_update").await?;
+    env.sql("DROP SCHEMA bench CASCADE").await?;
+    let base_single = stats::median(&single[0]);
+    let mut s = format!(
+        "**Where the overhead goes**: each variant alone on the same table (experimental triggers created in the \
+         benchmark's database only); single-row: mean of two passes of {} statements in opposite orders; bulk: one \
+         100,000-row `UPDATE` each.\n\n\
+         | capture variant | single-row mean | vs none | 100,000-row `UPDATE` | vs none |\n| --- | --- | --- | --- | --- |\n",
+        stats::int(count as u64)
+    );
+    for (i, (_, label)) in VARIANTS.iter().enumerate() {
+        let m = stats::median(&single[i]);
+        s.push_str(&format!(
+            "| {label} | {} | {} | {} | {} |\n",
+            stats::ms(m),
+            stats::pct(m / base_single),
+            stats::secs(bulk[i]),
+            stats::ratio(bulk[i] / bulk[0])
+        ));
+    }
+    Ok(s)
+}
+
 pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
     let mut env = BenchEnv::new(services, "overhead", plan.out_dir.join("logs")).await?;
     let r = inner(plan, &mut env).await;
@@ -90,6 +214,8 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     }
     set_capture(env, true).await?;
     let (boff, bon) = (stats::median(&bulk[0]), stats::median(&bulk[1]));
+    progress!("{}: capture variants", env.kind);
+    let variants = variants(plan, env).await?;
     let bulk_ratio = bon / boff;
 
     let mut out = Outcome::default();
@@ -152,6 +278,7 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
         stats::secs(bon),
         settings.iter().map(|(k, v)| format!("`{k}={v}`")).collect::<Vec<_>>().join(", "),
     ));
+    s.push_str(&variants);
     out.raw = json!({"single_off": off, "single_on": on, "single_round_means": round_means, "bulk_off_s": bulk[0], "bulk_on_s": bulk[1]});
     Ok(out)
 }

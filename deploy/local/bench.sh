@@ -11,9 +11,10 @@
 # runs the harness (benches/tidemark.rs), and writes BENCHMARKS.md at the repository root
 # with the machine, the versions and the command. Raw numbers and logs: target/bench/.
 #
-# Knobs: BENCH_OSMEM_RESTART_MB (default 3000): before a full run, restart the local
-# osmem started by services.sh if it holds more memory than this (osmem never gives
-# memory back after an index is deleted, and the full run needs ~3 GB of it).
+# The search server: a pre-set ELASTICSEARCH_URL is used as it is (e.g. a real
+# Elasticsearch/OpenSearch); otherwise the run starts a private osmem (from the venv that
+# services.sh installs) and stops it at the end. BENCH_SHARED_OSMEM=1 uses the shared
+# local osmem instead.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -25,39 +26,47 @@ for a in "$@"; do [[ $a == --quick ]] && quick=1; done
 command_line="deploy/local/bench.sh${*:+ $*}"
 
 # One benchmark run at a time on this checkout (they sweep each other's leftovers).
-exec 8>"$OUT/.lock"
-flock -n 8 || { echo "bench.sh: another benchmark run holds $OUT/.lock" >&2; exit 1; }
+# Every process started from here gets `8>&-`, so no daemon keeps the lock after we exit.
+exec 8>"$OUT/run.lock"
+flock -n 8 || { echo "bench.sh: another benchmark run holds $OUT/run.lock" >&2; exit 1; }
 
 log() { printf '[bench.sh] %s\n' "$*" >&2; }
 
-eval "$(deploy/local/services.sh)"
+# A search server given by the caller (e.g. a real Elasticsearch) is used as it is;
+# otherwise the benchmarks get an osmem of their own (see below).
+preset_es="${ELASTICSEARCH_URL:-}"
+eval "$(deploy/local/services.sh 8>&-)"
 export DATABASE_URL REDIS_URL ELASTICSEARCH_URL
 
-# The local osmem's pid, when services.sh started it at ELASTICSEARCH_URL: the harness
-# reports its CPU, and a full run restarts it first if it is bloated.
+# Unless the caller chose a search server, run a private osmem for the benchmarks: a fresh
+# heap (osmem never gives memory back after an index is deleted), nobody else's load on
+# it (tests sharing the local one would distort every figure, and be distorted), and
+# memory freed when the run ends. BENCH_SHARED_OSMEM=1 uses services.sh's osmem instead.
 cache="${TIDEMARK_CACHE:-$HOME/.cache/tidemark}"
-osmem_pid() {
-  local p
-  [[ -f $cache/osmem.pid ]] || return 0
+export TIDEMARK_OSMEM_PID=""
+private_osmem=""
+cleanup() { [[ -n $private_osmem ]] && kill "$private_osmem" 2>/dev/null || true; }
+trap cleanup EXIT
+if [[ -z $preset_es && ${BENCH_SHARED_OSMEM:-0} != 1 ]]; then
+  bin=$("$cache/venv/bin/python" -c 'import osmem_server; print(osmem_server.resolve_binary())')
+  "$bin" -addr 127.0.0.1:0 -no-ja -no-stdin-watch -parent-pid $$ </dev/null >"$OUT/logs/osmem.log" 2>&1 8>&- &
+  private_osmem=$!
+  url=""
+  for _ in $(seq 100); do
+    url=$(head -n1 "$OUT/logs/osmem.log" 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["url"])' 2>/dev/null || true)
+    [[ -n $url ]] && curl -sf --max-time 2 -o /dev/null "$url/" && break
+    url=""
+    sleep 0.2
+  done
+  [[ -n $url ]] || { log "the private osmem did not start; see $OUT/logs/osmem.log"; exit 1; }
+  export ELASTICSEARCH_URL="$url" TIDEMARK_OSMEM_PID="$private_osmem"
+  log "private osmem at $url (pid $private_osmem)"
+elif [[ -z $preset_es && -f $cache/osmem.pid ]]; then
   p=$(<"$cache/osmem.pid")
-  [[ -n $p ]] && kill -0 "$p" 2>/dev/null || return 0
-  [[ $(readlink "/proc/$p/exe" 2>/dev/null) == *osmem* ]] || return 0
-  [[ $ELASTICSEARCH_URL == "http://127.0.0.1:${TIDEMARK_OSMEM_PORT:-9200}" ]] || return 0
-  echo "$p"
-}
-pid=$(osmem_pid)
-if [[ $quick -eq 0 && -n $pid ]]; then
-  rss_mb=$(awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$pid/status")
-  if (( rss_mb > ${BENCH_OSMEM_RESTART_MB:-3000} )); then
-    log "osmem (pid $pid) holds ${rss_mb} MB; restarting it so the full run has room (its indices are lost)"
-    kill "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    eval "$(deploy/local/services.sh)"
-    pid=$(osmem_pid)
+  if kill -0 "$p" 2>/dev/null && [[ $(readlink "/proc/$p/exe" 2>/dev/null) == *osmem* ]]; then
+    export TIDEMARK_OSMEM_PID="$p"
   fi
 fi
-export TIDEMARK_OSMEM_PID="$pid"
 
 # Leftovers of an interrupted earlier run: benchmark databases and indices.
 for db in $(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tidemark\_bench\_%'"); do
@@ -65,7 +74,9 @@ for db in $(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE dat
 done
 curl -s "$ELASTICSEARCH_URL/_cat/indices/bench_*?format=json&h=index" \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print("\n".join(i["index"] for i in d if isinstance(i, dict)))' 2>/dev/null \
-  | while read -r index; do [[ -n $index ]] && curl -s -XDELETE "$ELASTICSEARCH_URL/$index" >/dev/null; done
+  | while read -r index; do
+      if [[ -n $index ]]; then curl -s -XDELETE "$ELASTICSEARCH_URL/$index" >/dev/null || true; fi
+    done
 
 log "building (release)"
 cargo build --release --quiet --bin tidemark
@@ -75,7 +86,7 @@ started=$(date -u '+%Y-%m-%d %H:%M UTC')
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "running the benchmarks: $command_line"
 set +e
-cargo bench --quiet --bench tidemark -- --out "$OUT" "$@" 2>&1 | tee "$OUT/run.log"
+cargo bench --quiet --bench tidemark -- --out "$OUT" "$@" 2>&1 8>&- | tee "$OUT/run.log"
 status=${PIPESTATUS[0]}
 set -e
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -118,7 +129,7 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
   echo "| Rust | $(rustc -V) |"
   echo "| PostgreSQL | $pg_version ($pg_settings) |"
   echo "| Redis | ${redis_version:-unknown} |"
-  echo "| search server | $search_version (\`GET /\`)${osmem_version:+, osmem-server $osmem_version} |"
+  echo "| search server | $search_version (\`GET /\`)${osmem_version:+, osmem-server $osmem_version}$([[ -n $private_osmem ]] && echo ', a private instance started for this run') |"
   echo
   echo "Reading these numbers:"
   echo
