@@ -396,13 +396,13 @@ where
 }
 
 /// Starts a full build of `env`'s alias on `es_url` (what `tidemark admin reindex` does),
-/// chunks of 10,000 students.
+/// chunks of 10,000 students, then `ANALYZE tidemark.reindex_chunks`.
 ///
-/// WORKAROUND: then `ANALYZE tidemark.reindex_chunks`. Without statistics PostgreSQL plans
-/// `reindex::claim_chunk` as a nested loop that re-runs its `LIMIT 1 … FOR UPDATE SKIP
-/// LOCKED` subquery for every chunk row, so one claim leases *every* remaining chunk and
-/// processes one; the others wait for their lease (60 s) to run out. The reindex benchmark
-/// measures that bug separately (`claim_chunk` canary); with the claim fixed this is a no-op.
+/// The ANALYZE was a workaround for a claim bug (without statistics PostgreSQL re-ran
+/// `claim_chunk`'s `LIMIT 1 … FOR UPDATE SKIP LOCKED` sub-select for every chunk row, so one
+/// claim leased every chunk); the claims are fixed (e941e1c) and it is now a harmless
+/// no-op kept for older checkouts. The reindex benchmark's `claim_chunk` canary keeps
+/// checking for the bug.
 pub async fn start_build(env: &BenchEnv, es_url: &str, reason: &str) -> Result<tidemark::reindex::Build> {
     let search = env.search(es_url);
     let b = tidemark::reindex::start(&env.pool, &search, &env.alias, 10_000, reason).await?;

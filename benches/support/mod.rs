@@ -70,7 +70,7 @@ impl Plan {
                 quick,
                 fanout: vec![FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false, repeats: 3 }],
                 reindex_discard_students: 100_000,
-                reindex_repeats: 3,
+                reindex_repeats: 2,
                 reindex_baseline_sample: 5_000,
                 reindex_osmem_students: 10_000,
                 reindex_raw_sample: 10_000,

@@ -82,17 +82,19 @@ async fn only_trigger(env: &BenchEnv, name: &str) -> Result<()> {
     env.sql(&sql).await
 }
 
-async fn single_mean(env: &BenchEnv, n: i64, count: usize, rng: &mut rand::rngs::StdRng) -> Result<f64> {
+async fn single_latencies(env: &BenchEnv, n: i64, count: usize, rng: &mut rand::rngs::StdRng) -> Result<Vec<f64>> {
     env.sql("TRUNCATE tidemark.dirty_students").await?;
     let mut conn = env.pool.acquire().await?;
     for _ in 0..100 {
         sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
     }
-    let t = Instant::now();
+    let mut v = Vec::with_capacity(count);
     for _ in 0..count {
+        let t = Instant::now();
         sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
+        v.push(t.elapsed().as_secs_f64());
     }
-    Ok(t.elapsed().as_secs_f64() / count as f64)
+    Ok(v)
 }
 
 async fn bulk_once(env: &BenchEnv) -> Result<f64> {
@@ -116,7 +118,7 @@ async fn variants(plan: &Plan, env: &BenchEnv) -> Result<String> {
         let order: Vec<usize> = if pass == 0 { (0..VARIANTS.len()).collect() } else { (0..VARIANTS.len()).rev().collect() };
         for i in order {
             only_trigger(env, VARIANTS[i].0).await?;
-            single[i].push(single_mean(env, n, count, &mut rng).await?);
+            single[i].extend(single_latencies(env, n, count, &mut rng).await?);
         }
     }
     let mut bulk = Vec::new();
@@ -126,20 +128,24 @@ async fn variants(plan: &Plan, env: &BenchEnv) -> Result<String> {
     }
     only_trigger(env, "tidemark_capture_update").await?;
     env.sql("DROP SCHEMA bench CASCADE").await?;
-    let base_single = stats::median(&single[0]);
+    let base = stats::dist(&single[0]);
     let mut s = format!(
         "**Where the overhead goes**: each variant alone on the same table (experimental triggers created in the \
-         benchmark's database only); single-row: mean of two passes of {} statements in opposite orders; bulk: one \
+         benchmark's database only); single-row: two passes of {} statements in opposite orders (the median is the \
+         steadier figure: the mean carries the commits' occasional multi-millisecond `fsync`s); bulk: one \
          100,000-row `UPDATE` each.\n\n\
-         | capture variant | single-row mean | vs none | 100,000-row `UPDATE` | vs none |\n| --- | --- | --- | --- | --- |\n",
+         | capture variant | single-row p50 | vs none | single-row mean | vs none | 100,000-row `UPDATE` | vs none |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
         stats::int(count as u64)
     );
     for (i, (_, label)) in VARIANTS.iter().enumerate() {
-        let m = stats::median(&single[i]);
+        let d = stats::dist(&single[i]);
         s.push_str(&format!(
-            "| {label} | {} | {} | {} | {} |\n",
-            stats::ms(m),
-            stats::pct(m / base_single),
+            "| {label} | {} µs | {} | {} µs | {} | {} | {} |\n",
+            (d.p50 * 1e6).round(),
+            stats::pct(d.p50 / base.p50),
+            (d.mean * 1e6).round(),
+            stats::pct(d.mean / base.mean),
             stats::secs(bulk[i]),
             stats::ratio(bulk[i] / bulk[0])
         ));
@@ -221,9 +227,9 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     let mut out = Outcome::default();
     out.rows.push(
         Row::new(BENCH, "single-row `UPDATE` (autocommit), mean latency with capture")
-            .figure(format!("{} (p50 {}, p95 {})", stats::ms(on.mean), stats::ms(on.p50), stats::ms(on.p95)))
-            .baseline(format!("{} (p50 {}, p95 {}) without", stats::ms(off.mean), stats::ms(off.p50), stats::ms(off.p95)))
-            .ratio(format!("{} ({})", stats::ratio(single_ratio), stats::pct(single_ratio)))
+            .figure(format!("{} (p50 {}, p95 {})", stats::us(on.mean), stats::us(on.p50), stats::us(on.p95)))
+            .baseline(format!("{} (p50 {}, p95 {}) without", stats::us(off.mean), stats::us(off.p50), stats::us(off.p95)))
+            .ratio(format!("{} ({}; p50 {})", stats::ratio(single_ratio), stats::pct(single_ratio), stats::pct(on.p50 / off.p50)))
             .target("≤ 15 % latency", Some(single_ratio <= 1.15)),
     );
     out.rows.push(
@@ -255,22 +261,22 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
         stats::int(env.students),
         plan.overhead_single_rounds,
         stats::int(plan.overhead_single_per_round as u64),
-        stats::ms(off.mean),
-        stats::ms(off.p50),
-        stats::ms(off.p95),
-        stats::ms(off.p99),
-        stats::ms(off.max),
-        stats::ms(on.mean),
-        stats::ms(on.p50),
-        stats::ms(on.p95),
-        stats::ms(on.p99),
-        stats::ms(on.max),
+        stats::us(off.mean),
+        stats::us(off.p50),
+        stats::us(off.p95),
+        stats::us(off.p99),
+        stats::us(off.max),
+        stats::us(on.mean),
+        stats::us(on.p50),
+        stats::us(on.p95),
+        stats::us(on.p99),
+        stats::us(on.max),
         stats::ratio(single_ratio),
         stats::ratio(on.p50 / off.p50),
         stats::ratio(on.p95 / off.p95),
         stats::ratio(on.p99 / off.p99),
-        round_means[0].iter().map(|m| stats::ms(*m)).collect::<Vec<_>>().join(", "),
-        round_means[1].iter().map(|m| stats::ms(*m)).collect::<Vec<_>>().join(", "),
+        round_means[0].iter().map(|m| stats::us(*m)).collect::<Vec<_>>().join(", "),
+        round_means[1].iter().map(|m| stats::us(*m)).collect::<Vec<_>>().join(", "),
         plan.overhead_bulk_rounds.max(1),
         bulk[0].iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", "),
         stats::secs(boff),

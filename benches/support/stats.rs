@@ -73,6 +73,11 @@ pub fn ms(s: f64) -> String {
     if s.is_finite() { format!("{:.1} ms", s * 1e3) } else { "n/a".into() }
 }
 
+/// Microseconds, whole.
+pub fn us(s: f64) -> String {
+    if s.is_finite() { format!("{} µs", int((s * 1e6).round() as u64)) } else { "n/a".into() }
+}
+
 /// An integer with thousands separators: 1,234,567.
 pub fn int(n: u64) -> String {
     let s = n.to_string();
