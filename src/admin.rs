@@ -18,6 +18,8 @@ pub struct Status {
     pub lag_seconds: f64,
     /// Universities and courses whose students are still being marked.
     pub pending_fanouts: i64,
+    /// Students changed by large statements (bulk writes) and not yet expanded into marks.
+    pub pending_statement_students: i64,
     pub dead_letters: i64,
     pub alias: String,
     /// The physical indices behind the alias (empty: not created yet).
@@ -40,10 +42,14 @@ pub async fn status(pool: &PgPool, search: &Search, queue: Option<&Queue>, alias
     )
     .fetch_one(pool)
     .await?;
-    let (pending_fanouts, lag_parents): (i64, Option<f64>) =
-        sqlx::query_as("SELECT count(*), extract(epoch FROM clock_timestamp() - min(marked_at))::float8 FROM tidemark.dirty_parents")
-            .fetch_one(pool)
-            .await?;
+    let (pending_fanouts, pending_statement_students, lag_parents): (i64, i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE kind <> 'students'),
+                coalesce(sum(cardinality(ids) - cursor) FILTER (WHERE kind = 'students'), 0)::int8,
+                extract(epoch FROM clock_timestamp() - min(marked_at))::float8
+           FROM tidemark.dirty_parents",
+    )
+    .fetch_one(pool)
+    .await?;
     let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dead_letters").fetch_one(pool).await?;
     let mut problems = Vec::new();
     let (indices, documents) = match search.alias_targets(alias).await {
@@ -77,6 +83,7 @@ pub async fn status(pool: &PgPool, search: &Search, queue: Option<&Queue>, alias
         in_flight,
         lag_seconds: lag_marks.into_iter().chain(lag_parents).fold(0.0, f64::max),
         pending_fanouts,
+        pending_statement_students,
         dead_letters,
         alias: alias.to_string(),
         indices,
@@ -95,6 +102,7 @@ impl Status {
             ("  in flight", self.in_flight.to_string()),
             ("freshness lag", format!("{:.1}s", self.lag_seconds)),
             ("pending fan-outs", self.pending_fanouts.to_string()),
+            ("bulk-write students", self.pending_statement_students.to_string()),
             ("dead letters", self.dead_letters.to_string()),
             ("alias", self.alias.clone()),
             ("index", if self.indices.is_empty() { "(none yet)".to_string() } else { self.indices.join(", ") }),

@@ -2,7 +2,10 @@
 //! drains (steps until nothing is left). The stages are public so tests can hold a batch
 //! between its load and its acknowledgement.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -42,6 +45,8 @@ pub struct Prepared {
     pub targets: Targets,
     pub version: i64,
     pub docs: Vec<(i64, Option<StudentDoc>)>,
+    /// How long the read took.
+    pub load: Duration,
 }
 
 /// What one batch did.
@@ -53,6 +58,11 @@ pub struct BatchReport {
     pub acked: Acked,
     pub requests: u32,
     pub retried_ops: u64,
+    /// Where the batch's time went: reading the documents, shipping them (all attempts,
+    /// backoff included), acknowledging.
+    pub load: Duration,
+    pub ship: Duration,
+    pub ack: Duration,
 }
 
 /// What one step did.
@@ -105,6 +115,7 @@ impl Engine {
     /// protocol invariant 3). On failure the claim is given back.
     pub async fn prepare(&self, marks: Vec<Mark>) -> Result<Prepared, EngineError> {
         let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
+        let started = Instant::now();
         let result = async {
             let targets = self.targets().await?;
             let version = claim::draw_version(&self.pool).await?;
@@ -113,7 +124,7 @@ impl Engine {
         }
         .await;
         match result {
-            Ok((targets, version, docs)) => Ok(Prepared { marks, targets, version, docs }),
+            Ok((targets, version, docs)) => Ok(Prepared { marks, targets, version, docs, load: started.elapsed() }),
             Err(e) => {
                 self.give_back(&ids).await;
                 Err(e)
@@ -124,6 +135,7 @@ impl Engine {
     /// Encodes, ships with retries, and acknowledges under the sequence guard.
     pub async fn deliver(&self, p: Prepared) -> Result<BatchReport, EngineError> {
         let ids: Vec<i64> = p.marks.iter().map(|m| m.student_id).collect();
+        let started = Instant::now();
         let encoded = encode(&p.docs, &p.targets.indices, p.version);
         let shipped = match ship(&self.search, &encoded, self.ship_limits()).await {
             Ok(s) => s,
@@ -138,6 +150,7 @@ impl Engine {
                 tracing::warn!(student_id = id, status, %reason, "the index refused this document; it is in the dead-letter table (tidemark admin failed)");
             }
         }
+        let shipped_at = Instant::now();
         let acked = acknowledge(&self.pool, &self.owner, &p.marks, &verdicts).await?;
         if acked.later > 0 {
             tracing::warn!(students = acked.later, "some documents still failed after retries; their marks stay and a later sync retries them");
@@ -150,6 +163,9 @@ impl Engine {
             acked,
             requests: shipped.requests,
             retried_ops: shipped.retried_ops,
+            load: p.load,
+            ship: shipped_at - started,
+            ack: shipped_at.elapsed(),
         })
     }
 
@@ -269,6 +285,10 @@ impl Engine {
                 changed_in_flight = report.acked.changed_in_flight,
                 dead = report.acked.dead,
                 later = report.acked.later,
+                requests = report.requests,
+                load_ms = report.load.as_millis() as u64,
+                ship_ms = report.ship.as_millis() as u64,
+                ack_ms = report.ack.as_millis() as u64,
                 "batch synced"
             )
         });

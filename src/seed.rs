@@ -10,8 +10,9 @@
 //! Rows go in with `COPY … FROM STDIN` (text format, encoded straight into a byte
 //! buffer), with the foreign keys and secondary indexes recreated after the load (see
 //! [`DeferredSchema`]), all in one transaction: a failed seed leaves nothing behind.
-//! The capture triggers fire as for any writer, so every seeded student ends up marked
-//! dirty and is indexed by the workers; at 1 M students they are about half the time.
+//! The capture triggers fire as for any writer: each COPY is a large statement, so it
+//! leaves one row holding its students' ids (migration 0005), which the workers expand
+//! into marks and index.
 
 use std::time::{Duration, Instant};
 
@@ -150,10 +151,9 @@ pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedE
         }
     }
 
-    // The capture triggers sort each statement's ids (a batch's ~5.5 M enrollments);
-    // with the default 4 MB that sort and the transition tables spill to disk (the
-    // enrollments' marking took ~16 s instead of ~13 s at 1 M students). Raised for
-    // this transaction only, never lowered.
+    // The enrollments' capture trigger de-duplicates each statement's student ids (a
+    // batch's ~5.5 M enrollments); with the default 4 MB that and the transition tables
+    // spill to disk. Raised for this transaction only, never lowered.
     sqlx::query(
         "SELECT set_config('work_mem', '128MB', true)
            FROM pg_settings

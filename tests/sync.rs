@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use serde_json::json;
 use support::{small_directory, Env};
@@ -116,11 +116,16 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     engine.drain().await.unwrap();
     assert_eq!(env.count(json!({"match_all": {}})).await, 100_000);
 
-    // One statement, 100k rows: one trigger run, one notification, 100k marks.
+    // One statement, 100k rows: one trigger run, one notification, and one row for the
+    // writer (the statement's set of ids), expanded into marks by the workers.
     env.sql("UPDATE students SET age = 99").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100_000);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
+    assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents WHERE kind = 'students'").await, 100_000);
     let r = engine.drain().await.unwrap();
+    assert_eq!(r.fanned_out, 100_000);
     assert_eq!(r.indexed, 100_000);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
     assert_eq!(env.count(json!({"term": {"age": 99}})).await, 100_000);
     // Spot-check whole documents against the independent oracle.
     let expected = env.expected_docs().await;
@@ -130,12 +135,80 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_statement_is_one_row_for_the_writer_and_its_expansion_survives_a_crash() {
+    let env = Env::with_config(|c| c.sync.fanout_chunk = 1000).await;
+    small_directory(&env).await;
+    env.sql(
+        "INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id)
+         SELECT g, 'N' || g, 'L', 20, 'FR', 1 FROM generate_series(1, 2500) g",
+    )
+    .await;
+    // Under the threshold: marks, written directly.
+    env.sql("UPDATE students SET age = 21 WHERE id <= 999").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1, "the insert of 2,500 is one set");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 999);
+    env.engine().drain().await.unwrap();
+    env.assert_converged().await;
+
+    // 2,400 rows changed (100 of the 2,500 already have age 22): one row, the changed ids.
+    env.sql("UPDATE students SET age = 22 WHERE id > 2400").await;
+    env.sql("UPDATE students SET age = 22").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100, "a small statement marks directly");
+    assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents WHERE kind = 'students'").await, 2400);
+    let status = tidemark::admin::status(&env.pool, &env.search, None, &env.alias).await.unwrap();
+    assert_eq!((status.pending_statement_students, status.pending_fanouts), (2400, 0));
+
+    // A worker expands one chunk, then dies: its lease runs out, another resumes at the cursor.
+    let crashed = env.engine();
+    let mut set = tidemark::pipeline::fanout::claim_parent(&env.pool, &crashed.owner, Duration::from_secs(60)).await.unwrap().unwrap();
+    let step = tidemark::pipeline::fanout::expand_step(&env.pool, &crashed.owner, Duration::from_secs(60), &mut set, 1000).await.unwrap();
+    assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(1000));
+    assert_eq!(env.scalar_i64("SELECT cursor FROM tidemark.dirty_parents").await, 1000);
+    let status = tidemark::admin::status(&env.pool, &env.search, None, &env.alias).await.unwrap();
+    assert_eq!(status.pending_statement_students, 1400);
+    // Meanwhile a small write lands on a student of the set.
+    env.sql("UPDATE students SET last_name = 'Later' WHERE id = 2000").await;
+    env.sql("UPDATE tidemark.dirty_parents SET lease_until = now() - interval '1 second'").await;
+    let r = env.engine().drain().await.unwrap();
+    assert_eq!(r.fanned_out, 1400, "the expansion resumed after the 1,000 already marked");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
+    env.assert_converged().await;
+    assert_eq!(env.count(json!({"term": {"age": 22}})).await, 2500);
+
+    // A large DELETE and a large INSERT are sets too, and end converged.
+    env.sql("DELETE FROM students WHERE id > 1000").await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'M' || g, 'K', 30, 'SO' FROM generate_series(5001, 7000) g").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents WHERE kind = 'students'").await, 2);
+    env.engine().drain().await.unwrap();
+    env.assert_converged().await;
+    assert_eq!(env.count(json!({"match_all": {}})).await, 3000);
+
+    // Students, then their enrollments, in one transaction: one set (the second statement
+    // joins the first's row), and each student indexed once.
+    env.sql(
+        "BEGIN;
+         INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'E' || g, 'J', 40, 'JR' FROM generate_series(10001, 11500) g;
+         INSERT INTO student_courses SELECT g, 1 FROM generate_series(10001, 11500) g;
+         COMMIT;",
+    )
+    .await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
+    assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents").await, 3000);
+    let r = env.engine().drain().await.unwrap();
+    assert_eq!((r.fanned_out, r.indexed), (3000, 1500), "each student once");
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_never_hold_the_same_mark_and_together_converge() {
     let env = Env::new().await;
     env.create_index().await;
-    // Seeding marks every student it inserts.
     tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 3_000, seed: 3 }).await.unwrap();
+    // Seeding is one large statement (one set row for the writer); mark its students one by
+    // one instead, so the claims below have marks to take.
+    env.sql("DELETE FROM tidemark.dirty_parents; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
     let a = env.engine();
     let b = env.engine();
     // Concurrent claims never overlap while their leases run.

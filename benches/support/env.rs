@@ -143,7 +143,12 @@ impl BenchEnv {
         sqlx::query_scalar(q).fetch_one(&self.pool).await.with_context(|| q.to_string())
     }
 
-    /// (student marks, university/course marks) still waiting.
+    /// Two `bigint` columns of one row.
+    pub async fn scalar2(&self, q: &str) -> Result<(i64, i64)> {
+        sqlx::query_as(q).fetch_one(&self.pool).await.with_context(|| q.to_string())
+    }
+
+    /// (student marks, university/course/statement-set marks) still waiting.
     pub async fn marks_left(&self) -> Result<(i64, i64)> {
         Ok(sqlx::query_as("SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents)")
             .fetch_one(&self.pool)
@@ -172,7 +177,7 @@ impl BenchEnv {
     /// seed's marks are dropped first (the build reads every student anyway). Returns the
     /// seconds it took.
     pub async fn first_index(&self, parallel: usize) -> Result<f64> {
-        self.sql("TRUNCATE tidemark.dirty_students").await?;
+        self.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?;
         let es = self.services.es_url.clone();
         let t = Instant::now();
         start_build(self, &es, "benchmark: first index").await?;
@@ -208,6 +213,29 @@ impl BenchEnv {
     }
 
     // ----------------------------------------------------------------- search server
+
+    /// Sends pre-encoded `_bulk` bodies to the search server, `parallel` requests in flight,
+    /// and fails on any error item: the server's own pace, with no database and no tidemark.
+    pub async fn send_bulk_bodies(&self, bodies: Vec<Vec<u8>>, parallel: usize) -> Result<()> {
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
+        let url = format!("{}/_bulk", self.services.es_url);
+        let senders = (0..parallel).map(|_| {
+            let (queue, http, url) = (queue.clone(), self.http.clone(), url.clone());
+            async move {
+                loop {
+                    let Some(b) = queue.lock().unwrap().pop() else { return Ok::<_, anyhow::Error>(()) };
+                    let resp = http.post(&url).header("content-type", "application/x-ndjson").body(b).send().await?;
+                    let status = resp.status();
+                    let v: Value = resp.json().await?;
+                    if !status.is_success() || v["errors"] == serde_json::json!(true) {
+                        bail!("bulk: {status} {}", v.to_string().chars().take(300).collect::<String>());
+                    }
+                }
+            }
+        });
+        futures::future::try_join_all(senders).await?;
+        Ok(())
+    }
 
     pub async fn es(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let mut r = self.http.request(method, format!("{}{path}", self.services.es_url));
@@ -247,7 +275,8 @@ impl BenchEnv {
             .env("ELASTICSEARCH_URL", self.proc_es_url.as_ref().unwrap_or(&self.services.es_url))
             .env("TIDEMARK_INDEX_ALIAS", &self.alias)
             .env("TIDEMARK_QUEUE_NAMESPACE", &self.namespace)
-            .env("RUST_LOG", "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn")
+            // BENCH_PROCESS_LOG overrides the processes' log filter (e.g. `debug` to trace a slow run).
+            .env("RUST_LOG", std::env::var("BENCH_PROCESS_LOG").unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

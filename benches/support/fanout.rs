@@ -55,6 +55,48 @@ async fn wait_searchable(env: &BenchEnv, query: serde_json::Value, want: u64, ev
     }
 }
 
+/// Seconds osmem takes to index the renamed university's current documents on its own: read
+/// and encoded before the clock starts, then `_bulk` requests of 1,000 ops, 2 in flight.
+async fn server_alone(env: &BenchEnv, n: u64) -> Result<f64> {
+    use tidemark::pipeline::encode::{body, encode, split};
+    let index = env.index_name().await?;
+    let ids = renamed_ids(env, n as usize).await?;
+    let mut docs = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(10_000) {
+        docs.extend(tidemark::pipeline::load::load(&env.pool, chunk).await?);
+    }
+    // A version above every write so far: these are accepted as updates, not 409s.
+    let version = tidemark::pipeline::claim::draw_version(&env.pool).await?;
+    let encoded = encode(&docs, &[index], version);
+    let all: Vec<usize> = (0..encoded.ops.len()).collect();
+    let bodies: Vec<Vec<u8>> = split(&encoded.ops, &all, 1000, usize::MAX).iter().map(|r| body(&encoded, r)).collect();
+    let t = Instant::now();
+    env.send_bulk_bodies(bodies, 2).await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The first `limit` students of the renamed university, in id order.
+async fn renamed_ids(env: &BenchEnv, limit: usize) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar("SELECT id FROM students WHERE university_id = 1 ORDER BY id LIMIT $1")
+        .bind(limit as i64)
+        .fetch_all(&env.pool)
+        .await?)
+}
+
+/// The tutorial's way: for each student, read it (one query, as an ORM `save()` does) and
+/// send one `PUT /<index>/_doc/<id>` with its document, in order.
+async fn per_student(env: &BenchEnv, es_url: &str, index: &str, ids: &[i64]) -> Result<()> {
+    for id in ids {
+        let docs = tidemark::pipeline::load::load(&env.pool, &[*id]).await?;
+        let Some(doc) = &docs[0].1 else { continue };
+        let resp = env.http.put(format!("{es_url}/{index}/_doc/{id}")).json(doc).send().await?;
+        if !resp.status().is_success() {
+            bail!("baseline request for student {id} answered {}", resp.status());
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
     let mut out = Outcome::default();
     let mut raw = Vec::new();
@@ -101,9 +143,9 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     // The index: everybody (a first build, as a first run does), or, to stay within osmem's
     // memory, only the renamed university's students (marked and synced).
     let (indexed, initial_what, initial) = if case.index_only_renamed {
-        env.sql("TRUNCATE tidemark.dirty_students").await?;
+        env.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?;
         env.create_index_unmarked(&es).await?;
-        env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE university_id = 1))").await?;
+        env.sql("SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students WHERE university_id = 1))").await?;
         progress!("{}: indexing the {label} students of the university to be renamed", env.kind);
         let t = Instant::now();
         env.drain(&es, 2, |_| {}).await?;
@@ -173,11 +215,16 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let update = stats::median(&tries.iter().map(|t| t.0).collect::<Vec<_>>());
     let m = tries[tries.len() / 2].1.clone();
 
+    // The server alone: the same documents, pre-encoded by tidemark's encoder, sent as the
+    // workers send them (requests of 1,000, 2 in flight), as updates of the live documents.
+    let server_alone = server_alone(env, n).await?;
+    progress!("{}: osmem alone took {:.3}s for the {label} documents", env.kind, server_alone);
+
     // tidemark's own part, against the discarding endpoint (no server cost).
     let mut own = None;
     if case.discard_too {
         let index = env.index_name().await?;
-        let discard = Discard::start(&[(env.alias.clone(), index)]);
+        let discard = Discard::start(&[(env.alias.clone(), index.clone())]);
         let name2 = format!("{name} (discard)");
         let cpu0 = (cpu::self_cpu(), discard.cpu());
         let t0 = Instant::now();
@@ -187,7 +234,15 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         let items = discard.bulk_items();
         let tm_cpu = (cpu::self_cpu() - cpu0.0).saturating_sub(discard.cpu() - cpu0.1);
         progress!("{}: the same fan-out into the discarding endpoint: {:.2}s ({} ops)", env.kind, secs, items);
-        own = Some((secs, items, tm_cpu));
+        // The tutorial's way against the same endpoint: what one request per student costs
+        // the client side alone.
+        let sample = case.baseline_sample.map_or(n as usize, |s| s.min(n as usize));
+        let ids = renamed_ids(env, sample).await?;
+        let t0 = Instant::now();
+        per_student(env, &discard.url, &index, &ids).await?;
+        let per_doc = t0.elapsed().as_secs_f64() * n as f64 / ids.len().max(1) as f64;
+        progress!("{}: one request per student into the discarding endpoint: {:.2}s for {}", env.kind, per_doc, label);
+        own = Some((secs, items, tm_cpu, per_doc));
     }
 
     // Baseline: one request per student, in order.
@@ -197,23 +252,8 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     progress!("{}: baseline, one request per student ({} of {label})", env.kind, stats::int(sample as u64));
     let t0 = Instant::now();
     sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name3).execute(&env.pool).await?;
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students WHERE university_id = 1 ORDER BY id LIMIT $1")
-        .bind(sample as i64)
-        .fetch_all(&env.pool)
-        .await?;
-    for id in &ids {
-        let docs = tidemark::pipeline::load::load(&env.pool, &[*id]).await?;
-        let Some(doc) = &docs[0].1 else { continue };
-        let resp = env
-            .http
-            .put(format!("{}/{index}/_doc/{id}", env.services.es_url))
-            .json(doc)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("baseline request for student {id} answered {}", resp.status());
-        }
-    }
+    let ids = renamed_ids(env, sample).await?;
+    per_student(env, &env.services.es_url, &index, &ids).await?;
     let bm = wait_searchable(env, json!({"term": {"university.name": name3}}), sample as u64, Duration::from_millis(20), Duration::from_secs(900), t0).await?;
     let base_measured = bm.all;
     let base = base_measured * n as f64 / sample as f64;
@@ -238,19 +278,27 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
             .ratio(stats::ratio(base / median_all))
             .target(target, Some(median_all < limit_s)),
     );
+    // However fast tidemark is, osmem needs `server_alone` to index these documents: the
+    // ratio through it cannot exceed this.
+    let ceiling = base / server_alone;
     out.rows.push(
-        Row::new(BENCH, format!("batched sync vs one request per document (fan-out of {label})"))
+        Row::new(BENCH, format!("batched sync vs one request per document, through osmem (fan-out of {label})"))
             .figure(stats::ratio(base / median_all))
+            .baseline(format!(
+                "ceiling here: {} (the per-document run ÷ {}, osmem's own time for these {label} documents in bulk, no tidemark)",
+                stats::ratio(ceiling),
+                stats::secs(server_alone)
+            ))
             .target("≥ 20×", Some(base / median_all >= 20.0)),
     );
-    if let Some((secs, _items, tm_cpu)) = own {
+    if let Some((secs, _items, _tm_cpu, per_doc)) = own {
         out.rows.push(
             Row::new(BENCH, format!("same fan-out of {label}, tidemark's own part (discarding endpoint, 2 in-process engines)"))
                 .figure(stats::secs(secs))
-                .baseline(format!("osmem alone: ≥ {} at its {} measured above", stats::secs(n as f64 / server_rate), stats::rate(server_rate)))
-                .target("< 15 s (tidemark's share)", Some(secs < 15.0)),
+                .baseline(format!("{} one request per student into the same endpoint", stats::secs(per_doc)))
+                .ratio(stats::ratio(per_doc / secs))
+                .target(if n > 10_000 { "≥ 20× (and < 15 s)" } else { "≥ 20× (and < 1 s)" }, Some(per_doc / secs >= 20.0 && secs < limit_s)),
         );
-        let _ = tm_cpu;
     }
 
     // Section.
@@ -283,7 +331,12 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
                 let k: u64 = line.split("size=").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|x| x.parse().ok()).unwrap_or(0);
                 docs += k;
                 if batches <= 12 {
-                    s.push_str(&format!("- {}: {proc_name}: batch of {} synced\n", stats::secs(*t), stats::int(k)));
+                    let ms = |key: &str| line.split(key).nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|x| x.parse::<f64>().ok());
+                    let stages = match (ms("load_ms="), ms("ship_ms="), ms("ack_ms=")) {
+                        (Some(l), Some(sh), Some(a)) => format!(" (read {}, `_bulk` {}, acknowledge {})", stats::ms(l / 1e3), stats::ms(sh / 1e3), stats::ms(a / 1e3)),
+                        _ => String::new(),
+                    };
+                    s.push_str(&format!("- {}: {proc_name}: batch of {} synced{stages}\n", stats::secs(*t), stats::int(k)));
                 }
             } else if line.contains("fan-out done") {
                 s.push_str(&format!("- {}: {proc_name}: fan-out done (every student marked)\n", stats::secs(*t)));
@@ -314,15 +367,28 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         stats::rate(server_rate),
         stats::secs(n as f64 / server_rate)
     ));
-    if let Some((secs, items, tm_cpu)) = own {
+    if let Some((secs, items, tm_cpu, per_doc)) = own {
         s.push_str(&format!(
             "- The same rename drained by 2 in-process engines into the discarding endpoint (tidemark's own cost: \
-               fan-out, reads, encoding, HTTP, acknowledgements): {} for {} ops ({} of tidemark CPU).\n",
+               fan-out, reads, encoding, HTTP, acknowledgements): {} for {} ops ({} of tidemark CPU); one request \
+               per student into the same endpoint: {}.\n",
             stats::secs(secs),
             stats::int(items),
-            stats::dur(tm_cpu)
+            stats::dur(tm_cpu),
+            stats::secs(per_doc)
         ));
     }
+    s.push_str(&format!(
+        "- The server alone: the same {label} documents, read and encoded before the clock starts, sent as the workers \
+           send them (`_bulk` requests of 1,000, 2 in flight) as updates of the live documents: {}. So through osmem \
+           the batched/per-document ratio is capped by the server, at {} here (the per-document run, {}, ÷ that), \
+           whatever the client does; the median rename spent {} on top of the server's own time. Elasticsearch and \
+           OpenSearch pay more per request (a translog `fsync` per write request by default), which widens the gap.\n",
+        stats::secs(server_alone),
+        stats::ratio(ceiling),
+        stats::secs(base),
+        stats::secs((median_all - server_alone).max(0.0))
+    ));
     if extrapolated {
         s.push_str(&format!(
             "- The baseline ran on the first {} students only and is extrapolated linearly to {label} (it is strictly sequential).\n",
@@ -335,7 +401,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         "initial_index_s": initial, "server_docs_per_s": server_rate, "warmup_s": warmup,
         "update_s": update, "milestones": tries.iter().map(|t| t.1.clone()).collect::<Vec<_>>(), "median_all_s": median_all, "cpu_tidemark_and_server_s": proc_cpu.as_secs_f64(), "cpu_postgres_s": pg_cpu.as_secs_f64(),
         "baseline_sample": sample, "baseline_measured_s": base_measured, "baseline_s": base,
-        "discard_s": own.map(|o| o.0), "discard_ops": own.map(|o| o.1),
+        "server_alone_s": server_alone, "discard_s": own.map(|o| o.0), "discard_ops": own.map(|o| o.1), "discard_per_doc_s": own.map(|o| o.3),
     });
     Ok((raw, update))
 }

@@ -68,7 +68,7 @@ impl Plan {
         if quick {
             Plan {
                 quick,
-                fanout: vec![FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false, repeats: 3 }],
+                fanout: vec![FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: true, repeats: 3 }],
                 reindex_discard_students: 100_000,
                 reindex_repeats: 2,
                 reindex_baseline_sample: 5_000,
@@ -76,8 +76,8 @@ impl Plan {
                 reindex_raw_sample: 10_000,
                 reindex_osmem_baseline_sample: 2_000,
                 overhead_students: 200_000,
-                overhead_single_rounds: 2,
-                overhead_single_per_round: 1_000,
+                overhead_single_rounds: 8,
+                overhead_single_per_round: 250,
                 overhead_bulk_rounds: 1,
                 fresh_students: 10_000,
                 fresh_rate: 200,
@@ -91,7 +91,7 @@ impl Plan {
             Plan {
                 quick,
                 fanout: vec![
-                    FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: false, repeats: 5 },
+                    FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: true, repeats: 5 },
                     FanoutCase { students: 1_000_000, index_only_renamed: true, baseline_sample: Some(10_000), discard_too: true, repeats: 1 },
                 ],
                 reindex_discard_students: 1_000_000,
@@ -101,8 +101,8 @@ impl Plan {
                 reindex_raw_sample: 20_000,
                 reindex_osmem_baseline_sample: 5_000,
                 overhead_students: 200_000,
-                overhead_single_rounds: 6,
-                overhead_single_per_round: 2_000,
+                overhead_single_rounds: 24,
+                overhead_single_per_round: 500,
                 overhead_bulk_rounds: 3,
                 fresh_students: 20_000,
                 fresh_rate: 500,

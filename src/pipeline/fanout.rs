@@ -1,37 +1,52 @@
-//! Fan-out: a renamed university or course becomes marks on its students, in bounded
-//! chunks that each commit with the expansion's cursor, so a crash resumes mid-way and a
-//! 100,000-student university never needs one huge transaction.
+//! Fan-out: a renamed university or course, or a large statement's set of students,
+//! becomes marks on its students, in bounded chunks that each commit with the expansion's
+//! cursor, so a crash resumes mid-way and a 100,000-student university never needs one
+//! huge transaction.
+//!
+//! The three kinds of row in `tidemark.dirty_parents`:
+//!
+//! | kind | what changed | `cursor` |
+//! | --- | --- | --- |
+//! | `university` | its name: every student of it | highest student id already marked |
+//! | `course` | its name: every student enrolled | highest student id already marked |
+//! | `students` | one large statement (migration 0005): the ids it holds | ids already marked |
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 
-/// A claimed university or course mark.
+/// A claimed university, course or statement-set mark.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentMark {
     pub kind: String,
     pub parent_id: i64,
     pub seq: i64,
-    /// Students with an id up to here are already marked for this `seq`.
+    /// How far the expansion got for this `seq`: the highest student id marked (university,
+    /// course), or the number of ids marked (statement set).
     pub cursor: i64,
+    /// Drawn at the first claim, after the change committed: a student whose mark already
+    /// carries a higher number is not re-marked (that mark's reader reads the change).
+    pub expansion_seq: i64,
 }
 
 /// Claims one parent mark (the oldest unleased), or none.
 pub async fn claim_parent(pool: &PgPool, owner: &str, lease: Duration) -> Result<Option<ParentMark>, sqlx::Error> {
-    let row: Option<(String, i64, i64, i64)> = sqlx::query_as(
-        // One candidate, picked once (see claim.rs on why not a FROM sub-select).
+    let row: Option<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        // One candidate, picked once (see claim.rs on why not a FROM sub-select). The row is
+        // visible, so its change has committed: a number drawn now comes after it.
         "UPDATE tidemark.dirty_parents
-            SET lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond'
+            SET lease_owner = $1, lease_until = clock_timestamp() + $2 * interval '1 millisecond',
+                expansion_seq = coalesce(expansion_seq, nextval('tidemark.seq'))
           WHERE ctid = (SELECT ctid FROM tidemark.dirty_parents
                          WHERE lease_until IS NULL OR lease_until < clock_timestamp()
                          ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
-      RETURNING kind, parent_id, seq, cursor",
+      RETURNING kind, parent_id, seq, cursor, expansion_seq",
     )
     .bind(owner)
     .bind(lease.as_millis() as f64)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(kind, parent_id, seq, cursor)| ParentMark { kind, parent_id, seq, cursor }))
+    Ok(row.map(|(kind, parent_id, seq, cursor, expansion_seq)| ParentMark { kind, parent_id, seq, cursor, expansion_seq }))
 }
 
 /// What one expansion step did.
@@ -50,20 +65,43 @@ pub enum Step {
 pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &mut ParentMark, chunk: i64) -> Result<Step, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let ids: Vec<i64> = match parent.kind.as_str() {
-        "university" => sqlx::query_scalar(
-            "SELECT id FROM students WHERE university_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        ),
-        _ => sqlx::query_scalar(
-            "SELECT student_id FROM student_courses WHERE course_id = $1 AND student_id > $2 ORDER BY student_id LIMIT $3",
-        ),
-    }
-    .bind(parent.parent_id)
-    .bind(parent.cursor)
-    .bind(chunk)
-    .fetch_all(&mut *tx)
-    .await?;
-    sqlx::query("SELECT tidemark.mark_students($1)").bind(&ids).execute(&mut *tx).await?;
+        "university" => {
+            sqlx::query_scalar("SELECT id FROM students WHERE university_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                .bind(parent.parent_id)
+                .bind(parent.cursor)
+                .bind(chunk)
+                .fetch_all(&mut *tx)
+                .await?
+        }
+        "course" => {
+            sqlx::query_scalar(
+                "SELECT student_id FROM student_courses WHERE course_id = $1 AND student_id > $2 ORDER BY student_id LIMIT $3",
+            )
+            .bind(parent.parent_id)
+            .bind(parent.cursor)
+            .bind(chunk)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        // A statement set: the next slice of its ids (in the order the statement wrote them).
+        _ => sqlx::query_scalar::<_, Vec<i64>>(
+            "SELECT coalesce(ids[($2 + 1)::int : ($2 + $3)::int], '{}') FROM tidemark.dirty_parents WHERE kind = 'students' AND parent_id = $1",
+        )
+        .bind(parent.parent_id)
+        .bind(parent.cursor)
+        .bind(chunk)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or_default(),
+    };
+    // Directly as marks (`mark_students` would turn a large chunk back into a set), leaving
+    // marks made after the change committed as they are.
+    sqlx::query("SELECT tidemark.mark_students_now($1, $2)").bind(&ids).bind(parent.expansion_seq).execute(&mut *tx).await?;
     let last = (ids.len() as i64) < chunk;
+    let cursor = match parent.kind.as_str() {
+        "students" => parent.cursor + ids.len() as i64,
+        _ => ids.last().copied().unwrap_or(parent.cursor),
+    };
     let moved = if last {
         sqlx::query("DELETE FROM tidemark.dirty_parents WHERE kind = $1 AND parent_id = $2 AND seq = $3")
             .bind(&parent.kind)
@@ -80,7 +118,7 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
         .bind(&parent.kind)
         .bind(parent.parent_id)
         .bind(parent.seq)
-        .bind(ids.last().copied().unwrap_or(parent.cursor))
+        .bind(cursor)
         .bind(owner)
         .bind(lease.as_millis() as f64)
         .execute(&mut *tx)
@@ -106,7 +144,7 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
     if last {
         Ok(Step::Finished(n))
     } else {
-        parent.cursor = *ids.last().expect("a full chunk is not empty");
+        parent.cursor = cursor;
         Ok(Step::Marked(n))
     }
 }

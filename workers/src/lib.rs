@@ -90,13 +90,15 @@ impl Queue {
             // worker's in-flight set; vacuum() then deletes the bookkeeping.
             .persist_results(true)
             // An idle apalis-redis worker looks for new jobs when its heartbeat fires, so
-            // the heartbeat is what bounds nudge → start. 200 ms keeps that well under the
-            // freshness target for one cheap Redis call per tick; a worker is declared
-            // dead (its jobs re-enqueued) after 600 missed beats, 2 minutes: heartbeats
-            // pause while every job slot is busy, and a long step must not make a healthy
-            // worker look dead.
-            .heartbeat_interval(Duration::from_millis(200))
-            .missed_heartbeats(600);
+            // the heartbeat is what bounds nudge → start for an idle fleet (a busy worker
+            // fetches again as soon as a job ends). 50 ms makes that ~25 ms on average
+            // (200 ms made a renamed university wait ~100 ms before its fan-out began,
+            // BENCHMARKS.md "Fan-out"), for a few cheap Redis scripts per tick. A worker
+            // is declared dead (its jobs re-enqueued) after 2,400 missed beats, 2 minutes:
+            // heartbeats pause while every job slot is busy, and a long step must not make
+            // a healthy worker look dead.
+            .heartbeat_interval(Duration::from_millis(50))
+            .missed_heartbeats(2400);
         let waiting_list = config.active_jobs_list();
         let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
