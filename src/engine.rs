@@ -93,13 +93,21 @@ pub struct Engine {
     /// Where to nudge when a step sees more work than it takes (None: no queue, as in
     /// `tidemark sync` and tests that drain in-process).
     pub queue: Option<Queue>,
+    /// One partial batch of this engine in flight at a time ("natural batching"): while it
+    /// ships, new marks pile up and the next claim takes them all. A server that falls
+    /// behind thus gets fewer, larger `_bulk` requests instead of many small ones — osmem
+    /// spent 0.6-0.9 ms per document in requests of 5-100 and 0.25 ms in requests of 500
+    /// (BENCHMARKS.md, "Freshness"), and Elasticsearch likewise pays per request — while an
+    /// idle one still gets each change at once. A full batch releases the gate as soon as it
+    /// is claimed: the backlog is then large and parallel batches pay.
+    batch_gate: tokio::sync::Semaphore,
 }
 
 impl Engine {
     pub fn new(pool: PgPool, search: Search, config: Arc<Config>, queue: Option<Queue>) -> Engine {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
         let owner = format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        Engine { pool, search, config, owner, queue }
+        Engine { pool, search, config, owner, queue, batch_gate: tokio::sync::Semaphore::new(1) }
     }
 
     fn lease(&self) -> Duration {
@@ -267,7 +275,9 @@ impl Engine {
         let (reindexed, finish) = self.reindex_step().await?;
         let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
         let batch_size = self.config.sync.batch_size as usize;
+        let gate = self.batch_gate.acquire().await.expect("the gate is never closed");
         let marks = self.claim(batch_size).await?;
+        let _gate = (marks.len() < batch_size).then_some(gate);
         if marks.is_empty() {
             return Ok(StepReport { fanned_out, reindexed, building, batch: None });
         }

@@ -210,6 +210,11 @@ pub async fn start(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32,
 /// hold truncated students) is abandoned, and a new one starts from the database as it is
 /// now. Returns the new build, if a request was taken.
 pub async fn take_resync_request(pool: &PgPool, search: &Search, alias: &str, chunk_size: u32) -> Result<Option<Build>, ReindexError> {
+    // Every step asks; almost always there is nothing: one cheap look before a transaction.
+    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tidemark.resync_requests)").fetch_one(pool).await?;
+    if !any {
+        return Ok(None);
+    }
     let mut tx = pool.begin().await?;
     let reasons: Vec<String> = sqlx::query_scalar("DELETE FROM tidemark.resync_requests RETURNING reason").fetch_all(&mut *tx).await?;
     if reasons.is_empty() {

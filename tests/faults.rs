@@ -319,3 +319,42 @@ async fn a_rust_writer_commits_and_nudges_once_without_piling_up_jobs() {
     env.assert_converged().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_a_slow_batch_ships_new_changes_wait_and_go_in_one_request() {
+    // A search server that has fallen behind gets one larger `_bulk` request, not one per
+    // change: a worker keeps one partial batch in flight, and the next claim takes all that
+    // piled up meanwhile.
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::with_config(|c| c.elasticsearch_url = Some(tidemark::config::Secret::new(proxy.url()))).await;
+    small_directory(&env).await;
+    env.create_index().await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 21) g").await;
+    env.engine().drain().await.unwrap();
+    let engine = std::sync::Arc::new(env.engine());
+
+    proxy.set(Faults { slow: 1.0, delay: Duration::from_millis(1500), only_path: Some("_bulk".into()), ..Faults::default() });
+    env.sql("UPDATE students SET age = 30 WHERE id = 1").await;
+    let first = tokio::spawn({
+        let e = engine.clone();
+        async move { e.step().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second job of the same worker starts while the first batch is still shipping.
+    let second = tokio::spawn({
+        let e = engine.clone();
+        async move { e.step().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in 2..=21 {
+        env.sql(&format!("UPDATE students SET age = 30 WHERE id = {id}")).await;
+    }
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(first.batch.unwrap().claimed, 1);
+    let second = second.batch.expect("the second job waited for the first batch, then took what piled up");
+    assert_eq!((second.claimed, second.requests), (20, 1), "twenty changes, one request");
+    assert_eq!(proxy.stats().slowed, 2, "two _bulk requests in all");
+    proxy.clear();
+    env.assert_converged().await;
+    env.cleanup().await;
+}

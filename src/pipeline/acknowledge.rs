@@ -4,7 +4,7 @@
 //! A change that landed while the batch was in flight re-numbered its mark, so the
 //! conditional delete leaves it, and it is indexed again by a later batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::PgPool;
 
@@ -75,45 +75,51 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
             Verdict::Later => acked.later += 1,
         }
     }
-    let mut tx = pool.begin().await?;
-    if !dead.0.is_empty() {
-        record_dead(&mut tx, &dead.0, &dead.2, &dead.3).await?;
-        acked.dead = dead.0.len() as u64;
-    }
-    // Clear done and dead marks, each only under its claimed number.
+    // Clear done and dead marks, each only under its claimed number, and forget the dead
+    // letters of students that now index fine: one statement, so one round trip and atomic
+    // on its own. Only a batch with refused documents needs a transaction, to record them
+    // together with clearing their marks.
     let ids: Vec<i64> = done.0.iter().chain(&dead.0).copied().collect();
     let seqs: Vec<i64> = done.1.iter().chain(&dead.1).copied().collect();
-    if !ids.is_empty() {
-        let r = sqlx::query(
-            "DELETE FROM tidemark.dirty_students d
+    let clear = sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM tidemark.dirty_students d
               USING unnest($1::bigint[], $2::bigint[]) AS a(id, seq)
-              WHERE d.student_id = a.id AND d.seq = a.seq",
-        )
-        .bind(&ids)
-        .bind(&seqs)
-        .execute(&mut *tx)
-        .await?;
-        acked.cleared = r.rows_affected();
-        acked.changed_in_flight = ids.len() as u64 - r.rows_affected();
-    }
-    if !done.0.is_empty() {
-        // A student that indexes fine now is no longer a dead letter.
-        sqlx::query("DELETE FROM tidemark.dead_letters WHERE student_id = ANY($1)")
-            .bind(&done.0)
-            .execute(&mut *tx)
-            .await?;
-    }
-    // Whatever is left (re-numbered in flight, or to retry later) is given back at once.
-    let all: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
-    sqlx::query(
-        "UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL
-          WHERE student_id = ANY($1) AND lease_owner = $2",
+              WHERE d.student_id = a.id AND d.seq = a.seq
+          RETURNING d.student_id),
+         healed AS (DELETE FROM tidemark.dead_letters WHERE student_id = ANY($3))
+         SELECT student_id FROM gone",
     )
-    .bind(&all)
-    .bind(owner)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&done.0);
+    let gone: Vec<i64> = if ids.is_empty() {
+        Vec::new()
+    } else if dead.0.is_empty() {
+        clear.fetch_all(pool).await?
+    } else {
+        let mut tx = pool.begin().await?;
+        record_dead(&mut tx, &dead.0, &dead.2, &dead.3).await?;
+        acked.dead = dead.0.len() as u64;
+        let gone = clear.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        gone
+    };
+    acked.cleared = gone.len() as u64;
+    acked.changed_in_flight = (ids.len() - gone.len()) as u64;
+    // Whatever is left (re-numbered in flight, or to retry later) is given back at once.
+    let cleared: HashSet<i64> = gone.into_iter().collect();
+    let left: Vec<i64> = marks.iter().map(|m| m.student_id).filter(|id| !cleared.contains(id)).collect();
+    if !left.is_empty() {
+        sqlx::query(
+            "UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL
+              WHERE student_id = ANY($1) AND lease_owner = $2",
+        )
+        .bind(&left)
+        .bind(owner)
+        .execute(pool)
+        .await?;
+    }
     Ok(acked)
 }
 
