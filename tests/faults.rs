@@ -358,3 +358,33 @@ async fn while_a_slow_batch_ships_new_changes_wait_and_go_in_one_request() {
     env.assert_converged().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_behind_a_slow_redis_keeps_picking_up_changes_after_idling() {
+    // Redis answering slower than the worker's 50 ms queue heartbeat: apalis-core 1.0.0 then
+    // sees its heartbeat timer fire while a job fetch is in flight, and after an empty fetch
+    // nothing wakes the worker again — it idles forever while jobs wait (seen as a stall at
+    // 500 writes/s, where a fetch occasionally outlasts the timer). No scheduler runs here:
+    // only the worker's own polling can pick the nudged jobs up.
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ada', 'Start', 20, 'FR')").await;
+    env.engine().drain().await.unwrap();
+    let link = support::SlowLink::start(&env.redis_url, Duration::from_millis(80)).await;
+    let redis = link.url_for(&env.redis_url);
+    let mut worker = env.spawn(&["worker"], |c| {
+        c.env("REDIS_URL", &redis);
+    });
+    for round in 1..=3 {
+        // Long enough for the worker to be back to waiting for jobs, with empty fetches.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let name = format!("Round{round}");
+        env.sql(&format!("UPDATE students SET last_name = '{name}' WHERE id = 1")).await;
+        env.eventually(&format!("change {round} is searchable"), Duration::from_secs(20), || async {
+            env.doc(1).await.is_some_and(|d| d["last_name"] == json!(name))
+        })
+        .await;
+    }
+    worker.terminate();
+    env.cleanup().await;
+}

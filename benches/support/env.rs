@@ -267,7 +267,12 @@ impl BenchEnv {
     /// Starts `tidemark <args>` with this environment; its stderr goes to a log file.
     pub fn spawn(&mut self, args: &[&str], log_name: &str) -> Result<u32> {
         let log_path = self.log_dir.join(format!("{}-{log_name}.log", self.kind));
-        let log = std::fs::File::create(&log_path)?;
+        // Appended, with a header: a benchmark that starts its processes twice keeps both logs.
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        {
+            use std::io::Write;
+            writeln!(log, "=== {} tidemark {}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"), args.join(" "))?;
+        }
         let child = Command::new(tidemark_bin())
             .args(args)
             .env("DATABASE_URL", &self.database_url)

@@ -29,6 +29,8 @@ command_line="deploy/local/bench.sh${*:+ $*}"
 # Every process started from here gets `8>&-`, so no daemon keeps the lock after we exit.
 exec 8>"$OUT/run.lock"
 flock -n 8 || { echo "bench.sh: another benchmark run holds $OUT/run.lock" >&2; exit 1; }
+# This run's process logs only (the harness appends to them).
+rm -f "$OUT"/logs/*.log
 
 log() { printf '[bench.sh] %s\n' "$*" >&2; }
 

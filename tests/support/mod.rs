@@ -370,6 +370,14 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A failing test shows what its processes said (the last 20,000 characters).
+        if std::thread::panicking() {
+            let out = self.output();
+            let from = out.len().saturating_sub(20_000);
+            let from = (from..out.len()).find(|&i| out.is_char_boundary(i)).unwrap_or(out.len());
+            let tail = &out[from..];
+            eprintln!("--- stderr of tidemark process {} (tail) ---\n{tail}\n--- end ---", self.child.id());
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -384,4 +392,67 @@ pub fn free_port() -> u16 {
 
 fn unsafe_kill(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// A TCP proxy that delays everything the upstream sends by `delay` (a far-away or
+/// overloaded server, e.g. Redis). Stops when dropped.
+pub struct SlowLink {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    /// `upstream` is a service URL (`redis://host:port/...`); the link forwards to its host
+    /// and port.
+    pub async fn start(upstream: &str, delay: Duration) -> SlowLink {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let u = url::Url::parse(upstream).expect("upstream is a URL");
+        let target = format!("{}:{}", u.host_str().expect("upstream host"), u.port().unwrap_or(6379));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind slow link");
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+                });
+                // Upstream → client: each chunk leaves `delay` after it arrived (latency,
+                // not a throughput limit).
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_rx.read(&mut buf).await {
+                        if n == 0 || tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((due, bytes)) = rx.recv().await {
+                        tokio::time::sleep_until(due.into()).await;
+                        if client_tx.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        SlowLink { addr, task }
+    }
+
+    /// `upstream` with its host and port replaced by the link's.
+    pub fn url_for(&self, upstream: &str) -> String {
+        let mut u = url::Url::parse(upstream).expect("upstream is a URL");
+        u.set_host(Some("127.0.0.1")).unwrap();
+        u.set_port(Some(self.addr.port())).unwrap();
+        u.to_string()
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

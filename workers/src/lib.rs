@@ -9,10 +9,17 @@
 //! `SET NX` flag, cleared by the worker that starts the job). A job that finds more work
 //! than one batch nudges again before it starts working, so idle workers join in at once.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use apalis::prelude::*;
-use apalis_core::backend::Vacuum;
+use apalis_core::backend::{BackendConfig, Vacuum, WireFormatBackend};
+use apalis_core::worker::context::WorkerContext;
 use apalis_cron::{CronScheduler, Schedule, Tick};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use serde::{Deserialize, Serialize};
@@ -193,6 +200,87 @@ fn rand_jitter_ms(max: u64) -> u64 {
     u64::from(nanos) % max
 }
 
+/// A backend that never sleeps longer than `every` while waiting for jobs.
+///
+/// apalis-core 1.0.0's `Persisted` backend (which apalis-redis uses) can go to sleep for
+/// good: its heartbeat timer is only looked at while no job fetch is in flight, so when
+/// the timer fires *during* a fetch and that fetch comes back empty, `poll_next` returns
+/// `Pending` with nothing left to wake the worker. The worker then neither fetches nor
+/// heartbeats again while jobs wait in Redis. How often that happens is the fetch time
+/// over the heartbeat interval per fetch: with a 50 ms heartbeat and hundreds of fetches a
+/// second under load, a worker stalled within a minute (BENCHMARKS.md, "Freshness"), and
+/// behind a Redis slower than the heartbeat, at once
+/// (`tests/faults.rs::a_worker_behind_a_slow_redis_keeps_picking_up_changes_after_idling`).
+/// This wrapper arms its own timer whenever the backend has nothing, so the worker is
+/// polled again within `every`: the backend then sees its heartbeat due and fetches.
+struct Awake<B> {
+    inner: B,
+    every: Duration,
+    nap: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Awake<B> {
+    fn new(inner: B, every: Duration) -> Self {
+        Awake { inner, every, nap: None }
+    }
+
+    /// Makes sure a wake-up is armed at most `every` from now.
+    fn arm(&mut self, cx: &mut Context<'_>) {
+        let every = self.every;
+        let nap = self.nap.get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+        if nap.as_mut().poll(cx).is_ready() {
+            nap.as_mut().reset(tokio::time::Instant::now() + every);
+            let _ = nap.as_mut().poll(cx);
+        }
+    }
+}
+
+impl<B: Backend> Backend for Awake<B> {
+    type Task = B::Task;
+    type Error = B::Error;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx, worker)
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        let next = self.inner.poll_next(cx, worker);
+        if next.is_pending() {
+            self.arm(cx);
+        }
+        next
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_close(cx, worker)
+    }
+}
+
+impl<B: BackendConfig> BackendConfig for Awake<B> {
+    type Args = B::Args;
+    type Id = B::Id;
+    type Kind = B::Kind;
+    type Config = B::Config;
+    type Layer = B::Layer;
+
+    fn config(&self) -> &Self::Config {
+        self.inner.config()
+    }
+
+    fn middleware(&mut self, worker: &mut WorkerContext) -> Self::Layer {
+        self.inner.middleware(worker)
+    }
+}
+
+impl<B: WireFormatBackend> WireFormatBackend for Awake<B> {
+    type Codec = B::Codec;
+    type Compact = B::Compact;
+
+    fn codec(&self) -> &Self::Codec {
+        self.inner.codec()
+    }
+}
+
 /// Runs sync jobs, `concurrency` at a time, until `shutdown` completes; then stops taking
 /// jobs and lets the running ones finish.
 pub async fn run_worker<R: SyncRunner>(
@@ -202,8 +290,9 @@ pub async fn run_worker<R: SyncRunner>(
     concurrency: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), QueueError> {
+    let every = queue.storage.get_config().heartbeat_interval;
     let worker = WorkerBuilder::new(name)
-        .backend(queue.storage.clone())
+        .backend(Awake::new(queue.storage.clone(), every))
         .concurrency(concurrency)
         .data(runner)
         .data(queue.clone())
