@@ -109,6 +109,38 @@ async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_row_updates_mark_what_changed_including_a_changed_id() {
+    // The single-row fast path of the capture trigger (migration 0006) and what it hands
+    // to the general path: a changed id, a student written twice in one transaction.
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR'), (2, 'Bo', 'Kim', 21, 'SO')").await;
+    env.engine().drain().await.unwrap();
+    env.sql("UPDATE students SET last_name = 'Fast' WHERE id = 1").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = 1").await, 1);
+    let seq_before: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
+    // Twice in one transaction: the second write needs no new number.
+    env.sql("BEGIN; UPDATE students SET age = 30 WHERE id = 1; UPDATE students SET age = 31 WHERE id = 1; COMMIT;").await;
+    let seq_after: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
+    assert!(seq_after > seq_before, "a later write renumbers the mark");
+    // A changed id: the old document must go and the new one come.
+    env.sql("UPDATE students SET id = 2002 WHERE id = 2").await;
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id IN (2, 2002)").await,
+        2,
+        "both sides of an id change are marked"
+    );
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    assert!(env.doc(2).await.is_none());
+    assert_eq!(env.doc(2002).await.unwrap()["last_name"], json!("Kim"));
+    let one = env.doc(1).await.unwrap();
+    assert_eq!((one["last_name"].clone(), one["age"].clone()), (json!("Fast"), json!(31)));
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     let env = Env::with_config(|c| c.sync.batch_size = 5000).await;
     tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 100_000, seed: 7 }).await.unwrap();
