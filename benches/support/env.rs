@@ -148,6 +148,12 @@ impl BenchEnv {
         sqlx::query_as(q).fetch_one(&self.pool).await.with_context(|| q.to_string())
     }
 
+    /// Empties what the capture writes: student marks and university/course/statement-set
+    /// marks.
+    pub async fn clear_marks(&self) -> Result<()> {
+        self.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await
+    }
+
     /// (student marks, university/course/statement-set marks) still waiting.
     pub async fn marks_left(&self) -> Result<(i64, i64)> {
         Ok(sqlx::query_as("SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents)")
@@ -177,7 +183,7 @@ impl BenchEnv {
     /// seed's marks are dropped first (the build reads every student anyway). Returns the
     /// seconds it took.
     pub async fn first_index(&self, parallel: usize) -> Result<f64> {
-        self.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?;
+        self.clear_marks().await?;
         let es = self.services.es_url.clone();
         let t = Instant::now();
         start_build(self, &es, "benchmark: first index").await?;

@@ -143,7 +143,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     // The index: everybody (a first build, as a first run does), or, to stay within osmem's
     // memory, only the renamed university's students (marked and synced).
     let (indexed, initial_what, initial) = if case.index_only_renamed {
-        env.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?;
+        env.clear_marks().await?;
         env.create_index_unmarked(&es).await?;
         env.sql("SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students WHERE university_id = 1))").await?;
         progress!("{}: indexing the {label} students of the university to be renamed", env.kind);

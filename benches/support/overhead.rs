@@ -88,21 +88,16 @@ async fn only_trigger(env: &BenchEnv, name: &str) -> Result<()> {
     env.sql(&sql).await
 }
 
-/// Empties what the capture writes: marks and statement sets.
-async fn clear_marks(env: &BenchEnv) -> Result<()> {
-    env.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await
-}
-
-async fn single_latencies(env: &BenchEnv, n: i64, count: usize, rng: &mut rand::rngs::StdRng) -> Result<Vec<f64>> {
-    clear_marks(env).await?;
-    let mut conn = env.pool.acquire().await?;
-    for _ in 0..100 {
+/// Runs `warm_up` single-row UPDATEs unmeasured, then `count` timed ones, on `conn`.
+async fn single_latencies(conn: &mut sqlx::PgConnection, n: i64, warm_up: usize, count: usize, rng: &mut rand::rngs::StdRng) -> Result<Vec<f64>> {
+    for _ in 0..warm_up {
         sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
     }
     let mut v = Vec::with_capacity(count);
     for _ in 0..count {
+        let id = rng.gen_range(1..=n);
         let t = Instant::now();
-        sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
+        sqlx::query(SINGLE).bind(id).execute(&mut *conn).await?;
         v.push(t.elapsed().as_secs_f64());
     }
     Ok(v)
@@ -130,7 +125,7 @@ async fn expand_all(env: &BenchEnv) -> Result<u64> {
 }
 
 async fn bulk_once(env: &BenchEnv) -> Result<f64> {
-    clear_marks(env).await?;
+    env.clear_marks().await?;
     env.sql("VACUUM students").await?;
     env.sql("CHECKPOINT").await?;
     let t = Instant::now();
@@ -151,7 +146,9 @@ async fn variants(plan: &Plan, env: &BenchEnv) -> Result<String> {
         let order: Vec<usize> = if pass == 0 { (0..VARIANTS.len()).collect() } else { (0..VARIANTS.len()).rev().collect() };
         for i in order {
             only_trigger(env, VARIANTS[i].0).await?;
-            single[i].extend(single_latencies(env, n, count, &mut rng).await?);
+            env.clear_marks().await?;
+            let mut conn = env.pool.acquire().await?;
+            single[i].extend(single_latencies(&mut conn, n, 100, count, &mut rng).await?);
         }
     }
     let mut bulk = Vec::new();
@@ -196,7 +193,7 @@ pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
 async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     env.seed(plan.overhead_students).await?;
     let n = env.students as i64;
-    clear_marks(env).await?;
+    env.clear_marks().await?;
     let settings: Vec<(String, String)> =
         sqlx::query_as("SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit', 'fsync', 'wal_sync_method', 'shared_buffers', 'work_mem') ORDER BY name")
             .fetch_all(&env.pool)
@@ -210,18 +207,9 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         for on in order {
             set_capture(env, on).await?;
-            clear_marks(env).await?;
+            env.clear_marks().await?;
             let mut conn = env.pool.acquire().await?;
-            for _ in 0..WARM_UP {
-                sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
-            }
-            let mut v = Vec::with_capacity(plan.overhead_single_per_round);
-            for _ in 0..plan.overhead_single_per_round {
-                let id = rng.gen_range(1..=n);
-                let t = Instant::now();
-                sqlx::query(SINGLE).bind(id).execute(&mut *conn).await?;
-                v.push(t.elapsed().as_secs_f64());
-            }
+            let v = single_latencies(&mut conn, n, WARM_UP, plan.overhead_single_per_round, &mut rng).await?;
             round_means[on as usize].push(stats::dist(&v).mean);
             lat[on as usize].extend(v);
         }
@@ -241,7 +229,7 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
         let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         for on in order {
             set_capture(env, on).await?;
-            clear_marks(env).await?;
+            env.clear_marks().await?;
             env.sql("VACUUM students").await?;
             env.sql("CHECKPOINT").await?;
             let t = Instant::now();
@@ -269,20 +257,11 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     // each trigger query's plan for the connection, planned for the transition tables'
     // size at the time, and a plan made for 100,000 rows must never serve one (a trigger
     // that did this once made every later single-row UPDATE on the connection ~90 ms).
-    clear_marks(env).await?;
+    env.clear_marks().await?;
     let after_bulk = {
         let mut conn = env.pool.acquire().await?;
         sqlx::query(BULK).execute(&mut *conn).await?;
-        let mut v = Vec::with_capacity(plan.overhead_single_per_round * 2);
-        for i in 0..WARM_UP + plan.overhead_single_per_round * 2 {
-            let id = rng.gen_range(1..=n);
-            let t = Instant::now();
-            sqlx::query(SINGLE).bind(id).execute(&mut *conn).await?;
-            if i >= WARM_UP {
-                v.push(t.elapsed().as_secs_f64());
-            }
-        }
-        stats::dist(&v)
+        stats::dist(&single_latencies(&mut conn, n, WARM_UP, plan.overhead_single_per_round * 2, &mut rng).await?)
     };
     let after_bulk_ratio = after_bulk.mean / on.mean;
     progress!("{}: single rows after a bulk UPDATE on the same connection: {}", env.kind, stats::us(after_bulk.mean));

@@ -90,7 +90,7 @@ struct Run {
 
 async fn measured_run(env: &BenchEnv, es_url: &str, path: Path, parallel: usize, discard: Option<&Discard>) -> Result<Run> {
     match path {
-        Path::Reindex => env.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?,
+        Path::Reindex => env.clear_marks().await?,
         Path::Sync => mark_all(env).await?,
     }
     let server_pid = if discard.is_none() { cpu::search_server_pid() } else { None };
@@ -160,7 +160,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
     let mut sp = Splits { path: Some(path), ..Default::default() };
     let build = match path {
         Path::Reindex => {
-            env.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?;
+            env.clear_marks().await?;
             Some(super::env::start_build(env, es_url, "benchmark split").await?)
         }
         Path::Sync => {
@@ -411,7 +411,7 @@ async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &
     }
     let split_reindex = split_run(env, &discard.url, Path::Reindex).await?;
     let split_sync = split_run(env, &discard.url, Path::Sync).await?;
-    env.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?;
+    env.clear_marks().await?;
     let sample = plan.reindex_baseline_sample.min(n as usize);
     let (bn, bsecs) = per_document(env, &discard.url, &format!("{}_baseline", env.alias), sample).await?;
     let base_rate = bn as f64 / bsecs;
@@ -529,7 +529,7 @@ async fn create_scratch(env: &BenchEnv, name: &str) -> Result<()> {
 async fn osmem_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
     let es = env.services.es_url.clone();
     env.seed(plan.reindex_osmem_students).await?;
-    env.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await?;
+    env.clear_marks().await?;
     let n = env.students;
     let label = stats::int(n);
 

@@ -64,27 +64,9 @@ pub enum Step {
 /// Marks the next `chunk` students of the parent, in one transaction with the cursor move.
 pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &mut ParentMark, chunk: i64) -> Result<Step, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let ids: Vec<i64> = match parent.kind.as_str() {
-        "university" => {
-            sqlx::query_scalar("SELECT id FROM students WHERE university_id = $1 AND id > $2 ORDER BY id LIMIT $3")
-                .bind(parent.parent_id)
-                .bind(parent.cursor)
-                .bind(chunk)
-                .fetch_all(&mut *tx)
-                .await?
-        }
-        "course" => {
-            sqlx::query_scalar(
-                "SELECT student_id FROM student_courses WHERE course_id = $1 AND student_id > $2 ORDER BY student_id LIMIT $3",
-            )
-            .bind(parent.parent_id)
-            .bind(parent.cursor)
-            .bind(chunk)
-            .fetch_all(&mut *tx)
-            .await?
-        }
+    let ids: Vec<i64> = if parent.kind == "students" {
         // A statement set: the next slice of its ids (in the order the statement wrote them).
-        _ => sqlx::query_scalar::<_, Vec<i64>>(
+        sqlx::query_scalar::<_, Vec<i64>>(
             "SELECT coalesce(ids[($2 + 1)::int : ($2 + $3)::int], '{}') FROM tidemark.dirty_parents WHERE kind = 'students' AND parent_id = $1",
         )
         .bind(parent.parent_id)
@@ -92,16 +74,23 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
         .bind(chunk)
         .fetch_optional(&mut *tx)
         .await?
-        .unwrap_or_default(),
+        .unwrap_or_default()
+    } else {
+        sqlx::query_scalar(match parent.kind.as_str() {
+            "university" => "SELECT id FROM students WHERE university_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            _ => "SELECT student_id FROM student_courses WHERE course_id = $1 AND student_id > $2 ORDER BY student_id LIMIT $3",
+        })
+        .bind(parent.parent_id)
+        .bind(parent.cursor)
+        .bind(chunk)
+        .fetch_all(&mut *tx)
+        .await?
     };
     // Directly as marks (`mark_students` would turn a large chunk back into a set), leaving
     // marks made after the change committed as they are.
     sqlx::query("SELECT tidemark.mark_students_now($1, $2)").bind(&ids).bind(parent.expansion_seq).execute(&mut *tx).await?;
     let last = (ids.len() as i64) < chunk;
-    let cursor = match parent.kind.as_str() {
-        "students" => parent.cursor + ids.len() as i64,
-        _ => ids.last().copied().unwrap_or(parent.cursor),
-    };
+    let cursor = if parent.kind == "students" { parent.cursor + ids.len() as i64 } else { ids.last().copied().unwrap_or(parent.cursor) };
     let moved = if last {
         sqlx::query("DELETE FROM tidemark.dirty_parents WHERE kind = $1 AND parent_id = $2 AND seq = $3")
             .bind(&parent.kind)
