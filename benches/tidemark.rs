@@ -30,7 +30,12 @@ struct Args {
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { quick: false, serve_discard: false, only: ALL.iter().map(|s| s.to_string()).collect(), out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench") };
+    let mut a = Args {
+        quick: false,
+        serve_discard: false,
+        only: ALL.iter().map(|s| s.to_string()).collect(),
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {

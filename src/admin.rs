@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::{search::Search, workers::Queue};
+use crate::{catalog::Build, services::Services, workers::Queue};
 
 /// A snapshot of the sync's health.
 #[derive(Debug, Serialize)]
@@ -29,12 +29,16 @@ pub struct Status {
     /// Sync jobs waiting in Redis (None when Redis could not be asked).
     pub queue_depth: Option<u64>,
     /// The running full reindex, or else the last one.
-    pub reindex: Option<crate::reindex::Build>,
+    pub reindex: Option<Build>,
     /// Problems met while gathering the status (a service down).
     pub problems: Vec<String>,
 }
 
-pub async fn status(pool: &PgPool, search: &Search, queue: Option<&Queue>, alias: &str) -> Result<Status, sqlx::Error> {
+/// Gathers the status. A search server or Redis that does not answer is a problem listed in
+/// the status, not an error: the database's half is still worth showing.
+/// `queue` is the connected queue, or why it could not be reached.
+pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Result<Status, sqlx::Error> {
+    let (pool, search, alias) = (&services.pool, &services.search, &services.config.index_alias);
     let (outstanding_marks, in_flight, lag_marks): (i64, i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE lease_until > clock_timestamp()),
                 extract(epoch FROM clock_timestamp() - min(marked_at))::float8
@@ -67,16 +71,19 @@ pub async fn status(pool: &PgPool, search: &Search, queue: Option<&Queue>, alias
         }
     };
     let queue_depth = match queue {
-        Some(q) => match q.depth().await {
+        Ok(q) => match q.depth().await {
             Ok(d) => Some(d),
             Err(e) => {
                 problems.push(e.to_string());
                 None
             }
         },
-        None => None,
+        Err(reason) => {
+            problems.push(reason);
+            None
+        }
     };
-    let reindex = crate::reindex::latest(pool, alias).await?;
+    let reindex = crate::catalog::latest(pool, alias).await?;
     Ok(Status {
         reindex,
         outstanding_marks,
@@ -85,7 +92,7 @@ pub async fn status(pool: &PgPool, search: &Search, queue: Option<&Queue>, alias
         pending_fanouts,
         pending_statement_students,
         dead_letters,
-        alias: alias.to_string(),
+        alias: alias.clone(),
         indices,
         documents,
         queue_depth,
@@ -113,10 +120,19 @@ impl Status {
         let reindex = self.reindex.as_ref().map(|b| {
             let pct = if b.docs_total > 0 { 100 * b.docs_done / b.docs_total } else { 100 };
             if b.is_active() {
-                format!("#{} {} {}: {}/{} documents ({pct}%), {}/{} chunks", b.id, b.state, b.target_index, b.docs_done, b.docs_total, b.chunks_done, b.chunks_total)
+                format!(
+                    "#{} {} {}: {}/{} documents ({pct}%), {}/{} chunks",
+                    b.id, b.state, b.target_index, b.docs_done, b.docs_total, b.chunks_done, b.chunks_total
+                )
             } else {
                 let when = b.finished_at.unwrap_or(b.started_at).format("%Y-%m-%d %H:%M:%S UTC");
-                format!("#{} {} {} at {when}{}", b.id, b.state, b.target_index, b.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())
+                format!(
+                    "#{} {} {} at {when}{}",
+                    b.id,
+                    b.state,
+                    b.target_index,
+                    b.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+                )
             }
         });
         let rows = rows.into_iter().chain(reindex.map(|r| ("reindex", r)));
@@ -140,6 +156,25 @@ pub struct DeadLetter {
     pub last_failed_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The dead letters as a table for people.
+pub fn render_failed(rows: &[DeadLetter]) -> String {
+    if rows.is_empty() {
+        return "no dead letters\n".into();
+    }
+    let mut out = format!("{:>10}  {:>6}  {:>8}  {:<20}  reason\n", "student", "status", "attempts", "last failed");
+    for r in rows {
+        out.push_str(&format!(
+            "{:>10}  {:>6}  {:>8}  {:<20}  {}\n",
+            r.student_id,
+            r.status.map_or("-".into(), |s| s.to_string()),
+            r.attempts,
+            r.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
+            r.error
+        ));
+    }
+    out
+}
+
 pub async fn failed(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
     sqlx::query_as(
         "SELECT student_id, status, error, attempts, first_failed_at, last_failed_at
@@ -155,10 +190,9 @@ pub async fn failed(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::
 /// counted on the same row.
 pub async fn retry_failed(pool: &PgPool, only: Option<&[i64]>) -> Result<u64, sqlx::Error> {
     let ids: Vec<i64> = match only {
-        Some(ids) => sqlx::query_scalar("SELECT student_id FROM tidemark.dead_letters WHERE student_id = ANY($1)")
-            .bind(ids)
-            .fetch_all(pool)
-            .await?,
+        Some(ids) => {
+            sqlx::query_scalar("SELECT student_id FROM tidemark.dead_letters WHERE student_id = ANY($1)").bind(ids).fetch_all(pool).await?
+        }
         None => sqlx::query_scalar("SELECT student_id FROM tidemark.dead_letters").fetch_all(pool).await?,
     };
     sqlx::query("SELECT tidemark.mark_students($1)").bind(&ids).execute(pool).await?;

@@ -79,7 +79,8 @@ fn is_secret_key(k: &str) -> bool {
     k.contains("password") || k.contains("secret") || k.contains("token") || k.contains("key")
 }
 
-/// A duration written as `250ms`, `5s`, `2m` or `1h`.
+/// A duration written the way people write them: `250ms`, `5s`, `1m30s`, `2h` (parsed and
+/// shown by `humantime`, which also refuses values too large to represent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -87,19 +88,9 @@ impl std::str::FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration; write e.g. 250ms, 5s, 2m or 1h"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("{s:?} has no unit; write e.g. 250ms, 5s, 2m or 1h")),
-        };
-        Ok(HumanDuration(d))
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 250ms, 5s, 1m30s or 1h"))
     }
 }
 
@@ -112,12 +103,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
-        }
+        write!(f, "{}", humantime::format_duration(self.0))
     }
 }
 
@@ -262,8 +248,7 @@ impl Config {
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.into(),
                     // toml's message quotes the offending line; a secret may stand on it.
@@ -306,11 +291,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = |name: &'static str, v: &Option<Secret>, schemes: &[&str], example: &'static str| {
             let Some(v) = v else { return Ok(()) };
-            let parsed = Url::parse(v.expose()).map_err(|e| ConfigError::BadUrl {
-                name,
-                reason: e.to_string(),
-                example,
-            })?;
+            let parsed = Url::parse(v.expose()).map_err(|e| ConfigError::BadUrl { name, reason: e.to_string(), example })?;
             if !schemes.contains(&parsed.scheme()) {
                 return Err(ConfigError::BadUrl {
                     name,
@@ -318,7 +299,7 @@ impl Config {
                     example,
                 });
             }
-            if parsed.host_str().map_or(true, str::is_empty) {
+            if parsed.host_str().is_none_or(str::is_empty) {
                 return Err(ConfigError::BadUrl { name, reason: "it has no host".into(), example });
             }
             Ok(())
@@ -484,8 +465,13 @@ mod tests {
     fn durations_parse_and_reject_clearly() {
         assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
         assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
-        assert!("5".parse::<HumanDuration>().unwrap_err().contains("no unit"));
+        assert_eq!("1m30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
+        assert_eq!(HumanDuration(Duration::from_secs(90)).to_string(), "1m 30s");
+        let no_unit = "5".parse::<HumanDuration>().unwrap_err();
+        assert!(no_unit.contains("unit") && no_unit.contains("1m30s"), "{no_unit}");
         assert!("fast".parse::<HumanDuration>().unwrap_err().contains("not a duration"));
+        // Too large for a Duration: refused, not wrapped around.
+        assert!("99999999999999999999h".parse::<HumanDuration>().unwrap_err().contains("not a duration"));
     }
 
     #[test]
@@ -507,15 +493,16 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let mut c = Config::default();
-        c.redis_url = Some(Secret::new("http://x:6379"));
+        let c = Config { redis_url: Some(Secret::new("http://x:6379")), ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("REDIS_URL"));
         let mut c = Config::default();
         c.sync.batch_size = 0;
         assert!(c.validate().unwrap_err().to_string().contains("sync.batch_size"));
-        let mut c = Config::default();
-        c.database_url = Some(Secret::new("postgres://u:hunter2@db/x"));
-        c.elasticsearch_url = Some(Secret::new("not a url hunter2"));
+        let c = Config {
+            database_url: Some(Secret::new("postgres://u:hunter2@db/x")),
+            elasticsearch_url: Some(Secret::new("not a url hunter2")),
+            ..Config::default()
+        };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("ELASTICSEARCH_URL") && !msg.contains("hunter2"), "{msg}");
     }

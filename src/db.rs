@@ -1,4 +1,4 @@
-//! PostgreSQL: the pool and the migrations.
+//! PostgreSQL: the pool, the migrations, and the check that they ran.
 
 use std::time::Duration;
 
@@ -12,11 +12,16 @@ pub enum DbError {
     Connect { url: String, reason: String },
     #[error("migrations failed: {0}")]
     Migrate(String),
+    #[error("the database has no tidemark schema yet; run `tidemark migrate` first")]
+    NotMigrated,
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
 
-/// Opens a pool of up to `max` connections and checks it works.
+/// Opens a pool of up to `max` connections and checks it works. sqlx's messages do not
+/// quote the URL; the URL in ours is redacted.
 pub async fn connect(config: &Config, max: u32) -> Result<PgPool, DbError> {
     let url = config.database_url()?;
     PgPoolOptions::new()
@@ -24,13 +29,7 @@ pub async fn connect(config: &Config, max: u32) -> Result<PgPool, DbError> {
         .acquire_timeout(Duration::from_secs(10))
         .connect(url.expose())
         .await
-        .map_err(|e| DbError::Connect { url: redact_url(url.expose()), reason: scrub(e) })
-}
-
-/// sqlx's messages do not quote the URL, but a server may echo a user name; keep it
-/// short and free of the URL's password in any case.
-fn scrub(e: sqlx::Error) -> String {
-    e.to_string()
+        .map_err(|e| DbError::Connect { url: redact_url(url.expose()), reason: e.to_string() })
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -38,4 +37,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Applies every pending migration (domain schema, capture, queue tables).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await.map_err(|e| DbError::Migrate(e.to_string()))
+}
+
+/// Refuses a database `tidemark migrate` never ran on, with the fix in the message.
+pub async fn check_schema(pool: &PgPool) -> Result<(), DbError> {
+    let ok: bool = sqlx::query_scalar("SELECT to_regclass('tidemark.dirty_students') IS NOT NULL").fetch_one(pool).await?;
+    if ok {
+        Ok(())
+    } else {
+        Err(DbError::NotMigrated)
+    }
 }

@@ -1,30 +1,40 @@
 //! tidemark keeps a search index of students in step with PostgreSQL.
 //!
-//! Layout, in the order data flows:
+//! # Layout
 //!
-//! - [`config`]: options from defaults, a TOML file and the environment; secrets redacted.
-//! - `migrations/` (SQL): the domain tables and the capture triggers that mark dirty rows.
-//! - [`pipeline`]: claim → fanout → load → encode → ship → classify → acknowledge, one
-//!   module per stage.
-//! - [`engine`]: strings the stages into a sync step, and drains.
-//! - [`index`]: which physical indices a batch writes to; [`reindex`]: zero-downtime full
-//!   reindex (chunks, dual writes, verification, atomic alias swap, rollback).
-//! - [`search`]: the search-server client; [`document`]: the document and its mapping.
-//! - [`admin`]: status, dead letters, retries; [`verify`]: index vs database;
-//!   [`seed`]: demo and benchmark data.
-//! - [`writer`]: `commit_and_nudge`, for Rust applications that write.
-//! - `workers/` (crate `tidemark-workers`): the jobs and the apalis glue.
+//! Lower layers never import higher ones; there is no import cycle.
+//!
+//! | layer | modules |
+//! | --- | --- |
+//! | edges | [`config`] (defaults, TOML, environment; secrets redacted) · [`db`] (pool, migrations) · [`search`] (the search-server client and the index operations it owns: alias moves, mget, scans) · [`document`] (the document and its mapping) · [`retry`] (the one backoff policy) |
+//! | shared | [`services`] (`Services`: pool, search client, config, process identity — built once, passed to everything) · [`catalog`] (the builds of an alias, as PostgreSQL records them) |
+//! | stages | [`pipeline`]: fanout → claim → targets → load → encode → ship → classify → acknowledge, a module per stage; `pipeline::batch` strings one batch together |
+//! | checks | [`verify`]: the one comparison of index and database (reindex promotion and `admin verify`) |
+//! | reindex | [`reindex`]: start, chunk, promote, rollback, prune, watch |
+//! | steps | [`sync`]: `Syncer` — a step (fan-out, a reindex chunk, a batch) and a drain |
+//! | processes | [`process`]: `worker`, `scheduler` and the notification `listener`, each `run(…, shutdown)` |
+//! | operators | [`admin`]: status, dead letters, retries · [`writer`]: `commit_and_nudge` for Rust writers |
+//!
+//! Outside this crate: `migrations/` (SQL: domain tables, capture triggers, tidemark's
+//! tables), `workers/` (crate `tidemark-workers`: the jobs and the apalis glue, the only
+//! code that touches apalis), `seeds/` (crate `tidemark-seeds`: demo and benchmark data),
+//! and `src/main.rs` (the `tidemark` binary: arguments in, a library call, output out).
+//!
+//! Each module boundary has its own error type (`thiserror`); only the binary uses
+//! `anyhow`.
 
 pub mod admin;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod document;
-pub mod engine;
-pub mod index;
 pub mod pipeline;
+pub mod process;
 pub mod reindex;
+pub mod retry;
 pub mod search;
-pub mod seed;
+pub mod services;
+pub mod sync;
 pub mod verify;
 pub mod writer;
 

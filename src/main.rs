@@ -1,20 +1,22 @@
 //! The `tidemark` binary: parse arguments, build the configuration, run one subcommand.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tidemark::{
     admin,
-    config::{redact_url, Config, HumanDuration},
+    catalog::{Build, BuildState},
+    config::{Config, HumanDuration},
     db,
-    engine::Engine,
+    process::{self, connect_queue_once},
     reindex,
-    search::Search,
-    seed, verify,
-    workers::{self, Queue},
+    services::Services,
+    sync::Syncer,
+    verify,
 };
-use tokio::sync::watch;
+use tidemark_seeds as seeds;
 
 /// Keeps an Elasticsearch/OpenSearch index of students in step with PostgreSQL.
 ///
@@ -53,7 +55,7 @@ enum Command {
     },
     /// Enqueue a sync every interval (safe to run more than one), until SIGTERM/SIGINT.
     Scheduler {
-        /// Whole seconds, e.g. 5s [default: scheduler.interval, 5s].
+        /// Whole seconds, e.g. 5s or 1m [default: scheduler.interval, 5s].
         #[arg(long)]
         interval: Option<HumanDuration>,
     },
@@ -124,7 +126,7 @@ enum AdminCommand {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -134,15 +136,19 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// Exit code of `admin verify` when it found differences (and of `sync` when it stopped
+/// with marks left), so scripts can tell "ran fine, found trouble" from "could not run".
+const FOUND_DIFFERENCES: u8 = 3;
+
+async fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     config.validate()?;
     let config = Arc::new(config);
@@ -152,21 +158,21 @@ async fn run(cli: Cli) -> Result<()> {
             db::migrate(&pool).await?;
             tracing::info!("migrations applied");
         }
-        Command::Seed { students, seed: s } => {
+        Command::Seed { students, seed } => {
             let pool = db::connect(&config, 2).await?;
-            let report = seed::seed(&pool, &seed::SeedOptions { students, seed: s }).await?;
+            let r = seeds::seed(&pool, &seeds::SeedOptions { students, seed }).await?;
             println!(
                 "seeded {} students, {} universities, {} courses, {} enrollments in {:.1}s",
-                report.students,
-                report.universities,
-                report.courses,
-                report.enrollments,
-                report.elapsed.as_secs_f64()
+                r.students,
+                r.universities,
+                r.courses,
+                r.enrollments,
+                r.elapsed.as_secs_f64()
             );
         }
         Command::Sync => {
-            let engine = engine(&config, None).await?;
-            let r = engine.drain().await?;
+            let services = Services::connect(config.clone(), config.worker.concurrency + 4).await?;
+            let r = Syncer::new(services, None).drain().await?;
             println!(
                 "synced: {} indexed, {} deleted, {} dead-lettered, {} fanned out, in {} batches{}",
                 r.indexed,
@@ -178,8 +184,9 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Worker { concurrency } => {
-            let concurrency = concurrency.unwrap_or(config.worker.concurrency) as usize;
-            run_worker(config, concurrency).await?;
+            let concurrency = concurrency.unwrap_or(config.worker.concurrency);
+            let services = Services::connect(config, concurrency + 4).await?;
+            process::worker::run(services, concurrency as usize, process::signal()).await?;
         }
         Command::Scheduler { interval } => {
             let mut config = (*config).clone();
@@ -187,291 +194,23 @@ async fn run(cli: Cli) -> Result<()> {
                 config.scheduler.interval = i;
                 config.validate()?;
             }
-            run_scheduler(Arc::new(config)).await?;
+            let services = Services::connect(Arc::new(config), 2).await?;
+            let interval = services.config.scheduler.interval.0;
+            process::scheduler::run(services, interval, process::signal()).await?;
         }
-        Command::Admin { command } => admin(config, command).await?,
+        Command::Admin { command } => return admin(config, command).await,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn engine(config: &Arc<Config>, queue: Option<Queue>) -> Result<Engine> {
-    let pool = db::connect(config, config.worker.concurrency + 4).await?;
-    check_schema(&pool).await?;
-    let search = Search::new(config)?;
-    Ok(Engine::new(pool, search, config.clone(), queue))
-}
-
-async fn check_schema(pool: &sqlx::PgPool) -> Result<()> {
-    let ok: bool = sqlx::query_scalar("SELECT to_regclass('tidemark.dirty_students') IS NOT NULL").fetch_one(pool).await?;
-    if !ok {
-        bail!("the database has no tidemark schema yet; run `tidemark migrate` first");
-    }
-    Ok(())
-}
-
-/// Connects to Redis, retrying with capped backoff until it answers or shutdown comes.
-async fn connect_queue(config: &Config, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Queue>> {
-    let url = config.redis_url()?;
-    let redacted = redact_url(url.expose());
-    let mut wait = Duration::from_millis(500);
-    loop {
-        match Queue::connect(url.expose(), &redacted, &config.queue_namespace).await {
-            Ok(q) => return Ok(Some(q)),
-            // Waiting cannot mend wrong credentials.
-            Err(e @ workers::QueueError::Unauthorized { .. }) => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "waiting for Redis");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return Ok(None),
-                }
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("stop requested; finishing running jobs");
-        let _ = tx.send(true);
-    });
-    rx
-}
-
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
-}
-
-/// Turns database notifications (one per writing transaction) into nudges, so a change is
-/// picked up within milliseconds rather than at the next tick.
-fn spawn_listener(pool: sqlx::PgPool, queue: Queue) {
-    tokio::spawn(async move {
-        loop {
-            let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for change notifications; retrying in 2s");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen("tidemark_sync").await {
-                tracing::warn!(error = %e, "LISTEN failed; retrying in 2s");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            loop {
-                match listener.recv().await {
-                    Ok(_) => {
-                        // Coalesce a burst: whatever else already arrived rides on this nudge.
-                        // (next_buffered does not wait; try_recv would.)
-                        while listener.next_buffered().is_some() {}
-                        if let Err(e) = queue.nudge("notify").await {
-                            tracing::debug!(error = %e, "nudge after notification failed");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "change-notification connection lost; reconnecting");
-                        break;
-                    }
-                }
-            }
-        }
-    });
-}
-
-async fn run_worker(config: Arc<Config>, concurrency: usize) -> Result<()> {
-    let mut shutdown = shutdown_signal();
-    let pool = db::connect(&config, concurrency as u32 + 4).await?;
-    check_schema(&pool).await?;
-    let search = Search::new(&config)?;
-    match search.ping().await {
-        Ok(()) => tracing::info!(url = search.redacted_url(), "search server reachable"),
-        Err(e @ tidemark::search::SearchError::Unauthorized { .. }) => return Err(e.into()),
-        Err(e) => tracing::warn!(error = %e, "search server not reachable yet; sync jobs will keep failing and retrying until it is"),
-    }
-    let name = format!("tidemark-worker-{}", std::process::id());
-    let mut listening = false;
-    // One lease owner for the life of the process, so the leases of steps cut short by a
-    // lost queue can be given back when the queue loop restarts.
-    let owner = Engine::new(pool.clone(), search.clone(), config.clone(), None).owner;
-    while !*shutdown.borrow() {
-        let Some(queue) = connect_queue(&config, &mut shutdown).await? else { break };
-        tracing::info!(concurrency, queue = %config.queue_namespace, "worker started");
-        if !listening {
-            spawn_listener(pool.clone(), queue.clone());
-            listening = true;
-        }
-        let mut engine = Engine::new(pool.clone(), search.clone(), config.clone(), Some(queue.clone()));
-        engine.owner = owner.clone();
-        let engine = Arc::new(engine);
-        // Whatever was left before this (re)start is looked for at once.
-        let _ = queue.nudge("worker-start").await;
-        let run = workers::run_worker(queue, engine, &name, concurrency, stopped(shutdown.clone()));
-        // After a stop request, running jobs get `shutdown_timeout` to finish; then the
-        // process gives their marks back and exits anyway.
-        let grace = {
-            let stop = stopped(shutdown.clone());
-            let timeout = config.worker.shutdown_timeout.0;
-            async move {
-                stop.await;
-                tokio::time::sleep(timeout).await;
-            }
-        };
-        let result = tokio::select! {
-            r = run => r,
-            () = grace => {
-                tracing::warn!(timeout = %config.worker.shutdown_timeout, "running jobs did not finish in time; giving their marks back");
-                Ok(())
-            }
-        };
-        match result {
-            Ok(()) if *shutdown.borrow() => break,
-            Ok(()) => tracing::warn!("queue worker ended; restarting"),
-            Err(e) => tracing::warn!(error = %e, "queue worker failed (Redis lost?); reconnecting"),
-        }
-        // Steps that were running are gone with the queue worker: give their marks back
-        // now rather than when their leases run out.
-        match tidemark::pipeline::claim::release_all(&pool, &owner).await {
-            Ok(n) if n > 0 => tracing::info!(released = n, "leases of interrupted steps given back"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not give back leases; they run out by themselves"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-    let released = tidemark::pipeline::claim::release_all(&pool, &owner).await?;
-    tracing::info!(released, "worker stopped; leases given back");
-    Ok(())
-}
-
-async fn run_scheduler(config: Arc<Config>) -> Result<()> {
-    let mut shutdown = shutdown_signal();
-    let pool = db::connect(&config, 2).await?;
-    check_schema(&pool).await?;
-    let mut listening = false;
-    while !*shutdown.borrow() {
-        let Some(queue) = connect_queue(&config, &mut shutdown).await? else { break };
-        if !listening {
-            spawn_listener(pool.clone(), queue.clone());
-            listening = true;
-        }
-        tracing::info!(interval = %config.scheduler.interval, "scheduler started");
-        match workers::run_scheduler(queue, config.scheduler.interval.0, stopped(shutdown.clone())).await {
-            Ok(()) if *shutdown.borrow() => break,
-            Ok(()) => tracing::warn!("scheduler ended; restarting"),
-            Err(e) => tracing::warn!(error = %e, "scheduler failed (Redis lost?); reconnecting"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-    Ok(())
-}
-
-/// One quick attempt at Redis (admin commands must not hang on it).
-async fn connect_queue_once(config: &Config) -> Option<Queue> {
-    let url = config.redis_url().ok()?;
-    match tokio::time::timeout(Duration::from_secs(5), Queue::connect(url.expose(), &redact_url(url.expose()), &config.queue_namespace)).await {
-        Ok(Ok(q)) => Some(q),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "Redis unreachable");
-            None
-        }
-        Err(_) => None,
-    }
-}
-
-/// Shows a build's progress until it is promoted or fails; the error says why it failed.
-async fn wait_for_build(pool: &sqlx::PgPool, id: i64) -> Result<()> {
-    use std::io::{IsTerminal, Write};
-    let tty = std::io::stderr().is_terminal();
-    let start = std::time::Instant::now();
-    let mut last_line = std::time::Instant::now() - Duration::from_secs(60);
-    loop {
-        let b = reindex::get(pool, id).await?;
-        let elapsed = start.elapsed().as_secs_f64().max(0.001);
-        let rate = b.docs_done as f64 / elapsed;
-        let left = (b.docs_total - b.docs_done).max(0) as f64;
-        let eta = if rate > 0.0 { format!("{:.0}s", left / rate) } else { "?".into() };
-        let pct = if b.docs_total > 0 { 100.0 * b.docs_done as f64 / b.docs_total as f64 } else { 100.0 };
-        let filled = (pct / 5.0) as usize;
-        let line = format!(
-            "[{}{}] {}/{} documents  {:.0} docs/s  ETA {}  ({})",
-            "#".repeat(filled.min(20)),
-            ".".repeat(20 - filled.min(20)),
-            b.docs_done,
-            b.docs_total,
-            rate,
-            eta,
-            b.state
-        );
-        if tty {
-            eprint!("\r{line}   ");
-            let _ = std::io::stderr().flush();
-        } else if last_line.elapsed() >= Duration::from_secs(5) || !b.is_active() {
-            eprintln!("{line}");
-            last_line = std::time::Instant::now();
-        }
-        if !b.is_active() {
-            if tty {
-                eprintln!();
-            }
-            return match b.state.as_str() {
-                "done" => {
-                    println!(
-                        "reindex #{} done: {} holds {} documents, verified and live behind {} after {:.1}s{}",
-                        b.id,
-                        b.target_index,
-                        b.docs_done,
-                        b.alias,
-                        elapsed,
-                        b.previous_index.map(|p| format!("; {p} kept for `tidemark admin rollback`")).unwrap_or_default()
-                    );
-                    Ok(())
-                }
-                state => bail!("reindex #{} {state}: {}; the alias did not move", b.id, b.message.unwrap_or_default()),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<()> {
-    let pool = db::connect(&config, 2).await?;
-    check_schema(&pool).await?;
+async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
+    let services = Services::connect(config.clone(), 2).await?;
+    let alias = &config.index_alias;
+    let nudge = |reason| nudge(&config, reason);
     match command {
         AdminCommand::Status { json } => {
-            let search = Search::new(&config)?;
-            let queue = match config.redis_url() {
-                Ok(url) => match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    Queue::connect(url.expose(), &redact_url(url.expose()), &config.queue_namespace),
-                )
-                .await
-                {
-                    Ok(Ok(q)) => Some(q),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "queue depth unknown");
-                        None
-                    }
-                    Err(_) => None,
-                },
-                Err(_) => None,
-            };
-            let status = admin::status(&pool, &search, queue.as_ref(), &config.index_alias).await?;
+            let queue = connect_queue_once(&config).await.map_err(|e| e.to_string());
+            let status = admin::status(&services, queue.as_ref().map_err(Clone::clone)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -479,40 +218,25 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Failed { json, limit } => {
-            let rows = admin::failed(&pool, limit).await?;
+            let rows = admin::failed(&services.pool, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if rows.is_empty() {
-                println!("no dead letters");
             } else {
-                println!("{:>10}  {:>6}  {:>8}  {:<20}  reason", "student", "status", "attempts", "last failed");
-                for r in rows {
-                    println!(
-                        "{:>10}  {:>6}  {:>8}  {:<20}  {}",
-                        r.student_id,
-                        r.status.map_or("-".into(), |s| s.to_string()),
-                        r.attempts,
-                        r.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
-                        r.error
-                    );
-                }
+                print!("{}", admin::render_failed(&rows));
             }
         }
         AdminCommand::Reindex { wait, chunk_size, cancel, resume } => {
-            let search = Search::new(&config)?;
-            let alias = &config.index_alias;
-            let queue = connect_queue_once(&config).await;
             let build = if cancel {
-                let b = reindex::cancel(&pool, &search, alias).await?;
+                let b = reindex::cancel(&services).await?;
                 println!("reindex #{} cancelled; {} deleted; the alias never moved", b.id, b.target_index);
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             } else if resume {
-                let (b, released) = reindex::resume(&pool, alias).await?;
+                let (b, released) = reindex::resume(&services).await?;
                 println!("reindex #{} resumed: {released} abandoned chunks given back", b.id);
                 b
             } else {
                 let size = chunk_size.unwrap_or(config.reindex.chunk_size);
-                let b = reindex::start(&pool, &search, alias, size, "requested with `tidemark admin reindex`").await?;
+                let b = reindex::start(&services, size, "requested with `tidemark admin reindex`").await?;
                 println!(
                     "reindex #{} started: building {} ({} students in {} chunks){}",
                     b.id,
@@ -523,50 +247,88 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<()> {
                 );
                 b
             };
-            match &queue {
-                Some(q) => {
-                    let _ = q.nudge("reindex").await;
-                }
-                None => eprintln!("warning: Redis is unreachable, so no worker was woken; the build starts when workers see the scheduler's next tick"),
-            }
+            nudge("reindex").await;
             if wait {
-                wait_for_build(&pool, build.id).await?;
+                wait_for_build(&services, build).await?;
             }
         }
         AdminCommand::Rollback => {
-            let search = Search::new(&config)?;
-            let (from, to) = reindex::rollback(&pool, &search, &config.index_alias).await?;
-            if let Some(q) = connect_queue_once(&config).await {
-                let _ = q.nudge("rollback").await;
-            }
-            println!("alias {} points at {to} again (was {from}); every student is marked so {to} catches up", config.index_alias);
+            let (from, to) = reindex::rollback(&services).await?;
+            nudge("rollback").await;
+            println!("alias {alias} points at {to} again (was {from}); every student is marked so {to} catches up");
         }
         AdminCommand::Verify { sample, full, repair, json } => {
-            let search = Search::new(&config)?;
-            let engine = Engine::new(pool.clone(), search, config.clone(), None);
             let mode = if full { verify::Mode::Full } else { verify::Mode::Sample(sample) };
-            let report = verify::verify(&engine, mode).await?;
+            let report = verify::verify(&services, mode).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
             }
             if repair && !report.is_clean() {
-                let n = verify::repair(&engine, &report).await?;
-                if let Some(q) = connect_queue_once(&config).await {
-                    let _ = q.nudge("repair").await;
-                }
+                let n = verify::repair(&services, &report).await?;
+                nudge("repair").await;
                 println!("repair: re-marked {n} students; the next sync rewrites them");
             } else if !report.is_clean() {
                 eprintln!("run again with --repair to re-mark them");
-                std::process::exit(3);
+                return Ok(ExitCode::from(FOUND_DIFFERENCES));
             }
         }
         AdminCommand::RetryFailed { students } => {
             let only = (!students.is_empty()).then_some(students.as_slice());
-            let n = admin::retry_failed(&pool, only).await.context("re-marking dead letters")?;
+            let n = admin::retry_failed(&services.pool, only).await.context("re-marking dead letters")?;
+            nudge("retry-failed").await;
             println!("re-marked {n} dead-lettered students; the next sync retries them");
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wakes the workers after a command that gave them work. Redis being down loses nothing
+/// (the scheduler's next tick finds the work), so it is only said.
+async fn nudge(config: &Config, reason: &str) {
+    match connect_queue_once(config).await {
+        Ok(q) => {
+            let _ = q.nudge(reason).await;
+        }
+        Err(e) => eprintln!("warning: {e}; no worker was woken: the workers start when they see the scheduler's next tick"),
+    }
+}
+
+/// Shows a build's progress (documents, rate, ETA) until it is promoted or fails; the error
+/// says why it failed. On a terminal a bar; otherwise a line every 5 s. The rate counts only
+/// what was written while watching, so it is right after `--resume` too.
+async fn wait_for_build(services: &Services, build: Build) -> Result<()> {
+    let bar = ProgressBar::with_draw_target(Some(build.docs_total.max(0) as u64), ProgressDrawTarget::stderr());
+    bar.set_style(ProgressStyle::with_template("[{bar:20}] {pos}/{len} documents  {msg}").expect("a valid template").progress_chars("#>."));
+    bar.set_position(build.docs_done.max(0) as u64);
+    bar.reset_eta();
+    let mut last_line: Option<std::time::Instant> = None;
+    let last = reindex::watch(&services.pool, build.id, Duration::from_millis(500), |b| {
+        bar.set_length(b.docs_total.max(0) as u64);
+        bar.set_position(b.docs_done.max(0) as u64);
+        let eta = if bar.per_sec() > 0.0 { format!("{}", HumanDuration(Duration::from_secs(bar.eta().as_secs()))) } else { "?".into() };
+        bar.set_message(format!("{:.0} docs/s  ETA {eta}  ({})", bar.per_sec(), b.state));
+        if bar.is_hidden() && (last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) || !b.is_active()) {
+            eprintln!("{}/{} documents  {:.0} docs/s  ETA {eta}  ({})", b.docs_done, b.docs_total, bar.per_sec(), b.state);
+            last_line = Some(std::time::Instant::now());
+        }
+    })
+    .await?;
+    bar.finish();
+    let elapsed = bar.elapsed().as_secs_f64();
+    match last.state {
+        BuildState::Done => {
+            println!(
+                "reindex #{} done: {} holds {} documents, verified and live behind {} after {elapsed:.1}s{}",
+                last.id,
+                last.target_index,
+                last.docs_done,
+                last.alias,
+                last.previous_index.map(|p| format!("; {p} kept for `tidemark admin rollback`")).unwrap_or_default()
+            );
+            Ok(())
+        }
+        state => bail!("reindex #{} {state}: {}; the alias did not move", last.id, last.message.unwrap_or_default()),
+    }
 }

@@ -2,7 +2,7 @@
 //! makes. Everything goes through [`Search::request`], which turns transport failures into
 //! [`SearchError`]s that name the server by its redacted URL, never with credentials.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use elasticsearch::{
     auth::Credentials,
@@ -14,7 +14,7 @@ use elasticsearch::{
     },
     Elasticsearch,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use url::Url;
 
 use crate::config::{redact_url, Config, ConfigError};
@@ -54,8 +54,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self, path: &str) -> Result<Value, SearchError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| SearchError::Malformed { path: path.to_string(), reason: e.to_string() })
+        serde_json::from_slice(&self.body).map_err(|e| SearchError::Malformed { path: path.to_string(), reason: e.to_string() })
     }
 }
 
@@ -104,15 +103,10 @@ impl Search {
             let cert = Certificate::from_pem(&pem).map_err(|e| cert_err(e.to_string()))?;
             builder = builder.cert_validation(CertificateValidation::Full(cert));
         }
-        let transport = builder.build().map_err(|e| SearchError::Unreachable {
-            url: redact_url(raw.expose()),
-            reason: format!("client could not be built: {e}"),
-        })?;
-        Ok(Search {
-            client: Elasticsearch::new(transport),
-            url: redact_url(raw.expose()),
-            timeout: config.sync.request_timeout.0,
-        })
+        let transport = builder
+            .build()
+            .map_err(|e| SearchError::Unreachable { url: redact_url(raw.expose()), reason: format!("client could not be built: {e}") })?;
+        Ok(Search { client: Elasticsearch::new(transport), url: redact_url(raw.expose()), timeout: config.sync.request_timeout.0 })
     }
 
     /// The server's address, safe to print.
@@ -122,21 +116,12 @@ impl Search {
 
     /// One request. A status is not an error here (callers classify it), except that 401/403
     /// become [`SearchError::Unauthorized`] and no answer at all becomes `Unreachable`.
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        ndjson: bool,
-    ) -> Result<Reply, SearchError> {
+    pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>, ndjson: bool) -> Result<Reply, SearchError> {
         let mut headers = HeaderMap::new();
         if ndjson {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         }
-        let unreachable = |e: &dyn std::error::Error| SearchError::Unreachable {
-            url: self.url.clone(),
-            reason: scrub(&root_cause(e)),
-        };
+        let unreachable = |e: &dyn std::error::Error| SearchError::Unreachable { url: self.url.clone(), reason: scrub(&root_cause(e)) };
         let response = self
             .client
             .transport()
@@ -201,23 +186,123 @@ impl Search {
         let Some(v) = self.get_unless_missing(&format!("/_cat/indices/{pattern}?format=json&h=index")).await? else {
             return Ok(Vec::new());
         };
-        Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|r| r["index"].as_str().map(str::to_string)).collect())
-            .unwrap_or_default())
+        Ok(v.as_array().map(|a| a.iter().filter_map(|r| r["index"].as_str().map(str::to_string)).collect()).unwrap_or_default())
     }
 
     /// Document count of an index or alias (after a refresh when asked).
     pub async fn count(&self, target: &str) -> Result<u64, SearchError> {
         let v = self.json(Method::Get, &format!("/{target}/_count"), None).await?;
-        v["count"].as_u64().ok_or_else(|| SearchError::Malformed {
-            path: format!("/{target}/_count"),
-            reason: "no count in the answer".into(),
-        })
+        v["count"]
+            .as_u64()
+            .ok_or_else(|| SearchError::Malformed { path: format!("/{target}/_count"), reason: "no count in the answer".into() })
     }
 
     pub async fn refresh(&self, target: &str) -> Result<(), SearchError> {
         self.json(Method::Post, &format!("/{target}/_refresh"), None).await.map(|_| ())
     }
+}
+
+/// The index operations tidemark makes, each written once.
+impl Search {
+    /// Creates an index with `body` (settings and mappings). `Ok(false)` when an index of
+    /// that name already exists, so a caller can pick another name.
+    pub async fn create_index(&self, index: &str, body: &Value) -> Result<bool, SearchError> {
+        let path = format!("/{index}");
+        let reply =
+            self.request(Method::Put, &path, Some(serde_json::to_vec(body).expect("a JSON value always serialises")), false).await?;
+        match reply.status {
+            200..=299 => Ok(true),
+            400 if reply_type(&reply).as_deref() == Some("resource_already_exists_exception") => Ok(false),
+            _ => Err(status_error(Method::Put, &path, &reply)),
+        }
+    }
+
+    /// Deletes an index; an index that is already gone is not an error.
+    pub async fn delete_index(&self, index: &str) -> Result<(), SearchError> {
+        let path = format!("/{index}");
+        let reply = self.request(Method::Delete, &path, None, false).await?;
+        match reply.status {
+            200..=299 | 404 => Ok(()),
+            _ => Err(status_error(Method::Delete, &path, &reply)),
+        }
+    }
+
+    /// Changes dynamic index settings (`{"index": {...}}`).
+    pub async fn put_settings(&self, index: &str, settings: &Value) -> Result<(), SearchError> {
+        self.json(Method::Put, &format!("/{index}/_settings"), Some(settings)).await.map(|_| ())
+    }
+
+    /// Moves `alias` off `from` and onto `to` in one atomic `_aliases` call: readers never
+    /// see it missing or pointing nowhere in between. The whole move fails if the alias is
+    /// not on one of `from` (someone moved it meanwhile).
+    pub async fn move_alias(&self, alias: &str, from: &[String], to: &[String]) -> Result<(), SearchError> {
+        let actions: Vec<Value> = from
+            .iter()
+            .map(|i| json!({"remove": {"index": i, "alias": alias}}))
+            .chain(to.iter().map(|i| json!({"add": {"index": i, "alias": alias}})))
+            .collect();
+        if actions.is_empty() {
+            return Ok(());
+        }
+        self.json(Method::Post, "/_aliases", Some(&json!({ "actions": actions }))).await.map(|_| ())
+    }
+
+    /// Points `alias` at exactly the indices in `to`, wherever it points now.
+    pub async fn point_alias(&self, alias: &str, to: &[String]) -> Result<(), SearchError> {
+        let current = self.alias_targets(alias).await?;
+        let from: Vec<String> = current.iter().filter(|i| !to.contains(i)).cloned().collect();
+        let add: Vec<String> = to.iter().filter(|i| !current.contains(i)).cloned().collect();
+        self.move_alias(alias, &from, &add).await
+    }
+
+    /// The sources of the documents `ids` in `index`, by id (absent ones are not in the map).
+    pub async fn mget(&self, index: &str, ids: &[i64]) -> Result<HashMap<i64, Value>, SearchError> {
+        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let v = self.json(Method::Post, &format!("/{index}/_mget"), Some(&json!({ "ids": ids }))).await?;
+        Ok(v["docs"]
+            .as_array()
+            .map(|docs| {
+                docs.iter()
+                    .filter(|d| d["found"] == json!(true))
+                    .filter_map(|d| Some((d["_id"].as_str()?.parse().ok()?, d["_source"].clone())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Calls `f` with the id and source (`Value::Null` when `with_source` is false) of every
+    /// document in `target`. Scrolls, which Elasticsearch and OpenSearch spell alike (their
+    /// point-in-time APIs differ: `/_pit` against `/_search/point_in_time`).
+    pub async fn scan(&self, target: &str, with_source: bool, mut f: impl FnMut(i64, &Value)) -> Result<(), SearchError> {
+        let body = json!({"size": 5000, "_source": with_source, "sort": ["_doc"], "query": {"match_all": {}}});
+        let mut page = self.json(Method::Post, &format!("/{target}/_search?scroll=2m"), Some(&body)).await?;
+        let result = loop {
+            let hits = page["hits"]["hits"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if hits.is_empty() {
+                break Ok(());
+            }
+            for h in hits {
+                if let Some(id) = h["_id"].as_str().and_then(|s| s.parse().ok()) {
+                    f(id, &h["_source"]);
+                }
+            }
+            let Some(scroll_id) = page["_scroll_id"].as_str().map(str::to_string) else { break Ok(()) };
+            match self.json(Method::Post, "/_search/scroll", Some(&json!({"scroll": "2m", "scroll_id": scroll_id}))).await {
+                Ok(next) => page = next,
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(id) = page["_scroll_id"].as_str() {
+            let _ = self.json(Method::Delete, "/_search/scroll", Some(&json!({"scroll_id": id}))).await;
+        }
+        result
+    }
+}
+
+/// The `error.type` of an answer, if it has one.
+fn reply_type(reply: &Reply) -> Option<String> {
+    let v: Value = serde_json::from_slice(&reply.body).ok()?;
+    v["error"]["type"].as_str().map(str::to_string)
 }
 
 pub(crate) fn status_error(method: Method, path: &str, reply: &Reply) -> SearchError {
@@ -243,7 +328,11 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         inner = next;
     }
     let (outer, root) = (e.to_string(), inner.to_string());
-    if outer == root { outer } else { format!("{root}; {outer}") }
+    if outer == root {
+        outer
+    } else {
+        format!("{root}; {outer}")
+    }
 }
 
 fn percent_decode(s: &str) -> String {

@@ -1,9 +1,10 @@
-//! `admin verify`: compares the index behind the alias with the database — missing, extra
-//! and differing documents, by content hash — and, with `--repair`, re-marks those
-//! students so the next sync rewrites (or deletes) them.
+//! Index against database: the one comparison of a document in the index with the document
+//! built from the database now. A reindex checks its new index with it before the alias
+//! moves; `admin verify` checks the live index (missing, extra and differing documents)
+//! and, with `--repair`, re-marks those students so the next sync rewrites (or deletes) them.
 //!
-//! Students with an outstanding mark are skipped: their document is about to change
-//! anyway, and a difference there is a change in flight, not drift.
+//! Students with an outstanding mark are skipped by `admin verify`: their document is
+//! about to change anyway, and a difference there is a change in flight, not drift.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -15,10 +16,87 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    engine::{Engine, EngineError},
+    document::StudentDoc,
     pipeline::load::{load, load_range},
-    reindex::mget,
+    search::SearchError,
+    services::Services,
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+}
+
+/// How two sets of documents differ, by student id.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Differences {
+    /// Students with no document.
+    pub missing: Vec<i64>,
+    /// Documents of students that do not exist.
+    pub extra: Vec<i64>,
+    /// Documents that differ from the one built from the database now.
+    pub differing: Vec<i64>,
+}
+
+impl Differences {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.differing.is_empty()
+    }
+
+    /// Every student named, in id order.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.missing.iter().chain(&self.extra).chain(&self.differing).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn record(&mut self, id: i64, indexed: Option<&Value>, built: Option<&StudentDoc>) {
+        match (indexed, built) {
+            (None, Some(_)) => self.missing.push(id),
+            (Some(_), None) => self.extra.push(id),
+            (Some(v), Some(d)) if !same(v, d) => self.differing.push(id),
+            _ => {}
+        }
+    }
+
+    fn sort(&mut self) {
+        for v in [&mut self.missing, &mut self.extra, &mut self.differing] {
+            v.sort_unstable();
+            v.dedup();
+        }
+    }
+}
+
+/// Whether a document's source in the index is exactly the document built from the database.
+pub fn same(indexed: &Value, built: &StudentDoc) -> bool {
+    serde_json::to_value(built).is_ok_and(|b| b == *indexed)
+}
+
+/// A fingerprint of a document's content, for comparing millions without holding them:
+/// serde_json's maps are ordered, so equal documents serialise to equal bytes.
+fn fingerprint(v: &Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// Compares the documents of `ids` in `index` with the ones built from the database now.
+pub async fn compare(services: &Services, index: &str, ids: &[i64]) -> Result<Differences, VerifyError> {
+    let mut out = Differences::default();
+    for part in ids.chunks(1000) {
+        let built = load(&services.pool, part).await?;
+        let indexed = services.search.mget(index, part).await?;
+        for (id, doc) in &built {
+            out.record(*id, indexed.get(id), doc.as_ref());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum Mode {
@@ -28,23 +106,20 @@ pub enum Mode {
     Full,
 }
 
+/// What `admin verify` found.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     /// Documents compared.
     pub checked: u64,
-    /// Students with no document.
-    pub missing: Vec<i64>,
-    /// Documents of students that do not exist.
-    pub extra: Vec<i64>,
-    /// Documents that differ from the one built from the database now.
-    pub differing: Vec<i64>,
+    #[serde(flatten)]
+    pub differences: Differences,
     /// Skipped because a change of theirs is still being synced.
     pub in_flight: u64,
 }
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.missing.is_empty() && self.extra.is_empty() && self.differing.is_empty()
+        self.differences.is_empty()
     }
 
     pub fn render(&self) -> String {
@@ -53,61 +128,51 @@ impl Report {
             let more = if v.len() > 20 { format!(" … and {} more", v.len() - 20) } else { String::new() };
             format!("{}{}", shown.join(", "), more)
         };
+        let d = &self.differences;
         let mut out = format!("checked {} documents ({} skipped: changes in flight)\n", self.checked, self.in_flight);
-        for (what, v) in [("missing", &self.missing), ("extra", &self.extra), ("differing", &self.differing)] {
+        for (what, v) in [("missing", &d.missing), ("extra", &d.extra), ("differing", &d.differing)] {
             out.push_str(&format!("{what:<10} {:>6}  {}\n", v.len(), list(v)));
         }
         out
     }
-
-    fn ids(&self) -> Vec<i64> {
-        self.missing.iter().chain(&self.extra).chain(&self.differing).copied().collect()
-    }
 }
 
-fn content_hash(v: &Value) -> u64 {
-    // serde_json's maps are ordered, so equal documents serialise to equal bytes.
-    let mut h = DefaultHasher::new();
-    v.to_string().hash(&mut h);
-    h.finish()
-}
-
-fn doc_hash(doc: &crate::document::StudentDoc) -> u64 {
-    content_hash(&serde_json::to_value(doc).expect("a document serialises"))
-}
-
-async fn marked(engine: &Engine) -> Result<HashSet<i64>, EngineError> {
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT student_id FROM tidemark.dirty_students").fetch_all(&engine.pool).await?;
+async fn marked(services: &Services) -> Result<HashSet<i64>, sqlx::Error> {
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT student_id FROM tidemark.dirty_students").fetch_all(&services.pool).await?;
     Ok(ids.into_iter().collect())
 }
 
-pub async fn verify(engine: &Engine, mode: Mode) -> Result<Report, EngineError> {
-    let alias = &engine.config.index_alias;
-    engine.search.refresh(alias).await?;
-    let marked = marked(engine).await?;
+/// Compares the index behind the alias with the database.
+pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyError> {
+    let alias = &services.config.index_alias;
+    services.search.refresh(alias).await?;
+    let marked = marked(services).await?;
     let mut report = Report::default();
     match mode {
         Mode::Full => {
             let mut indexed: HashMap<i64, u64> = HashMap::new();
-            scroll(engine, alias, |id, source| {
-                indexed.insert(id, content_hash(source));
-            })
-            .await?;
+            services
+                .search
+                .scan(alias, true, |id, source| {
+                    indexed.insert(id, fingerprint(source));
+                })
+                .await?;
             let (min, max): (Option<i64>, Option<i64>) =
-                sqlx::query_as("SELECT min(id), max(id) FROM students").fetch_one(&engine.pool).await?;
+                sqlx::query_as("SELECT min(id), max(id) FROM students").fetch_one(&services.pool).await?;
             if let (Some(min), Some(max)) = (min, max) {
                 let mut lo = min;
                 while lo <= max {
-                    for (id, doc) in load_range(&engine.pool, lo, lo + 10_000).await? {
+                    for (id, doc) in load_range(&services.pool, lo, lo + 10_000).await? {
                         let got = indexed.remove(&id);
                         if marked.contains(&id) {
                             report.in_flight += 1;
                             continue;
                         }
                         report.checked += 1;
-                        match (got, doc) {
-                            (None, _) => report.missing.push(id),
-                            (Some(h), Some(d)) if h != doc_hash(&d) => report.differing.push(id),
+                        let built = doc.map(|d| serde_json::to_value(d).expect("a document serialises"));
+                        match (got, built) {
+                            (None, _) => report.differences.missing.push(id),
+                            (Some(h), Some(b)) if h != fingerprint(&b) => report.differences.differing.push(id),
                             _ => {}
                         }
                     }
@@ -119,30 +184,17 @@ pub async fn verify(engine: &Engine, mode: Mode) -> Result<Report, EngineError> 
                     report.in_flight += 1;
                 } else {
                     report.checked += 1;
-                    report.extra.push(id);
+                    report.differences.extra.push(id);
                 }
             }
         }
         Mode::Sample(n) => {
             let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY random() LIMIT $1")
                 .bind(i64::from(n))
-                .fetch_all(&engine.pool)
+                .fetch_all(&services.pool)
                 .await?;
-            let got = mget(&engine.search, alias, &ids).await?;
-            for (id, doc) in load(&engine.pool, &ids).await? {
-                if marked.contains(&id) {
-                    report.in_flight += 1;
-                    continue;
-                }
-                report.checked += 1;
-                match (got.get(&id), doc) {
-                    (None, Some(_)) => report.missing.push(id),
-                    (Some(v), Some(d)) if content_hash(v) != doc_hash(&d) => report.differing.push(id),
-                    _ => {}
-                }
-            }
             // Extra documents can only be found from the index side: sample it too.
-            let v = engine
+            let v = services
                 .search
                 .json(
                     Method::Post,
@@ -150,54 +202,24 @@ pub async fn verify(engine: &Engine, mode: Mode) -> Result<Report, EngineError> 
                     Some(&json!({"size": n, "_source": false, "query": {"function_score": {"random_score": {}}}})),
                 )
                 .await?;
-            let sampled: Vec<i64> = v["hits"]["hits"]
-                .as_array()
-                .map(|h| h.iter().filter_map(|h| h["_id"].as_str()?.parse().ok()).collect())
-                .unwrap_or_default();
-            let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM students WHERE id = ANY($1)").bind(&sampled).fetch_all(&engine.pool).await?;
-            for id in sampled {
-                if !existing.contains(&id) && !marked.contains(&id) {
-                    report.checked += 1;
-                    report.extra.push(id);
-                }
-            }
+            let sampled = v["hits"]["hits"].as_array().into_iter().flatten().filter_map(|h| h["_id"].as_str()?.parse::<i64>().ok());
+            let mut candidates: Vec<i64> = ids.into_iter().chain(sampled).collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            let (skipped, checked): (Vec<i64>, Vec<i64>) = candidates.into_iter().partition(|id| marked.contains(id));
+            let found = compare(services, alias, &checked).await?;
+            report.checked = checked.len() as u64;
+            report.in_flight = skipped.len() as u64;
+            report.differences = found;
         }
     }
-    for v in [&mut report.missing, &mut report.extra, &mut report.differing] {
-        v.sort_unstable();
-        v.dedup();
-    }
+    report.differences.sort();
     Ok(report)
 }
 
 /// Re-marks every student the report names; returns how many.
-pub async fn repair(engine: &Engine, report: &Report) -> Result<u64, EngineError> {
-    let ids = report.ids();
-    sqlx::query("SELECT tidemark.mark_students($1)").bind(&ids).execute(&engine.pool).await?;
+pub async fn repair(services: &Services, report: &Report) -> Result<u64, VerifyError> {
+    let ids = report.differences.ids();
+    sqlx::query("SELECT tidemark.mark_students($1)").bind(&ids).execute(&services.pool).await?;
     Ok(ids.len() as u64)
-}
-
-/// Calls `f` with the id and source of every document in `target` (a scroll).
-async fn scroll(engine: &Engine, target: &str, mut f: impl FnMut(i64, &Value)) -> Result<(), EngineError> {
-    let search = &engine.search;
-    let mut page = search
-        .json(Method::Post, &format!("/{target}/_search?scroll=2m"), Some(&json!({"size": 5000, "query": {"match_all": {}}})))
-        .await?;
-    loop {
-        let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-        if hits.is_empty() {
-            break;
-        }
-        for h in &hits {
-            if let Some(id) = h["_id"].as_str().and_then(|s| s.parse().ok()) {
-                f(id, &h["_source"]);
-            }
-        }
-        let Some(scroll_id) = page["_scroll_id"].as_str().map(str::to_string) else { break };
-        page = search.json(Method::Post, "/_search/scroll", Some(&json!({"scroll": "2m", "scroll_id": scroll_id}))).await?;
-    }
-    if let Some(id) = page["_scroll_id"].as_str() {
-        let _ = search.json(Method::Delete, "/_search/scroll", Some(&json!({"scroll_id": id}))).await;
-    }
-    Ok(())
 }

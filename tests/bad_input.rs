@@ -5,7 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{fault_proxy::{FaultProxy, Faults}, free_port, Env};
+use support::{
+    fault_proxy::{FaultProxy, Faults},
+    free_port, Env,
+};
 
 const SECRET: &str = "Hunter2-s3cr3t";
 
@@ -101,7 +104,8 @@ async fn wrong_credentials_for_each_service_are_clear_errors_that_never_print_th
     assert!(!ok && err.contains("refused the credentials") && err.contains("elastic:***@"), "{err}");
     assert!(!format!("{out}{err}").contains(SECRET), "the password leaked:\n{err}");
     // The right key works.
-    let (ok, _, err) = run(&env, &["admin", "status"], &[("ELASTICSEARCH_URL", proxy.url()), ("ELASTICSEARCH_API_KEY", "right-key".into())]);
+    let (ok, _, err) =
+        run(&env, &["admin", "status"], &[("ELASTICSEARCH_URL", proxy.url()), ("ELASTICSEARCH_API_KEY", "right-key".into())]);
     assert!(ok, "{err}");
     env.cleanup().await;
 }
@@ -121,13 +125,15 @@ async fn secrets_never_reach_trace_logs_of_a_working_sync() {
     });
     let es = proxy.url().replacen("http://", &format!("http://elastic:{SECRET}@"), 1);
     let db = env.database_url.replacen("postgres://postgres@", &format!("postgres://postgres:{SECRET}@"), 1);
-    let (ok, out, err) = run(&env, &["sync"], &[("ELASTICSEARCH_URL", es.clone()), ("DATABASE_URL", db.clone()), ("RUST_LOG", "trace".into())]);
+    let (ok, out, err) =
+        run(&env, &["sync"], &[("ELASTICSEARCH_URL", es.clone()), ("DATABASE_URL", db.clone()), ("RUST_LOG", "trace".into())]);
     assert!(ok, "{err}");
     assert!(out.contains("1 indexed"), "{out}");
     for leaked in [SECRET.to_string(), base64(&basic)] {
         assert!(!out.contains(&leaked) && !err.contains(&leaked), "a secret leaked into the trace log");
     }
-    let (ok, out, err) = run(&env, &["admin", "status", "--json"], &[("ELASTICSEARCH_URL", es), ("DATABASE_URL", db), ("RUST_LOG", "trace".into())]);
+    let (ok, out, err) =
+        run(&env, &["admin", "status", "--json"], &[("ELASTICSEARCH_URL", es), ("DATABASE_URL", db), ("RUST_LOG", "trace".into())]);
     assert!(ok && !out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
     env.cleanup().await;
 }

@@ -25,28 +25,16 @@ fn es_url() -> String {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 fn unique_index(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("fault_proxy_{tag}_{}_{nanos}", std::process::id())
 }
 
 async fn create_index(c: &reqwest::Client, base: &str, index: &str) {
-    let r = c
-        .put(format!("{base}/{index}"))
-        .json(&json!({"mappings": {"properties": {"n": {"type": "integer"}}}}))
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(format!("{base}/{index}")).json(&json!({"mappings": {"properties": {"n": {"type": "integer"}}}})).send().await.unwrap();
     assert!(r.status().is_success(), "create {index}: {} {}", r.status(), r.text().await.unwrap());
 }
 
@@ -56,46 +44,22 @@ async fn delete_index(c: &reqwest::Client, index: &str) {
 }
 
 async fn bulk(c: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
-    let r = c
-        .post(url)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(url).header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }
 
 async fn count(c: &reqwest::Client, index: &str) -> u64 {
-    let r: Value = c
-        .get(format!("{}/{index}/_count", es_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = c.get(format!("{}/{index}/_count", es_url())).send().await.unwrap().json().await.unwrap();
     r["count"].as_u64().unwrap_or_else(|| panic!("bad _count answer {r}"))
 }
 
 /// Ids among `ids` that exist in `index`, read directly from the server.
 async fn existing(c: &reqwest::Client, index: &str, ids: &[String]) -> BTreeSet<String> {
-    let r: Value = c
-        .post(format!("{}/{index}/_mget", es_url()))
-        .json(&json!({ "ids": ids }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = c.post(format!("{}/{index}/_mget", es_url())).json(&json!({ "ids": ids })).send().await.unwrap().json().await.unwrap();
     let docs = r["docs"].as_array().unwrap_or_else(|| panic!("bad _mget answer {r}"));
     assert_eq!(docs.len(), ids.len());
-    docs.iter()
-        .filter(|d| d["found"] == json!(true))
-        .map(|d| d["_id"].as_str().unwrap().to_string())
-        .collect()
+    docs.iter().filter(|d| d["found"] == json!(true)).map(|d| d["_id"].as_str().unwrap().to_string()).collect()
 }
 
 fn assert_injected_429(item: &Value, op: &str, index: &str, id: &str) {
@@ -137,10 +101,7 @@ async fn bulk_item_429_rejects_exactly_the_reported_items() {
     }
     assert!(!rejected.is_empty() && rejected.len() < 100, "{} rejected", rejected.len());
     assert_eq!(resp["errors"], json!(true));
-    assert_eq!(
-        proxy.stats(),
-        FaultStats { forwarded: 2, items_429: rejected.len() as u64, ..FaultStats::default() }
-    );
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 2, items_429: rejected.len() as u64, ..FaultStats::default() });
 
     // The server holds exactly the items that were not rejected.
     assert_eq!(count(&c, &index).await, 100 - rejected.len() as u64);
@@ -210,11 +171,7 @@ async fn bulk_item_429_splits_deletes_and_other_ops_correctly() {
     // d_i survives iff its delete was rejected; n_i exists iff its write was not.
     let ids: Vec<String> = expected_ops.iter().map(|(_, id)| id.clone()).collect();
     let found = existing(&c, &index, &ids).await;
-    let expected: BTreeSet<String> = ids
-        .iter()
-        .filter(|id| id.starts_with('d') == rejected.contains(*id))
-        .cloned()
-        .collect();
+    let expected: BTreeSet<String> = ids.iter().filter(|id| id.starts_with('d') == rejected.contains(*id)).cloned().collect();
     assert_eq!(found, expected);
 
     delete_index(&c, &index).await;
@@ -264,10 +221,7 @@ async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
         assert_eq!(r.status().as_u16(), 503);
         assert_eq!(r.headers()["content-type"], "application/json");
         let body: Value = r.json().await.unwrap();
-        assert_eq!(
-            body,
-            json!({"error":{"type":"unavailable_shards_exception","reason":"injected by fault proxy"},"status":503})
-        );
+        assert_eq!(body, json!({"error":{"type":"unavailable_shards_exception","reason":"injected by fault proxy"},"status":503}));
     }
     let r = c.get(&count_url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -352,12 +306,7 @@ async fn slow_delays_requests() {
     assert_eq!(proxy.stats(), FaultStats { forwarded: 1, slowed: 1, ..FaultStats::default() });
 
     // A client timeout shorter than the delay sees a timeout.
-    let err = c
-        .get(proxy.url())
-        .timeout(Duration::from_millis(100))
-        .send()
-        .await
-        .expect_err("must time out");
+    let err = c.get(proxy.url()).timeout(Duration::from_millis(100)).send().await.expect_err("must time out");
     assert!(err.is_timeout(), "{err:?}");
 
     proxy.set(Faults { slow: 1.0, delay, only_path: Some("_bulk".into()), ..Faults::default() });
@@ -381,10 +330,7 @@ async fn raw_exchange_with(url: &str, request: &[u8], half_close: bool) -> Strin
         s.shutdown().await.unwrap();
     }
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the proxy must close the connection")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("the proxy must close the connection").unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -425,12 +371,7 @@ async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
     let resp: Value = serde_json::from_str(&out[json_start..]).unwrap();
     assert!(head.contains(&format!("content-length: {}\r\n", out.len() - json_start)), "{out}");
     assert!(!head.contains("transfer-encoding"), "{out}");
-    let statuses: Vec<u64> = resp["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["index"]["status"].as_u64().unwrap())
-        .collect();
+    let statuses: Vec<u64> = resp["items"].as_array().unwrap().iter().map(|i| i["index"]["status"].as_u64().unwrap()).collect();
     assert_eq!(statuses.len(), 2);
     let accepted = statuses.iter().filter(|s| **s == 201).count() as u64;
     assert_eq!(statuses.len() as u64 - accepted, proxy.stats().items_429);

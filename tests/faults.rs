@@ -21,7 +21,7 @@ async fn item_level_429s_and_whole_request_503s_are_retried_and_end_indexed() {
     })
     .await;
     env.create_index().await;
-    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 2_000, seed: 11 }).await.unwrap();
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 2_000, seed: 11 }).await.unwrap();
     proxy.set(Faults { bulk_item_429: 0.3, fail_next: 3, only_path: Some("_bulk".into()), ..Faults::default() });
     let report = env.engine().drain().await.unwrap();
     let stats = proxy.stats();
@@ -96,7 +96,8 @@ async fn a_value_the_mapping_rejects_is_dead_lettered_and_fixing_the_row_brings_
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, E'An\\x1Fn', 'Lee', 20, 'FR'), (2, 'Bo', 'Ray', 20, 'FR')").await;
     let r = env.engine().drain().await.unwrap();
     assert_eq!(r.dead, 1);
-    let reason: String = sqlx::query_scalar("SELECT error FROM tidemark.dead_letters WHERE student_id = 1").fetch_one(&env.pool).await.unwrap();
+    let reason: String =
+        sqlx::query_scalar("SELECT error FROM tidemark.dead_letters WHERE student_id = 1").fetch_one(&env.pool).await.unwrap();
     assert!(reason.contains("reserved character"), "{reason}");
     env.sql("UPDATE students SET first_name = 'Ann' WHERE id = 1").await;
     env.engine().drain().await.unwrap();
@@ -112,7 +113,8 @@ async fn worker_and_scheduler_processes_sync_changes_within_seconds_and_stop_cle
     let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
     // A tick a minute: anything indexed sooner came through a database notification.
     let mut scheduler = env.spawn(&["scheduler", "--interval", "60s"], |_| {});
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)").await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)")
+        .await;
     env.eventually("the new student is searchable", Duration::from_secs(20), || async { env.doc(1).await.is_some() }).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let start = std::time::Instant::now();
@@ -211,7 +213,10 @@ async fn status_reports_lag_and_counts_truthfully() {
 
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) SELECT g, 'N' || g, 'L', 20, 'FR', 1 FROM generate_series(1, 7) g").await;
     env.engine().drain().await.unwrap();
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (8, 'A', 'B', 20, 'FR'), (9, 'C', 'D', 20, 'FR')").await;
+    env.sql(
+        "INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (8, 'A', 'B', 20, 'FR'), (9, 'C', 'D', 20, 'FR')",
+    )
+    .await;
     env.sql("UPDATE universities SET name = 'MIT2' WHERE id = 1").await;
     env.sql("INSERT INTO tidemark.dead_letters (student_id, status, error) VALUES (5, 400, 'x')").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -12,10 +12,10 @@ use std::{
 
 use serde_json::json;
 use support::{small_directory, Env};
-use tidemark::reindex;
+use tidemark::{catalog::BuildState, reindex};
 
 async fn seed(env: &Env, students: u64) {
-    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students, seed: 5 }).await.unwrap();
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students, seed: 5 }).await.unwrap();
 }
 
 fn generation(env: &Env, g: u32) -> String {
@@ -36,7 +36,7 @@ async fn a_reindex_under_concurrent_writes_equals_the_database_and_searches_neve
     let students = env.scalar_i64("SELECT count(*) FROM students").await as u64;
     assert_eq!(env.count(json!({"match_all": {}})).await, students);
 
-    let build = reindex::start(&env.pool, &env.search, &env.alias, 2500, "test").await.unwrap();
+    let build = reindex::start(&env.services(), 2500, "test").await.unwrap();
     assert_eq!(build.target_index, generation(&env, 2));
 
     // A reader polls the alias the whole time.
@@ -82,8 +82,8 @@ async fn a_reindex_under_concurrent_writes_equals_the_database_and_searches_neve
     reader.await.unwrap();
     assert!(polls.load(Ordering::Relaxed) > 20, "the reader polled throughout");
 
-    let build = reindex::get(&env.pool, build.id).await.unwrap();
-    assert_eq!(build.state, "done", "{:?}", build.message);
+    let build = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
+    assert_eq!(build.state, BuildState::Done, "{:?}", build.message);
     assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
     assert!(env.search.index_exists(&generation(&env, 1)).await.unwrap(), "the previous index is kept for rollback");
     env.assert_converged().await;
@@ -97,16 +97,16 @@ async fn a_worker_killed_mid_reindex_and_a_redis_flush_then_resume_complete_the_
     env.engine().drain().await.unwrap();
     let out = env.command().args(["admin", "reindex", "--chunk-size", "500"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let build = reindex::active(&env.pool, &env.alias).await.unwrap().expect("a build runs");
+    let build = tidemark::catalog::active(&env.pool, &env.alias).await.unwrap().expect("a build runs");
     assert_eq!(build.chunks_total, 40);
 
     let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
     env.eventually("some chunks are done", Duration::from_secs(60), || async {
-        reindex::get(&env.pool, build.id).await.unwrap().chunks_done >= 6
+        tidemark::catalog::get(&env.pool, build.id).await.unwrap().chunks_done >= 6
     })
     .await;
     worker.kill();
-    let before = reindex::get(&env.pool, build.id).await.unwrap();
+    let before = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
     assert!(before.chunks_done < before.chunks_total, "killed mid-build");
     // The queue is lost too.
     let client = redis::Client::open(env.redis_url.as_str()).unwrap();
@@ -118,7 +118,7 @@ async fn a_worker_killed_mid_reindex_and_a_redis_flush_then_resume_complete_the_
 
     let out = env.command().args(["admin", "reindex", "--resume"]).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("resumed"), "{out:?}");
-    let after = reindex::get(&env.pool, build.id).await.unwrap();
+    let after = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
     assert!(after.chunks_done >= before.chunks_done, "progress survived: no restart from zero");
     let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
     let out = env.command().args(["admin", "reindex", "--wait"]).output();
@@ -127,7 +127,7 @@ async fn a_worker_killed_mid_reindex_and_a_redis_flush_then_resume_complete_the_
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
     env.eventually("the build is promoted", Duration::from_secs(120), || async {
-        reindex::get(&env.pool, build.id).await.unwrap().state == "done"
+        tidemark::catalog::get(&env.pool, build.id).await.unwrap().state == BuildState::Done
     })
     .await;
     worker.terminate();
@@ -173,7 +173,7 @@ async fn cancel_abandons_a_build_and_deletes_its_index() {
     let env = Env::new().await;
     seed(&env, 1_000).await;
     env.engine().drain().await.unwrap();
-    let build = reindex::start(&env.pool, &env.search, &env.alias, 100, "test").await.unwrap();
+    let build = reindex::start(&env.services(), 100, "test").await.unwrap();
     assert!(env.search.index_exists(&build.target_index).await.unwrap());
     let out = env.command().args(["admin", "reindex", "--cancel"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -197,10 +197,10 @@ async fn a_build_that_fails_verification_leaves_the_alias_and_says_why() {
     // A row edited to a value no index accepts (completion inputs refuse U+001F).
     env.sql("UPDATE students SET first_name = E'Bad\\x1Fname' WHERE id = 3").await;
     env.engine().drain().await.unwrap();
-    let build = reindex::start(&env.pool, &env.search, &env.alias, 5, "test").await.unwrap();
+    let build = reindex::start(&env.services(), 5, "test").await.unwrap();
     env.engine().drain().await.unwrap();
-    let build = reindex::get(&env.pool, build.id).await.unwrap();
-    assert_eq!(build.state, "failed");
+    let build = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
+    assert_eq!(build.state, BuildState::Failed);
     let why = build.message.unwrap();
     assert!(why.contains("holds 19 documents, the database 20") && why.contains("admin failed"), "{why}");
     assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
@@ -233,7 +233,10 @@ async fn verify_finds_missing_edited_and_extra_documents_and_repair_fixes_them()
     // A sample as large as the table finds them too.
     let out = env.command().args(["admin", "verify", "--sample", "1000", "--json"]).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["missing"].clone(), report["differing"].clone(), report["extra"].clone()), (json!([10]), json!([20]), json!([999999])));
+    assert_eq!(
+        (report["missing"].clone(), report["differing"].clone(), report["extra"].clone()),
+        (json!([10]), json!([20]), json!([999999]))
+    );
 
     let out = env.command().args(["admin", "verify", "--full", "--repair"]).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("re-marked 3"), "{out:?}");
@@ -275,7 +278,7 @@ async fn a_100k_student_university_renamed_while_a_reindex_runs() {
     env.engine().drain().await.unwrap();
     assert_eq!(env.count(json!({"term": {"university.id": 1}})).await, 100_000);
 
-    let build = reindex::start(&env.pool, &env.search, &env.alias, 10_000, "test").await.unwrap();
+    let build = reindex::start(&env.services(), 10_000, "test").await.unwrap();
     let renamer = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let marks_before = env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await;
@@ -289,7 +292,7 @@ async fn a_100k_student_university_renamed_while_a_reindex_runs() {
     ra.unwrap();
     rb.unwrap();
     env.engine().drain().await.unwrap();
-    assert_eq!(reindex::get(&env.pool, build.id).await.unwrap().state, "done");
+    assert_eq!(tidemark::catalog::get(&env.pool, build.id).await.unwrap().state, BuildState::Done);
     assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
     assert_eq!(env.count(json!({"term": {"university.name": "Renamed Mid-Reindex"}})).await, 100_000);
     env.assert_converged().await;
@@ -321,16 +324,16 @@ async fn a_claim_leases_exactly_what_it_returns() {
     seed(&env, 1_000).await;
     // The seed is one large statement (one set row); mark its students one by one instead.
     env.sql("DELETE FROM tidemark.dirty_parents; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
-    let build = reindex::start(&env.pool, &env.search, &env.alias, 100, "test").await.unwrap();
+    let build = reindex::start(&env.services(), 100, "test").await.unwrap();
     let engine = env.engine();
-    let chunk = reindex::claim_chunk(&env.pool, build.id, &engine.owner, Duration::from_secs(60)).await.unwrap().unwrap();
+    let chunk = reindex::claim_chunk(&env.pool, build.id, engine.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
     assert_eq!(chunk.hi - chunk.lo, 100);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE lease_owner IS NOT NULL").await, 1);
     let marks = engine.claim(7).await.unwrap();
     assert_eq!(marks.len(), 7);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 7);
     env.sql("UPDATE universities SET name = name || '!' WHERE id IN (1, 2, 3)").await;
-    assert!(tidemark::pipeline::fanout::claim_parent(&env.pool, &engine.owner, Duration::from_secs(60)).await.unwrap().is_some());
+    assert!(tidemark::pipeline::fanout::claim_parent(&env.pool, engine.owner(), Duration::from_secs(60)).await.unwrap().is_some());
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents WHERE lease_owner IS NOT NULL").await, 1);
     env.cleanup().await;
 }

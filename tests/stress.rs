@@ -155,9 +155,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     // The starting point: an index, then seeded students indexed by a first drain (direct,
     // no faults). The index comes first so the seeded students are written once.
     env.create_index().await;
-    let seeded = tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: s.students, seed: s.seed })
-        .await
-        .expect("seed");
+    let seeded = tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: s.students, seed: s.seed }).await.expect("seed");
     let drained = env.engine().drain().await.expect("first drain");
     assert!(!drained.stalled);
     let first_index = env.search.alias_targets(&env.alias).await.unwrap();
@@ -202,7 +200,9 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
             let (url, stop, stats) = (writer_url.clone(), stop.clone(), stats.clone());
             let seed = s.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
             let target = s.students as i64;
-            tokio::spawn(async move { writer(w, seed, url, target, stop, chaos_start, deadline, stats).await })
+            tokio::spawn(async move {
+                writer(Writer { w, seed, url, target_students: target, stop, start: chaos_start, deadline, stats }).await
+            })
         })
         .collect();
 
@@ -220,7 +220,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         fleet.tend(&mut rng);
         watch.look(&env, &mut fleet).await;
         if Instant::now() >= next_reindex {
-            let active = tidemark::reindex::active(&env.pool, &env.alias).await.unwrap().is_some();
+            let active = tidemark::catalog::active(&env.pool, &env.alias).await.unwrap().is_some();
             if !active && reindexes.iter().all(|r| r.handle.is_none()) {
                 fleet.event("requesting a full reindex: tidemark admin reindex --chunk-size 500");
                 reindexes.push(ReindexRequest::start(fleet.command(), fleet.started.elapsed()));
@@ -284,7 +284,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
             break false;
         }
         if last_report.elapsed() > Duration::from_secs(5) {
-            let build = tidemark::reindex::active(&env.pool, &env.alias).await.unwrap();
+            let build = tidemark::catalog::active(&env.pool, &env.alias).await.unwrap();
             say(&format!(
                 "draining: {marks} student marks, {parents} parent marks{}",
                 build.map(|b| format!(", build #{} {} {}/{} chunks", b.id, b.state, b.chunks_done, b.chunks_total)).unwrap_or_default()
@@ -305,12 +305,11 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
             .fetch_all(&env.pool)
             .await
             .unwrap();
-    let builds: Vec<(i64, String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT id, state, target_index, message, reason FROM tidemark.reindexes ORDER BY id",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let builds: Vec<(i64, String, String, Option<String>, String)> =
+        sqlx::query_as("SELECT id, state, target_index, message, reason FROM tidemark.reindexes ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
     let alias_now = env.search.alias_targets(&env.alias).await.unwrap();
     // Every physical index of this alias's family, with its size: a stray one (say, an
     // index auto-created under the build alias's name) blocks the next reindex.
@@ -318,9 +317,11 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         .es_json(reqwest::Method::GET, &format!("/_cat/indices/{}*?format=json&h=index,docs.count", env.alias), None)
         .await
         .as_array()
-        .map(|a| a.iter().map(|i| (i["index"].as_str().unwrap_or("").to_string(), i["docs.count"].as_str().unwrap_or("").to_string())).collect())
+        .map(|a| {
+            a.iter().map(|i| (i["index"].as_str().unwrap_or("").to_string(), i["docs.count"].as_str().unwrap_or("").to_string())).collect()
+        })
         .unwrap_or_default();
-    let build_alias = tidemark::reindex::build_alias(&env.alias);
+    let build_alias = tidemark::catalog::build_alias(&env.alias);
 
     // Stop the processes (SIGTERM, bounded) and keep their logs.
     let stop_report = fleet.stop_all();
@@ -328,9 +329,8 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     let logs = fleet.all_logs();
     let panics: Vec<String> = logs.iter().filter(|(_, text)| text.contains("panicked")).map(|(name, _)| name.clone()).collect();
     // Log lines that contain every one of `needles`.
-    let seen_all = |needles: &[&str]| {
-        logs.iter().flat_map(|(_, text)| text.lines()).filter(|l| needles.iter().all(|n| l.contains(n))).count()
-    };
+    let seen_all =
+        |needles: &[&str]| logs.iter().flat_map(|(_, text)| text.lines()).filter(|l| needles.iter().all(|n| l.contains(n))).count();
     let seen = |needle: &str| seen_all(&[needle]);
 
     // The report.
@@ -521,13 +521,16 @@ fn with_app_name(url: &str, name: &str) -> String {
 // The checker: every document, field by field, against documents built in SQL by the
 // test support (independent of tidemark's loader and document code).
 
+/// A field that differs: its name, the expected value, the indexed value.
+type FieldDiff = (String, Value, Value);
+
 struct Check {
     expected: usize,
     indexed: usize,
     missing: Vec<i64>,
     extra: Vec<i64>,
     /// Student, then (field, expected, indexed) for each field that differs.
-    differing: Vec<(i64, Vec<(String, Value, Value)>)>,
+    differing: Vec<(i64, Vec<FieldDiff>)>,
     expected_docs: BTreeMap<i64, Value>,
     indexed_docs: BTreeMap<i64, Value>,
 }
@@ -616,7 +619,7 @@ async fn check(env: &Env) -> Check {
 /// Notes in the timeline when a build appears, gets chunks done, and changes state.
 #[derive(Default)]
 struct BuildWatch {
-    last: Option<(i64, String, i64)>,
+    last: Option<(i64, tidemark::catalog::BuildState, i64)>,
     checked: Option<Instant>,
 }
 
@@ -626,8 +629,8 @@ impl BuildWatch {
             return;
         }
         self.checked = Some(Instant::now());
-        let Ok(Some(b)) = tidemark::reindex::latest(&env.pool, &env.alias).await else { return };
-        let now = (b.id, b.state.clone(), b.chunks_done);
+        let Ok(Some(b)) = tidemark::catalog::latest(&env.pool, &env.alias).await else { return };
+        let now = (b.id, b.state, b.chunks_done);
         if self.last.as_ref() != Some(&now) {
             fleet.event(&format!(
                 "build #{} {}: {} ({}/{} chunks){}",
@@ -675,10 +678,7 @@ impl ReindexRequest {
         };
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let stderr = plain(String::from_utf8_lossy(&out.stderr).trim());
-        self.id = stdout
-            .strip_prefix("reindex #")
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok());
+        self.id = stdout.strip_prefix("reindex #").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok());
         self.outcome = Some(format!("exit {:?}: {stdout} {stderr}", out.status.code()));
         say(&format!("admin reindex: {}", self.outcome.as_deref().unwrap()));
     }
@@ -710,9 +710,7 @@ impl PrivateRedis {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         die_with_parent(&mut c);
-        let child = c
-            .spawn()
-            .expect("redis-server (install the redis-server package)");
+        let child = c.spawn().expect("redis-server (install the redis-server package)");
         self.child = Some(child);
     }
 
@@ -1028,7 +1026,7 @@ impl Fleet<'_> {
     /// What an operator does after crashes: give the chunks of vanished workers back at
     /// once, rather than when their leases run out.
     async fn resume_build(&mut self) {
-        if self.redis_back_at.is_some() || tidemark::reindex::active(&self.env.pool, &self.env.alias).await.unwrap().is_none() {
+        if self.redis_back_at.is_some() || tidemark::catalog::active(&self.env.pool, &self.env.alias).await.unwrap().is_none() {
             return;
         }
         let mut c = self.command();
@@ -1202,7 +1200,13 @@ impl Op {
     fn is_bulk(self) -> bool {
         matches!(
             self,
-            Op::BulkUpdate | Op::BulkEnroll | Op::BulkUnenroll | Op::BulkInsert | Op::BulkDelete | Op::MergeUniversities | Op::NoopBulkUpdate
+            Op::BulkUpdate
+                | Op::BulkEnroll
+                | Op::BulkUnenroll
+                | Op::BulkInsert
+                | Op::BulkDelete
+                | Op::MergeUniversities
+                | Op::NoopBulkUpdate
         )
     }
 
@@ -1299,7 +1303,9 @@ fn connect_writer(url: &str) -> futures::future::BoxFuture<'_, Result<PgConnecti
     })
 }
 
-async fn writer(
+/// One writer task: its number and seed, the database, how many students to keep around,
+/// and when to stop.
+struct Writer {
     w: usize,
     seed: u64,
     url: String,
@@ -1308,7 +1314,10 @@ async fn writer(
     start: Instant,
     deadline: Instant,
     stats: Arc<Mutex<WriterStats>>,
-) {
+}
+
+async fn writer(plan: Writer) {
+    let Writer { w, seed, url, target_students, stop, start, deadline, stats } = plan;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut conn: Option<PgConnection> = None;
     let mut last_bulk = Instant::now() - Duration::from_secs(60);
@@ -1451,13 +1460,15 @@ async fn update_one(c: &mut PgConnection, rng: &mut StdRng, id: i64) -> Result<u
 /// Keeps the number of universities and courses within bounds: an insert past the upper
 /// bound becomes a delete, a delete under the lower bound an insert.
 fn rebalance(c: &mut PgConnection, op: Op) -> futures::future::BoxFuture<'_, Result<Op, sqlx::Error>> {
-    Box::pin(async move { Ok(match op {
-        Op::InsertUniversity if count(c, "universities").await? > 120 => Op::DeleteUniversity,
-        Op::DeleteUniversity if count(c, "universities").await? < 10 => Op::InsertUniversity,
-        Op::InsertCourse if count(c, "courses").await? > 150 => Op::DeleteCourse,
-        Op::DeleteCourse if count(c, "courses").await? < 10 => Op::InsertCourse,
-        other => other,
-    }) })
+    Box::pin(async move {
+        Ok(match op {
+            Op::InsertUniversity if count(c, "universities").await? > 120 => Op::DeleteUniversity,
+            Op::DeleteUniversity if count(c, "universities").await? < 10 => Op::InsertUniversity,
+            Op::InsertCourse if count(c, "courses").await? > 150 => Op::DeleteCourse,
+            Op::DeleteCourse if count(c, "courses").await? < 10 => Op::InsertCourse,
+            other => other,
+        })
+    })
 }
 
 /// One operation. Boxed as `Send` here, where every lifetime is concrete: left to infer
@@ -1533,7 +1544,12 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
         Op::ChangeUniversity => {
             let Some(s) = some_student(c, rng).await? else { return Ok(0) };
             let uni = if rng.gen_bool(0.85) { some_row(c, "universities").await? } else { None };
-            Ok(sqlx::query("UPDATE students SET university_id = $2 WHERE id = $1").bind(s).bind(uni).execute(&mut *c).await?.rows_affected())
+            Ok(sqlx::query("UPDATE students SET university_id = $2 WHERE id = $1")
+                .bind(s)
+                .bind(uni)
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
         }
         Op::RenameUniversity => {
             let Some(u) = some_row(c, "universities").await? else { return Ok(0) };
@@ -1546,7 +1562,12 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
         }
         Op::RenameCourse => {
             let Some(k) = some_row(c, "courses").await? else { return Ok(0) };
-            Ok(sqlx::query("UPDATE courses SET name = $2 WHERE id = $1").bind(k).bind(course_name(rng, w, n)).execute(&mut *c).await?.rows_affected())
+            Ok(sqlx::query("UPDATE courses SET name = $2 WHERE id = $1")
+                .bind(k)
+                .bind(course_name(rng, w, n))
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
         }
         Op::InsertUniversity => {
             let mut tx = c.begin().await?;
@@ -1569,12 +1590,13 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
                 .bind(course_name(rng, w, n))
                 .fetch_one(&mut *tx)
                 .await?;
-            let enrolled = sqlx::query("INSERT INTO student_courses (student_id, course_id) SELECT id, $1 FROM students WHERE id % 89 = $2")
-                .bind(id)
-                .bind(rng.gen_range(0..89i64))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let enrolled =
+                sqlx::query("INSERT INTO student_courses (student_id, course_id) SELECT id, $1 FROM students WHERE id % 89 = $2")
+                    .bind(id)
+                    .bind(rng.gen_range(0..89i64))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             tx.commit().await?;
             Ok(1 + enrolled)
         }
@@ -1616,7 +1638,12 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
                         .rows_affected();
                 }
                 if let Some(s) = b {
-                    rows += sqlx::query("UPDATE students SET university_id = $2 WHERE id = $1").bind(s).bind(u).execute(&mut *tx).await?.rows_affected();
+                    rows += sqlx::query("UPDATE students SET university_id = $2 WHERE id = $1")
+                        .bind(s)
+                        .bind(u)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                 }
             }
             tx.commit().await?;
@@ -1648,7 +1675,10 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
                 }
             }
             if rng.gen_bool(0.2) {
-                sqlx::query("UPDATE students SET last_name = 'ROLLED BACK' WHERE id % 13 = $1").bind(rng.gen_range(0..13i64)).execute(&mut *tx).await?;
+                sqlx::query("UPDATE students SET last_name = 'ROLLED BACK' WHERE id % 13 = $1")
+                    .bind(rng.gen_range(0..13i64))
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.rollback().await?;
             Ok(0)
@@ -1671,7 +1701,12 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
             }
             sqlx::query("ROLLBACK TO SAVEPOINT sp").execute(&mut *tx).await?;
             if let Some(id) = b {
-                rows += sqlx::query("UPDATE students SET age = $2 WHERE id = $1").bind(id).bind(age(rng)).execute(&mut *tx).await?.rows_affected();
+                rows += sqlx::query("UPDATE students SET age = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(age(rng))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             }
             tx.commit().await?;
             Ok(rows)
@@ -1693,19 +1728,23 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
                 2 => sqlx::query("UPDATE students SET year_in_school = (ARRAY['FR','SO','JR','SR'])[1 + (id + $1) % 4] WHERE id % 3 <> $2")
                     .bind(rng.gen_range(0..4i64))
                     .bind(rng.gen_range(0..3i64)),
-                _ => sqlx::query("UPDATE students SET first_name = $1, age = 1 + (id % 100) WHERE id % $2 = 0").bind(first(rng)).bind(rng.gen_range(2..4i64)),
+                _ => sqlx::query("UPDATE students SET first_name = $1, age = 1 + (id % 100) WHERE id % $2 = 0")
+                    .bind(first(rng))
+                    .bind(rng.gen_range(2..4i64)),
             };
             Ok(q.execute(&mut *c).await?.rows_affected())
         }
         Op::BulkEnroll => {
             let Some(k) = some_row(c, "courses").await? else { return Ok(0) };
-            Ok(sqlx::query("INSERT INTO student_courses (student_id, course_id) SELECT id, $1 FROM students WHERE id % $2 = $3 ON CONFLICT DO NOTHING")
-                .bind(k)
-                .bind(rng.gen_range(3..8i64))
-                .bind(rng.gen_range(0..3i64))
-                .execute(&mut *c)
-                .await?
-                .rows_affected())
+            Ok(sqlx::query(
+                "INSERT INTO student_courses (student_id, course_id) SELECT id, $1 FROM students WHERE id % $2 = $3 ON CONFLICT DO NOTHING",
+            )
+            .bind(k)
+            .bind(rng.gen_range(3..8i64))
+            .bind(rng.gen_range(0..3i64))
+            .execute(&mut *c)
+            .await?
+            .rows_affected())
         }
         Op::BulkUnenroll => {
             let Some(k) = some_row(c, "courses").await? else { return Ok(0) };
@@ -1742,7 +1781,12 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
         }
         Op::MergeUniversities => {
             let (Some(a), Some(b)) = (some_row(c, "universities").await?, some_row(c, "universities").await?) else { return Ok(0) };
-            Ok(sqlx::query("UPDATE students SET university_id = $1 WHERE university_id = $2").bind(a).bind(b).execute(&mut *c).await?.rows_affected())
+            Ok(sqlx::query("UPDATE students SET university_id = $1 WHERE university_id = $2")
+                .bind(a)
+                .bind(b)
+                .execute(&mut *c)
+                .await?
+                .rows_affected())
         }
         Op::MoveStudentId => {
             // The old document must go and the new one come. A student with enrollments

@@ -143,7 +143,7 @@ async fn single_row_updates_mark_what_changed_including_a_changed_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     let env = Env::with_config(|c| c.sync.batch_size = 5000).await;
-    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 100_000, seed: 7 }).await.unwrap();
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 100_000, seed: 7 }).await.unwrap();
     let engine = env.engine_with(|c| c.sync.batch_size = 5000);
     engine.drain().await.unwrap();
     assert_eq!(env.count(json!({"match_all": {}})).await, 100_000);
@@ -188,16 +188,16 @@ async fn a_large_statement_is_one_row_for_the_writer_and_its_expansion_survives_
     env.sql("UPDATE students SET age = 22").await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100, "a small statement marks directly");
     assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents WHERE kind = 'students'").await, 2400);
-    let status = tidemark::admin::status(&env.pool, &env.search, None, &env.alias).await.unwrap();
+    let status = tidemark::admin::status(&env.services(), Err("not asked".into())).await.unwrap();
     assert_eq!((status.pending_statement_students, status.pending_fanouts), (2400, 0));
 
     // A worker expands one chunk, then dies: its lease runs out, another resumes at the cursor.
     let crashed = env.engine();
-    let mut set = tidemark::pipeline::fanout::claim_parent(&env.pool, &crashed.owner, Duration::from_secs(60)).await.unwrap().unwrap();
-    let step = tidemark::pipeline::fanout::expand_step(&env.pool, &crashed.owner, Duration::from_secs(60), &mut set, 1000).await.unwrap();
+    let mut set = tidemark::pipeline::fanout::claim_parent(&env.pool, crashed.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
+    let step = tidemark::pipeline::fanout::expand_step(&env.pool, crashed.owner(), Duration::from_secs(60), &mut set, 1000).await.unwrap();
     assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(1000));
     assert_eq!(env.scalar_i64("SELECT cursor FROM tidemark.dirty_parents").await, 1000);
-    let status = tidemark::admin::status(&env.pool, &env.search, None, &env.alias).await.unwrap();
+    let status = tidemark::admin::status(&env.services(), Err("not asked".into())).await.unwrap();
     assert_eq!(status.pending_statement_students, 1400);
     // Meanwhile a small write lands on a student of the set.
     env.sql("UPDATE students SET last_name = 'Later' WHERE id = 2000").await;
@@ -237,7 +237,7 @@ async fn a_large_statement_is_one_row_for_the_writer_and_its_expansion_survives_
 async fn two_workers_never_hold_the_same_mark_and_together_converge() {
     let env = Env::new().await;
     env.create_index().await;
-    tidemark::seed::seed(&env.pool, &tidemark::seed::SeedOptions { students: 3_000, seed: 3 }).await.unwrap();
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 3_000, seed: 3 }).await.unwrap();
     // Seeding is one large statement (one set row for the writer); mark its students one by
     // one instead, so the claims below have marks to take.
     env.sql("DELETE FROM tidemark.dirty_parents; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
@@ -281,7 +281,8 @@ async fn a_change_committed_while_its_batch_is_in_flight_is_indexed_afterwards()
     let env = Env::new().await;
     env.create_index().await;
     small_directory(&env).await;
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)").await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)")
+        .await;
     let engine = env.engine();
     let marks = engine.claim(10).await.unwrap();
     assert_eq!(marks.len(), 1);

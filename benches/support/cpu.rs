@@ -56,11 +56,8 @@ pub struct PgCpu {
 }
 
 async fn backends(pool: &PgPool, db: &str) -> HashMap<u32, Duration> {
-    let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
-        .bind(db)
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default();
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1").bind(db).fetch_all(pool).await.unwrap_or_default();
     pids.into_iter().filter_map(|p| Some((p as u32, pid_cpu(p as u32)?))).collect()
 }
 

@@ -200,7 +200,11 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, counters: Arc<Coun
 
         let (status, payload) = route(&method, &target, &body, &state, &counters);
         if std::env::var_os("DISCARD_TRACE").is_some() {
-            eprintln!("[discard] {method} {target} ({} bytes) -> {status} {}", body.len(), String::from_utf8_lossy(&payload[..payload.len().min(160)]));
+            eprintln!(
+                "[discard] {method} {target} ({} bytes) -> {status} {}",
+                body.len(),
+                String::from_utf8_lossy(&payload[..payload.len().min(160)])
+            );
         }
         let reason = match status {
             200 => "OK",
@@ -230,7 +234,10 @@ fn json(status: u16, v: serde_json::Value) -> (u16, Vec<u8>) {
 }
 
 fn not_found(what: &str) -> (u16, Vec<u8>) {
-    json(404, serde_json::json!({"error": {"type": "index_not_found_exception", "reason": format!("no such index [{what}]")}, "status": 404}))
+    json(
+        404,
+        serde_json::json!({"error": {"type": "index_not_found_exception", "reason": format!("no such index [{what}]")}, "status": 404}),
+    )
 }
 
 fn glob(pattern: &str, name: &str) -> bool {

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tidemark::{
     config::{Config, Secret},
-    engine::{DrainReport, Engine},
     search::Search,
+    sync::{DrainReport, Syncer},
 };
 
 use crate::progress;
@@ -32,7 +32,9 @@ pub struct Services {
 impl Services {
     pub fn from_env() -> Result<Services> {
         let get = |k: &str| {
-            std::env::var(k).with_context(|| format!("{k} is not set: run the benchmarks with deploy/local/bench.sh, which starts the services and sets it"))
+            std::env::var(k).with_context(|| {
+                format!("{k} is not set: run the benchmarks with deploy/local/bench.sh, which starts the services and sets it")
+            })
         };
         Ok(Services { database_url: get("DATABASE_URL")?, redis_url: get("REDIS_URL")?, es_url: get("ELASTICSEARCH_URL")? })
     }
@@ -100,37 +102,51 @@ impl BenchEnv {
 
     /// The configuration tidemark would build from this environment, pointed at `es_url`.
     pub fn config(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Arc<Config> {
-        let mut c = Config::default();
-        c.database_url = Some(Secret::new(self.database_url.clone()));
-        c.redis_url = Some(Secret::new(self.services.redis_url.clone()));
-        c.elasticsearch_url = Some(Secret::new(es_url.to_string()));
-        c.index_alias = self.alias.clone();
-        c.queue_namespace = self.namespace.clone();
+        let mut c = Config {
+            database_url: Some(Secret::new(self.database_url.clone())),
+            redis_url: Some(Secret::new(self.services.redis_url.clone())),
+            elasticsearch_url: Some(Secret::new(es_url.to_string())),
+            index_alias: self.alias.clone(),
+            queue_namespace: self.namespace.clone(),
+            ..Config::default()
+        };
         tweak(&mut c);
         c.validate().expect("benchmark configuration is valid");
         Arc::new(c)
     }
 
-    /// An in-process engine (no queue) against `es_url`.
-    pub fn engine(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Engine {
+    /// In-process services (as a worker process builds them) against `es_url`.
+    pub fn services(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> tidemark::services::Services {
         let config = self.config(es_url, tweak);
         let search = Search::new(&config).expect("search client");
-        Engine::new(self.pool.clone(), search, config, None)
+        tidemark::services::Services::new(self.pool.clone(), search, config)
+    }
+
+    /// An in-process syncer (no queue) against `es_url`.
+    pub fn engine(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Syncer {
+        Syncer::new(self.services(es_url, tweak), None)
     }
 
     pub fn search(&self, es_url: &str) -> Search {
         Search::new(&self.config(es_url, |_| {})).expect("search client")
     }
 
-    /// Seeds `n` students (tidemark::seed; the capture triggers mark every one), then
+    /// Seeds `n` students (tidemark_seeds; the capture triggers mark every one), then
     /// VACUUM ANALYZE, as any database that has been running a while would be.
     pub async fn seed(&mut self, n: u64) -> Result<Duration> {
         let t = Instant::now();
-        let r = tidemark::seed::seed(&self.pool, &tidemark::seed::SeedOptions { students: n, seed: 1 }).await?;
+        let r = tidemark_seeds::seed(&self.pool, &tidemark_seeds::SeedOptions { students: n, seed: 1 }).await?;
         let seeded = t.elapsed();
         sqlx::raw_sql("VACUUM ANALYZE").execute(&self.pool).await?;
         self.students = r.students;
-        progress!("{}: seeded {} students ({} enrollments) in {:.1}s, vacuumed in {:.1}s", self.kind, r.students, r.enrollments, seeded.as_secs_f64(), (t.elapsed() - seeded).as_secs_f64());
+        progress!(
+            "{}: seeded {} students ({} enrollments) in {:.1}s, vacuumed in {:.1}s",
+            self.kind,
+            r.students,
+            r.enrollments,
+            seeded.as_secs_f64(),
+            (t.elapsed() - seeded).as_secs_f64()
+        );
         Ok(seeded)
     }
 
@@ -173,7 +189,11 @@ impl BenchEnv {
             bail!("creating {name}: HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
         }
         search
-            .json(elasticsearch::http::Method::Post, "/_aliases", Some(&json!({"actions": [{"add": {"index": name, "alias": self.alias}}]})))
+            .json(
+                elasticsearch::http::Method::Post,
+                "/_aliases",
+                Some(&json!({"actions": [{"add": {"index": name, "alias": self.alias}}]})),
+            )
             .await?;
         Ok(name)
     }
@@ -199,7 +219,7 @@ impl BenchEnv {
 
     /// Drains every mark with `parallel` in-process engines against `es_url`.
     pub async fn drain(&self, es_url: &str, parallel: usize, tweak: impl Fn(&mut Config)) -> Result<DrainReport> {
-        let engines: Vec<Engine> = (0..parallel).map(|_| self.engine(es_url, &tweak)).collect();
+        let engines: Vec<Syncer> = (0..parallel).map(|_| self.engine(es_url, &tweak)).collect();
         let mut total = DrainReport::default();
         for _round in 0..5 {
             let reports = futures::future::try_join_all(engines.iter().map(|e| e.drain())).await?;
@@ -211,7 +231,7 @@ impl BenchEnv {
                 total.fanned_out += r.fanned_out;
                 total.reindexed += r.reindexed;
             }
-            if self.marks_left().await? == (0, 0) && tidemark::reindex::active(&self.pool, &self.alias).await?.is_none() {
+            if self.marks_left().await? == (0, 0) && tidemark::catalog::active(&self.pool, &self.alias).await?.is_none() {
                 return Ok(total);
             }
         }
@@ -287,7 +307,11 @@ impl BenchEnv {
             .env("TIDEMARK_INDEX_ALIAS", &self.alias)
             .env("TIDEMARK_QUEUE_NAMESPACE", &self.namespace)
             // BENCH_PROCESS_LOG overrides the processes' log filter (e.g. `debug` to trace a slow run).
-            .env("RUST_LOG", std::env::var("BENCH_PROCESS_LOG").unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_PROCESS_LOG")
+                    .unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -321,11 +345,10 @@ impl BenchEnv {
         // Ready when all three LISTEN for change notifications and both workers say so.
         let start = Instant::now();
         loop {
-            let listening: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-            )
-            .fetch_one(&self.pool)
-            .await?;
+            let listening: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
+                    .fetch_one(&self.pool)
+                    .await?;
             let started = self.procs.iter().filter(|p| std::fs::read_to_string(&p.log).is_ok_and(|l| l.contains("worker started"))).count();
             if listening >= 3 && started >= 2 {
                 break;
@@ -336,7 +359,10 @@ impl BenchEnv {
                 }
             }
             if start.elapsed() > Duration::from_secs(60) {
-                bail!("scheduler and workers not ready within 60 s (listening: {listening}, started: {started}); see {}", self.log_dir.display());
+                bail!(
+                    "scheduler and workers not ready within 60 s (listening: {listening}, started: {started}); see {}",
+                    self.log_dir.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -391,7 +417,8 @@ impl BenchEnv {
         self.pool.close().await;
         if let Ok(client) = redis::Client::open(self.services.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut conn).await.unwrap_or_default();
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut conn).await.unwrap_or_default();
                 if !keys.is_empty() {
                     let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                 }
@@ -443,9 +470,8 @@ where
 /// claim leased every chunk); the claims are fixed (e941e1c) and it is now a harmless
 /// no-op kept for older checkouts. The reindex benchmark's `claim_chunk` canary keeps
 /// checking for the bug.
-pub async fn start_build(env: &BenchEnv, es_url: &str, reason: &str) -> Result<tidemark::reindex::Build> {
-    let search = env.search(es_url);
-    let b = tidemark::reindex::start(&env.pool, &search, &env.alias, 10_000, reason).await?;
+pub async fn start_build(env: &BenchEnv, es_url: &str, reason: &str) -> Result<tidemark::catalog::Build> {
+    let b = tidemark::reindex::start(&env.services(es_url, |_| {}), 10_000, reason).await?;
     env.sql("ANALYZE tidemark.reindex_chunks").await?;
     Ok(b)
 }

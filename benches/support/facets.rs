@@ -1,5 +1,5 @@
 //! 5. Facets: the tutorial's facet query answered by the index, against the same counts
-//! computed by SQL `GROUP BY`, on the same students. The counts are checked to agree.
+//!    computed by SQL `GROUP BY`, on the same students. The counts are checked to agree.
 
 use std::{collections::BTreeMap, time::Instant};
 

@@ -1,7 +1,7 @@
 //! 1. Fan-out: rename a university and time from the renaming commit until every one of its
-//! students is searchable under the new name, with a scheduler and two worker processes
-//! running against osmem. Baseline in the same run: the tutorial's way, one request per
-//! student (read the student, index its document), then the same poll.
+//!    students is searchable under the new name, with a scheduler and two worker processes
+//!    running against osmem. Baseline in the same run: the tutorial's way, one request per
+//!    student (read the student, index its document), then the same poll.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,9 @@ use crate::progress;
 
 const BENCH: &str = "1. Fan-out";
 
+/// A timeline event: seconds since the change, what happened, and where (process log).
+type Event = (f64, String, String);
+
 /// When the renamed documents became searchable, seconds after the rename was sent.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Milestones {
@@ -29,7 +32,14 @@ struct Milestones {
 }
 
 /// Polls the index until `want` documents match `query`; times are from `t0`.
-async fn wait_searchable(env: &BenchEnv, query: serde_json::Value, want: u64, every: Duration, limit: Duration, t0: Instant) -> Result<Milestones> {
+async fn wait_searchable(
+    env: &BenchEnv,
+    query: serde_json::Value,
+    want: u64,
+    every: Duration,
+    limit: Duration,
+    t0: Instant,
+) -> Result<Milestones> {
     let mut m = Milestones { first: f64::NAN, half: f64::NAN, all: f64::NAN, polls: 0 };
     loop {
         let n = env.count(query.clone()).await?;
@@ -166,20 +176,22 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let mut pids = env.start_deployment_with(worker_toml.as_deref()).await?;
     let warm_t = Instant::now();
     env.sql("UPDATE students SET last_name = 'Warmup' WHERE id = (SELECT min(id) FROM students WHERE university_id = 1)").await?;
-    wait_searchable(env, json!({"term": {"last_name.raw": "Warmup"}}), 1, Duration::from_millis(20), Duration::from_secs(60), warm_t).await?;
+    wait_searchable(env, json!({"term": {"last_name.raw": "Warmup"}}), 1, Duration::from_millis(20), Duration::from_secs(60), warm_t)
+        .await?;
     let warmup = warm_t.elapsed().as_secs_f64();
 
     // The measured renames, one after the other.
     if let Some(p) = cpu::search_server_pid() {
         pids.push(p);
     }
-    let every = std::env::var("BENCH_POLL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(if n > 10_000 { Duration::from_millis(100) } else { Duration::from_millis(20) });
+    let every = std::env::var("BENCH_POLL_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(if n > 10_000 {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(20)
+    });
     let limit = Duration::from_secs(if n > 10_000 { 900 } else { 120 });
-    let mut tries: Vec<(f64, Milestones, Vec<(f64, String, String)>, String)> = Vec::new();
+    // (seconds of the UPDATE, milestones, timeline events, server load) per try.
+    let mut tries: Vec<(f64, Milestones, Vec<Event>, String)> = Vec::new();
     let procs = ProcCpu::start(&pids);
     let pg = PgCpu::start(&env.pool, &env.db_name).await;
     let mut name = String::new();
@@ -254,11 +266,25 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name3).execute(&env.pool).await?;
     let ids = renamed_ids(env, sample).await?;
     per_student(env, &env.services.es_url, &index, &ids).await?;
-    let bm = wait_searchable(env, json!({"term": {"university.name": name3}}), sample as u64, Duration::from_millis(20), Duration::from_secs(900), t0).await?;
+    let bm = wait_searchable(
+        env,
+        json!({"term": {"university.name": name3}}),
+        sample as u64,
+        Duration::from_millis(20),
+        Duration::from_secs(900),
+        t0,
+    )
+    .await?;
     let base_measured = bm.all;
     let base = base_measured * n as f64 / sample as f64;
     let extrapolated = sample < n as usize;
-    progress!("{}: baseline {:.2}s for {} students{}", env.kind, base_measured, stats::int(sample as u64), if extrapolated { format!(" → {:.1}s extrapolated to {label}", base) } else { String::new() });
+    progress!(
+        "{}: baseline {:.2}s for {} students{}",
+        env.kind,
+        base_measured,
+        stats::int(sample as u64),
+        if extrapolated { format!(" → {:.1}s extrapolated to {label}", base) } else { String::new() }
+    );
 
     // Rows.
     let (target, limit_s) = if n > 10_000 { ("< 15 s", 15.0) } else { ("< 1 s", 1.0) };
@@ -297,7 +323,10 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
                 .figure(stats::secs(secs))
                 .baseline(format!("{} one request per student into the same endpoint", stats::secs(per_doc)))
                 .ratio(stats::ratio(per_doc / secs))
-                .target(if n > 10_000 { "≥ 20× (and < 15 s)" } else { "≥ 20× (and < 1 s)" }, Some(per_doc / secs >= 20.0 && secs < limit_s)),
+                .target(
+                    if n > 10_000 { "≥ 20× (and < 15 s)" } else { "≥ 20× (and < 1 s)" },
+                    Some(per_doc / secs >= 20.0 && secs < limit_s),
+                ),
         );
     }
 
@@ -328,12 +357,24 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         for (t, proc_name, line) in events {
             if line.contains("batch synced") {
                 batches += 1;
-                let k: u64 = line.split("size=").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|x| x.parse().ok()).unwrap_or(0);
+                let k: u64 = line
+                    .split("size=")
+                    .nth(1)
+                    .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
                 docs += k;
                 if batches <= 12 {
-                    let ms = |key: &str| line.split(key).nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|x| x.parse::<f64>().ok());
+                    let ms = |key: &str| {
+                        line.split(key)
+                            .nth(1)
+                            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|x| x.parse::<f64>().ok())
+                    };
                     let stages = match (ms("load_ms="), ms("ship_ms="), ms("ack_ms=")) {
-                        (Some(l), Some(sh), Some(a)) => format!(" (read {}, `_bulk` {}, acknowledge {})", stats::ms(l / 1e3), stats::ms(sh / 1e3), stats::ms(a / 1e3)),
+                        (Some(l), Some(sh), Some(a)) => {
+                            format!(" (read {}, `_bulk` {}, acknowledge {})", stats::ms(l / 1e3), stats::ms(sh / 1e3), stats::ms(a / 1e3))
+                        }
                         _ => String::new(),
                     };
                     s.push_str(&format!("- {}: {proc_name}: batch of {} synced{stages}\n", stats::secs(*t), stats::int(k)));

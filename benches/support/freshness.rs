@@ -1,6 +1,6 @@
 //! 4. Freshness under load: writers commit single-row UPDATEs at a steady rate, each
-//! stamping a student's last name with its sequence number, and the time each stamp
-//! became searchable is recorded. Scheduler and two workers run.
+//!    stamping a student's last name with its sequence number, and the time each stamp
+//!    became searchable is recorded. Scheduler and two workers run.
 //!
 //! Twice: into osmem, observed by a poller searching the index for stamps; and into the
 //! discarding endpoint, which records when each stamp arrives in a `_bulk` body — the
@@ -95,18 +95,24 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     let mut out = Outcome::default();
     let d = &osmem.latency;
     out.rows.push(
-        Row::new(BENCH, format!("commit → searchable at {} writes/s for {} s (scheduler + 2 workers, osmem)", plan.fresh_rate, plan.fresh_secs))
-            .figure(format!("p99 {} (p50 {}, p95 {}, max {})", stats::secs(d.p99), stats::secs(d.p50), stats::secs(d.p95), stats::secs(d.max)))
-            .target(
-                if plan.fresh_rate >= 500 { "p99 ≤ 2 s at 500 writes/s" } else { "p99 ≤ 2 s at 500 writes/s (quick: lower rate)" },
-                Some(d.p99 <= 2.0 && osmem.unseen == 0 && (plan.fresh_rate < 500 || osmem.achieved >= 0.95 * plan.fresh_rate as f64)),
-            ),
+        Row::new(
+            BENCH,
+            format!("commit → searchable at {} writes/s for {} s (scheduler + 2 workers, osmem)", plan.fresh_rate, plan.fresh_secs),
+        )
+        .figure(format!("p99 {} (p50 {}, p95 {}, max {})", stats::secs(d.p99), stats::secs(d.p50), stats::secs(d.p95), stats::secs(d.max)))
+        .target(
+            if plan.fresh_rate >= 500 { "p99 ≤ 2 s at 500 writes/s" } else { "p99 ≤ 2 s at 500 writes/s (quick: lower rate)" },
+            Some(d.p99 <= 2.0 && osmem.unseen == 0 && (plan.fresh_rate < 500 || osmem.achieved >= 0.95 * plan.fresh_rate as f64)),
+        ),
     );
     let o = &own.latency;
     out.rows.push(
-        Row::new(BENCH, format!("same load, tidemark's own part: commit → `_bulk` received by the discarding endpoint ({} writes/s)", plan.fresh_rate))
-            .figure(format!("p99 {} (p50 {}, p95 {}, max {})", stats::secs(o.p99), stats::secs(o.p50), stats::secs(o.p95), stats::secs(o.max)))
-            .target("p99 ≤ 2 s (tidemark's share)", Some(o.p99 <= 2.0 && own.unseen == 0)),
+        Row::new(
+            BENCH,
+            format!("same load, tidemark's own part: commit → `_bulk` received by the discarding endpoint ({} writes/s)", plan.fresh_rate),
+        )
+        .figure(format!("p99 {} (p50 {}, p95 {}, max {})", stats::secs(o.p99), stats::secs(o.p50), stats::secs(o.p95), stats::secs(o.max)))
+        .target("p99 ≤ 2 s (tidemark's share)", Some(o.p99 <= 2.0 && own.unseen == 0)),
     );
     let mut s = format!(
         "{} students seeded and indexed; `tidemark scheduler --interval 5s` and two `tidemark worker` (default \
@@ -123,9 +129,25 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
         plan.fresh_rate,
     );
     let row = |label: &str, a: String, b: String| format!("| {label} | {a} | {b} |\n");
-    let fmt_d = |d: &Dist| format!("**p50 {}, p95 {}, p99 {}, max {}** (mean {})", stats::secs(d.p50), stats::secs(d.p95), stats::secs(d.p99), stats::secs(d.max), stats::secs(d.mean));
+    let fmt_d = |d: &Dist| {
+        format!(
+            "**p50 {}, p95 {}, p99 {}, max {}** (mean {})",
+            stats::secs(d.p50),
+            stats::secs(d.p95),
+            stats::secs(d.p99),
+            stats::secs(d.max),
+            stats::secs(d.mean)
+        )
+    };
     let writes = |l: &Load| format!("{} in {:.1} s = {:.0}/s", stats::int(l.writes), l.writers_secs, l.achieved);
-    let wl = |l: &Load| format!("p50 {}, p99 {}, max {}", stats::secs(l.write_latency.p50), stats::secs(l.write_latency.p99), stats::secs(l.write_latency.max));
+    let wl = |l: &Load| {
+        format!(
+            "p50 {}, p99 {}, max {}",
+            stats::secs(l.write_latency.p50),
+            stats::secs(l.write_latency.p99),
+            stats::secs(l.write_latency.max)
+        )
+    };
     s.push_str(&row("writes", writes(&osmem), writes(&own)));
     s.push_str(&row("write latency (UPDATE + commit)", wl(&osmem), wl(&own)));
     s.push_str(&row("**commit → visible**", fmt_d(&osmem.latency), fmt_d(&own.latency)));
@@ -219,7 +241,11 @@ async fn run_load(plan: &Plan, env: &mut BenchEnv, observe: Observe<'_>, offset:
                 tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / rate)).into()).await;
                 let id = (k % n) as i64 + 1;
                 let t = Instant::now();
-                sqlx::query("UPDATE students SET last_name = $1 WHERE id = $2").bind(stamp(offset + k)).bind(id).execute(&mut *conn).await?;
+                sqlx::query("UPDATE students SET last_name = $1 WHERE id = $2")
+                    .bind(stamp(offset + k))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
                 let committed = start.elapsed().as_secs_f64();
                 commit_at.lock().unwrap()[k as usize] = committed;
                 write_lat.lock().unwrap().push(t.elapsed().as_secs_f64());
@@ -277,7 +303,9 @@ async fn run_load(plan: &Plan, env: &mut BenchEnv, observe: Observe<'_>, offset:
                     polls += 1;
                     for hit in resp["hits"]["hits"].as_array().cloned().unwrap_or_default() {
                         let Some(id) = hit["_id"].as_str().and_then(|s| s.parse::<u64>().ok()) else { continue };
-                        let Some(s) = hit["_source"]["last_name"].as_str().and_then(|s| s.strip_prefix('F')).and_then(|s| s.parse::<u64>().ok()) else {
+                        let Some(s) =
+                            hit["_source"]["last_name"].as_str().and_then(|s| s.strip_prefix('F')).and_then(|s| s.parse::<u64>().ok())
+                        else {
                             continue;
                         };
                         let Some(s) = s.checked_sub(offset) else { continue };

@@ -68,7 +68,13 @@ impl Plan {
         if quick {
             Plan {
                 quick,
-                fanout: vec![FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: true, repeats: 3 }],
+                fanout: vec![FanoutCase {
+                    students: 16_000,
+                    index_only_renamed: false,
+                    baseline_sample: None,
+                    discard_too: true,
+                    repeats: 3,
+                }],
                 reindex_discard_students: 100_000,
                 reindex_repeats: 2,
                 reindex_baseline_sample: 5_000,
@@ -92,7 +98,13 @@ impl Plan {
                 quick,
                 fanout: vec![
                     FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: true, repeats: 5 },
-                    FanoutCase { students: 1_000_000, index_only_renamed: true, baseline_sample: Some(10_000), discard_too: true, repeats: 1 },
+                    FanoutCase {
+                        students: 1_000_000,
+                        index_only_renamed: true,
+                        baseline_sample: Some(10_000),
+                        discard_too: true,
+                        repeats: 1,
+                    },
                 ],
                 reindex_discard_students: 1_000_000,
                 reindex_repeats: 2,
@@ -117,7 +129,11 @@ impl Plan {
 }
 
 /// Runs a future with a deadline, turning a timeout into an error that names what hung.
-pub async fn within<T>(what: &str, limit: std::time::Duration, f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub async fn within<T>(
+    what: &str,
+    limit: std::time::Duration,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     match tokio::time::timeout(limit, f).await {
         Ok(r) => r,
         Err(_) => anyhow::bail!("{what}: timed out after {limit:?}"),

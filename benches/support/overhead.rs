@@ -1,6 +1,6 @@
 //! 3. Write overhead of the capture triggers: single-row `UPDATE` latency and one
-//! 100,000-row `UPDATE`, each with the trigger enabled and disabled on the same table,
-//! alternating so drift hits both sides alike.
+//!    100,000-row `UPDATE`, each with the trigger enabled and disabled on the same table,
+//!    alternating so drift hits both sides alike.
 
 use std::time::Instant;
 
@@ -89,7 +89,13 @@ async fn only_trigger(env: &BenchEnv, name: &str) -> Result<()> {
 }
 
 /// Runs `warm_up` single-row UPDATEs unmeasured, then `count` timed ones, on `conn`.
-async fn single_latencies(conn: &mut sqlx::PgConnection, n: i64, warm_up: usize, count: usize, rng: &mut rand::rngs::StdRng) -> Result<Vec<f64>> {
+async fn single_latencies(
+    conn: &mut sqlx::PgConnection,
+    n: i64,
+    warm_up: usize,
+    count: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<Vec<f64>> {
     for _ in 0..warm_up {
         sqlx::query(SINGLE).bind(rng.gen_range(1..=n)).execute(&mut *conn).await?;
     }
@@ -238,7 +244,9 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
             anyhow::ensure!(r.rows_affected() == 100_000, "the bulk UPDATE touched {} rows", r.rows_affected());
             if on {
                 // A large statement leaves one set row with every changed id (migration 0005).
-                let (rows, ids) = env.scalar2("SELECT count(*), coalesce(sum(cardinality(ids)), 0) FROM tidemark.dirty_parents WHERE kind = 'students'").await?;
+                let (rows, ids) = env
+                    .scalar2("SELECT count(*), coalesce(sum(cardinality(ids)), 0) FROM tidemark.dirty_parents WHERE kind = 'students'")
+                    .await?;
                 anyhow::ensure!(rows == 1 && ids == 100_000, "the bulk UPDATE left {rows} set row(s) of {ids} students");
                 // What the writer no longer does, a worker does later: expand the set into marks.
                 let t = Instant::now();
@@ -274,7 +282,14 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
         Row::new(BENCH, "single-row `UPDATE` (autocommit), mean latency with capture")
             .figure(format!("{} (p50 {}, p95 {})", stats::us(on.mean), stats::us(on.p50), stats::us(on.p95)))
             .baseline(format!("{} (p50 {}, p95 {}) without", stats::us(off.mean), stats::us(off.p50), stats::us(off.p95)))
-            .ratio(format!("{} ({}; p50 {}; median of {} paired rounds {})", stats::ratio(single_ratio), stats::pct(single_ratio), stats::pct(on.p50 / off.p50), pair_ratios.len(), stats::pct(stats::median(&pair_ratios))))
+            .ratio(format!(
+                "{} ({}; p50 {}; median of {} paired rounds {})",
+                stats::ratio(single_ratio),
+                stats::pct(single_ratio),
+                stats::pct(on.p50 / off.p50),
+                pair_ratios.len(),
+                stats::pct(stats::median(&pair_ratios))
+            ))
             .target("≤ 15 % latency", Some(single_ratio <= 1.15)),
     );
     out.rows.push(

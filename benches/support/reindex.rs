@@ -1,6 +1,6 @@
 //! 2. Full reindex: tidemark's own cost (documents/s into a discarding endpoint that
-//! answers like `_bulk`), and end-to-end into osmem, each against one index request per
-//! document measured in the same run.
+//!    answers like `_bulk`), and end-to-end into osmem, each against one index request per
+//!    document measured in the same run.
 //!
 //! The measured operation is [`full_reindex`]: what `tidemark admin reindex` does (a new
 //! generation built chunk by chunk, verified, then the alias swapped), with the chunks
@@ -10,10 +10,11 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use elasticsearch::http::Method;
 use serde_json::json;
 use tidemark::{
+    catalog,
     config::Config,
     pipeline::{
         acknowledge::{acknowledge, verdicts},
@@ -21,7 +22,8 @@ use tidemark::{
         encode::{body, encode, split},
         fanout,
         load::{load, load_range},
-        ship::ship,
+        ship::{ship, ShipLimits},
+        targets,
     },
     reindex::{self, Finish},
 };
@@ -52,8 +54,8 @@ pub fn reindex_config(c: &mut Config) {
 pub async fn full_reindex(env: &BenchEnv, es_url: &str, parallel: usize) -> Result<u64> {
     let b = super::env::start_build(env, es_url, "benchmark").await?;
     env.drain(es_url, parallel, reindex_config).await?;
-    let b = reindex::get(&env.pool, b.id).await?;
-    ensure!(b.state == "done", "the reindex ended {}: {}", b.state, b.message.unwrap_or_default());
+    let b = catalog::get(&env.pool, b.id).await?;
+    ensure!(b.state == catalog::BuildState::Done, "the reindex ended {}: {}", b.state, b.message.unwrap_or_default());
     Ok(b.docs_done as u64)
 }
 
@@ -118,18 +120,24 @@ async fn measured_run(env: &BenchEnv, es_url: &str, path: Path, parallel: usize,
     if docs != env.students {
         bail!("{path:?} wrote {docs} documents for {} students", env.students);
     }
-    progress!("{}: {path:?} of {} docs with {parallel} engine(s) in {:.2}s = {}", env.kind, stats::int(docs), secs, stats::rate(run.docs_per_s));
+    progress!(
+        "{}: {path:?} of {} docs with {parallel} engine(s) in {:.2}s = {}",
+        env.kind,
+        stats::int(docs),
+        secs,
+        stats::rate(run.docs_per_s)
+    );
     Ok(run)
 }
 
-/// Where one engine's time goes, stage by stage, in the order `Engine::step` runs them.
+/// Where one engine's time goes, stage by stage, in the order `Syncer::step` runs them.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Splits {
     path: Option<Path>,
     steps: u64,
     docs: u64,
     total: f64,
-    /// `Engine::targets` (build lookup + `GET /_alias`), once per step and once per batch.
+    /// `targets::decide` (build lookup + `GET /_alias`), once per step and once per batch.
     targets: f64,
     claim_parent: f64,
     /// `reindex::active` + `reindex::claim_chunk` (reindex) or the marks' claim (sync).
@@ -150,12 +158,13 @@ fn since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// One engine, the stages of `Engine::step` called one by one with a clock around each
+/// One engine, the stages of `Syncer::step` called one by one with a clock around each
 /// (the same public functions; the chunk's bookkeeping query is copied from
 /// `reindex::process_chunk`).
 async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
     let engine = env.engine(es_url, reindex_config);
-    let cfg = engine.config.clone();
+    let services = engine.services.clone();
+    let cfg = services.config.clone();
     let lease = cfg.sync.lease.0;
     let mut sp = Splits { path: Some(path), ..Default::default() };
     let build = match path {
@@ -172,18 +181,18 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
     loop {
         sp.steps += 1;
         let t = Instant::now();
-        engine.targets().await?;
+        targets::decide(&services).await?.context("no index to write to")?;
         sp.targets += since(t);
         let t = Instant::now();
-        if fanout::claim_parent(&engine.pool, &engine.owner, lease).await?.is_some() {
+        if fanout::claim_parent(&services.pool, engine.owner(), lease).await?.is_some() {
             bail!("unexpected university/course mark");
         }
         sp.claim_parent += since(t);
         if let Some(build) = &build {
             let t = Instant::now();
-            let active = reindex::active(&env.pool, &env.alias).await?;
+            let active = catalog::active(&env.pool, &env.alias).await?;
             let chunk = match &active {
-                Some(b) => reindex::claim_chunk(&env.pool, b.id, &engine.owner, lease).await?,
+                Some(b) => reindex::claim_chunk(&env.pool, b.id, engine.owner(), lease).await?,
                 None => None,
             };
             sp.claim += since(t);
@@ -195,10 +204,10 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
                 let docs = load_range(&env.pool, chunk.lo, chunk.hi).await?;
                 sp.load += since(t);
                 let t = Instant::now();
-                let encoded = encode(&docs, &[reindex::build_alias(&build.alias)], version);
+                let encoded = encode(&docs, &[catalog::build_alias(&build.alias)], version);
                 sp.encode += since(t);
                 let t = Instant::now();
-                let shipped = ship(&engine.search, &encoded, engine.ship_limits()).await?;
+                let shipped = ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync)).await?;
                 sp.ship += since(t);
                 let t = Instant::now();
                 let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
@@ -210,7 +219,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
                 )
                 .bind(build.id)
                 .bind(chunk.lo)
-                .bind(&engine.owner)
+                .bind(engine.owner())
                 .bind(true)
                 .bind(docs.len() as i32)
                 .execute(&env.pool)
@@ -219,7 +228,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
                 sp.docs += docs.len() as u64;
             }
             let t = Instant::now();
-            let finish = reindex::finish(&engine, build.id).await?;
+            let finish = reindex::finish(&services, build.id).await?;
             sp.finish += since(t);
             let t = Instant::now();
             ensure!(engine.claim(cfg.sync.batch_size as usize).await?.is_empty(), "unexpected marks during the reindex");
@@ -238,7 +247,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
             }
             let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
             let t = Instant::now();
-            let targets = engine.targets().await?;
+            let targets = targets::decide(&services).await?.context("no index to write to")?;
             sp.targets += since(t);
             let t = Instant::now();
             let version = claim::draw_version(&env.pool).await?;
@@ -250,11 +259,11 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
             let encoded = encode(&docs, &targets.indices, version);
             sp.encode += since(t);
             let t = Instant::now();
-            let shipped = ship(&engine.search, &encoded, engine.ship_limits()).await?;
+            let shipped = ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync)).await?;
             sp.ship += since(t);
             let t = Instant::now();
             let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
-            let acked = acknowledge(&env.pool, &engine.owner, &marks, &v).await?;
+            let acked = acknowledge(&env.pool, engine.owner(), &marks, &v).await?;
             sp.acknowledge += since(t);
             sp.docs += acked.cleared;
         }
@@ -283,7 +292,7 @@ fn split_table(sp: &Splits) -> String {
             rows.push(("claim (`UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`)", sp.claim));
         }
     }
-    rows.push(("`Engine::targets` (build lookup + `GET /_alias`)", sp.targets));
+    rows.push(("`targets::decide` (build lookup + `GET /_alias`)", sp.targets));
     rows.push(("`claim_parent` (look for a renamed university/course)", sp.claim_parent));
     rows.push(("`draw_version` (`nextval`)", sp.draw_version));
     let mut s = format!(
@@ -381,16 +390,22 @@ pub async fn run(plan: &Plan, services: &Services) -> (Result<Outcome>, Kept) {
 /// How many chunks one `reindex::claim_chunk` leases on a fresh build, as a first build on
 /// a fresh database runs it (no statistics on the chunk table yet). Should be 1.
 async fn claim_chunk_canary(env: &BenchEnv, es_url: &str) -> Result<(u64, u64)> {
-    let search = env.search(es_url);
-    let b = reindex::start(&env.pool, &search, &env.alias, 10_000, "benchmark: claim_chunk canary").await?;
+    let services = env.services(es_url, |_| {});
+    let b = reindex::start(&services, 10_000, "benchmark: claim_chunk canary").await?;
     let claimed = reindex::claim_chunk(&env.pool, b.id, "canary", std::time::Duration::from_secs(60)).await?;
-    let leased = env.scalar(&format!("SELECT count(*) FROM tidemark.reindex_chunks WHERE reindex_id = {} AND lease_owner = 'canary'", b.id)).await?;
-    reindex::cancel(&env.pool, &search, &env.alias).await?;
+    let leased =
+        env.scalar(&format!("SELECT count(*) FROM tidemark.reindex_chunks WHERE reindex_id = {} AND lease_owner = 'canary'", b.id)).await?;
+    reindex::cancel(&services).await?;
     ensure!(claimed.is_some(), "the canary claimed no chunk");
     Ok((leased as u64, b.chunks_total as u64))
 }
 
-async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
+async fn discard_part(
+    plan: &Plan,
+    env: &mut BenchEnv,
+    out: &mut Outcome,
+    raw: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     env.seed(plan.reindex_discard_students).await?;
     let discard = Discard::start(&[(env.alias.clone(), format!("{}_1", env.alias))]);
     let n = env.students;
@@ -419,7 +434,7 @@ async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &
 
     let best_of = |path: Path, parallel: Option<usize>| {
         runs.iter()
-            .filter(|r| r.path == path && parallel.map_or(true, |p| r.parallel == p))
+            .filter(|r| r.path == path && parallel.is_none_or(|p| r.parallel == p))
             .cloned()
             .fold(None::<Run>, |a, b| match a {
                 Some(a) if a.docs_per_s >= b.docs_per_s => Some(a),
@@ -435,11 +450,27 @@ async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &
     let per_cpu = |r: &Run| r.docs as f64 / (r.cpu_tidemark + r.cpu_postgres + r.cpu_server).max(1e-9);
     let capacity = 2.0 * per_cpu(&best);
     out.rows.push(
-        Row::new(BENCH, format!("full reindex (`admin reindex`), tidemark's own cost: {label} students into a discarding `_bulk` endpoint, {} engine(s)", best.parallel))
-            .figure(format!("{} (best of {}; CPU use ⇒ ≈ {} on 2 idle cores)", stats::rate(best.docs_per_s), plan.reindex_repeats.max(1), stats::rate(capacity)))
-            .baseline(format!("{} one request per document (measured on {}; {label} would take {})", stats::rate(base_rate), stats::int(bn), stats::secs(n as f64 / base_rate)))
-            .ratio(stats::ratio(best.docs_per_s / base_rate))
-            .target("≥ 100,000 docs/s on 2 cores", Some(best.docs_per_s >= 100_000.0)),
+        Row::new(
+            BENCH,
+            format!(
+                "full reindex (`admin reindex`), tidemark's own cost: {label} students into a discarding `_bulk` endpoint, {} engine(s)",
+                best.parallel
+            ),
+        )
+        .figure(format!(
+            "{} (best of {}; CPU use ⇒ ≈ {} on 2 idle cores)",
+            stats::rate(best.docs_per_s),
+            plan.reindex_repeats.max(1),
+            stats::rate(capacity)
+        ))
+        .baseline(format!(
+            "{} one request per document (measured on {}; {label} would take {})",
+            stats::rate(base_rate),
+            stats::int(bn),
+            stats::secs(n as f64 / base_rate)
+        ))
+        .ratio(stats::ratio(best.docs_per_s / base_rate))
+        .target("≥ 100,000 docs/s on 2 cores", Some(best.docs_per_s >= 100_000.0)),
     );
     out.rows.push(
         Row::new(BENCH, "batched vs one request per document, both one stream (reindex, discarding endpoint)")
@@ -447,11 +478,16 @@ async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &
             .target("≥ 20×", Some(one.docs_per_s / base_rate >= 20.0)),
     );
     out.rows.push(
-        Row::new(BENCH, format!("sync path on the same {label} students (all marked, drained by 2 engines; what fan-outs and bulk `UPDATE`s go through)"))
-            .figure(stats::rate(sync.docs_per_s))
-            .baseline(format!("{} one request per document", stats::rate(base_rate)))
-            .ratio(stats::ratio(sync.docs_per_s / base_rate))
-            .target("— (no target of its own)", None),
+        Row::new(
+            BENCH,
+            format!(
+                "sync path on the same {label} students (all marked, drained by 2 engines; what fan-outs and bulk `UPDATE`s go through)"
+            ),
+        )
+        .figure(stats::rate(sync.docs_per_s))
+        .baseline(format!("{} one request per document", stats::rate(base_rate)))
+        .ratio(stats::ratio(sync.docs_per_s / base_rate))
+        .target("— (no target of its own)", None),
     );
 
     let s = &mut out.section;
@@ -460,7 +496,7 @@ async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &
          The endpoint (in the harness, on its own thread) answers `_bulk` like a server that accepted every op; it indexes \
          nothing, and keeps each document's bytes only so that `_count` and `_mget` answer tidemark's verification truthfully. \
          Measured operation (`full_reindex` in `benches/support/reindex.rs`): `reindex::start` — what \
-         `tidemark admin reindex` calls — then in-process engines (`Engine::drain`, as a worker's jobs would) process the \
+         `tidemark admin reindex` calls — then in-process engines (`Syncer::drain`, as a worker's jobs would) process the \
          chunks of 10,000 students (`_bulk` requests of up to 10,000 ops) until the new generation is verified (count, \
          200 sampled documents) and the alias swapped. The sync path (every student marked outside the clock, then \
          claimed, read, shipped and acknowledged in batches of 10,000) is measured on the same data.\n\n\
@@ -488,7 +524,7 @@ async fn discard_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &
         stats::int(per_cpu(&best) as u64),
         stats::rate(capacity)
     ));
-    s.push_str("**Where the time goes, full reindex** — one engine, the stages of `Engine::step` timed one by one: ");
+    s.push_str("**Where the time goes, full reindex** — one engine, the stages of `Syncer::step` timed one by one: ");
     s.push_str(&split_table(&split_reindex));
     s.push_str("\n**Where the time goes, sync path** — one engine: ");
     s.push_str(&split_table(&split_sync));
@@ -526,7 +562,12 @@ async fn create_scratch(env: &BenchEnv, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn osmem_part(plan: &Plan, env: &mut BenchEnv, out: &mut Outcome, raw: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
+async fn osmem_part(
+    plan: &Plan,
+    env: &mut BenchEnv,
+    out: &mut Outcome,
+    raw: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     let es = env.services.es_url.clone();
     env.seed(plan.reindex_osmem_students).await?;
     env.clear_marks().await?;

@@ -46,7 +46,11 @@ pub fn median(values: &[f64]) -> f64 {
         return f64::NAN;
     }
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// Seconds as a human figure: `1.23 s`, `45.6 ms`, `789 µs`.
@@ -70,12 +74,20 @@ pub fn dur(d: Duration) -> String {
 
 /// Milliseconds with one decimal.
 pub fn ms(s: f64) -> String {
-    if s.is_finite() { format!("{:.1} ms", s * 1e3) } else { "n/a".into() }
+    if s.is_finite() {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        "n/a".into()
+    }
 }
 
 /// Microseconds, whole.
 pub fn us(s: f64) -> String {
-    if s.is_finite() { format!("{} µs", int((s * 1e6).round() as u64)) } else { "n/a".into() }
+    if s.is_finite() {
+        format!("{} µs", int((s * 1e6).round() as u64))
+    } else {
+        "n/a".into()
+    }
 }
 
 /// An integer with thousands separators: 1,234,567.
@@ -83,7 +95,7 @@ pub fn int(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -92,7 +104,11 @@ pub fn int(n: u64) -> String {
 }
 
 pub fn rate(per_s: f64) -> String {
-    if per_s.is_finite() { format!("{} docs/s", int(per_s.round() as u64)) } else { "n/a".into() }
+    if per_s.is_finite() {
+        format!("{} docs/s", int(per_s.round() as u64))
+    } else {
+        "n/a".into()
+    }
 }
 
 /// A ratio: `12.3×`, `1.07×`.
@@ -108,5 +124,9 @@ pub fn ratio(r: f64) -> String {
 
 /// A percentage difference: `+12.3 %`.
 pub fn pct(r: f64) -> String {
-    if r.is_finite() { format!("{:+.1} %", (r - 1.0) * 100.0) } else { "n/a".into() }
+    if r.is_finite() {
+        format!("{:+.1} %", (r - 1.0) * 100.0)
+    } else {
+        "n/a".into()
+    }
 }

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use super::Mark;
 
 /// Claims up to `limit` unleased marks, oldest number first, for `owner` until `lease` ends.
-pub async fn claim_students(pool: &PgPool, owner: &str, lease: Duration, limit: i64) -> Result<Vec<Mark>, sqlx::Error> {
+pub async fn claim_students(db: impl PgExecutor<'_>, owner: &str, lease: Duration, limit: i64) -> Result<Vec<Mark>, sqlx::Error> {
     // The candidates are picked by an uncorrelated ARRAY(...) sub-select, which PostgreSQL
     // runs exactly once. (A `FROM (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` join may be
     // re-scanned per outer row, each re-scan skipping the rows just locked — and so
@@ -30,7 +30,7 @@ pub async fn claim_students(pool: &PgPool, owner: &str, lease: Duration, limit: 
     .bind(owner)
     .bind(lease.as_millis() as f64)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|(student_id, seq)| Mark { student_id, seq }).collect())
 }
@@ -38,20 +38,20 @@ pub async fn claim_students(pool: &PgPool, owner: &str, lease: Duration, limit: 
 /// Draws the version for one processing, from the marks' own sequence, *before* the
 /// snapshot the documents are read from (DESIGN.md, "Why the version is taken by the
 /// reader"). Must be called after the claim and before [`super::load`].
-pub async fn draw_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT nextval('tidemark.seq')").fetch_one(pool).await
+pub async fn draw_version(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT nextval('tidemark.seq')").fetch_one(db).await
 }
 
 /// Gives back the leases this owner still holds on these students, so the marks that
 /// were not acknowledged can be claimed again at once.
-pub async fn release(pool: &PgPool, owner: &str, ids: &[i64]) -> Result<u64, sqlx::Error> {
+pub async fn release(db: impl PgExecutor<'_>, owner: &str, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL
           WHERE student_id = ANY($1) AND lease_owner = $2",
     )
     .bind(ids)
     .bind(owner)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(r.rows_affected())
 }

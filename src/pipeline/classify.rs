@@ -130,16 +130,23 @@ mod tests {
         assert_eq!(items[0], ItemOutcome::Written);
         assert_eq!(items[1], ItemOutcome::Superseded);
         assert!(matches!(&items[2], ItemOutcome::Transient(r) if r.contains("es_rejected_execution_exception")));
-        assert!(matches!(&items[3], ItemOutcome::Permanent { status: 400, reason } if reason.contains("failed to parse field [age]") && reason.contains("For input string")));
+        assert!(
+            matches!(&items[3], ItemOutcome::Permanent { status: 400, reason } if reason.contains("failed to parse field [age]") && reason.contains("For input string"))
+        );
         assert_eq!(items[4], ItemOutcome::Written);
         assert!(matches!(&items[5], ItemOutcome::Transient(_)));
     }
 
     #[test]
     fn whole_request_failures() {
-        assert!(matches!(classify(503, br#"{"error":{"type":"unavailable_shards_exception","reason":"x"},"status":503}"#, 1), BulkOutcome::RetryAll(r) if r.contains("503")));
+        assert!(
+            matches!(classify(503, br#"{"error":{"type":"unavailable_shards_exception","reason":"x"},"status":503}"#, 1), BulkOutcome::RetryAll(r) if r.contains("503"))
+        );
         assert!(matches!(classify(429, b"Too Many Requests", 1), BulkOutcome::RetryAll(_)));
-        assert!(matches!(classify(400, br#"{"error":{"type":"illegal_argument_exception","reason":"bad"}}"#, 1), BulkOutcome::Refused { status: 400, .. }));
+        assert!(matches!(
+            classify(400, br#"{"error":{"type":"illegal_argument_exception","reason":"bad"}}"#, 1),
+            BulkOutcome::Refused { status: 400, .. }
+        ));
         // A 200 that does not account for every op is not success.
         assert!(matches!(classify(200, br#"{"errors":false,"items":[]}"#, 2), BulkOutcome::RetryAll(_)));
         assert!(matches!(classify(200, b"<html>proxy error</html>", 1), BulkOutcome::RetryAll(_)));

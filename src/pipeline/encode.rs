@@ -24,17 +24,15 @@ pub struct Encoded {
 
 /// Encodes one op per student per target.
 pub fn encode(docs: &[(i64, Option<StudentDoc>)], targets: &[String], version: i64) -> Encoded {
-    let mut out = Encoded { buf: Vec::with_capacity(docs.len() * 400 * targets.len()), ops: Vec::with_capacity(docs.len() * targets.len()) };
+    let mut out =
+        Encoded { buf: Vec::with_capacity(docs.len() * 400 * targets.len()), ops: Vec::with_capacity(docs.len() * targets.len()) };
     for (target, index) in targets.iter().enumerate() {
         for (id, doc) in docs {
             let start = out.buf.len();
             let action = if doc.is_some() { "index" } else { "delete" };
             // Index names and ids are plain ASCII here (validated alias, integer id), so
             // no JSON escaping is needed in the action line.
-            let _ = write!(
-                out.buf,
-                r#"{{"{action}":{{"_index":"{index}","_id":"{id}","version":{version},"version_type":"external"}}}}"#
-            );
+            let _ = write!(out.buf, r#"{{"{action}":{{"_index":"{index}","_id":"{id}","version":{version},"version_type":"external"}}}}"#);
             out.buf.push(b'\n');
             if let Some(doc) = doc {
                 serde_json::to_writer(&mut out.buf, doc).expect("a document always serialises");

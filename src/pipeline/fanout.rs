@@ -15,10 +15,32 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+/// What a parent mark stands for. Stored as text (`tidemark.dirty_parents.kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum ParentKind {
+    /// A university whose name changed: every student of it.
+    University,
+    /// A course whose name changed: every student enrolled.
+    Course,
+    /// One large statement's set of student ids (migration 0005).
+    Students,
+}
+
+impl std::fmt::Display for ParentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ParentKind::University => "university",
+            ParentKind::Course => "course",
+            ParentKind::Students => "students",
+        })
+    }
+}
+
 /// A claimed university, course or statement-set mark.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentMark {
-    pub kind: String,
+    pub kind: ParentKind,
     pub parent_id: i64,
     pub seq: i64,
     /// How far the expansion got for this `seq`: the highest student id marked (university,
@@ -31,7 +53,7 @@ pub struct ParentMark {
 
 /// Claims one parent mark (the oldest unleased), or none.
 pub async fn claim_parent(pool: &PgPool, owner: &str, lease: Duration) -> Result<Option<ParentMark>, sqlx::Error> {
-    let row: Option<(String, i64, i64, i64, i64)> = sqlx::query_as(
+    let row: Option<(ParentKind, i64, i64, i64, i64)> = sqlx::query_as(
         // One candidate, picked once (see claim.rs on why not a FROM sub-select). The row is
         // visible, so its change has committed: a number drawn now comes after it.
         "UPDATE tidemark.dirty_parents
@@ -64,9 +86,9 @@ pub enum Step {
 /// Marks the next `chunk` students of the parent, in one transaction with the cursor move.
 pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &mut ParentMark, chunk: i64) -> Result<Step, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let ids: Vec<i64> = if parent.kind == "students" {
+    let ids: Vec<i64> = match parent.kind {
         // A statement set: the next slice of its ids (in the order the statement wrote them).
-        sqlx::query_scalar::<_, Vec<i64>>(
+        ParentKind::Students => sqlx::query_scalar::<_, Vec<i64>>(
             "SELECT coalesce(ids[($2 + 1)::int : ($2 + $3)::int], '{}') FROM tidemark.dirty_parents WHERE kind = 'students' AND parent_id = $1",
         )
         .bind(parent.parent_id)
@@ -74,26 +96,27 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
         .bind(chunk)
         .fetch_optional(&mut *tx)
         .await?
-        .unwrap_or_default()
-    } else {
-        sqlx::query_scalar(match parent.kind.as_str() {
-            "university" => "SELECT id FROM students WHERE university_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-            _ => "SELECT student_id FROM student_courses WHERE course_id = $1 AND student_id > $2 ORDER BY student_id LIMIT $3",
+        .unwrap_or_default(),
+        kind => sqlx::query_scalar(if kind == ParentKind::University {
+            "SELECT id FROM students WHERE university_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        } else {
+            "SELECT student_id FROM student_courses WHERE course_id = $1 AND student_id > $2 ORDER BY student_id LIMIT $3"
         })
         .bind(parent.parent_id)
         .bind(parent.cursor)
         .bind(chunk)
         .fetch_all(&mut *tx)
-        .await?
+        .await?,
     };
     // Directly as marks (`mark_students` would turn a large chunk back into a set), leaving
     // marks made after the change committed as they are.
     sqlx::query("SELECT tidemark.mark_students_now($1, $2)").bind(&ids).bind(parent.expansion_seq).execute(&mut *tx).await?;
     let last = (ids.len() as i64) < chunk;
-    let cursor = if parent.kind == "students" { parent.cursor + ids.len() as i64 } else { ids.last().copied().unwrap_or(parent.cursor) };
+    let cursor =
+        if parent.kind == ParentKind::Students { parent.cursor + ids.len() as i64 } else { ids.last().copied().unwrap_or(parent.cursor) };
     let moved = if last {
         sqlx::query("DELETE FROM tidemark.dirty_parents WHERE kind = $1 AND parent_id = $2 AND seq = $3")
-            .bind(&parent.kind)
+            .bind(parent.kind)
             .bind(parent.parent_id)
             .bind(parent.seq)
             .execute(&mut *tx)
@@ -104,7 +127,7 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
                 SET cursor = $4, lease_owner = $5, lease_until = clock_timestamp() + $6 * interval '1 millisecond'
               WHERE kind = $1 AND parent_id = $2 AND seq = $3",
         )
-        .bind(&parent.kind)
+        .bind(parent.kind)
         .bind(parent.parent_id)
         .bind(parent.seq)
         .bind(cursor)
@@ -122,7 +145,7 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
             "UPDATE tidemark.dirty_parents SET lease_owner = NULL, lease_until = NULL
               WHERE kind = $1 AND parent_id = $2 AND lease_owner = $3",
         )
-        .bind(&parent.kind)
+        .bind(parent.kind)
         .bind(parent.parent_id)
         .bind(owner)
         .execute(pool)

@@ -2,7 +2,7 @@
 //! A sync batch reads a set of ids (a student that no longer exists comes back as `None`
 //! and becomes a `delete`); a reindex chunk reads an id range.
 
-use sqlx::PgPool;
+use sqlx::PgExecutor;
 
 use crate::document::{StudentDoc, UniversityRef};
 
@@ -33,18 +33,21 @@ fn build(row: Row) -> (i64, StudentDoc) {
 }
 
 /// Documents for `ids`, in the order of `ids`; `None` for a student that is gone.
-pub async fn load(pool: &PgPool, ids: &[i64]) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(&query("s.id = ANY($1)", "sc.student_id = ANY($1)")).bind(ids).fetch_all(pool).await?;
+pub async fn load(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(&query("s.id = ANY($1)", "sc.student_id = ANY($1)")).bind(ids).fetch_all(db).await?;
     let mut found: std::collections::HashMap<i64, StudentDoc> = rows.into_iter().map(build).collect();
     Ok(ids.iter().map(|id| (*id, found.remove(id))).collect())
 }
 
 /// Documents of every student with `lo <= id < hi`, in id order.
-pub async fn load_range(pool: &PgPool, lo: i64, hi: i64) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
+pub async fn load_range(db: impl PgExecutor<'_>, lo: i64, hi: i64) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
     let sql = query("s.id >= $1 AND s.id < $2", "sc.student_id >= $1 AND sc.student_id < $2") + " ORDER BY s.id";
-    let rows: Vec<Row> = sqlx::query_as(&sql).bind(lo).bind(hi).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|r| {
-        let (id, doc) = build(r);
-        (id, Some(doc))
-    }).collect())
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(lo).bind(hi).fetch_all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let (id, doc) = build(r);
+            (id, Some(doc))
+        })
+        .collect())
 }

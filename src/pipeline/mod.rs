@@ -1,20 +1,24 @@
 //! The sync pipeline, one module per stage, in the order data flows through them:
 //!
 //! ```text
-//! capture (SQL triggers, migrations/0002) → claim → fanout (university/course → students)
-//!   → load → encode → ship (with retry) → classify → acknowledge
+//! capture (SQL triggers, migrations/) → fanout (university/course/statement → marks)
+//!   → claim → targets → load → encode → ship (retrying) → classify → acknowledge
 //! ```
 //!
-//! [`crate::engine`] strings the stages together; tests can drive them one by one.
+//! [`batch`] strings claim → acknowledge into one batch; [`crate::sync`] adds fan-out and
+//! the reindex chunks into a step. Tests can drive the stages one by one.
 
 pub mod acknowledge;
+pub mod batch;
 pub mod claim;
 pub mod classify;
 pub mod encode;
 pub mod fanout;
 pub mod load;
-pub mod retry;
 pub mod ship;
+pub mod targets;
+
+use crate::search::SearchError;
 
 /// A dirty mark as claimed: the student and the sequence number the mark had at claim time.
 /// Acknowledging succeeds only if the mark still carries this number (protocol invariant 5).
@@ -22,4 +26,15 @@ pub mod ship;
 pub struct Mark {
     pub student_id: i64,
     pub seq: i64,
+}
+
+/// Why a stage could not do its work. Either way the marks stay, and a later step retries.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    #[error("alias {0} has no index and no rebuild is running yet; the next sync step starts one")]
+    NoIndex(String),
 }

@@ -3,14 +3,16 @@
 
 use elasticsearch::http::Method;
 use futures::StreamExt;
-use rand::SeedableRng;
 
 use super::{
     classify::{classify, BulkOutcome, ItemOutcome},
     encode::{body, split, Encoded},
-    retry::Backoff,
 };
-use crate::search::{Search, SearchError};
+use crate::{
+    config::SyncConfig,
+    retry::Backoff,
+    search::{Search, SearchError},
+};
 
 #[derive(Clone, Copy, Debug)]
 pub struct ShipLimits {
@@ -20,6 +22,18 @@ pub struct ShipLimits {
     pub backoff: Backoff,
     /// `_bulk` requests of one batch in flight at once.
     pub concurrency: usize,
+}
+
+impl ShipLimits {
+    pub fn from_config(s: &SyncConfig) -> ShipLimits {
+        ShipLimits {
+            max_docs: s.bulk_max_docs as usize,
+            max_bytes: s.bulk_max_bytes as usize,
+            max_attempts: s.max_attempts,
+            backoff: Backoff { base: s.backoff_base.0, cap: s.backoff_cap.0 },
+            concurrency: s.bulk_concurrency as usize,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -36,7 +50,7 @@ pub struct Shipped {
 pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits) -> Result<Shipped, SearchError> {
     let mut shipped = Shipped { outcomes: vec![None; encoded.ops.len()], ..Default::default() };
     let mut pending: Vec<usize> = (0..encoded.ops.len()).collect();
-    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut delays = limits.backoff.delays();
     let mut attempt = 1;
     loop {
         let requests = split(&encoded.ops, &pending, limits.max_docs, limits.max_bytes);
@@ -77,7 +91,7 @@ pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits) -> Res
         if pending.is_empty() || attempt >= limits.max_attempts {
             return Ok(shipped);
         }
-        let wait = limits.backoff.delay(attempt, &mut rng);
+        let wait = delays.next().expect("backoff delays never end");
         tracing::info!(ops = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying transiently failed ops");
         shipped.retried_ops += pending.len() as u64;
         tokio::time::sleep(wait).await;

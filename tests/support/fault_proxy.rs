@@ -38,8 +38,7 @@ const MAX_HEADERS: usize = 200;
 /// Largest accepted request body.
 const MAX_BODY: u64 = 1 << 30;
 
-const UNAVAILABLE_BODY: &str =
-    r#"{"error":{"type":"unavailable_shards_exception","reason":"injected by fault proxy"},"status":503}"#;
+const UNAVAILABLE_BODY: &str = r#"{"error":{"type":"unavailable_shards_exception","reason":"injected by fault proxy"},"status":503}"#;
 const REJECTED_REASON: &str = "rejected execution (injected by fault proxy)";
 
 /// The fault plan. All probabilities are in `0.0..=1.0`; values outside behave as the
@@ -101,9 +100,7 @@ impl FaultProxy {
     /// Starts on a given address (a port a process was already told to use, to play a
     /// server that comes back).
     pub async fn start_on(addr: &str, upstream: &str) -> FaultProxy {
-        let listener = TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("fault proxy: bind {addr}: {e}"));
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("fault proxy: bind {addr}: {e}"));
         let addr = listener.local_addr().expect("fault proxy: local_addr");
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -252,10 +249,7 @@ struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     fn header_has_token(&self, name: &str, token: &str) -> bool {
@@ -303,14 +297,8 @@ impl Response {
         Response {
             status,
             headers: vec![
-                (
-                    HeaderName::from_static("content-type"),
-                    HeaderValue::from_static("application/json"),
-                ),
-                (
-                    HeaderName::from_static("x-elastic-product"),
-                    HeaderValue::from_static("Elasticsearch"),
-                ),
+                (HeaderName::from_static("content-type"), HeaderValue::from_static("application/json")),
+                (HeaderName::from_static("x-elastic-product"), HeaderValue::from_static("Elasticsearch")),
             ],
             body,
         }
@@ -402,8 +390,7 @@ async fn read_request(conn: &mut BufReader<TcpStream>) -> Result<Option<Request>
         }
     }
     let request_line = request_line.ok_or(ReadError::Bad(400, "no request line"))?;
-    let request_line =
-        String::from_utf8(request_line).map_err(|_| ReadError::Bad(400, "request line is not UTF-8"))?;
+    let request_line = String::from_utf8(request_line).map_err(|_| ReadError::Bad(400, "request line is not UTF-8"))?;
     let mut parts = request_line.split_ascii_whitespace();
     let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(m), Some(t), Some(v), None) => (m.to_string(), t.to_string(), v),
@@ -428,10 +415,7 @@ async fn read_request(conn: &mut BufReader<TcpStream>) -> Result<Option<Request>
         if headers.len() >= MAX_HEADERS {
             return Err(ReadError::Bad(431, "too many headers"));
         }
-        let colon = line
-            .iter()
-            .position(|b| *b == b':')
-            .ok_or(ReadError::Bad(400, "malformed header line"))?;
+        let colon = line.iter().position(|b| *b == b':').ok_or(ReadError::Bad(400, "malformed header line"))?;
         let name = std::str::from_utf8(&line[..colon])
             .ok()
             .filter(|n| !n.is_empty() && !n.contains(|c: char| c.is_ascii_whitespace()))
@@ -556,10 +540,7 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 }
 
 fn encode_response(resp: &Response, head_request: bool, close: bool) -> Vec<u8> {
-    let reason = reqwest::StatusCode::from_u16(resp.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Unknown");
+    let reason = reqwest::StatusCode::from_u16(resp.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Unknown");
     let bodyless = head_request || resp.status < 200 || resp.status == 204 || resp.status == 304;
     let mut out = Vec::with_capacity(256 + resp.body.len());
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, reason).as_bytes());
@@ -632,9 +613,8 @@ async fn handle(shared: &Shared, req: &Request) -> Outcome {
 
 fn is_bulk(req: &Request) -> bool {
     let method_ok = req.method == "POST" || req.method == "PUT";
-    let encoded = req
-        .header("content-encoding")
-        .is_some_and(|e| !trim_ascii(e).eq_ignore_ascii_case(b"identity") && !trim_ascii(e).is_empty());
+    let encoded =
+        req.header("content-encoding").is_some_and(|e| !trim_ascii(e).eq_ignore_ascii_case(b"identity") && !trim_ascii(e).is_empty());
     method_ok && !encoded && req.path().trim_end_matches('/').rsplit('/').next() == Some("_bulk")
 }
 
@@ -711,10 +691,7 @@ fn rejected_item(item: &BulkItem, default_index: Option<&str>) -> serde_json::Va
         inner.insert("_id".into(), id.as_str().into());
     }
     inner.insert("status".into(), 429.into());
-    inner.insert(
-        "error".into(),
-        serde_json::json!({"type": "es_rejected_execution_exception", "reason": REJECTED_REASON}),
-    );
+    inner.insert("error".into(), serde_json::json!({"type": "es_rejected_execution_exception", "reason": REJECTED_REASON}));
     let mut outer = serde_json::Map::new();
     outer.insert(item.op.clone(), serde_json::Value::Object(inner));
     serde_json::Value::Object(outer)
@@ -826,12 +803,8 @@ async fn forward(shared: &Shared, req: &Request, body: Option<Vec<u8>>) -> Respo
         Err(e) => return Response::error(502, &format!("fault proxy: upstream request failed: {e}")),
     };
     let status = upstream.status().as_u16();
-    let headers: Vec<(HeaderName, HeaderValue)> = upstream
-        .headers()
-        .iter()
-        .filter(|(n, _)| !is_hop_by_hop(n.as_str()))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
+    let headers: Vec<(HeaderName, HeaderValue)> =
+        upstream.headers().iter().filter(|(n, _)| !is_hop_by_hop(n.as_str())).map(|(n, v)| (n.clone(), v.clone())).collect();
     match upstream.bytes().await {
         Ok(body) => Response { status, headers, body: body.to_vec() },
         Err(e) => Response::error(502, &format!("fault proxy: reading upstream answer failed: {e}")),

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool};
-use tidemark::{config::Config, engine::Engine, search::Search};
+use tidemark::{config::Config, search::Search, services::Services, sync::Syncer};
 
 pub fn service_url(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -91,15 +91,20 @@ impl Env {
         }
     }
 
-    /// An in-process engine without a queue (drains directly).
-    pub fn engine(&self) -> Engine {
-        Engine::new(self.pool.clone(), self.search.clone(), self.config.clone(), None)
+    /// This test's services, as a process would build them (a new identity each call).
+    pub fn services(&self) -> Services {
+        Services::new(self.pool.clone(), self.search.clone(), self.config.clone())
     }
 
-    pub fn engine_with(&self, tweak: impl FnOnce(&mut Config)) -> Engine {
+    /// An in-process syncer without a queue (drains directly).
+    pub fn engine(&self) -> Syncer {
+        Syncer::new(self.services(), None)
+    }
+
+    pub fn engine_with(&self, tweak: impl FnOnce(&mut Config)) -> Syncer {
         let mut c = (*self.config).clone();
         tweak(&mut c);
-        Engine::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c), None)
+        Syncer::new(Services::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c)), None)
     }
 
     /// Creates the (empty) index behind the alias, as the first sync on an empty database
@@ -189,7 +194,11 @@ impl Env {
         self.refresh().await;
         let mut out = std::collections::BTreeMap::new();
         let mut page = self
-            .es_json(reqwest::Method::POST, &format!("/{}/_search?scroll=1m", self.alias), Some(json!({"size": 5000, "query": {"match_all": {}}})))
+            .es_json(
+                reqwest::Method::POST,
+                &format!("/{}/_search?scroll=1m", self.alias),
+                Some(json!({"size": 5000, "query": {"match_all": {}}})),
+            )
             .await;
         loop {
             let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
@@ -200,9 +209,7 @@ impl Env {
                 out.insert(h["_id"].as_str().unwrap().parse().unwrap(), h["_source"].clone());
             }
             let scroll_id = page["_scroll_id"].as_str().expect("scroll id").to_string();
-            page = self
-                .es_json(reqwest::Method::POST, "/_search/scroll", Some(json!({"scroll": "1m", "scroll_id": scroll_id})))
-                .await;
+            page = self.es_json(reqwest::Method::POST, "/_search/scroll", Some(json!({"scroll": "1m", "scroll_id": scroll_id}))).await;
         }
         out
     }
@@ -288,7 +295,8 @@ impl Env {
         self.pool.close().await;
         if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut conn).await.unwrap_or_default();
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut conn).await.unwrap_or_default();
                 if !keys.is_empty() {
                     let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                 }

@@ -30,11 +30,17 @@ pub struct SyncJob {
     pub reason: String,
 }
 
-/// What a worker runs for each [`SyncJob`]. Implemented by the core engine; kept as a trait
-/// so this crate knows nothing of PostgreSQL or the search server.
+/// What a worker runs for each [`SyncJob`]. Implemented by the core's `Syncer`; kept as a
+/// trait so this crate knows nothing of PostgreSQL or the search server.
 pub trait SyncRunner: Send + Sync + 'static {
-    fn run(&self, job: SyncJob) -> impl Future<Output = Result<(), String>> + Send;
+    /// Runs one step. A failed step says how long to wait before the queue is nudged again
+    /// (the runner owns the backoff policy).
+    fn run(&self, job: SyncJob) -> impl Future<Output = Result<(), RetryAfter>> + Send;
 }
+
+/// How long to wait before trying a failed step again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -109,16 +115,24 @@ impl Queue {
         let waiting_list = config.active_jobs_list();
         let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
-        let mut q = Queue { conn, storage, pending_key: format!("{namespace}:sync:pending"), waiting_list, scheduled_set, url: redacted_url.to_string() };
+        let mut q = Queue {
+            conn,
+            storage,
+            pending_key: format!("{namespace}:sync:pending"),
+            waiting_list,
+            scheduled_set,
+            url: redacted_url.to_string(),
+        };
         q.ping().await?;
         Ok(q)
     }
 
     async fn ping(&mut self) -> Result<(), QueueError> {
-        redis::cmd("PING").query_async::<String>(&mut self.conn).await.map(|_| ()).map_err(|e| QueueError::Unreachable {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError::Unreachable { url: self.url.clone(), reason: e.to_string() })
     }
 
     /// Enqueues a sync unless one is already waiting. Returns whether it enqueued.
@@ -183,21 +197,14 @@ impl Queue {
 /// duplicate jobs.
 async fn handle_sync<R: SyncRunner>(job: SyncJob, runner: Data<Arc<R>>, queue: Data<Queue>) -> Result<(), BoxDynError> {
     queue.job_started().await;
-    if runner.run(job).await.is_err() {
+    if let Err(RetryAfter(wait)) = runner.run(job).await {
         let queue = (*queue).clone();
         tokio::spawn(async move {
-            // Jittered, so a fleet that failed together does not come back together.
-            let wait = Duration::from_millis(1000 + rand_jitter_ms(2000));
             tokio::time::sleep(wait).await;
             let _ = queue.nudge("retry").await;
         });
     }
     Ok(())
-}
-
-fn rand_jitter_ms(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    u64::from(nanos) % max
 }
 
 /// A backend that never sleeps longer than `every` while waiting for jobs.
@@ -297,12 +304,13 @@ pub async fn run_worker<R: SyncRunner>(
         .data(runner)
         .data(queue.clone())
         .build(handle_sync::<R>);
-    worker.run_until(async move {
-        shutdown.await;
-        Ok::<(), std::io::Error>(())
-    })
-    .await
-    .map_err(|e| QueueError::Worker(e.to_string()))
+    worker
+        .run_until(async move {
+            shutdown.await;
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .map_err(|e| QueueError::Worker(e.to_string()))
 }
 
 /// Ticks every `interval` (whole seconds), each tick a nudge.
@@ -334,18 +342,20 @@ async fn handle_tick(_tick: Tick, queue: Data<Queue>) -> Result<(), BoxDynError>
 }
 
 /// Enqueues a sync every `interval` until `shutdown` completes.
-pub async fn run_scheduler(queue: Queue, interval: Duration, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), QueueError> {
+pub async fn run_scheduler(
+    queue: Queue,
+    interval: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), QueueError> {
     let schedule = Every { interval: interval.as_secs().max(1), next: 0 };
-    let worker = WorkerBuilder::new("tidemark-scheduler")
-        .backend(CronScheduler::new(schedule))
-        .data(queue)
-        .build(handle_tick);
-    worker.run_until(async move {
-        shutdown.await;
-        Ok::<(), std::io::Error>(())
-    })
-    .await
-    .map_err(|e| QueueError::Worker(e.to_string()))
+    let worker = WorkerBuilder::new("tidemark-scheduler").backend(CronScheduler::new(schedule)).data(queue).build(handle_tick);
+    worker
+        .run_until(async move {
+            shutdown.await;
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .map_err(|e| QueueError::Worker(e.to_string()))
 }
 
 /// Redis errors may quote the URL they were given; never let its password through.

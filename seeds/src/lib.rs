@@ -1,5 +1,6 @@
-//! `tidemark seed --students N [--seed S]`: fills an empty database with a demo /
-//! benchmark student directory.
+//! Demo and benchmark data for tidemark: `tidemark seed --students N [--seed S]` and the
+//! benchmarks fill an empty database with a student directory. Not part of tidemark's
+//! library: the product never generates data, it only syncs what is there.
 //!
 //! The data is a pure function of `(N, S)` and of the lists in `seeds/` (compiled into
 //! the binary, so nothing is read at run time): the same arguments give the same rows,
@@ -22,10 +23,10 @@ use rand::{Rng, SeedableRng};
 use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::PgPool;
 
-const FIRST_NAMES: &str = include_str!("../seeds/first_names.txt");
-const LAST_NAMES: &str = include_str!("../seeds/last_names.txt");
-const UNIVERSITIES: &str = include_str!("../seeds/universities.txt");
-const COURSES: &str = include_str!("../seeds/courses.txt");
+const FIRST_NAMES: &str = include_str!("../first_names.txt");
+const LAST_NAMES: &str = include_str!("../last_names.txt");
+const UNIVERSITIES: &str = include_str!("../universities.txt");
+const COURSES: &str = include_str!("../courses.txt");
 
 /// Share of students at MIT, the first university (id 1): the fan-out benchmarks
 /// rename it and expect ~1,600 students at N = 16,000 and ~100,000 at N = 1,000,000.
@@ -36,10 +37,10 @@ const NO_UNIVERSITY_SHARE: f64 = 0.02;
 /// of them below MIT (with 51 others, rank 2 gets ~8.3 %) and the smallest near 0.7 %.
 const ZIPF_EXPONENT: f64 = 0.75;
 /// Courses per student: uniform in 1..=MAX_COURSES_PER_STUDENT (mean 5.5).
-pub(crate) const MAX_COURSES_PER_STUDENT: usize = 10;
+pub const MAX_COURSES_PER_STUDENT: usize = 10;
 /// Guard against a slip of the finger (an extra zero or two): 100 M students is
 /// already ~550 M enrollments and tens of GB.
-pub(crate) const MAX_STUDENTS: u64 = 100_000_000;
+pub const MAX_STUDENTS: u64 = 100_000_000;
 /// Students per pair of COPY statements (students, then their enrollments). The
 /// capture triggers turn each statement's transition table into one array of ids;
 /// batching keeps that array (and the enrollment buffer held in memory) bounded
@@ -104,48 +105,33 @@ pub enum SeedError {
         "COPY into `{table}` stored {actual} rows where {expected} were sent; nothing was \
          written. This is a bug in tidemark seed, please report it"
     )]
-    RowCount {
-        table: &'static str,
-        expected: u64,
-        actual: u64,
-    },
+    RowCount { table: &'static str, expected: u64, actual: u64 },
 }
 
 /// Seeds universities, courses, `opts.students` students and their enrollments into
 /// empty tables, in one transaction.
 pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedError> {
     if opts.students > MAX_STUDENTS {
-        return Err(SeedError::TooManyStudents {
-            requested: opts.students,
-            max: MAX_STUDENTS,
-        });
+        return Err(SeedError::TooManyStudents { requested: opts.students, max: MAX_STUDENTS });
     }
     let started = Instant::now();
     let data = SeedData::embedded();
 
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(db_error("opening a transaction"))?;
+    let mut tx = pool.begin().await.map_err(db_error("opening a transaction"))?;
 
     // Two seeds started at once: the second waits here, then finds the tables full
     // and refuses, instead of both inserting id 1. ACCESS EXCLUSIVE because the load
     // drops and recreates indexes and foreign keys (see `DeferredSchema`); the tables
     // are empty, so nobody is kept from anything worth reading.
-    sqlx::query(
-        "LOCK TABLE universities, courses, students, student_courses IN ACCESS EXCLUSIVE MODE",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error("locking the tables"))?;
+    sqlx::query("LOCK TABLE universities, courses, students, student_courses IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("locking the tables"))?;
 
     for table in ["students", "student_courses", "universities", "courses"] {
         // `table` is one of the literals above, never user input.
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {table})");
-        let non_empty: bool = sqlx::query_scalar(&sql)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error("checking that the tables are empty"))?;
+        let non_empty: bool = sqlx::query_scalar(&sql).fetch_one(&mut *tx).await.map_err(db_error("checking that the tables are empty"))?;
         if non_empty {
             return Err(SeedError::NotEmpty { table });
         }
@@ -195,12 +181,7 @@ pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedE
         }
         copy.finish(batch).await?;
 
-        let mut copy = CopySink::begin(
-            &mut tx,
-            "student_courses",
-            "COPY student_courses (student_id, course_id) FROM STDIN",
-        )
-        .await?;
+        let mut copy = CopySink::begin(&mut tx, "student_courses", "COPY student_courses (student_id, course_id) FROM STDIN").await?;
         copy.send_all(&enrollment_buf).await?;
         copy.finish(enrollment_rows).await?;
 
@@ -221,24 +202,13 @@ pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedE
     // that the application's own inserts do not collide. On an empty table max(id) is
     // NULL and setval (strict) leaves the sequence alone.
     for table in ["universities", "courses", "students"] {
-        let sql = format!(
-            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
-        );
-        sqlx::query(&sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("moving the id sequences past the seeded rows"))?;
+        let sql = format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))");
+        sqlx::query(&sql).execute(&mut *tx).await.map_err(db_error("moving the id sequences past the seeded rows"))?;
     }
 
     tx.commit().await.map_err(db_error("committing"))?;
 
-    let report = SeedReport {
-        universities,
-        courses,
-        students,
-        enrollments,
-        elapsed: started.elapsed(),
-    };
+    let report = SeedReport { universities, courses, students, enrollments, elapsed: started.elapsed() };
     tracing::info!(
         universities = report.universities,
         courses = report.courses,
@@ -254,10 +224,7 @@ pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedE
 /// Maps a sqlx error to a [`SeedError`], recognising a database that was never migrated.
 fn db_error(step: &'static str) -> impl FnOnce(sqlx::Error) -> SeedError {
     move |source| {
-        let undefined_table = source
-            .as_database_error()
-            .and_then(|e| e.code())
-            .is_some_and(|code| code == "42P01");
+        let undefined_table = source.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "42P01");
         if undefined_table {
             SeedError::NotMigrated(source)
         } else {
@@ -312,22 +279,15 @@ impl DeferredSchema {
             sqlx::query(&format!("ALTER TABLE {table} DROP CONSTRAINT {name}"))
                 .execute(&mut *conn)
                 .await
-                .map_err(db_error(
-                    "dropping a foreign key for the load (the seed needs the table owner's rights)",
-                ))?;
+                .map_err(db_error("dropping a foreign key for the load (the seed needs the table owner's rights)"))?;
         }
         for (name, _) in &indexes {
             sqlx::query(&format!("DROP INDEX {name}"))
                 .execute(&mut *conn)
                 .await
-                .map_err(db_error(
-                    "dropping an index for the load (the seed needs the table owner's rights)",
-                ))?;
+                .map_err(db_error("dropping an index for the load (the seed needs the table owner's rights)"))?;
         }
-        Ok(Self {
-            foreign_keys,
-            indexes,
-        })
+        Ok(Self { foreign_keys, indexes })
     }
 
     async fn restore(self, conn: &mut PgConnection) -> Result<(), SeedError> {
@@ -340,27 +300,18 @@ impl DeferredSchema {
         )
         .execute(&mut *conn)
         .await
-        .map_err(db_error(
-            "raising maintenance_work_mem for the index builds",
-        ))?;
+        .map_err(db_error("raising maintenance_work_mem for the index builds"))?;
         for (name, definition) in &self.indexes {
             let started = Instant::now();
-            sqlx::query(definition)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error("recreating an index after the load"))?;
+            sqlx::query(definition).execute(&mut *conn).await.map_err(db_error("recreating an index after the load"))?;
             tracing::debug!(index = %name, elapsed_ms = started.elapsed().as_millis() as u64, "index rebuilt");
         }
         for (table, name, definition) in &self.foreign_keys {
             let started = Instant::now();
-            sqlx::query(&format!(
-                "ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"
-            ))
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error(
-                "recreating (and validating) a foreign key after the load",
-            ))?;
+            sqlx::query(&format!("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error("recreating (and validating) a foreign key after the load"))?;
             tracing::debug!(constraint = %name, elapsed_ms = started.elapsed().as_millis() as u64, "foreign key validated");
         }
         Ok(())
@@ -368,11 +319,7 @@ impl DeferredSchema {
 }
 
 /// Inserts `names` with ids 1, 2, … in file order into `table (id, name)`.
-async fn copy_names(
-    conn: &mut PgConnection,
-    table: &'static str,
-    names: &[&str],
-) -> Result<u64, SeedError> {
+async fn copy_names(conn: &mut PgConnection, table: &'static str, names: &[&str]) -> Result<u64, SeedError> {
     let statement = format!("COPY {table} (id, name) FROM STDIN");
     let mut copy = CopySink::begin(conn, table, &statement).await?;
     for (id, name) in (1u64..).zip(names) {
@@ -394,21 +341,9 @@ struct CopySink<'c> {
 }
 
 impl<'c> CopySink<'c> {
-    async fn begin(
-        conn: &'c mut PgConnection,
-        table: &'static str,
-        statement: &str,
-    ) -> Result<Self, SeedError> {
-        let copy = conn
-            .copy_in_raw(statement)
-            .await
-            .map_err(db_error("starting a COPY"))?;
-        Ok(Self {
-            copy,
-            buf: Vec::with_capacity(COPY_CHUNK_BYTES + 4096),
-            table,
-            started: Instant::now(),
-        })
+    async fn begin(conn: &'c mut PgConnection, table: &'static str, statement: &str) -> Result<Self, SeedError> {
+        let copy = conn.copy_in_raw(statement).await.map_err(db_error("starting a COPY"))?;
+        Ok(Self { copy, buf: Vec::with_capacity(COPY_CHUNK_BYTES + 4096), table, started: Instant::now() })
     }
 
     fn buf(&mut self) -> &mut Vec<u8> {
@@ -424,10 +359,7 @@ impl<'c> CopySink<'c> {
 
     async fn flush(&mut self) -> Result<(), SeedError> {
         if !self.buf.is_empty() {
-            self.copy
-                .send(self.buf.as_slice())
-                .await
-                .map_err(db_error("sending COPY data"))?;
+            self.copy.send(self.buf.as_slice()).await.map_err(db_error("sending COPY data"))?;
             self.buf.clear();
         }
         Ok(())
@@ -439,10 +371,7 @@ impl<'c> CopySink<'c> {
         // Chunk boundaries need not fall on row boundaries: the server reassembles
         // the stream.
         for chunk in data.chunks(COPY_CHUNK_BYTES) {
-            self.copy
-                .send(chunk)
-                .await
-                .map_err(db_error("sending COPY data"))?;
+            self.copy.send(chunk).await.map_err(db_error("sending COPY data"))?;
         }
         Ok(())
     }
@@ -452,11 +381,7 @@ impl<'c> CopySink<'c> {
     async fn finish(mut self, expected: u64) -> Result<u64, SeedError> {
         self.flush().await?;
         let table = self.table;
-        let actual = self
-            .copy
-            .finish()
-            .await
-            .map_err(db_error("finishing a COPY"))?;
+        let actual = self.copy.finish().await.map_err(db_error("finishing a COPY"))?;
         tracing::debug!(
             table,
             rows = actual,
@@ -464,11 +389,7 @@ impl<'c> CopySink<'c> {
             "COPY done (including its statement triggers)"
         );
         if actual != expected {
-            return Err(SeedError::RowCount {
-                table,
-                expected,
-                actual,
-            });
+            return Err(SeedError::RowCount { table, expected, actual });
         }
         Ok(actual)
     }
@@ -491,17 +412,9 @@ pub(crate) struct SeedData {
 impl SeedData {
     pub(crate) fn embedded() -> Self {
         fn lines(text: &'static str) -> Vec<&'static str> {
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect()
+            text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
         }
-        Self {
-            first_names: lines(FIRST_NAMES),
-            last_names: lines(LAST_NAMES),
-            universities: lines(UNIVERSITIES),
-            courses: lines(COURSES),
-        }
+        Self { first_names: lines(FIRST_NAMES), last_names: lines(LAST_NAMES), universities: lines(UNIVERSITIES), courses: lines(COURSES) }
     }
 }
 
@@ -568,9 +481,7 @@ pub(crate) fn university_weights(universities: usize) -> Vec<f64> {
     }
     let mut weights = Vec::with_capacity(universities + 1);
     weights.push(NO_UNIVERSITY_SHARE);
-    let others: Vec<f64> = (2..=universities)
-        .map(|rank| (rank as f64).powf(-ZIPF_EXPONENT))
-        .collect();
+    let others: Vec<f64> = (2..=universities).map(|rank| (rank as f64).powf(-ZIPF_EXPONENT)).collect();
     let others_total: f64 = others.iter().sum();
     if others.is_empty() {
         weights.push(1.0 - NO_UNIVERSITY_SHARE);
@@ -599,22 +510,10 @@ impl<'d> StudentGenerator<'d> {
     pub(crate) fn new(data: &'d SeedData, seed: u64, count: u64) -> Self {
         // Neither list is empty and every weight is finite and non-negative, so the
         // constructors cannot fail.
-        let university = WeightedIndex::new(university_weights(data.universities.len()))
-            .expect("university weights are valid");
-        let age =
-            WeightedIndex::new((MIN_AGE..=MAX_AGE).map(age_weight)).expect("age weights are valid");
-        assert!(
-            !data.first_names.is_empty() && !data.last_names.is_empty(),
-            "the seed name lists are empty"
-        );
-        Self {
-            data,
-            rng: StdRng::seed_from_u64(seed),
-            university,
-            age,
-            next_id: 1,
-            last_id: count,
-        }
+        let university = WeightedIndex::new(university_weights(data.universities.len())).expect("university weights are valid");
+        let age = WeightedIndex::new((MIN_AGE..=MAX_AGE).map(age_weight)).expect("age weights are valid");
+        assert!(!data.first_names.is_empty() && !data.last_names.is_empty(), "the seed name lists are empty");
+        Self { data, rng: StdRng::seed_from_u64(seed), university, age, next_id: 1, last_id: count }
     }
 
     fn generate(&mut self, id: u64) -> StudentRow {
@@ -625,11 +524,7 @@ impl<'d> StudentGenerator<'d> {
         // Year loosely follows age (18 → FR, 21+ → SR) but not strictly: people start
         // late, repeat years, switch programmes.
         let typical_year = usize::from(age.saturating_sub(18)).min(3);
-        let year = if rng.gen_bool(0.7) {
-            typical_year
-        } else {
-            rng.gen_range(0..YEARS.len())
-        };
+        let year = if rng.gen_bool(0.7) { typical_year } else { rng.gen_range(0..YEARS.len()) };
         let university_id = match self.university.sample(rng) {
             0 => None,
             index => Some(index as u64),
@@ -639,10 +534,7 @@ impl<'d> StudentGenerator<'d> {
         // rare, and a fixed array avoids an allocation per student.
         let course_count = self.data.courses.len();
         let wanted = MAX_COURSES_PER_STUDENT.min(course_count);
-        let mut courses = CourseSet {
-            len: 0,
-            ids: [0; MAX_COURSES_PER_STUDENT],
-        };
+        let mut courses = CourseSet { len: 0, ids: [0; MAX_COURSES_PER_STUDENT] };
         if wanted > 0 {
             let k = rng.gen_range(1..=wanted);
             while courses.len() < k {
@@ -656,15 +548,7 @@ impl<'d> StudentGenerator<'d> {
             courses.ids[..k].sort_unstable();
         }
 
-        StudentRow {
-            id,
-            first_name,
-            last_name,
-            age,
-            year_in_school: YEARS[year],
-            university_id,
-            courses,
-        }
+        StudentRow { id, first_name, last_name, age, year_in_school: YEARS[year], university_id, courses }
     }
 }
 
@@ -735,10 +619,7 @@ fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
 /// backslash, tab or newline in a future entry must not shift the columns.
 fn push_text(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    if !bytes
-        .iter()
-        .any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
-    {
+    if !bytes.iter().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
         buf.extend_from_slice(bytes);
         return;
     }
@@ -770,19 +651,9 @@ mod tests {
         let mut seen = HashSet::new();
         for name in names {
             let chars = name.chars().count();
-            assert!(
-                (1..=50).contains(&chars),
-                "{what}: {name:?} has {chars} chars"
-            );
-            assert_eq!(
-                name.trim(),
-                *name,
-                "{what}: {name:?} has surrounding spaces"
-            );
-            assert!(
-                !name.chars().any(char::is_control),
-                "{what}: {name:?} has a control character"
-            );
+            assert!((1..=50).contains(&chars), "{what}: {name:?} has {chars} chars");
+            assert_eq!(name.trim(), *name, "{what}: {name:?} has surrounding spaces");
+            assert!(!name.chars().any(char::is_control), "{what}: {name:?} has a control character");
             assert!(seen.insert(*name), "{what}: {name:?} is listed twice");
         }
     }
@@ -790,16 +661,12 @@ mod tests {
     #[test]
     fn name_lists_are_valid() {
         let data = SeedData::embedded();
-        for (what, names) in [
-            ("first names", &data.first_names),
-            ("last names", &data.last_names),
-        ] {
+        for (what, names) in [("first names", &data.first_names), ("last names", &data.last_names)] {
             assert!(names.len() >= 200, "{what}: only {} entries", names.len());
             assert_unique_and_sized(what, names);
             for name in names.iter() {
                 assert!(
-                    name.chars()
-                        .all(|c| c.is_alphabetic() && u32::from(c) <= 0xFF),
+                    name.chars().all(|c| c.is_alphabetic() && u32::from(c) <= 0xFF),
                     "{what}: {name:?} must be ASCII or Latin-1 letters only"
                 );
             }
@@ -819,9 +686,7 @@ mod tests {
         let data = SeedData::embedded();
         let tutorial: Vec<String> = ["CS", "MATH", "CHEM", "PHYS"]
             .iter()
-            .flat_map(|subject| {
-                [101, 102, 103, 201, 202, 203, 301, 302, 303].map(|n| format!("{subject}{n}"))
-            })
+            .flat_map(|subject| [101, 102, 103, 201, 202, 203, 301, 302, 303].map(|n| format!("{subject}{n}")))
             .collect();
         assert_eq!(data.courses[..36], tutorial);
         assert!(data.courses.len() >= 60, "{}", data.courses.len());
@@ -836,10 +701,7 @@ mod tests {
         assert_ne!(a, generate(43, 5_000));
         // A larger N extends the same stream: the first rows do not change.
         assert_eq!(a[..], generate(42, 6_000)[..5_000]);
-        assert_eq!(
-            a.iter().map(|r| r.id).collect::<Vec<_>>(),
-            (1..=5_000).collect::<Vec<_>>()
-        );
+        assert_eq!(a.iter().map(|r| r.id).collect::<Vec<_>>(), (1..=5_000).collect::<Vec<_>>());
     }
 
     #[test]
@@ -873,18 +735,12 @@ mod tests {
             let mit = share(counts[1]);
             assert!((mit - 0.10).abs() <= tolerance, "N = {n}: MIT share {mit}");
             let none = share(counts[0]);
-            assert!(
-                (none - 0.02).abs() <= tolerance / 2.0,
-                "N = {n}: NULL share {none}"
-            );
+            assert!((none - 0.02).abs() <= tolerance / 2.0, "N = {n}: NULL share {none}");
             let largest_other = counts[2..].iter().max().copied().unwrap_or(0);
             assert!(counts[1] > largest_other, "N = {n}: {counts:?}");
             // Zipf-like: the head holds much more than the tail, and every university
             // still has students.
-            assert!(
-                counts[2] > 3 * counts[data.universities.len()],
-                "{counts:?}"
-            );
+            assert!(counts[2] > 3 * counts[data.universities.len()], "{counts:?}");
             assert!(counts[1..].iter().all(|&c| c > 0), "{counts:?}");
         }
     }
@@ -904,26 +760,15 @@ mod tests {
             assert!(row.first_name.chars().count() <= 50);
             assert!(row.last_name.chars().count() <= 50);
             if let Some(id) = row.university_id {
-                assert!(
-                    (1..=data.universities.len() as u64).contains(&id),
-                    "{row:?}"
-                );
+                assert!((1..=data.universities.len() as u64).contains(&id), "{row:?}");
             }
             let courses = row.courses.as_slice();
             assert!((1..=10).contains(&courses.len()), "{row:?}");
-            assert!(
-                courses.windows(2).all(|p| p[0] < p[1]),
-                "sorted, distinct: {row:?}"
-            );
-            assert!(courses
-                .iter()
-                .all(|&c| (1..=data.courses.len()).contains(&usize::from(c))));
+            assert!(courses.windows(2).all(|p| p[0] < p[1]), "sorted, distinct: {row:?}");
+            assert!(courses.iter().all(|&c| (1..=data.courses.len()).contains(&usize::from(c))));
             enrollments += courses.len();
         }
-        assert!(
-            in_typical_range as f64 >= 0.9 * rows.len() as f64,
-            "{in_typical_range}"
-        );
+        assert!(in_typical_range as f64 >= 0.9 * rows.len() as f64, "{in_typical_range}");
         let mean = enrollments as f64 / rows.len() as f64;
         assert!((mean - 5.5).abs() < 0.05, "mean courses per student {mean}");
         // Every course count from 1 to 10 occurs, and all four years.
@@ -935,10 +780,7 @@ mod tests {
 
     #[test]
     fn encodes_copy_text_rows() {
-        let mut courses = CourseSet {
-            len: 2,
-            ids: [0; MAX_COURSES_PER_STUDENT],
-        };
+        let mut courses = CourseSet { len: 2, ids: [0; MAX_COURSES_PER_STUDENT] };
         courses.ids[..2].copy_from_slice(&[3, 40]);
         let mut row = StudentRow {
             id: 1234567890,
@@ -951,20 +793,13 @@ mod tests {
         };
         let mut buf = Vec::new();
         encode_student(&row, &mut buf);
-        assert_eq!(
-            String::from_utf8(buf).unwrap(),
-            "1234567890\tZoë\tTab\\there\\\\\t20\tFR\t1\n"
-        );
+        assert_eq!(String::from_utf8(buf).unwrap(), "1234567890\tZoë\tTab\\there\\\\\t20\tFR\t1\n");
 
         row.university_id = None;
         row.id = 0;
         let mut buf = Vec::new();
         encode_student(&row, &mut buf);
-        assert!(
-            buf.ends_with(b"\tFR\t\\N\n"),
-            "{:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(buf.ends_with(b"\tFR\t\\N\n"), "{:?}", String::from_utf8_lossy(&buf));
         assert!(buf.starts_with(b"0\t"));
 
         let mut buf = Vec::new();

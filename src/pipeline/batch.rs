@@ -1,0 +1,114 @@
+//! One batch through the stages: claim → targets → load → encode → ship → classify →
+//! acknowledge. Split in three calls ([`claim`], [`prepare`], [`deliver`]) so a test can
+//! hold a batch between its read and its acknowledgement.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    acknowledge::{acknowledge, verdicts, Acked, Verdict},
+    claim,
+    encode::encode,
+    load::load,
+    ship::{ship, ShipLimits},
+    targets::{self, Targets},
+    Mark, PipelineError,
+};
+use crate::{document::StudentDoc, services::Services};
+
+/// A batch read and ready to ship: the claim, the version drawn before the read, and the
+/// documents read (None for a deleted student).
+#[derive(Debug)]
+pub struct Prepared {
+    pub marks: Vec<Mark>,
+    pub targets: Targets,
+    pub version: i64,
+    pub docs: Vec<(i64, Option<StudentDoc>)>,
+    /// How long the read took.
+    pub load: Duration,
+}
+
+/// What one batch did.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub claimed: usize,
+    pub indexed: usize,
+    pub deleted: usize,
+    pub acked: Acked,
+    pub requests: u32,
+    pub retried_ops: u64,
+    /// Where the batch's time went: reading the documents, shipping them (all attempts,
+    /// backoff included), acknowledging.
+    pub load: Duration,
+    pub ship: Duration,
+    pub ack: Duration,
+}
+
+/// Claims up to `limit` marks for `owner` (possibly none).
+pub async fn claim(services: &Services, owner: &str, limit: usize) -> Result<Vec<Mark>, PipelineError> {
+    Ok(claim::claim_students(&services.pool, owner, services.lease(), limit as i64).await?)
+}
+
+/// Decides the targets, draws the version, then reads the documents (in that order:
+/// protocol invariants 3 and 7). On failure the claim is given back.
+pub async fn prepare(services: &Services, owner: &str, marks: Vec<Mark>) -> Result<Prepared, PipelineError> {
+    let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
+    let started = Instant::now();
+    let result = async {
+        let targets = targets::decide(services).await?.ok_or_else(|| PipelineError::NoIndex(services.config.index_alias.clone()))?;
+        let version = claim::draw_version(&services.pool).await?;
+        let docs = load(&services.pool, &ids).await?;
+        Ok::<_, PipelineError>((targets, version, docs))
+    }
+    .await;
+    match result {
+        Ok((targets, version, docs)) => Ok(Prepared { marks, targets, version, docs, load: started.elapsed() }),
+        Err(e) => {
+            give_back(services, owner, &ids).await;
+            Err(e)
+        }
+    }
+}
+
+/// Encodes, ships with retries, and acknowledges under the sequence guard.
+pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<BatchReport, PipelineError> {
+    let ids: Vec<i64> = p.marks.iter().map(|m| m.student_id).collect();
+    let started = Instant::now();
+    let encoded = encode(&p.docs, &p.targets.indices, p.version);
+    let shipped = match ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync)).await {
+        Ok(s) => s,
+        Err(e) => {
+            give_back(services, owner, &ids).await;
+            return Err(e.into());
+        }
+    };
+    let verdicts = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
+    for (id, v) in &verdicts {
+        if let Verdict::Dead { status, reason } = v {
+            tracing::warn!(student_id = id, status, %reason, "the index refused this document; it is in the dead-letter table (tidemark admin failed)");
+        }
+    }
+    let shipped_at = Instant::now();
+    let acked = acknowledge(&services.pool, owner, &p.marks, &verdicts).await?;
+    if acked.later > 0 {
+        tracing::warn!(students = acked.later, "some documents still failed after retries; their marks stay and a later sync retries them");
+    }
+    let deleted = p.docs.iter().filter(|(_, d)| d.is_none()).count();
+    Ok(BatchReport {
+        claimed: p.marks.len(),
+        indexed: p.docs.len() - deleted,
+        deleted,
+        acked,
+        requests: shipped.requests,
+        retried_ops: shipped.retried_ops,
+        load: p.load,
+        ship: shipped_at - started,
+        ack: shipped_at.elapsed(),
+    })
+}
+
+/// Gives back what `owner` still leases of `ids`, so another step can take them at once.
+pub async fn give_back(services: &Services, owner: &str, ids: &[i64]) {
+    if let Err(e) = claim::release(&services.pool, owner, ids).await {
+        tracing::warn!(error = %e, "could not give back a claim; its lease runs out by itself");
+    }
+}

@@ -1,0 +1,82 @@
+//! The long-running processes, each a `run(…, shutdown)` function that works until the
+//! `shutdown` future completes (as mini-redis does): the binary passes a signal handler,
+//! tests pass a future they control and run a worker in-process.
+//!
+//! - [`worker`]: runs sync jobs from the queue, reconnecting when Redis goes away.
+//! - [`scheduler`]: enqueues a sync every interval.
+//! - [`listener`]: turns PostgreSQL notifications into nudges (run by both of the above).
+
+pub mod listener;
+pub mod scheduler;
+pub mod worker;
+
+use std::{future::Future, time::Duration};
+
+use backon::Retryable;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{redact_url, Config, ConfigError},
+    retry::Backoff,
+    services::ServicesError,
+    workers::{Queue, QueueError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Services(#[from] ServicesError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Completes on SIGTERM or SIGINT: the `shutdown` the binary hands to a process.
+pub async fn signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stop requested");
+}
+
+/// A token cancelled when `shutdown` completes, so the many places of a process that stop
+/// on it can each wait on a clone.
+fn stop_token(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// Connects to Redis, retrying on the [`Backoff::RECONNECT`] schedule until it answers;
+/// `None` when `stop` comes first. Wrong credentials are not retried: waiting cannot mend them.
+async fn connect_queue(config: &Config, stop: &CancellationToken) -> Result<Option<Queue>, ProcessError> {
+    let url = config.redis_url()?;
+    let redacted = redact_url(url.expose());
+    let attempt = (|| Queue::connect(url.expose(), &redacted, &config.queue_namespace))
+        .retry(Backoff::RECONNECT)
+        .when(|e| !matches!(e, QueueError::Unauthorized { .. }))
+        .notify(|e, wait| tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "waiting for Redis"));
+    tokio::select! {
+        q = attempt => Ok(Some(q?)),
+        () = stop.cancelled() => Ok(None),
+    }
+}
+
+/// One quick attempt at Redis, for commands that must not hang on it (admin).
+pub async fn connect_queue_once(config: &Config) -> Result<Queue, ProcessError> {
+    let url = config.redis_url()?;
+    let redacted = redact_url(url.expose());
+    match tokio::time::timeout(Duration::from_secs(5), Queue::connect(url.expose(), &redacted, &config.queue_namespace)).await {
+        Ok(q) => Ok(q?),
+        Err(_) => Err(QueueError::Unreachable { url: redacted, reason: "no answer within 5 s".into() }.into()),
+    }
+}

@@ -1,0 +1,78 @@
+//! `tidemark worker`: runs sync jobs from the queue, `concurrency` at a time, until
+//! shutdown; then stops taking jobs, gives running ones `worker.shutdown_timeout` to
+//! finish, and gives back every lease it still holds.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{connect_queue, listener, stop_token, ProcessError};
+use crate::{pipeline::claim, retry::Backoff, search::SearchError, services::Services, sync::Syncer, workers};
+
+/// Runs until `shutdown` completes. Redis going away restarts the queue loop (after a
+/// backoff); the leases of the steps it cut short are given back at once.
+pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ProcessError> {
+    let stop = stop_token(shutdown);
+    match services.search.ping().await {
+        Ok(()) => tracing::info!(url = services.search.redacted_url(), "search server reachable"),
+        Err(e @ SearchError::Unauthorized { .. }) => return Err(crate::services::ServicesError::from(e).into()),
+        Err(e) => tracing::warn!(error = %e, "search server not reachable yet; sync jobs will keep failing and retrying until it is"),
+    }
+    let owner = services.identity.as_str().to_string();
+    let mut listening = None;
+    let mut restarts = Backoff::RECONNECT.delays();
+    while !stop.is_cancelled() {
+        let Some(queue) = connect_queue(&services.config, &stop).await? else { break };
+        tracing::info!(concurrency, queue = %services.config.queue_namespace, identity = %services.identity, "worker started");
+        if listening.is_none() {
+            listening = Some(tokio::spawn(listener::run(services.pool.clone(), queue.clone(), stop.clone().cancelled_owned())));
+        }
+        let syncer = Arc::new(Syncer::new(services.clone(), Some(queue.clone())));
+        // Whatever was left before this (re)start is looked for at once.
+        let _ = queue.nudge("worker-start").await;
+        let started = Instant::now();
+        let run = workers::run_worker(queue, syncer, services.identity.as_str(), concurrency, stop.clone().cancelled_owned());
+        // After a stop request, running jobs get `shutdown_timeout` to finish; then the
+        // process gives their marks back and exits anyway.
+        let timeout = services.config.worker.shutdown_timeout;
+        let grace = async {
+            stop.cancelled().await;
+            tokio::time::sleep(timeout.0).await;
+        };
+        let result = tokio::select! {
+            r = run => r,
+            () = grace => {
+                tracing::warn!(%timeout, "running jobs did not finish in time; giving their marks back");
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) if stop.is_cancelled() => break,
+            Ok(()) => tracing::warn!("queue worker ended; restarting"),
+            Err(e) => tracing::warn!(error = %e, "queue worker failed (Redis lost?); reconnecting"),
+        }
+        // Steps that were running are gone with the queue worker: give their marks back
+        // now rather than when their leases run out.
+        match claim::release_all(&services.pool, &owner).await {
+            Ok(n) if n > 0 => tracing::info!(released = n, "leases of interrupted steps given back"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not give back leases; they run out by themselves"),
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            restarts = Backoff::RECONNECT.delays();
+        }
+        let wait = restarts.next().expect("backoff delays never end");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+    if let Some(l) = listening {
+        let _ = l.await;
+    }
+    let released = claim::release_all(&services.pool, &owner).await?;
+    tracing::info!(released, "worker stopped; leases given back");
+    Ok(())
+}

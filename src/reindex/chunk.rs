@@ -1,0 +1,96 @@
+//! Chunks: the id space of a build, shared by every worker. A chunk is done once the new
+//! index holds every student of its range as read at the chunk's version.
+
+use std::time::Duration;
+
+use sqlx::PgExecutor;
+
+use super::ReindexError;
+use crate::{
+    catalog::{build_alias, Build},
+    pipeline::{
+        acknowledge::{dead_letter, verdicts, Verdict},
+        claim::draw_version,
+        encode::encode,
+        load::load_range,
+        ship::{ship, ShipLimits},
+    },
+    services::Services,
+};
+
+/// A chunk claimed by a worker: the students with `lo <= id < hi`.
+#[derive(Debug)]
+pub struct Chunk {
+    pub lo: i64,
+    pub hi: i64,
+}
+
+pub async fn claim_chunk(db: impl PgExecutor<'_>, reindex_id: i64, owner: &str, lease: Duration) -> Result<Option<Chunk>, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        // One chunk, picked once (see pipeline/claim.rs on why not a FROM sub-select).
+        "UPDATE tidemark.reindex_chunks
+            SET lease_owner = $2, lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+          WHERE reindex_id = $1
+            AND lo = (SELECT lo FROM tidemark.reindex_chunks
+                       WHERE reindex_id = $1 AND NOT done AND (lease_until IS NULL OR lease_until < clock_timestamp())
+                       ORDER BY lo LIMIT 1 FOR UPDATE SKIP LOCKED)
+      RETURNING lo, hi",
+    )
+    .bind(reindex_id)
+    .bind(owner)
+    .bind(lease.as_millis() as f64)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(lo, hi)| Chunk { lo, hi }))
+}
+
+/// Writes one chunk into the new index. Returns the number of documents written, or
+/// `None` when transient failures outlasted the retries (the chunk goes back).
+pub async fn process_chunk(services: &Services, owner: &str, build: &Build, chunk: &Chunk) -> Result<Option<usize>, ReindexError> {
+    let pool = &services.pool;
+    let result = async {
+        // The version is drawn before the read, as every reader does.
+        let version = draw_version(pool).await?;
+        let docs = load_range(pool, chunk.lo, chunk.hi).await?;
+        let targets = [build_alias(&build.alias)];
+        let encoded = encode(&docs, &targets, version);
+        let shipped = ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync)).await?;
+        let verdicts = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
+        if verdicts.values().any(|v| *v == Verdict::Later) {
+            return Ok::<_, ReindexError>(None);
+        }
+        // A document the new mapping refuses is dead-lettered (visible in `admin failed`);
+        // verification will then refuse the swap and say so.
+        let dead: Vec<(i64, i32, String)> = verdicts
+            .iter()
+            .filter_map(|(id, v)| match v {
+                Verdict::Dead { status, reason } => Some((*id, i32::from(*status), reason.clone())),
+                _ => None,
+            })
+            .collect();
+        if !dead.is_empty() {
+            dead_letter(pool, &dead).await?;
+        }
+        Ok(Some(docs.len()))
+    }
+    .await;
+    let done = matches!(result, Ok(Some(_)));
+    let docs = match &result {
+        Ok(Some(n)) => *n as i32,
+        _ => 0,
+    };
+    // Done, or given back at once for another try.
+    sqlx::query(
+        "UPDATE tidemark.reindex_chunks
+            SET done = $4, docs = CASE WHEN $4 THEN $5 ELSE docs END, lease_owner = NULL, lease_until = NULL
+          WHERE reindex_id = $1 AND lo = $2 AND lease_owner = $3",
+    )
+    .bind(build.id)
+    .bind(chunk.lo)
+    .bind(owner)
+    .bind(done)
+    .bind(docs)
+    .execute(pool)
+    .await?;
+    result
+}

@@ -1,0 +1,146 @@
+//! Promotion: when every chunk of a build is done, restore the settings, refresh, verify
+//! the new index against the database, and only then move the alias — atomically.
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::{prune, start::park_build_alias, ReindexError};
+use crate::{
+    catalog::{self, Build, BuildState},
+    services::Services,
+    verify,
+};
+
+/// What finishing a build did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Chunks are still pending or in flight.
+    NotYet,
+    /// Verification must wait for outstanding marks (writes keep coming).
+    Waiting(String),
+    Promoted,
+    Failed(String),
+}
+
+/// When every chunk is done: restore settings, refresh, verify, and move the alias.
+/// Safe to call from any worker at any time; one at a time does the work.
+pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, ReindexError> {
+    let (pool, search) = (&services.pool, &services.search);
+    let mut tx = pool.begin().await?;
+    let build = catalog::get(pool, build_id).await?;
+    // One finisher at a time; the others have better things to do than wait.
+    if !catalog::try_lock(&mut tx, &build.alias).await? {
+        return Ok(Finish::NotYet);
+    }
+    let build = catalog::get(pool, build_id).await?;
+    if !build.is_active() || build.chunks_done < build.chunks_total {
+        return Ok(Finish::NotYet);
+    }
+    let index = &build.target_index;
+    if !search.index_exists(index).await? {
+        let why = format!("the index being built, {index}, disappeared from the search server");
+        fail(services, &build, &why).await?;
+        return Ok(Finish::Failed(why));
+    }
+    if build.state == BuildState::Building {
+        search.put_settings(index, &json!({"index": {"refresh_interval": null, "number_of_replicas": null}})).await?;
+        sqlx::query("UPDATE tidemark.reindexes SET state = 'verifying' WHERE id = $1").bind(build.id).execute(pool).await?;
+    }
+    search.refresh(index).await?;
+    match verify_build(services, index).await? {
+        Verification::Ok => {}
+        Verification::Wait(why) => return Ok(Finish::Waiting(why)),
+        Verification::Failed(why) => {
+            fail(services, &build, &why).await?;
+            return Ok(Finish::Failed(why));
+        }
+    }
+    // One atomic alias move: off whatever carries it now, onto the new index. The build
+    // alias stays on the promoted index: a batch that chose its targets before the swap and
+    // writes late still writes to a real, live index.
+    let current = search.alias_targets(&build.alias).await?;
+    search.point_alias(&build.alias, std::slice::from_ref(index)).await?;
+    let previous = current.into_iter().find(|i| i != index).or(build.previous_index.clone());
+    sqlx::query(
+        "UPDATE tidemark.reindexes SET state = 'done', previous_index = $2, finished_at = now(), message = 'verified and promoted' WHERE id = $1",
+    )
+    .bind(build.id)
+    .bind(&previous)
+    .execute(pool)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(id = build.id, index = %index, previous = ?previous, "reindex verified; alias moved");
+    prune(services).await?;
+    Ok(Finish::Promoted)
+}
+
+/// Records the failure; the index stays for inspection, but stops receiving writes.
+async fn fail(services: &Services, build: &Build, why: &str) -> Result<(), ReindexError> {
+    tracing::error!(id = build.id, reason = why, "reindex failed; the alias stays where it is");
+    catalog::end(&services.pool, build.id, BuildState::Failed, why).await?;
+    park_build_alias(services, build).await;
+    Ok(())
+}
+
+enum Verification {
+    Ok,
+    Wait(String),
+    Failed(String),
+}
+
+async fn outstanding(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT (SELECT count(*) FROM tidemark.dirty_students) + (SELECT count(*) FROM tidemark.dirty_parents)")
+        .fetch_one(pool)
+        .await
+}
+
+/// Count and sample checks of a built index against the database.
+async fn verify_build(services: &Services, index: &str) -> Result<Verification, ReindexError> {
+    let pool = &services.pool;
+    let db: i64 = sqlx::query_scalar("SELECT count(*) FROM students").fetch_one(pool).await?;
+    let indexed = services.search.count(index).await? as i64;
+    let pending = outstanding(pool).await?;
+    if indexed != db {
+        let what = format!("{index} holds {indexed} documents, the database {db} students");
+        // Under steady writes the counts may never meet; a difference that outstanding
+        // marks can explain is theirs to close (dual writes reach the new index too).
+        if pending > 0 && (indexed - db).abs() > pending {
+            return Ok(Verification::Wait(format!("{what}; {pending} changes still to sync")));
+        }
+    }
+    if indexed != db && pending == 0 {
+        let what = format!("{index} holds {indexed} documents, the database {db} students");
+        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dead_letters").fetch_one(pool).await?;
+        let hint = if dead > 0 { format!(" ({dead} documents were refused: see `tidemark admin failed`)") } else { String::new() };
+        return Ok(Verification::Failed(format!("{what}{hint}")));
+    }
+    let sample = i64::from(services.config.reindex.verify_sample);
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY random() LIMIT $1").bind(sample).fetch_all(pool).await?;
+    let differing = verify::compare(services, index, &ids).await?.ids();
+    if differing.is_empty() {
+        return Ok(Verification::Ok);
+    }
+    // A difference on a student that has an outstanding mark is a change still in flight;
+    // one whose mark was cleared meanwhile is compared again.
+    let marked: Vec<i64> = sqlx::query_scalar("SELECT student_id FROM tidemark.dirty_students WHERE student_id = ANY($1)")
+        .bind(&differing)
+        .fetch_all(pool)
+        .await?;
+    let unexplained: Vec<i64> = differing.iter().copied().filter(|id| !marked.contains(id)).collect();
+    let differing = if unexplained.is_empty() { unexplained } else { verify::compare(services, index, &unexplained).await?.ids() };
+    if differing.is_empty() {
+        return Ok(Verification::Ok);
+    }
+    // A renamed university or course not yet expanded into student marks explains a
+    // difference too: wait for the fan-out.
+    let fanouts: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_parents").fetch_one(pool).await?;
+    if fanouts > 0 {
+        return Ok(Verification::Wait(format!("{} sampled documents differ while {fanouts} fan-outs are pending", differing.len())));
+    }
+    Ok(Verification::Failed(format!(
+        "{} of {} sampled documents differ from the database (students {:?})",
+        differing.len(),
+        ids.len(),
+        &differing[..differing.len().min(10)]
+    )))
+}

@@ -1,0 +1,150 @@
+//! Starting, cancelling and resuming a build; and the rebuild a `TRUNCATE` asks for.
+
+use serde_json::json;
+
+use super::{generation, ReindexError};
+use crate::{
+    catalog::{self, build_alias, Build, BuildState},
+    document::index_body,
+    services::Services,
+};
+
+pub(super) async fn refuse_if_running(services: &Services) -> Result<(), ReindexError> {
+    let alias = &services.config.index_alias;
+    match catalog::active(&services.pool, alias).await? {
+        Some(b) => Err(ReindexError::AlreadyRunning {
+            alias: alias.clone(),
+            id: b.id,
+            index: b.target_index,
+            started: b.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Starts a build: creates the next generation's index and the chunks. Refused while
+/// another build of the alias runs.
+pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result<Build, ReindexError> {
+    let (pool, search, alias) = (&services.pool, &services.search, &services.config.index_alias);
+    let mut tx = pool.begin().await?;
+    catalog::lock(&mut tx, alias).await?;
+    refuse_if_running(services).await?;
+    let previous = search.alias_targets(alias).await?.into_iter().next();
+    // Never reuse a generation, even one whose index is gone: a late write to a deleted
+    // name would otherwise land in the new build.
+    let used: Vec<String> =
+        sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1").bind(alias).fetch_all(&mut *tx).await?;
+    let next = search.indices(&format!("{alias}_*")).await?.iter().chain(&used).filter_map(|i| generation(alias, i)).max().unwrap_or(0) + 1;
+    let target = format!("{alias}_{next}");
+    // An index *named* like the build alias can only be an artefact: Elasticsearch
+    // auto-creates indices for externally versioned deletes even with require_alias. It
+    // holds nothing but tombstones, and it would block the alias: remove it.
+    let building = build_alias(alias);
+    if search.indices(&building).await?.contains(&building) {
+        tracing::warn!(index = %building, "deleting an index auto-created under the build alias's name");
+        search.delete_index(&building).await?;
+    }
+    let mut body = index_body();
+    // Build-time settings: no refresh and no replicas while bulk loading.
+    body["settings"] = json!({"index": {"refresh_interval": "-1", "number_of_replicas": 0}});
+    search.create_index(&target, &body).await?;
+    // Move the build alias here in one step, from wherever it was (it stays on the live
+    // index between builds, so a late write through it lands somewhere sensible).
+    search.point_alias(&building, std::slice::from_ref(&target)).await?;
+    let (min, max, count): (Option<i64>, Option<i64>, i64) =
+        sqlx::query_as("SELECT min(id), max(id), count(*) FROM students").fetch_one(&mut *tx).await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO tidemark.reindexes (alias, target_index, previous_index, state, reason, chunk_size, docs_total)
+         VALUES ($1, $2, $3, 'building', $4, $5, $6) RETURNING id",
+    )
+    .bind(alias)
+    .bind(&target)
+    .bind(&previous)
+    .bind(reason)
+    .bind(chunk_size as i32)
+    .bind(count)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let (Some(min), Some(max)) = (min, max) {
+        sqlx::query(
+            "INSERT INTO tidemark.reindex_chunks (reindex_id, lo, hi)
+             SELECT $1, lo, lo + $4 FROM generate_series($2::bigint, $3::bigint, $4::bigint) AS lo",
+        )
+        .bind(id)
+        .bind(min)
+        .bind(max)
+        .bind(i64::from(chunk_size))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(id, index = %target, previous = ?previous, students = count, reason, "reindex started");
+    Ok(catalog::get(pool, id).await?)
+}
+
+/// Acts on a TRUNCATE recorded by the capture triggers: a running build (which may already
+/// hold truncated students) is abandoned, and a new one starts from the database as it is
+/// now. Returns the new build, if a request was taken.
+pub async fn take_resync_request(services: &Services) -> Result<Option<Build>, ReindexError> {
+    let pool = &services.pool;
+    // Every step asks; almost always there is nothing: one cheap look before a transaction.
+    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tidemark.resync_requests)").fetch_one(pool).await?;
+    if !any {
+        return Ok(None);
+    }
+    let mut tx = pool.begin().await?;
+    let reasons: Vec<String> = sqlx::query_scalar("DELETE FROM tidemark.resync_requests RETURNING reason").fetch_all(&mut *tx).await?;
+    if reasons.is_empty() {
+        return Ok(None);
+    }
+    let reason = format!("{} (rows removed without row triggers)", reasons.join(", "));
+    if catalog::active(pool, &services.config.index_alias).await?.is_some() {
+        cancel(services).await?;
+    }
+    let build = start(services, services.config.reindex.chunk_size, &reason).await?;
+    tracing::warn!(index = %build.target_index, %reason, "rebuilding the index");
+    tx.commit().await?;
+    Ok(Some(build))
+}
+
+/// Abandons the running build and deletes its index; the alias never moved.
+pub async fn cancel(services: &Services) -> Result<Build, ReindexError> {
+    let (pool, alias) = (&services.pool, &services.config.index_alias);
+    let mut tx = pool.begin().await?;
+    catalog::lock(&mut tx, alias).await?;
+    let build = catalog::active(pool, alias).await?.ok_or_else(|| ReindexError::NotRunning(alias.clone()))?;
+    catalog::end(&mut *tx, build.id, BuildState::Cancelled, "cancelled by admin").await?;
+    tx.commit().await?;
+    park_build_alias(services, &build).await;
+    services.search.delete_index(&build.target_index).await?;
+    tracing::info!(id = build.id, index = %build.target_index, "reindex cancelled; its index is deleted");
+    Ok(catalog::get(pool, build.id).await?)
+}
+
+/// Gives back every chunk lease of the running build, so the chunks of a vanished
+/// worker are taken at once rather than when their leases run out.
+pub async fn resume(services: &Services) -> Result<(Build, u64), ReindexError> {
+    let (pool, alias) = (&services.pool, &services.config.index_alias);
+    let build = catalog::active(pool, alias).await?.ok_or_else(|| ReindexError::NotRunning(alias.clone()))?;
+    let r = sqlx::query(
+        "UPDATE tidemark.reindex_chunks SET lease_owner = NULL, lease_until = NULL WHERE reindex_id = $1 AND NOT done AND lease_owner IS NOT NULL",
+    )
+    .bind(build.id)
+    .execute(pool)
+    .await?;
+    Ok((build, r.rows_affected()))
+}
+
+/// Moves the build alias off an abandoned build onto the live index, so batches that chose
+/// their targets while the build ran write somewhere live rather than to a dead build.
+pub(super) async fn park_build_alias(services: &Services, build: &Build) {
+    let search = &services.search;
+    let result = async {
+        let live = search.alias_targets(&build.alias).await?;
+        search.move_alias(&build_alias(&build.alias), std::slice::from_ref(&build.target_index), &live).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "build alias already moved");
+    }
+}

@@ -1,0 +1,301 @@
+//! A sync *step* (what one job does): expand at most one renamed university, course or
+//! large statement into marks, work on a running full reindex, then sync one batch; and a
+//! *drain* (steps until nothing is left), for `tidemark sync` and tests.
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use tracing::Instrument;
+
+use crate::{
+    pipeline::{
+        batch::{self, BatchReport},
+        fanout::{self, Step},
+        targets, PipelineError,
+    },
+    reindex::{self, Finish, ReindexError},
+    retry::Backoff,
+    services::Services,
+    workers::{Queue, RetryAfter, SyncJob, SyncRunner},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Reindex(#[from] ReindexError),
+}
+
+impl From<sqlx::Error> for SyncError {
+    fn from(e: sqlx::Error) -> Self {
+        SyncError::Pipeline(e.into())
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Default)]
+pub struct StepReport {
+    /// Students marked by expanding a university or course.
+    pub fanned_out: u64,
+    /// Documents written by a full-reindex chunk.
+    pub reindexed: usize,
+    /// A full reindex is still building or verifying.
+    pub building: bool,
+    pub batch: Option<BatchReport>,
+}
+
+impl StepReport {
+    /// Nothing done this step.
+    pub fn idle(&self) -> bool {
+        self.fanned_out == 0 && self.reindexed == 0 && self.batch.is_none()
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Default)]
+pub struct DrainReport {
+    pub batches: u64,
+    pub reindexed: u64,
+    pub indexed: u64,
+    pub deleted: u64,
+    pub dead: u64,
+    pub fanned_out: u64,
+    /// Stopped because batches kept failing (the marks remain for later).
+    pub stalled: bool,
+}
+
+/// Runs steps for one process: its services, the queue to nudge when a step sees more work
+/// than it takes (None in `tidemark sync` and in tests that drain in-process), and the gate
+/// of natural batching.
+pub struct Syncer {
+    pub services: Services,
+    queue: Option<Queue>,
+    /// One partial batch of this process in flight at a time ("natural batching"): while it
+    /// ships, new marks pile up and the next claim takes them all. A server that falls
+    /// behind thus gets fewer, larger `_bulk` requests instead of many small ones (search
+    /// servers pay per request; BENCHMARKS.md, "Freshness"), while an idle one still gets
+    /// each change at once. A full batch releases the gate as soon as it is claimed: the
+    /// backlog is then large and parallel batches pay.
+    batch_gate: tokio::sync::Semaphore,
+    /// Steps that failed in a row, for the retry backoff.
+    failed_in_a_row: AtomicU32,
+}
+
+impl Syncer {
+    pub fn new(services: Services, queue: Option<Queue>) -> Syncer {
+        Syncer { services, queue, batch_gate: tokio::sync::Semaphore::new(1), failed_in_a_row: AtomicU32::new(0) }
+    }
+
+    /// Who holds the leases this syncer takes.
+    pub fn owner(&self) -> &str {
+        self.services.identity.as_str()
+    }
+
+    /// The stages of one batch, for a caller that wants to hold a batch in between (tests).
+    pub async fn claim(&self, limit: usize) -> Result<Vec<crate::pipeline::Mark>, PipelineError> {
+        batch::claim(&self.services, self.owner(), limit).await
+    }
+
+    pub async fn prepare(&self, marks: Vec<crate::pipeline::Mark>) -> Result<batch::Prepared, PipelineError> {
+        batch::prepare(&self.services, self.owner(), marks).await
+    }
+
+    pub async fn deliver(&self, prepared: batch::Prepared) -> Result<BatchReport, PipelineError> {
+        batch::deliver(&self.services, self.owner(), prepared).await
+    }
+
+    /// Makes sure there is somewhere to write: with no alias and no build, starts a full
+    /// rebuild from the database (a first run, or a search server that lost its index).
+    async fn ensure_index(&self) -> Result<(), SyncError> {
+        if targets::decide(&self.services).await?.is_some() {
+            return Ok(());
+        }
+        let alias = &self.services.config.index_alias;
+        let why = format!("alias {alias} does not exist (first run, or the search server lost its index): rebuilding it from the database");
+        match reindex::start(&self.services, self.services.config.reindex.chunk_size, &why).await {
+            Ok(b) => tracing::warn!(index = %b.target_index, "{why}"),
+            // Another worker started it a moment ago.
+            Err(ReindexError::AlreadyRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Works on a running full reindex: one chunk, and the promotion once all are done.
+    async fn reindex_step(&self) -> Result<(usize, Option<Finish>), SyncError> {
+        let services = &self.services;
+        match reindex::take_resync_request(services).await {
+            Ok(_) => {}
+            Err(e @ (ReindexError::Db(_) | ReindexError::Search(_))) => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "could not act on a TRUNCATE yet"),
+        }
+        let Some(build) = crate::catalog::active(&services.pool, &services.config.index_alias).await? else {
+            return Ok((0, None));
+        };
+        let mut written = 0;
+        if let Some(chunk) = reindex::claim_chunk(&services.pool, build.id, self.owner(), services.lease()).await? {
+            // More chunks likely wait: let idle workers join now.
+            self.nudge("reindex").await;
+            let span = tracing::info_span!("reindex_chunk", id = build.id, lo = chunk.lo, hi = chunk.hi);
+            match reindex::process_chunk(services, self.owner(), &build, &chunk).instrument(span).await? {
+                Some(n) => written = n.max(1),
+                None => tracing::warn!(lo = chunk.lo, "reindex chunk still failing after retries; it will be tried again"),
+            }
+        }
+        let finish = reindex::finish(services, build.id).await?;
+        match &finish {
+            Finish::Promoted | Finish::Failed(_) => self.nudge("reindex-finished").await,
+            Finish::Waiting(why) => tracing::debug!(%why, "reindex verification waits"),
+            Finish::NotYet => {}
+        }
+        Ok((written, Some(finish)))
+    }
+
+    /// Expands one claimed university/course mark completely, chunk by chunk.
+    async fn fan_out_one(&self) -> Result<u64, SyncError> {
+        let services = &self.services;
+        let Some(mut parent) = fanout::claim_parent(&services.pool, self.owner(), services.lease()).await? else {
+            return Ok(0);
+        };
+        let span = tracing::info_span!("fanout", kind = %parent.kind, id = parent.parent_id);
+        let chunk = services.config.sync.fanout_chunk as i64;
+        let mut total = 0;
+        async move {
+            loop {
+                match fanout::expand_step(&services.pool, self.owner(), services.lease(), &mut parent, chunk).await? {
+                    Step::Marked(n) => {
+                        total += n;
+                        // Others can index what is marked while this expansion goes on.
+                        self.nudge("fanout").await;
+                    }
+                    Step::Finished(n) => {
+                        total += n;
+                        tracing::info!(students = total, "fan-out done");
+                        return Ok(total);
+                    }
+                    Step::Restarted => {
+                        tracing::info!(students = total, "changed again during fan-out; it starts over");
+                        return Ok(total.max(1));
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn nudge(&self, reason: &str) {
+        if let Some(q) = &self.queue {
+            if let Err(e) = q.nudge(reason).await {
+                tracing::warn!(error = %e, "could not nudge the queue; the scheduler's next tick will");
+            }
+        }
+    }
+
+    /// One job's work: expand at most one university/course mark, then sync one batch.
+    pub async fn step(&self) -> Result<StepReport, SyncError> {
+        self.ensure_index().await?;
+        let fanned_out = self.fan_out_one().await?;
+        let (reindexed, finish) = self.reindex_step().await?;
+        let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
+        let batch_size = self.services.config.sync.batch_size as usize;
+        let gate = self.batch_gate.acquire().await.expect("the gate is never closed");
+        let marks = batch::claim(&self.services, self.owner(), batch_size).await?;
+        let _gate = (marks.len() < batch_size).then_some(gate);
+        if marks.is_empty() {
+            return Ok(StepReport { fanned_out, reindexed, building, batch: None });
+        }
+        if marks.len() == batch_size {
+            // Probably more waiting: let another worker start on it now.
+            self.nudge("more").await;
+        }
+        let span = tracing::info_span!("batch", size = marks.len(), owner = %self.owner());
+        let report = async {
+            let prepared = batch::prepare(&self.services, self.owner(), marks).await?;
+            batch::deliver(&self.services, self.owner(), prepared).await
+        }
+        .instrument(span.clone())
+        .await?;
+        span.in_scope(|| {
+            tracing::info!(
+                indexed = report.indexed,
+                deleted = report.deleted,
+                cleared = report.acked.cleared,
+                changed_in_flight = report.acked.changed_in_flight,
+                dead = report.acked.dead,
+                later = report.acked.later,
+                requests = report.requests,
+                load_ms = report.load.as_millis() as u64,
+                ship_ms = report.ship.as_millis() as u64,
+                ack_ms = report.ack.as_millis() as u64,
+                "batch synced"
+            )
+        });
+        if report.acked.changed_in_flight > 0 || report.acked.later > 0 {
+            self.nudge("leftover").await;
+        }
+        Ok(StepReport { fanned_out, reindexed, building, batch: Some(report) })
+    }
+
+    /// Steps until a step finds nothing to do. Marks that keep failing transiently stop
+    /// the drain after three rounds without progress.
+    pub async fn drain(&self) -> Result<DrainReport, SyncError> {
+        let mut report = DrainReport::default();
+        let mut stalled = 0;
+        loop {
+            let step = self.step().await?;
+            if step.idle() {
+                if !step.building {
+                    return Ok(report);
+                }
+                // A build waits for chunks leased by others (or a crashed worker's leases
+                // to run out): wait for it rather than report done.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            report.fanned_out += step.fanned_out;
+            report.reindexed += step.reindexed as u64;
+            if let Some(b) = step.batch {
+                report.batches += 1;
+                report.indexed += b.indexed as u64;
+                report.deleted += b.deleted as u64;
+                report.dead += b.acked.dead;
+                if b.acked.cleared == 0 && step.fanned_out == 0 {
+                    stalled += 1;
+                    if stalled >= 3 {
+                        report.stalled = true;
+                        return Ok(report);
+                    }
+                } else {
+                    stalled = 0;
+                }
+            }
+        }
+    }
+}
+
+/// After a failed step the queue is nudged again after a wait drawn from this policy, by the
+/// number of steps that failed in a row: soon after a blip, at most every 30 s while a
+/// service stays down (the scheduler's ticks keep coming meanwhile).
+const STEP_RETRY: Backoff = Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(30) };
+
+impl SyncRunner for Syncer {
+    async fn run(&self, job: SyncJob) -> Result<(), RetryAfter> {
+        let span = tracing::info_span!("sync_job", reason = %job.reason);
+        match self.step().instrument(span).await {
+            Ok(_) => {
+                self.failed_in_a_row.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let failures = self.failed_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                let wait = STEP_RETRY.delay(failures, &mut rand::thread_rng());
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync step failed; marks stay and are retried");
+                Err(RetryAfter(wait))
+            }
+        }
+    }
+}
