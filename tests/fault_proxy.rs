@@ -8,7 +8,7 @@ mod fault_proxy;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fault_proxy::{FaultProxy, FaultStats, Faults};
+use fault_proxy::{BulkAction, FaultProxy, FaultStats, Faults};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,11 +47,20 @@ async fn create_index(c: &reqwest::Client, base: &str, index: &str) {
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "create {index}: {} {}", r.status(), r.text().await.unwrap());
+    assert!(
+        r.status().is_success(),
+        "create {index}: {} {}",
+        r.status(),
+        r.text().await.unwrap()
+    );
 }
 
 async fn delete_index(c: &reqwest::Client, index: &str) {
-    let r = c.delete(format!("{}/{index}", es_url())).send().await.unwrap();
+    let r = c
+        .delete(format!("{}/{index}", es_url()))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "delete {index}: {}", r.status());
 }
 
@@ -76,7 +85,9 @@ async fn count(c: &reqwest::Client, index: &str) -> u64 {
         .json()
         .await
         .unwrap();
-    r["count"].as_u64().unwrap_or_else(|| panic!("bad _count answer {r}"))
+    r["count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("bad _count answer {r}"))
 }
 
 /// Ids among `ids` that exist in `index`, read directly from the server.
@@ -90,7 +101,9 @@ async fn existing(c: &reqwest::Client, index: &str, ids: &[String]) -> BTreeSet<
         .json()
         .await
         .unwrap();
-    let docs = r["docs"].as_array().unwrap_or_else(|| panic!("bad _mget answer {r}"));
+    let docs = r["docs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("bad _mget answer {r}"));
     assert_eq!(docs.len(), ids.len());
     docs.iter()
         .filter(|d| d["found"] == json!(true))
@@ -103,8 +116,16 @@ fn assert_injected_429(item: &Value, op: &str, index: &str, id: &str) {
     assert_eq!(inner["status"], json!(429), "{item}");
     assert_eq!(inner["_index"], json!(index), "{item}");
     assert_eq!(inner["_id"], json!(id), "{item}");
-    assert_eq!(inner["error"]["type"], json!("es_rejected_execution_exception"), "{item}");
-    assert_eq!(inner["error"]["reason"], json!("rejected execution (injected by fault proxy)"), "{item}");
+    assert_eq!(
+        inner["error"]["type"],
+        json!("es_rejected_execution_exception"),
+        "{item}"
+    );
+    assert_eq!(
+        inner["error"]["reason"],
+        json!("rejected execution (injected by fault proxy)"),
+        "{item}"
+    );
 }
 
 #[tokio::test]
@@ -115,19 +136,34 @@ async fn bulk_item_429_rejects_exactly_the_reported_items() {
     let index = unique_index("bulk429");
     create_index(&c, &proxy.url(), &index).await;
 
-    proxy.set(Faults { bulk_item_429: 0.3, only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults {
+        bulk_item_429: 0.3,
+        only_path: Some("_bulk".into()),
+        ..Faults::default()
+    });
     let mut body = String::new();
     for i in 0..100 {
-        body.push_str(&format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n{{\"n\":{i}}}\n"));
+        body.push_str(&format!(
+            "{{\"index\":{{\"_id\":\"{i}\"}}}}\n{{\"n\":{i}}}\n"
+        ));
     }
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk?refresh=true", proxy.url()),
+        body,
+    )
+    .await;
     assert_eq!(status, 200, "{resp}");
     let items = resp["items"].as_array().unwrap();
     assert_eq!(items.len(), 100);
     let mut rejected = BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
         let id = i.to_string();
-        assert_eq!(item["index"]["_id"], json!(id), "item {i} out of place: {item}");
+        assert_eq!(
+            item["index"]["_id"],
+            json!(id),
+            "item {i} out of place: {item}"
+        );
         if item["index"]["status"] == json!(429) {
             assert_injected_429(item, "index", &index, &id);
             rejected.insert(id);
@@ -135,18 +171,30 @@ async fn bulk_item_429_rejects_exactly_the_reported_items() {
             assert_eq!(item["index"]["status"], json!(201), "{item}");
         }
     }
-    assert!(!rejected.is_empty() && rejected.len() < 100, "{} rejected", rejected.len());
+    assert!(
+        !rejected.is_empty() && rejected.len() < 100,
+        "{} rejected",
+        rejected.len()
+    );
     assert_eq!(resp["errors"], json!(true));
     assert_eq!(
         proxy.stats(),
-        FaultStats { forwarded: 2, items_429: rejected.len() as u64, ..FaultStats::default() }
+        FaultStats {
+            forwarded: 2,
+            items_429: rejected.len() as u64,
+            ..FaultStats::default()
+        }
     );
 
     // The server holds exactly the items that were not rejected.
     assert_eq!(count(&c, &index).await, 100 - rejected.len() as u64);
     let ids: Vec<String> = (0..100).map(|i| i.to_string()).collect();
     let found = existing(&c, &index, &ids).await;
-    let expected: BTreeSet<String> = ids.iter().filter(|id| !rejected.contains(*id)).cloned().collect();
+    let expected: BTreeSet<String> = ids
+        .iter()
+        .filter(|id| !rejected.contains(*id))
+        .cloned()
+        .collect();
     assert_eq!(found, expected);
 
     delete_index(&c, &index).await;
@@ -163,25 +211,41 @@ async fn bulk_item_429_splits_deletes_and_other_ops_correctly() {
     // 40 documents to delete, written directly.
     let mut seed = String::new();
     for i in 0..40 {
-        seed.push_str(&format!("{{\"index\":{{\"_id\":\"d{i}\"}}}}\n{{\"n\":{i}}}\n"));
+        seed.push_str(&format!(
+            "{{\"index\":{{\"_id\":\"d{i}\"}}}}\n{{\"n\":{i}}}\n"
+        ));
     }
     let (status, resp) = bulk(&c, &format!("{es}/{index}/_bulk?refresh=true"), seed).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    assert_eq!(
+        (status, resp["errors"].clone()),
+        (200, json!(false)),
+        "{resp}"
+    );
 
     // Through the proxy, on `/_bulk` with `_index` in the metadata: delete d_i (no source
     // line), then index / create / update (with source lines), interleaved.
-    proxy.set(Faults { bulk_item_429: 0.5, ..Faults::default() });
+    proxy.set(Faults {
+        bulk_item_429: 0.5,
+        ..Faults::default()
+    });
     let mut body = String::new();
     let mut expected_ops = Vec::new();
     for i in 0..40 {
-        body.push_str(&format!("{{\"delete\":{{\"_index\":\"{index}\",\"_id\":\"d{i}\"}}}}\n"));
+        body.push_str(&format!(
+            "{{\"delete\":{{\"_index\":\"{index}\",\"_id\":\"d{i}\"}}}}\n"
+        ));
         expected_ops.push(("delete", format!("d{i}")));
         let (op, source) = match i % 3 {
             0 => ("index", format!("{{\"n\":{i}}}")),
             1 => ("create", format!("{{\"n\":{i}}}")),
-            _ => ("update", format!("{{\"doc\":{{\"n\":{i}}},\"doc_as_upsert\":true}}")),
+            _ => (
+                "update",
+                format!("{{\"doc\":{{\"n\":{i}}},\"doc_as_upsert\":true}}"),
+            ),
         };
-        body.push_str(&format!("{{\"{op}\":{{\"_index\":\"{index}\",\"_id\":\"n{i}\"}}}}\n{source}\n"));
+        body.push_str(&format!(
+            "{{\"{op}\":{{\"_index\":\"{index}\",\"_id\":\"n{i}\"}}}}\n{source}\n"
+        ));
         expected_ops.push((op, format!("n{i}")));
     }
     let (status, resp) = bulk(&c, &format!("{}/_bulk?refresh=wait_for", proxy.url()), body).await;
@@ -228,21 +292,40 @@ async fn bulk_all_items_rejected_is_answered_without_forwarding() {
     let index = unique_index("bulkall");
     create_index(&c, &es, &index).await;
 
-    proxy.set(Faults { bulk_item_429: 1.0, ..Faults::default() });
+    proxy.set(Faults {
+        bulk_item_429: 1.0,
+        ..Faults::default()
+    });
     let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n{\"delete\":{\"_id\":\"b\"}}\n".to_string();
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk?refresh=true", proxy.url()),
+        body,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(resp["errors"], json!(true));
     let items = resp["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     assert_injected_429(&items[0], "index", &index, "a");
     assert_injected_429(&items[1], "delete", &index, "b");
-    assert_eq!(proxy.stats(), FaultStats { items_429: 2, ..FaultStats::default() });
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            items_429: 2,
+            ..FaultStats::default()
+        }
+    );
     assert_eq!(count(&c, &index).await, 0);
 
     // Not a bulk body we can split faithfully (no final newline): forwarded untouched,
     // the server judges it.
-    let (status, _) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), "{\"index\":{}}\n{}".into()).await;
+    let (status, _) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk", proxy.url()),
+        "{\"index\":{}}\n{}".into(),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(proxy.stats().forwarded, 1);
 
@@ -258,7 +341,10 @@ async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
     create_index(&c, &es, &index).await;
     let count_url = format!("{}/{index}/_count", proxy.url());
 
-    proxy.set(Faults { fail_next: 2, ..Faults::default() });
+    proxy.set(Faults {
+        fail_next: 2,
+        ..Faults::default()
+    });
     for _ in 0..2 {
         let r = c.get(&count_url).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 503);
@@ -271,23 +357,54 @@ async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
     }
     let r = c.get(&count_url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(proxy.stats(), FaultStats { forwarded: 1, unavailable: 2, ..FaultStats::default() });
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 1,
+            unavailable: 2,
+            ..FaultStats::default()
+        }
+    );
 
     // only_path: fail_next and probabilities apply to matching paths only.
-    proxy.set(Faults { fail_next: 1, unavailable: 1.0, only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults {
+        fail_next: 1,
+        unavailable: 1.0,
+        only_path: Some("_bulk".into()),
+        ..Faults::default()
+    });
     for _ in 0..3 {
-        assert_eq!(c.get(&count_url).send().await.unwrap().status().as_u16(), 200);
+        assert_eq!(
+            c.get(&count_url).send().await.unwrap().status().as_u16(),
+            200
+        );
     }
     let body = "{\"index\":{\"_id\":\"x\"}}\n{\"n\":1}\n".to_string();
     let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body.clone()).await;
     assert_eq!((status, resp["status"].clone()), (503, json!(503)));
     let (status, _) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body.clone()).await;
     assert_eq!(status, 503);
-    assert_eq!(proxy.stats(), FaultStats { forwarded: 4, unavailable: 4, ..FaultStats::default() });
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 4,
+            unavailable: 4,
+            ..FaultStats::default()
+        }
+    );
 
     proxy.clear();
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk?refresh=true", proxy.url()),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["errors"].clone()),
+        (200, json!(false)),
+        "{resp}"
+    );
     assert_eq!(count(&c, &index).await, 1);
 
     delete_index(&c, &index).await;
@@ -297,7 +414,10 @@ async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
 async fn unavailable_probability_is_applied_per_request() {
     let proxy = FaultProxy::start(&es_url()).await;
     let c = client();
-    proxy.set(Faults { unavailable: 0.5, ..Faults::default() });
+    proxy.set(Faults {
+        unavailable: 0.5,
+        ..Faults::default()
+    });
     let (mut ok, mut failed) = (0u64, 0u64);
     for _ in 0..200 {
         match c.get(proxy.url()).send().await.unwrap().status().as_u16() {
@@ -307,7 +427,14 @@ async fn unavailable_probability_is_applied_per_request() {
         }
     }
     assert!(ok > 30 && failed > 30, "ok {ok}, failed {failed}");
-    assert_eq!(proxy.stats(), FaultStats { forwarded: ok, unavailable: failed, ..FaultStats::default() });
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: ok,
+            unavailable: failed,
+            ..FaultStats::default()
+        }
+    );
 }
 
 #[tokio::test]
@@ -315,11 +442,21 @@ async fn reset_is_a_connection_error_and_the_client_recovers() {
     let proxy = FaultProxy::start(&es_url()).await;
     let c = client();
     // A first request leaves a pooled keep-alive connection behind.
-    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        c.get(proxy.url()).send().await.unwrap().status().as_u16(),
+        200
+    );
 
-    proxy.set(Faults { reset: 1.0, ..Faults::default() });
+    proxy.set(Faults {
+        reset: 1.0,
+        ..Faults::default()
+    });
     for _ in 0..3 {
-        let err = c.get(proxy.url()).send().await.expect_err("a reset must be an error");
+        let err = c
+            .get(proxy.url())
+            .send()
+            .await
+            .expect_err("a reset must be an error");
         assert!(err.is_request() || err.is_connect(), "{err:?}");
         assert!(err.status().is_none());
         // A reset (RST), not a clean close.
@@ -333,10 +470,20 @@ async fn reset_is_a_connection_error_and_the_client_recovers() {
         }
         assert!(reset, "expected ConnectionReset somewhere in {err:?}");
     }
-    assert_eq!(proxy.stats(), FaultStats { forwarded: 1, resets: 3, ..FaultStats::default() });
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 1,
+            resets: 3,
+            ..FaultStats::default()
+        }
+    );
 
     proxy.clear();
-    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        c.get(proxy.url()).send().await.unwrap().status().as_u16(),
+        200
+    );
     assert_eq!(proxy.stats().forwarded, 2);
 }
 
@@ -345,11 +492,25 @@ async fn slow_delays_requests() {
     let proxy = FaultProxy::start(&es_url()).await;
     let c = client();
     let delay = Duration::from_millis(400);
-    proxy.set(Faults { slow: 1.0, delay, ..Faults::default() });
+    proxy.set(Faults {
+        slow: 1.0,
+        delay,
+        ..Faults::default()
+    });
     let started = Instant::now();
-    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        c.get(proxy.url()).send().await.unwrap().status().as_u16(),
+        200
+    );
     assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
-    assert_eq!(proxy.stats(), FaultStats { forwarded: 1, slowed: 1, ..FaultStats::default() });
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 1,
+            slowed: 1,
+            ..FaultStats::default()
+        }
+    );
 
     // A client timeout shorter than the delay sees a timeout.
     let err = c
@@ -359,10 +520,29 @@ async fn slow_delays_requests() {
         .await
         .expect_err("must time out");
     assert!(err.is_timeout(), "{err:?}");
+    // The request the client gave up on still reaches the server, late: what a server that
+    // has fallen behind does with a request it has read.
+    tokio::time::sleep(delay).await;
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 2,
+            slowed: 2,
+            ..FaultStats::default()
+        }
+    );
 
-    proxy.set(Faults { slow: 1.0, delay, only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults {
+        slow: 1.0,
+        delay,
+        only_path: Some("_bulk".into()),
+        ..Faults::default()
+    });
     let started = Instant::now();
-    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        c.get(proxy.url()).send().await.unwrap().status().as_u16(),
+        200
+    );
     assert!(started.elapsed() < delay, "{:?}", started.elapsed());
 }
 
@@ -405,10 +585,16 @@ async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
     let out = raw_exchange(&proxy.url(), req.as_bytes()).await;
     assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{out}");
     assert!(out.contains("\"count\":0"), "{out}");
-    assert!(out.ends_with("\r\n\r\n"), "HEAD answer must have no body: {out}");
+    assert!(
+        out.ends_with("\r\n\r\n"),
+        "HEAD answer must have no body: {out}"
+    );
 
     // A chunked `_bulk` body with Expect: 100-continue, with faults on.
-    proxy.set(Faults { bulk_item_429: 0.5, ..Faults::default() });
+    proxy.set(Faults {
+        bulk_item_429: 0.5,
+        ..Faults::default()
+    });
     let ndjson = "{\"index\":{\"_id\":\"1\"}}\n{\"n\":1}\n{\"index\":{\"_id\":\"2\"}}\n{\"n\":2}\n";
     let (a, b) = ndjson.split_at(17);
     let req = format!(
@@ -419,11 +605,17 @@ async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
         b.len()
     );
     let out = raw_exchange(&proxy.url(), req.as_bytes()).await;
-    assert!(out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{out}"
+    );
     let json_start = out.find("\r\n\r\n{").expect("a JSON body") + 4;
     let head = out[..json_start].to_ascii_lowercase();
     let resp: Value = serde_json::from_str(&out[json_start..]).unwrap();
-    assert!(head.contains(&format!("content-length: {}\r\n", out.len() - json_start)), "{out}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", out.len() - json_start)),
+        "{out}"
+    );
     assert!(!head.contains("transfer-encoding"), "{out}");
     let statuses: Vec<u64> = resp["items"]
         .as_array()
@@ -437,30 +629,50 @@ async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
     assert_eq!(count(&c, &index).await, accepted);
     proxy.clear();
 
-    // Malformed input gets a 400 and a closed connection; the proxy keeps serving.
+    let forwarded_before = proxy.stats().forwarded;
+    // Malformed input gets a 400 and a closed connection; the proxy keeps serving. hyper
+    // answers a malformed head (an unknown version included) with an empty 400; a
+    // malformed body is the proxy's to answer, with a JSON 400.
     for garbage in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ] {
         let out = raw_exchange(&proxy.url(), garbage).await;
         assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(
+            out.to_ascii_lowercase().contains("connection: close\r\n"),
+            "{out}"
+        );
     }
-    let out = raw_exchange(&proxy.url(), b"GET / HTTP/2.0\r\n\r\n").await;
-    assert!(out.starts_with("HTTP/1.1 505 "), "{out}");
     let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000));
     let out = raw_exchange(&proxy.url(), long.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
-    // Truncated requests: the peer goes away, nothing to answer.
-    assert_eq!(raw_exchange_with(&proxy.url(), b"GET / HTT", true).await, "");
+    // A truncated head: the peer went away, nothing to answer. A truncated body is answered
+    // 400 (the client only closed its sending side), and nothing is forwarded.
+    assert_eq!(
+        raw_exchange_with(&proxy.url(), b"GET / HTT", true).await,
+        ""
+    );
     let truncated = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
-    assert_eq!(raw_exchange_with(&proxy.url(), truncated, true).await, "");
-    // HTTP/1.0 without keep-alive is closed after the answer.
+    let out = raw_exchange_with(&proxy.url(), truncated, true).await;
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.contains("malformed request body"), "{out}");
+    assert_eq!(
+        proxy.stats().forwarded,
+        forwarded_before,
+        "malformed requests are not forwarded"
+    );
+    // HTTP/1.0 without keep-alive is answered in HTTP/1.0 and closed after the answer.
     let out = raw_exchange(&proxy.url(), b"GET / HTTP/1.0\r\n\r\n").await;
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
+    assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+    assert_eq!(
+        c.get(proxy.url()).send().await.unwrap().status().as_u16(),
+        200
+    );
 
     delete_index(&c, &index).await;
 }
@@ -472,14 +684,19 @@ async fn dropping_the_proxy_stops_it() {
     let addr = url.trim_start_matches("http://").to_string();
     // An idle keep-alive connection, open when the proxy is dropped.
     let mut idle = TcpStream::connect(&addr).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 16 * 1024];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
 
     drop(proxy);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(TcpStream::connect(&addr).await.is_err(), "listener still open after drop");
+    assert!(
+        TcpStream::connect(&addr).await.is_err(),
+        "listener still open after drop"
+    );
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match idle.read(&mut buf).await {
@@ -500,7 +717,10 @@ async fn many_proxies_in_parallel_under_concurrent_load() {
         let es = es.clone();
         handles.push(tokio::spawn(async move {
             let proxy = FaultProxy::start(&es).await;
-            proxy.set(Faults { unavailable: 0.2, ..Faults::default() });
+            proxy.set(Faults {
+                unavailable: 0.2,
+                ..Faults::default()
+            });
             let c = client();
             let mut tasks = Vec::new();
             for _ in 0..8 {
@@ -524,10 +744,419 @@ async fn many_proxies_in_parallel_under_concurrent_load() {
                 failed += f;
             }
             assert_eq!(ok + failed, 200, "proxy {p}");
-            assert_eq!(proxy.stats(), FaultStats { forwarded: ok, unavailable: failed, ..FaultStats::default() });
+            assert_eq!(
+                proxy.stats(),
+                FaultStats {
+                    forwarded: ok,
+                    unavailable: failed,
+                    ..FaultStats::default()
+                }
+            );
         }));
     }
     for h in handles {
         h.await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn max_body_answers_413_like_nginx_without_forwarding() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("toolarge");
+    create_index(&c, &es, &index).await;
+    proxy.set(Faults {
+        max_body: Some(1000),
+        ..Faults::default()
+    });
+
+    let doc = |i: usize| format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n{{\"n\":{i}}}\n");
+    let large: String = (0..100).map(doc).collect();
+    assert!(large.len() > 1000);
+    let r = c
+        .post(format!("{}/{index}/_bulk?refresh=true", proxy.url()))
+        .header("content-type", "application/x-ndjson")
+        .body(large)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(r.headers()["content-type"], "text/html");
+    // nginx closes the connection after a 413.
+    assert_eq!(r.headers()["connection"], "close");
+    let page = r.text().await.unwrap();
+    assert!(
+        page.starts_with("<html>\r\n<head><title>413 Request Entity Too Large</title></head>"),
+        "{page}"
+    );
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            too_large: 1,
+            ..FaultStats::default()
+        }
+    );
+    assert_eq!(count(&c, &index).await, 0);
+
+    // At the limit and below, requests pass (on any path: the limit is not `only_path`'s).
+    let small: String = (0..10).map(doc).collect();
+    assert!(small.len() <= 1000);
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk?refresh=true", proxy.url()),
+        small,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["errors"].clone()),
+        (200, json!(false)),
+        "{resp}"
+    );
+    assert_eq!(
+        c.get(format!("{}/{index}/_count", proxy.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 2,
+            too_large: 1,
+            ..FaultStats::default()
+        }
+    );
+    assert_eq!(count(&c, &index).await, 10);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("delayanswer");
+    create_index(&c, &es, &index).await;
+    let hold = Duration::from_millis(800);
+    proxy.set(Faults {
+        slow_answer: 1.0,
+        delay_answer: hold,
+        only_path: Some("_bulk".into()),
+        ..Faults::default()
+    });
+
+    // The client gives up before the answer comes, yet the server has executed the bulk.
+    let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n{\"index\":{\"_id\":\"b\"}}\n{\"n\":2}\n";
+    let err = c
+        .post(format!("{}/{index}/_bulk?refresh=true", proxy.url()))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .expect_err("the client must time out");
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(
+        count(&c, &index).await,
+        2,
+        "the server executed the bulk before the answer was held"
+    );
+    assert_eq!(
+        proxy.stats().in_flight,
+        1,
+        "the held answer is still in flight"
+    );
+    assert_eq!(proxy.stats().answers_delayed, 1);
+
+    // A patient client gets the answer, late.
+    let started = Instant::now();
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk", proxy.url()),
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, resp["errors"].clone()),
+        (200, json!(false)),
+        "{resp}"
+    );
+    assert!(started.elapsed() >= hold, "{:?}", started.elapsed());
+
+    // Other paths are not held (only_path).
+    let started = Instant::now();
+    assert_eq!(
+        c.get(format!("{}/{index}/_count", proxy.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert!(started.elapsed() < hold, "{:?}", started.elapsed());
+
+    tokio::time::sleep(hold).await;
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 3,
+            answers_delayed: 2,
+            ..FaultStats::default()
+        },
+        "the first bulk was forwarded, and its answer has been dropped since"
+    );
+    let log = proxy.bulk_log();
+    assert_eq!(log.len(), 2);
+    assert!(
+        log.iter()
+            .all(|r| r.end - r.start >= hold && r.status == 200),
+        "{log:?}"
+    );
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn write_block_answers_a_cluster_block_exception_without_forwarding() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("writeblock");
+    create_index(&c, &es, &index).await;
+    let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n".to_string();
+
+    proxy.set(Faults {
+        write_block: 1.0,
+        ..Faults::default()
+    });
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk?refresh=true", proxy.url()),
+        body.clone(),
+    )
+    .await;
+    let reason = format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];");
+    let error = json!({"type": "cluster_block_exception", "reason": reason});
+    assert_eq!(status, 403);
+    assert_eq!(
+        resp,
+        json!({"error": {"root_cause": [error], "type": "cluster_block_exception", "reason": reason}, "status": 403})
+    );
+    // Only `_bulk` is blocked: reads pass.
+    assert_eq!(
+        c.get(format!("{}/{index}/_count", proxy.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 1,
+            write_blocked: 1,
+            ..FaultStats::default()
+        }
+    );
+    assert!(
+        proxy.bulk_log().is_empty(),
+        "a blocked bulk was not forwarded"
+    );
+
+    // Elasticsearch 8's flood-stage block answers 429; the index comes from `_index` here.
+    proxy.set(Faults {
+        write_block: 1.0,
+        write_block_status: 429,
+        ..Faults::default()
+    });
+    let body_with_index =
+        format!("{{\"index\":{{\"_index\":\"{index}\",\"_id\":\"a\"}}}}\n{{\"n\":1}}\n");
+    let (status, resp) = bulk(&c, &format!("{}/_bulk", proxy.url()), body_with_index).await;
+    assert_eq!(
+        (status, resp["status"].clone()),
+        (429, json!(429)),
+        "{resp}"
+    );
+    assert_eq!(resp["error"]["type"], json!("cluster_block_exception"));
+    let reason = resp["error"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "index [{index}] blocked by: [TOO_MANY_REQUESTS/12/"
+        )),
+        "{reason}"
+    );
+    assert_eq!(proxy.stats().write_blocked, 2);
+    assert_eq!(count(&c, &index).await, 0);
+
+    proxy.clear();
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk?refresh=true", proxy.url()),
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, resp["errors"].clone()),
+        (200, json!(false)),
+        "{resp}"
+    );
+    assert_eq!(count(&c, &index).await, 1);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn bulk_log_records_who_shipped_what_and_when() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("bulklog");
+    create_index(&c, &es, &index).await;
+    let action = |op: &str, index: Option<&str>, id: &str, version: Option<u64>| BulkAction {
+        op: op.into(),
+        index: index.map(str::to_string),
+        id: Some(id.into()),
+        version,
+    };
+
+    // Externally versioned writes on `/<index>/_bulk`, then a delete with `_index` on `/_bulk`.
+    let before = Instant::now();
+    let body = "{\"index\":{\"_id\":\"a\",\"version\":5,\"version_type\":\"external\"}}\n{\"n\":1}\n\
+                {\"index\":{\"_id\":\"b\",\"version\":7,\"version_type\":\"external\"}}\n{\"n\":2}\n";
+    let (status, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk?refresh=true", proxy.url()),
+        body.into(),
+    )
+    .await;
+    assert_eq!(
+        (status, resp["errors"].clone()),
+        (200, json!(false)),
+        "{resp}"
+    );
+    let body = format!("{{\"delete\":{{\"_index\":\"{index}\",\"_id\":\"a\",\"version\":6,\"version_type\":\"external\"}}}}\n");
+    let (status, resp) = bulk(&c, &format!("{}/_bulk?refresh=true", proxy.url()), body).await;
+    assert_eq!(
+        (status, resp["errors"].clone()),
+        (200, json!(false)),
+        "{resp}"
+    );
+    // Not `_bulk`: not logged.
+    assert_eq!(
+        c.get(format!("{}/{index}/_count", proxy.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let after = Instant::now();
+
+    let log = proxy.bulk_log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(
+        log[0].actions,
+        vec![
+            action("index", Some(&index), "a", Some(5)),
+            action("index", Some(&index), "b", Some(7))
+        ]
+    );
+    assert_eq!(
+        log[1].actions,
+        vec![action("delete", Some(&index), "a", Some(6))]
+    );
+    assert!(
+        before <= log[0].start && log[0].start <= log[0].end && log[0].end <= log[1].start,
+        "{log:?}"
+    );
+    assert!(
+        log[1].end <= after && log.iter().all(|r| r.status == 200),
+        "{log:?}"
+    );
+
+    // Items the proxy rejected with a 429 never reached the server: the log leaves them out.
+    // A bulk rejected whole was not forwarded at all.
+    proxy.clear_log();
+    assert!(proxy.bulk_log().is_empty());
+    proxy.set(Faults {
+        bulk_item_429: 0.5,
+        ..Faults::default()
+    });
+    let body: String = (0..40)
+        .map(|i| format!("{{\"index\":{{\"_id\":\"n{i}\"}}}}\n{{\"n\":{i}}}\n"))
+        .collect();
+    let (_, resp) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body).await;
+    let accepted: Vec<BulkAction> = resp["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["index"]["status"] != json!(429))
+        .map(|i| {
+            action(
+                "index",
+                Some(&index),
+                i["index"]["_id"].as_str().unwrap(),
+                None,
+            )
+        })
+        .collect();
+    assert!(!accepted.is_empty() && accepted.len() < 40, "{resp}");
+    proxy.set(Faults {
+        bulk_item_429: 1.0,
+        ..Faults::default()
+    });
+    let (_, resp) = bulk(
+        &c,
+        &format!("{}/{index}/_bulk", proxy.url()),
+        "{\"delete\":{\"_id\":\"b\"}}\n".into(),
+    )
+    .await;
+    assert_eq!(resp["items"][0]["delete"]["status"], json!(429), "{resp}");
+    let log = proxy.bulk_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].actions, accepted);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn in_flight_counts_the_requests_being_handled() {
+    let proxy = FaultProxy::start(&es_url()).await;
+    let c = client();
+    let delay = Duration::from_millis(600);
+    proxy.set(Faults {
+        slow: 1.0,
+        delay,
+        ..Faults::default()
+    });
+    assert_eq!(proxy.stats().in_flight, 0);
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), proxy.url());
+            tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(delay / 3).await;
+    assert_eq!(proxy.stats().in_flight, 3);
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    // Each request left the gauge before its answer was written.
+    assert_eq!(
+        proxy.stats(),
+        FaultStats {
+            forwarded: 3,
+            slowed: 3,
+            ..FaultStats::default()
+        }
+    );
 }
