@@ -24,13 +24,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -46,6 +45,7 @@ use tokio::task::{JoinHandle, JoinSet};
 const MAX_HEAD: usize = 16 * 1024;
 
 const UNAVAILABLE_BODY: &str = r#"{"error":{"type":"unavailable_shards_exception","reason":"injected by fault proxy"},"status":503}"#;
+const UNAUTHORIZED_BODY: &str = r#"{"error":{"type":"security_exception","reason":"unable to authenticate user for REST request"},"status":401}"#;
 const REJECTED_REASON: &str = "rejected execution (injected by fault proxy)";
 /// What nginx answers when a body exceeds `client_max_body_size`: the page a client meets
 /// when a size-limiting front sits before the search server.
@@ -198,7 +198,7 @@ impl FaultProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             client,
             faults: Mutex::new(Faults::default()),
-            stats: Counters::default(),
+            stats: Mutex::default(),
             bulk_log: Mutex::new(Vec::new()),
             handlers: Mutex::new(JoinSet::new()),
         });
@@ -223,19 +223,7 @@ impl FaultProxy {
 
     /// Counts of what was injected so far, by kind, and of requests forwarded.
     pub fn stats(&self) -> FaultStats {
-        let s = &self.shared.stats;
-        let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
-        FaultStats {
-            forwarded: get(&s.forwarded),
-            unavailable: get(&s.unavailable),
-            items_429: get(&s.items_429),
-            slowed: get(&s.slowed),
-            resets: get(&s.resets),
-            too_large: get(&s.too_large),
-            answers_delayed: get(&s.answers_delayed),
-            write_blocked: get(&s.write_blocked),
-            in_flight: get(&s.in_flight),
-        }
+        lock(&self.shared.stats).clone()
     }
 
     /// The `_bulk` requests forwarded so far (since the last [`FaultProxy::clear_log`]),
@@ -266,27 +254,10 @@ struct Shared {
     upstream: String,
     client: reqwest::Client,
     faults: Mutex<Faults>,
-    stats: Counters,
+    stats: Mutex<FaultStats>,
     bulk_log: Mutex<Vec<BulkRecord>>,
     /// The tasks carrying requests through (see [`handle`]).
     handlers: Mutex<JoinSet<()>>,
-}
-
-#[derive(Default)]
-struct Counters {
-    forwarded: AtomicU64,
-    unavailable: AtomicU64,
-    items_429: AtomicU64,
-    slowed: AtomicU64,
-    resets: AtomicU64,
-    too_large: AtomicU64,
-    answers_delayed: AtomicU64,
-    write_blocked: AtomicU64,
-    in_flight: AtomicU64,
-}
-
-fn count(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::SeqCst);
 }
 
 /// Holds one unit of the `in_flight` gauge while a request is handled. It is dropped
@@ -296,14 +267,14 @@ struct InFlight(Arc<Shared>);
 
 impl InFlight {
     fn enter(shared: Arc<Shared>) -> Self {
-        shared.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        shared.count(|s| s.in_flight += 1);
         InFlight(shared)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.count(|s| s.in_flight -= 1);
     }
 }
 
@@ -316,69 +287,56 @@ fn chance<R: Rng>(rng: &mut R, p: f64) -> bool {
     p > 0.0 && rng.gen::<f64>() < p
 }
 
-enum Action {
-    Pass,
-    Unavailable,
+/// What the fault plan holds for one request.
+enum Plan {
     Reset,
+    Unavailable,
     /// Answer as a write-blocked index, with this status.
     WriteBlock(u16),
+    Forward(Forward),
 }
 
-struct Decision {
-    action: Action,
+/// The faults drawn for a request that is forwarded.
+#[derive(Default)]
+struct Forward {
+    /// Held before forwarding.
     delay: Option<Duration>,
+    /// Held after the upstream answered.
     delay_answer: Option<Duration>,
     bulk_item_429: f64,
 }
 
 impl Shared {
+    fn count(&self, update: impl FnOnce(&mut FaultStats)) {
+        update(&mut lock(&self.stats));
+    }
+
     /// Draws the faults for one request (synchronously: the rng never crosses an await).
-    fn decide(&self, path: &str, bulk: bool) -> Decision {
-        let pass = Decision {
-            action: Action::Pass,
-            delay: None,
-            delay_answer: None,
-            bulk_item_429: 0.0,
-        };
+    fn decide(&self, path: &str, bulk: bool) -> Plan {
         let mut f = lock(&self.faults);
         if f.only_path
             .as_ref()
             .is_some_and(|only| !path.contains(only.as_str()))
         {
-            return pass;
-        }
-        if f.fail_next > 0 {
-            f.fail_next -= 1;
-            return Decision {
-                action: Action::Unavailable,
-                ..pass
-            };
+            return Plan::Forward(Forward::default());
         }
         let mut rng = rand::thread_rng();
-        if chance(&mut rng, f.reset) {
-            return Decision {
-                action: Action::Reset,
-                ..pass
-            };
-        }
-        if chance(&mut rng, f.unavailable) {
-            return Decision {
-                action: Action::Unavailable,
-                ..pass
-            };
-        }
-        if bulk && chance(&mut rng, f.write_block) {
-            return Decision {
-                action: Action::WriteBlock(f.write_block_status),
-                ..pass
-            };
-        }
-        let mut held = |d: Duration, p: f64| (!d.is_zero() && chance(&mut rng, p)).then_some(d);
-        Decision {
-            action: Action::Pass,
-            delay: held(f.delay, f.slow),
-            delay_answer: held(f.delay_answer, f.slow_answer),
-            bulk_item_429: f.bulk_item_429,
+        if f.fail_next > 0 {
+            f.fail_next -= 1;
+            Plan::Unavailable
+        } else if chance(&mut rng, f.reset) {
+            Plan::Reset
+        } else if chance(&mut rng, f.unavailable) {
+            Plan::Unavailable
+        } else if bulk && chance(&mut rng, f.write_block) {
+            Plan::WriteBlock(f.write_block_status)
+        } else {
+            let mut held = |d: Duration, p: f64| (!d.is_zero() && chance(&mut rng, p)).then_some(d);
+            Plan::Forward(Forward {
+                delay: held(f.delay, f.slow),
+                delay_answer: held(f.delay_answer, f.slow_answer),
+                bulk_item_429: f.bulk_item_429,
+            })
         }
     }
 }
@@ -448,11 +406,11 @@ async fn handle(
                 .map(|c| format!(": {c}"))
                 .unwrap_or_default();
             let reason = format!("fault proxy: malformed request body: {e}{cause}");
-            let mut answer = Answer::error(400, &reason);
+            let mut answer = error_answer(StatusCode::BAD_REQUEST, &reason);
             answer
-                .headers
+                .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(answer.into_response(false));
+            return Ok(into_response(answer, false));
         }
     };
     // A request once read is carried through even if its client goes away meanwhile (hyper
@@ -470,7 +428,7 @@ async fn handle(
         });
     }
     match rx.await {
-        Ok(Some(answer)) => Ok(answer.into_response(head_request)),
+        Ok(Some(answer)) => Ok(into_response(answer, head_request)),
         Ok(None) => {
             linger.set_zero_linger()?;
             Err(io::Error::new(
@@ -482,51 +440,31 @@ async fn handle(
     }
 }
 
-/// An answer, complete (the proxy edits `_bulk` answers, so they are read whole).
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+/// An answer, complete: the proxy edits `_bulk` answers, so it reads them whole.
+type Answer = Response<Bytes>;
+
+/// An answer made up by the proxy, dressed as Elasticsearch dresses its own.
+fn json_answer(status: StatusCode, body: String) -> Answer {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-elastic-product", "Elasticsearch")
+        .body(Bytes::from(body))
+        .expect("a valid status and static headers")
 }
 
-impl Answer {
-    /// An answer made up by the proxy, dressed as Elasticsearch dresses its own.
-    fn json(status: u16, body: &Value) -> Answer {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            "x-elastic-product",
-            HeaderValue::from_static("Elasticsearch"),
-        );
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Answer {
-            status,
-            headers,
-            body: Bytes::from(body.to_string()),
-        }
-    }
+fn error_answer(status: StatusCode, reason: &str) -> Answer {
+    let body = json!({"error": {"type": "fault_proxy_exception", "reason": reason}, "status": status.as_u16()});
+    json_answer(status, body.to_string())
+}
 
-    fn error(status: u16, reason: &str) -> Answer {
-        let body =
-            json!({"error": {"type": "fault_proxy_exception", "reason": reason}, "status": status});
-        Answer::json(status, &body)
+fn into_response(mut answer: Answer, head_request: bool) -> Response<Full<Bytes>> {
+    // hyper sets the length of the body we send; for HEAD the upstream's Content-Length
+    // describes the GET body and is kept.
+    if !head_request {
+        answer.headers_mut().remove(header::CONTENT_LENGTH);
     }
-
-    fn into_response(self, head_request: bool) -> Response<Full<Bytes>> {
-        let mut headers = self.headers;
-        // hyper sets the length of the body we send; for HEAD the upstream's Content-Length
-        // describes the GET body and is kept.
-        if !head_request {
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        let mut resp = Response::new(Full::new(self.body));
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = headers;
-        resp
-    }
+    answer.map(Full::new)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -540,69 +478,61 @@ async fn respond(shared: &Shared, head: &Parts, body: Bytes, start: Instant) -> 
     };
     // The size-limiting front answers before the server sees anything.
     if max_body.is_some_and(|max| body.len() > max) {
-        count(&shared.stats.too_large, 1);
+        shared.count(|s| s.too_large += 1);
         return Some(too_large());
     }
-    if let Some(required) = required {
-        if head
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes)
-            != Some(required.as_bytes())
-        {
-            let body = json!({
-                "error": {"type": "security_exception", "reason": "unable to authenticate user for REST request"},
-                "status": 401,
-            });
-            return Some(Answer::json(401, &body));
-        }
+    let authorization = head
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if required.is_some_and(|r| authorization != Some(r.as_bytes())) {
+        return Some(json_answer(
+            StatusCode::UNAUTHORIZED,
+            UNAUTHORIZED_BODY.into(),
+        ));
     }
 
     let bulk = is_bulk(head);
     let default_index = path_index(head.uri.path());
-    let items = if bulk && !is_encoded(head) {
+    let items = if bulk {
         parse_bulk(&body, default_index.as_deref()).unwrap_or_default()
     } else {
         Vec::new()
     };
-    let decision = shared.decide(head.uri.path(), bulk);
-    match decision.action {
-        Action::Reset => {
-            count(&shared.stats.resets, 1);
+    let plan = match shared.decide(head.uri.path(), bulk) {
+        Plan::Reset => {
+            shared.count(|s| s.resets += 1);
             return None;
         }
-        Action::Unavailable => {
-            count(&shared.stats.unavailable, 1);
-            let body: Value = serde_json::from_str(UNAVAILABLE_BODY).unwrap_or_default();
-            return Some(Answer::json(503, &body));
+        Plan::Unavailable => {
+            shared.count(|s| s.unavailable += 1);
+            return Some(json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE_BODY.into(),
+            ));
         }
-        Action::WriteBlock(status) => {
-            count(&shared.stats.write_blocked, 1);
+        Plan::WriteBlock(status) => {
+            shared.count(|s| s.write_blocked += 1);
             let index = default_index.or_else(|| items.iter().find_map(|i| i.action.index.clone()));
             return Some(write_blocked(status, index.as_deref().unwrap_or("x")));
         }
-        Action::Pass => {}
-    }
-    if let Some(delay) = decision.delay {
-        count(&shared.stats.slowed, 1);
+        Plan::Forward(plan) => plan,
+    };
+    if let Some(delay) = plan.delay {
+        shared.count(|s| s.slowed += 1);
         tokio::time::sleep(delay).await;
     }
 
-    let rejected: Vec<bool> = {
-        let mut rng = rand::thread_rng();
-        items
-            .iter()
-            .map(|_| chance(&mut rng, decision.bulk_item_429))
-            .collect()
-    };
+    let rejected: Vec<bool> = items
+        .iter()
+        .map(|_| chance(&mut rand::thread_rng(), plan.bulk_item_429))
+        .collect();
     let n_rejected = rejected.iter().filter(|r| **r).count();
     if n_rejected > 0 && n_rejected == items.len() {
-        count(&shared.stats.items_429, n_rejected as u64);
+        shared.count(|s| s.items_429 += n_rejected as u64);
         let all: Vec<Value> = items.iter().map(rejected_item).collect();
-        return Some(Answer::json(
-            200,
-            &json!({"took": 0, "errors": true, "items": all}),
-        ));
+        let body = json!({"took": 0, "errors": true, "items": all});
+        return Some(json_answer(StatusCode::OK, body.to_string()));
     }
     let answer = if n_rejected > 0 {
         let mut kept = Vec::with_capacity(body.len());
@@ -615,8 +545,8 @@ async fn respond(shared: &Shared, head: &Parts, body: Bytes, start: Instant) -> 
         forward(shared, head, body).await
     };
 
-    if let Some(delay) = decision.delay_answer {
-        count(&shared.stats.answers_delayed, 1);
+    if let Some(delay) = plan.delay_answer {
+        shared.count(|s| s.answers_delayed += 1);
         tokio::time::sleep(delay).await;
     }
     if bulk {
@@ -628,7 +558,7 @@ async fn respond(shared: &Shared, head: &Parts, body: Bytes, start: Instant) -> 
         let record = BulkRecord {
             start,
             end: Instant::now(),
-            status: answer.status.as_u16(),
+            status: answer.status().as_u16(),
             actions: actions.collect(),
         };
         lock(&shared.bulk_log).push(record);
@@ -637,15 +567,13 @@ async fn respond(shared: &Shared, head: &Parts, body: Bytes, start: Instant) -> 
 }
 
 fn too_large() -> Answer {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
-    // nginx does not keep a connection alive after a 413.
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Answer {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        headers,
-        body: Bytes::from_static(TOO_LARGE_BODY.as_bytes()),
-    }
+    Response::builder()
+        .status(StatusCode::PAYLOAD_TOO_LARGE)
+        .header(header::CONTENT_TYPE, "text/html")
+        // nginx does not keep a connection alive after a 413.
+        .header(header::CONNECTION, "close")
+        .body(Bytes::from_static(TOO_LARGE_BODY.as_bytes()))
+        .expect("a valid status and static headers")
 }
 
 /// The `cluster_block_exception` a write-blocked index answers to `_bulk`.
@@ -660,20 +588,13 @@ fn write_blocked(status: u16, index: &str) -> Answer {
         "error": {"root_cause": [error.clone()], "type": error["type"], "reason": error["reason"]},
         "status": status,
     });
-    Answer::json(status, &body)
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    json_answer(status, body.to_string())
 }
 
 fn is_bulk(head: &Parts) -> bool {
     matches!(head.method, Method::POST | Method::PUT)
         && head.uri.path().trim_end_matches('/').rsplit('/').next() == Some("_bulk")
-}
-
-/// A compressed body cannot be split into items (nor its answer edited).
-fn is_encoded(head: &Parts) -> bool {
-    head.headers.get(header::CONTENT_ENCODING).is_some_and(|e| {
-        !e.as_bytes().trim_ascii().is_empty()
-            && !e.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity")
-    })
 }
 
 /// The index named in `/<index>/_bulk`, if any.
@@ -693,8 +614,8 @@ struct BulkItem {
 }
 
 /// Splits a `_bulk` NDJSON body into items: an action line, then a source line unless the
-/// action is a `delete`. `None` when the body is not something we can split faithfully
-/// (then it is forwarded untouched and the server judges it).
+/// action is a `delete`. `None` when the body is not something we can split faithfully,
+/// a compressed one for instance (then it is forwarded untouched and the server judges it).
 fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Option<Vec<BulkItem>> {
     if body.last() != Some(&b'\n') {
         return None; // the server rejects a missing final newline: let it
@@ -742,18 +663,11 @@ fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Option<Vec<BulkItem>>
 
 fn rejected_item(item: &BulkItem) -> Value {
     let a = &item.action;
-    let mut inner = serde_json::Map::new();
-    if let Some(index) = &a.index {
-        inner.insert("_index".into(), index.as_str().into());
+    let error = json!({"type": "es_rejected_execution_exception", "reason": REJECTED_REASON});
+    let mut inner = json!({"_index": a.index, "_id": a.id, "status": 429, "error": error});
+    if let Some(fields) = inner.as_object_mut() {
+        fields.retain(|_, v| !v.is_null());
     }
-    if let Some(id) = &a.id {
-        inner.insert("_id".into(), id.as_str().into());
-    }
-    inner.insert("status".into(), 429.into());
-    inner.insert(
-        "error".into(),
-        json!({"type": "es_rejected_execution_exception", "reason": REJECTED_REASON}),
-    );
     json!({ a.op.as_str(): inner })
 }
 
@@ -764,10 +678,10 @@ fn splice_rejections(
     items: &[BulkItem],
     rejected: &[bool],
 ) -> Answer {
-    if answer.status != StatusCode::OK || answer.headers.contains_key(header::CONTENT_ENCODING) {
+    if answer.status() != StatusCode::OK {
         return answer; // whole-request failure: pass it on as it is
     }
-    let Ok(mut json) = serde_json::from_slice::<Value>(&answer.body) else {
+    let Ok(mut json) = serde_json::from_slice::<Value>(answer.body()) else {
         return answer;
     };
     let Some(obj) = json.as_object_mut() else {
@@ -795,50 +709,46 @@ fn splice_rejections(
         Some(_) => return answer, // unexpected shape: do not pretend
     }
     obj.insert("errors".into(), true.into());
-    count(&shared.stats.items_429, n_rejected as u64);
-    answer.body = serde_json::to_vec(&json).unwrap_or_default().into();
+    shared.count(|s| s.items_429 += n_rejected as u64);
+    *answer.body_mut() = serde_json::to_vec(&json).unwrap_or_default().into();
     answer
 }
 
 /// Hop-by-hop headers concern one connection and are not passed on (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &str) -> bool {
-    const HOP_BY_HOP: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ];
-    HOP_BY_HOP.contains(&name)
-}
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
 
 /// Sends the request, with `body`, upstream and returns the answer, or a 502 if the
 /// upstream cannot be reached.
 async fn forward(shared: &Shared, head: &Parts, body: Bytes) -> Answer {
-    // Headers named in Connection are hop-by-hop too.
-    let connection_tokens: Vec<String> = head
+    let mut headers = head.headers.clone();
+    // Headers named in Connection are hop-by-hop too. Accept-Encoding is dropped so that the
+    // answer arrives uncompressed and `_bulk` answers can be edited (the proxy's reqwest has
+    // no decompression). Host, length and Expect are reqwest's to set.
+    let named: Vec<String> = head
         .headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("").split(','))
         .map(|t| t.trim().to_ascii_lowercase())
         .collect();
-    let mut headers = HeaderMap::new();
-    for (name, value) in &head.headers {
-        // Accept-Encoding is dropped so that the answer arrives uncompressed and `_bulk`
-        // answers can be edited; the proxy's reqwest has no decompression. Host, length and
-        // Expect are reqwest's to set.
-        let n = name.as_str();
-        if !is_hop_by_hop(n)
-            && !matches!(n, "host" | "content-length" | "expect" | "accept-encoding")
-            && !connection_tokens.iter().any(|t| t == n)
-        {
-            headers.append(name, value.clone());
-        }
+    let dropped = ["host", "content-length", "expect", "accept-encoding"];
+    for name in HOP_BY_HOP
+        .iter()
+        .chain(&dropped)
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
     }
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut request = shared
@@ -848,26 +758,29 @@ async fn forward(shared: &Shared, head: &Parts, body: Bytes) -> Answer {
     if !body.is_empty() || head.headers.contains_key(header::CONTENT_LENGTH) {
         request = request.body(body);
     }
-    count(&shared.stats.forwarded, 1);
+    shared.count(|s| s.forwarded += 1);
     let upstream = match request.send().await {
         Ok(r) => r,
-        Err(e) => return Answer::error(502, &format!("fault proxy: upstream request failed: {e}")),
+        Err(e) => {
+            return error_answer(
+                StatusCode::BAD_GATEWAY,
+                &format!("fault proxy: upstream request failed: {e}"),
+            )
+        }
     };
-    let status = upstream.status();
-    let headers: HeaderMap = upstream
-        .headers()
-        .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name.as_str()))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
+    let (status, mut headers) = (upstream.status(), upstream.headers().clone());
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
     match upstream.bytes().await {
-        Ok(body) => Answer {
-            status,
-            headers,
-            body,
-        },
-        Err(e) => Answer::error(
-            502,
+        Ok(body) => {
+            let mut answer = Response::new(body);
+            *answer.status_mut() = status;
+            *answer.headers_mut() = headers;
+            answer
+        }
+        Err(e) => error_answer(
+            StatusCode::BAD_GATEWAY,
             &format!("fault proxy: reading upstream answer failed: {e}"),
         ),
     }
