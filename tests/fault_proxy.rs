@@ -1,4 +1,4 @@
-//! Self-test of the fault-injecting proxy, against a real search server (osmem).
+//! Self-test of the fault-injecting proxy, against a real search server (osmem or OpenSearch).
 //!
 //! Needs `ELASTICSEARCH_URL` (start the services with `deploy/local/services.sh`).
 
@@ -109,6 +109,24 @@ async fn existing(c: &reqwest::Client, index: &str, ids: &[String]) -> BTreeSet<
         .filter(|d| d["found"] == json!(true))
         .map(|d| d["_id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// The proxy's stats once `done` holds for them, or after 10 s: what a request the client
+/// gave up on does next happens in its own time.
+async fn stats_when(proxy: &FaultProxy, done: impl Fn(&FaultStats) -> bool) -> FaultStats {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = proxy.stats();
+        if done(&stats) || Instant::now() > deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The proxy's stats once no request is in flight any more.
+async fn settled(proxy: &FaultProxy) -> FaultStats {
+    stats_when(proxy, |s| s.in_flight == 0).await
 }
 
 fn assert_injected_429(item: &Value, op: &str, index: &str, id: &str) {
@@ -522,9 +540,8 @@ async fn slow_delays_requests() {
     assert!(err.is_timeout(), "{err:?}");
     // The request the client gave up on still reaches the server, late: what a server that
     // has fallen behind does with a request it has read.
-    tokio::time::sleep(delay).await;
     assert_eq!(
-        proxy.stats(),
+        settled(&proxy).await,
         FaultStats {
             forwarded: 2,
             slowed: 2,
@@ -534,7 +551,7 @@ async fn slow_delays_requests() {
 
     proxy.set(Faults {
         slow: 1.0,
-        delay,
+        delay: Duration::from_secs(10),
         only_path: Some("_bulk".into()),
         ..Faults::default()
     });
@@ -543,7 +560,12 @@ async fn slow_delays_requests() {
         c.get(proxy.url()).send().await.unwrap().status().as_u16(),
         200
     );
-    assert!(started.elapsed() < delay, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.stats().slowed, 2);
 }
 
 /// Writes raw bytes on one connection and reads until the server closes it.
@@ -842,7 +864,7 @@ async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
     let c = client();
     let index = unique_index("delayanswer");
     create_index(&c, &es, &index).await;
-    let hold = Duration::from_millis(800);
+    let hold = Duration::from_millis(1500);
     proxy.set(Faults {
         slow_answer: 1.0,
         delay_answer: hold,
@@ -861,17 +883,17 @@ async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
         .await
         .expect_err("the client must time out");
     assert!(err.is_timeout(), "{err:?}");
+    let stats = stats_when(&proxy, |s| s.answers_delayed == 1).await;
+    assert_eq!(
+        (stats.answers_delayed, stats.in_flight),
+        (1, 1),
+        "the answer is held, and so still in flight"
+    );
     assert_eq!(
         count(&c, &index).await,
         2,
         "the server executed the bulk before the answer was held"
     );
-    assert_eq!(
-        proxy.stats().in_flight,
-        1,
-        "the held answer is still in flight"
-    );
-    assert_eq!(proxy.stats().answers_delayed, 1);
 
     // A patient client gets the answer, late.
     let started = Instant::now();
@@ -901,9 +923,8 @@ async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
     );
     assert!(started.elapsed() < hold, "{:?}", started.elapsed());
 
-    tokio::time::sleep(hold).await;
     assert_eq!(
-        proxy.stats(),
+        settled(&proxy).await,
         FaultStats {
             forwarded: 3,
             answers_delayed: 2,
@@ -1132,7 +1153,7 @@ async fn bulk_log_records_who_shipped_what_and_when() {
 async fn in_flight_counts_the_requests_being_handled() {
     let proxy = FaultProxy::start(&es_url()).await;
     let c = client();
-    let delay = Duration::from_millis(600);
+    let delay = Duration::from_secs(2);
     proxy.set(Faults {
         slow: 1.0,
         delay,
@@ -1145,8 +1166,7 @@ async fn in_flight_counts_the_requests_being_handled() {
             tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
         })
         .collect();
-    tokio::time::sleep(delay / 3).await;
-    assert_eq!(proxy.stats().in_flight, 3);
+    assert_eq!(stats_when(&proxy, |s| s.in_flight == 3).await.in_flight, 3);
     for r in requests {
         assert_eq!(r.await.unwrap(), 200);
     }
