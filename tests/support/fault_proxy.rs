@@ -67,7 +67,8 @@ pub struct Faults {
     /// the right positions, setting `errors: true`. If all items are rejected, it answers
     /// without forwarding.
     pub bulk_item_429: f64,
-    /// Probability that a request is delayed by `delay` before being forwarded.
+    /// Probability that a request is delayed by `delay` before being forwarded. A request
+    /// whose client gives up meanwhile still reaches the server when the delay ends.
     pub slow: f64,
     pub delay: Duration,
     /// Probability that a request is forwarded at once and the upstream's answer held for
