@@ -1,4 +1,4 @@
-//! Self-test of the fault-injecting proxy, against a real search server (osmem).
+//! Self-test of the fault-injecting proxy, against a real search server (osmem or OpenSearch).
 //!
 //! Needs `ELASTICSEARCH_URL` (start the services with `deploy/local/services.sh`).
 
@@ -8,7 +8,7 @@ mod fault_proxy;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fault_proxy::{FaultProxy, FaultStats, Faults};
+use fault_proxy::{BulkAction, FaultProxy, FaultStats, Faults};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,6 +60,24 @@ async fn existing(c: &reqwest::Client, index: &str, ids: &[String]) -> BTreeSet<
     let docs = r["docs"].as_array().unwrap_or_else(|| panic!("bad _mget answer {r}"));
     assert_eq!(docs.len(), ids.len());
     docs.iter().filter(|d| d["found"] == json!(true)).map(|d| d["_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// The proxy's stats once `done` holds for them, or after 10 s: what a request the client
+/// gave up on does next happens in its own time.
+async fn stats_when(proxy: &FaultProxy, done: impl Fn(&FaultStats) -> bool) -> FaultStats {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = proxy.stats();
+        if done(&stats) || Instant::now() > deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The proxy's stats once no request is in flight any more.
+async fn settled(proxy: &FaultProxy) -> FaultStats {
+    stats_when(proxy, |s| s.in_flight == 0).await
 }
 
 fn assert_injected_429(item: &Value, op: &str, index: &str, id: &str) {
@@ -308,11 +326,15 @@ async fn slow_delays_requests() {
     // A client timeout shorter than the delay sees a timeout.
     let err = c.get(proxy.url()).timeout(Duration::from_millis(100)).send().await.expect_err("must time out");
     assert!(err.is_timeout(), "{err:?}");
+    // The request the client gave up on still reaches the server, late: what a server that
+    // has fallen behind does with a request it has read.
+    assert_eq!(settled(&proxy).await, FaultStats { forwarded: 2, slowed: 2, ..FaultStats::default() });
 
-    proxy.set(Faults { slow: 1.0, delay, only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults { slow: 1.0, delay: Duration::from_secs(10), only_path: Some("_bulk".into()), ..Faults::default() });
     let started = Instant::now();
     assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
-    assert!(started.elapsed() < delay, "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(proxy.stats().slowed, 2);
 }
 
 /// Writes raw bytes on one connection and reads until the server closes it.
@@ -378,29 +400,36 @@ async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
     assert_eq!(count(&c, &index).await, accepted);
     proxy.clear();
 
-    // Malformed input gets a 400 and a closed connection; the proxy keeps serving.
+    let forwarded_before = proxy.stats().forwarded;
+    // Malformed input gets a 400 and a closed connection; the proxy keeps serving. hyper
+    // answers a malformed head (an unknown version included) with an empty 400; a
+    // malformed body is the proxy's to answer, with a JSON 400.
     for garbage in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ] {
         let out = raw_exchange(&proxy.url(), garbage).await;
         assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(out.to_ascii_lowercase().contains("connection: close\r\n"), "{out}");
     }
-    let out = raw_exchange(&proxy.url(), b"GET / HTTP/2.0\r\n\r\n").await;
-    assert!(out.starts_with("HTTP/1.1 505 "), "{out}");
     let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000));
     let out = raw_exchange(&proxy.url(), long.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
-    // Truncated requests: the peer goes away, nothing to answer.
+    // A truncated head: the peer went away, nothing to answer. A truncated body is answered
+    // 400 (the client only closed its sending side), and nothing is forwarded.
     assert_eq!(raw_exchange_with(&proxy.url(), b"GET / HTT", true).await, "");
     let truncated = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
-    assert_eq!(raw_exchange_with(&proxy.url(), truncated, true).await, "");
-    // HTTP/1.0 without keep-alive is closed after the answer.
+    let out = raw_exchange_with(&proxy.url(), truncated, true).await;
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.contains("malformed request body"), "{out}");
+    assert_eq!(proxy.stats().forwarded, forwarded_before, "malformed requests are not forwarded");
+    // HTTP/1.0 without keep-alive is answered in HTTP/1.0 and closed after the answer.
     let out = raw_exchange(&proxy.url(), b"GET / HTTP/1.0\r\n\r\n").await;
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
     assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
 
     delete_index(&c, &index).await;
@@ -471,4 +500,211 @@ async fn many_proxies_in_parallel_under_concurrent_load() {
     for h in handles {
         h.await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn max_body_answers_413_like_nginx_without_forwarding() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("toolarge");
+    create_index(&c, &es, &index).await;
+    proxy.set(Faults { max_body: Some(1000), ..Faults::default() });
+
+    let doc = |i: usize| format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n{{\"n\":{i}}}\n");
+    let large: String = (0..100).map(doc).collect();
+    assert!(large.len() > 1000);
+    let r = c
+        .post(format!("{}/{index}/_bulk?refresh=true", proxy.url()))
+        .header("content-type", "application/x-ndjson")
+        .body(large)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(r.headers()["content-type"], "text/html");
+    // nginx closes the connection after a 413.
+    assert_eq!(r.headers()["connection"], "close");
+    let page = r.text().await.unwrap();
+    assert!(page.starts_with("<html>\r\n<head><title>413 Request Entity Too Large</title></head>"), "{page}");
+    assert_eq!(proxy.stats(), FaultStats { too_large: 1, ..FaultStats::default() });
+    assert_eq!(count(&c, &index).await, 0);
+
+    // At the limit and below, requests pass (on any path: the limit is not `only_path`'s).
+    let small: String = (0..10).map(doc).collect();
+    assert!(small.len() <= 1000);
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), small).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    assert_eq!(c.get(format!("{}/{index}/_count", proxy.url())).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 2, too_large: 1, ..FaultStats::default() });
+    assert_eq!(count(&c, &index).await, 10);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("delayanswer");
+    create_index(&c, &es, &index).await;
+    let hold = Duration::from_millis(1500);
+    proxy.set(Faults { slow_answer: 1.0, delay_answer: hold, only_path: Some("_bulk".into()), ..Faults::default() });
+
+    // The client gives up before the answer comes, yet the server has executed the bulk.
+    let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n{\"index\":{\"_id\":\"b\"}}\n{\"n\":2}\n";
+    let err = c
+        .post(format!("{}/{index}/_bulk?refresh=true", proxy.url()))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .expect_err("the client must time out");
+    assert!(err.is_timeout(), "{err:?}");
+    let stats = stats_when(&proxy, |s| s.answers_delayed == 1).await;
+    assert_eq!((stats.answers_delayed, stats.in_flight), (1, 1), "the answer is held, and so still in flight");
+    assert_eq!(count(&c, &index).await, 2, "the server executed the bulk before the answer was held");
+
+    // A patient client gets the answer, late.
+    let started = Instant::now();
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body.to_string()).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    assert!(started.elapsed() >= hold, "{:?}", started.elapsed());
+
+    // Other paths are not held (only_path).
+    let started = Instant::now();
+    assert_eq!(c.get(format!("{}/{index}/_count", proxy.url())).send().await.unwrap().status().as_u16(), 200);
+    assert!(started.elapsed() < hold, "{:?}", started.elapsed());
+
+    assert_eq!(
+        settled(&proxy).await,
+        FaultStats { forwarded: 3, answers_delayed: 2, ..FaultStats::default() },
+        "the first bulk was forwarded, and its answer has been dropped since"
+    );
+    let log = proxy.bulk_log();
+    assert_eq!(log.len(), 2);
+    assert!(log.iter().all(|r| r.end - r.start >= hold && r.status == 200), "{log:?}");
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn write_block_answers_a_cluster_block_exception_without_forwarding() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("writeblock");
+    create_index(&c, &es, &index).await;
+    let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n".to_string();
+
+    proxy.set(Faults { write_block: 1.0, ..Faults::default() });
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body.clone()).await;
+    let reason = format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];");
+    let error = json!({"type": "cluster_block_exception", "reason": reason});
+    assert_eq!(status, 403);
+    assert_eq!(resp, json!({"error": {"root_cause": [error], "type": "cluster_block_exception", "reason": reason}, "status": 403}));
+    // Only `_bulk` is blocked: reads pass.
+    assert_eq!(c.get(format!("{}/{index}/_count", proxy.url())).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 1, write_blocked: 1, ..FaultStats::default() });
+    assert!(proxy.bulk_log().is_empty(), "a blocked bulk was not forwarded");
+
+    // Elasticsearch 8's flood-stage block answers 429; the index comes from `_index` here.
+    proxy.set(Faults { write_block: 1.0, write_block_status: 429, ..Faults::default() });
+    let body_with_index = format!("{{\"index\":{{\"_index\":\"{index}\",\"_id\":\"a\"}}}}\n{{\"n\":1}}\n");
+    let (status, resp) = bulk(&c, &format!("{}/_bulk", proxy.url()), body_with_index).await;
+    assert_eq!((status, resp["status"].clone()), (429, json!(429)), "{resp}");
+    assert_eq!(resp["error"]["type"], json!("cluster_block_exception"));
+    let reason = resp["error"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with(&format!("index [{index}] blocked by: [TOO_MANY_REQUESTS/12/")), "{reason}");
+    assert_eq!(proxy.stats().write_blocked, 2);
+    assert_eq!(count(&c, &index).await, 0);
+
+    proxy.clear();
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    assert_eq!(count(&c, &index).await, 1);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn bulk_log_records_who_shipped_what_and_when() {
+    let es = es_url();
+    let proxy = FaultProxy::start(&es).await;
+    let c = client();
+    let index = unique_index("bulklog");
+    create_index(&c, &es, &index).await;
+    let action = |op: &str, index: Option<&str>, id: &str, version: Option<u64>| BulkAction {
+        op: op.into(),
+        index: index.map(str::to_string),
+        id: Some(id.into()),
+        version,
+    };
+
+    // Externally versioned writes on `/<index>/_bulk`, then a delete with `_index` on `/_bulk`.
+    let before = Instant::now();
+    let body = "{\"index\":{\"_id\":\"a\",\"version\":5,\"version_type\":\"external\"}}\n{\"n\":1}\n\
+                {\"index\":{\"_id\":\"b\",\"version\":7,\"version_type\":\"external\"}}\n{\"n\":2}\n";
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body.into()).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    let body = format!("{{\"delete\":{{\"_index\":\"{index}\",\"_id\":\"a\",\"version\":6,\"version_type\":\"external\"}}}}\n");
+    let (status, resp) = bulk(&c, &format!("{}/_bulk?refresh=true", proxy.url()), body).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    // Not `_bulk`: not logged.
+    assert_eq!(c.get(format!("{}/{index}/_count", proxy.url())).send().await.unwrap().status().as_u16(), 200);
+    let after = Instant::now();
+
+    let log = proxy.bulk_log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].actions, vec![action("index", Some(&index), "a", Some(5)), action("index", Some(&index), "b", Some(7))]);
+    assert_eq!(log[1].actions, vec![action("delete", Some(&index), "a", Some(6))]);
+    assert!(before <= log[0].start && log[0].start <= log[0].end && log[0].end <= log[1].start, "{log:?}");
+    assert!(log[1].end <= after && log.iter().all(|r| r.status == 200), "{log:?}");
+
+    // Items the proxy rejected with a 429 never reached the server: the log leaves them out.
+    // A bulk rejected whole was not forwarded at all.
+    proxy.clear_log();
+    assert!(proxy.bulk_log().is_empty());
+    proxy.set(Faults { bulk_item_429: 0.5, ..Faults::default() });
+    let body: String = (0..40).map(|i| format!("{{\"index\":{{\"_id\":\"n{i}\"}}}}\n{{\"n\":{i}}}\n")).collect();
+    let (_, resp) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body).await;
+    let accepted: Vec<BulkAction> = resp["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["index"]["status"] != json!(429))
+        .map(|i| action("index", Some(&index), i["index"]["_id"].as_str().unwrap(), None))
+        .collect();
+    assert!(!accepted.is_empty() && accepted.len() < 40, "{resp}");
+    proxy.set(Faults { bulk_item_429: 1.0, ..Faults::default() });
+    let (_, resp) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), "{\"delete\":{\"_id\":\"b\"}}\n".into()).await;
+    assert_eq!(resp["items"][0]["delete"]["status"], json!(429), "{resp}");
+    let log = proxy.bulk_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].actions, accepted);
+
+    delete_index(&c, &index).await;
+}
+
+#[tokio::test]
+async fn in_flight_counts_the_requests_being_handled() {
+    let proxy = FaultProxy::start(&es_url()).await;
+    let c = client();
+    let delay = Duration::from_secs(2);
+    proxy.set(Faults { slow: 1.0, delay, ..Faults::default() });
+    assert_eq!(proxy.stats().in_flight, 0);
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), proxy.url());
+            tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    assert_eq!(stats_when(&proxy, |s| s.in_flight == 3).await.in_flight, 3);
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    // Each request left the gauge before its answer was written.
+    assert_eq!(proxy.stats(), FaultStats { forwarded: 3, slowed: 3, ..FaultStats::default() });
 }

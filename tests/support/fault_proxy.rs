@@ -1,9 +1,11 @@
 //! Fault-injecting HTTP/1.1 proxy for integration tests.
 //!
-//! Sits between tidemark (the `elasticsearch` crate over reqwest/hyper) and the
-//! search server, and injects the faults no server produces on demand: whole-request
-//! 503s, item-level 429s inside `_bulk` responses, slow answers and connection
-//! resets (see DESIGN.md, protocol invariant 6).
+//! Sits between tidemark (the `elasticsearch` crate over reqwest/hyper) and the search
+//! server, and injects the faults no server produces on demand (see DESIGN.md, protocol
+//! invariant 6): whole-request 503s, item-level 429s inside `_bulk` answers, write blocks,
+//! 413s from a size-limiting front, slow requests, answers held back after the server
+//! executed the request, and connection resets. It also keeps a log of the `_bulk` traffic,
+//! so a test can assert who shipped what, and when.
 //!
 //! ```ignore
 //! let proxy = FaultProxy::start(&es_url).await;
@@ -12,61 +14,110 @@
 //! assert!(proxy.stats().items_429 > 0);
 //! ```
 //!
-//! The client side is parsed by hand (request line, headers, `Content-Length` or
-//! chunked bodies, `Expect: 100-continue`, keep-alive and pipelining); the upstream
-//! side uses a pooled reqwest client. Every answer carries a recomputed
-//! `Content-Length`. Dropping the [`FaultProxy`] aborts the listener and every open
-//! connection.
+//! The client side is hyper's HTTP/1.1 server (keep-alive, pipelining, chunked bodies,
+//! `Expect: 100-continue`, and 400/431 answers to malformed requests are all hyper's); the
+//! upstream side is a pooled reqwest client. Each request is read whole, faulted, forwarded
+//! whole, and its answer read whole, so every answer carries a recomputed `Content-Length`.
+//! Dropping the [`FaultProxy`] aborts the listener and every open connection.
 #![allow(dead_code)]
 
+use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use rand::Rng;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// Longest accepted request line or header line.
-const MAX_LINE: u64 = 16 * 1024;
-/// Most header lines accepted in one request.
-const MAX_HEADERS: usize = 200;
-/// Largest accepted request body.
-const MAX_BODY: u64 = 1 << 30;
+/// Largest accepted request head (request line and headers); hyper answers 431 beyond it.
+const MAX_HEAD: usize = 16 * 1024;
 
 const UNAVAILABLE_BODY: &str = r#"{"error":{"type":"unavailable_shards_exception","reason":"injected by fault proxy"},"status":503}"#;
+const UNAUTHORIZED_BODY: &str =
+    r#"{"error":{"type":"security_exception","reason":"unable to authenticate user for REST request"},"status":401}"#;
 const REJECTED_REASON: &str = "rejected execution (injected by fault proxy)";
+/// What nginx answers when a body exceeds `client_max_body_size`: the page a client meets
+/// when a size-limiting front sits before the search server.
+const TOO_LARGE_BODY: &str = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n\
+    <body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n\
+    <hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
 /// The fault plan. All probabilities are in `0.0..=1.0`; values outside behave as the
 /// nearest bound (NaN as 0).
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Debug)]
 pub struct Faults {
     /// Probability (0.0..=1.0) that a whole request is answered 503 without being forwarded.
     pub unavailable: f64,
     /// Probability that each item of a `_bulk` request is answered with an item-level 429
     /// (es_rejected_execution_exception) instead of being forwarded: the proxy removes those
-    /// items from the NDJSON it forwards (action line + source line; `delete` has no source line),
-    /// forwards the rest, and splices 429 items into the upstream's `items` array at the right
-    /// positions, setting `errors: true`. If all items are rejected, answer without forwarding.
+    /// items from the NDJSON it forwards (action line + source line; `delete` has no source
+    /// line), forwards the rest, and splices 429 items into the upstream's `items` array at
+    /// the right positions, setting `errors: true`. If all items are rejected, it answers
+    /// without forwarding.
     pub bulk_item_429: f64,
-    /// Probability that a request is delayed by `delay` before being forwarded.
+    /// Probability that a request is delayed by `delay` before being forwarded. A request
+    /// whose client gives up meanwhile still reaches the server when the delay ends.
     pub slow: f64,
     pub delay: Duration,
-    /// Probability that the connection is closed (reset) after reading the request, without an answer
-    /// (the request is NOT forwarded).
+    /// Probability that a request is forwarded at once and the upstream's answer held for
+    /// `delay_answer` before it is returned: a `_bulk` the server has already executed while
+    /// the client may time out and send it again.
+    pub slow_answer: f64,
+    pub delay_answer: Duration,
+    /// Probability that the connection is reset (RST) after reading the request, without an
+    /// answer (the request is NOT forwarded).
     pub reset: f64,
-    /// Only requests whose path contains this substring are subject to faults (None = all). Useful
-    /// to fault `_bulk` only and let index admin calls through.
+    /// Probability that a `_bulk` request is answered, without being forwarded, as by an
+    /// index with a write block (`cluster_block_exception`).
+    pub write_block: f64,
+    /// The status of a write-block answer: 403 as OpenSearch and Elasticsearch 7+ answer
+    /// `index.blocks.write`; Elasticsearch 8 answers 429 to the flood-stage disk block.
+    pub write_block_status: u16,
+    /// Plays a size-limiting front (nginx's `client_max_body_size`): a request whose body is
+    /// larger is answered 413 with nginx's HTML page, not forwarded. Applies to every path.
+    pub max_body: Option<usize>,
+    /// Only requests whose path contains this substring are subject to the faults above
+    /// except `max_body` (None = all). Useful to fault `_bulk` only and let index admin
+    /// calls through.
     pub only_path: Option<String>,
-    /// Deterministic first: the next `fail_next` matching requests get 503 regardless of probabilities.
+    /// Deterministic first: the next `fail_next` matching requests get 503 regardless of
+    /// probabilities.
     pub fail_next: u32,
     /// Plays a secured server: requests whose `Authorization` header is not exactly this
     /// are answered 401 (security_exception), as Elasticsearch answers wrong credentials.
     pub require_authorization: Option<String>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            unavailable: 0.0,
+            bulk_item_429: 0.0,
+            slow: 0.0,
+            delay: Duration::ZERO,
+            slow_answer: 0.0,
+            delay_answer: Duration::ZERO,
+            reset: 0.0,
+            write_block: 0.0,
+            write_block_status: 403,
+            max_body: None,
+            only_path: None,
+            fail_next: 0,
+            require_authorization: None,
+        }
+    }
 }
 
 /// What the proxy has done so far.
@@ -82,6 +133,40 @@ pub struct FaultStats {
     pub slowed: u64,
     /// Connections reset after reading a request.
     pub resets: u64,
+    /// Requests answered 413 (`max_body`).
+    pub too_large: u64,
+    /// Answers held back by `delay_answer`.
+    pub answers_delayed: u64,
+    /// `_bulk` requests answered with a write block.
+    pub write_blocked: u64,
+    /// Requests being handled right now (a gauge, not a count).
+    pub in_flight: u64,
+}
+
+/// One `_bulk` request the proxy forwarded, as [`FaultProxy::bulk_log`] returns it.
+#[derive(Clone, Debug)]
+pub struct BulkRecord {
+    /// When the request reached the proxy (its head was read).
+    pub start: Instant,
+    /// When its answer was handed back to the client (after any `delay_answer`).
+    pub end: Instant,
+    /// The HTTP status the client got.
+    pub status: u16,
+    /// The actions the server received, in order. Items the `bulk_item_429` fault rejected
+    /// are not among them; empty if the body could not be split (e.g. compressed).
+    pub actions: Vec<BulkAction>,
+}
+
+/// One action line of a `_bulk` body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BulkAction {
+    /// `index`, `create`, `update` or `delete`.
+    pub op: String,
+    /// `_index`, or the index of a `/<index>/_bulk` path.
+    pub index: Option<String>,
+    pub id: Option<String>,
+    /// The external `version`, if the action carried one.
+    pub version: Option<u64>,
 }
 
 /// A running proxy; stops when dropped.
@@ -92,7 +177,8 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts on 127.0.0.1:0 in a background tokio task, forwarding to `upstream` (e.g. "http://127.0.0.1:9200").
+    /// Starts on 127.0.0.1:0 in a background tokio task, forwarding to `upstream`
+    /// (e.g. "http://127.0.0.1:9200").
     pub async fn start(upstream: &str) -> FaultProxy {
         FaultProxy::start_on("127.0.0.1:0", upstream).await
     }
@@ -111,7 +197,9 @@ impl FaultProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             client,
             faults: Mutex::new(Faults::default()),
-            stats: Counters::default(),
+            stats: Mutex::default(),
+            bulk_log: Mutex::new(Vec::new()),
+            handlers: Mutex::new(JoinSet::new()),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         FaultProxy { addr, shared, task }
@@ -134,41 +222,59 @@ impl FaultProxy {
 
     /// Counts of what was injected so far, by kind, and of requests forwarded.
     pub fn stats(&self) -> FaultStats {
-        let s = &self.shared.stats;
-        FaultStats {
-            forwarded: s.forwarded.load(Ordering::SeqCst),
-            unavailable: s.unavailable.load(Ordering::SeqCst),
-            items_429: s.items_429.load(Ordering::SeqCst),
-            slowed: s.slowed.load(Ordering::SeqCst),
-            resets: s.resets.load(Ordering::SeqCst),
-        }
+        lock(&self.shared.stats).clone()
+    }
+
+    /// The `_bulk` requests forwarded so far (since the last [`FaultProxy::clear_log`]),
+    /// in the order their answers were returned.
+    pub fn bulk_log(&self) -> Vec<BulkRecord> {
+        lock(&self.shared.bulk_log).clone()
+    }
+
+    pub fn clear_log(&self) {
+        lock(&self.shared.bulk_log).clear();
     }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        // Dropping the accept task drops its JoinSet, which aborts every connection task.
+        // Dropping the accept task drops its JoinSet, which aborts every connection task,
+        // and so closes every connection. The request handlers are aborted too (they hold
+        // the shared state, which so is freed).
         self.task.abort();
+        lock(&self.shared.handlers).abort_all();
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// Shared state
+// Shared state and the fault draw
 
 struct Shared {
     upstream: String,
     client: reqwest::Client,
     faults: Mutex<Faults>,
-    stats: Counters,
+    stats: Mutex<FaultStats>,
+    bulk_log: Mutex<Vec<BulkRecord>>,
+    /// The tasks carrying requests through (see [`handle`]).
+    handlers: Mutex<JoinSet<()>>,
 }
 
-#[derive(Default)]
-struct Counters {
-    forwarded: AtomicU64,
-    unavailable: AtomicU64,
-    items_429: AtomicU64,
-    slowed: AtomicU64,
-    resets: AtomicU64,
+/// Holds one unit of the `in_flight` gauge while a request is handled. It is dropped
+/// before the answer is handed to hyper: a client that has its answer never sees its own
+/// request still in flight.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: Arc<Shared>) -> Self {
+        shared.count(|s| s.in_flight += 1);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.count(|s| s.in_flight -= 1);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,46 +286,59 @@ fn chance<R: Rng>(rng: &mut R, p: f64) -> bool {
     p > 0.0 && rng.gen::<f64>() < p
 }
 
-enum Action {
-    Pass,
-    Unavailable,
+/// What the fault plan holds for one request.
+enum Plan {
     Reset,
+    Unavailable,
+    /// Answer as a write-blocked index, with this status.
+    WriteBlock(u16),
+    Forward(Forward),
 }
 
-struct Decision {
-    action: Action,
+/// The faults drawn for a request that is forwarded.
+#[derive(Default)]
+struct Forward {
+    /// Held before forwarding.
     delay: Option<Duration>,
+    /// Held after the upstream answered.
+    delay_answer: Option<Duration>,
     bulk_item_429: f64,
 }
 
 impl Shared {
+    fn count(&self, update: impl FnOnce(&mut FaultStats)) {
+        update(&mut lock(&self.stats));
+    }
+
     /// Draws the faults for one request (synchronously: the rng never crosses an await).
-    fn decide(&self, path: &str) -> Decision {
-        let pass = Decision { action: Action::Pass, delay: None, bulk_item_429: 0.0 };
+    fn decide(&self, path: &str, bulk: bool) -> Plan {
         let mut f = lock(&self.faults);
-        if let Some(only) = &f.only_path {
-            if !path.contains(only.as_str()) {
-                return pass;
-            }
-        }
-        if f.fail_next > 0 {
-            f.fail_next -= 1;
-            return Decision { action: Action::Unavailable, ..pass };
+        if f.only_path.as_ref().is_some_and(|only| !path.contains(only.as_str())) {
+            return Plan::Forward(Forward::default());
         }
         let mut rng = rand::thread_rng();
-        if chance(&mut rng, f.reset) {
-            return Decision { action: Action::Reset, ..pass };
+        if f.fail_next > 0 {
+            f.fail_next -= 1;
+            Plan::Unavailable
+        } else if chance(&mut rng, f.reset) {
+            Plan::Reset
+        } else if chance(&mut rng, f.unavailable) {
+            Plan::Unavailable
+        } else if bulk && chance(&mut rng, f.write_block) {
+            Plan::WriteBlock(f.write_block_status)
+        } else {
+            let mut held = |d: Duration, p: f64| (!d.is_zero() && chance(&mut rng, p)).then_some(d);
+            Plan::Forward(Forward {
+                delay: held(f.delay, f.slow),
+                delay_answer: held(f.delay_answer, f.slow_answer),
+                bulk_item_429: f.bulk_item_429,
+            })
         }
-        if chance(&mut rng, f.unavailable) {
-            return Decision { action: Action::Unavailable, ..pass };
-        }
-        let delay = (!f.delay.is_zero() && chance(&mut rng, f.slow)).then_some(f.delay);
-        Decision { action: Action::Pass, delay, bulk_item_429: f.bulk_item_429 }
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// Client side: connections and HTTP/1.1 parsing
+// Client side: hyper serves each connection
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut conns = JoinSet::new();
@@ -227,7 +346,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         while conns.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
                 conns.spawn(serve_connection(stream, shared.clone()));
             }
             // e.g. EMFILE: back off instead of spinning.
@@ -236,386 +354,200 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-struct Request {
-    method: String,
-    /// Origin-form target: path plus optional `?query`.
-    target: String,
-    http10: bool,
-    headers: Vec<(String, Vec<u8>)>,
-    /// Whether the request carried a body (Content-Length or chunked), even an empty one.
-    has_body: bool,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
-    }
-
-    fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(|b| *b == b','))
-            .any(|t| trim_ascii(t).eq_ignore_ascii_case(token.as_bytes()))
-    }
-
-    fn keep_alive(&self) -> bool {
-        if self.http10 {
-            self.header_has_token("connection", "keep-alive")
-        } else {
-            !self.header_has_token("connection", "close")
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-}
-
-enum ReadError {
-    /// The peer went away (or the socket failed): just close.
-    Io,
-    /// Malformed request: answer with this status and close.
-    Bad(u16, &'static str),
-}
-
-impl From<std::io::Error> for ReadError {
-    fn from(_: std::io::Error) -> Self {
-        ReadError::Io
-    }
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn json(status: u16, body: Vec<u8>) -> Response {
-        Response {
-            status,
-            headers: vec![
-                (HeaderName::from_static("content-type"), HeaderValue::from_static("application/json")),
-                (HeaderName::from_static("x-elastic-product"), HeaderValue::from_static("Elasticsearch")),
-            ],
-            body,
-        }
-    }
-
-    fn unavailable() -> Response {
-        Response::json(503, UNAVAILABLE_BODY.as_bytes().to_vec())
-    }
-
-    fn error(status: u16, reason: &str) -> Response {
-        let body = serde_json::json!({
-            "error": {"type": "fault_proxy_exception", "reason": reason},
-            "status": status,
-        });
-        Response::json(status, body.to_string().into_bytes())
-    }
-}
-
-enum Outcome {
-    Respond(Response),
-    Reset,
-}
-
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
-    let mut conn = BufReader::with_capacity(64 * 1024, stream);
-    loop {
-        let req = match read_request(&mut conn).await {
-            Ok(Some(req)) => req,
-            Ok(None) | Err(ReadError::Io) => return,
-            Err(ReadError::Bad(status, reason)) => {
-                let bytes = encode_response(&Response::error(status, reason), false, true);
-                let _ = conn.get_mut().write_all(&bytes).await;
-                let _ = conn.get_mut().shutdown().await;
-                return;
-            }
-        };
-        let keep_alive = req.keep_alive();
-        match handle(&shared, &req).await {
-            Outcome::Reset => {
-                // SO_LINGER 0: closing sends RST instead of FIN.
-                let _ = conn.get_ref().set_zero_linger();
-                return;
-            }
-            Outcome::Respond(resp) => {
-                let bytes = encode_response(&resp, req.method == "HEAD", !keep_alive);
-                if conn.get_mut().write_all(&bytes).await.is_err() {
-                    return;
-                }
-                if !keep_alive {
-                    let _ = conn.get_mut().shutdown().await;
-                    return;
-                }
-            }
-        }
-    }
+    let _ = stream.set_nodelay(true);
+    // hyper owns the stream and closes it with a FIN. For the `reset` fault we keep a second
+    // handle on the same socket: SO_LINGER 0 set through it turns that close into a RST, what
+    // a crashed server or a load balancer gives the client.
+    let Ok((stream, linger)) = with_second_handle(stream) else {
+        return;
+    };
+    let linger = Arc::new(linger);
+    let service = service_fn(move |req| handle(shared.clone(), linger.clone(), req));
+    // Errors here are the client's (malformed input, which hyper has answered, or a peer
+    // gone) or our injected resets: either way the connection is over.
+    let _ = http1::Builder::new().max_header_size(MAX_HEAD).serve_connection(TokioIo::new(stream), service).await;
 }
 
-/// Reads one line (through `\n`), at most `MAX_LINE` bytes. `Ok(None)` on EOF before any byte.
-async fn read_line<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, ReadError> {
-    let mut line = Vec::new();
-    let n = (&mut *r).take(MAX_LINE).read_until(b'\n', &mut line).await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if line.last() != Some(&b'\n') {
-        if n as u64 >= MAX_LINE {
-            return Err(ReadError::Bad(431, "request line or header line too long"));
-        }
-        return Err(ReadError::Io); // EOF mid-line
-    }
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    Ok(Some(line))
+fn with_second_handle(stream: TcpStream) -> io::Result<(TcpStream, TcpSocket)> {
+    let std = stream.into_std()?;
+    let second = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, TcpSocket::from_std_stream(second)))
 }
 
-async fn read_request(conn: &mut BufReader<TcpStream>) -> Result<Option<Request>, ReadError> {
-    // Request line (RFC 9112 allows empty lines before it).
-    let mut request_line = None;
-    for _ in 0..8 {
-        match read_line(conn).await? {
-            None => return Ok(None),
-            Some(l) if l.is_empty() => continue,
-            Some(l) => {
-                request_line = Some(l);
-                break;
-            }
-        }
-    }
-    let request_line = request_line.ok_or(ReadError::Bad(400, "no request line"))?;
-    let request_line = String::from_utf8(request_line).map_err(|_| ReadError::Bad(400, "request line is not UTF-8"))?;
-    let mut parts = request_line.split_ascii_whitespace();
-    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None) => (m.to_string(), t.to_string(), v),
-        _ => return Err(ReadError::Bad(400, "malformed request line")),
-    };
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Err(ReadError::Bad(505, "only HTTP/1.0 and HTTP/1.1 are supported")),
-    };
-    if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
-        return Err(ReadError::Bad(400, "malformed method"));
-    }
-    let target = origin_form(&target).ok_or(ReadError::Bad(400, "malformed request target"))?;
-
-    let mut headers = Vec::new();
-    loop {
-        let line = read_line(conn).await?.ok_or(ReadError::Io)?;
-        if line.is_empty() {
-            break;
-        }
-        if headers.len() >= MAX_HEADERS {
-            return Err(ReadError::Bad(431, "too many headers"));
-        }
-        let colon = line.iter().position(|b| *b == b':').ok_or(ReadError::Bad(400, "malformed header line"))?;
-        let name = std::str::from_utf8(&line[..colon])
-            .ok()
-            .filter(|n| !n.is_empty() && !n.contains(|c: char| c.is_ascii_whitespace()))
-            .ok_or(ReadError::Bad(400, "malformed header name"))?
-            .to_string();
-        headers.push((name, trim_ascii(&line[colon + 1..]).to_vec()));
-    }
-    let mut req = Request { method, target, http10, headers, has_body: false, body: Vec::new() };
-
-    let chunked = match req.header("transfer-encoding") {
-        None => false,
-        Some(te) => {
-            let last = te.rsplit(|b| *b == b',').next().map(trim_ascii).unwrap_or_default();
-            if !last.eq_ignore_ascii_case(b"chunked") {
-                return Err(ReadError::Bad(400, "unsupported transfer-encoding"));
-            }
-            true
+/// The service: answers one request. An `Err` makes hyper drop the connection without an
+/// answer, which is how the `reset` fault is delivered.
+async fn handle(shared: Arc<Shared>, linger: Arc<TcpSocket>, req: Request<hyper::body::Incoming>) -> io::Result<Response<Full<Bytes>>> {
+    let start = Instant::now();
+    let in_flight = InFlight::enter(shared.clone());
+    let (head, body) = req.into_parts();
+    // The body is read whole before anything is decided, even for a 413 (nginx drains it
+    // too): a client still sending when the proxy answered and closed would see a broken
+    // pipe instead of the answer. hyper answers a malformed head itself; a malformed or
+    // truncated body is ours to answer.
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+            let reason = format!("fault proxy: malformed request body: {e}{cause}");
+            let mut answer = error_answer(StatusCode::BAD_REQUEST, &reason);
+            answer.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(into_response(answer, false));
         }
     };
-    let content_length = if chunked {
-        None
-    } else {
-        let mut value: Option<u64> = None;
-        for (n, v) in &req.headers {
-            if !n.eq_ignore_ascii_case("content-length") {
-                continue;
-            }
-            let parsed = std::str::from_utf8(v)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(ReadError::Bad(400, "malformed content-length"))?;
-            if value.is_some_and(|old| old != parsed) {
-                return Err(ReadError::Bad(400, "conflicting content-length headers"));
-            }
-            value = Some(parsed);
-        }
-        value
-    };
-    if content_length.is_some_and(|n| n > MAX_BODY) {
-        return Err(ReadError::Bad(413, "request body too large"));
+    // A request once read is carried through even if its client goes away meanwhile (hyper
+    // then drops this future), as a server would: it still reaches the upstream, is counted
+    // and logged; only its answer has nowhere to go. So it runs in a task of its own.
+    let head_request = head.method == Method::HEAD;
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut handlers = lock(&shared.handlers);
+        while handlers.try_join_next().is_some() {}
+        handlers.spawn(async move {
+            let answer = respond(&in_flight.0, &head, body, start).await;
+            drop(in_flight);
+            let _ = tx.send(answer);
+        });
     }
-    let expects_body = chunked || content_length.is_some_and(|n| n > 0);
-    if expects_body && !req.http10 && req.header_has_token("expect", "100-continue") {
-        conn.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-    }
-    if chunked {
-        req.has_body = true;
-        req.body = read_chunked(conn).await?;
-    } else if let Some(len) = content_length {
-        req.has_body = true;
-        read_exact_len(conn, len, &mut req.body).await?;
-    }
-    Ok(Some(req))
-}
-
-/// Appends exactly `len` bytes to `out` (growing as data arrives, so a bogus length
-/// cannot make us allocate up front).
-async fn read_exact_len<R: AsyncRead + Unpin>(r: &mut R, len: u64, out: &mut Vec<u8>) -> Result<(), ReadError> {
-    let n = (&mut *r).take(len).read_to_end(out).await?;
-    if (n as u64) < len {
-        return Err(ReadError::Io);
-    }
-    Ok(())
-}
-
-async fn read_chunked(conn: &mut BufReader<TcpStream>) -> Result<Vec<u8>, ReadError> {
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(conn).await?.ok_or(ReadError::Io)?;
-        let size = line.split(|b| *b == b';').next().map(trim_ascii).unwrap_or_default();
-        let size = std::str::from_utf8(size)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .and_then(|s| u64::from_str_radix(s, 16).ok())
-            .ok_or(ReadError::Bad(400, "malformed chunk size"))?;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            for _ in 0..MAX_HEADERS {
-                let line = read_line(conn).await?.ok_or(ReadError::Io)?;
-                if line.is_empty() {
-                    return Ok(body);
-                }
-            }
-            return Err(ReadError::Bad(431, "too many trailers"));
+    match rx.await {
+        Ok(Some(answer)) => Ok(into_response(answer, head_request)),
+        Ok(None) => {
+            linger.set_zero_linger()?;
+            Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset injected by the fault proxy"))
         }
-        if body.len() as u64 + size > MAX_BODY {
-            return Err(ReadError::Bad(413, "request body too large"));
-        }
-        read_exact_len(conn, size, &mut body).await?;
-        let end = read_line(conn).await?.ok_or(ReadError::Io)?;
-        if !end.is_empty() {
-            return Err(ReadError::Bad(400, "malformed chunk"));
-        }
+        Err(_) => Err(io::Error::other("the fault proxy was stopped")),
     }
 }
 
-/// `/path?q` stays; `http://host:port/path?q` (absolute-form) becomes `/path?q`.
-fn origin_form(target: &str) -> Option<String> {
-    if target.starts_with('/') {
-        return Some(target.to_string());
-    }
-    let lower = target.to_ascii_lowercase();
-    let rest = if lower.starts_with("http://") {
-        &target[7..]
-    } else if lower.starts_with("https://") {
-        &target[8..]
-    } else {
-        return None;
-    };
-    match rest.find(['/', '?']) {
-        Some(i) if rest[i..].starts_with('/') => Some(rest[i..].to_string()),
-        Some(i) => Some(format!("/{}", &rest[i..])),
-        None => Some("/".to_string()),
-    }
+/// An answer, complete: the proxy edits `_bulk` answers, so it reads them whole.
+type Answer = Response<Bytes>;
+
+/// An answer made up by the proxy, dressed as Elasticsearch dresses its own.
+fn json_answer(status: StatusCode, body: String) -> Answer {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-elastic-product", "Elasticsearch")
+        .body(Bytes::from(body))
+        .expect("a valid status and static headers")
 }
 
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
-    &b[start..end]
+fn error_answer(status: StatusCode, reason: &str) -> Answer {
+    let body = json!({"error": {"type": "fault_proxy_exception", "reason": reason}, "status": status.as_u16()});
+    json_answer(status, body.to_string())
 }
 
-fn encode_response(resp: &Response, head_request: bool, close: bool) -> Vec<u8> {
-    let reason = reqwest::StatusCode::from_u16(resp.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Unknown");
-    let bodyless = head_request || resp.status < 200 || resp.status == 204 || resp.status == 304;
-    let mut out = Vec::with_capacity(256 + resp.body.len());
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, reason).as_bytes());
-    for (name, value) in &resp.headers {
-        // For HEAD the upstream's Content-Length describes the GET body: keep it.
-        if name == "content-length" && !head_request {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+fn into_response(mut answer: Answer, head_request: bool) -> Response<Full<Bytes>> {
+    // hyper sets the length of the body we send; for HEAD the upstream's Content-Length
+    // describes the GET body and is kept.
+    if !head_request {
+        answer.headers_mut().remove(header::CONTENT_LENGTH);
     }
-    if !bodyless {
-        out.extend_from_slice(format!("content-length: {}\r\n", resp.body.len()).as_bytes());
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !bodyless {
-        out.extend_from_slice(&resp.body);
-    }
-    out
+    answer.map(Full::new)
 }
 
 // ---------------------------------------------------------------------------------------
 // Fault application and forwarding
 
-async fn handle(shared: &Shared, req: &Request) -> Outcome {
-    let required = lock(&shared.faults).require_authorization.clone();
-    if let Some(required) = required {
-        if req.header("authorization") != Some(required.as_bytes()) {
-            let body = serde_json::json!({
-                "error": {"type": "security_exception", "reason": "unable to authenticate user for REST request"},
-                "status": 401,
-            });
-            return Outcome::Respond(Response::json(401, body.to_string().into_bytes()));
-        }
+/// The answer to one request, or `None` to reset the connection.
+async fn respond(shared: &Shared, head: &Parts, body: Bytes, start: Instant) -> Option<Answer> {
+    let (max_body, required) = {
+        let f = lock(&shared.faults);
+        (f.max_body, f.require_authorization.clone())
+    };
+    // The size-limiting front answers before the server sees anything.
+    if max_body.is_some_and(|max| body.len() > max) {
+        shared.count(|s| s.too_large += 1);
+        return Some(too_large());
     }
-    let decision = shared.decide(req.path());
-    match decision.action {
-        Action::Reset => {
-            shared.stats.resets.fetch_add(1, Ordering::SeqCst);
-            return Outcome::Reset;
-        }
-        Action::Unavailable => {
-            shared.stats.unavailable.fetch_add(1, Ordering::SeqCst);
-            return Outcome::Respond(Response::unavailable());
-        }
-        Action::Pass => {}
+    let authorization = head.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    if required.is_some_and(|r| authorization != Some(r.as_bytes())) {
+        return Some(json_answer(StatusCode::UNAUTHORIZED, UNAUTHORIZED_BODY.into()));
     }
-    if let Some(delay) = decision.delay {
-        shared.stats.slowed.fetch_add(1, Ordering::SeqCst);
+
+    let bulk = is_bulk(head);
+    let default_index = path_index(head.uri.path());
+    let items = if bulk { parse_bulk(&body, default_index.as_deref()).unwrap_or_default() } else { Vec::new() };
+    let plan = match shared.decide(head.uri.path(), bulk) {
+        Plan::Reset => {
+            shared.count(|s| s.resets += 1);
+            return None;
+        }
+        Plan::Unavailable => {
+            shared.count(|s| s.unavailable += 1);
+            return Some(json_answer(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_BODY.into()));
+        }
+        Plan::WriteBlock(status) => {
+            shared.count(|s| s.write_blocked += 1);
+            let index = default_index.or_else(|| items.iter().find_map(|i| i.action.index.clone()));
+            return Some(write_blocked(status, index.as_deref().unwrap_or("x")));
+        }
+        Plan::Forward(plan) => plan,
+    };
+    if let Some(delay) = plan.delay {
+        shared.count(|s| s.slowed += 1);
         tokio::time::sleep(delay).await;
     }
-    if decision.bulk_item_429 > 0.0 && is_bulk(req) {
-        if let Some(items) = parse_bulk(&req.body) {
-            let rejected: Vec<bool> = {
-                let mut rng = rand::thread_rng();
-                items.iter().map(|_| chance(&mut rng, decision.bulk_item_429)).collect()
-            };
-            if rejected.iter().any(|r| *r) {
-                return Outcome::Respond(bulk_with_rejections(shared, req, &items, &rejected).await);
-            }
-        }
+
+    let rejected: Vec<bool> = items.iter().map(|_| chance(&mut rand::thread_rng(), plan.bulk_item_429)).collect();
+    let n_rejected = rejected.iter().filter(|r| **r).count();
+    if n_rejected > 0 && n_rejected == items.len() {
+        shared.count(|s| s.items_429 += n_rejected as u64);
+        let all: Vec<Value> = items.iter().map(rejected_item).collect();
+        let body = json!({"took": 0, "errors": true, "items": all});
+        return Some(json_answer(StatusCode::OK, body.to_string()));
     }
-    Outcome::Respond(forward(shared, req, None).await)
+    let answer = if n_rejected > 0 {
+        let mut kept = Vec::with_capacity(body.len());
+        for (item, _) in items.iter().zip(&rejected).filter(|(_, rej)| !**rej) {
+            kept.extend_from_slice(&body[item.range.clone()]);
+        }
+        let answer = forward(shared, head, kept.into()).await;
+        splice_rejections(shared, answer, &items, &rejected)
+    } else {
+        forward(shared, head, body).await
+    };
+
+    if let Some(delay) = plan.delay_answer {
+        shared.count(|s| s.answers_delayed += 1);
+        tokio::time::sleep(delay).await;
+    }
+    if bulk {
+        let actions = items.into_iter().zip(&rejected).filter(|(_, rej)| !**rej).map(|(i, _)| i.action);
+        let record = BulkRecord { start, end: Instant::now(), status: answer.status().as_u16(), actions: actions.collect() };
+        lock(&shared.bulk_log).push(record);
+    }
+    Some(answer)
 }
 
-fn is_bulk(req: &Request) -> bool {
-    let method_ok = req.method == "POST" || req.method == "PUT";
-    let encoded =
-        req.header("content-encoding").is_some_and(|e| !trim_ascii(e).eq_ignore_ascii_case(b"identity") && !trim_ascii(e).is_empty());
-    method_ok && !encoded && req.path().trim_end_matches('/').rsplit('/').next() == Some("_bulk")
+fn too_large() -> Answer {
+    Response::builder()
+        .status(StatusCode::PAYLOAD_TOO_LARGE)
+        .header(header::CONTENT_TYPE, "text/html")
+        // nginx does not keep a connection alive after a 413.
+        .header(header::CONNECTION, "close")
+        .body(Bytes::from_static(TOO_LARGE_BODY.as_bytes()))
+        .expect("a valid status and static headers")
+}
+
+/// The `cluster_block_exception` a write-blocked index answers to `_bulk`.
+fn write_blocked(status: u16, index: &str) -> Answer {
+    let block = if status == 429 {
+        "TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block"
+    } else {
+        "FORBIDDEN/8/index write (api)"
+    };
+    let error = json!({"type": "cluster_block_exception", "reason": format!("index [{index}] blocked by: [{block}];")});
+    let body = json!({
+        "error": {"root_cause": [error.clone()], "type": error["type"], "reason": error["reason"]},
+        "status": status,
+    });
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    json_answer(status, body.to_string())
+}
+
+fn is_bulk(head: &Parts) -> bool {
+    matches!(head.method, Method::POST | Method::PUT) && head.uri.path().trim_end_matches('/').rsplit('/').next() == Some("_bulk")
 }
 
 /// The index named in `/<index>/_bulk`, if any.
@@ -628,185 +560,151 @@ fn path_index(path: &str) -> Option<String> {
 }
 
 struct BulkItem {
-    op: String,
-    index: Option<String>,
-    id: Option<String>,
+    action: BulkAction,
     /// Byte range of the item in the request body (action line and source line, with
     /// their newlines).
     range: Range<usize>,
 }
 
-/// Splits a `_bulk` NDJSON body into items. `None` when the body is not something we can
-/// split faithfully (then it is forwarded untouched and the server judges it).
-fn parse_bulk(body: &[u8]) -> Option<Vec<BulkItem>> {
+/// Splits a `_bulk` NDJSON body into items: an action line, then a source line unless the
+/// action is a `delete`. `None` when the body is not something we can split faithfully,
+/// a compressed one for instance (then it is forwarded untouched and the server judges it).
+fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Option<Vec<BulkItem>> {
     if body.last() != Some(&b'\n') {
         return None; // the server rejects a missing final newline: let it
     }
-    let mut items = Vec::new();
-    let mut pos = 0;
     let next_line = |pos: usize| -> Option<(Range<usize>, usize)> {
-        if pos >= body.len() {
-            return None;
-        }
-        let nl = body[pos..].iter().position(|b| *b == b'\n').map(|i| pos + i)?;
+        let nl = pos + body.get(pos..)?.iter().position(|b| *b == b'\n')?;
         Some((pos..nl, nl + 1))
     };
+    let mut items = Vec::new();
+    let mut pos = 0;
     while let Some((line, after)) = next_line(pos) {
-        if trim_ascii(&body[line.clone()]).is_empty() {
+        if body[line.clone()].trim_ascii().is_empty() {
             pos = after; // empty lines between items are skipped (by ES too)
             continue;
         }
-        let action: serde_json::Value = serde_json::from_slice(&body[line.clone()]).ok()?;
-        let obj = action.as_object()?;
-        if obj.len() != 1 {
-            return None;
-        }
-        let (op, meta) = obj.iter().next()?;
-        let meta = meta.as_object()?;
+        let action: Value = serde_json::from_slice(&body[line.clone()]).ok()?;
+        let (op, meta) = match action.as_object()? {
+            obj if obj.len() == 1 => obj.iter().next()?,
+            _ => return None,
+        };
         let end = match op.as_str() {
             "delete" => after,
             "index" | "create" | "update" => next_line(after)?.1,
             _ => return None,
         };
-        let text = |key: &str| match meta.get(key) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(v @ serde_json::Value::Number(_)) => Some(v.to_string()),
+        let text = |key: &str| match meta.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            v @ Value::Number(_) => Some(v.to_string()),
             _ => None,
         };
-        items.push(BulkItem { op: op.clone(), index: text("_index"), id: text("_id"), range: line.start..end });
+        let action = BulkAction {
+            op: op.clone(),
+            index: text("_index").or(default_index.map(str::to_string)),
+            id: text("_id"),
+            version: text("version").and_then(|v| v.parse().ok()),
+        };
+        items.push(BulkItem { action, range: line.start..end });
         pos = end;
     }
-    if items.is_empty() {
-        return None;
-    }
-    Some(items)
+    (!items.is_empty()).then_some(items)
 }
 
-fn rejected_item(item: &BulkItem, default_index: Option<&str>) -> serde_json::Value {
-    let mut inner = serde_json::Map::new();
-    if let Some(index) = item.index.as_deref().or(default_index) {
-        inner.insert("_index".into(), index.into());
+fn rejected_item(item: &BulkItem) -> Value {
+    let a = &item.action;
+    let error = json!({"type": "es_rejected_execution_exception", "reason": REJECTED_REASON});
+    let mut inner = json!({"_index": a.index, "_id": a.id, "status": 429, "error": error});
+    if let Some(fields) = inner.as_object_mut() {
+        fields.retain(|_, v| !v.is_null());
     }
-    if let Some(id) = &item.id {
-        inner.insert("_id".into(), id.as_str().into());
-    }
-    inner.insert("status".into(), 429.into());
-    inner.insert("error".into(), serde_json::json!({"type": "es_rejected_execution_exception", "reason": REJECTED_REASON}));
-    let mut outer = serde_json::Map::new();
-    outer.insert(item.op.clone(), serde_json::Value::Object(inner));
-    serde_json::Value::Object(outer)
+    json!({ a.op.as_str(): inner })
 }
 
-async fn bulk_with_rejections(shared: &Shared, req: &Request, items: &[BulkItem], rejected: &[bool]) -> Response {
-    let default_index = path_index(req.path());
-    let n_rejected = rejected.iter().filter(|r| **r).count() as u64;
-    let rejected_json = |i: usize| rejected_item(&items[i], default_index.as_deref());
-
-    if n_rejected as usize == items.len() {
-        shared.stats.items_429.fetch_add(n_rejected, Ordering::SeqCst);
-        let all: Vec<_> = (0..items.len()).map(rejected_json).collect();
-        let body = serde_json::json!({"took": 0, "errors": true, "items": all});
-        return Response::json(200, body.to_string().into_bytes());
+/// Puts the rejected items back into the upstream's answer to the rest, at their places.
+fn splice_rejections(shared: &Shared, mut answer: Answer, items: &[BulkItem], rejected: &[bool]) -> Answer {
+    if answer.status() != StatusCode::OK {
+        return answer; // whole-request failure: pass it on as it is
     }
-
-    let mut kept_body = Vec::with_capacity(req.body.len());
-    for (item, rej) in items.iter().zip(rejected) {
-        if !rej {
-            kept_body.extend_from_slice(&req.body[item.range.clone()]);
-        }
-    }
-    let kept = items.len() - n_rejected as usize;
-    let mut resp = forward(shared, req, Some(kept_body)).await;
-    if resp.status != 200 || resp.headers.iter().any(|(n, _)| n == "content-encoding") {
-        return resp; // whole-request failure: pass it on as it is
-    }
-    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&resp.body) else {
-        return resp;
+    let Ok(mut json) = serde_json::from_slice::<Value>(answer.body()) else {
+        return answer;
     };
     let Some(obj) = json.as_object_mut() else {
-        return resp;
+        return answer;
     };
-    match obj.get_mut("items").and_then(|v| v.as_array_mut()) {
-        Some(upstream_items) if upstream_items.len() == kept => {
-            let mut upstream_items = std::mem::take(upstream_items).into_iter();
-            let merged: Vec<serde_json::Value> = rejected
+    let n_rejected = rejected.iter().filter(|r| **r).count();
+    match obj.get_mut("items").and_then(Value::as_array_mut) {
+        Some(upstream) if upstream.len() == items.len() - n_rejected => {
+            let mut upstream = std::mem::take(upstream).into_iter();
+            let merged: Vec<Value> = items
                 .iter()
-                .enumerate()
-                .map(|(i, rej)| if *rej { rejected_json(i) } else { upstream_items.next().unwrap_or_default() })
+                .zip(rejected)
+                .map(|(item, rej)| if *rej { rejected_item(item) } else { upstream.next().unwrap_or_default() })
                 .collect();
-            obj.insert("items".into(), serde_json::Value::Array(merged));
+            obj.insert("items".into(), Value::Array(merged));
         }
         // `filter_path` without items: nothing to splice into, but the errors flag still tells.
         None => {}
-        Some(_) => return resp, // unexpected shape: do not pretend
+        Some(_) => return answer, // unexpected shape: do not pretend
     }
     obj.insert("errors".into(), true.into());
-    shared.stats.items_429.fetch_add(n_rejected, Ordering::SeqCst);
-    resp.body = serde_json::to_vec(&json).unwrap_or_default();
-    resp
+    shared.count(|s| s.items_429 += n_rejected as u64);
+    *answer.body_mut() = serde_json::to_vec(&json).unwrap_or_default().into();
+    answer
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
+/// Hop-by-hop headers concern one connection and are not passed on (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
 
-/// Sends the request (with `body` instead of the original when given) upstream and
-/// returns the answer, or a 502 if the upstream cannot be reached.
-async fn forward(shared: &Shared, req: &Request, body: Option<Vec<u8>>) -> Response {
-    let Ok(method) = reqwest::Method::from_bytes(req.method.as_bytes()) else {
-        return Response::error(400, "malformed method");
-    };
-    // Headers named in Connection are hop-by-hop too.
-    let connection_tokens: Vec<String> = req
+/// Sends the request, with `body`, upstream and returns the answer, or a 502 if the
+/// upstream cannot be reached.
+async fn forward(shared: &Shared, head: &Parts, body: Bytes) -> Answer {
+    let mut headers = head.headers.clone();
+    // Headers named in Connection are hop-by-hop too. Accept-Encoding is dropped so that the
+    // answer arrives uncompressed and `_bulk` answers can be edited (the proxy's reqwest has
+    // no decompression). Host, length and Expect are reqwest's to set.
+    let named: Vec<String> = head
         .headers
+        .get_all(header::CONNECTION)
         .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(|b| *b == b',').map(|t| String::from_utf8_lossy(trim_ascii(t)).to_ascii_lowercase()))
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
         .collect();
-    let mut headers = HeaderMap::new();
-    for (name, value) in &req.headers {
-        let lower = name.to_ascii_lowercase();
-        // Accept-Encoding is dropped so that the answer arrives uncompressed and `_bulk`
-        // answers can be edited; the proxy's reqwest has no decompression.
-        if is_hop_by_hop(&lower)
-            || matches!(lower.as_str(), "host" | "content-length" | "expect" | "accept-encoding")
-            || connection_tokens.contains(&lower)
-        {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_bytes(value)) {
-            headers.append(n, v);
-        }
+    let dropped = ["host", "content-length", "expect", "accept-encoding"];
+    for name in HOP_BY_HOP.iter().chain(&dropped).copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(name);
     }
-    let url = format!("{}{}", shared.upstream, req.target);
-    let mut builder = shared.client.request(method, url).headers(headers);
-    match body {
-        Some(b) => builder = builder.body(b),
-        None if req.has_body => builder = builder.body(req.body.clone()),
-        None => {}
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut request = shared.client.request(head.method.clone(), format!("{}{target}", shared.upstream)).headers(headers);
+    if !body.is_empty() || head.headers.contains_key(header::CONTENT_LENGTH) {
+        request = request.body(body);
     }
-    shared.stats.forwarded.fetch_add(1, Ordering::SeqCst);
-    let upstream = match builder.send().await {
+    shared.count(|s| s.forwarded += 1);
+    let upstream = match request.send().await {
         Ok(r) => r,
-        Err(e) => return Response::error(502, &format!("fault proxy: upstream request failed: {e}")),
+        Err(e) => return error_answer(StatusCode::BAD_GATEWAY, &format!("fault proxy: upstream request failed: {e}")),
     };
-    let status = upstream.status().as_u16();
-    let headers: Vec<(HeaderName, HeaderValue)> =
-        upstream.headers().iter().filter(|(n, _)| !is_hop_by_hop(n.as_str())).map(|(n, v)| (n.clone(), v.clone())).collect();
+    let (status, mut headers) = (upstream.status(), upstream.headers().clone());
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
     match upstream.bytes().await {
-        Ok(body) => Response { status, headers, body: body.to_vec() },
-        Err(e) => Response::error(502, &format!("fault proxy: reading upstream answer failed: {e}")),
+        Ok(body) => {
+            let mut answer = Response::new(body);
+            *answer.status_mut() = status;
+            *answer.headers_mut() = headers;
+            answer
+        }
+        Err(e) => error_answer(StatusCode::BAD_GATEWAY, &format!("fault proxy: reading upstream answer failed: {e}")),
     }
 }
