@@ -58,6 +58,8 @@ pub struct Build {
     pub message: Option<String>,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A failed build: no automatic rebuild starts before this.
+    pub retry_after: Option<chrono::DateTime<chrono::Utc>>,
     pub chunks_total: i64,
     pub chunks_done: i64,
     pub docs_done: i64,
@@ -70,7 +72,7 @@ impl Build {
 }
 
 const SELECT_BUILD: &str = "SELECT r.id, r.alias, r.target_index, r.previous_index, r.state, r.reason, r.chunk_size,
-        r.docs_total, r.message, r.started_at, r.finished_at,
+        r.docs_total, r.message, r.started_at, r.finished_at, r.retry_after,
         (SELECT count(*) FROM tidemark.reindex_chunks c WHERE c.reindex_id = r.id) AS chunks_total,
         (SELECT count(*) FROM tidemark.reindex_chunks c WHERE c.reindex_id = r.id AND c.done) AS chunks_done,
         (SELECT coalesce(sum(docs), 0)::bigint FROM tidemark.reindex_chunks c WHERE c.reindex_id = r.id AND c.done) AS docs_done

@@ -130,6 +130,38 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub worker: WorkerConfig,
     pub reindex: ReindexConfig,
+    pub index: IndexConfig,
+}
+
+/// Settings of the physical indices tidemark creates (a build's own settings while it
+/// loads are no refresh and no replicas; these are restored before the alias moves).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Primary shards of a new index.
+    pub number_of_shards: u32,
+    /// Replicas of each shard: 1 in production (a lost node loses nothing); 0 for a single
+    /// local node (1 works there too: the index is yellow, and nothing waits for green).
+    pub number_of_replicas: u32,
+    /// How soon a write becomes searchable (the engine's refresh).
+    pub refresh_interval: HumanDuration,
+    /// How long the engine remembers a delete (its tombstone) against older versions. A
+    /// write with an older version that arrives later than this would bring a deleted
+    /// student back, so it must exceed the longest a write can take to arrive:
+    /// `sync.batch_timeout` + `sync.request_timeout` + however long the server may sit on a
+    /// request its client gave up on (DESIGN.md, "Delete tombstones").
+    pub gc_deletes: HumanDuration,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            number_of_shards: 1,
+            number_of_replicas: 1,
+            refresh_interval: HumanDuration(Duration::from_secs(1)),
+            gc_deletes: HumanDuration(Duration::from_secs(600)),
+        }
+    }
 }
 
 /// How a sync batch is claimed, shipped and retried.
@@ -159,6 +191,10 @@ pub struct SyncConfig {
     pub backoff_cap: HumanDuration,
     /// Timeout of one request to the search server.
     pub request_timeout: HumanDuration,
+    /// How long a batch may send after its claim: no `_bulk` request of a batch starts
+    /// later (what is left keeps its marks for a later batch). With `request_timeout` it
+    /// bounds how late any write can reach the server (see `index.gc_deletes`).
+    pub batch_timeout: HumanDuration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -210,6 +246,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             worker: WorkerConfig::default(),
             reindex: ReindexConfig::default(),
+            index: IndexConfig::default(),
         }
     }
 }
@@ -227,6 +264,7 @@ impl Default for SyncConfig {
             backoff_base: HumanDuration(Duration::from_millis(100)),
             backoff_cap: HumanDuration(Duration::from_secs(5)),
             request_timeout: HumanDuration(Duration::from_secs(30)),
+            batch_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -375,17 +413,46 @@ impl Config {
                 reason: format!("must be above zero and at most sync.backoff_cap ({})", s.backoff_cap),
             });
         }
-        // A batch's retries must end well inside its lease, or another worker would take the
-        // marks over while this one still works on them.
-        let worst_retry = s.backoff_cap.0 * s.max_attempts + s.request_timeout.0;
-        if s.lease.0 < worst_retry {
+        // Every request of a batch ends (on the client) before its lease can run out, even if
+        // renewing the lease fails: another worker never ships the same marks meanwhile.
+        let batch_life = s.batch_timeout.0 + s.request_timeout.0;
+        if s.batch_timeout.0.is_zero() || s.lease.0 < batch_life {
             return Err(ConfigError::Invalid {
                 name: "sync.lease",
                 value: s.lease.to_string(),
                 reason: format!(
-                    "must be at least backoff_cap × max_attempts + request_timeout ({}s) so a batch finishes its retries inside its lease",
-                    worst_retry.as_secs()
+                    "must be at least sync.batch_timeout + sync.request_timeout ({}) so every request of a batch ends inside its lease",
+                    HumanDuration(batch_life)
                 ),
+            });
+        }
+        // A write arrives at most batch_life after its version was drawn (plus however long
+        // the server sits on a request its client gave up on): the engine must remember a
+        // newer delete for longer than that, with a minute to spare at least.
+        let floor = batch_life + Duration::from_secs(60);
+        if self.index.gc_deletes.0 < floor {
+            return Err(ConfigError::Invalid {
+                name: "index.gc_deletes",
+                value: self.index.gc_deletes.to_string(),
+                reason: format!(
+                    "must be at least sync.batch_timeout + sync.request_timeout + 1m ({}): a write that arrives after the engine forgot a newer delete brings a deleted student back",
+                    HumanDuration(floor)
+                ),
+            });
+        }
+        positive("index.number_of_shards", self.index.number_of_shards.into(), 1024)?;
+        if self.index.number_of_replicas > 16 {
+            return Err(ConfigError::Invalid {
+                name: "index.number_of_replicas",
+                value: self.index.number_of_replicas.to_string(),
+                reason: "must be between 0 and 16".into(),
+            });
+        }
+        if self.index.refresh_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                name: "index.refresh_interval",
+                value: self.index.refresh_interval.to_string(),
+                reason: "must be at least 100ms (the engine refreshes at most that often usefully)".into(),
             });
         }
         if self.scheduler.interval.0 < Duration::from_secs(1) || self.scheduler.interval.0.subsec_millis() != 0 {

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::config::IndexConfig;
+
 /// One student's search document. `_id` is the student id and is not part of the body.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StudentDoc {
@@ -52,6 +54,33 @@ impl StudentDoc {
             course_names,
         }
     }
+}
+
+/// The settings an index lives with: from `[index]`, with times in the engine's units.
+pub fn live_settings(index: &IndexConfig) -> serde_json::Value {
+    serde_json::json!({
+        "index": {
+            "number_of_replicas": index.number_of_replicas,
+            "refresh_interval": format!("{}ms", index.refresh_interval.0.as_millis()),
+        }
+    })
+}
+
+/// The body that creates an index being built: the mapping, and settings for bulk loading
+/// (no refresh, no replicas; [`live_settings`] are restored before the alias moves). The
+/// delete-tombstone lifetime (`gc_deletes`) is set from the start: it must hold for every
+/// write the build receives.
+pub fn build_body(index: &IndexConfig) -> serde_json::Value {
+    let mut body = index_body();
+    body["settings"] = serde_json::json!({
+        "index": {
+            "number_of_shards": index.number_of_shards,
+            "number_of_replicas": 0,
+            "refresh_interval": "-1",
+            "gc_deletes": format!("{}ms", index.gc_deletes.0.as_millis()),
+        }
+    });
+    body
 }
 
 /// The index body: facets as keywords, a numeric age, names as text with a keyword

@@ -2,7 +2,14 @@
 //! makes. Everything goes through [`Search::request`], which turns transport failures into
 //! [`SearchError`]s that name the server by its redacted URL, never with credentials.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use elasticsearch::{
     auth::Credentials,
@@ -23,7 +30,7 @@ use crate::config::{redact_url, Config, ConfigError};
 pub enum SearchError {
     #[error("search server at {url} is unreachable ({reason}); check ELASTICSEARCH_URL and that the server is up")]
     Unreachable { url: String, reason: String },
-    #[error("search server at {url} refused the credentials (HTTP {status}); check the user/password in ELASTICSEARCH_URL or ELASTICSEARCH_API_KEY")]
+    #[error("search server at {url} refused the credentials (HTTP {status}); check the user/password in ELASTICSEARCH_URL or ELASTICSEARCH_API_KEY, and that this user may write the index")]
     Unauthorized { url: String, status: u16 },
     #[error("search server answered {method} {path} with HTTP {status}: {reason}")]
     Status { method: String, path: String, status: u16, reason: String },
@@ -36,11 +43,14 @@ pub enum SearchError {
 }
 
 impl SearchError {
-    /// Worth trying again later: the server is down, overloaded or restarting.
+    /// Worth trying again later: the server is down, overloaded, restarting, or blocks
+    /// writes for now.
     pub fn is_transient(&self) -> bool {
         match self {
             SearchError::Unreachable { .. } => true,
-            SearchError::Status { status, .. } => *status == 429 || *status >= 500,
+            SearchError::Status { status, reason, .. } => {
+                matches!(status, 408 | 429 | 500..) || reason.starts_with("cluster_block_exception")
+            }
             _ => false,
         }
     }
@@ -64,6 +74,10 @@ pub struct Search {
     /// For messages: the URL with any password replaced.
     url: String,
     timeout: Duration,
+    /// The largest request body the server (or a proxy in front of it) is known to take:
+    /// unknown (`usize::MAX`) until a 413 teaches it. Shared by every clone, so one batch's
+    /// lesson spares the next.
+    request_limit: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Search {
@@ -106,7 +120,12 @@ impl Search {
         let transport = builder
             .build()
             .map_err(|e| SearchError::Unreachable { url: redact_url(raw.expose()), reason: format!("client could not be built: {e}") })?;
-        Ok(Search { client: Elasticsearch::new(transport), url: redact_url(raw.expose()), timeout: config.sync.request_timeout.0 })
+        Ok(Search {
+            client: Elasticsearch::new(transport),
+            url: redact_url(raw.expose()),
+            timeout: config.sync.request_timeout.0,
+            request_limit: Arc::new(AtomicUsize::new(usize::MAX)),
+        })
     }
 
     /// The server's address, safe to print.
@@ -114,8 +133,28 @@ impl Search {
         &self.url
     }
 
-    /// One request. A status is not an error here (callers classify it), except that 401/403
-    /// become [`SearchError::Unauthorized`] and no answer at all becomes `Unreachable`.
+    /// The largest request body known to be taken (`usize::MAX` while none was refused).
+    pub fn request_limit(&self) -> usize {
+        self.request_limit.load(Ordering::Relaxed)
+    }
+
+    /// Learns from a request of `refused` bytes answered 413: from now on requests carry
+    /// at most half of it (halving again at each 413 until one is taken).
+    pub fn learn_request_limit(&self, refused: usize) {
+        let limit = (refused / 2).max(1);
+        if self.request_limit.fetch_min(limit, Ordering::Relaxed) > limit {
+            tracing::warn!(
+                refused_bytes = refused,
+                now_at_most = limit,
+                "the search server (or a proxy in front of it) refused a request as too large (HTTP 413); sending smaller \
+                 requests from now on. Set sync.bulk_max_bytes below its limit to skip the splitting"
+            );
+        }
+    }
+
+    /// One request. A status is not an error here (callers classify it), except that 401, and
+    /// a 403 other than a write block, become [`SearchError::Unauthorized`], and no answer at
+    /// all becomes `Unreachable`.
     pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>, ndjson: bool) -> Result<Reply, SearchError> {
         let mut headers = HeaderMap::new();
         if ndjson {
@@ -130,10 +169,13 @@ impl Search {
             .map_err(|e| unreachable(&e))?;
         let status = response.status_code().as_u16();
         let body = response.bytes().await.map_err(|e| unreachable(&e))?;
-        if status == 401 || status == 403 {
+        let reply = Reply { status, body };
+        // 401, and a 403 that is not a write block (which is 403 in OpenSearch and
+        // Elasticsearch 7+): the credentials, or the rights they carry.
+        if status == 401 || (status == 403 && reply_type(&reply).as_deref() != Some("cluster_block_exception")) {
             return Err(SearchError::Unauthorized { url: self.url.clone(), status });
         }
-        Ok(Reply { status, body })
+        Ok(reply)
     }
 
     /// A JSON request whose non-2xx answers are errors.

@@ -114,6 +114,13 @@ impl Syncer {
             return Ok(());
         }
         let alias = &self.services.config.index_alias;
+        if let Some(last) = crate::catalog::latest(&self.services.pool, alias).await? {
+            let wait = last.retry_after.map(|t| (t - chrono::Utc::now()).num_seconds()).unwrap_or(0);
+            if last.state == crate::catalog::BuildState::Failed && wait > 0 {
+                let why = last.message.unwrap_or_default();
+                return Err(ReindexError::RebuildLater { alias: alias.clone(), why, wait_s: wait as u64 }.into());
+            }
+        }
         let why = format!("alias {alias} does not exist (first run, or the search server lost its index): rebuilding it from the database");
         match reindex::start(&self.services, self.services.config.reindex.chunk_size, &why).await {
             Ok(b) => tracing::warn!(index = %b.target_index, "{why}"),

@@ -9,7 +9,7 @@ use super::{
     claim,
     encode::encode,
     load::load,
-    ship::{ship, ShipLimits},
+    ship::{ship, ShipLimits, Window},
     targets::{self, Targets},
     Mark, PipelineError,
 };
@@ -25,6 +25,8 @@ pub struct Prepared {
     pub docs: Vec<(i64, Option<StudentDoc>)>,
     /// How long the read took.
     pub load: Duration,
+    /// How long the batch may send (from its claim: `sync.batch_timeout`).
+    pub window: Window,
 }
 
 /// What one batch did.
@@ -53,6 +55,7 @@ pub async fn claim(services: &Services, owner: &str, limit: usize) -> Result<Vec
 pub async fn prepare(services: &Services, owner: &str, marks: Vec<Mark>) -> Result<Prepared, PipelineError> {
     let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
     let started = Instant::now();
+    let window = Window::of(services.config.sync.batch_timeout.0);
     let result = async {
         let targets = targets::decide(services).await?.ok_or_else(|| PipelineError::NoIndex(services.config.index_alias.clone()))?;
         let version = claim::draw_version(&services.pool).await?;
@@ -61,7 +64,7 @@ pub async fn prepare(services: &Services, owner: &str, marks: Vec<Mark>) -> Resu
     }
     .await;
     match result {
-        Ok((targets, version, docs)) => Ok(Prepared { marks, targets, version, docs, load: started.elapsed() }),
+        Ok((targets, version, docs)) => Ok(Prepared { marks, targets, version, docs, load: started.elapsed(), window }),
         Err(e) => {
             give_back(services, owner, &ids).await;
             Err(e)
@@ -74,7 +77,7 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
     let ids: Vec<i64> = p.marks.iter().map(|m| m.student_id).collect();
     let started = Instant::now();
     let encoded = encode(&p.docs, &p.targets.indices, p.version);
-    let shipped = match ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync)).await {
+    let shipped = match ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync), &p.window).await {
         Ok(s) => s,
         Err(e) => {
             give_back(services, owner, &ids).await;

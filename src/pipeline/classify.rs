@@ -11,9 +11,10 @@ pub enum ItemOutcome {
     /// 409: the index already holds a newer write of this document. Not an error, and not
     /// rewritten (protocol invariant 4).
     Superseded,
-    /// Worth retrying: 429, 5xx, or no answer for this item.
+    /// Worth retrying: 408, 429, 5xx, a write block, or no answer for this item.
     Transient(String),
-    /// Will fail the same way again (400: mapping or parse error). Dead-lettered.
+    /// Will fail the same way again (400: mapping or parse error; 413: this document alone is
+    /// larger than the server or a proxy accepts). Dead-lettered.
     Permanent { status: u16, reason: String },
 }
 
@@ -22,9 +23,13 @@ pub enum ItemOutcome {
 pub enum BulkOutcome {
     /// One outcome per op sent, in order.
     Items(Vec<ItemOutcome>),
-    /// The whole request should be retried (429, 5xx, a truncated or garbled answer).
+    /// The whole request should be retried later: 408, 429, 5xx, a write block
+    /// (`cluster_block_exception`, 403 or 429 by version), a truncated or garbled answer, or
+    /// an answer that is about the endpoint rather than the documents (404, 405, …).
     RetryAll(String),
-    /// The request itself was refused (4xx other than 429): retrying cannot help.
+    /// The request as a whole was refused for what it carries: 413 (too large) or 400 (a
+    /// document it could not parse). Split it and send the halves; a single document
+    /// refused so is refused for good.
     Refused { status: u16, reason: String },
 }
 
@@ -45,11 +50,23 @@ struct Item {
 
 /// Turns the status and body of a `_bulk` answer to `sent` ops into outcomes.
 pub fn classify(status: u16, body: &[u8], sent: usize) -> BulkOutcome {
-    if status == 429 || status >= 500 {
-        return BulkOutcome::RetryAll(format!("HTTP {status}: {}", error_text(body)));
-    }
-    if !(200..300).contains(&status) {
-        return BulkOutcome::Refused { status, reason: error_text(body) };
+    match status {
+        200..=299 => {}
+        400 | 413 if !is_write_block(body) => {
+            let reason = match status {
+                413 => format!("request too large (HTTP 413 from the search server or a proxy in front of it): {}", error_text(body)),
+                _ => error_text(body),
+            };
+            return BulkOutcome::Refused { status, reason };
+        }
+        408 | 429 | 500.. => return BulkOutcome::RetryAll(format!("HTTP {status}: {}", error_text(body))),
+        _ if is_write_block(body) => return BulkOutcome::RetryAll(format!("HTTP {status}, a write block: {}", error_text(body))),
+        _ => {
+            return BulkOutcome::RetryAll(format!(
+                "HTTP {status} to the _bulk request as a whole (about the endpoint, not the documents; is ELASTICSEARCH_URL right?): {}",
+                error_text(body)
+            ))
+        }
     }
     let parsed: Response = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -81,9 +98,17 @@ fn item_outcome(op: &str, item: Item) -> ItemOutcome {
         // index_not_found: the index vanished under us; the batch is retried after the
         // index is there again.
         404 => ItemOutcome::Transient(reason()),
-        429 | 500..=599 => ItemOutcome::Transient(reason()),
+        408 | 429 | 500..=599 => ItemOutcome::Transient(reason()),
+        // A write block (read-only index, flood-stage disk) lifts by itself or by an
+        // operator: the document is fine, so it is retried, never dead-lettered.
+        _ if item.error.as_ref().is_some_and(|e| e["type"] == "cluster_block_exception") => ItemOutcome::Transient(reason()),
         status => ItemOutcome::Permanent { status, reason: reason() },
     }
+}
+
+/// Whether an error answer is a `cluster_block_exception` (a write block).
+pub fn is_write_block(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["error"]["type"] == "cluster_block_exception")
 }
 
 fn describe(error: &serde_json::Value) -> String {
@@ -121,12 +146,13 @@ mod tests {
       {"index":{"_index":"students_1","_id":"3","status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation"}}},
       {"index":{"_index":"students_1","_id":"4","status":400,"error":{"type":"document_parsing_exception","reason":"[1:40] failed to parse field [age] of type [integer]","caused_by":{"type":"number_format_exception","reason":"For input string: \"abc\""}}}},
       {"delete":{"_index":"students_1","_id":"5","_version":7,"result":"not_found","status":404}},
-      {"index":{"_index":"students_1","_id":"6","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}}
+      {"index":{"_index":"students_1","_id":"6","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}},
+      {"index":{"_index":"students_1","_id":"7","status":403,"error":{"type":"cluster_block_exception","reason":"index [students_1] blocked by: [FORBIDDEN/8/index write (api)];"}}}
     ]}"#;
 
     #[test]
     fn every_item_is_read() {
-        let BulkOutcome::Items(items) = classify(200, MIXED.as_bytes(), 6) else { panic!() };
+        let BulkOutcome::Items(items) = classify(200, MIXED.as_bytes(), 7) else { panic!() };
         assert_eq!(items[0], ItemOutcome::Written);
         assert_eq!(items[1], ItemOutcome::Superseded);
         assert!(matches!(&items[2], ItemOutcome::Transient(r) if r.contains("es_rejected_execution_exception")));
@@ -135,6 +161,7 @@ mod tests {
         );
         assert_eq!(items[4], ItemOutcome::Written);
         assert!(matches!(&items[5], ItemOutcome::Transient(_)));
+        assert!(matches!(&items[6], ItemOutcome::Transient(r) if r.contains("cluster_block_exception")), "a blocked item is retried");
     }
 
     #[test]

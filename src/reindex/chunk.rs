@@ -13,7 +13,7 @@ use crate::{
         claim::draw_version,
         encode::encode,
         load::load_range,
-        ship::{ship, ShipLimits},
+        ship::{ship, ShipLimits, Window},
     },
     services::Services,
 };
@@ -48,13 +48,14 @@ pub async fn claim_chunk(db: impl PgExecutor<'_>, reindex_id: i64, owner: &str, 
 /// `None` when transient failures outlasted the retries (the chunk goes back).
 pub async fn process_chunk(services: &Services, owner: &str, build: &Build, chunk: &Chunk) -> Result<Option<usize>, ReindexError> {
     let pool = &services.pool;
+    let window = Window::of(services.config.sync.batch_timeout.0);
     let result = async {
         // The version is drawn before the read, as every reader does.
         let version = draw_version(pool).await?;
         let docs = load_range(pool, chunk.lo, chunk.hi).await?;
         let targets = [build_alias(&build.alias)];
         let encoded = encode(&docs, &targets, version);
-        let shipped = ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync)).await?;
+        let shipped = ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync), &window).await?;
         let verdicts = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
         if verdicts.values().any(|v| *v == Verdict::Later) {
             return Ok::<_, ReindexError>(None);

@@ -43,6 +43,8 @@ pub enum ReindexError {
     NotRunning(String),
     #[error("nothing to roll back to: {0}")]
     NoRollback(String),
+    #[error("alias {alias} has no index: the last rebuild failed ({why}); the next one starts in {wait_s} s (`tidemark admin status` shows it; `tidemark admin reindex` starts one now)")]
+    RebuildLater { alias: String, why: String, wait_s: u64 },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error(transparent)]

@@ -1,12 +1,15 @@
 //! Promotion: when every chunk of a build is done, restore the settings, refresh, verify
 //! the new index against the database, and only then move the alias — atomically.
 
-use serde_json::json;
+use std::time::Duration;
+
 use sqlx::PgPool;
 
 use super::{prune, start::park_build_alias, ReindexError};
 use crate::{
     catalog::{self, Build, BuildState},
+    document::live_settings,
+    retry::Backoff,
     services::Services,
     verify,
 };
@@ -43,7 +46,7 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
         return Ok(Finish::Failed(why));
     }
     if build.state == BuildState::Building {
-        search.put_settings(index, &json!({"index": {"refresh_interval": null, "number_of_replicas": null}})).await?;
+        search.put_settings(index, &live_settings(&services.config.index)).await?;
         sqlx::query("UPDATE tidemark.reindexes SET state = 'verifying' WHERE id = $1").bind(build.id).execute(pool).await?;
     }
     search.refresh(index).await?;
@@ -74,11 +77,45 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
     Ok(Finish::Promoted)
 }
 
-/// Records the failure; the index stays for inspection, but stops receiving writes.
+/// How long after a failed build an automatic rebuild (no index at all) may start again, by
+/// the number of builds that failed in a row: capped and fully jittered, so a cause that
+/// persists never makes a tight loop of new indices.
+pub const REBUILD_RETRY: Backoff = Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(600) };
+
+/// Records the failure and when an automatic rebuild may try again. The index stays for
+/// inspection but stops receiving writes; an earlier failed build's index is deleted, so
+/// at most one failed index is ever left behind.
 async fn fail(services: &Services, build: &Build, why: &str) -> Result<(), ReindexError> {
-    tracing::error!(id = build.id, reason = why, "reindex failed; the alias stays where it is");
-    catalog::end(&services.pool, build.id, BuildState::Failed, why).await?;
+    let pool = &services.pool;
+    catalog::end(pool, build.id, BuildState::Failed, why).await?;
+    let in_a_row: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tidemark.reindexes
+          WHERE alias = $1 AND state = 'failed'
+            AND id > coalesce((SELECT max(id) FROM tidemark.reindexes WHERE alias = $1 AND state = 'done'), 0)",
+    )
+    .bind(&build.alias)
+    .fetch_one(pool)
+    .await?;
+    let wait = REBUILD_RETRY.delay(in_a_row.clamp(1, 30) as u32, &mut rand::thread_rng());
+    sqlx::query("UPDATE tidemark.reindexes SET retry_after = now() + $2 * interval '1 millisecond' WHERE id = $1")
+        .bind(build.id)
+        .bind(wait.as_millis() as f64)
+        .execute(pool)
+        .await?;
+    tracing::error!(id = build.id, reason = why, failed_in_a_row = in_a_row, "reindex failed; the alias stays where it is");
     park_build_alias(services, build).await;
+    let older: Vec<String> =
+        sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1 AND state = 'failed' AND id <> $2")
+            .bind(&build.alias)
+            .bind(build.id)
+            .fetch_all(pool)
+            .await?;
+    for index in older {
+        if services.search.index_exists(&index).await? {
+            tracing::info!(index = %index, "deleting the index of an earlier failed build");
+            services.search.delete_index(&index).await?;
+        }
+    }
     Ok(())
 }
 

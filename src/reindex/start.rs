@@ -1,11 +1,9 @@
 //! Starting, cancelling and resuming a build; and the rebuild a `TRUNCATE` asks for.
 
-use serde_json::json;
-
 use super::{generation, ReindexError};
 use crate::{
     catalog::{self, build_alias, Build, BuildState},
-    document::index_body,
+    document::build_body,
     services::Services,
 };
 
@@ -44,10 +42,7 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
         tracing::warn!(index = %building, "deleting an index auto-created under the build alias's name");
         search.delete_index(&building).await?;
     }
-    let mut body = index_body();
-    // Build-time settings: no refresh and no replicas while bulk loading.
-    body["settings"] = json!({"index": {"refresh_interval": "-1", "number_of_replicas": 0}});
-    search.create_index(&target, &body).await?;
+    search.create_index(&target, &build_body(&services.config.index)).await?;
     // Move the build alias here in one step, from wherever it was (it stays on the live
     // index between builds, so a late write through it lands somewhere sensible).
     search.point_alias(&building, std::slice::from_ref(&target)).await?;
