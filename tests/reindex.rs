@@ -337,3 +337,59 @@ async fn a_claim_leases_exactly_what_it_returns() {
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents WHERE lease_owner IS NOT NULL").await, 1);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_leaves_the_restored_index_equal_to_the_database_deletes_and_inserts_included() {
+    let env = Env::new().await;
+    seed(&env, 1_000).await;
+    let syncer = env.engine();
+    syncer.drain().await.unwrap();
+    reindex::start(&env.services(), 300, "test").await.unwrap();
+    syncer.drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    // While the new index is live: five students deleted, two inserted, one changed.
+    env.sql(
+        "DELETE FROM student_courses WHERE student_id IN (11, 22, 33, 44, 55);
+         DELETE FROM students WHERE id IN (11, 22, 33, 44, 55);
+         INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (5001, 'New', 'One', 20, 'FR'), (5002, 'New', 'Two', 21, 'SO');
+         UPDATE students SET last_name = 'Changed' WHERE id = 66;",
+    )
+    .await;
+    syncer.drain().await.unwrap();
+    env.assert_converged().await;
+    let (from, to) = reindex::rollback(&env.services()).await.unwrap();
+    assert_eq!((from, to.clone()), (generation(&env, 2), generation(&env, 1)));
+    syncer.drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![to]);
+    // The restored index had never heard of the deletes: they are gone from it too.
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_tidemark_did_not_create_is_never_numbered_pruned_or_touched_and_rollback_keeps_working() {
+    let env = Env::new().await;
+    // A yearly archive under a name like tidemark's generations, there before tidemark.
+    let archive = format!("{}_2024", env.alias);
+    env.es_json(reqwest::Method::PUT, &format!("/{archive}"), Some(json!({"settings": {"number_of_replicas": 0}}))).await;
+    env.es_json(reqwest::Method::PUT, &format!("/{archive}/_doc/1?refresh=true"), Some(json!({"archived": true}))).await;
+    seed(&env, 500).await;
+    let syncer = env.engine();
+    syncer.drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)], "the first index is generation 1");
+    for round in 0..2 {
+        reindex::start(&env.services(), 200, "test").await.unwrap();
+        syncer.drain().await.unwrap();
+        let (_, to) = reindex::rollback(&env.services()).await.unwrap_or_else(|e| panic!("rollback {round}: {e}"));
+        syncer.drain().await.unwrap();
+        assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![to]);
+        env.assert_converged().await;
+    }
+    // reindex → rollback → reindex → rollback: the rollback target was kept each time.
+    let archived = env.es_json(reqwest::Method::GET, &format!("/{archive}/_doc/1"), None).await;
+    assert_eq!(archived["_source"], json!({"archived": true}), "the archive is untouched");
+    let aliases = env.es_json(reqwest::Method::GET, &format!("/{archive}/_alias"), None).await;
+    assert_eq!(aliases[&archive]["aliases"], json!({}), "no alias of tidemark's was put on it");
+    env.es_json(reqwest::Method::DELETE, &format!("/{archive}"), None).await;
+    env.cleanup().await;
+}

@@ -3,8 +3,9 @@
 use super::{start::refuse_if_running, ReindexError};
 use crate::{catalog, services::Services};
 
-/// Points the alias back at the index the last promotion replaced, and marks every
-/// student so that index catches up with the changes made while it was not live.
+/// Points the alias back at the index the last promotion replaced, and marks every student
+/// of the database or of that index, so it catches up with the changes (deletes included)
+/// made while it was not live.
 /// Returns the index the alias left and the one it points at now.
 pub async fn rollback(services: &Services) -> Result<(String, String), ReindexError> {
     let (pool, search, alias) = (&services.pool, &services.search, &services.config.index_alias);
@@ -28,8 +29,15 @@ pub async fn rollback(services: &Services) -> Result<(String, String), ReindexEr
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    // Changes made while `to` was not live reached only `from`: resync everything into it.
-    sqlx::query("SELECT tidemark.mark_students(coalesce((SELECT array_agg(id) FROM students), '{}'))").execute(&mut *tx).await?;
+    // Changes made while `to` was not live reached only `from`: resync everything into it —
+    // every student in the database, and every document `to` holds (a student deleted
+    // meanwhile was deleted only from `from`; marked, its absence becomes a delete here).
+    let mut ids: Vec<i64> = Vec::new();
+    search.scan(&to, false, |id, _| ids.push(id)).await?;
+    sqlx::query("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students UNION SELECT unnest($1::bigint[])))")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     tracing::info!(from = %from, to = %to, "rolled back; every student is marked so the restored index catches up");
     Ok((from, to))

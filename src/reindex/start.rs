@@ -28,12 +28,12 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
     catalog::lock(&mut tx, alias).await?;
     refuse_if_running(services).await?;
     let previous = search.alias_targets(alias).await?.into_iter().next();
-    // Never reuse a generation, even one whose index is gone: a late write to a deleted
-    // name would otherwise land in the new build.
-    let used: Vec<String> =
-        sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1").bind(alias).fetch_all(&mut *tx).await?;
-    let next = search.indices(&format!("{alias}_*")).await?.iter().chain(&used).filter_map(|i| generation(alias, i)).max().unwrap_or(0) + 1;
-    let target = format!("{alias}_{next}");
+    // Numbered from tidemark's own record only, never from what else is on the server (an
+    // archive named `<alias>_2024` is not generation 2024), and never reused, even for an
+    // index that is gone: a late write to a deleted name would otherwise land in the new
+    // build. A name that someone else's index holds is skipped, never touched.
+    let ours: Vec<String> = sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1").bind(alias).fetch_all(&mut *tx).await?;
+    let mut next = ours.iter().filter_map(|i| generation(alias, i)).max().unwrap_or(0) + 1;
     // An index *named* like the build alias can only be an artefact: Elasticsearch
     // auto-creates indices for externally versioned deletes even with require_alias. It
     // holds nothing but tombstones, and it would block the alias: remove it.
@@ -42,7 +42,15 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
         tracing::warn!(index = %building, "deleting an index auto-created under the build alias's name");
         search.delete_index(&building).await?;
     }
-    search.create_index(&target, &build_body(&services.config.index)).await?;
+    let body = build_body(&services.config.index);
+    let target = loop {
+        let name = format!("{alias}_{next}");
+        if search.create_index(&name, &body).await? {
+            break name;
+        }
+        tracing::warn!(index = %name, "an index tidemark did not create has this name; leaving it alone and numbering on");
+        next += 1;
+    };
     // Move the build alias here in one step, from wherever it was (it stays on the live
     // index between builds, so a late write through it lands somewhere sensible).
     search.point_alias(&building, std::slice::from_ref(&target)).await?;
