@@ -82,16 +82,20 @@ pub struct Syncer {
     batch_gate: tokio::sync::Semaphore,
     /// Steps that failed in a row, for the retry backoff.
     failed_in_a_row: AtomicU32,
+    /// The lease owner of [`Syncer::claim`], [`Syncer::prepare`] and [`Syncer::deliver`].
+    owner: String,
 }
 
 impl Syncer {
     pub fn new(services: Services, queue: Option<Queue>) -> Syncer {
-        Syncer { services, queue, batch_gate: tokio::sync::Semaphore::new(1), failed_in_a_row: AtomicU32::new(0) }
+        let owner = services.identity.lease_owner();
+        Syncer { services, queue, batch_gate: tokio::sync::Semaphore::new(1), failed_in_a_row: AtomicU32::new(0), owner }
     }
 
-    /// Who holds the leases this syncer takes.
+    /// Who holds the leases taken through [`Syncer::claim`] (each [`Syncer::step`] takes its
+    /// own: steps of one process never hold, renew or give back each other's leases).
     pub fn owner(&self) -> &str {
-        self.services.identity.as_str()
+        &self.owner
     }
 
     /// The stages of one batch, for a caller that wants to hold a batch in between (tests).
@@ -132,7 +136,7 @@ impl Syncer {
     }
 
     /// Works on a running full reindex: one chunk, and the promotion once all are done.
-    async fn reindex_step(&self) -> Result<(usize, Option<Finish>), SyncError> {
+    async fn reindex_step(&self, owner: &str) -> Result<(usize, Option<Finish>), SyncError> {
         let services = &self.services;
         match reindex::take_resync_request(services).await {
             Ok(_) => {}
@@ -143,11 +147,11 @@ impl Syncer {
             return Ok((0, None));
         };
         let mut written = 0;
-        if let Some(chunk) = reindex::claim_chunk(&services.pool, build.id, self.owner(), services.lease()).await? {
+        if let Some(chunk) = reindex::claim_chunk(&services.pool, build.id, owner, services.lease()).await? {
             // More chunks likely wait: let idle workers join now.
             self.nudge("reindex").await;
             let span = tracing::info_span!("reindex_chunk", id = build.id, lo = chunk.lo, hi = chunk.hi);
-            match reindex::process_chunk(services, self.owner(), &build, &chunk).instrument(span).await? {
+            match reindex::process_chunk(services, owner, &build, &chunk).instrument(span).await? {
                 Some(n) => written = n.max(1),
                 None => tracing::warn!(lo = chunk.lo, "reindex chunk still failing after retries; it will be tried again"),
             }
@@ -162,9 +166,9 @@ impl Syncer {
     }
 
     /// Expands one claimed university/course mark completely, chunk by chunk.
-    async fn fan_out_one(&self) -> Result<u64, SyncError> {
+    async fn fan_out_one(&self, owner: &str) -> Result<u64, SyncError> {
         let services = &self.services;
-        let Some(mut parent) = fanout::claim_parent(&services.pool, self.owner(), services.lease()).await? else {
+        let Some(mut parent) = fanout::claim_parent(&services.pool, owner, services.lease()).await? else {
             return Ok(0);
         };
         let span = tracing::info_span!("fanout", kind = %parent.kind, id = parent.parent_id);
@@ -172,7 +176,7 @@ impl Syncer {
         let mut total = 0;
         async move {
             loop {
-                match fanout::expand_step(&services.pool, self.owner(), services.lease(), &mut parent, chunk).await? {
+                match fanout::expand_step(&services.pool, owner, services.lease(), &mut parent, chunk).await? {
                     Step::Marked(n) => {
                         total += n;
                         // Others can index what is marked while this expansion goes on.
@@ -205,12 +209,13 @@ impl Syncer {
     /// One job's work: expand at most one university/course mark, then sync one batch.
     pub async fn step(&self) -> Result<StepReport, SyncError> {
         self.ensure_index().await?;
-        let fanned_out = self.fan_out_one().await?;
-        let (reindexed, finish) = self.reindex_step().await?;
+        let owner = self.services.identity.lease_owner();
+        let fanned_out = self.fan_out_one(&owner).await?;
+        let (reindexed, finish) = self.reindex_step(&owner).await?;
         let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
         let batch_size = self.services.config.sync.batch_size as usize;
         let gate = self.batch_gate.acquire().await.expect("the gate is never closed");
-        let marks = batch::claim(&self.services, self.owner(), batch_size).await?;
+        let marks = batch::claim(&self.services, &owner, batch_size).await?;
         let _gate = (marks.len() < batch_size).then_some(gate);
         if marks.is_empty() {
             return Ok(StepReport { fanned_out, reindexed, building, batch: None });
@@ -219,10 +224,10 @@ impl Syncer {
             // Probably more waiting: let another worker start on it now.
             self.nudge("more").await;
         }
-        let span = tracing::info_span!("batch", size = marks.len(), owner = %self.owner());
+        let span = tracing::info_span!("batch", size = marks.len(), owner = %owner);
         let report = async {
-            let prepared = batch::prepare(&self.services, self.owner(), marks).await?;
-            batch::deliver(&self.services, self.owner(), prepared).await
+            let prepared = batch::prepare(&self.services, &owner, marks).await?;
+            batch::deliver(&self.services, &owner, prepared).await
         }
         .instrument(span.clone())
         .await?;

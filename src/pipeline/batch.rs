@@ -8,6 +8,7 @@ use super::{
     acknowledge::{acknowledge, verdicts, Acked, Verdict},
     claim,
     encode::encode,
+    lease::{self, Held},
     load::load,
     ship::{ship, ShipLimits, Window},
     targets::{self, Targets},
@@ -77,6 +78,7 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
     let ids: Vec<i64> = p.marks.iter().map(|m| m.student_id).collect();
     let started = Instant::now();
     let encoded = encode(&p.docs, &p.targets.indices, p.version);
+    let renewal = lease::renew(services, owner, Held::Marks(ids.clone()), p.window.lease_lost.clone());
     let shipped = match ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync), &p.window).await {
         Ok(s) => s,
         Err(e) => {
@@ -90,6 +92,7 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
             tracing::warn!(student_id = id, status, %reason, "the index refused this document; it is in the dead-letter table (tidemark admin failed)");
         }
     }
+    drop(renewal);
     let shipped_at = Instant::now();
     let acked = acknowledge(&services.pool, owner, &p.marks, &verdicts).await?;
     if acked.later > 0 {

@@ -56,19 +56,23 @@ pub async fn release(db: impl PgExecutor<'_>, owner: &str, ids: &[i64]) -> Resul
     Ok(r.rows_affected())
 }
 
-/// Gives back every lease an owner holds (a stopping worker's last act).
-pub async fn release_all(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
-    let a = sqlx::query("UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
-        .bind(owner)
+/// Gives back every lease the steps of one process hold (lease owners `<identity>#<n>`):
+/// a stopping worker's last act, and what a worker does for the steps a lost queue cut short.
+pub async fn release_all(pool: &PgPool, identity: &str) -> Result<u64, sqlx::Error> {
+    let prefix = format!("{identity}#");
+    let a = sqlx::query("UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL WHERE starts_with(lease_owner, $1)")
+        .bind(&prefix)
         .execute(pool)
         .await?;
-    let b = sqlx::query("UPDATE tidemark.dirty_parents SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
-        .bind(owner)
+    let b = sqlx::query("UPDATE tidemark.dirty_parents SET lease_owner = NULL, lease_until = NULL WHERE starts_with(lease_owner, $1)")
+        .bind(&prefix)
         .execute(pool)
         .await?;
-    let c = sqlx::query("UPDATE tidemark.reindex_chunks SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND NOT done")
-        .bind(owner)
-        .execute(pool)
-        .await?;
+    let c = sqlx::query(
+        "UPDATE tidemark.reindex_chunks SET lease_owner = NULL, lease_until = NULL WHERE starts_with(lease_owner, $1) AND NOT done",
+    )
+    .bind(&prefix)
+    .execute(pool)
+    .await?;
     Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
 }

@@ -14,6 +14,7 @@ pub mod claim;
 pub mod classify;
 pub mod encode;
 pub mod fanout;
+pub mod lease;
 pub mod load;
 pub mod ship;
 pub mod targets;

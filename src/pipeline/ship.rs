@@ -144,7 +144,9 @@ pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits, window
             }
             requests = halves;
         }
-        pending.retain(|&i| !matches!(shipped.outcomes[i], Some(ItemOutcome::Written | ItemOutcome::Superseded | ItemOutcome::Permanent { .. })));
+        pending.retain(|&i| {
+            !matches!(shipped.outcomes[i], Some(ItemOutcome::Written | ItemOutcome::Superseded | ItemOutcome::Permanent { .. }))
+        });
         if pending.is_empty() || attempt >= limits.max_attempts {
             for &i in &pending {
                 shipped.outcomes[i].get_or_insert_with(|| ItemOutcome::Transient("no answer".into()));

@@ -20,7 +20,7 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         Err(e @ SearchError::Unauthorized { .. }) => return Err(crate::services::ServicesError::from(e).into()),
         Err(e) => tracing::warn!(error = %e, "search server not reachable yet; sync jobs will keep failing and retrying until it is"),
     }
-    let owner = services.identity.as_str().to_string();
+    let identity = services.identity.as_str().to_string();
     let mut listening = None;
     let mut restarts = Backoff::RECONNECT.delays();
     while !stop.is_cancelled() {
@@ -55,7 +55,7 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         }
         // Steps that were running are gone with the queue worker: give their marks back
         // now rather than when their leases run out.
-        match claim::release_all(&services.pool, &owner).await {
+        match claim::release_all(&services.pool, &identity).await {
             Ok(n) if n > 0 => tracing::info!(released = n, "leases of interrupted steps given back"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not give back leases; they run out by themselves"),
@@ -72,7 +72,7 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
     if let Some(l) = listening {
         let _ = l.await;
     }
-    let released = claim::release_all(&services.pool, &owner).await?;
+    let released = claim::release_all(&services.pool, &identity).await?;
     tracing::info!(released, "worker stopped; leases given back");
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::{
         acknowledge::{dead_letter, verdicts, Verdict},
         claim::draw_version,
         encode::encode,
+        lease::{self, Held},
         load::load_range,
         ship::{ship, ShipLimits, Window},
     },
@@ -49,6 +50,7 @@ pub async fn claim_chunk(db: impl PgExecutor<'_>, reindex_id: i64, owner: &str, 
 pub async fn process_chunk(services: &Services, owner: &str, build: &Build, chunk: &Chunk) -> Result<Option<usize>, ReindexError> {
     let pool = &services.pool;
     let window = Window::of(services.config.sync.batch_timeout.0);
+    let renewal = lease::renew(services, owner, Held::Chunk { build: build.id, lo: chunk.lo }, window.lease_lost.clone());
     let result = async {
         // The version is drawn before the read, as every reader does.
         let version = draw_version(pool).await?;
@@ -75,6 +77,7 @@ pub async fn process_chunk(services: &Services, owner: &str, build: &Build, chun
         Ok(Some(docs.len()))
     }
     .await;
+    drop(renewal);
     let done = matches!(result, Ok(Some(_)));
     let docs = match &result {
         Ok(Some(n)) => *n as i32,

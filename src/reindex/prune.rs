@@ -10,13 +10,12 @@ pub async fn prune(services: &Services) -> Result<(), ReindexError> {
     let (pool, search, alias) = (&services.pool, &services.search, &services.config.index_alias);
     let live = search.alias_targets(alias).await?;
     let active = catalog::active(pool, alias).await?.map(|b| b.target_index);
-    let rollback_target: Option<String> = sqlx::query_scalar(
-        "SELECT previous_index FROM tidemark.reindexes WHERE alias = $1 AND state = 'done' ORDER BY id DESC LIMIT 1",
-    )
-    .bind(alias)
-    .fetch_optional(pool)
-    .await?
-    .flatten();
+    let rollback_target: Option<String> =
+        sqlx::query_scalar("SELECT previous_index FROM tidemark.reindexes WHERE alias = $1 AND state = 'done' ORDER BY id DESC LIMIT 1")
+            .bind(alias)
+            .fetch_optional(pool)
+            .await?
+            .flatten();
     let ours: Vec<String> =
         sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1 AND state IN ('done', 'rolled_back')")
             .bind(alias)

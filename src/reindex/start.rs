@@ -32,7 +32,8 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
     // archive named `<alias>_2024` is not generation 2024), and never reused, even for an
     // index that is gone: a late write to a deleted name would otherwise land in the new
     // build. A name that someone else's index holds is skipped, never touched.
-    let ours: Vec<String> = sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1").bind(alias).fetch_all(&mut *tx).await?;
+    let ours: Vec<String> =
+        sqlx::query_scalar("SELECT target_index FROM tidemark.reindexes WHERE alias = $1").bind(alias).fetch_all(&mut *tx).await?;
     let mut next = ours.iter().filter_map(|i| generation(alias, i)).max().unwrap_or(0) + 1;
     // An index *named* like the build alias can only be an artefact: Elasticsearch
     // auto-creates indices for externally versioned deletes even with require_alias. It

@@ -1,0 +1,91 @@
+//! Lease renewal: while a batch ships (or a reindex chunk is written) its lease is extended
+//! every third of `sync.lease`, so another worker never takes over marks still being worked
+//! on. When a renewal finds fewer rows than the step holds, the lease was lost (the step
+//! stalled past it and another worker took the marks over): `lost` fires, and the step
+//! stops sending at once (protocol invariant 5 still guards what it acknowledges).
+//!
+//! If a renewal cannot reach the database, nothing is decided: the step's deadline
+//! (`sync.batch_timeout`, with `batch_timeout + request_timeout <= lease`) ends every
+//! request of it before its last renewed lease runs out.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::services::Services;
+
+/// What a step holds a lease on.
+#[derive(Clone, Debug)]
+pub enum Held {
+    /// Student marks.
+    Marks(Vec<i64>),
+    /// One chunk of a build.
+    Chunk { build: i64, lo: i64 },
+}
+
+/// A running renewal; stops when dropped.
+pub struct Renewal {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Renews `owner`'s lease on `held` until the returned [`Renewal`] is dropped; cancels
+/// `lost` if the lease turns out lost. The first renewal is at once, so a step that stalled
+/// before it started shipping learns it before it sends anything.
+pub fn renew(services: &Services, owner: &str, held: Held, lost: CancellationToken) -> Renewal {
+    let (pool, lease, owner) = (services.pool.clone(), services.lease(), owner.to_string());
+    let every = lease / 3;
+    let task = tokio::spawn(async move {
+        loop {
+            match extend(&pool, &owner, &held, lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(owner = %owner, "lease lost (the step stalled past it and another worker took over); stopping this step's sends");
+                    lost.cancel();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not renew a lease; the step's deadline ends it in time"),
+            }
+            tokio::time::sleep(every.max(Duration::from_millis(50))).await;
+        }
+    });
+    Renewal { task }
+}
+
+/// Extends the lease; `false` when `owner` no longer holds all of `held`.
+async fn extend(pool: &sqlx::PgPool, owner: &str, held: &Held, lease: Duration) -> Result<bool, sqlx::Error> {
+    let millis = lease.as_millis() as f64;
+    match held {
+        Held::Marks(ids) => {
+            let r = sqlx::query(
+                "UPDATE tidemark.dirty_students SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+                  WHERE lease_owner = $1 AND student_id = ANY($2)",
+            )
+            .bind(owner)
+            .bind(ids)
+            .bind(millis)
+            .execute(pool)
+            .await?;
+            Ok(r.rows_affected() as usize == ids.len())
+        }
+        Held::Chunk { build, lo } => {
+            let r = sqlx::query(
+                "UPDATE tidemark.reindex_chunks SET lease_until = clock_timestamp() + $4 * interval '1 millisecond'
+                  WHERE reindex_id = $1 AND lo = $2 AND lease_owner = $3",
+            )
+            .bind(build)
+            .bind(lo)
+            .bind(owner)
+            .bind(millis)
+            .execute(pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        }
+    }
+}
