@@ -229,7 +229,7 @@ public final class Launcher {
         stopped.await();
     }
 
-    /** SIGTERM and SIGINT close the node and exit 0 (not 143 as the JVM's default would). */
+    /** SIGTERM (and SIGINT, unless ignored) close the node and exit 0 (not 143 as the JVM's default would). */
     private static void installSignalHandlers(Runnable stop) {
         Thread[] once = new Thread[1];
         sun.misc.SignalHandler h = sig -> {
@@ -241,7 +241,13 @@ public final class Launcher {
             }
         };
         sun.misc.Signal.handle(new sun.misc.Signal("TERM"), h);
-        sun.misc.Signal.handle(new sun.misc.Signal("INT"), h);
+        // A node started in the background by a script has SIGINT ignored (so a Ctrl-C in
+        // that terminal is not meant for it): keep it that way.
+        sun.misc.Signal sigint = new sun.misc.Signal("INT");
+        sun.misc.SignalHandler previous = sun.misc.Signal.handle(sigint, h);
+        if (previous == sun.misc.SignalHandler.SIG_IGN) {
+            sun.misc.Signal.handle(sigint, sun.misc.SignalHandler.SIG_IGN);
+        }
     }
 
     /** Whether Node's plugin constructor takes PluginInfos (3.x) rather than classes (2.x). */
