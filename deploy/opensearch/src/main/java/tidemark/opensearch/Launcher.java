@@ -225,6 +225,22 @@ public final class Launcher {
             w.start();
         }
 
+        if (o.parentPid > 0) {
+            Thread w = new Thread(() -> {
+                while (ProcessHandle.of(o.parentPid).map(ProcessHandle::isAlive).orElse(false)) {
+                    try {
+                        Thread.sleep(1000);
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                }
+                System.err.println("launcher: parent process " + o.parentPid + " is gone, stopping");
+                stop.run();
+            }, "tidemark-parent-watch");
+            w.setDaemon(true);
+            w.start();
+        }
+
         // OpenSearch's threads are daemons: this thread keeps the JVM alive until a stop.
         stopped.await();
     }
@@ -343,6 +359,7 @@ public final class Launcher {
             "                            cluster mode: cluster.initial_cluster_manager_nodes",
             "  -E key=value              any other node setting (repeatable)",
             "  --stdin-watch             stop the node when stdin reaches EOF (parent gone)",
+            "  --parent-pid PID          stop the node when process PID is gone",
             "  <base> is -Dtidemark.opensearch.base, set by opensearch.sh to",
             "  ${TIDEMARK_CACHE:-~/.cache/tidemark}/opensearch/<version>"
         );
@@ -358,6 +375,7 @@ public final class Launcher {
         List<String> initialManagers;
         Map<String, String> extra = new LinkedHashMap<>();
         boolean stdinWatch;
+        long parentPid;
         boolean help;
 
         Path base() {
@@ -403,6 +421,13 @@ public final class Launcher {
                     case "--cluster-name": o.clusterName = v; break;
                     case "--data": o.data = v; break;
                     case "--home": o.home = v; break;
+                    case "--parent-pid":
+                        try {
+                            o.parentPid = Long.parseLong(v);
+                        } catch (NumberFormatException e) {
+                            throw new IllegalArgumentException("--parent-pid wants a process id, got " + v);
+                        }
+                        break;
                     case "--seed-hosts": o.seedHosts = list(v); break;
                     case "--initial-cluster-manager-nodes": o.initialManagers = list(v); break;
                     case "-E": {
