@@ -183,7 +183,7 @@ public final class Launcher {
             System.err.printf("launcher: node %s stopped in %.2f s%n", o.nodeName, (System.nanoTime() - s0) / 1e9);
             System.err.flush();
             stopped.countDown();
-            Runtime.getRuntime().halt(code);
+            System.exit(code);
         };
         installSignalHandlers(stop);
 
@@ -209,6 +209,10 @@ public final class Launcher {
         line.put("start_seconds", Math.round((System.nanoTime() - t0) / 1e6) / 1e3);
         OUT.println(toJson(line));
         OUT.flush();
+
+        if (o.exitAfterStart) {
+            stop.run();
+        }
 
         if (o.stdinWatch) {
             Thread w = new Thread(() -> {
@@ -360,6 +364,7 @@ public final class Launcher {
             "  -E key=value              any other node setting (repeatable)",
             "  --stdin-watch             stop the node when stdin reaches EOF (parent gone)",
             "  --parent-pid PID          stop the node when process PID is gone",
+            "  --exit-after-start        close the node right after the JSON line (a training run)",
             "  <base> is -Dtidemark.opensearch.base, set by opensearch.sh to",
             "  ${TIDEMARK_CACHE:-~/.cache/tidemark}/opensearch/<version>"
         );
@@ -376,6 +381,7 @@ public final class Launcher {
         Map<String, String> extra = new LinkedHashMap<>();
         boolean stdinWatch;
         long parentPid;
+        boolean exitAfterStart;
         boolean help;
 
         Path base() {
@@ -405,6 +411,9 @@ public final class Launcher {
                         continue;
                     case "--stdin-watch":
                         o.stdinWatch = true;
+                        continue;
+                    case "--exit-after-start":
+                        o.exitAfterStart = true;
                         continue;
                     default:
                         break;
