@@ -256,7 +256,8 @@ $(tail -n 20 /var/log/redis/ci.log 2>/dev/null)"
           </dev/null >"$infofile" 2>"$logfile" 9>&- &
         local pid=$!
         echo "$pid" >"$pidfile"
-        # The JSON line comes once the node serves HTTP; a busy 2-core machine may take 30 s.
+        # The JSON line comes once the node serves HTTP: ~6 s on an idle machine, up to a
+        # minute on 2 cores busy with builds.
         local i
         for ((i = 0; i < 240; i++)); do
           [[ -s $infofile ]] && break
@@ -272,8 +273,8 @@ $(tail -n 30 "$logfile" 2>/dev/null)"
           rm -f "$pidfile"
           die "the OpenSearch node exited while starting; tail of $logfile:
 $(tail -n 30 "$logfile" 2>/dev/null)
-(a node that cannot lock its data dir: another node uses $osdir/$os_version/data/local-$os_port; a corrupt
-data dir can be removed: rm -rf $osdir/$os_version/data/local-$os_port)"
+(\"failed to obtain node locks\": another process uses $osdir/$os_version/data/local-$os_port;
+a data dir the node cannot read any more can be removed: rm -rf $osdir/$os_version/data/local-$os_port)"
         fi
         what=$(probe)
         [[ $what == "opensearch $os_version" ]] || die "the node started (see $infofile) but GET $es_url/ says: $what"
