@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks (BENCHMARKS.md): the DESIGN.md performance targets, each measured
-# side by side with a baseline in the same run, on real PostgreSQL, Redis and osmem and
-# real tidemark processes.
+# side by side with a baseline in the same run, on real PostgreSQL, Redis and OpenSearch
+# and real tidemark processes.
 #
 #   deploy/local/bench.sh            # full run (~10-15 min on 2 cores)
 #   deploy/local/bench.sh --quick    # small sizes (~2-3 min), for regression checks
@@ -11,10 +11,11 @@
 # runs the harness (benches/tidemark.rs), and writes BENCHMARKS.md at the repository root
 # with the machine, the versions and the command. Raw numbers and logs: target/bench/.
 #
-# The search server: a pre-set ELASTICSEARCH_URL is used as it is (e.g. a real
-# Elasticsearch/OpenSearch); otherwise the run starts a private osmem (from the venv that
-# services.sh installs) and stops it at the end. BENCH_SHARED_OSMEM=1 uses the shared
-# local osmem instead.
+# The search server: a pre-set ELASTICSEARCH_URL is used as it is (e.g. an Elasticsearch
+# elsewhere); otherwise the run starts a private OpenSearch node (deploy/opensearch/, same
+# engine line as services.sh's: TIDEMARK_OPENSEARCH_VERSION; heap BENCH_OPENSEARCH_HEAP,
+# default 1g) on a free port with throwaway data, and stops it at the end.
+# BENCH_SHARED_SEARCH=1 uses services.sh's shared local node instead.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -35,37 +36,49 @@ rm -f "$OUT"/logs/*.log
 log() { printf '[bench.sh] %s\n' "$*" >&2; }
 
 # A search server given by the caller (e.g. a real Elasticsearch) is used as it is;
-# otherwise the benchmarks get an osmem of their own (see below).
+# otherwise the benchmarks get an OpenSearch node of their own (see below).
 preset_es="${ELASTICSEARCH_URL:-}"
 eval "$(deploy/local/services.sh 8>&-)"
 export DATABASE_URL REDIS_URL ELASTICSEARCH_URL
 
-# Unless the caller chose a search server, run a private osmem for the benchmarks: a fresh
-# heap (osmem never gives memory back after an index is deleted), nobody else's load on
-# it (tests sharing the local one would distort every figure, and be distorted), and
-# memory freed when the run ends. BENCH_SHARED_OSMEM=1 uses services.sh's osmem instead.
+# Unless the caller chose a search server, run a private node for the benchmarks: nobody
+# else's load on it (test suites sharing the local node would distort every figure, and be
+# distorted), a fresh heap and empty data, and memory freed when the run ends. The harness
+# reads the server's CPU time through TIDEMARK_OSMEM_PID (a name from the osmem days: it
+# is the search server's pid, whatever the server). BENCH_SHARED_SEARCH=1 uses the node
+# services.sh runs instead.
 cache="${TIDEMARK_CACHE:-$HOME/.cache/tidemark}"
 export TIDEMARK_OSMEM_PID=""
-private_osmem=""
-cleanup() { [[ -n $private_osmem ]] && kill "$private_osmem" 2>/dev/null || true; }
+private_node=""
+cleanup() {
+  if [[ -n $private_node ]]; then
+    kill -TERM "$private_node" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$private_node" 2>/dev/null || break; sleep 0.2; done
+  fi
+}
 trap cleanup EXIT
-if [[ -z $preset_es && ${BENCH_SHARED_OSMEM:-0} != 1 ]]; then
-  bin=$("$cache/venv/bin/python" -c 'import osmem_server; print(osmem_server.resolve_binary())')
-  "$bin" -addr 127.0.0.1:0 -no-ja -no-stdin-watch -parent-pid $$ </dev/null >"$OUT/logs/osmem.log" 2>&1 8>&- &
-  private_osmem=$!
+if [[ -z $preset_es && ${BENCH_SHARED_SEARCH:-0} != 1 ]]; then
+  # --parent-pid: the node stops by itself should this script die without its EXIT trap.
+  TIDEMARK_OPENSEARCH_HEAP="${BENCH_OPENSEARCH_HEAP:-1g}" \
+    deploy/opensearch/opensearch.sh --http-port 0 --node-name bench --cluster-name tidemark-bench --parent-pid $$ \
+    </dev/null >"$OUT/logs/opensearch.json" 2>"$OUT/logs/opensearch.log" 8>&- &
+  private_node=$!
   url=""
-  for _ in $(seq 100); do
-    url=$(head -n1 "$OUT/logs/osmem.log" 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["url"])' 2>/dev/null || true)
-    [[ -n $url ]] && curl -sf --max-time 2 -o /dev/null "$url/" && break
-    url=""
-    sleep 0.2
+  for _ in $(seq 480); do
+    url=$(grep -o '"url": *"[^"]*"' "$OUT/logs/opensearch.json" 2>/dev/null | sed -E 's/.*"(http[^"]*)"$/\1/' || true)
+    [[ -n $url ]] && break
+    kill -0 "$private_node" 2>/dev/null || break
+    sleep 0.25
   done
-  [[ -n $url ]] || { log "the private osmem did not start; see $OUT/logs/osmem.log"; exit 1; }
-  export ELASTICSEARCH_URL="$url" TIDEMARK_OSMEM_PID="$private_osmem"
-  log "private osmem at $url (pid $private_osmem)"
-elif [[ -z $preset_es && -f $cache/osmem.pid ]]; then
-  p=$(<"$cache/osmem.pid")
-  if kill -0 "$p" 2>/dev/null && [[ $(readlink "/proc/$p/exe" 2>/dev/null) == *osmem* ]]; then
+  [[ -n $url ]] && curl -sf --max-time 5 -o /dev/null "$url/" \
+    || { log "the private OpenSearch node did not start; tail of $OUT/logs/opensearch.log:"; tail -n 20 "$OUT/logs/opensearch.log" >&2; exit 1; }
+  export ELASTICSEARCH_URL="$url" TIDEMARK_OSMEM_PID="$private_node"
+  log "private OpenSearch node at $url (pid $private_node)"
+elif [[ -z $preset_es ]]; then
+  port="${ELASTICSEARCH_URL##*:}"
+  port="${port%%/*}"
+  p=$(cat "$cache/opensearch/node-$port.pid" 2>/dev/null || true)
+  if [[ -n $p ]] && kill -0 "$p" 2>/dev/null && grep -qa tidemark.opensearch.Launcher "/proc/$p/cmdline" 2>/dev/null; then
     export TIDEMARK_OSMEM_PID="$p"
   fi
 fi
@@ -100,10 +113,10 @@ pg_version=$(psql "$DATABASE_URL" -Atc 'SHOW server_version' 2>/dev/null || echo
 pg_settings=$(psql "$DATABASE_URL" -Atc "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'max_parallel_workers_per_gather', 'work_mem')" 2>/dev/null || echo unknown)
 redis_version=$(redis-cli -u "$REDIS_URL" INFO server 2>/dev/null | awk -F: '/^redis_version/ {gsub(/\r/, "", $2); print $2}')
 search_version=$(curl -s "$ELASTICSEARCH_URL/" | python3 -c 'import json,sys; v=json.load(sys.stdin)["version"]; print(v.get("distribution", "elasticsearch"), v["number"])' 2>/dev/null || echo unknown)
-osmem_version=""
-if [[ -x $cache/venv/bin/python ]]; then
-  osmem_version=$("$cache/venv/bin/python" -c 'import osmem_server; print(osmem_server.__version__)' 2>/dev/null || true)
-fi
+# The node's own JSON line (ours, private or shared) names its Java.
+node_json="$OUT/logs/opensearch.json"
+[[ -n $private_node ]] || node_json="$cache/opensearch/node-${port:-none}.json"
+java_version=$(grep -o '"java": *"[^"]*"' "$node_json" 2>/dev/null | sed -E 's/.*"([^"]*)"$/Java \1/' || true)
 commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then commit="$commit (with uncommitted changes)"; fi
 
@@ -118,7 +131,7 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
   echo "$command_line"
   echo '```'
   echo
-  echo "It starts PostgreSQL, Redis and osmem where missing, builds in release mode, runs"
+  echo "It starts PostgreSQL, Redis and an OpenSearch node where missing, builds in release mode, runs"
   echo "\`benches/tidemark.rs\` and rewrites this file. \`--quick\` runs small sizes in a couple of"
   echo "minutes (for regression checks); the full run takes ten to fifteen minutes."
   echo
@@ -131,25 +144,20 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
   echo "| Rust | $(rustc -V) |"
   echo "| PostgreSQL | $pg_version ($pg_settings) |"
   echo "| Redis | ${redis_version:-unknown} |"
-  echo "| search server | $search_version (\`GET /\`)${osmem_version:+, osmem-server $osmem_version}$([[ -n $private_osmem ]] && echo ', a private instance started for this run') |"
+  echo "| search server | $search_version (\`GET /\`)$([[ -n $private_node ]] && echo ", a private embedded node started for this run (heap ${BENCH_OPENSEARCH_HEAP:-1g})")${java_version:+, $java_version} |"
   echo
   echo "Reading these numbers:"
   echo
-  echo "- Everything runs on one small machine: PostgreSQL, Redis, osmem, the tidemark processes and"
-  echo "  the harness share its cores. A search server on its own hardware takes its part of the load away."
-  echo "- osmem is an in-memory OpenSearch-compatible server used for tests and demos; it indexes"
-  echo "  a few thousand documents a second on this machine, so every figure that goes through it"
-  echo "  (fan-out, freshness, end-to-end reindex) is bounded by it, and each such section shows"
-  echo "  the server's own pace measured in the same run. tidemark's own cost is measured apart,"
+  echo "- Everything runs on one small machine: PostgreSQL, Redis, the OpenSearch node, the tidemark"
+  echo "  processes and the harness share its cores. A search server on its own hardware takes its part"
+  echo "  of the load away."
+  echo "- The search server is a real OpenSearch node (embedded, one JVM, see \`deploy/opensearch/\`)."
+  echo "  Sections and rows that still say \"osmem\" were written for the in-memory emulator used"
+  echo "  before; their figures are now the OpenSearch node's. Each section that goes through the server"
+  echo "  shows the server's own pace measured in the same run; tidemark's own cost is measured apart,"
   echo "  against a discarding endpoint that answers exactly like \`_bulk\`."
-  echo "- The batched-vs-one-request-per-document ratios through osmem cannot exceed osmem's own"
-  echo "  ratio (its \`_bulk\` pace ÷ its pace one document per request, no tidemark involved), which"
-  echo "  each such row shows as its ceiling; tidemark's own ratio is the one against the discarding"
-  echo "  endpoint. osmem answers one-document requests cheaply (no translog \`fsync\`, no refresh"
-  echo "  cycle); a server that pays those per request (Elasticsearch does by default) raises it."
-  echo "- osmem makes a write searchable at once. Elasticsearch and OpenSearch make it searchable"
-  echo "  at the next refresh (\`refresh_interval\`, 1 s by default): add up to that to every"
-  echo "  \"searchable\" figure when comparing with them."
+  echo "- OpenSearch makes a write searchable at the next refresh (\`refresh_interval\`, 1 s by"
+  echo "  default): every \"searchable\" figure includes up to that."
   echo "- Baselines that would take minutes (one request per document over 100,000+ documents) are"
   echo "  measured on a sample and extrapolated linearly; the tables say so where it is done."
   echo

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job (README): on a fresh machine, start what is missing (PostgreSQL, Redis,
-# osmem), migrate, seed students, run a scheduler and two workers, then play a short
+# an OpenSearch node), migrate, seed students, run a scheduler and two workers, then play a short
 # scenario and print how long each change took to become searchable, and the status.
 #
 #   DEMO_STUDENTS=100000 deploy/local/demo.sh

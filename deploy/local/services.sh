@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the services tidemark needs locally are up, reusing whatever already runs:
 #   PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth), Redis on 127.0.0.1:6379,
-#   osmem (OpenSearch-compatible in-memory search server) on 127.0.0.1:${TIDEMARK_OSMEM_PORT:-9200}.
+#   a real OpenSearch node (embedded, from Maven Central jars: deploy/opensearch/) on
+#   127.0.0.1:${TIDEMARK_OPENSEARCH_PORT:-9200}.
 #
 # Usage:
 #   eval "$(deploy/local/services.sh)"      # executed: prints `export ...` lines on stdout
@@ -10,11 +11,19 @@
 # Progress goes to stderr; stdout carries only the `export` lines.
 # A pre-set DATABASE_URL / REDIS_URL / ELASTICSEARCH_URL means "use that one": the
 # service is then not started, only checked for reachability and echoed back.
-# Works on a fresh Debian 12 as root (installs packages with apt, osmem with pip).
+# Works on a fresh Debian 12 as root (installs packages with apt: PostgreSQL, Redis, a
+# JDK 17 and Maven; the OpenSearch jars are resolved once into the cache).
 #
 # Environment knobs:
-#   TIDEMARK_CACHE       where the osmem venv, log and pid file live (default ~/.cache/tidemark)
-#   TIDEMARK_OSMEM_PORT  port of the local osmem (default 9200)
+#   TIDEMARK_CACHE                where the OpenSearch jars, data, log and pid file live
+#                                 (default ~/.cache/tidemark)
+#   TIDEMARK_OPENSEARCH_PORT      HTTP port of the local node (default 9200)
+#   TIDEMARK_OPENSEARCH_VERSION   engine line (default 2.19.6; e.g. 3.9.0 runs on a JDK 21+,
+#                                 Temurin 25 here: use another port for it, e.g. 9201)
+#   TIDEMARK_OPENSEARCH_HEAP      heap of a node started here (default 768m)
+
+# deploy/opensearch/ beside this file's folder: resolved now, while BASH_SOURCE is this file.
+_tidemark_opensearch_sh="$(cd "$(dirname "${BASH_SOURCE[0]}")/../opensearch" 2>/dev/null && pwd)/opensearch.sh"
 
 # The whole job runs in a subshell so that `set -euo pipefail`, the lock fd and any
 # `exit` stay inside it, whether this file is executed or sourced.
@@ -22,9 +31,8 @@ tidemark_services() (
   set -euo pipefail
 
   local cache="${TIDEMARK_CACHE:-$HOME/.cache/tidemark}"
-  local osmem_port="${TIDEMARK_OSMEM_PORT:-9200}"
-  local venv="$cache/venv"
-  local osmem_version="0.1.6"
+  local os_port="${TIDEMARK_OPENSEARCH_PORT:-9200}"
+  local os_version="${TIDEMARK_OPENSEARCH_VERSION:-2.19.6}"
   local apt_updated=0
 
   log() { printf '[services] %s\n' "$*" >&2; }
@@ -64,7 +72,7 @@ $(tail -n 20 "$aptlog")"
   }
 
   # Serialise concurrent callers (e.g. two test scripts starting at once) so they
-  # don't both install packages or start a second osmem on the same port.
+  # don't both install packages or start a second search node on the same port.
   # Anything that may leave a daemon behind runs with `9>&-`: a daemon inheriting
   # fd 9 would hold the lock for as long as it lives.
   mkdir -p "$cache"
@@ -163,66 +171,126 @@ $(tail -n 20 /var/log/redis/ci.log 2>/dev/null)"
     fi
   fi
 
-  # ---------------------------------------------------------------------- osmem
+  # ----------------------------------------------------------------- OpenSearch
   local es_url
   if [[ -n "${ELASTICSEARCH_URL:-}" ]]; then
-    # Caller chose a search server (Elasticsearch/OpenSearch/osmem): only check that
+    # Caller chose a search server (Elasticsearch/OpenSearch): only check that
     # something answers HTTP there (any status: it may want credentials).
     curl -s -k --max-time 5 -o /dev/null "$ELASTICSEARCH_URL" || die "ELASTICSEARCH_URL is set but nothing answers HTTP there"
     log "Search: using pre-set ELASTICSEARCH_URL"
     es_url="$ELASTICSEARCH_URL"
   else
-    es_url="http://127.0.0.1:$osmem_port"
-    osmem_ready() { curl -sf --max-time 2 -o /dev/null "$es_url/"; }
-    if osmem_ready; then
-      log "osmem: already answering on $es_url"
-    else
-      # osmem ships as a binary inside a PyPI wheel: install it into a private venv.
-      if ! "$venv/bin/python" -c "import osmem_server, sys; sys.exit(osmem_server.__version__ != '$osmem_version')" 2>/dev/null; then
-        command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
-        # Debian's python3 lacks ensurepip until python3-venv is installed; a failed
-        # `python3 -m venv` leaves a half-made venv behind, so remove it and retry.
-        rm -rf "$venv"
-        if ! python3 -m venv "$venv" >&2 2>/dev/null || [[ ! -x $venv/bin/pip ]]; then
-          rm -rf "$venv"
-          apt_install python3-venv
-          python3 -m venv "$venv" >&2
-        fi
-        log "osmem: pip install osmem-server==$osmem_version into $venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "osmem-server==$osmem_version" >&2 \
-          || die "pip install osmem-server==$osmem_version failed (see above)"
-      fi
-      local bin
-      bin=$("$venv/bin/python" -c 'import osmem_server; print(osmem_server.resolve_binary())')
+    es_url="http://127.0.0.1:$os_port"
+    [[ $os_version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "TIDEMARK_OPENSEARCH_VERSION must look like 2.19.6, not '$os_version'"
+    [[ -x $_tidemark_opensearch_sh || -f $_tidemark_opensearch_sh ]] || die "the node launcher $_tidemark_opensearch_sh is missing"
+    local osdir="$cache/opensearch"
+    local pidfile="$osdir/node-$os_port.pid" logfile="$osdir/node-$os_port.log" infofile="$osdir/node-$os_port.json"
+    mkdir -p "$osdir"
 
-      # A pid file whose process lives but does not answer is a wedged osmem of ours.
-      local pidfile="$cache/osmem.pid" logfile="$cache/osmem.log"
-      if [[ -f $pidfile ]]; then
-        local oldpid
-        oldpid=$(<"$pidfile")
-        if [[ -n $oldpid ]] && kill -0 "$oldpid" 2>/dev/null \
-          && [[ $(readlink "/proc/$oldpid/exe" 2>/dev/null) == "$(readlink -f "$bin")" ]]; then
-          log "osmem: pid $oldpid does not answer; stopping it"
-          kill "$oldpid" 2>/dev/null || true
-          wait_until 5 bash -c "! kill -0 $oldpid" || kill -9 "$oldpid" 2>/dev/null || true
-        fi
-        rm -f "$pidfile"
-      fi
+    # What answers on the port: "none" (connection refused), "opensearch <version>",
+    # "osmem <version>", or a short description of something else.
+    probe() {
+      local body rc=0
+      body=$(curl -s --max-time 3 "$es_url/" 2>/dev/null) || rc=$?
+      if [[ $rc -eq 7 ]]; then echo none; return; fi
+      if [[ $rc -ne 0 ]]; then echo "something that is not an HTTP server, or does not answer (curl exit $rc)"; return; fi
+      local dist number
+      dist=$(grep -o '"distribution" *: *"[^"]*"' <<<"$body" | head -n1 | sed -E 's/.*"([^"]*)"$/\1/')
+      number=$(grep -o '"number" *: *"[^"]*"' <<<"$body" | head -n1 | sed -E 's/.*"([^"]*)"$/\1/')
+      if grep -q '"build_hash" *: *"osmem"' <<<"$body"; then echo "osmem $number"; return; fi
+      if [[ $dist == opensearch && -n $number ]]; then echo "opensearch $number"; return; fi
+      if [[ -n $number ]]; then echo "${dist:-elasticsearch} $number"; return; fi
+      echo "an HTTP server that is not OpenSearch (GET / answered: $(head -c 160 <<<"$body" | tr '\n' ' '))"
+    }
+    # Our node: the pid file names a live launcher process.
+    our_pid() {
+      local p
+      p=$(cat "$pidfile" 2>/dev/null) || return 1
+      [[ -n $p ]] && kill -0 "$p" 2>/dev/null && grep -qa tidemark.opensearch.Launcher "/proc/$p/cmdline" 2>/dev/null && echo "$p"
+    }
+    stop_ours() {
+      local p=$1
+      kill -TERM "$p" 2>/dev/null || true
+      wait_until 20 bash -c "! kill -0 $p" || kill -9 "$p" 2>/dev/null || true
+    }
 
-      # -no-ja: skip the Japanese analyser (~400 MB); -no-stdin-watch: keep running
-      # after our stdin closes. stdin/stdout/stderr are detached from the caller so
-      # `$(services.sh)` does not wait on the background process.
-      log "osmem: starting $bin on 127.0.0.1:$osmem_port (log $logfile)"
-      nohup "$bin" -addr "127.0.0.1:$osmem_port" -no-ja -no-stdin-watch </dev/null >"$logfile" 2>&1 9>&- &
-      local pid=$!
-      echo "$pid" >"$pidfile"
-      if ! wait_until 30 osmem_ready; then
-        kill -0 "$pid" 2>/dev/null || log "osmem: process $pid exited"
-        die "osmem did not answer on $es_url within 30 s; tail of $logfile:
-$(tail -n 20 "$logfile" 2>/dev/null)"
+    local what
+    what=$(probe)
+    if [[ $what == none ]]; then
+      # A node of ours that is alive but not (yet) serving: let it finish starting, else replace it.
+      local oldpid
+      if oldpid=$(our_pid); then
+        log "OpenSearch: pid $oldpid (ours) does not answer on $es_url yet; waiting up to 60 s"
+        if wait_until 60 bash -c "curl -sf --max-time 2 -o /dev/null '$es_url/'"; then
+          what=$(probe)
+        else
+          log "OpenSearch: pid $oldpid still does not answer; stopping it"
+          stop_ours "$oldpid"
+        fi
       fi
-      log "osmem: ready (pid $pid)"
     fi
+
+    case $what in
+      "opensearch $os_version")
+        log "OpenSearch $os_version: already answering on $es_url" ;;
+      none)
+        # Java and Maven: a JDK 17 from Debian for 2.x (3.x finds a JDK 21+ itself, e.g.
+        # /usr/lib/jvm/temurin-25-jdk-amd64); Maven only while the jars are not resolved yet.
+        if [[ ${os_version%%.*} -lt 3 ]]; then
+          need_cmd java openjdk-17-jdk-headless
+          need_cmd javac openjdk-17-jdk-headless
+        fi
+        if [[ ! -f $osdir/$os_version/lib/.stamp ]]; then need_cmd mvn maven; fi
+        bash "$_tidemark_opensearch_sh" --engine "$os_version" --prepare >/dev/null 9>&- \
+          || die "could not prepare OpenSearch $os_version (see the messages above)"
+
+        # Detached: own session (no Ctrl-C or hang-up from the caller's terminal), stdin
+        # from /dev/null, the JSON line to $infofile, the node's log to $logfile, and no
+        # lock fd, so `$(services.sh)` does not wait on it and the lock is not held.
+        log "OpenSearch $os_version: starting a node on $es_url (log $logfile)"
+        rm -f "$infofile"
+        local t0=$SECONDS
+        TIDEMARK_CACHE="$cache" nohup setsid bash "$_tidemark_opensearch_sh" --engine "$os_version" \
+          --http-port "$os_port" --node-name "local-$os_port" --cluster-name "tidemark-local" \
+          --data "$osdir/$os_version/data/local-$os_port" \
+          </dev/null >"$infofile" 2>"$logfile" 9>&- &
+        local pid=$!
+        echo "$pid" >"$pidfile"
+        # The JSON line comes once the node serves HTTP: ~6 s on an idle machine, up to a
+        # minute on 2 cores busy with builds.
+        local i
+        for ((i = 0; i < 240; i++)); do
+          [[ -s $infofile ]] && break
+          kill -0 "$pid" 2>/dev/null || break
+          sleep 0.5
+        done
+        if [[ ! -s $infofile ]]; then
+          if kill -0 "$pid" 2>/dev/null; then
+            stop_ours "$pid"
+            die "the OpenSearch node (pid $pid) did not answer within 120 s and was stopped; tail of $logfile:
+$(tail -n 30 "$logfile" 2>/dev/null)"
+          fi
+          rm -f "$pidfile"
+          die "the OpenSearch node exited while starting; tail of $logfile:
+$(tail -n 30 "$logfile" 2>/dev/null)
+(\"failed to obtain node locks\": another process uses $osdir/$os_version/data/local-$os_port;
+a data dir the node cannot read any more can be removed: rm -rf $osdir/$os_version/data/local-$os_port)"
+        fi
+        what=$(probe)
+        [[ $what == "opensearch $os_version" ]] || die "the node started (see $infofile) but GET $es_url/ says: $what"
+        log "OpenSearch $os_version: ready on $es_url (pid $pid, $((SECONDS - t0)) s)" ;;
+      "opensearch "*)
+        local p hint=""
+        p=$(our_pid) && hint=" It is ours (pid $p): stop it with \`kill $p\`."
+        die "OpenSearch ${what#opensearch } answers on $es_url, but $os_version was asked for.$hint Or use it: TIDEMARK_OPENSEARCH_VERSION=${what#opensearch }; or another port: TIDEMARK_OPENSEARCH_PORT=<free port>." ;;
+      "osmem "*)
+        local p="" how="kill <its pid>"
+        p=$(cat "$cache/osmem.pid" 2>/dev/null || true)
+        [[ -n $p ]] && kill -0 "$p" 2>/dev/null && how="kill $p (pid from $cache/osmem.pid)"
+        die "osmem, the in-memory emulator that earlier versions of this script started, answers on $es_url. tidemark now runs against a real OpenSearch node. Stop osmem ($how) and run this again, or put the node on another port: TIDEMARK_OPENSEARCH_PORT=9201." ;;
+      *)
+        die "port $os_port is taken by $what. Stop that, or put the OpenSearch node on another port: TIDEMARK_OPENSEARCH_PORT=<free port>." ;;
+    esac
   fi
 
   # The only stdout: lines for the caller to eval.

@@ -1,30 +1,62 @@
 #!/usr/bin/env bash
-# The test command (README): starts PostgreSQL, Redis and osmem where they are missing
-# (reusing running ones), then runs every test against them. Extra arguments go to
-# `cargo test` (e.g. a test name).
+# The test command (README): starts PostgreSQL, Redis and the OpenSearch node where they
+# are missing (reusing running ones), then runs every test against them. Extra arguments
+# go to `cargo test` (e.g. a test name).
+#
+# Every run has an id, `r` and 8 hex digits, exported as TIDEMARK_TEST_RUN: the tests
+# name every index and alias they create `<run>-...` and every database
+# `tidemark_test_<run>_...`. The run records its PID in $TIDEMARK_CACHE/test-runs/<run>.pid
+# (removed on exit). Before testing, it sweeps the leftovers of runs whose recorded process
+# is gone (killed, crashed machine), and only those: suites running at the same time
+# against the same PostgreSQL and OpenSearch never touch each other's data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 eval "$(deploy/local/services.sh)"
 export DATABASE_URL REDIS_URL ELASTICSEARCH_URL
 
-# osmem keeps the memory of deleted indices; a long-lived one we started is restarted
-# before the suite once it holds more than 3 GB, so repeated runs do not pile up.
-pidfile="${TIDEMARK_CACHE:-$HOME/.cache/tidemark}/osmem.pid"
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-  rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$(cat "$pidfile")/status" 2>/dev/null || echo 0)
-  if [ "${rss_kb:-0}" -gt 3000000 ]; then
-    echo "[test] restarting osmem (RSS $((rss_kb / 1024)) MB)" >&2
-    kill "$(cat "$pidfile")"; sleep 1
-    eval "$(deploy/local/services.sh)"
-  fi
-fi
+log() { printf '[test] %s\n' "$*" >&2; }
 
-# Sweep what an interrupted earlier run may have left: test databases and indices.
-for db in $(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tidemark_test_%'"); do
-  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
+runs="${TIDEMARK_CACHE:-$HOME/.cache/tidemark}/test-runs"
+mkdir -p "$runs"
+
+# A process's start time (clock ticks since boot): with the PID it names the process, so a
+# recycled PID does not pass for a run that is still going.
+started_at() { awk '{ sub(/^.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null; }
+
+run="r$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
+export TIDEMARK_TEST_RUN="$run"
+echo "$$ $(started_at $$)" >"$runs/$run.pid"
+trap 'rm -f "$runs/$run.pid"' EXIT
+log "run $run"
+
+# Leftovers of dead runs.
+sweep() { # run id
+  local dead=$1 db
+  for db in $(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname = 'tidemark_test_$dead' OR datname LIKE 'tidemark\_test\_${dead}\_%'"); do
+    psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
+  done
+  # Aliases first (one could point at an index with another name), then the indices, each
+  # by its name (no wildcard delete: that may be forbidden by action.destructive_requires_name).
+  curl -sf "$ELASTICSEARCH_URL/_cat/aliases/$dead-*?h=alias,index" 2>/dev/null \
+    | while read -r alias index; do
+        [[ -n $alias && -n $index ]] && curl -s -XDELETE "$ELASTICSEARCH_URL/$index/_alias/$alias" >/dev/null || true
+      done
+  curl -sf "$ELASTICSEARCH_URL/_cat/indices/$dead-*?h=index&expand_wildcards=all" 2>/dev/null \
+    | while read -r index; do
+        [[ -n $index ]] && curl -s -XDELETE "$ELASTICSEARCH_URL/$index" >/dev/null || true
+      done
+}
+for f in "$runs"/r*.pid; do
+  [[ -e $f ]] || continue
+  other=$(basename "$f" .pid)
+  [[ $other =~ ^r[0-9a-f]{8}$ && $other != "$run" ]] || continue
+  read -r pid start <"$f" || true
+  if [[ -n ${pid:-} ]] && kill -0 "$pid" 2>/dev/null && [[ -z ${start:-} || $(started_at "$pid") == "$start" ]]; then
+    continue # still running
+  fi
+  log "sweeping the leftovers of run $other (its process, pid ${pid:-?}, has ended)"
+  sweep "$other"
+  rm -f "$f"
 done
-curl -s "$ELASTICSEARCH_URL/_cat/indices?format=json&h=index" \
-  | python3 -c 'import json,sys; print("\n".join(i["index"] for i in json.load(sys.stdin) if i["index"].startswith("t") and "_students_" in i["index"]))' \
-  | while read -r index; do curl -s -XDELETE "$ELASTICSEARCH_URL/$index" >/dev/null; done
 
 cargo test --workspace --lib --bins --tests "$@"
