@@ -173,7 +173,7 @@ async fn cli_misuse_gets_usage_errors() {
         assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err}");
     }
     // A command against a database that was never migrated says what to do.
-    let bare = format!("tidemark_test_bare_{}", std::process::id());
+    let bare = format!("tidemark_test_{}_bare_{:06x}", support::run_id(), rand::random::<u32>() & 0xffffff);
     let admin = sqlx::PgPool::connect(&support::service_url("DATABASE_URL")).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {bare}")).execute(&admin).await.unwrap();
     let url = env.database_url.replace(&env.db_name, &bare);

@@ -1,4 +1,4 @@
-//! Self-test of the fault-injecting proxy, against a real search server (osmem or OpenSearch).
+//! Self-test of the fault-injecting proxy, against a real search server (the OpenSearch node of `deploy/local/services.sh`).
 //!
 //! Needs `ELASTICSEARCH_URL` (start the services with `deploy/local/services.sh`).
 
@@ -17,7 +17,7 @@ fn es_url() -> String {
     match std::env::var("ELASTICSEARCH_URL") {
         Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_string(),
         _ => panic!(
-            "ELASTICSEARCH_URL is not set: these tests need a real search server (osmem). \
+            "ELASTICSEARCH_URL is not set: these tests need a real search server (the OpenSearch node). \
              Run `deploy/local/services.sh` to start the test services and export the \
              ELASTICSEARCH_URL it prints (e.g. http://127.0.0.1:9200)."
         ),
@@ -30,7 +30,9 @@ fn client() -> reqwest::Client {
 
 fn unique_index(tag: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("fault_proxy_{tag}_{}_{nanos}", std::process::id())
+    // Named after the suite run (deploy/local/test.sh), so a killed run's indices are swept.
+    let run = std::env::var("TIDEMARK_TEST_RUN").unwrap_or_else(|_| format!("r{:08x}", std::process::id()));
+    format!("{run}-fault_proxy_{tag}_{nanos}")
 }
 
 async fn create_index(c: &reqwest::Client, base: &str, index: &str) {

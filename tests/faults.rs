@@ -1,4 +1,4 @@
-//! Faults and operations: 429s and 503s from a fault-injecting proxy in front of osmem,
+//! Faults and operations: 429s and 503s from a fault-injecting proxy in front of the search server,
 //! documents the index refuses, services that are down when a worker starts, real worker
 //! and scheduler processes, and what `admin status` reports.
 

@@ -1,4 +1,4 @@
-//! Zero-downtime full reindex, against real PostgreSQL, Redis and osmem.
+//! Zero-downtime full reindex, against real PostgreSQL, Redis and OpenSearch.
 
 mod support;
 

@@ -86,12 +86,12 @@ impl Settings {
 }
 
 /// What the worker processes read with `--config`: a short lease, so a killed worker's
-/// marks and chunks come back within seconds, yet one that covers a batch's retries as
-/// `Config::validate` demands (backoff_cap × max_attempts + request_timeout = 20 s).
-/// Small batches keep one `_bulk` (dual-written during the rebuild: 2 × 200 ops) short;
-/// the request timeout is generous because osmem on a shared 2-core machine can take
-/// seconds per `_bulk` when every worker writes at once, and a timed-out `_bulk` is still
-/// executed by the server, so a short timeout only multiplies its load.
+/// marks and chunks come back within seconds, yet one that covers a batch's sending as
+/// `Config::validate` demands (batch_timeout + request_timeout = 20 s). Small batches keep
+/// one `_bulk` (dual-written during the rebuild: 2 × 200 ops) short; the request timeout is
+/// generous because a search server on a shared 2-core machine can take seconds per
+/// `_bulk` when every worker writes at once, and a timed-out `_bulk` is still executed by
+/// the server, so a short timeout only multiplies its load.
 const WORKER_CONFIG: &str = r#"
 [sync]
 batch_size = 200
@@ -101,6 +101,10 @@ backoff_base = "50ms"
 backoff_cap = "1s"
 max_attempts = 5
 request_timeout = "15s"
+batch_timeout = "5s"
+
+[index]
+number_of_replicas = 0
 
 [reindex]
 chunk_size = 500

@@ -1,5 +1,5 @@
 //! The core: every kind of write reaches the index as exactly the document DESIGN.md shows,
-//! against real PostgreSQL and osmem.
+//! against real PostgreSQL and OpenSearch.
 
 mod support;
 

@@ -17,7 +17,7 @@ use tidemark::{config::Config, search::Search, services::Services, sync::Syncer}
 
 pub fn service_url(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with `deploy/local/test.sh`, which starts PostgreSQL, Redis and osmem and sets it")
+        panic!("{name} is not set: run the tests with `deploy/local/test.sh`, which starts PostgreSQL, Redis and the OpenSearch node and sets it")
     })
 }
 
@@ -34,8 +34,16 @@ pub struct Env {
     http: reqwest::Client,
 }
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{:x}{:06x}", std::process::id() & 0xffff, rand::random::<u32>() & 0xffffff)
+/// This suite run's id (`deploy/local/test.sh` sets `TIDEMARK_TEST_RUN`): every index,
+/// alias and Redis namespace a test creates starts with `<run>-`, every database with
+/// `tidemark_test_<run>_`, so test.sh can sweep what a killed run left, and only that.
+pub fn run_id() -> String {
+    std::env::var("TIDEMARK_TEST_RUN").unwrap_or_else(|_| format!("r{:08x}", std::process::id()))
+}
+
+/// A name of this run no other test of it uses: `<run>-<6 hex>`.
+fn unique() -> String {
+    format!("{}-{:06x}", run_id(), rand::random::<u32>() & 0xffffff)
 }
 
 /// The database URL with its path replaced by `db`.
@@ -54,15 +62,15 @@ impl Env {
         let base = service_url("DATABASE_URL");
         let redis_url = service_url("REDIS_URL");
         let es_url = service_url("ELASTICSEARCH_URL");
-        let id = unique("t");
-        let db_name = format!("tidemark_test_{id}");
+        let id = unique();
+        let db_name = format!("tidemark_test_{}", id.replace('-', "_"));
         let admin = PgPoolOptions::new().max_connections(1).connect(&base).await.expect("connect to DATABASE_URL");
         sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await.expect("create test database");
         admin.close().await;
         let database_url = with_db(&base, &db_name);
         let pool = PgPoolOptions::new().max_connections(8).connect(&database_url).await.expect("connect to test database");
         tidemark::db::migrate(&pool).await.expect("migrations");
-        let alias = format!("{id}_students");
+        let alias = format!("{id}-students");
         let mut config = Config::default();
         config.database_url = Some(tidemark::config::Secret::new(database_url.clone()));
         config.redis_url = Some(tidemark::config::Secret::new(redis_url.clone()));
@@ -74,6 +82,8 @@ impl Env {
         config.sync.backoff_base = "20ms".parse().unwrap();
         config.sync.backoff_cap = "500ms".parse().unwrap();
         config.sync.max_attempts = 8;
+        // One local node: no replicas (a test that wants them says so).
+        config.index.number_of_replicas = 0;
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let search = Search::new(&config).expect("search client");
