@@ -4,7 +4,11 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::{catalog::Build, services::Services, workers::Queue};
+use crate::{
+    catalog::{Build, WorkerRow, HEARTBEAT_FRESH},
+    services::Services,
+    workers::Queue,
+};
 
 /// A snapshot of the sync's health.
 #[derive(Debug, Serialize)]
@@ -30,6 +34,10 @@ pub struct Status {
     pub queue_depth: Option<u64>,
     /// The running full reindex, or else the last one.
     pub reindex: Option<Build>,
+    /// Worker processes whose heartbeat is recent (`tidemark.workers`).
+    pub live_workers: i64,
+    /// Every worker process that reported, alive or not (most recent first).
+    pub workers: Vec<WorkerRow>,
     /// Problems met while gathering the status (a service down).
     pub problems: Vec<String>,
 }
@@ -83,7 +91,22 @@ pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Resul
             None
         }
     };
+    match crate::sync::sequence_behind(services).await {
+        Ok(Some((index_version, sequence))) => {
+            problems.push(crate::sync::SyncError::SequenceBehind { index_version, sequence }.to_string())
+        }
+        Ok(None) => {}
+        Err(e) => problems.push(format!("could not compare the sequence with the index: {e}")),
+    }
     let reindex = crate::catalog::latest(pool, alias).await?;
+    let workers: Vec<WorkerRow> = sqlx::query_as(
+        "SELECT identity, started_at, seen_at, last_batch_at, batches, seen_at > now() - $1 * interval '1 millisecond' AS alive
+           FROM tidemark.workers ORDER BY seen_at DESC LIMIT 50",
+    )
+    .bind(HEARTBEAT_FRESH.as_millis() as f64)
+    .fetch_all(pool)
+    .await?;
+    let live_workers = workers.iter().filter(|w| w.alive).count() as i64;
     Ok(Status {
         reindex,
         outstanding_marks,
@@ -96,6 +119,8 @@ pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Resul
         indices,
         documents,
         queue_depth,
+        live_workers,
+        workers,
         problems,
     })
 }
@@ -115,6 +140,7 @@ impl Status {
             ("index", if self.indices.is_empty() { "(none yet)".to_string() } else { self.indices.join(", ") }),
             ("documents", opt(self.documents)),
             ("queue depth", opt(self.queue_depth)),
+            ("live workers", self.live_workers.to_string()),
         ];
         let mut out = String::new();
         let reindex = self.reindex.as_ref().map(|b| {
@@ -138,6 +164,10 @@ impl Status {
         let rows = rows.into_iter().chain(reindex.map(|r| ("reindex", r)));
         for (k, v) in rows {
             out.push_str(&format!("{k:<20} {v}\n"));
+        }
+        for w in self.workers.iter().filter(|w| w.alive) {
+            let last = w.last_batch_at.map_or("no batch yet".to_string(), |t| format!("last batch {}", t.format("%H:%M:%S UTC")));
+            out.push_str(&format!("  worker {}  {} batches, {last}\n", w.identity, w.batches));
         }
         for p in &self.problems {
             out.push_str(&format!("problem: {p}\n"));

@@ -1,9 +1,10 @@
-//! The catalog: tidemark's own record, in PostgreSQL, of the full rebuilds of an alias
-//! (builds) — which physical index each built, what it replaced, and how it ended. The
-//! pipeline asks it which index a batch must also write to; reindex keeps it.
+//! The catalog: tidemark's own records in PostgreSQL — the full rebuilds of an alias
+//! (builds: which physical index each built, what it replaced, how it ended), and the
+//! worker processes (their heartbeats). The pipeline asks it which index a batch must also
+//! write to; reindex keeps the builds; workers keep their heartbeats.
 
 use serde::Serialize;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 /// Where a build is. Stored as text (`tidemark.reindexes.state`), parsed here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, sqlx::Type)]
@@ -122,4 +123,59 @@ pub async fn try_lock(tx: &mut PgConnection, alias: &str) -> Result<bool, sqlx::
 /// (with a guessed mapping): it fails, and is retried against fresh targets.
 pub fn build_alias(alias: &str) -> String {
     format!("{alias}_building")
+}
+
+/// A worker process as its heartbeats describe it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct WorkerRow {
+    pub identity: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub seen_at: chrono::DateTime<chrono::Utc>,
+    /// When it last finished a sync batch.
+    pub last_batch_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub batches: i64,
+    /// Its heartbeat is recent ([`HEARTBEAT_FRESH`]).
+    pub alive: bool,
+}
+
+/// How often a worker records its heartbeat.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// A worker whose last heartbeat is older than this is taken for dead (three missed beats).
+pub const HEARTBEAT_FRESH: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Worker processes with a recent heartbeat.
+pub async fn live_workers(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM tidemark.workers WHERE seen_at > now() - $1 * interval '1 millisecond'")
+        .bind(HEARTBEAT_FRESH.as_millis() as f64)
+        .fetch_one(pool)
+        .await
+}
+
+/// Records a worker's heartbeat: alive now, and how many batches it finished, when last.
+pub async fn heartbeat(
+    pool: &PgPool,
+    identity: &str,
+    batches: i64,
+    last_batch_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tidemark.workers (identity, batches, last_batch_at) VALUES ($1, $2, $3)
+         ON CONFLICT (identity) DO UPDATE SET seen_at = now(), batches = EXCLUDED.batches, last_batch_at = EXCLUDED.last_batch_at",
+    )
+    .bind(identity)
+    .bind(batches)
+    .bind(last_batch_at)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// A stopping worker's last word: it is gone (rather than dead). Rows of dead processes
+/// are kept a day, so a crash is visible in the status.
+pub async fn worker_stopped(pool: &PgPool, identity: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM tidemark.workers WHERE identity = $1 OR seen_at < now() - interval '1 day'")
+        .bind(identity)
+        .execute(pool)
+        .await
+        .map(|_| ())
 }

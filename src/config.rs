@@ -224,11 +224,23 @@ pub struct ReindexConfig {
     pub keep_previous: u32,
     /// Documents compared with their freshly built version before the alias moves.
     pub verify_sample: u32,
+    /// How long a build may wait to be verified (while outstanding changes could still
+    /// explain a difference) before it fails, saying why.
+    pub verify_timeout: HumanDuration,
+    /// How long `admin reindex --wait` waits while no worker is alive and the build makes
+    /// no progress, before it says so and exits.
+    pub idle_wait: HumanDuration,
 }
 
 impl Default for ReindexConfig {
     fn default() -> Self {
-        ReindexConfig { chunk_size: 10_000, keep_previous: 1, verify_sample: 200 }
+        ReindexConfig {
+            chunk_size: 10_000,
+            keep_previous: 1,
+            verify_sample: 200,
+            verify_timeout: HumanDuration(Duration::from_secs(300)),
+            idle_wait: HumanDuration(Duration::from_secs(30)),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tidemark::{
     process::{self, connect_queue_once},
     reindex,
     services::Services,
-    sync::Syncer,
+    sync::{self, Syncer},
     verify,
 };
 use tidemark_seeds as seeds;
@@ -109,6 +109,9 @@ enum AdminCommand {
     },
     /// Point the alias back at the index the last reindex replaced.
     Rollback,
+    /// After restoring the database from a backup older than the index: move the version
+    /// sequence past every version the index holds (then run `admin reindex`).
+    RepairSequence,
     /// Compare the index with the database: missing, extra and differing documents.
     Verify {
         /// Compare this many random students (and as many random documents).
@@ -144,9 +147,10 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Exit code of `admin verify` when it found differences (and of `sync` when it stopped
-/// with marks left), so scripts can tell "ran fine, found trouble" from "could not run".
-const FOUND_DIFFERENCES: u8 = 3;
+/// Exit code of `admin verify` when it found differences (repaired or not), and of `sync`
+/// when it stopped with marks left: scripts can tell "ran, found trouble" (3) from "could
+/// not run" (1) and from a usage error (2).
+const FOUND_TROUBLE: u8 = 3;
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
@@ -172,6 +176,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sync => {
             let services = Services::connect(config.clone(), config.worker.concurrency + 4).await?;
+            sync::check_sequence(&services).await?;
             let r = Syncer::new(services, None).drain().await?;
             println!(
                 "synced: {} indexed, {} deleted, {} dead-lettered, {} fanned out, in {} batches{}",
@@ -182,6 +187,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 r.batches,
                 if r.stalled { " (stopped: batches keep failing; marks remain)" } else { "" }
             );
+            if r.stalled {
+                return Ok(ExitCode::from(FOUND_TROUBLE));
+            }
         }
         Command::Worker { concurrency } => {
             let concurrency = concurrency.unwrap_or(config.worker.concurrency);
@@ -265,14 +273,24 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
             } else {
                 print!("{}", report.render());
             }
-            if repair && !report.is_clean() {
+            if report.is_clean() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if repair {
                 let n = verify::repair(&services, &report).await?;
                 nudge("repair").await;
                 println!("repair: re-marked {n} students; the next sync rewrites them");
-            } else if !report.is_clean() {
+            } else {
                 eprintln!("run again with --repair to re-mark them");
-                return Ok(ExitCode::from(FOUND_DIFFERENCES));
             }
+            return Ok(ExitCode::from(FOUND_TROUBLE));
+        }
+        AdminCommand::RepairSequence => {
+            let next = sync::repair_sequence(&services).await?;
+            println!(
+                "tidemark.seq is at {next} now, past every version the index holds. The index may hold changes the restored \
+                 database lost: rebuild it from the database with `tidemark admin reindex`"
+            );
         }
         AdminCommand::RetryFailed { students } => {
             let only = (!students.is_empty()).then_some(students.as_slice());
@@ -304,7 +322,7 @@ async fn wait_for_build(services: &Services, build: Build) -> Result<()> {
     bar.set_position(build.docs_done.max(0) as u64);
     bar.reset_eta();
     let mut last_line: Option<std::time::Instant> = None;
-    let last = reindex::watch(&services.pool, build.id, Duration::from_millis(500), |b| {
+    let last = reindex::watch(services, build.id, Duration::from_millis(500), |b| {
         bar.set_length(b.docs_total.max(0) as u64);
         bar.set_position(b.docs_done.max(0) as u64);
         let eta = if bar.per_sec() > 0.0 { format!("{}", HumanDuration(Duration::from_secs(bar.eta().as_secs()))) } else { "?".into() };

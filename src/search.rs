@@ -312,6 +312,24 @@ impl Search {
             .unwrap_or_default())
     }
 
+    /// Which of `ids` have a document in `index` (sources not fetched).
+    pub async fn existing(&self, index: &str, ids: &[i64]) -> Result<std::collections::HashSet<i64>, SearchError> {
+        let mut found = std::collections::HashSet::new();
+        for part in ids.chunks(5000) {
+            let ids: Vec<String> = part.iter().map(i64::to_string).collect();
+            let v = self.json(Method::Post, &format!("/{index}/_mget?_source=false"), Some(&json!({ "ids": ids }))).await?;
+            found.extend(
+                v["docs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|d| d["found"] == json!(true))
+                    .filter_map(|d| d["_id"].as_str()?.parse::<i64>().ok()),
+            );
+        }
+        Ok(found)
+    }
+
     /// Calls `f` with the id and source (`Value::Null` when `with_source` is false) of every
     /// document in `target`. Scrolls, which Elasticsearch and OpenSearch spell alike (their
     /// point-in-time APIs differ: `/_pit` against `/_search/point_in_time`).

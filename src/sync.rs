@@ -3,7 +3,7 @@
 //! *drain* (steps until nothing is left), for `tidemark sync` and tests.
 
 use std::{
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -27,6 +27,53 @@ pub enum SyncError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Reindex(#[from] ReindexError),
+    #[error(
+        "the index holds writes with version {index_version}, but tidemark.seq is at {sequence}: the database was restored from a backup older than the index (or the sequence was reset), and every write would be refused as older than what the index holds. Run `tidemark admin repair-sequence` (it moves the sequence past the index), then `tidemark admin reindex` to rebuild the index from the database as it is now"
+    )]
+    SequenceBehind { index_version: i64, sequence: i64 },
+}
+
+/// The sequence behind every version, against the highest version the index holds (read
+/// from its most recent writes): `Some((index_version, sequence))` when the index is ahead,
+/// which only a database restored from an older backup (or a reset sequence) can cause.
+pub async fn sequence_behind(services: &Services) -> Result<Option<(i64, i64)>, SyncError> {
+    let sequence: i64 = sqlx::query_scalar("SELECT last_value FROM tidemark.seq").fetch_one(&services.pool).await?;
+    let alias = &services.config.index_alias;
+    let search = &services.search;
+    let mut highest = 0;
+    for target in [alias.clone(), crate::catalog::build_alias(alias)] {
+        if search.alias_targets(&target).await.map_err(PipelineError::from)?.is_empty() {
+            continue;
+        }
+        // `_seq_no` orders each shard's writes: the last ones carry the newest versions.
+        let body = serde_json::json!({"size": 20, "version": true, "_source": false, "sort": [{"_seq_no": "desc"}]});
+        let v = search
+            .json(elasticsearch::http::Method::Post, &format!("/{target}/_search"), Some(&body))
+            .await
+            .map_err(PipelineError::from)?;
+        highest = v["hits"]["hits"].as_array().into_iter().flatten().filter_map(|h| h["_version"].as_i64()).fold(highest, i64::max);
+    }
+    Ok((highest > sequence).then_some((highest, sequence)))
+}
+
+/// Refuses to sync when [`sequence_behind`] finds the index ahead of the sequence.
+pub async fn check_sequence(services: &Services) -> Result<(), SyncError> {
+    match sequence_behind(services).await? {
+        Some((index_version, sequence)) => Err(SyncError::SequenceBehind { index_version, sequence }),
+        None => Ok(()),
+    }
+}
+
+/// The way out of [`SyncError::SequenceBehind`]: moves the sequence past the highest version
+/// the index holds. Returns the new sequence value.
+pub async fn repair_sequence(services: &Services) -> Result<i64, SyncError> {
+    let (index_version, sequence) = sequence_behind(services).await?.unwrap_or((0, 0));
+    let next: i64 = sqlx::query_scalar("SELECT setval('tidemark.seq', greatest($1, $2, (SELECT last_value FROM tidemark.seq)) + 1)")
+        .bind(index_version)
+        .bind(sequence)
+        .fetch_one(&services.pool)
+        .await?;
+    Ok(next)
 }
 
 impl From<sqlx::Error> for SyncError {
@@ -72,7 +119,7 @@ pub struct DrainReport {
 /// of natural batching.
 pub struct Syncer {
     pub services: Services,
-    queue: Option<Queue>,
+    queue: std::sync::RwLock<Option<Queue>>,
     /// One partial batch of this process in flight at a time ("natural batching"): while it
     /// ships, new marks pile up and the next claim takes them all. A server that falls
     /// behind thus gets fewer, larger `_bulk` requests instead of many small ones (search
@@ -84,18 +131,34 @@ pub struct Syncer {
     failed_in_a_row: AtomicU32,
     /// The lease owner of [`Syncer::claim`], [`Syncer::prepare`] and [`Syncer::deliver`].
     owner: String,
+    /// Batches finished, and when the last one was (for the worker's heartbeat).
+    batches: AtomicU64,
+    last_batch_at: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Syncer {
     pub fn new(services: Services, queue: Option<Queue>) -> Syncer {
         let owner = services.identity.lease_owner();
-        Syncer { services, queue, batch_gate: tokio::sync::Semaphore::new(1), failed_in_a_row: AtomicU32::new(0), owner }
+        Syncer {
+            services,
+            queue: std::sync::RwLock::new(queue),
+            batch_gate: tokio::sync::Semaphore::new(1),
+            failed_in_a_row: AtomicU32::new(0),
+            owner,
+            batches: AtomicU64::new(0),
+            last_batch_at: std::sync::Mutex::new(None),
+        }
     }
 
     /// Who holds the leases taken through [`Syncer::claim`] (each [`Syncer::step`] takes its
     /// own: steps of one process never hold, renew or give back each other's leases).
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// Batches finished by this syncer, and when the last one finished.
+    pub fn batches(&self) -> (u64, Option<chrono::DateTime<chrono::Utc>>) {
+        (self.batches.load(Ordering::Relaxed), *self.last_batch_at.lock().expect("never poisoned"))
     }
 
     /// The stages of one batch, for a caller that wants to hold a batch in between (tests).
@@ -198,8 +261,14 @@ impl Syncer {
         .await
     }
 
+    /// The queue to nudge from now on (a worker reconnected to Redis).
+    pub fn set_queue(&self, queue: Option<Queue>) {
+        *self.queue.write().expect("never poisoned") = queue;
+    }
+
     async fn nudge(&self, reason: &str) {
-        if let Some(q) = &self.queue {
+        let queue = self.queue.read().expect("never poisoned").clone();
+        if let Some(q) = queue {
             if let Err(e) = q.nudge(reason).await {
                 tracing::warn!(error = %e, "could not nudge the queue; the scheduler's next tick will");
             }
@@ -246,6 +315,8 @@ impl Syncer {
                 "batch synced"
             )
         });
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        *self.last_batch_at.lock().expect("never poisoned") = Some(chrono::Utc::now());
         if report.acked.changed_in_flight > 0 || report.acked.later > 0 {
             self.nudge("leftover").await;
         }

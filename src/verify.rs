@@ -162,7 +162,7 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
             if let (Some(min), Some(max)) = (min, max) {
                 let mut lo = min;
                 while lo <= max {
-                    for (id, doc) in load_range(&services.pool, lo, lo + 10_000).await? {
+                    for (id, doc) in load_range(&services.pool, lo, Some(lo + 10_000)).await? {
                         let got = indexed.remove(&id);
                         if marked.contains(&id) {
                             report.in_flight += 1;

@@ -393,3 +393,105 @@ async fn a_worker_behind_a_slow_redis_keeps_picking_up_changes_after_idling() {
     worker.terminate();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_taken_by_a_worker_that_died_before_starting_it_does_not_silence_later_nudges() {
+    let env = Env::new().await;
+    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.redis_url, &env.namespace).await.unwrap();
+    assert!(queue.nudge("first").await.unwrap(), "the first nudge enqueues");
+    assert!(!queue.nudge("second").await.unwrap(), "one job waits: a second nudge adds none");
+    // A worker takes the job off the queue and dies before it starts it.
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ns = &env.namespace;
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{ns}:sync:active"))
+        .cmd("DEL")
+        .arg(format!("{ns}:sync:scheduled"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 0);
+    assert!(queue.nudge("third").await.unwrap(), "the next nudge enqueues at once, not when a flag expires");
+    assert_eq!(queue.depth().await.unwrap(), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_in_one_process_are_two_identities_and_status_counts_them() {
+    // Containers run every worker as pid 1: two workers of one pid must still be two.
+    let env = Env::new().await;
+    small_directory(&env).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (services, stop) = (env.services(), stop.clone());
+            tokio::spawn(async move { tidemark::process::worker::run(services, 2, stop.cancelled_owned()).await })
+        })
+        .collect();
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 3000) g").await;
+    env.wait_synced("both workers sync", Duration::from_secs(60)).await;
+    env.eventually("both heartbeats are recorded", Duration::from_secs(15), || async {
+        env.scalar_i64("SELECT count(*) FROM tidemark.workers WHERE seen_at > now() - interval '15 seconds'").await == 2
+    })
+    .await;
+    let out = env.command().args(["admin", "status", "--json"]).output().unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["live_workers"], json!(2), "{status}");
+    let ids: Vec<&str> = status["workers"].as_array().unwrap().iter().map(|w| w["identity"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+    let pid = std::process::id().to_string();
+    assert!(ids.iter().all(|i| i.contains(&pid)), "host, pid and a random part: {ids:?}");
+    let text = String::from_utf8_lossy(&env.command().args(["admin", "status"]).output().unwrap().stdout).into_owned();
+    assert!(text.contains("live workers         2"), "{text}");
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.workers").await, 0, "a stopped worker says so");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_from_an_older_backup_is_refused_until_the_sequence_is_repaired() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 20) g").await;
+    env.engine().drain().await.unwrap();
+    // The backup was taken before most of those numbers were drawn.
+    env.sql("SELECT setval('tidemark.seq', 1)").await;
+    let mut worker = env.spawn(&["worker"], |_| {});
+    let status = worker.child.wait().unwrap();
+    assert!(!status.success(), "the worker refuses to sync");
+    assert!(worker.output().contains("restored from a backup") && worker.output().contains("admin repair-sequence"), "{}", worker.output());
+    let out = env.command().args(["admin", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("problem: ") && text.contains("tidemark.seq is at 1"), "{text}");
+    let out = env.command().args(["admin", "repair-sequence"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin reindex"), "it says what comes next: {out:?}");
+    // Writes are indexed again.
+    env.sql("UPDATE students SET last_name = 'After' WHERE id = 3").await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.doc(3).await.unwrap()["last_name"], json!("After"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_that_stops_with_marks_left_exits_nonzero() {
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::new().await;
+    env.create_index().await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 20) g").await;
+    proxy.set(Faults { unavailable: 1.0, only_path: Some("_bulk".into()), ..Faults::default() });
+    let out = env.command().env("ELASTICSEARCH_URL", proxy.url()).args(["sync"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "stopped with marks left is not success: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("marks remain"), "{out:?}");
+    proxy.clear();
+    let out = env.command().args(["sync"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    env.cleanup().await;
+}

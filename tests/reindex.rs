@@ -239,7 +239,9 @@ async fn verify_finds_missing_edited_and_extra_documents_and_repair_fixes_them()
     );
 
     let out = env.command().args(["admin", "verify", "--full", "--repair"]).output().unwrap();
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("re-marked 3"), "{out:?}");
+    // Differences were found (and re-marked, not yet fixed): that is not a clean exit.
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-marked 3"), "{out:?}");
     env.engine().drain().await.unwrap();
     let out = env.command().args(["admin", "verify", "--full"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
@@ -327,7 +329,9 @@ async fn a_claim_leases_exactly_what_it_returns() {
     let build = reindex::start(&env.services(), 100, "test").await.unwrap();
     let engine = env.engine();
     let chunk = reindex::claim_chunk(&env.pool, build.id, engine.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
-    assert_eq!(chunk.hi - chunk.lo, 100);
+    // The first chunk: open below (a student inserted with a smaller id is covered), 100 wide above the smallest id.
+    let smallest = env.scalar_i64("SELECT min(id) FROM students").await;
+    assert_eq!((chunk.lo, chunk.hi), (i64::MIN, Some(smallest + 100)));
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE lease_owner IS NOT NULL").await, 1);
     let marks = engine.claim(7).await.unwrap();
     assert_eq!(marks.len(), 7);
@@ -391,5 +395,131 @@ async fn an_index_tidemark_did_not_create_is_never_numbered_pruned_or_touched_an
     let aliases = env.es_json(reqwest::Method::GET, &format!("/{archive}/_alias"), None).await;
     assert_eq!(aliases[&archive]["aliases"], json!({}), "no alias of tidemark's was put on it");
     env.es_json(reqwest::Method::DELETE, &format!("/{archive}"), None).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn students_inserted_while_a_reindex_starts_all_reach_the_promoted_index() {
+    let env = Env::new().await;
+    seed(&env, 2_000).await;
+    env.engine().drain().await.unwrap();
+    for round in 0..4 {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Inserts at full speed, each its own transaction, ids above any chunk's plan.
+        let inserter = {
+            let (url, stop) = (env.database_url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                let mut id = 100_000 * (round + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    sqlx::query(
+                        "INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES ($1, 'In', 'Flight', 20, 'FR')",
+                    )
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                    id += 1;
+                }
+            })
+        };
+        // Steps run all the while, so some batches claim inserts while the build starts.
+        let stepper = {
+            let (syncer, stop) = (env.engine(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = syncer.step().await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reindex::start(&env.services(), 700, "test").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        stop.store(true, Ordering::Relaxed);
+        inserter.await.unwrap();
+        stepper.await.unwrap();
+        env.engine().drain().await.unwrap();
+        let last = tidemark::catalog::latest(&env.pool, &env.alias).await.unwrap().unwrap();
+        assert_eq!(last.state, BuildState::Done, "round {round}: {:?}", last.message);
+        env.assert_converged().await;
+    }
+    env.cleanup().await;
+}
+
+/// Writes every chunk of a running build, without finishing it.
+async fn write_all_chunks(env: &Env, build: &tidemark::catalog::Build) {
+    let services = env.services();
+    while let Some(chunk) = reindex::claim_chunk(&env.pool, build.id, "test", Duration::from_secs(60)).await.unwrap() {
+        assert!(reindex::process_chunk(&services, "test", build, &chunk).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_document_is_not_excused_by_unrelated_outstanding_changes_and_verification_ends() {
+    let proxy = support::fault_proxy::FaultProxy::start(&env_url()).await;
+    let env = Env::with_config(|c| {
+        c.elasticsearch_url = Some(tidemark::config::Secret::new(proxy.url()));
+        c.reindex.verify_timeout = "3s".parse().unwrap();
+    })
+    .await;
+    seed(&env, 500).await;
+    env.engine().drain().await.unwrap();
+    let build = reindex::start(&env.services(), 100, "test").await.unwrap();
+    write_all_chunks(&env, &build).await;
+    // One document goes missing from the new index; unrelated changes are outstanding.
+    env.es_json(reqwest::Method::DELETE, &format!("/{}/_doc/42?refresh=true", build.target_index), None).await;
+    env.sql("UPDATE students SET age = 1 + age % 99 WHERE id BETWEEN 100 AND 120").await;
+    let services = env.services();
+    let first = reindex::finish(&services, build.id).await.unwrap();
+    assert!(matches!(&first, reindex::Finish::Waiting(why) if why.contains("explain")), "{first:?}");
+    // Every step of every worker asks; verification runs once per attempt, not each time.
+    let mgets_before = proxy.stats().forwarded;
+    for _ in 0..30 {
+        assert!(matches!(reindex::finish(&services, build.id).await.unwrap(), reindex::Finish::Waiting(_)));
+    }
+    assert!(proxy.stats().forwarded - mgets_before <= 4, "verification ran again and again: {:?}", proxy.stats());
+    // The wait is bounded: the build fails, saying why, and the alias never moved.
+    let mut end = first;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(end, reindex::Finish::Failed(_)) && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        end = reindex::finish(&services, build.id).await.unwrap();
+    }
+    let reindex::Finish::Failed(why) = end else { panic!("verification never ended: {end:?}") };
+    assert!(why.contains("holds 499 documents") && why.contains("verify_timeout"), "{why}");
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
+    // Live sync went on meanwhile and goes on: a build that fails never holds it up.
+    env.engine().drain().await.unwrap();
+    env.sql("UPDATE students SET last_name = 'StillLive' WHERE id = 7").await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.doc(7).await.unwrap()["last_name"], json!("StillLive"));
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+fn env_url() -> String {
+    support::service_url("ELASTICSEARCH_URL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_wait_with_no_worker_says_so_and_what_to_do() {
+    let env = Env::new().await;
+    seed(&env, 300).await;
+    env.engine().drain().await.unwrap();
+    let config = std::env::temp_dir().join(format!("{}-idle.toml", env.alias));
+    std::fs::write(&config, "[reindex]\nidle_wait = \"3s\"\n").unwrap();
+    let started = std::time::Instant::now();
+    let out = env.command().args(["--config", config.to_str().unwrap(), "admin", "reindex", "--wait"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no worker is alive") && err.contains("tidemark worker"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "it did not wait forever");
+    // With a worker, --resume --wait follows the build to the end, with an honest rate.
+    let mut worker = env.spawn(&["worker"], |_| {});
+    let out = env.command().args(["admin", "reindex", "--resume", "--wait"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    worker.terminate();
+    let _ = std::fs::remove_file(config);
+    env.assert_converged().await;
     env.cleanup().await;
 }

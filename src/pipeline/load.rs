@@ -39,10 +39,21 @@ pub async fn load(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<(i64, Opti
     Ok(ids.iter().map(|id| (*id, found.remove(id))).collect())
 }
 
-/// Documents of every student with `lo <= id < hi`, in id order.
-pub async fn load_range(db: impl PgExecutor<'_>, lo: i64, hi: i64) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
-    let sql = query("s.id >= $1 AND s.id < $2", "sc.student_id >= $1 AND sc.student_id < $2") + " ORDER BY s.id";
-    let rows: Vec<Row> = sqlx::query_as(&sql).bind(lo).bind(hi).fetch_all(db).await?;
+/// Documents of every student with `lo <= id < hi` (no upper bound when `hi` is None), in
+/// id order.
+pub async fn load_range(db: impl PgExecutor<'_>, lo: i64, hi: Option<i64>) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
+    // Two statements rather than `$2 IS NULL OR id < $2`, which a generic plan would turn
+    // into a scan of every id above `lo` for every chunk.
+    let rows: Vec<Row> = match hi {
+        Some(hi) => {
+            let sql = query("s.id >= $1 AND s.id < $2", "sc.student_id >= $1 AND sc.student_id < $2") + " ORDER BY s.id";
+            sqlx::query_as(&sql).bind(lo).bind(hi).fetch_all(db).await?
+        }
+        None => {
+            let sql = query("s.id >= $1", "sc.student_id >= $1") + " ORDER BY s.id";
+            sqlx::query_as(&sql).bind(lo).fetch_all(db).await?
+        }
+    };
     Ok(rows
         .into_iter()
         .map(|r| {

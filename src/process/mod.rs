@@ -32,6 +32,8 @@ pub enum ProcessError {
     Config(#[from] ConfigError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
 }
 
 /// Completes on SIGTERM or SIGINT: the `shutdown` the binary hands to a process.

@@ -1,6 +1,10 @@
 //! `tidemark worker`: runs sync jobs from the queue, `concurrency` at a time, until
 //! shutdown; then stops taking jobs, gives running ones `worker.shutdown_timeout` to
 //! finish, and gives back every lease it still holds.
+//!
+//! While it runs it records a heartbeat (`tidemark.workers`: alive, batches, last batch),
+//! which `admin status` counts, and checks that the database's sequence is not behind the
+//! index (a database restored from an older backup): then it refuses to sync.
 
 use std::{
     future::Future,
@@ -8,8 +12,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio_util::sync::CancellationToken;
+
 use super::{connect_queue, listener, stop_token, ProcessError};
-use crate::{pipeline::claim, retry::Backoff, search::SearchError, services::Services, sync::Syncer, workers};
+use crate::{
+    catalog::{self, HEARTBEAT_EVERY},
+    pipeline::claim,
+    retry::Backoff,
+    search::SearchError,
+    services::{Services, ServicesError},
+    sync::{self, Syncer},
+    workers,
+};
+
+/// How often a running worker checks that the sequence is not behind the index.
+const SEQUENCE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs until `shutdown` completes. Redis going away restarts the queue loop (after a
 /// backoff); the leases of the steps it cut short are given back at once.
@@ -17,23 +34,32 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
     let stop = stop_token(shutdown);
     match services.search.ping().await {
         Ok(()) => tracing::info!(url = services.search.redacted_url(), "search server reachable"),
-        Err(e @ SearchError::Unauthorized { .. }) => return Err(crate::services::ServicesError::from(e).into()),
+        Err(e @ SearchError::Unauthorized { .. }) => return Err(ServicesError::from(e).into()),
         Err(e) => tracing::warn!(error = %e, "search server not reachable yet; sync jobs will keep failing and retrying until it is"),
     }
+    match sync::check_sequence(&services).await {
+        Err(e @ sync::SyncError::SequenceBehind { .. }) => return Err(e.into()),
+        Err(e) => tracing::warn!(error = %e, "could not compare the sequence with the index yet"),
+        Ok(()) => {}
+    }
     let identity = services.identity.as_str().to_string();
+    let syncer = Arc::new(Syncer::new(services.clone(), None));
+    // A sequence found behind the index while running stops the worker with that error.
+    let refused = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(syncer.clone(), stop.clone(), refused.clone()));
     let mut listening = None;
     let mut restarts = Backoff::RECONNECT.delays();
     while !stop.is_cancelled() {
         let Some(queue) = connect_queue(&services.config, &stop).await? else { break };
-        tracing::info!(concurrency, queue = %services.config.queue_namespace, identity = %services.identity, "worker started");
+        tracing::info!(concurrency, queue = %services.config.queue_namespace, identity = %identity, "worker started");
         if listening.is_none() {
             listening = Some(tokio::spawn(listener::run(services.pool.clone(), queue.clone(), stop.clone().cancelled_owned())));
         }
-        let syncer = Arc::new(Syncer::new(services.clone(), Some(queue.clone())));
+        syncer.set_queue(Some(queue.clone()));
         // Whatever was left before this (re)start is looked for at once.
         let _ = queue.nudge("worker-start").await;
         let started = Instant::now();
-        let run = workers::run_worker(queue, syncer, services.identity.as_str(), concurrency, stop.clone().cancelled_owned());
+        let run = workers::run_worker(queue, syncer.clone(), &identity, concurrency, stop.clone().cancelled_owned());
         // After a stop request, running jobs get `shutdown_timeout` to finish; then the
         // process gives their marks back and exits anyway.
         let timeout = services.config.worker.shutdown_timeout;
@@ -73,6 +99,39 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         let _ = l.await;
     }
     let released = claim::release_all(&services.pool, &identity).await?;
+    heartbeat.abort();
+    if let Err(e) = catalog::worker_stopped(&services.pool, &identity).await {
+        tracing::debug!(error = %e, "could not remove the worker's heartbeat row; it ages out");
+    }
     tracing::info!(released, "worker stopped; leases given back");
+    if refused.is_cancelled() {
+        sync::check_sequence(&services).await?;
+    }
     Ok(())
+}
+
+/// Records the worker's heartbeat every [`HEARTBEAT_EVERY`], and checks the sequence every
+/// [`SEQUENCE_CHECK_EVERY`]: found behind, it stops the worker (`refused`, then `stop`).
+async fn heartbeat(syncer: Arc<Syncer>, stop: CancellationToken, refused: CancellationToken) {
+    let services = &syncer.services;
+    let mut checked = Instant::now();
+    loop {
+        let (batches, last) = syncer.batches();
+        if let Err(e) = catalog::heartbeat(&services.pool, services.identity.as_str(), batches as i64, last).await {
+            tracing::warn!(error = %e, "could not record the worker's heartbeat");
+        }
+        if checked.elapsed() >= SEQUENCE_CHECK_EVERY {
+            checked = Instant::now();
+            if let Err(e @ sync::SyncError::SequenceBehind { .. }) = sync::check_sequence(services).await {
+                tracing::error!(error = %e, "refusing to sync");
+                refused.cancel();
+                stop.cancel();
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }

@@ -19,15 +19,16 @@ use crate::{
     services::Services,
 };
 
-/// A chunk claimed by a worker: the students with `lo <= id < hi`.
+/// A chunk claimed by a worker: the students with `lo <= id < hi` (no upper bound for the
+/// last chunk).
 #[derive(Debug)]
 pub struct Chunk {
     pub lo: i64,
-    pub hi: i64,
+    pub hi: Option<i64>,
 }
 
 pub async fn claim_chunk(db: impl PgExecutor<'_>, reindex_id: i64, owner: &str, lease: Duration) -> Result<Option<Chunk>, sqlx::Error> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
+    let row: Option<(i64, Option<i64>)> = sqlx::query_as(
         // One chunk, picked once (see pipeline/claim.rs on why not a FROM sub-select).
         "UPDATE tidemark.reindex_chunks
             SET lease_owner = $2, lease_until = clock_timestamp() + $3 * interval '1 millisecond'

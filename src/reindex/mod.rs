@@ -43,6 +43,8 @@ pub enum ReindexError {
     NotRunning(String),
     #[error("nothing to roll back to: {0}")]
     NoRollback(String),
+    #[error("reindex #{id} made no progress for {idle_wait} and no worker is alive: start one (`tidemark worker`); the build waits meanwhile and loses nothing (`tidemark admin reindex --resume --wait` to follow it again)")]
+    NoWorker { id: i64, idle_wait: String },
     #[error("alias {alias} has no index: the last rebuild failed ({why}); the next one starts in {wait_s} s (`tidemark admin status` shows it; `tidemark admin reindex` starts one now)")]
     RebuildLater { alias: String, why: String, wait_s: u64 },
     #[error("database error: {0}")]

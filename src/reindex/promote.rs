@@ -26,7 +26,9 @@ pub enum Finish {
 }
 
 /// When every chunk is done: restore settings, refresh, verify, and move the alias.
-/// Safe to call from any worker at any time; one at a time does the work.
+/// Safe to call from any worker at any time; one at a time does the work, and a build that
+/// waits to be verified is verified again only every [`VERIFY_EVERY`], until
+/// `reindex.verify_timeout` after its chunks were done: then it fails, saying why.
 pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, ReindexError> {
     let (pool, search) = (&services.pool, &services.search);
     let mut tx = pool.begin().await?;
@@ -39,6 +41,15 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
     if !build.is_active() || build.chunks_done < build.chunks_total {
         return Ok(Finish::NotYet);
     }
+    let (too_soon, timed_out): (bool, bool) = sqlx::query_as(
+        "SELECT coalesce(verify_after > now(), false), coalesce(verify_deadline < now(), false) FROM tidemark.reindexes WHERE id = $1",
+    )
+    .bind(build.id)
+    .fetch_one(pool)
+    .await?;
+    if too_soon {
+        return Ok(Finish::Waiting("verification runs again shortly".into()));
+    }
     let index = &build.target_index;
     if !search.index_exists(index).await? {
         let why = format!("the index being built, {index}, disappeared from the search server");
@@ -47,12 +58,30 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
     }
     if build.state == BuildState::Building {
         search.put_settings(index, &live_settings(&services.config.index)).await?;
-        sqlx::query("UPDATE tidemark.reindexes SET state = 'verifying' WHERE id = $1").bind(build.id).execute(pool).await?;
+        sqlx::query(
+            "UPDATE tidemark.reindexes SET state = 'verifying', verify_deadline = now() + $2 * interval '1 millisecond' WHERE id = $1",
+        )
+        .bind(build.id)
+        .bind(services.config.reindex.verify_timeout.0.as_millis() as f64)
+        .execute(pool)
+        .await?;
     }
     search.refresh(index).await?;
     match verify_build(services, index).await? {
         Verification::Ok => {}
-        Verification::Wait(why) => return Ok(Finish::Waiting(why)),
+        Verification::Wait(why) if timed_out => {
+            let why = format!("{why}, still after reindex.verify_timeout ({})", services.config.reindex.verify_timeout);
+            fail(services, &build, &why).await?;
+            return Ok(Finish::Failed(why));
+        }
+        Verification::Wait(why) => {
+            sqlx::query("UPDATE tidemark.reindexes SET verify_after = now() + $2 * interval '1 millisecond' WHERE id = $1")
+                .bind(build.id)
+                .bind(VERIFY_EVERY.as_millis() as f64)
+                .execute(pool)
+                .await?;
+            return Ok(Finish::Waiting(why));
+        }
         Verification::Failed(why) => {
             fail(services, &build, &why).await?;
             return Ok(Finish::Failed(why));
@@ -76,6 +105,10 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
     prune(services).await?;
     Ok(Finish::Promoted)
 }
+
+/// How often a build that waits to be verified is verified again (by whichever worker
+/// steps then), rather than by every step of every worker.
+pub const VERIFY_EVERY: Duration = Duration::from_secs(2);
 
 /// How long after a failed build an automatic rebuild (no index at all) may start again, by
 /// the number of builds that failed in a row: capped and fully jittered, so a cause that
@@ -125,31 +158,54 @@ enum Verification {
     Failed(String),
 }
 
-async fn outstanding(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT (SELECT count(*) FROM tidemark.dirty_students) + (SELECT count(*) FROM tidemark.dirty_parents)")
-        .fetch_one(pool)
-        .await
+/// The students whose change is not in the index yet: marks, and the unexpanded ids of
+/// large statements (at most `limit`; `None` when there are more).
+async fn outstanding_ids(pool: &PgPool, limit: i64) -> Result<Option<Vec<i64>>, sqlx::Error> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "(SELECT student_id FROM tidemark.dirty_students LIMIT $1)
+         UNION
+         (SELECT unnest(ids[cursor + 1:]) FROM tidemark.dirty_parents WHERE kind = 'students' LIMIT $1)",
+    )
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok((ids.len() as i64 <= limit).then_some(ids))
 }
 
 /// Count and sample checks of a built index against the database.
+///
+/// A count that differs is excused only by what the outstanding changes of the students
+/// concerned explain: a marked student in the index but not in the database (a delete in
+/// flight) explains one extra document, a marked one in the database but not in the index
+/// (an insert in flight) one missing. Unrelated changes excuse nothing.
 async fn verify_build(services: &Services, index: &str) -> Result<Verification, ReindexError> {
     let pool = &services.pool;
     let db: i64 = sqlx::query_scalar("SELECT count(*) FROM students").fetch_one(pool).await?;
     let indexed = services.search.count(index).await? as i64;
-    let pending = outstanding(pool).await?;
+    let pending_parents: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_parents").fetch_one(pool).await?;
     if indexed != db {
         let what = format!("{index} holds {indexed} documents, the database {db} students");
-        // Under steady writes the counts may never meet; a difference that outstanding
-        // marks can explain is theirs to close (dual writes reach the new index too).
-        if pending > 0 && (indexed - db).abs() > pending {
-            return Ok(Verification::Wait(format!("{what}; {pending} changes still to sync")));
+        let Some(concerned) = outstanding_ids(pool, 50_000).await? else {
+            return Ok(Verification::Wait(format!("{what}; more than 50,000 changes are still to sync")));
+        };
+        if concerned.is_empty() && pending_parents == 0 {
+            let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dead_letters").fetch_one(pool).await?;
+            let hint = if dead > 0 { format!(" ({dead} documents were refused: see `tidemark admin failed`)") } else { String::new() };
+            return Ok(Verification::Failed(format!("{what}{hint}")));
         }
-    }
-    if indexed != db && pending == 0 {
-        let what = format!("{index} holds {indexed} documents, the database {db} students");
-        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dead_letters").fetch_one(pool).await?;
-        let hint = if dead > 0 { format!(" ({dead} documents were refused: see `tidemark admin failed`)") } else { String::new() };
-        return Ok(Verification::Failed(format!("{what}{hint}")));
+        let in_db: std::collections::HashSet<i64> =
+            sqlx::query_scalar("SELECT id FROM students WHERE id = ANY($1)").bind(&concerned).fetch_all(pool).await?.into_iter().collect();
+        let in_index = services.search.existing(index, &concerned).await?;
+        let extra = concerned.iter().filter(|id| in_index.contains(id) && !in_db.contains(id)).count() as i64;
+        let missing = concerned.iter().filter(|id| in_db.contains(id) && !in_index.contains(id)).count() as i64;
+        if indexed - db != extra - missing {
+            return Ok(Verification::Wait(format!(
+                "{what}, a difference of {:+} that the {} outstanding changes explain only {:+} of",
+                indexed - db,
+                concerned.len(),
+                extra - missing
+            )));
+        }
     }
     let sample = i64::from(services.config.reindex.verify_sample);
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY random() LIMIT $1").bind(sample).fetch_all(pool).await?;
@@ -170,9 +226,11 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
     }
     // A renamed university or course not yet expanded into student marks explains a
     // difference too: wait for the fan-out.
-    let fanouts: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_parents").fetch_one(pool).await?;
-    if fanouts > 0 {
-        return Ok(Verification::Wait(format!("{} sampled documents differ while {fanouts} fan-outs are pending", differing.len())));
+    if pending_parents > 0 {
+        return Ok(Verification::Wait(format!(
+            "{} sampled documents differ while {pending_parents} fan-outs are pending",
+            differing.len()
+        )));
     }
     Ok(Verification::Failed(format!(
         "{} of {} sampled documents differ from the database (students {:?})",

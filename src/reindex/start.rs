@@ -69,18 +69,22 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
     .bind(count)
     .fetch_one(&mut *tx)
     .await?;
-    if let (Some(min), Some(max)) = (min, max) {
-        sqlx::query(
-            "INSERT INTO tidemark.reindex_chunks (reindex_id, lo, hi)
-             SELECT $1, lo, lo + $4 FROM generate_series($2::bigint, $3::bigint, $4::bigint) AS lo",
-        )
-        .bind(id)
-        .bind(min)
-        .bind(max)
-        .bind(i64::from(chunk_size))
-        .execute(&mut *tx)
-        .await?;
-    }
+    // The chunks cover the whole id space, not just [min, max] as counted: the first is
+    // open below and the last open above (hi NULL), so a student inserted between the count
+    // and this commit — whose batch may not have seen the build yet, and wrote only to the
+    // live index — is still read by a chunk, which reads after this commit.
+    sqlx::query(
+        "INSERT INTO tidemark.reindex_chunks (reindex_id, lo, hi)
+         SELECT $1, CASE WHEN lo = $2 THEN -9223372036854775808 ELSE lo END,
+                CASE WHEN lo + $4 > $3 THEN NULL ELSE lo + $4 END
+           FROM generate_series($2::bigint, $3::bigint, $4::bigint) AS lo",
+    )
+    .bind(id)
+    .bind(min.unwrap_or(0))
+    .bind(max.unwrap_or(0))
+    .bind(i64::from(chunk_size))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     tracing::info!(id, index = %target, previous = ?previous, students = count, reason, "reindex started");
     Ok(catalog::get(pool, id).await?)

@@ -5,8 +5,8 @@
 //! marks). A job therefore carries no data: it says "look for work". Losing every job loses
 //! nothing: the next scheduler tick finds every mark.
 //!
-//! Jobs do not pile up: a nudge enqueues a job only if no job is already waiting (a Redis
-//! `SET NX` flag, cleared by the worker that starts the job). A job that finds more work
+//! Jobs do not pile up: a nudge enqueues a job only if no job is waiting in the queue
+//! (read from the queue itself, so nothing can go stale). A job that finds more work
 //! than one batch nudges again before it starts working, so idle workers join in at once.
 
 use std::{
@@ -59,8 +59,6 @@ pub enum QueueError {
 pub struct Queue {
     conn: ConnectionManager,
     storage: RedisStorage<SyncJob>,
-    /// Set while a job waits to be picked up.
-    pending_key: String,
     /// Where apalis keeps waiting jobs: due ones in a list, future (and freshly pushed)
     /// ones in a sorted set. Together they are the queue depth.
     waiting_list: String,
@@ -70,13 +68,9 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("url", &self.url).field("pending_key", &self.pending_key).finish()
+        f.debug_struct("Queue").field("url", &self.url).field("waiting_list", &self.waiting_list).finish()
     }
 }
-
-/// How long a "job waiting" flag lives if its job is lost with Redis's data: a nudge after
-/// that enqueues afresh.
-const PENDING_TTL_SECS: u64 = 30;
 
 impl Queue {
     /// Connects once. `redacted_url` is what messages show (the caller strips the password).
@@ -115,14 +109,7 @@ impl Queue {
         let waiting_list = config.active_jobs_list();
         let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
-        let mut q = Queue {
-            conn,
-            storage,
-            pending_key: format!("{namespace}:sync:pending"),
-            waiting_list,
-            scheduled_set,
-            url: redacted_url.to_string(),
-        };
+        let mut q = Queue { conn, storage, waiting_list, scheduled_set, url: redacted_url.to_string() };
         q.ping().await?;
         Ok(q)
     }
@@ -135,27 +122,16 @@ impl Queue {
             .map_err(|e| QueueError::Unreachable { url: self.url.clone(), reason: e.to_string() })
     }
 
-    /// Enqueues a sync unless one is already waiting. Returns whether it enqueued.
+    /// Enqueues a sync unless one is already waiting to be picked up. Returns whether it
+    /// enqueued. "Waiting" is read from the queue itself, so a job that a worker took and
+    /// never started (it died) does not silence later nudges; two nudges at the same instant
+    /// may both enqueue, which costs one idle job at most.
     pub async fn nudge(&self, reason: &str) -> Result<bool, QueueError> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&self.pending_key)
-            .arg(reason)
-            .arg("NX")
-            .arg("EX")
-            .arg(PENDING_TTL_SECS)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| QueueError::Command(e.to_string()))?;
-        if set.is_none() {
+        if self.depth().await? > 0 {
             return Ok(false);
         }
         let mut storage = self.storage.clone();
-        if let Err(e) = storage.push(SyncJob { reason: reason.to_string() }).await {
-            // Do not leave a flag for a job that does not exist.
-            let _: Result<(), _> = redis::cmd("DEL").arg(&self.pending_key).query_async(&mut conn).await;
-            return Err(QueueError::Command(e.to_string()));
-        }
+        storage.push(SyncJob { reason: reason.to_string() }).await.map_err(|e| QueueError::Command(e.to_string()))?;
         Ok(true)
     }
 
@@ -183,20 +159,12 @@ impl Queue {
         redis::cmd("DEL").arg(done).query_async::<()>(&mut conn).await.map_err(|e| QueueError::Command(e.to_string()))?;
         Ok(n)
     }
-
-    async fn job_started(&self) {
-        let mut conn = self.conn.clone();
-        if let Err(e) = redis::cmd("DEL").arg(&self.pending_key).query_async::<()>(&mut conn).await {
-            tracing::warn!(error = %e, "could not clear the waiting-job flag; it expires by itself");
-        }
-    }
 }
 
 /// Never fails the job: a failed sync keeps its marks in PostgreSQL and is retried by a
 /// delayed nudge (and by the next tick), so apalis's own job retries would only pile up
 /// duplicate jobs.
 async fn handle_sync<R: SyncRunner>(job: SyncJob, runner: Data<Arc<R>>, queue: Data<Queue>) -> Result<(), BoxDynError> {
-    queue.job_started().await;
     if let Err(RetryAfter(wait)) = runner.run(job).await {
         let queue = (*queue).clone();
         tokio::spawn(async move {
