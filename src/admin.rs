@@ -126,6 +126,28 @@ pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Resul
 }
 
 impl Status {
+    /// The status as metrics (published by the elected scheduler).
+    pub fn gauges(&self) -> crate::telemetry::DbGauges {
+        let active = self.reindex.as_ref().filter(|b| b.is_active());
+        crate::telemetry::DbGauges {
+            marks_outstanding: self.outstanding_marks + self.pending_statement_students,
+            marks_in_flight: self.in_flight,
+            oldest_mark_age_seconds: self.lag_seconds,
+            fanouts_pending: self.pending_fanouts,
+            dead_letters: self.dead_letters,
+            queue_depth: self.queue_depth,
+            workers_live: self.live_workers,
+            reindex_active: active.is_some(),
+            reindex_progress_ratio: active.map_or(0.0, |b| {
+                if b.docs_total > 0 {
+                    (b.docs_done as f64 / b.docs_total as f64).min(1.0)
+                } else {
+                    1.0
+                }
+            }),
+        }
+    }
+
     /// The human table.
     pub fn render(&self) -> String {
         let opt = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |n| n.to_string());

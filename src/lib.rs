@@ -6,7 +6,7 @@
 //!
 //! | layer | modules |
 //! | --- | --- |
-//! | edges | [`config`] (defaults, TOML, environment; secrets redacted) · [`db`] (pool, migrations) · [`search`] (the search-server client and the index operations it owns: alias moves, mget, scans) · [`document`] (the document and its mapping) · [`retry`] (the one backoff policy) |
+//! | edges | [`config`] (defaults, TOML, environment; secrets redacted) · [`db`] (pool, migrations) · [`search`] (the search-server client and the index operations it owns: alias moves, mget, scans) · [`document`] (the document and its mapping) · [`retry`] (the one backoff policy) · [`telemetry`] (metrics names, buckets and recording) |
 //! | shared | [`services`] (`Services`: pool, search client, config, process identity — built once, passed to everything) · [`catalog`] (the builds of an alias, as PostgreSQL records them) |
 //! | stages | [`pipeline`]: fanout → claim → targets → load → encode → ship → classify → acknowledge, a module per stage; `pipeline::batch` strings one batch together |
 //! | checks | [`verify`]: the one comparison of index and database (reindex promotion and `admin verify`) |
@@ -35,6 +35,7 @@ pub mod retry;
 pub mod search;
 pub mod services;
 pub mod sync;
+pub mod telemetry;
 pub mod verify;
 pub mod writer;
 

@@ -10,7 +10,11 @@ use tidemark::{
     catalog::{Build, BuildState},
     config::{Config, HumanDuration},
     db,
-    process::{self, connect_queue_once},
+    process::{
+        self,
+        admin::{self as admin_endpoint, Admin},
+        connect_queue_once,
+    },
     reindex,
     services::Services,
     sync::{self, Syncer},
@@ -30,8 +34,21 @@ struct Cli {
     /// TOML configuration file; unknown keys are refused. Environment variables win over it.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where worker, scheduler and serve answer /metrics, /healthz and /readyz (off when
+    /// not given), e.g. 127.0.0.1:9187.
+    #[arg(long, global = true, env = "TIDEMARK_ADMIN_ADDR", value_name = "HOST:PORT")]
+    admin_addr: Option<std::net::SocketAddr>,
+    /// Log lines as text for people, or one JSON object a line for log pipelines.
+    #[arg(long, global = true, env = "TIDEMARK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,13 +148,14 @@ enum AdminCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn".into());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match cli.log_format {
+        // One object a line; span fields (batch_id, index, owner, …) under "span"/"spans".
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => logs.init(),
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -193,8 +211,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Worker { concurrency } => {
             let concurrency = concurrency.unwrap_or(config.worker.concurrency);
-            let services = Services::connect(config, concurrency + 4).await?;
-            process::worker::run(services, concurrency as usize, process::signal()).await?;
+            let services = Services::connect(config, concurrency + 5).await?;
+            let stop = process::on_signal();
+            let admin = cli
+                .admin_addr
+                .map(|addr| tokio::spawn(admin_endpoint::serve(addr, Admin::new(services.clone(), true), stop.clone().cancelled_owned())));
+            let result = process::worker::run(services, concurrency as usize, stop.clone().cancelled_owned()).await;
+            stop.cancel();
+            finish(result, admin).await?;
         }
         Command::Scheduler { interval } => {
             let mut config = (*config).clone();
@@ -202,9 +226,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config.scheduler.interval = i;
                 config.validate()?;
             }
-            let services = Services::connect(Arc::new(config), 2).await?;
+            let services = Services::connect(Arc::new(config), 3).await?;
             let interval = services.config.scheduler.interval.0;
-            process::scheduler::run(services, interval, process::signal()).await?;
+            let stop = process::on_signal();
+            let admin = cli
+                .admin_addr
+                .map(|addr| tokio::spawn(admin_endpoint::serve(addr, Admin::new(services.clone(), true), stop.clone().cancelled_owned())));
+            let result = process::scheduler::run(services, interval, stop.clone().cancelled_owned()).await;
+            stop.cancel();
+            finish(result, admin).await?;
         }
         Command::Admin { command } => return admin(config, command).await,
     }
@@ -300,6 +330,20 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The process's result, after its admin endpoint (if any) has stopped too; an admin
+/// endpoint that could not start is the process's error.
+async fn finish(
+    result: Result<(), process::ProcessError>,
+    admin: Option<tokio::task::JoinHandle<Result<(), process::ProcessError>>>,
+) -> Result<()> {
+    let admin = match admin {
+        Some(task) => task.await.context("the admin endpoint's task")?,
+        None => Ok(()),
+    };
+    result?;
+    Ok(admin?)
 }
 
 /// Wakes the workers after a command that gave them work. Redis being down loses nothing

@@ -18,6 +18,7 @@ use crate::{
     reindex::{self, Finish, ReindexError},
     retry::Backoff,
     services::Services,
+    telemetry,
     workers::{Queue, RetryAfter, SyncJob, SyncRunner},
 };
 
@@ -31,6 +32,27 @@ pub enum SyncError {
         "the index holds writes with version {index_version}, but tidemark.seq is at {sequence}: the database was restored from a backup older than the index (or the sequence was reset), and every write would be refused as older than what the index holds. Run `tidemark admin repair-sequence` (it moves the sequence past the index), then `tidemark admin reindex` to rebuild the index from the database as it is now"
     )]
     SequenceBehind { index_version: i64, sequence: i64 },
+}
+
+impl SyncError {
+    /// A short, stable name of what went wrong, for logs and dashboards.
+    pub fn kind(&self) -> &'static str {
+        use crate::search::SearchError as S;
+        let search = |e: &S| match e {
+            S::Unreachable { .. } => "search_unreachable",
+            S::Unauthorized { .. } => "search_credentials",
+            S::Status { .. } => "search_status",
+            S::Malformed { .. } => "search_malformed",
+            S::Config(_) | S::Certificate { .. } => "config",
+        };
+        match self {
+            SyncError::Pipeline(PipelineError::Db(_)) | SyncError::Reindex(ReindexError::Db(_)) => "database",
+            SyncError::Pipeline(PipelineError::Search(e)) | SyncError::Reindex(ReindexError::Search(e)) => search(e),
+            SyncError::Pipeline(PipelineError::NoIndex(_)) => "no_index",
+            SyncError::Reindex(_) => "reindex",
+            SyncError::SequenceBehind { .. } => "sequence_behind",
+        }
+    }
 }
 
 /// The sequence behind every version, against the highest version the index holds (read
@@ -241,11 +263,13 @@ impl Syncer {
             loop {
                 match fanout::expand_step(&services.pool, owner, services.lease(), &mut parent, chunk).await? {
                     Step::Marked(n) => {
+                        telemetry::fanned_out(n);
                         total += n;
                         // Others can index what is marked while this expansion goes on.
                         self.nudge("fanout").await;
                     }
                     Step::Finished(n) => {
+                        telemetry::fanned_out(n);
                         total += n;
                         tracing::info!(students = total, "fan-out done");
                         return Ok(total);
@@ -293,13 +317,19 @@ impl Syncer {
             // Probably more waiting: let another worker start on it now.
             self.nudge("more").await;
         }
-        let span = tracing::info_span!("batch", size = marks.len(), owner = %owner);
+        // Stable field names for log pipelines: batch_id is the batch's version (unique).
+        let span = tracing::info_span!("batch", batch_id = tracing::field::Empty, size = marks.len(), indices = tracing::field::Empty, owner = %owner);
         let report = async {
             let prepared = batch::prepare(&self.services, &owner, marks).await?;
+            let span = tracing::Span::current();
+            span.record("batch_id", prepared.version);
+            span.record("indices", prepared.targets.indices.join(",").as_str());
             batch::deliver(&self.services, &owner, prepared).await
         }
         .instrument(span.clone())
-        .await?;
+        .await;
+        telemetry::batch(report.is_ok());
+        let report = report?;
         span.in_scope(|| {
             tracing::info!(
                 indexed = report.indexed,
@@ -375,8 +405,9 @@ impl SyncRunner for Syncer {
             }
             Err(e) => {
                 let failures = self.failed_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                telemetry::retried("step", 1);
                 let wait = STEP_RETRY.delay(failures, &mut rand::thread_rng());
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync step failed; marks stay and are retried");
+                tracing::warn!(stage = "sync_step", error_type = e.kind(), error = %e, retry_in_ms = wait.as_millis() as u64, "sync step failed; marks stay and are retried");
                 Err(RetryAfter(wait))
             }
         }

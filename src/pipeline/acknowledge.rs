@@ -44,7 +44,7 @@ pub fn verdicts(ops: impl IntoIterator<Item = (i64, Option<ItemOutcome>)>) -> Ha
     out
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Acked {
     /// Marks cleared.
     pub cleared: u64,
@@ -54,6 +54,8 @@ pub struct Acked {
     pub dead: u64,
     /// Students left dirty for a later try (transient failures).
     pub later: u64,
+    /// For each cleared mark, the seconds from its change's commit to now.
+    pub waited: Vec<f64>,
 }
 
 pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &HashMap<i64, Verdict>) -> Result<Acked, sqlx::Error> {
@@ -81,19 +83,21 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
     // together with clearing their marks.
     let ids: Vec<i64> = done.0.iter().chain(&dead.0).copied().collect();
     let seqs: Vec<i64> = done.1.iter().chain(&dead.1).copied().collect();
-    let clear = sqlx::query_scalar(
+    // Each cleared mark also says how long its change waited (the database's clock on both
+    // ends): commit → acknowledged, the freshness this batch delivered.
+    let clear = sqlx::query_as::<_, (i64, f64)>(
         "WITH gone AS (
              DELETE FROM tidemark.dirty_students d
               USING unnest($1::bigint[], $2::bigint[]) AS a(id, seq)
               WHERE d.student_id = a.id AND d.seq = a.seq
-          RETURNING d.student_id),
+          RETURNING d.student_id, extract(epoch FROM clock_timestamp() - d.marked_at)::float8 AS waited),
          healed AS (DELETE FROM tidemark.dead_letters WHERE student_id = ANY($3))
-         SELECT student_id FROM gone",
+         SELECT student_id, waited FROM gone",
     )
     .bind(&ids)
     .bind(&seqs)
     .bind(&done.0);
-    let gone: Vec<i64> = if ids.is_empty() {
+    let gone: Vec<(i64, f64)> = if ids.is_empty() {
         Vec::new()
     } else if dead.0.is_empty() {
         clear.fetch_all(pool).await?
@@ -107,8 +111,9 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
     };
     acked.cleared = gone.len() as u64;
     acked.changed_in_flight = (ids.len() - gone.len()) as u64;
+    acked.waited = gone.iter().map(|(_, w)| *w).collect();
     // Whatever is left (re-numbered in flight, or to retry later) is given back at once.
-    let cleared: HashSet<i64> = gone.into_iter().collect();
+    let cleared: HashSet<i64> = gone.into_iter().map(|(id, _)| id).collect();
     let left: Vec<i64> = marks.iter().map(|m| m.student_id).filter(|id| !cleared.contains(id)).collect();
     if !left.is_empty() {
         sqlx::query(

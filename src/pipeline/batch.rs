@@ -14,7 +14,7 @@ use super::{
     targets::{self, Targets},
     Mark, PipelineError,
 };
-use crate::{document::StudentDoc, services::Services};
+use crate::{document::StudentDoc, services::Services, telemetry};
 
 /// A batch read and ready to ship: the claim, the version drawn before the read, and the
 /// documents read (None for a deleted student).
@@ -48,7 +48,12 @@ pub struct BatchReport {
 
 /// Claims up to `limit` marks for `owner` (possibly none).
 pub async fn claim(services: &Services, owner: &str, limit: usize) -> Result<Vec<Mark>, PipelineError> {
-    Ok(claim::claim_students(&services.pool, owner, services.lease(), limit as i64).await?)
+    let started = Instant::now();
+    let marks = claim::claim_students(&services.pool, owner, services.lease(), limit as i64).await?;
+    if !marks.is_empty() {
+        telemetry::stage("claim", started.elapsed());
+    }
+    Ok(marks)
 }
 
 /// Decides the targets, draws the version, then reads the documents (in that order:
@@ -65,7 +70,10 @@ pub async fn prepare(services: &Services, owner: &str, marks: Vec<Mark>) -> Resu
     }
     .await;
     match result {
-        Ok((targets, version, docs)) => Ok(Prepared { marks, targets, version, docs, load: started.elapsed(), window }),
+        Ok((targets, version, docs)) => {
+            telemetry::stage("load", started.elapsed());
+            Ok(Prepared { marks, targets, version, docs, load: started.elapsed(), window })
+        }
         Err(e) => {
             give_back(services, owner, &ids).await;
             Err(e)
@@ -87,14 +95,25 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
         }
     };
     let verdicts = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
-    for (id, v) in &verdicts {
-        if let Verdict::Dead { status, reason } = v {
-            tracing::warn!(student_id = id, status, %reason, "the index refused this document; it is in the dead-letter table (tidemark admin failed)");
-        }
+    // One line per batch, not per document: the dead-letter table holds each one's reason.
+    let dead: Vec<(i64, u16, &str)> = verdicts
+        .iter()
+        .filter_map(|(id, v)| match v {
+            Verdict::Dead { status, reason } => Some((*id, *status, reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    if let Some((_, status, reason)) = dead.first() {
+        let students: Vec<i64> = dead.iter().take(10).map(|d| d.0).collect();
+        tracing::warn!(count = dead.len(), ?students, status, first_reason = %reason, "the index refused documents; they are in the dead-letter table (tidemark admin failed)");
     }
     drop(renewal);
     let shipped_at = Instant::now();
+    telemetry::stage("ship", shipped_at - started);
     let acked = acknowledge(&services.pool, owner, &p.marks, &verdicts).await?;
+    telemetry::stage("acknowledge", shipped_at.elapsed());
+    telemetry::freshness(&acked.waited);
+    telemetry::dead_lettered(acked.dead);
     if acked.later > 0 {
         tracing::warn!(students = acked.later, "some documents still failed after retries; their marks stay and a later sync retries them");
     }

@@ -13,6 +13,8 @@ pub struct OpMeta {
     /// Index into the targets the batch writes to (the live index, and a building one
     /// during a full reindex).
     pub target: usize,
+    /// A `delete` (the student is gone), else an `index`.
+    pub delete: bool,
     pub bytes: Range<usize>,
 }
 
@@ -38,7 +40,7 @@ pub fn encode(docs: &[(i64, Option<StudentDoc>)], targets: &[String], version: i
                 serde_json::to_writer(&mut out.buf, doc).expect("a document always serialises");
                 out.buf.push(b'\n');
             }
-            out.ops.push(OpMeta { student_id: *id, target, bytes: start..out.buf.len() });
+            out.ops.push(OpMeta { student_id: *id, target, delete: doc.is_none(), bytes: start..out.buf.len() });
         }
     }
     out
@@ -94,7 +96,7 @@ mod tests {
 
     #[test]
     fn split_respects_both_bounds() {
-        let ops: Vec<OpMeta> = (0..10).map(|i| OpMeta { student_id: i, target: 0, bytes: 0..100 }).collect();
+        let ops: Vec<OpMeta> = (0..10).map(|i| OpMeta { student_id: i, target: 0, delete: false, bytes: 0..100 }).collect();
         let all: Vec<usize> = (0..10).collect();
         assert_eq!(split(&ops, &all, 4, 10_000).iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert_eq!(split(&ops, &all, 100, 250).iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 2, 2, 2]);

@@ -15,7 +15,53 @@ use crate::{
     config::SyncConfig,
     retry::Backoff,
     search::{Search, SearchError},
+    telemetry,
 };
+
+/// Counts one request's items: sent when it leaves, and by outcome when its answer is read;
+/// a request abandoned without an answer (its batch's lease was lost) counts as transient,
+/// so the outcomes always add up to the items sent.
+struct Counted<'a> {
+    encoded: &'a Encoded,
+    request: &'a [usize],
+    answered: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn sent(encoded: &'a Encoded, request: &'a [usize]) -> Self {
+        telemetry::items_sent(request.len());
+        Counted { encoded, request, answered: false }
+    }
+
+    fn answered(&mut self, outcome: &BulkOutcome) {
+        self.answered = true;
+        match outcome {
+            BulkOutcome::Items(items) => {
+                for (&i, item) in self.request.iter().zip(items) {
+                    telemetry::item_outcome(telemetry::outcome_label(item, self.encoded.ops[i].delete));
+                }
+            }
+            // Split and sent again: this sending failed transiently.
+            BulkOutcome::Refused { .. } if self.request.len() > 1 => self.each("transient"),
+            BulkOutcome::Refused { .. } => self.each("permanent"),
+            BulkOutcome::RetryAll(_) => self.each("transient"),
+        }
+    }
+
+    fn each(&self, label: &'static str) {
+        for _ in self.request {
+            telemetry::item_outcome(label);
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.each("transient");
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct ShipLimits {
@@ -103,11 +149,19 @@ pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits, window
             let mut answers = futures::stream::iter(requests.into_iter().map(|request| async move {
                 let body = body(encoded, &request);
                 let size = body.len();
-                let outcome = match search.request(Method::Post, "/_bulk?require_alias=true", Some(body), true).await {
+                let mut counted = Counted::sent(encoded, &request);
+                let started = std::time::Instant::now();
+                let reply = search.request(Method::Post, "/_bulk?require_alias=true", Some(body), true).await;
+                telemetry::bulk_request(telemetry::status_class(reply.as_ref().ok().map(|r| r.status)), started.elapsed());
+                let outcome = match reply {
                     Ok(reply) => Ok(classify(reply.status, &reply.body, request.len())),
                     Err(e) if e.is_transient() => Ok(BulkOutcome::RetryAll(e.to_string())),
                     Err(e) => Err(e),
                 };
+                if let Ok(o) = &outcome {
+                    counted.answered(o);
+                }
+                drop(counted);
                 (request, size, outcome)
             }))
             .buffer_unordered(limits.concurrency.max(1));
@@ -162,6 +216,7 @@ pub async fn ship(search: &Search, encoded: &Encoded, limits: ShipLimits, window
         }
         tracing::info!(ops = pending.len(), attempt, wait_ms = wait.as_millis() as u64, "retrying transiently failed ops");
         shipped.retried_ops += pending.len() as u64;
+        telemetry::retried("ship", pending.len() as u64);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = window.lease_lost.cancelled() => {}

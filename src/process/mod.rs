@@ -5,7 +5,9 @@
 //! - [`worker`]: runs sync jobs from the queue, reconnecting when Redis goes away.
 //! - [`scheduler`]: enqueues a sync every interval.
 //! - [`listener`]: turns PostgreSQL notifications into nudges (run by both of the above).
+//! - [`admin`]: the admin endpoint (`/metrics`, `/healthz`, `/readyz`) beside any of them.
 
+pub mod admin;
 pub mod listener;
 pub mod scheduler;
 pub mod worker;
@@ -34,6 +36,8 @@ pub enum ProcessError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    #[error("cannot serve on {addr}: {reason}; choose a free address (--admin-addr / --addr)")]
+    Bind { addr: std::net::SocketAddr, reason: String },
 }
 
 /// Completes on SIGTERM or SIGINT: the `shutdown` the binary hands to a process.
@@ -44,6 +48,12 @@ pub async fn signal() {
         _ = term.recv() => {}
     }
     tracing::info!("stop requested");
+}
+
+/// A token cancelled on SIGTERM or SIGINT: one stop for everything a process runs (its
+/// loop and its admin endpoint).
+pub fn on_signal() -> CancellationToken {
+    stop_token(signal())
 }
 
 /// A token cancelled when `shutdown` completes, so the many places of a process that stop

@@ -17,6 +17,7 @@ use crate::{
         ship::{ship, ShipLimits, Window},
     },
     services::Services,
+    telemetry,
 };
 
 /// A chunk claimed by a worker: the students with `lo <= id < hi` (no upper bound for the
@@ -74,7 +75,9 @@ pub async fn process_chunk(services: &Services, owner: &str, build: &Build, chun
             .collect();
         if !dead.is_empty() {
             dead_letter(pool, &dead).await?;
+            telemetry::dead_lettered(dead.len() as u64);
         }
+        telemetry::reindexed(docs.len() as u64);
         Ok(Some(docs.len()))
     }
     .await;

@@ -1,0 +1,188 @@
+//! Metrics (docs/metrics.md is the catalogue; a test checks the two agree) and logs.
+//!
+//! Metrics go through the `metrics` facade into one Prometheus registry per process,
+//! rendered by the admin endpoint's `/metrics` (`process::admin`). Names follow Prometheus
+//! conventions — `tidemark_*`, base units, `_total` counters, fixed histogram buckets — and
+//! labels come from small fixed sets, never from student ids or error texts.
+//!
+//! The gauges read from PostgreSQL (`DbGauges`) are computed by one elected scheduler per
+//! interval, not by every process on every scrape.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{counter, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::pipeline::classify::ItemOutcome;
+
+pub const DOCUMENTS: &str = "tidemark_documents_total";
+pub const BULK_ITEMS: &str = "tidemark_bulk_items_total";
+pub const BULK_REQUESTS: &str = "tidemark_bulk_requests_total";
+pub const BULK_DURATION: &str = "tidemark_bulk_request_duration_seconds";
+pub const RETRIES: &str = "tidemark_retries_total";
+pub const DEAD_LETTERED: &str = "tidemark_dead_lettered_total";
+pub const STAGE_DURATION: &str = "tidemark_batch_stage_duration_seconds";
+pub const FRESHNESS: &str = "tidemark_freshness_seconds";
+pub const BATCHES: &str = "tidemark_batches_total";
+pub const FANOUT_STUDENTS: &str = "tidemark_fanout_students_total";
+pub const REINDEX_DOCUMENTS: &str = "tidemark_reindex_documents_total";
+pub const HTTP_REQUESTS: &str = "tidemark_http_requests_total";
+pub const HTTP_DURATION: &str = "tidemark_http_request_duration_seconds";
+pub const BUILD_INFO: &str = "tidemark_build_info";
+
+const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const FRESHNESS_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
+
+/// Installs this process's metrics registry (once; later calls return the same handle) and
+/// describes every metric, so `/metrics` lists each with its help text from the start.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(FRESHNESS.into()), FRESHNESS_BUCKETS)
+                .and_then(|b| b.set_buckets(DURATION_BUCKETS))
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed already (a test process with several
+            // workers): then ours only renders what this handle saw.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(DOCUMENTS, Unit::Count, "_bulk items by outcome (409 = superseded, not an error)");
+    describe_counter!(BULK_ITEMS, Unit::Count, "items sent in _bulk requests (= the sum of the outcomes)");
+    describe_counter!(BULK_REQUESTS, Unit::Count, "_bulk requests by answer (error = no answer)");
+    describe_histogram!(BULK_DURATION, Unit::Seconds, "one _bulk request, send to answer");
+    describe_counter!(RETRIES, Unit::Count, "items re-sent after a transient failure (ship); failed sync steps retried (step)");
+    describe_counter!(DEAD_LETTERED, Unit::Count, "documents moved to the dead-letter table");
+    describe_histogram!(STAGE_DURATION, Unit::Seconds, "where a batch's time goes");
+    describe_histogram!(FRESHNESS, Unit::Seconds, "per acknowledged document: database commit (mark) to acknowledged by the index");
+    describe_counter!(BATCHES, Unit::Count, "sync batches");
+    describe_counter!(FANOUT_STUDENTS, Unit::Count, "students marked by expanding a university, course or large statement");
+    describe_counter!(REINDEX_DOCUMENTS, Unit::Count, "documents written by full-reindex chunks");
+    describe_counter!(HTTP_REQUESTS, Unit::Count, "serve's requests by route template and status class");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "serve's request latency");
+    describe_gauge!(BUILD_INFO, "always 1; version is the binary's version");
+    for (name, help) in DbGauges::HELP {
+        describe_gauge!(*name, *help);
+    }
+}
+
+/// The outcome label of an item.
+pub fn outcome_label(outcome: &ItemOutcome, delete: bool) -> &'static str {
+    match outcome {
+        ItemOutcome::Written if delete => "deleted",
+        ItemOutcome::Written => "written",
+        ItemOutcome::Superseded => "superseded",
+        ItemOutcome::Transient(_) => "transient",
+        ItemOutcome::Permanent { .. } => "permanent",
+    }
+}
+
+/// One `_bulk` request's answer: its status class, duration and the items' outcomes.
+pub fn bulk_request(status_class: &'static str, took: Duration) {
+    counter!(BULK_REQUESTS, "status_class" => status_class).increment(1);
+    histogram!(BULK_DURATION).record(took.as_secs_f64());
+}
+
+/// The status class of an HTTP status (`error` for no answer).
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        None => "error",
+        Some(429) => "429",
+        Some(200..=299) => "2xx",
+        Some(400..=499) => "4xx",
+        Some(500..) => "5xx",
+        Some(_) => "error",
+    }
+}
+
+pub fn items_sent(n: usize) {
+    counter!(BULK_ITEMS).increment(n as u64);
+}
+
+pub fn item_outcome(label: &'static str) {
+    counter!(DOCUMENTS, "outcome" => label).increment(1);
+}
+
+pub fn retried(stage: &'static str, n: u64) {
+    counter!(RETRIES, "stage" => stage).increment(n);
+}
+
+pub fn dead_lettered(n: u64) {
+    counter!(DEAD_LETTERED).increment(n);
+}
+
+pub fn stage(stage: &'static str, took: Duration) {
+    histogram!(STAGE_DURATION, "stage" => stage).record(took.as_secs_f64());
+}
+
+pub fn freshness(seconds: &[f64]) {
+    let h = histogram!(FRESHNESS);
+    for s in seconds {
+        h.record(s.max(0.0));
+    }
+}
+
+pub fn batch(ok: bool) {
+    counter!(BATCHES, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub fn fanned_out(students: u64) {
+    counter!(FANOUT_STUDENTS).increment(students);
+}
+
+pub fn reindexed(documents: u64) {
+    counter!(REINDEX_DOCUMENTS).increment(documents);
+}
+
+/// The gauges read from PostgreSQL (and the queue depth from Redis), computed together.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DbGauges {
+    pub marks_outstanding: i64,
+    pub marks_in_flight: i64,
+    pub oldest_mark_age_seconds: f64,
+    pub fanouts_pending: i64,
+    pub dead_letters: i64,
+    pub queue_depth: Option<u64>,
+    pub workers_live: i64,
+    pub reindex_active: bool,
+    pub reindex_progress_ratio: f64,
+}
+
+impl DbGauges {
+    const HELP: &'static [(&'static str, &'static str)] = &[
+        ("tidemark_marks_outstanding", "students whose change is not yet in the index"),
+        ("tidemark_marks_in_flight", "of those, leased by a worker right now"),
+        ("tidemark_oldest_mark_age_seconds", "age of the oldest change not yet indexed: the freshness lag"),
+        ("tidemark_fanouts_pending", "renamed universities/courses and large statements not yet expanded"),
+        ("tidemark_dead_letters", "documents currently in the dead-letter table"),
+        ("tidemark_queue_depth", "sync jobs waiting in Redis"),
+        ("tidemark_workers_live", "worker processes with a recent heartbeat"),
+        ("tidemark_reindex_active", "1 while a full reindex builds or verifies"),
+        ("tidemark_reindex_progress_ratio", "documents written / total of the running build"),
+    ];
+
+    /// Publishes them on this process's registry.
+    pub fn publish(&self) {
+        gauge!("tidemark_marks_outstanding").set(self.marks_outstanding as f64);
+        gauge!("tidemark_marks_in_flight").set(self.marks_in_flight as f64);
+        gauge!("tidemark_oldest_mark_age_seconds").set(self.oldest_mark_age_seconds);
+        gauge!("tidemark_fanouts_pending").set(self.fanouts_pending as f64);
+        gauge!("tidemark_dead_letters").set(self.dead_letters as f64);
+        if let Some(d) = self.queue_depth {
+            gauge!("tidemark_queue_depth").set(d as f64);
+        }
+        gauge!("tidemark_workers_live").set(self.workers_live as f64);
+        gauge!("tidemark_reindex_active").set(if self.reindex_active { 1.0 } else { 0.0 });
+        gauge!("tidemark_reindex_progress_ratio").set(self.reindex_progress_ratio);
+    }
+}

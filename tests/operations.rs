@@ -1,0 +1,301 @@
+//! Operations: the admin endpoint (/metrics, /healthz, /readyz) of real worker and
+//! scheduler processes, the metric catalogue (docs/metrics.md) against what they export,
+//! JSON logs, and a graceful stop under orchestration.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{
+    fault_proxy::{FaultProxy, Faults},
+    free_port, small_directory, Env, Proc,
+};
+
+/// One catalogued metric: its type and its labels with their allowed values (empty: any).
+#[derive(Debug)]
+struct Catalogued {
+    kind: String,
+    labels: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// docs/metrics.md's catalogue table.
+fn catalogue() -> BTreeMap<String, Catalogued> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("| `tidemark_")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_string();
+        let mut labels = BTreeMap::new();
+        if cells[4] != "—" {
+            for label in cells[4].split(';') {
+                let (label, values) = label.split_once(':').unwrap_or((label, ""));
+                let values = values.split(',').map(|v| v.trim().trim_matches('`').to_string()).filter(|v| !v.is_empty()).collect();
+                labels.insert(label.trim().trim_matches('`').to_string(), values);
+            }
+        }
+        out.insert(name, Catalogued { kind: cells[2].to_string(), labels });
+    }
+    out
+}
+
+/// A scrape: the type of each metric, and each sample (name, labels, value).
+#[derive(Debug, Default)]
+struct Scrape {
+    types: BTreeMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Scrape {
+        let mut s = Scrape::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                s.types.insert(name.to_string(), kind.to_string());
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let (head, value) = line.rsplit_once(' ').unwrap();
+                let (name, labels) = match head.split_once('{') {
+                    Some((n, l)) => (n, l.trim_end_matches('}')),
+                    None => (head, ""),
+                };
+                let labels = labels
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').unwrap();
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                s.samples.push((name.to_string(), labels, value.parse().unwrap()));
+            }
+        }
+        s
+    }
+
+    /// The sum of a metric's samples whose labels include `with`.
+    fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| n == name && with.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|s| s.2)
+            .sum()
+    }
+}
+
+async fn scrape(addr: &str) -> Scrape {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    Scrape::parse(&text)
+}
+
+async fn wait_for_admin(addr: &str, p: &Proc) {
+    let start = Instant::now();
+    while reqwest::get(format!("http://{addr}/healthz")).await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the admin endpoint never answered:\n{}", p.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_catalogued_metric_is_exported_as_declared_and_a_stuck_mark_shows_as_rising_lag() {
+    let catalogue = catalogue();
+    assert!(catalogue.len() >= 20, "the catalogue parses: {catalogue:?}");
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::new().await;
+    small_directory(&env).await;
+    let (worker_addr, scheduler_addr) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let mut worker = env.spawn(&["worker", "--admin-addr", &worker_addr], |c| {
+        c.env("ELASTICSEARCH_URL", proxy.url());
+    });
+    let mut scheduler = env.spawn(&["scheduler", "--interval", "1s", "--admin-addr", &scheduler_addr], |_| {});
+    wait_for_admin(&worker_addr, &worker).await;
+    wait_for_admin(&scheduler_addr, &scheduler).await;
+    // A real sync: inserts, a rename (fan-out), updates, deletes, a reindex, and some 429s.
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) SELECT g, 'N' || g, 'L', 20, 'FR', 1 + g % 2 FROM generate_series(1, 2500) g").await;
+    env.wait_synced("the inserts", Duration::from_secs(90)).await;
+    proxy.set(Faults { bulk_item_429: 0.2, only_path: Some("_bulk".into()), ..Faults::default() });
+    env.sql("UPDATE universities SET name = 'MIT2' WHERE id = 1").await;
+    env.sql("UPDATE students SET age = 21 WHERE id <= 100; DELETE FROM students WHERE id > 2400").await;
+    env.wait_synced("the changes", Duration::from_secs(90)).await;
+    proxy.clear();
+    let out = env.command().args(["admin", "reindex", "--wait"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.wait_synced("the reindex", Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let (w, s) = (scrape(&worker_addr).await, scrape(&scheduler_addr).await);
+    for (name, c) in &catalogue {
+        if name.starts_with("tidemark_http_") {
+            continue; // `serve`'s, checked with serve
+        }
+        let exported = w.types.get(name).or_else(|| s.types.get(name));
+        assert_eq!(exported.map(String::as_str), Some(c.kind.as_str()), "{name} is exported as a {}", c.kind);
+    }
+    for scrape in [&w, &s] {
+        for (name, labels, _) in &scrape.samples {
+            assert!(name.starts_with("tidemark_"), "{name}: every name starts with tidemark_");
+            let base = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+            let c = catalogue.get(name).or_else(|| catalogue.get(base)).unwrap_or_else(|| panic!("{name} is not in docs/metrics.md"));
+            if c.kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} ends in _total");
+            }
+            for (k, v) in labels {
+                if k == "le" {
+                    continue;
+                }
+                let allowed = c.labels.get(k).unwrap_or_else(|| panic!("{name} has label {k}, not in the catalogue"));
+                assert!(allowed.is_empty() || allowed.contains(v), "{name}{{{k}={v}}}: not one of {allowed:?}");
+            }
+        }
+    }
+    // Outcomes add up to the items sent; a 409 is superseded, not an error.
+    let sent = w.sum("tidemark_bulk_items_total", &[]);
+    let outcomes = w.sum("tidemark_documents_total", &[]);
+    assert!(sent > 2500.0, "{sent}");
+    assert_eq!(outcomes, sent, "outcomes add up to the items sent");
+    assert!(w.sum("tidemark_documents_total", &[("outcome", "transient")]) > 0.0, "the 429s are counted as transient");
+    assert!(w.sum("tidemark_documents_total", &[("outcome", "deleted")]) >= 100.0);
+    assert!(w.sum("tidemark_retries_total", &[("stage", "ship")]) > 0.0);
+    assert!(w.sum("tidemark_fanout_students_total", &[]) > 1000.0);
+    assert!(w.sum("tidemark_reindex_documents_total", &[]) >= 2400.0);
+    assert_eq!(s.sum("tidemark_marks_outstanding", &[]), 0.0);
+    assert_eq!(s.sum("tidemark_workers_live", &[]), 1.0);
+
+    // A stuck mark: the search server refuses every _bulk. The lag rises; the freshness
+    // histogram (what was acknowledged) does not move.
+    proxy.set(Faults { unavailable: 1.0, only_path: Some("_bulk".into()), ..Faults::default() });
+    env.sql("UPDATE students SET last_name = 'Stuck' WHERE id = 5").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (w1, s1) = (scrape(&worker_addr).await, scrape(&scheduler_addr).await);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (w2, s2) = (scrape(&worker_addr).await, scrape(&scheduler_addr).await);
+    let (lag1, lag2) = (s1.sum("tidemark_oldest_mark_age_seconds", &[]), s2.sum("tidemark_oldest_mark_age_seconds", &[]));
+    assert!(lag1 >= 1.0 && lag2 >= lag1 + 2.0, "the lag rises while the mark is stuck: {lag1} then {lag2}");
+    assert_eq!(s2.sum("tidemark_marks_outstanding", &[]), 1.0);
+    assert_eq!(w1.sum("tidemark_freshness_seconds_count", &[]), w2.sum("tidemark_freshness_seconds_count", &[]), "nothing acknowledged");
+    assert!(w2.sum("tidemark_bulk_requests_total", &[("status_class", "5xx")]) > 0.0);
+    proxy.clear();
+    env.wait_synced("the stuck mark goes through once the server takes writes", Duration::from_secs(60)).await;
+    assert!(worker.terminate().success());
+    assert!(scheduler.terminate().success());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_redis_when_it_is_down_while_healthz_stays_ok() {
+    let env = Env::new().await;
+    let redis_port = free_port();
+    let start_redis = || {
+        std::process::Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server")
+    };
+    let mut redis = start_redis();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let worker = env.spawn(&["worker", "--admin-addr", &addr], |c| {
+        c.env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"));
+    });
+    wait_for_admin(&addr, &worker).await;
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    for check in ["postgres", "search", "redis"] {
+        assert_eq!(body["checks"][check]["ok"], Value::Bool(true), "{body}");
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["redis"]["ok"], Value::Bool(false), "{body}");
+    assert_eq!(body["checks"]["postgres"]["ok"], Value::Bool(true), "{body}");
+    assert!(body["checks"]["redis"]["error"].as_str().unwrap().contains("Redis"), "{body}");
+    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "alive without Redis");
+    redis = start_redis();
+    let until = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://{addr}/readyz")).await.unwrap().status() != 200 {
+        assert!(Instant::now() < until, "ready again once Redis is back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(worker);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_stable_fields_and_nothing_per_document_at_info() {
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::new().await;
+    env.create_index().await;
+    let mut worker = env.spawn(&["worker", "--log-format", "json"], |c| {
+        c.env("ELASTICSEARCH_URL", proxy.url());
+    });
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 300) g").await;
+    env.wait_synced("the inserts", Duration::from_secs(60)).await;
+    // A step that fails, to see an error line.
+    proxy.set(Faults { require_authorization: Some("Basic nobody".into()), ..Faults::default() });
+    env.sql("UPDATE students SET age = 30 WHERE id = 1").await;
+    env.eventually("a failed step is logged", Duration::from_secs(20), || async { worker.output().contains("sync step failed") }).await;
+    proxy.clear();
+    env.wait_synced("the update", Duration::from_secs(60)).await;
+    assert!(worker.terminate().success());
+    let lines: Vec<Value> = worker
+        .output()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let batch = lines.iter().find(|l| l["fields"]["message"] == "batch synced").expect("a batch line");
+    for field in ["indexed", "deleted", "cleared", "load_ms", "ship_ms", "ack_ms", "requests"] {
+        assert!(batch["fields"].get(field).is_some(), "batch line has {field}: {batch}");
+    }
+    for field in ["batch_id", "size", "indices", "owner"] {
+        assert!(batch["span"].get(field).is_some(), "batch span has {field}: {batch}");
+    }
+    let error = lines.iter().find(|l| l["fields"]["message"] == "sync step failed; marks stay and are retried").expect("an error line");
+    assert_eq!(error["fields"]["stage"], "sync_step");
+    assert_eq!(error["fields"]["error_type"], "search_credentials");
+    let per_document = lines.iter().filter(|l| l["level"] == "INFO" && l["fields"].get("student_id").is_some()).count();
+    assert_eq!(per_document, 0, "nothing is logged per document at info level");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_a_worker_with_a_batch_in_flight_exits_0_and_leaves_no_lease() {
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::new().await;
+    env.create_index().await;
+    let config = std::env::temp_dir().join(format!("{}-stop.toml", env.alias));
+    std::fs::write(&config, "[worker]\nshutdown_timeout = \"2s\"\n").unwrap();
+    let mut worker = env.spawn(&["--config", config.to_str().unwrap(), "worker"], |c| {
+        c.env("ELASTICSEARCH_URL", proxy.url());
+    });
+    // Every _bulk answer is held 10 s: the batch is in flight when the stop comes.
+    proxy.set(Faults { slow_answer: 1.0, delay_answer: Duration::from_secs(10), only_path: Some("_bulk".into()), ..Faults::default() });
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 50) g").await;
+    env.eventually("a batch is in flight", Duration::from_secs(20), || async { proxy.stats().in_flight > 0 }).await;
+    let stopped = Instant::now();
+    let status = worker.terminate();
+    assert!(status.success(), "exit 0 on SIGTERM:\n{}", worker.output());
+    assert!(stopped.elapsed() < Duration::from_secs(8), "within the grace period (2 s + margin): {:?}", stopped.elapsed());
+    let leased = env
+        .scalar_i64(
+            "SELECT (SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL)
+                  + (SELECT count(*) FROM tidemark.dirty_parents WHERE lease_owner IS NOT NULL)
+                  + (SELECT count(*) FROM tidemark.reindex_chunks WHERE lease_owner IS NOT NULL AND NOT done)",
+        )
+        .await;
+    assert_eq!(leased, 0, "no lease is left behind");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 50, "the marks stay for the next worker");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.workers").await, 0, "the worker said it is gone");
+    proxy.clear();
+    let _ = std::fs::remove_file(config);
+    env.cleanup().await;
+}
