@@ -523,3 +523,43 @@ async fn reindex_wait_with_no_worker_says_so_and_what_to_do() {
     env.assert_converged().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_replica_on_one_node_the_index_is_yellow_and_sync_and_reindex_work_without_waiting_for_green() {
+    let env = Env::with_config(|c| {
+        c.index.number_of_replicas = 1;
+        c.index.refresh_interval = "500ms".parse().unwrap();
+    })
+    .await;
+    seed(&env, 300).await;
+    env.engine().drain().await.unwrap();
+    reindex::start(&env.services(), 100, "test").await.unwrap();
+    env.engine().drain().await.unwrap();
+    let index = generation(&env, 2);
+    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![index.clone()]);
+    let health = env.es_json(reqwest::Method::GET, &format!("/_cluster/health/{index}"), None).await;
+    assert_eq!(health["status"], json!("yellow"), "one node cannot hold the replica: {health}");
+    // The build-time settings (no refresh, no replicas) were restored before the swap.
+    let settings = env.es_json(reqwest::Method::GET, &format!("/{index}/_settings?flat_settings=true"), None).await;
+    let s = &settings[&index]["settings"];
+    assert_eq!((s["index.number_of_replicas"].clone(), s["index.refresh_interval"].clone()), (json!("1"), json!("500ms")), "{s}");
+    // A change is searchable after the refresh interval, without anyone refreshing.
+    env.sql("UPDATE students SET last_name = 'Yellow' WHERE id = 9").await;
+    env.engine().drain().await.unwrap();
+    let http = reqwest::Client::new();
+    env.eventually("searchable after the refresh interval", Duration::from_secs(10), || async {
+        let v: serde_json::Value = http
+            .post(format!("{}/{}/_count", env.es_url, env.alias))
+            .json(&json!({"query": {"term": {"last_name.raw": "Yellow"}}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["count"] == json!(1)
+    })
+    .await;
+    env.assert_converged().await;
+    env.cleanup().await;
+}
