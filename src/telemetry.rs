@@ -13,8 +13,6 @@ use std::{sync::OnceLock, time::Duration};
 use metrics::{counter, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::pipeline::classify::ItemOutcome;
-
 pub const DOCUMENTS: &str = "tidemark_documents_total";
 pub const BULK_ITEMS: &str = "tidemark_bulk_items_total";
 pub const BULK_REQUESTS: &str = "tidemark_bulk_requests_total";
@@ -73,17 +71,6 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "always 1; version is the binary's version");
     for (name, help) in DbGauges::HELP {
         describe_gauge!(*name, *help);
-    }
-}
-
-/// The outcome label of an item.
-pub fn outcome_label(outcome: &ItemOutcome, delete: bool) -> &'static str {
-    match outcome {
-        ItemOutcome::Written if delete => "deleted",
-        ItemOutcome::Written => "written",
-        ItemOutcome::Superseded => "superseded",
-        ItemOutcome::Transient(_) => "transient",
-        ItemOutcome::Permanent { .. } => "permanent",
     }
 }
 

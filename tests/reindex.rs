@@ -459,7 +459,7 @@ async fn a_missing_document_is_not_excused_by_unrelated_outstanding_changes_and_
     let proxy = support::fault_proxy::FaultProxy::start(&env_url()).await;
     let env = Env::with_config(|c| {
         c.elasticsearch_url = Some(tidemark::config::Secret::new(proxy.url()));
-        c.reindex.verify_timeout = "3s".parse().unwrap();
+        c.reindex.verify_timeout = "8s".parse().unwrap();
     })
     .await;
     seed(&env, 500).await;

@@ -86,10 +86,15 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
     // Each cleared mark also says how long its change waited (the database's clock on both
     // ends): commit → acknowledged, the freshness this batch delivered.
     let clear = sqlx::query_as::<_, (i64, f64)>(
-        "WITH gone AS (
-             DELETE FROM tidemark.dirty_students d
-              USING unnest($1::bigint[], $2::bigint[]) AS a(id, seq)
-              WHERE d.student_id = a.id AND d.seq = a.seq
+        // The marks are locked in id order first, as the capture triggers lock them, so a
+        // writer re-marking these students meanwhile waits and never deadlocks with us.
+        "WITH mine AS (
+             SELECT d.student_id FROM tidemark.dirty_students d
+               JOIN unnest($1::bigint[], $2::bigint[]) AS a(id, seq) ON d.student_id = a.id AND d.seq = a.seq
+              ORDER BY d.student_id FOR UPDATE OF d),
+         gone AS (
+             DELETE FROM tidemark.dirty_students d USING mine m
+              WHERE d.student_id = m.student_id
           RETURNING d.student_id, extract(epoch FROM clock_timestamp() - d.marked_at)::float8 AS waited),
          healed AS (DELETE FROM tidemark.dead_letters WHERE student_id = ANY($3))
          SELECT student_id, waited FROM gone",
@@ -116,14 +121,7 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
     let cleared: HashSet<i64> = gone.into_iter().map(|(id, _)| id).collect();
     let left: Vec<i64> = marks.iter().map(|m| m.student_id).filter(|id| !cleared.contains(id)).collect();
     if !left.is_empty() {
-        sqlx::query(
-            "UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL
-              WHERE student_id = ANY($1) AND lease_owner = $2",
-        )
-        .bind(&left)
-        .bind(owner)
-        .execute(pool)
-        .await?;
+        super::claim::release(pool, owner, &left).await?;
     }
     Ok(acked)
 }

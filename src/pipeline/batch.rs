@@ -86,7 +86,7 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
     let ids: Vec<i64> = p.marks.iter().map(|m| m.student_id).collect();
     let started = Instant::now();
     let encoded = encode(&p.docs, &p.targets.indices, p.version);
-    let renewal = lease::renew(services, owner, Held::Marks(ids.clone()), p.window.lease_lost.clone());
+    let renewal = lease::renew(services, owner, Held::Marks(ids.clone()), p.window.lease_lost.clone()).await;
     let shipped = match ship(&services.search, &encoded, ShipLimits::from_config(&services.config.sync), &p.window).await {
         Ok(s) => s,
         Err(e) => {

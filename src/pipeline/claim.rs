@@ -45,9 +45,12 @@ pub async fn draw_version(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
 /// Gives back the leases this owner still holds on these students, so the marks that
 /// were not acknowledged can be claimed again at once.
 pub async fn release(db: impl PgExecutor<'_>, owner: &str, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    // Rows locked in id order, as the capture triggers lock them (no deadlock with a writer).
     let r = sqlx::query(
-        "UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL
-          WHERE student_id = ANY($1) AND lease_owner = $2",
+        "UPDATE tidemark.dirty_students d SET lease_owner = NULL, lease_until = NULL
+           FROM (SELECT student_id FROM tidemark.dirty_students
+                  WHERE student_id = ANY($1) AND lease_owner = $2 ORDER BY student_id FOR UPDATE) s
+          WHERE d.student_id = s.student_id",
     )
     .bind(ids)
     .bind(owner)
@@ -60,10 +63,15 @@ pub async fn release(db: impl PgExecutor<'_>, owner: &str, ids: &[i64]) -> Resul
 /// a stopping worker's last act, and what a worker does for the steps a lost queue cut short.
 pub async fn release_all(pool: &PgPool, identity: &str) -> Result<u64, sqlx::Error> {
     let prefix = format!("{identity}#");
-    let a = sqlx::query("UPDATE tidemark.dirty_students SET lease_owner = NULL, lease_until = NULL WHERE starts_with(lease_owner, $1)")
-        .bind(&prefix)
-        .execute(pool)
-        .await?;
+    let a = sqlx::query(
+        "UPDATE tidemark.dirty_students d SET lease_owner = NULL, lease_until = NULL
+           FROM (SELECT student_id FROM tidemark.dirty_students
+                  WHERE starts_with(lease_owner, $1) ORDER BY student_id FOR UPDATE) s
+          WHERE d.student_id = s.student_id",
+    )
+    .bind(&prefix)
+    .execute(pool)
+    .await?;
     let b = sqlx::query("UPDATE tidemark.dirty_parents SET lease_owner = NULL, lease_until = NULL WHERE starts_with(lease_owner, $1)")
         .bind(&prefix)
         .execute(pool)

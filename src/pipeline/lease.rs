@@ -36,13 +36,20 @@ impl Drop for Renewal {
 }
 
 /// Renews `owner`'s lease on `held` until the returned [`Renewal`] is dropped; cancels
-/// `lost` if the lease turns out lost. The first renewal is at once, so a step that stalled
-/// before it started shipping learns it before it sends anything.
-pub fn renew(services: &Services, owner: &str, held: Held, lost: CancellationToken) -> Renewal {
+/// `lost` if the lease turns out lost. The first renewal happens before this returns, so a
+/// step that stalled before it started shipping learns it before it sends anything.
+pub async fn renew(services: &Services, owner: &str, held: Held, lost: CancellationToken) -> Renewal {
     let (pool, lease, owner) = (services.pool.clone(), services.lease(), owner.to_string());
     let every = lease / 3;
+    // The first renewal inline; the following ones in the background.
+    if let Ok(false) = extend(&pool, &owner, &held, lease).await {
+        tracing::warn!(owner = %owner, "lease lost before sending (the step stalled past it and another worker took over); sending nothing");
+        lost.cancel();
+        return Renewal { task: tokio::spawn(async {}) };
+    }
     let task = tokio::spawn(async move {
         loop {
+            tokio::time::sleep(every.max(Duration::from_millis(50))).await;
             match extend(&pool, &owner, &held, lease).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -52,7 +59,6 @@ pub fn renew(services: &Services, owner: &str, held: Held, lost: CancellationTok
                 }
                 Err(e) => tracing::warn!(error = %e, "could not renew a lease; the step's deadline ends it in time"),
             }
-            tokio::time::sleep(every.max(Duration::from_millis(50))).await;
         }
     });
     Renewal { task }
@@ -63,9 +69,13 @@ async fn extend(pool: &sqlx::PgPool, owner: &str, held: &Held, lease: Duration) 
     let millis = lease.as_millis() as f64;
     match held {
         Held::Marks(ids) => {
+            // Rows locked in id order, as the capture triggers lock them: a writer re-marking
+            // these students at the same time waits, it never deadlocks with the renewal.
             let r = sqlx::query(
-                "UPDATE tidemark.dirty_students SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
-                  WHERE lease_owner = $1 AND student_id = ANY($2)",
+                "UPDATE tidemark.dirty_students d SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+                   FROM (SELECT student_id FROM tidemark.dirty_students
+                          WHERE lease_owner = $1 AND student_id = ANY($2) ORDER BY student_id FOR UPDATE) s
+                  WHERE d.student_id = s.student_id",
             )
             .bind(owner)
             .bind(ids)

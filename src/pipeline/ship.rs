@@ -38,7 +38,7 @@ impl<'a> Counted<'a> {
         match outcome {
             BulkOutcome::Items(items) => {
                 for (&i, item) in self.request.iter().zip(items) {
-                    telemetry::item_outcome(telemetry::outcome_label(item, self.encoded.ops[i].delete));
+                    telemetry::item_outcome(outcome_label(item, self.encoded.ops[i].delete));
                 }
             }
             // Split and sent again: this sending failed transiently.
@@ -52,6 +52,17 @@ impl<'a> Counted<'a> {
         for _ in self.request {
             telemetry::item_outcome(label);
         }
+    }
+}
+
+/// The `outcome` label of an item (docs/metrics.md).
+fn outcome_label(outcome: &ItemOutcome, delete: bool) -> &'static str {
+    match outcome {
+        ItemOutcome::Written if delete => "deleted",
+        ItemOutcome::Written => "written",
+        ItemOutcome::Superseded => "superseded",
+        ItemOutcome::Transient(_) => "transient",
+        ItemOutcome::Permanent { .. } => "permanent",
     }
 }
 

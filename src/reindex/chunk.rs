@@ -52,7 +52,7 @@ pub async fn claim_chunk(db: impl PgExecutor<'_>, reindex_id: i64, owner: &str, 
 pub async fn process_chunk(services: &Services, owner: &str, build: &Build, chunk: &Chunk) -> Result<Option<usize>, ReindexError> {
     let pool = &services.pool;
     let window = Window::of(services.config.sync.batch_timeout.0);
-    let renewal = lease::renew(services, owner, Held::Chunk { build: build.id, lo: chunk.lo }, window.lease_lost.clone());
+    let renewal = lease::renew(services, owner, Held::Chunk { build: build.id, lo: chunk.lo }, window.lease_lost.clone()).await;
     let result = async {
         // The version is drawn before the read, as every reader does.
         let version = draw_version(pool).await?;
