@@ -68,6 +68,14 @@ fn stop_token(shutdown: impl Future<Output = ()> + Send + 'static) -> Cancellati
     token
 }
 
+/// Waits `wait`, or less if `stop` comes first.
+async fn pause(wait: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
 /// Connects to Redis, retrying on the [`Backoff::RECONNECT`] schedule until it answers;
 /// `None` when `stop` comes first. Wrong credentials are not retried: waiting cannot mend them.
 async fn connect_queue(config: &Config, stop: &CancellationToken) -> Result<Option<Queue>, ProcessError> {

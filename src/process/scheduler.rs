@@ -34,11 +34,7 @@ pub async fn run(services: Services, interval: Duration, shutdown: impl Future<O
             Ok(()) => tracing::warn!("scheduler ended; restarting"),
             Err(e) => tracing::warn!(error = %e, "scheduler failed (Redis lost?); reconnecting"),
         }
-        let wait = restarts.next().expect("backoff delays never end");
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => {}
-        }
+        super::pause(restarts.next().expect("backoff delays never end"), &stop).await;
     }
     if let Some(l) = listening {
         let _ = l.await;

@@ -89,11 +89,7 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         if started.elapsed() > Duration::from_secs(60) {
             restarts = Backoff::RECONNECT.delays();
         }
-        let wait = restarts.next().expect("backoff delays never end");
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => {}
-        }
+        super::pause(restarts.next().expect("backoff delays never end"), &stop).await;
     }
     if let Some(l) = listening {
         let _ = l.await;
