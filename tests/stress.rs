@@ -12,11 +12,19 @@
 //! `tidemark admin reindex`. The chaos comes in waves (see [`is_calm`]) so that the build
 //! can also be verified and promoted while faults and writes go on.
 //!
+//! In waves of their own ([`body_limited`]) the proxy also plays a reverse proxy with a body
+//! limit (`max_body`, 64 KiB), answering larger requests 413: tidemark must split them,
+//! never dead-letter a document for it. Before anything runs, an unrelated index named like
+//! a generation, `<alias>_2024` (a yearly archive), is created with one document and an
+//! alias of its own ([`ForeignIndex`]): tidemark must never number after it, prune it,
+//! write to it or put its aliases on it.
+//!
 //! Then writes stop, faults stop, the workers drain, and a checker whose SQL is written
 //! independently of tidemark's document code ([`Env::expected_docs`]) compares every
-//! document field by field: no missing, no extra, no difference, no dead letters, no
-//! failed or refused reindex, no stray index. It prints what it did; the processes' logs
-//! and the chaos timeline go to a directory under the temp dir, kept when the test fails.
+//! document field by field: no missing, no extra, no difference, no dead letters (none for a
+//! 413 above all), no failed or refused reindex, no stray index, and the foreign index as it
+//! was. It prints what it did; the processes' logs and the chaos timeline go to a directory
+//! under the temp dir, kept when the test fails.
 //!
 //! Knobs (environment): `STRESS_SECONDS` (chaos duration, default 60; a soak is the same
 //! test with a bigger number), `STRESS_SEED` (default: random, printed), `STRESS_STUDENTS`
@@ -112,17 +120,30 @@ chunk_size = 500
 
 const LOG_FILTER: &str = "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn";
 
-/// Moderate fault rates: plenty of faults, and still progress.
-fn chaos_faults(only_path: Option<String>) -> Faults {
+/// Moderate fault rates: plenty of faults, and still progress. With `body_limited`, the
+/// proxy also refuses bodies over [`BODY_LIMIT`] with 413, as a reverse proxy would.
+fn chaos_faults(only_path: Option<String>, body_limited: bool) -> Faults {
     Faults {
         bulk_item_429: 0.1,
         unavailable: 0.05,
         reset: 0.02,
         slow: 0.05,
         delay: Duration::from_millis(200),
+        max_body: body_limited.then_some(BODY_LIMIT),
         only_path,
         ..Faults::default()
     }
+}
+
+/// The body limit of the 413 windows: nginx's `client_max_body_size` set to 64k. A sync
+/// batch (200 students, twice that while a build runs) and a reindex chunk (500 students)
+/// are larger; a single document is far smaller, so nothing may end as a dead letter.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The 413 windows: 7 s in every 14, shifted by `phase` (0..14, from the seed), so they fall
+/// on busy and calm waves, on builds, promotions and rollbacks alike.
+fn body_limited(since_start: Duration, phase: u64) -> bool {
+    (since_start.as_secs() + phase) % 14 < 7
 }
 
 // ---------------------------------------------------------------------------------------
@@ -155,6 +176,10 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     let redis = PrivateRedis::start(free_port());
     assert!(redis.wait_ready(Duration::from_secs(10)).await, "private redis-server did not come up");
     let proxy = FaultProxy::start(&env.es_url).await;
+
+    // Before tidemark's first build: someone else's index named like one of its generations.
+    let foreign = ForeignIndex::create(&env).await;
+    say(&format!("created {} (not tidemark's: one document, alias {})", foreign.name, foreign.alias));
 
     // The starting point: an index, then seeded students indexed by a first drain (direct,
     // no faults). The index comes first so the seeded students are written once.
@@ -190,8 +215,12 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         events: Vec::new(),
         counts: ChaosCounts::default(),
     };
+    fleet.event(&format!(
+        "foreign index {} (not tidemark's: 1 document, alias {}) exists since before tidemark's first build",
+        foreign.name, foreign.alias
+    ));
     fleet.start_all();
-    proxy.set(chaos_faults(s.fault_path.clone()));
+    proxy.set(chaos_faults(s.fault_path.clone(), false));
 
     // Writers.
     let stop = Arc::new(AtomicBool::new(false));
@@ -217,6 +246,8 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     // Early enough that the build usually completes, is verified and promoted while the
     // chaos goes on; a soak rebuilds again every two minutes.
     let mut next_reindex = chaos_start + s.chaos / 6;
+    let body_limit_phase = s.seed % 14;
+    let mut body_limit = BodyLimitWindow::default();
     let mut watch = BuildWatch::default();
     let mut was_calm = false;
     while Instant::now() < deadline {
@@ -234,6 +265,11 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         }
         for r in &mut reindexes {
             r.poll().await;
+        }
+        let limited = body_limited(chaos_start.elapsed(), body_limit_phase);
+        if limited != body_limit.on {
+            proxy.set(chaos_faults(s.fault_path.clone(), limited));
+            body_limit.switch(limited, proxy.stats().too_large, &mut fleet);
         }
         let calm = is_calm(chaos_start.elapsed());
         if calm && !was_calm {
@@ -260,6 +296,9 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     fleet.event(&format!("writers stopped ({:.1}s after the deadline)", writes_stopped.elapsed().as_secs_f64()));
     // Faults stop; everything that is down comes back.
     proxy.clear();
+    if body_limit.on {
+        body_limit.switch(false, proxy.stats().too_large, &mut fleet);
+    }
     fleet.heal().await;
     let faults = proxy.stats();
     fleet.event(&format!("faults cleared: {faults:?}"));
@@ -326,6 +365,8 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         })
         .unwrap_or_default();
     let build_alias = tidemark::catalog::build_alias(&env.alias);
+    let foreign_problems = foreign.problems(&env, &[env.alias.as_str(), build_alias.as_str()]).await;
+    let dead_413 = dead_letters.iter().filter(|(_, status, error, _)| *status == Some(413) || error.contains("413")).count();
 
     // Stop the processes (SIGTERM, bounded) and keep their logs.
     let stop_report = fleet.stop_all();
@@ -353,22 +394,27 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     out.push_str(&fleet.counts.render());
     let _ = writeln!(
         out,
-        "what the processes logged: {} batches synced, {} fan-outs done, {} sync steps failed (retried), {} requests timed out, {} queue-loop restarts ({} after apalis declared the worker dead: \"worker not registered\"), {} failed builds",
+        "what the processes logged: {} batches synced, {} fan-outs done, {} sync steps failed (retried), {} requests timed out, {} queue-loop restarts ({} after apalis declared the worker dead: \"worker not registered\"), {} failed builds, {} bulk requests sent again in halves after a refusal ({} processes taught a smaller size by a 413)",
         seen("batch synced"),
         seen("fan-out done"),
         seen("sync step failed"),
         seen("operation timed out"),
         seen("queue worker failed"),
         seen_all(&["queue worker failed", "worker not registered"]),
-        seen("reindex failed")
+        seen("reindex failed"),
+        seen("sending its halves"),
+        seen("refused a request as too large")
     );
     let _ = writeln!(
         out,
-        "search faults injected: {} item-level 429s, {} 503s, {} connection resets, {} slowed by 200ms ({} requests forwarded){}",
+        "search faults injected: {} item-level 429s, {} 503s, {} connection resets, {} slowed by 200ms, {} bodies over {} KiB refused with 413 in {} windows ({} requests forwarded){}",
         faults.items_429,
         faults.unavailable,
         faults.resets,
         faults.slowed,
+        faults.too_large,
+        BODY_LIMIT / 1024,
+        fleet.counts.body_limit_windows,
         faults.forwarded,
         s.fault_path.as_ref().map(|p| format!(", only on paths containing {p:?}")).unwrap_or_else(|| ", on every path".into())
     );
@@ -379,6 +425,15 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         let _ = writeln!(out, "  build #{id} {target}: {state} — {} (reason: {reason})", message.as_deref().unwrap_or(""));
     }
     let _ = writeln!(out, "alias {} → {:?}; indices (name, documents): {:?}", env.alias, alias_now, indices);
+    if foreign_problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "foreign index {}: untouched (the same one document at _version 1, the same uuid, its own alias {} and no alias of tidemark's)",
+            foreign.name, foreign.alias
+        );
+    } else {
+        let _ = writeln!(out, "foreign index {}: TOUCHED: {}", foreign.name, foreign_problems.join("; "));
+    }
     let _ = writeln!(
         out,
         "converged: {converged}, {:.1}s after writes and faults stopped (bound {}s)",
@@ -388,7 +443,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     if let Some(c) = &check {
         out.push_str(&c.render());
     }
-    let _ = writeln!(out, "dead letters: {}", dead_letters.len());
+    let _ = writeln!(out, "dead letters: {} ({dead_413} of them for a 413)", dead_letters.len());
     for d in dead_letters.iter().take(5) {
         let _ = writeln!(out, "  {d:?}");
     }
@@ -413,8 +468,22 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         )),
         _ => {}
     }
+    if dead_413 > 0 {
+        failures
+            .push(format!("{dead_413} documents dead-lettered for a 413: a request too large must be split, never a document given up"));
+    }
     if !dead_letters.is_empty() {
         failures.push(format!("{} dead letters although no permanent fault was injected", dead_letters.len()));
+    }
+    if s.chaos >= Duration::from_secs(30) && faults.too_large == 0 {
+        failures.push(format!(
+            "no request was refused with 413 in {} windows of a {} KiB body limit",
+            fleet.counts.body_limit_windows,
+            BODY_LIMIT / 1024
+        ));
+    }
+    if !foreign_problems.is_empty() {
+        failures.push(format!("the foreign index {} was touched: {}", foreign.name, foreign_problems.join("; ")));
     }
     for (id, state, _, message, _) in &builds {
         if state == "failed" {
@@ -467,6 +536,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     let _ = std::fs::write(log_dir.join("summary.txt"), &out);
     drop(fleet);
     drop(proxy);
+    foreign.delete(&env).await;
     env.cleanup().await;
     if ok && !s.keep_logs {
         let _ = std::fs::remove_dir_all(&log_dir);
@@ -689,6 +759,110 @@ impl ReindexRequest {
 }
 
 // ---------------------------------------------------------------------------------------
+// The 413 windows.
+
+/// Whether the proxy refuses large bodies now, and what it refused since the window began.
+#[derive(Default)]
+struct BodyLimitWindow {
+    on: bool,
+    refused_before: u64,
+}
+
+impl BodyLimitWindow {
+    /// `refused` is the proxy's count of 413s so far.
+    fn switch(&mut self, on: bool, refused: u64, fleet: &mut Fleet<'_>) {
+        if on {
+            fleet.counts.body_limit_windows += 1;
+            fleet.event(&format!("proxy: bodies over {} KiB answered 413 from now on (a reverse proxy's limit)", BODY_LIMIT / 1024));
+        } else {
+            fleet.event(&format!("proxy: body limit lifted ({} requests refused with 413 in that window)", refused - self.refused_before));
+        }
+        self.on = on;
+        self.refused_before = refused;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The foreign index: someone else's, named like one of tidemark's generations.
+
+/// `<alias>_2024`, a yearly archive with one document and an alias of its own
+/// (`<alias>_archive`), created before tidemark's first build. tidemark numbers its
+/// generations from its own records, so it must never number after it, prune it, write to
+/// it, or put one of its aliases on it.
+struct ForeignIndex {
+    name: String,
+    alias: String,
+    doc: Value,
+    uuid: String,
+}
+
+impl ForeignIndex {
+    async fn create(env: &Env) -> ForeignIndex {
+        let name = format!("{}_2024", env.alias);
+        let alias = format!("{}_archive", env.alias);
+        // Shaped like a student, under an id the seeded students have too.
+        let doc = serde_json::json!({
+            "first_name": "Archived", "last_name": "Student", "age": 42, "year_in_school": "SR",
+            "university": null, "course_names": ["ARCHIVE2024"], "note": "yearly archive, not tidemark's"
+        });
+        let mut aliases = serde_json::Map::new();
+        aliases.insert(alias.clone(), serde_json::json!({}));
+        let body = serde_json::json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "aliases": aliases});
+        env.es_json(reqwest::Method::PUT, &format!("/{name}"), Some(body)).await;
+        env.es_json(reqwest::Method::PUT, &format!("/{name}/_doc/1?refresh=true"), Some(doc.clone())).await;
+        let settings = env.es_json(reqwest::Method::GET, &format!("/{name}/_settings"), None).await;
+        let uuid = settings[&name]["settings"]["index"]["uuid"].as_str().expect("index uuid").to_string();
+        ForeignIndex { name, alias, doc, uuid }
+    }
+
+    /// What differs from how it was created; `ours` are tidemark's aliases.
+    async fn problems(&self, env: &Env, ours: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let (status, settings) = es_try(env, reqwest::Method::GET, &format!("/{}/_settings", self.name)).await;
+        if status != 200 {
+            return vec![format!("it is gone (GET /{}/_settings: HTTP {status})", self.name)];
+        }
+        let uuid = settings[&self.name]["settings"]["index"]["uuid"].as_str().unwrap_or("");
+        if uuid != self.uuid {
+            out.push(format!("it was deleted and created again (uuid {} → {uuid})", self.uuid));
+        }
+        let (_, doc) = es_try(env, reqwest::Method::GET, &format!("/{}/_doc/1", self.name)).await;
+        if doc["_source"] != self.doc || doc["_version"] != serde_json::json!(1) {
+            out.push(format!("its document changed: {doc}"));
+        }
+        let _ = es_try(env, reqwest::Method::POST, &format!("/{}/_refresh", self.name)).await;
+        let (_, count) = es_try(env, reqwest::Method::GET, &format!("/{}/_count", self.name)).await;
+        if count["count"] != serde_json::json!(1) {
+            out.push(format!("it holds {} documents, not 1", count["count"]));
+        }
+        let (_, aliases) = es_try(env, reqwest::Method::GET, &format!("/{}/_alias", self.name)).await;
+        let names: BTreeSet<String> = aliases[&self.name]["aliases"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        if names != BTreeSet::from([self.alias.clone()]) {
+            out.push(format!("its aliases are {names:?}, not [{:?}]", self.alias));
+        }
+        if let Some(a) = ours.iter().find(|a| names.contains(**a)) {
+            out.push(format!("it carries tidemark's alias {a}"));
+        }
+        out
+    }
+
+    async fn delete(&self, env: &Env) {
+        let _ = es_try(env, reqwest::Method::DELETE, &format!("/{}", self.name)).await;
+    }
+}
+
+/// A request to the search server (directly, not through the proxy) that may fail.
+async fn es_try(env: &Env, method: reqwest::Method, path: &str) -> (u16, Value) {
+    match reqwest::Client::new().request(method, format!("{}{path}", env.es_url)).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(e) => (0, Value::String(e.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // A private Redis on its own port.
 
 struct PrivateRedis {
@@ -779,12 +953,13 @@ struct ChaosCounts {
     redis_flushes: u64,
     redis_restarts: u64,
     resumes: u64,
+    body_limit_windows: u64,
 }
 
 impl ChaosCounts {
     fn render(&self) -> String {
         format!(
-            "chaos: {} worker SIGKILLs ({} of them all workers at once), {} scheduler SIGKILLs, {} process restarts, {} processes exited by themselves;\n       {} pg_terminate_backend rounds ({} connections, {} of them writers'), {} Redis FLUSHALLs, {} Redis SIGKILL+restarts, {} `admin reindex --resume`\n",
+            "chaos: {} worker SIGKILLs ({} of them all workers at once), {} scheduler SIGKILLs, {} process restarts, {} processes exited by themselves;\n       {} pg_terminate_backend rounds ({} connections, {} of them writers'), {} Redis FLUSHALLs, {} Redis SIGKILL+restarts, {} `admin reindex --resume`;\n       {} windows of a {} KiB body limit (413)\n",
             self.worker_kills,
             self.kill_all,
             self.scheduler_kills,
@@ -795,7 +970,9 @@ impl ChaosCounts {
             self.pg_writers_terminated,
             self.redis_flushes,
             self.redis_restarts,
-            self.resumes
+            self.resumes,
+            self.body_limit_windows,
+            BODY_LIMIT / 1024
         )
     }
 }
