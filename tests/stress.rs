@@ -827,9 +827,8 @@ struct Operator {
     bursts: Vec<BurstReport>,
     /// Students deleted while a newer index was live, just before a rollback from it.
     deleted_before_rollback: Vec<i64>,
-    /// A rollback was done and a reindex requested after it has ended: what every run must
-    /// do, within the chaos or, when that is too short, in the drain.
-    cycle_complete: bool,
+    /// When the last reindex whose build has ended was requested (timeline clock).
+    last_build_ended: Option<Duration>,
     /// After the chaos: no new cycle once one is complete, and no waiting for a soak's two
     /// minutes.
     winding_down: bool,
@@ -847,9 +846,15 @@ impl Operator {
             burst: None,
             bursts: Vec::new(),
             deleted_before_rollback: Vec::new(),
-            cycle_complete: false,
+            last_build_ended: None,
             winding_down: false,
         }
+    }
+
+    /// The last rollback is followed by a reindex whose build has ended: what every run must
+    /// do, within the chaos or, when that is too short, in the drain.
+    fn cycle_complete(&self) -> bool {
+        self.rollbacks.last().is_some_and(|rb| self.last_build_ended.is_some_and(|at| at > rb.at))
     }
 
     fn idle(&self) -> bool {
@@ -858,7 +863,7 @@ impl Operator {
 
     /// The drain may end: the cycle is complete and nothing of the operator's is running.
     fn is_done(&self) -> bool {
-        self.cycle_complete && self.idle()
+        self.cycle_complete() && self.idle()
     }
 
     fn describe(&self) -> String {
@@ -869,7 +874,7 @@ impl Operator {
             Step::Rollback { .. } => "waits for deletes to be indexed before rolling back",
             Step::RollingBack => "waits for `admin rollback`",
         };
-        format!("{step} (cycle complete: {}, {} promotions of its builds)", self.cycle_complete, self.promotions)
+        format!("{step} (cycle complete: {}, {} promotions of its builds)", self.cycle_complete(), self.promotions)
     }
 
     async fn step(&mut self, fleet: &mut Fleet<'_>) {
@@ -878,13 +883,13 @@ impl Operator {
         }
         self.tend_burst(fleet).await;
         let now = Instant::now();
-        let idle = self.idle();
+        let (idle, cycle_complete) = (self.idle(), self.cycle_complete());
         let env = fleet.env;
         let (pool, alias) = (&env.pool, &env.alias);
         match &mut self.step {
             Step::Reindex(at) => {
                 if self.winding_down {
-                    if self.cycle_complete {
+                    if cycle_complete {
                         return;
                     }
                     *at = (*at).min(now + Duration::from_secs(3));
@@ -923,12 +928,10 @@ impl Operator {
                 if b.is_active() {
                     return;
                 }
-                if self.rollbacks.iter().any(|rb| rb.at < requested_at) {
-                    self.cycle_complete = true;
-                }
+                self.last_build_ended = Some(requested_at);
                 if b.state == tidemark::catalog::BuildState::Done {
                     self.promotions += 1;
-                    if self.promotions % 2 == 1 && !(self.winding_down && self.cycle_complete) {
+                    if self.promotions % 2 == 1 && !(self.winding_down && self.cycle_complete()) {
                         let wait = Duration::from_millis(self.rng.gen_range(1000..4000));
                         fleet.event(&format!(
                             "operator: build #{id} ({}) is live; in {} ms some students are deleted from it, then it is rolled back",
@@ -1069,7 +1072,7 @@ impl Operator {
         for r in self.rollbacks.iter().filter(|r| !r.ok) {
             out.push(format!("`admin rollback` at {:.1}s failed: {}", r.at.as_secs_f64(), r.outcome.as_deref().unwrap_or("no answer")));
         }
-        if converged && !self.cycle_complete {
+        if converged && !self.cycle_complete() {
             out.push(format!("the operator's cycle (promotion, rollback, reindex) did not complete: it {}", self.describe()));
         }
         if converged && self.rollbacks.is_empty() {
