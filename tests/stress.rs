@@ -302,7 +302,8 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     // has it completed in the drain; nothing new starts once it is.
     operator.winding_down = true;
 
-    // Drain: bounded wait until nothing is outstanding and no build runs.
+    // Drain: bounded wait until nothing is outstanding, no build runs and the operator's
+    // cycle is complete.
     let converge_start = Instant::now();
     let mut last_report = Instant::now();
     let converged = loop {
