@@ -12,11 +12,25 @@
 //! `tidemark admin reindex`. The chaos comes in waves (see [`is_calm`]) so that the build
 //! can also be verified and promoted while faults and writes go on.
 //!
+//! Around the reindexes an [`Operator`] does what operators do: once a build it requested
+//! is promoted, it deletes a few students while the new index is live, rolls back with
+//! `tidemark admin rollback` (the old index must catch up, those deletes included), and
+//! then requests another `admin reindex`; a soak repeats the cycle. Every reindex request
+//! is surrounded by an [`InsertBurst`]: single-row inserts at full speed, on connections of
+//! their own, whose new ids lie above the current maximum, so students are born while the
+//! build takes its count and cuts its chunks. In waves of their own ([`body_limited`]) the
+//! proxy also plays a reverse proxy with a body limit (`max_body`, 64 KiB), answering
+//! larger requests 413: tidemark must split them, never dead-letter a document for it.
+//! Before anything runs, an unrelated index named like a generation, `<alias>_2024` (a
+//! yearly archive), is created with one document and an alias of its own ([`ForeignIndex`]):
+//! tidemark must never number after it, prune it, write to it or put its aliases on it.
+//!
 //! Then writes stop, faults stop, the workers drain, and a checker whose SQL is written
 //! independently of tidemark's document code ([`Env::expected_docs`]) compares every
-//! document field by field: no missing, no extra, no difference, no dead letters, no
-//! failed or refused reindex, no stray index. It prints what it did; the processes' logs
-//! and the chaos timeline go to a directory under the temp dir, kept when the test fails.
+//! document field by field: no missing, no extra, no difference, no dead letters (none for a
+//! 413 above all), no failed or refused reindex or rollback, no stray index, and the foreign
+//! index as it was. It prints what it did; the processes' logs and the chaos timeline go to
+//! a directory under the temp dir, kept when the test fails.
 //!
 //! Knobs (environment): `STRESS_SECONDS` (chaos duration, default 60; a soak is the same
 //! test with a bigger number), `STRESS_SEED` (default: random, printed), `STRESS_STUDENTS`
@@ -112,17 +126,30 @@ chunk_size = 500
 
 const LOG_FILTER: &str = "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn";
 
-/// Moderate fault rates: plenty of faults, and still progress.
-fn chaos_faults(only_path: Option<String>) -> Faults {
+/// Moderate fault rates: plenty of faults, and still progress. With `body_limited`, the
+/// proxy also refuses bodies over [`BODY_LIMIT`] with 413, as a reverse proxy would.
+fn chaos_faults(only_path: Option<String>, body_limited: bool) -> Faults {
     Faults {
         bulk_item_429: 0.1,
         unavailable: 0.05,
         reset: 0.02,
         slow: 0.05,
         delay: Duration::from_millis(200),
+        max_body: body_limited.then_some(BODY_LIMIT),
         only_path,
         ..Faults::default()
     }
+}
+
+/// The body limit of the 413 windows: nginx's `client_max_body_size` set to 64k. A sync
+/// batch (200 students, twice that while a build runs) and a reindex chunk (500 students)
+/// are larger; a single document is far smaller, so nothing may end as a dead letter.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The 413 windows: 7 s in every 14, shifted by `phase` (0..14, from the seed), so they fall
+/// on busy and calm waves, on builds, promotions and rollbacks alike.
+fn body_limited(since_start: Duration, phase: u64) -> bool {
+    (since_start.as_secs() + phase) % 14 < 7
 }
 
 // ---------------------------------------------------------------------------------------
@@ -155,6 +182,10 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     let redis = PrivateRedis::start(free_port());
     assert!(redis.wait_ready(Duration::from_secs(10)).await, "private redis-server did not come up");
     let proxy = FaultProxy::start(&env.es_url).await;
+
+    // Before tidemark's first build: someone else's index named like one of its generations.
+    let foreign = ForeignIndex::create(&env).await;
+    say(&format!("created {} (not tidemark's: one document, alias {})", foreign.name, foreign.alias));
 
     // The starting point: an index, then seeded students indexed by a first drain (direct,
     // no faults). The index comes first so the seeded students are written once.
@@ -190,8 +221,12 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         events: Vec::new(),
         counts: ChaosCounts::default(),
     };
+    fleet.event(&format!(
+        "foreign index {} (not tidemark's: 1 document, alias {}) exists since before tidemark's first build",
+        foreign.name, foreign.alias
+    ));
     fleet.start_all();
-    proxy.set(chaos_faults(s.fault_path.clone()));
+    proxy.set(chaos_faults(s.fault_path.clone(), false));
 
     // Writers.
     let stop = Arc::new(AtomicBool::new(false));
@@ -210,30 +245,27 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         })
         .collect();
 
-    // Chaos, and the full reindex in the middle.
+    // Chaos; the operator's reindexes, rollbacks and the insert bursts around them; the
+    // 413 windows.
     let mut rng = StdRng::seed_from_u64(s.seed ^ 0x5eed_c4a0);
     let mut next_action = chaos_start + Duration::from_millis(rng.gen_range(1500..4000));
-    let mut reindexes: Vec<ReindexRequest> = Vec::new();
-    // Early enough that the build usually completes, is verified and promoted while the
-    // chaos goes on; a soak rebuilds again every two minutes.
-    let mut next_reindex = chaos_start + s.chaos / 6;
+    // The first reindex early enough that the build usually completes, is verified and
+    // promoted while the chaos goes on; then a rollback and another reindex (see
+    // [`Operator`]); a soak rebuilds again every two minutes.
+    let mut operator = Operator::new(s.seed, chaos_start + s.chaos / 6, with_app_name(&env.database_url, "tidemark_stress_burst"));
+    let body_limit_phase = s.seed % 14;
+    let mut body_limit = BodyLimitWindow::default();
     let mut watch = BuildWatch::default();
     let mut was_calm = false;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         fleet.tend(&mut rng);
         watch.look(&env, &mut fleet).await;
-        if Instant::now() >= next_reindex {
-            let active = tidemark::catalog::active(&env.pool, &env.alias).await.unwrap().is_some();
-            if !active && reindexes.iter().all(|r| r.handle.is_none()) {
-                fleet.event("requesting a full reindex: tidemark admin reindex --chunk-size 500");
-                reindexes.push(ReindexRequest::start(fleet.command(), fleet.started.elapsed()));
-            }
-            // A soak keeps rebuilding: one build every two minutes.
-            next_reindex = Instant::now() + Duration::from_secs(120);
-        }
-        for r in &mut reindexes {
-            r.poll().await;
+        operator.step(&mut fleet).await;
+        let limited = body_limited(chaos_start.elapsed(), body_limit_phase);
+        if limited != body_limit.on {
+            proxy.set(chaos_faults(s.fault_path.clone(), limited));
+            body_limit.switch(limited, proxy.stats().too_large, &mut fleet);
         }
         let calm = is_calm(chaos_start.elapsed());
         if calm && !was_calm {
@@ -260,19 +292,24 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     fleet.event(&format!("writers stopped ({:.1}s after the deadline)", writes_stopped.elapsed().as_secs_f64()));
     // Faults stop; everything that is down comes back.
     proxy.clear();
+    if body_limit.on {
+        body_limit.switch(false, proxy.stats().too_large, &mut fleet);
+    }
     fleet.heal().await;
     let faults = proxy.stats();
     fleet.event(&format!("faults cleared: {faults:?}"));
-    for r in &mut reindexes {
-        r.finish().await;
-    }
+    // A chaos too short for the operator's cycle (a promotion, a rollback, another reindex)
+    // has it completed in the drain; nothing new starts once it is.
+    operator.winding_down = true;
 
-    // Drain: bounded wait until nothing is outstanding and no build runs.
+    // Drain: bounded wait until nothing is outstanding, no build runs and the operator's
+    // cycle is complete.
     let converge_start = Instant::now();
     let mut last_report = Instant::now();
     let converged = loop {
         fleet.tend(&mut rng);
         watch.look(&env, &mut fleet).await;
+        operator.step(&mut fleet).await;
         let (marks, parents, active): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents),
                     (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))",
@@ -280,11 +317,15 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         .fetch_one(&env.pool)
         .await
         .unwrap();
-        if marks == 0 && parents == 0 && active == 0 {
+        if marks == 0 && parents == 0 && active == 0 && operator.is_done() {
             break true;
         }
         if converge_start.elapsed() > s.converge {
-            fleet.event(&format!("NOT converged after {:?}: {marks} marks, {parents} parent marks, {active} active builds", s.converge));
+            fleet.event(&format!(
+                "NOT converged after {:?}: {marks} marks, {parents} parent marks, {active} active builds; the operator {}",
+                s.converge,
+                operator.describe()
+            ));
             break false;
         }
         if last_report.elapsed() > Duration::from_secs(5) {
@@ -298,6 +339,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let converge_time = converge_start.elapsed();
+    operator.settle(&mut fleet).await;
     watch.checked = None;
     watch.look(&env, &mut fleet).await;
     fleet.event(&format!("drain ended after {:.1}s (converged: {converged})", converge_time.as_secs_f64()));
@@ -309,8 +351,8 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
             .fetch_all(&env.pool)
             .await
             .unwrap();
-    let builds: Vec<(i64, String, String, Option<String>, String)> =
-        sqlx::query_as("SELECT id, state, target_index, message, reason FROM tidemark.reindexes ORDER BY id")
+    let builds: Vec<BuildRow> =
+        sqlx::query_as("SELECT id, state, target_index, message, reason, previous_index FROM tidemark.reindexes ORDER BY id")
             .fetch_all(&env.pool)
             .await
             .unwrap();
@@ -326,6 +368,8 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         })
         .unwrap_or_default();
     let build_alias = tidemark::catalog::build_alias(&env.alias);
+    let foreign_problems = foreign.problems(&env, &[env.alias.as_str(), build_alias.as_str()]).await;
+    let dead_413 = dead_letters.iter().filter(|(_, status, error, _)| *status == Some(413) || error.contains("413")).count();
 
     // Stop the processes (SIGTERM, bounded) and keep their logs.
     let stop_report = fleet.stop_all();
@@ -353,32 +397,49 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     out.push_str(&fleet.counts.render());
     let _ = writeln!(
         out,
-        "what the processes logged: {} batches synced, {} fan-outs done, {} sync steps failed (retried), {} requests timed out, {} queue-loop restarts ({} after apalis declared the worker dead: \"worker not registered\"), {} failed builds",
+        "what the processes logged: {} batches synced, {} fan-outs done, {} sync steps failed (retried), {} requests timed out, {} queue-loop restarts ({} after apalis declared the worker dead: \"worker not registered\"), {} failed builds, {} bulk requests sent again in halves after a refusal ({} processes taught a smaller size by a 413)",
         seen("batch synced"),
         seen("fan-out done"),
         seen("sync step failed"),
         seen("operation timed out"),
         seen("queue worker failed"),
         seen_all(&["queue worker failed", "worker not registered"]),
-        seen("reindex failed")
+        seen("reindex failed"),
+        seen("sending its halves"),
+        seen("refused a request as too large")
     );
     let _ = writeln!(
         out,
-        "search faults injected: {} item-level 429s, {} 503s, {} connection resets, {} slowed by 200ms ({} requests forwarded){}",
+        "search faults injected: {} item-level 429s, {} 503s, {} connection resets, {} slowed by 200ms, {} bodies over {} KiB refused with 413 in {} windows ({} requests forwarded){}",
         faults.items_429,
         faults.unavailable,
         faults.resets,
         faults.slowed,
+        faults.too_large,
+        BODY_LIMIT / 1024,
+        fleet.counts.body_limit_windows,
         faults.forwarded,
         s.fault_path.as_ref().map(|p| format!(", only on paths containing {p:?}")).unwrap_or_else(|| ", on every path".into())
     );
-    for r in &reindexes {
-        let _ = writeln!(out, "reindex requested at {:.1}s: {}", r.at.as_secs_f64(), r.outcome.as_deref().unwrap_or("(no answer)"));
-    }
-    for (id, state, target, message, reason) in &builds {
-        let _ = writeln!(out, "  build #{id} {target}: {state} — {} (reason: {reason})", message.as_deref().unwrap_or(""));
+    out.push_str(&operator.render(check.as_ref()));
+    for (id, state, target, message, reason, previous) in &builds {
+        let _ = writeln!(
+            out,
+            "  build #{id} {target}: {state} — {} (reason: {reason}){}",
+            message.as_deref().unwrap_or(""),
+            previous.as_ref().map(|p| format!("; previous {p}")).unwrap_or_default()
+        );
     }
     let _ = writeln!(out, "alias {} → {:?}; indices (name, documents): {:?}", env.alias, alias_now, indices);
+    if foreign_problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "foreign index {}: untouched (the same one document at _version 1, the same uuid, its own alias {} and no alias of tidemark's)",
+            foreign.name, foreign.alias
+        );
+    } else {
+        let _ = writeln!(out, "foreign index {}: TOUCHED: {}", foreign.name, foreign_problems.join("; "));
+    }
     let _ = writeln!(
         out,
         "converged: {converged}, {:.1}s after writes and faults stopped (bound {}s)",
@@ -388,7 +449,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     if let Some(c) = &check {
         out.push_str(&c.render());
     }
-    let _ = writeln!(out, "dead letters: {}", dead_letters.len());
+    let _ = writeln!(out, "dead letters: {} ({dead_413} of them for a 413)", dead_letters.len());
     for d in dead_letters.iter().take(5) {
         let _ = writeln!(out, "  {d:?}");
     }
@@ -413,18 +474,33 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         )),
         _ => {}
     }
+    if dead_413 > 0 {
+        failures
+            .push(format!("{dead_413} documents dead-lettered for a 413: a request too large must be split, never a document given up"));
+    }
     if !dead_letters.is_empty() {
         failures.push(format!("{} dead letters although no permanent fault was injected", dead_letters.len()));
     }
-    for (id, state, _, message, _) in &builds {
+    if s.chaos >= Duration::from_secs(30) && faults.too_large == 0 {
+        failures.push(format!(
+            "no request was refused with 413 in {} windows of a {} KiB body limit",
+            fleet.counts.body_limit_windows,
+            BODY_LIMIT / 1024
+        ));
+    }
+    if !foreign_problems.is_empty() {
+        failures.push(format!("the foreign index {} was touched: {}", foreign.name, foreign_problems.join("; ")));
+    }
+    failures.extend(operator.failures(converged, check.as_ref()));
+    for (id, state, _, message, _, _) in &builds {
         if state == "failed" {
             failures.push(format!("reindex #{id} failed: {}", message.as_deref().unwrap_or("")));
         }
     }
-    if reindexes.iter().all(|r| r.id.is_none()) {
+    if operator.reindexes.iter().all(|r| r.id.is_none()) {
         failures.push("the mid-run reindex was not started".into());
     }
-    for r in reindexes.iter().filter(|r| r.id.is_none()) {
+    for r in operator.reindexes.iter().filter(|r| r.id.is_none()) {
         let why = r.outcome.as_deref().unwrap_or("no answer");
         // Refused because a build already runs is a fair answer; anything else is not.
         if !why.contains("already running") {
@@ -437,10 +513,14 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         ));
     }
     if converged {
-        if let Some((_, state, target, _, _)) = builds.last().filter(|b| b.1 == "done") {
-            if alias_now != vec![target.clone()] {
+        match builds.last() {
+            Some((_, state, target, _, _, _)) if state == "done" && alias_now != vec![target.clone()] => {
                 failures.push(format!("the last build ({target}, {state}) is not what the alias serves ({alias_now:?})"));
             }
+            Some((_, state, target, _, _, Some(previous))) if state == "rolled_back" && alias_now != vec![previous.clone()] => {
+                failures.push(format!("the last build ({target}) was rolled back to {previous}, yet the alias serves {alias_now:?}"));
+            }
+            _ => {}
         }
     }
     if stats.unexpected() > 0 {
@@ -467,12 +547,17 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     let _ = std::fs::write(log_dir.join("summary.txt"), &out);
     drop(fleet);
     drop(proxy);
+    foreign.delete(&env).await;
     env.cleanup().await;
     if ok && !s.keep_logs {
         let _ = std::fs::remove_dir_all(&log_dir);
     }
     assert!(ok, "stress test failed (seed {}, rerun with STRESS_SEED={}):\n- {}", s.seed, s.seed, failures.join("\n- "));
 }
+
+/// A build as `tidemark.reindexes` records it: id, state, target index, message, reason,
+/// previous index.
+type BuildRow = (i64, String, String, Option<String>, String, Option<String>);
 
 /// Makes a child die with the test: SIGKILL when the thread that spawned it goes away
 /// (a killed or interrupted test runs no destructors, and must not leave workers behind).
@@ -650,19 +735,33 @@ impl BuildWatch {
     }
 }
 
-struct ReindexRequest {
+/// An `admin reindex` or `admin rollback`, run in the background as an operator would.
+struct AdminRequest {
+    /// `reindex` or `rollback`.
+    what: &'static str,
     at: Duration,
     handle: Option<tokio::task::JoinHandle<std::io::Result<std::process::Output>>>,
     outcome: Option<String>,
+    /// The build a reindex request started.
     id: Option<i64>,
+    /// It exited 0.
+    ok: bool,
 }
 
-impl ReindexRequest {
+impl AdminRequest {
     /// `c` is the binary with the services of the test: the search server directly (faults
     /// are for the workers), and the workers' Redis, to wake them.
-    fn start(mut c: Command, at: Duration) -> ReindexRequest {
-        c.args(["admin", "reindex", "--chunk-size", "500"]).env("RUST_LOG", "warn");
-        ReindexRequest { at, handle: Some(tokio::task::spawn_blocking(move || c.output())), outcome: None, id: None }
+    fn start(mut c: Command, what: &'static str, args: &[&str], at: Duration) -> AdminRequest {
+        c.arg("admin").args(args).env("RUST_LOG", "warn");
+        AdminRequest { what, at, handle: Some(tokio::task::spawn_blocking(move || c.output())), outcome: None, id: None, ok: false }
+    }
+
+    fn reindex(c: Command, at: Duration) -> AdminRequest {
+        AdminRequest::start(c, "reindex", &["reindex", "--chunk-size", "500"], at)
+    }
+
+    fn rollback(c: Command, at: Duration) -> AdminRequest {
+        AdminRequest::start(c, "rollback", &["rollback"], at)
     }
 
     async fn poll(&mut self) {
@@ -683,8 +782,555 @@ impl ReindexRequest {
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let stderr = plain(String::from_utf8_lossy(&out.stderr).trim());
         self.id = stdout.strip_prefix("reindex #").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok());
+        self.ok = out.status.success();
         self.outcome = Some(format!("exit {:?}: {stdout} {stderr}", out.status.code()));
-        say(&format!("admin reindex: {}", self.outcome.as_deref().unwrap()));
+        say(&format!("admin {}: {}", self.what, self.outcome.as_deref().unwrap()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator: reindexes, a rollback after a promotion and another reindex after it, and
+// the insert bursts around every reindex request.
+
+/// What the [`Operator`] does next.
+enum Step {
+    /// Request a full reindex at this time, inside an insert burst.
+    Reindex(Instant),
+    /// The last reindex request: waiting for its answer, then for its build to end.
+    Build,
+    /// A build of the operator's was just promoted: at this time, delete a few students
+    /// while it is live.
+    Delete(Instant),
+    /// Students were deleted while the newer index was live: roll back once their deletes
+    /// reached it (their marks are gone), or at `until` regardless.
+    Rollback { ids: Vec<i64>, since: Instant, until: Instant },
+    /// `admin rollback` is running.
+    RollingBack,
+}
+
+/// How many students the operator deletes from a newly promoted index before rolling it
+/// back.
+const DELETE_BEFORE_ROLLBACK: i64 = 20;
+
+/// An operator at work: the mid-run reindex; once a build of its own is promoted, a few
+/// students deleted while that index is live, then `admin rollback` (the older index must
+/// catch up, those deletes included), then another `admin reindex`. A soak repeats it:
+/// every odd promotion is rolled back, every even one followed by a reindex two minutes
+/// later. Every reindex request is surrounded by an [`InsertBurst`].
+struct Operator {
+    step: Step,
+    rng: StdRng,
+    burst_url: String,
+    promotions: u32,
+    reindexes: Vec<AdminRequest>,
+    rollbacks: Vec<AdminRequest>,
+    burst: Option<InsertBurst>,
+    bursts: Vec<BurstReport>,
+    /// Students deleted while a newer index was live, just before a rollback from it.
+    deleted_before_rollback: Vec<i64>,
+    /// When the last reindex whose build has ended was requested (timeline clock).
+    last_build_ended: Option<Duration>,
+    /// After the chaos: no new cycle once one is complete, and no waiting for a soak's two
+    /// minutes.
+    winding_down: bool,
+}
+
+impl Operator {
+    fn new(seed: u64, first_reindex: Instant, burst_url: String) -> Operator {
+        Operator {
+            step: Step::Reindex(first_reindex),
+            rng: StdRng::seed_from_u64(seed ^ 0x0be7_a7e5),
+            burst_url,
+            promotions: 0,
+            reindexes: Vec::new(),
+            rollbacks: Vec::new(),
+            burst: None,
+            bursts: Vec::new(),
+            deleted_before_rollback: Vec::new(),
+            last_build_ended: None,
+            winding_down: false,
+        }
+    }
+
+    /// The last rollback is followed by a reindex whose build has ended: what every run must
+    /// do, within the chaos or, when that is too short, in the drain.
+    fn cycle_complete(&self) -> bool {
+        self.rollbacks.last().is_some_and(|rb| self.last_build_ended.is_some_and(|at| at > rb.at))
+    }
+
+    fn idle(&self) -> bool {
+        self.burst.is_none() && self.reindexes.iter().chain(&self.rollbacks).all(|r| r.handle.is_none())
+    }
+
+    /// The drain may end: the cycle is complete and nothing of the operator's is running.
+    fn is_done(&self) -> bool {
+        self.cycle_complete() && self.idle()
+    }
+
+    fn describe(&self) -> String {
+        let step = match &self.step {
+            Step::Reindex(_) => "is about to request a reindex",
+            Step::Build => "waits for its build to end",
+            Step::Delete(_) => "is about to delete students before a rollback",
+            Step::Rollback { .. } => "waits for deletes to be indexed before rolling back",
+            Step::RollingBack => "waits for `admin rollback`",
+        };
+        format!("{step} (cycle complete: {}, {} promotions of its builds)", self.cycle_complete(), self.promotions)
+    }
+
+    async fn step(&mut self, fleet: &mut Fleet<'_>) {
+        for r in self.reindexes.iter_mut().chain(self.rollbacks.iter_mut()) {
+            r.poll().await;
+        }
+        self.tend_burst(fleet).await;
+        let now = Instant::now();
+        let (idle, cycle_complete) = (self.idle(), self.cycle_complete());
+        let env = fleet.env;
+        let (pool, alias) = (&env.pool, &env.alias);
+        match &mut self.step {
+            Step::Reindex(at) => {
+                if self.winding_down {
+                    if cycle_complete {
+                        return;
+                    }
+                    *at = (*at).min(now + Duration::from_secs(3));
+                }
+                if now < *at || !idle {
+                    return;
+                }
+                if tidemark::catalog::active(pool, alias).await.ok().flatten().is_some() {
+                    // A build tidemark started by itself: the request would be refused.
+                    *at = now + Duration::from_secs(2);
+                    return;
+                }
+                // The burst first, so that it runs at full speed when the build takes its
+                // count and cuts its chunks.
+                self.burst = Some(InsertBurst::start(pool, &self.burst_url, self.rng.gen(), fleet.started.elapsed()).await);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                fleet.event(
+                    "requesting a full reindex: tidemark admin reindex --chunk-size 500 (inside a burst of single-row inserts on 2 connections)",
+                );
+                fleet.counts.reindex_requests += 1;
+                self.reindexes.push(AdminRequest::reindex(fleet.command(), fleet.started.elapsed()));
+                self.step = Step::Build;
+            }
+            Step::Build => {
+                let Some(r) = self.reindexes.last() else { return };
+                if r.handle.is_some() {
+                    return;
+                }
+                let Some(id) = r.id else {
+                    // Refused (a build already runs, say): ask again a little later.
+                    self.step = Step::Reindex(now + Duration::from_secs(5));
+                    return;
+                };
+                let requested_at = r.at;
+                let Ok(b) = tidemark::catalog::get(pool, id).await else { return };
+                if b.is_active() {
+                    return;
+                }
+                self.last_build_ended = Some(requested_at);
+                if b.state == tidemark::catalog::BuildState::Done {
+                    self.promotions += 1;
+                    if self.promotions % 2 == 1 && !(self.winding_down && self.cycle_complete()) {
+                        let wait = Duration::from_millis(self.rng.gen_range(1000..4000));
+                        fleet.event(&format!(
+                            "operator: build #{id} ({}) is live; in {} ms some students are deleted from it, then it is rolled back",
+                            b.target_index,
+                            wait.as_millis()
+                        ));
+                        self.step = Step::Delete(now + wait);
+                        return;
+                    }
+                }
+                // A soak rebuilds every two minutes.
+                self.step = Step::Reindex(now + Duration::from_secs(120));
+            }
+            Step::Delete(at) => {
+                if now < *at {
+                    return;
+                }
+                if tidemark::catalog::active(pool, alias).await.ok().flatten().is_some() {
+                    // `admin rollback` is refused while a build runs.
+                    *at = now + Duration::from_secs(2);
+                    return;
+                }
+                let live = env.search.alias_targets(alias).await.unwrap_or_default();
+                let deleted: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
+                    "DELETE FROM students WHERE id IN (SELECT id FROM students ORDER BY random() LIMIT $1) RETURNING id",
+                )
+                .bind(DELETE_BEFORE_ROLLBACK)
+                .fetch_all(pool)
+                .await;
+                let mut ids = match deleted {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        fleet.event(&format!("operator: deleting students before the rollback failed: {e}"));
+                        Vec::new()
+                    }
+                };
+                ids.sort_unstable();
+                fleet.counts.deleted_before_rollback += ids.len() as u64;
+                fleet.event(&format!("operator: deleted {} students while {live:?} is live: {ids:?}", ids.len()));
+                self.deleted_before_rollback.extend(&ids);
+                self.step = Step::Rollback { ids, since: now, until: now + Duration::from_secs(15) };
+            }
+            Step::Rollback { ids, since, until } => {
+                let left: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = ANY($1)")
+                    .bind(&*ids)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap_or(-1);
+                if left != 0 && now < *until {
+                    return;
+                }
+                let said = if left == 0 {
+                    format!("their deletes were indexed {:.1}s after them", since.elapsed().as_secs_f64())
+                } else {
+                    format!("{left} of their deletes still unindexed after {:.1}s", since.elapsed().as_secs_f64())
+                };
+                fleet.event(&format!("operator: tidemark admin rollback ({said})"));
+                self.rollbacks.push(AdminRequest::rollback(fleet.command(), fleet.started.elapsed()));
+                self.step = Step::RollingBack;
+            }
+            Step::RollingBack => {
+                let Some(r) = self.rollbacks.last() else { return };
+                if r.handle.is_some() {
+                    return;
+                }
+                let said = r.outcome.clone().unwrap_or_default();
+                if r.ok {
+                    fleet.counts.rollbacks += 1;
+                }
+                let wait = Duration::from_millis(self.rng.gen_range(3000..6000));
+                fleet.event(&format!("operator: admin rollback answered ({said}); another reindex in {} ms", wait.as_millis()));
+                self.step = Step::Reindex(now + wait);
+            }
+        }
+    }
+
+    /// Ends the burst once the request it surrounds was answered (half a second later), or
+    /// after [`BURST_MAX`].
+    async fn tend_burst(&mut self, fleet: &mut Fleet<'_>) {
+        let Some(b) = self.burst.as_mut() else { return };
+        let answered = self.reindexes.last().is_some_and(|r| r.handle.is_none() && r.at >= b.at);
+        if answered && b.stop_at.is_none() {
+            b.stop_at = Some(Instant::now() + Duration::from_millis(500));
+        }
+        if !(b.stop_at.is_some_and(|t| Instant::now() >= t) || b.started.elapsed() >= BURST_MAX) {
+            return;
+        }
+        let b = self.burst.take().expect("checked above");
+        let build = self.reindexes.last().and_then(|r| r.id);
+        let report = b.finish(build).await;
+        fleet.counts.insert_bursts += 1;
+        fleet.counts.burst_inserts += report.ids.len() as u64;
+        fleet.event(&report.describe());
+        self.bursts.push(report);
+    }
+
+    /// Waits (bounded) for what still runs: CLI answers, a burst.
+    async fn settle(&mut self, fleet: &mut Fleet<'_>) {
+        for r in self.reindexes.iter_mut().chain(self.rollbacks.iter_mut()) {
+            r.finish().await;
+        }
+        if let Some(b) = self.burst.as_mut() {
+            b.stop_at = Some(Instant::now());
+        }
+        self.tend_burst(fleet).await;
+    }
+
+    fn render(&self, check: Option<&Check>) -> String {
+        let mut out = String::new();
+        for r in self.reindexes.iter().chain(&self.rollbacks) {
+            let _ = writeln!(out, "{} requested at {:.1}s: {}", r.what, r.at.as_secs_f64(), r.outcome.as_deref().unwrap_or("(no answer)"));
+        }
+        for b in &self.bursts {
+            let _ = writeln!(out, "  {}", b.describe());
+        }
+        if let Some(c) = check {
+            let burst_ids: BTreeSet<i64> = self.bursts.iter().flat_map(|b| b.ids.iter().copied()).collect();
+            let living: Vec<i64> = burst_ids.iter().copied().filter(|id| c.expected_docs.contains_key(id)).collect();
+            let unindexed = living.iter().filter(|id| !c.indexed_docs.contains_key(id)).count();
+            let _ = writeln!(
+                out,
+                "students of the insert bursts: {} inserted, {} of them still in the database at the end, {unindexed} of those not in the index",
+                burst_ids.len(),
+                living.len()
+            );
+            let resurrected = self.deleted_before_rollback.iter().filter(|id| c.indexed_docs.contains_key(id)).count();
+            let _ = writeln!(
+                out,
+                "students deleted while a newer index was live, just before a rollback from it: {}; in the index at the end: {resurrected}",
+                self.deleted_before_rollback.len()
+            );
+        }
+        out
+    }
+
+    fn failures(&self, converged: bool, check: Option<&Check>) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in self.rollbacks.iter().filter(|r| !r.ok) {
+            out.push(format!("`admin rollback` at {:.1}s failed: {}", r.at.as_secs_f64(), r.outcome.as_deref().unwrap_or("no answer")));
+        }
+        if converged && !self.cycle_complete() {
+            out.push(format!("the operator's cycle (promotion, rollback, reindex) did not complete: it {}", self.describe()));
+        }
+        if converged && self.rollbacks.is_empty() {
+            out.push("no `admin rollback` was done".into());
+        }
+        for b in self.bursts.iter().filter(|b| b.ids.is_empty()) {
+            out.push(format!("the insert burst at {:.1}s inserted nothing ({:?})", b.at.as_secs_f64(), b.refused));
+        }
+        for b in self.bursts.iter().filter(|b| b.at_or_below_max() > 0) {
+            out.push(format!("the insert burst at {:.1}s made {} ids not above the max id", b.at.as_secs_f64(), b.at_or_below_max()));
+        }
+        if let Some(c) = check {
+            let back: Vec<i64> = self.deleted_before_rollback.iter().copied().filter(|id| c.indexed_docs.contains_key(id)).collect();
+            if !back.is_empty() {
+                out.push(format!("students deleted while the newer index was live are in the index after the rollback: {back:?}"));
+            }
+        }
+        out
+    }
+}
+
+/// How long a burst runs at most.
+const BURST_MAX: Duration = Duration::from_secs(6);
+/// Inserts per burst connection at most.
+const BURST_MAX_ROWS: usize = 2_000;
+const BURST_CONNECTIONS: u64 = 2;
+
+/// Single-row inserts at full speed, each its own transaction, on connections of their own
+/// (`application_name` `tidemark_stress_burst`: never terminated by the chaos), from just
+/// before a reindex request until half a second after its answer. Their ids come from the
+/// sequence, so they lie above the maximum id when the build counts and cuts its chunks.
+struct InsertBurst {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<BurstTally>>,
+    started: Instant,
+    /// When it started, on the timeline's clock.
+    at: Duration,
+    max_before: i64,
+    stop_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct BurstTally {
+    ids: Vec<i64>,
+    refused: BTreeMap<String, u64>,
+}
+
+struct BurstReport {
+    at: Duration,
+    seconds: f64,
+    build: Option<i64>,
+    max_before: i64,
+    ids: Vec<i64>,
+    refused: BTreeMap<String, u64>,
+}
+
+impl BurstReport {
+    fn at_or_below_max(&self) -> usize {
+        self.ids.iter().filter(|&&id| id <= self.max_before).count()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "insert burst at {:.1}s around the reindex request{}: {} single-row inserts on {BURST_CONNECTIONS} connections in {:.1}s ({:.0}/s), ids {}..={} (max id {} when it began; {} not above it){}",
+            self.at.as_secs_f64(),
+            self.build.map(|b| format!(" (build #{b})")).unwrap_or_default(),
+            self.ids.len(),
+            self.seconds,
+            self.ids.len() as f64 / self.seconds.max(0.001),
+            self.ids.first().copied().unwrap_or(0),
+            self.ids.last().copied().unwrap_or(0),
+            self.max_before,
+            self.at_or_below_max(),
+            if self.refused.is_empty() { String::new() } else { format!("; refused: {:?}", self.refused) }
+        )
+    }
+}
+
+impl InsertBurst {
+    /// `at` is now on the timeline's clock.
+    async fn start(pool: &sqlx::PgPool, url: &str, seed: u64, at: Duration) -> InsertBurst {
+        let max_before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM students").fetch_one(pool).await.unwrap_or(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let until = Instant::now() + BURST_MAX;
+        let tasks = (0..BURST_CONNECTIONS)
+            .map(|i| tokio::spawn(burst_inserts(url.to_string(), seed.wrapping_add(i), stop.clone(), until)))
+            .collect();
+        InsertBurst { stop, tasks, started: Instant::now(), at, max_before, stop_at: None }
+    }
+
+    async fn finish(self, build: Option<i64>) -> BurstReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut ids = Vec::new();
+        let mut refused = BTreeMap::new();
+        for t in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(30), t).await {
+                Ok(Ok(tally)) => {
+                    ids.extend(tally.ids);
+                    for (k, v) in tally.refused {
+                        *refused.entry(k).or_default() += v;
+                    }
+                }
+                Ok(Err(e)) => *refused.entry(format!("burst task: {e}")).or_default() += 1,
+                Err(_) => *refused.entry("burst task did not stop within 30s".into()).or_default() += 1,
+            }
+        }
+        ids.sort_unstable();
+        BurstReport { at: self.at, seconds: self.started.elapsed().as_secs_f64(), build, max_before: self.max_before, ids, refused }
+    }
+}
+
+async fn burst_inserts(url: String, seed: u64, stop: Arc<AtomicBool>, until: Instant) -> BurstTally {
+    let mut tally = BurstTally::default();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut conn = match connect_writer(&url).await {
+        Ok(c) => c,
+        Err(e) => {
+            tally.refused.insert(format!("connect: {}", cause(&e).0), 1);
+            return tally;
+        }
+    };
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until && tally.ids.len() < BURST_MAX_ROWS {
+        match insert_one(&mut conn, &mut rng).await {
+            Ok(id) => tally.ids.push(id),
+            Err(e) => {
+                let (what, _, reconnect) = cause(&e);
+                *tally.refused.entry(what).or_default() += 1;
+                if reconnect {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = conn.close().await;
+    tally
+}
+
+/// One student, one transaction (autocommit). Boxed as `Send` for `tokio::spawn` (see
+/// [`run_op`]).
+fn insert_one<'a>(c: &'a mut PgConnection, rng: &mut StdRng) -> futures::future::BoxFuture<'a, Result<i64, sqlx::Error>> {
+    let (f, l, a, y, u) = (first(rng), last(rng), age(rng), year(rng), rng.gen_range(0..150i64));
+    Box::pin(async move {
+        sqlx::query_scalar(
+            "INSERT INTO students (first_name, last_name, age, year_in_school, university_id)
+             VALUES ($1, $2, $3, $4, (SELECT id FROM universities WHERE id >= $5 ORDER BY id LIMIT 1)) RETURNING id",
+        )
+        .bind(f)
+        .bind(l)
+        .bind(a)
+        .bind(y)
+        .bind(u)
+        .fetch_one(&mut *c)
+        .await
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The 413 windows.
+
+/// Whether the proxy refuses large bodies now, and what it refused since the window began.
+#[derive(Default)]
+struct BodyLimitWindow {
+    on: bool,
+    refused_before: u64,
+}
+
+impl BodyLimitWindow {
+    /// `refused` is the proxy's count of 413s so far.
+    fn switch(&mut self, on: bool, refused: u64, fleet: &mut Fleet<'_>) {
+        if on {
+            fleet.counts.body_limit_windows += 1;
+            fleet.event(&format!("proxy: bodies over {} KiB answered 413 from now on (a reverse proxy's limit)", BODY_LIMIT / 1024));
+        } else {
+            fleet.event(&format!("proxy: body limit lifted ({} requests refused with 413 in that window)", refused - self.refused_before));
+        }
+        self.on = on;
+        self.refused_before = refused;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The foreign index: someone else's, named like one of tidemark's generations.
+
+/// `<alias>_2024`, a yearly archive with one document and an alias of its own
+/// (`<alias>_archive`), created before tidemark's first build. tidemark numbers its
+/// generations from its own records, so it must never number after it, prune it, write to
+/// it, or put one of its aliases on it.
+struct ForeignIndex {
+    name: String,
+    alias: String,
+    doc: Value,
+    uuid: String,
+}
+
+impl ForeignIndex {
+    async fn create(env: &Env) -> ForeignIndex {
+        let name = format!("{}_2024", env.alias);
+        let alias = format!("{}_archive", env.alias);
+        // Shaped like a student, under an id the seeded students have too.
+        let doc = serde_json::json!({
+            "first_name": "Archived", "last_name": "Student", "age": 42, "year_in_school": "SR",
+            "university": null, "course_names": ["ARCHIVE2024"], "note": "yearly archive, not tidemark's"
+        });
+        let mut aliases = serde_json::Map::new();
+        aliases.insert(alias.clone(), serde_json::json!({}));
+        let body = serde_json::json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "aliases": aliases});
+        env.es_json(reqwest::Method::PUT, &format!("/{name}"), Some(body)).await;
+        env.es_json(reqwest::Method::PUT, &format!("/{name}/_doc/1?refresh=true"), Some(doc.clone())).await;
+        let settings = env.es_json(reqwest::Method::GET, &format!("/{name}/_settings"), None).await;
+        let uuid = settings[&name]["settings"]["index"]["uuid"].as_str().expect("index uuid").to_string();
+        ForeignIndex { name, alias, doc, uuid }
+    }
+
+    /// What differs from how it was created; `ours` are tidemark's aliases.
+    async fn problems(&self, env: &Env, ours: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let (status, settings) = es_try(env, reqwest::Method::GET, &format!("/{}/_settings", self.name)).await;
+        if status != 200 {
+            return vec![format!("it is gone (GET /{}/_settings: HTTP {status})", self.name)];
+        }
+        let uuid = settings[&self.name]["settings"]["index"]["uuid"].as_str().unwrap_or("");
+        if uuid != self.uuid {
+            out.push(format!("it was deleted and created again (uuid {} → {uuid})", self.uuid));
+        }
+        let (_, doc) = es_try(env, reqwest::Method::GET, &format!("/{}/_doc/1", self.name)).await;
+        if doc["_source"] != self.doc || doc["_version"] != serde_json::json!(1) {
+            out.push(format!("its document changed: {doc}"));
+        }
+        let _ = es_try(env, reqwest::Method::POST, &format!("/{}/_refresh", self.name)).await;
+        let (_, count) = es_try(env, reqwest::Method::GET, &format!("/{}/_count", self.name)).await;
+        if count["count"] != serde_json::json!(1) {
+            out.push(format!("it holds {} documents, not 1", count["count"]));
+        }
+        let (_, aliases) = es_try(env, reqwest::Method::GET, &format!("/{}/_alias", self.name)).await;
+        let names: BTreeSet<String> = aliases[&self.name]["aliases"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        if names != BTreeSet::from([self.alias.clone()]) {
+            out.push(format!("its aliases are {names:?}, not [{:?}]", self.alias));
+        }
+        if let Some(a) = ours.iter().find(|a| names.contains(**a)) {
+            out.push(format!("it carries tidemark's alias {a}"));
+        }
+        out
+    }
+
+    async fn delete(&self, env: &Env) {
+        let _ = es_try(env, reqwest::Method::DELETE, &format!("/{}", self.name)).await;
+    }
+}
+
+/// A request to the search server (directly, not through the proxy) that may fail.
+async fn es_try(env: &Env, method: reqwest::Method, path: &str) -> (u16, Value) {
+    match reqwest::Client::new().request(method, format!("{}{path}", env.es_url)).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(e) => (0, Value::String(e.to_string())),
     }
 }
 
@@ -779,12 +1425,18 @@ struct ChaosCounts {
     redis_flushes: u64,
     redis_restarts: u64,
     resumes: u64,
+    body_limit_windows: u64,
+    reindex_requests: u64,
+    insert_bursts: u64,
+    burst_inserts: u64,
+    rollbacks: u64,
+    deleted_before_rollback: u64,
 }
 
 impl ChaosCounts {
     fn render(&self) -> String {
         format!(
-            "chaos: {} worker SIGKILLs ({} of them all workers at once), {} scheduler SIGKILLs, {} process restarts, {} processes exited by themselves;\n       {} pg_terminate_backend rounds ({} connections, {} of them writers'), {} Redis FLUSHALLs, {} Redis SIGKILL+restarts, {} `admin reindex --resume`\n",
+            "chaos: {} worker SIGKILLs ({} of them all workers at once), {} scheduler SIGKILLs, {} process restarts, {} processes exited by themselves;\n       {} pg_terminate_backend rounds ({} connections, {} of them writers'), {} Redis FLUSHALLs, {} Redis SIGKILL+restarts, {} `admin reindex --resume`;\n       {} windows of a {} KiB body limit (413), {} `admin reindex` requests with {} insert bursts ({} single-row inserts), {} `admin rollback` ({} students deleted from the newer index just before)\n",
             self.worker_kills,
             self.kill_all,
             self.scheduler_kills,
@@ -795,7 +1447,14 @@ impl ChaosCounts {
             self.pg_writers_terminated,
             self.redis_flushes,
             self.redis_restarts,
-            self.resumes
+            self.resumes,
+            self.body_limit_windows,
+            BODY_LIMIT / 1024,
+            self.reindex_requests,
+            self.insert_bursts,
+            self.burst_inserts,
+            self.rollbacks,
+            self.deleted_before_rollback
         )
     }
 }
