@@ -59,4 +59,8 @@ for f in "$runs"/r*.pid; do
   rm -f "$f"
 done
 
-cargo test --workspace --lib --bins --tests "$@"
+# No arguments: every test. Arguments select (e.g. `--test stress`, or a test name).
+if [[ $# -eq 0 ]]; then
+  set -- --lib --bins --tests
+fi
+cargo test --workspace "$@"

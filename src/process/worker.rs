@@ -42,6 +42,10 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         Err(e) => tracing::warn!(error = %e, "could not compare the sequence with the index yet"),
         Ok(()) => {}
     }
+    // Old generations a failed prune left behind (tidemark's own only, never a rollback target).
+    if let Err(e) = crate::reindex::prune(&services).await {
+        tracing::debug!(error = %e, "could not prune old generations at start");
+    }
     let identity = services.identity.as_str().to_string();
     let syncer = Arc::new(Syncer::new(services.clone(), None));
     // A sequence found behind the index while running stops the worker with that error.

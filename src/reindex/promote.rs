@@ -102,7 +102,11 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
     .await?;
     tx.commit().await?;
     tracing::info!(id = build.id, index = %index, previous = ?previous, "reindex verified; alias moved");
-    prune(services).await?;
+    // The promotion is done whatever happens here; a prune that fails is tried again at the
+    // next rollback, promotion or worker start.
+    if let Err(e) = prune(services).await {
+        tracing::warn!(error = %e, "could not delete old generations yet");
+    }
     Ok(Finish::Promoted)
 }
 

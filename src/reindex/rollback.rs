@@ -40,5 +40,8 @@ pub async fn rollback(services: &Services) -> Result<(String, String), ReindexEr
         .await?;
     tx.commit().await?;
     tracing::info!(from = %from, to = %to, "rolled back; every student is marked so the restored index catches up");
+    if let Err(e) = super::prune(services).await {
+        tracing::warn!(error = %e, "could not delete old generations yet");
+    }
     Ok((from, to))
 }
