@@ -61,6 +61,13 @@ enum Command {
     },
     /// Sync in this process, without Redis, until nothing is left; then exit.
     Sync,
+    /// Serve the search application (faceted page, JSON API, autocomplete, student pages)
+    /// until SIGTERM/SIGINT. Read-only.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+    },
     /// Operate a running deployment.
     Admin {
         #[command(subcommand)]
@@ -197,6 +204,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let services = Services::connect(Arc::new(config), 2).await?;
             let interval = services.config.scheduler.interval.0;
             process::scheduler::run(services, interval, process::signal()).await?;
+        }
+        Command::Serve { addr } => {
+            // Each search with engine=sql runs five statements at once; 16 connections
+            // serve a few of those side by side, and every other page needs one.
+            let services = Services::connect(config, 16).await?;
+            process::serve::run(services, addr, process::signal()).await?;
         }
         Command::Admin { command } => return admin(config, command).await,
     }

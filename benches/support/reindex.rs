@@ -207,7 +207,8 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
                 let encoded = encode(&docs, &[catalog::build_alias(&build.alias)], version);
                 sp.encode += since(t);
                 let t = Instant::now();
-                let shipped = ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync), &Window::of(cfg.sync.batch_timeout.0)).await?;
+                let shipped =
+                    ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync), &Window::of(cfg.sync.batch_timeout.0)).await?;
                 sp.ship += since(t);
                 let t = Instant::now();
                 let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
@@ -259,7 +260,8 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
             let encoded = encode(&docs, &targets.indices, version);
             sp.encode += since(t);
             let t = Instant::now();
-            let shipped = ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync), &Window::of(cfg.sync.batch_timeout.0)).await?;
+            let shipped =
+                ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync), &Window::of(cfg.sync.batch_timeout.0)).await?;
             sp.ship += since(t);
             let t = Instant::now();
             let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));

@@ -5,9 +5,11 @@
 //! - [`worker`]: runs sync jobs from the queue, reconnecting when Redis goes away.
 //! - [`scheduler`]: enqueues a sync every interval.
 //! - [`listener`]: turns PostgreSQL notifications into nudges (run by both of the above).
+//! - [`serve`]: the search application (`crate::web`) on an address.
 
 pub mod listener;
 pub mod scheduler;
+pub mod serve;
 pub mod worker;
 
 use std::{future::Future, time::Duration};
