@@ -92,6 +92,8 @@ pub enum Failure {
     /// The alias does not exist yet.
     IndexMissing,
     DatabaseDown,
+    /// A fault of tidemark's own (the details are in the log).
+    Internal,
 }
 
 impl Failure {
@@ -100,6 +102,7 @@ impl Failure {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::NotFound(_) => StatusCode::NOT_FOUND,
             Failure::SearchDown(_) | Failure::IndexMissing | Failure::DatabaseDown => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -109,6 +112,7 @@ impl Failure {
             Failure::NotFound(_) => "Not found",
             Failure::SearchDown(_) | Failure::IndexMissing => "Search is unavailable",
             Failure::DatabaseDown => "The database is not answering",
+            Failure::Internal => "Something went wrong",
         }
     }
 
@@ -124,6 +128,9 @@ impl Failure {
                 .into(),
             Failure::DatabaseDown => "The database is not answering, so this page cannot be shown right now. Try again in a \
                                       moment; if it persists, check that PostgreSQL is up (`tidemark admin status`)."
+                .into(),
+            Failure::Internal => "tidemark could not answer this request because of a fault of its own; the server's log says \
+                                  what went wrong. Please report it."
                 .into(),
         }
     }
@@ -147,9 +154,23 @@ fn search_down(e: &SearchError) -> Failure {
     })
 }
 
+/// A database error: the server not answering (503), or a fault of ours (500).
 fn database_down(e: &sqlx::Error) -> Failure {
-    tracing::warn!(error = %e, "database request failed");
-    Failure::DatabaseDown
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
+            tracing::warn!(error = %e, "database not answering");
+            Failure::DatabaseDown
+        }
+        E::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
+            tracing::warn!(error = %e, "database not answering");
+            Failure::DatabaseDown
+        }
+        _ => {
+            tracing::error!(error = %e, "database query failed");
+            Failure::Internal
+        }
+    }
 }
 
 /// A database call bounded by [`DB_TIMEOUT`].

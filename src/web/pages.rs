@@ -217,8 +217,7 @@ pub async fn search(State(app): State<App>, req: Result<SearchRequest, ApiError>
 }
 
 fn search_view(req: &SearchRequest, resp: &SearchResponse) -> SearchView {
-    let distinct_plural = req.distinct.map(Facet::plural);
-    let distinct_label = |d: Option<u64>| d.zip(distinct_plural).map(|(n, p)| format!("~{} {p}", thousands(n)));
+    let distinct_label = |d: Option<u64>| d.zip(req.distinct).map(|(n, f)| format!("~{}", plural(n, f.singular(), f.plural())));
     let facets = Facet::ALL
         .into_iter()
         .map(|f| {
@@ -297,7 +296,7 @@ fn search_view(req: &SearchRequest, resp: &SearchResponse) -> SearchView {
         .into_iter()
         .map(|(label, e)| Link { label: label.into(), href: req.with_engine(e).href(), current: req.engine == e })
         .collect();
-    let distinct_links = std::iter::once(("none", None))
+    let distinct_links = std::iter::once(("off", None))
         .chain(Facet::ALL.into_iter().map(|f| (f.plural(), Some(f))))
         .map(|(label, d)| Link { label: label.into(), href: req.with_distinct(d).href(), current: req.distinct == d })
         .collect();

@@ -93,6 +93,15 @@ impl Facet {
         }
     }
 
+    /// What a distinct count of this field counts, in the singular.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Facet::Course => "course",
+            Facet::University => "university",
+            Facet::Year => "year",
+        }
+    }
+
     /// What a distinct count of this field counts, in the plural.
     pub fn plural(self) -> &'static str {
         match self {
@@ -412,11 +421,13 @@ impl SearchRequest {
                     page_given = true;
                 }
                 "after" => after = Some(value.to_string()),
-                "distinct" => r.distinct = Some(Facet::from_param(value.trim()).ok_or_else(|| {
-                    bad(format!(
+                "distinct" => {
+                    r.distinct = Some(Facet::from_param(value.trim()).ok_or_else(|| {
+                        bad(format!(
                         "`distinct` must be course, university or year (the field whose distinct values each bucket counts), not {value:?}"
                     ))
-                })?),
+                    })?)
+                }
                 "engine" => {
                     r.engine = match value.trim() {
                         "index" => Engine::Index,

@@ -115,6 +115,17 @@ fn sort(req: &SearchRequest) -> Value {
     }
 }
 
+/// Hits to fetch: one more than the page, to know whether another follows, except on the
+/// last page a number reaches (the engines refuse `from + size` past the result window).
+pub fn fetch_size(req: &SearchRequest) -> u32 {
+    let end = if req.after.is_some() { 0 } else { req.page as u64 * req.size as u64 };
+    if end + 1 > MAX_RESULT_WINDOW {
+        req.size
+    } else {
+        req.size + 1
+    }
+}
+
 /// The `_search` body of a request.
 pub fn search_body(req: &SearchRequest) -> Value {
     let mut aggs = Map::new();
@@ -153,7 +164,7 @@ pub fn search_body(req: &SearchRequest) -> Value {
     );
     let mut body = json!({
         "query": text_query(req),
-        "size": req.size + 1,
+        "size": fetch_size(req),
         "track_total_hits": MAX_RESULT_WINDOW,
         "_source": SOURCE,
         "sort": sort(req),

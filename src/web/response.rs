@@ -198,7 +198,14 @@ impl SearchResponse {
         let [course, university, year] = raw.facets;
         let facet = |f: Facet, raw: RawFacet| terms_facet(req, f, raw);
         let mut hits = raw.hits;
-        let more = hits.len() > req.size as usize;
+        // One hit more than the page was asked for; at the deepest numbered page the
+        // total says whether more follow.
+        let window_end = req.page as u64 * req.size as u64;
+        let more = hits.len() > req.size as usize
+            || (req.after.is_none()
+                && window_end >= super::params::MAX_RESULT_WINDOW
+                && hits.len() == req.size as usize
+                && (raw.total.relation == Relation::Gte || raw.total.value > window_end));
         hits.truncate(req.size as usize);
         let next = if more { hits.last().map(|h| cursor_of(req, h).to_param()) } else { None };
         SearchResponse {

@@ -162,7 +162,7 @@ fn hits_stmt(req: &SearchRequest) -> Stmt {
 fn total_stmt(req: &SearchRequest) -> Stmt {
     let mut st = Stmt::new();
     let cond = conditions(&mut st, req, None, false);
-    st.sql = format!("SELECT count(*)::int8, NULL::int8, NULL::int8 FROM (SELECT 1 {FROM} WHERE {cond} LIMIT {}) t", MAX_RESULT_WINDOW + 1);
+    st.sql = format!("SELECT NULL::text, count(*)::int8, NULL::int8 FROM (SELECT 1 {FROM} WHERE {cond} LIMIT {}) t", MAX_RESULT_WINDOW + 1);
     st
 }
 
@@ -225,7 +225,7 @@ pub async fn search(pool: &PgPool, req: &SearchRequest) -> Result<Raw, sqlx::Err
             last_name,
         });
     }
-    let total_n = facets.pop().and_then(|t| t.first().map(|r| r.1)).unwrap_or(0) as u64;
+    let total_n = facets.pop().and_then(|t| t.first().map(|r| r.1)).unwrap_or(0).max(0) as u64;
     let total = if total_n > MAX_RESULT_WINDOW {
         Total { value: MAX_RESULT_WINDOW, relation: Relation::Gte }
     } else {
