@@ -28,6 +28,15 @@ fn leading_number(text: &str) -> u64 {
     text.split_whitespace().next().unwrap_or_default().replace(',', "").parse().unwrap_or_else(|_| panic!("no number in {text:?}"))
 }
 
+/// The counts the year facet shows, in order.
+async fn year_counts(b: &Browser) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in b.find_all("#facet-year a.value .count").await {
+        out.push(b.text(&e).await);
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_two_letters_and_picking_by_keyboard_opens_the_student_page_from_the_database() {
     let env = Env::new().await;
@@ -85,16 +94,6 @@ async fn clicking_a_course_and_a_histogram_bar_changes_hits_counts_and_url_and_a
     let summary = b.text(&b.wait_for("#summary").await[0]).await;
     assert_eq!(leading_number(&summary), 3002, "{summary}");
     b.screenshot(&screenshot_dir().join("main.png")).await;
-    let year_counts = |b: &Browser| {
-        let b = b;
-        async move {
-            let mut out = Vec::new();
-            for e in b.find_all("#facet-year a.value .count").await {
-                out.push(b.text(&e).await);
-            }
-            out
-        }
-    };
     let years_before = year_counts(&b).await;
 
     // A course facet value: the hits become its students, the URL carries it, the other

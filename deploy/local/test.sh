@@ -59,4 +59,5 @@ for f in "$runs"/r*.pid; do
   rm -f "$f"
 done
 
+deploy/local/chromium.sh >/dev/null # the browser tests' headless Chromium and chromedriver (Debian's), when missing
 cargo test --workspace --lib --bins --tests "$@"

@@ -225,9 +225,13 @@ fn search_view(req: &SearchRequest, resp: &SearchResponse) -> SearchView {
             FacetView {
                 param: f.param(),
                 title: f.title(),
+                // Selected values first (a person looks for what they chose where they
+                // left it), then the rest in the engine's order.
                 buckets: facet
                     .buckets
                     .iter()
+                    .filter(|b| b.selected)
+                    .chain(facet.buckets.iter().filter(|b| !b.selected))
                     .map(|b| BucketView {
                         key: b.key.clone(),
                         count: thousands(b.doc_count),

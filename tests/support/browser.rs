@@ -59,7 +59,7 @@ impl Browser {
         let hint = "run deploy/local/chromium.sh (deploy/local/test.sh does), which installs Debian's chromium and chromium-driver";
         let driver_path = which("chromedriver").unwrap_or_else(|| panic!("chromedriver is not installed: {hint}"));
         let chromium = which("chromium").unwrap_or_else(|| panic!("chromium is not installed: {hint}"));
-        let port = super::free_port();
+        let port = crate::support::free_port();
         let driver = Command::new(driver_path)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
@@ -67,7 +67,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let profile = std::env::temp_dir().join(format!("tidemark-chromium-{}-{:08x}", super::run_id(), rand::random::<u32>()));
+        let profile = std::env::temp_dir().join(format!("tidemark-chromium-{}-{:08x}", crate::support::run_id(), rand::random::<u32>()));
         std::fs::create_dir_all(&profile).unwrap();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         let base = format!("http://127.0.0.1:{port}");
