@@ -44,8 +44,11 @@ const SEARCHES: [&str; 8] = [
 /// Two- and three-letter prefixes typed into the search box.
 const PREFIXES: [&str; 12] = ["an", "mar", "jo", "ka", "el", "sa", "li", "pe", "mi", "da", "to", "ch"];
 
+/// Requests to send: a URL, and the JSON body of a POST (None: a GET).
+type Requests = Vec<(String, Option<Value>)>;
+
 /// Latencies of `connections` clients sending `requests` (round robin) for `secs`.
-async fn load(http: &reqwest::Client, requests: Arc<Vec<(String, Option<Value>)>>, connections: usize, secs: f64) -> Result<Dist> {
+async fn load(http: &reqwest::Client, requests: Arc<Requests>, connections: usize, secs: f64) -> Result<Dist> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let clients = (0..connections).map(|c| {
         let (http, requests) = (http.clone(), requests.clone());
@@ -75,7 +78,7 @@ async fn load(http: &reqwest::Client, requests: Arc<Vec<(String, Option<Value>)>
 }
 
 /// `/api/search` requests and the same bodies for the engine.
-fn searches(app: &str, es: &str, alias: &str) -> Result<(Vec<(String, Option<Value>)>, Vec<(String, Option<Value>)>)> {
+fn searches(app: &str, es: &str, alias: &str) -> Result<(Requests, Requests)> {
     let mut via = Vec::new();
     let mut direct = Vec::new();
     for q in SEARCHES {
@@ -86,7 +89,7 @@ fn searches(app: &str, es: &str, alias: &str) -> Result<(Vec<(String, Option<Val
     Ok((via, direct))
 }
 
-fn suggests(app: &str, es: &str, alias: &str) -> (Vec<(String, Option<Value>)>, Vec<(String, Option<Value>)>) {
+fn suggests(app: &str, es: &str, alias: &str) -> (Requests, Requests) {
     let via = PREFIXES.iter().map(|p| (format!("{app}/api/suggest?q={p}"), None)).collect();
     let direct = PREFIXES.iter().map(|p| (format!("{es}/{alias}/_search"), Some(query::suggest_body(p, 8)))).collect();
     (via, direct)
@@ -96,8 +99,8 @@ fn suggests(app: &str, es: &str, alias: &str) -> (Vec<(String, Option<Value>)>, 
 /// shared machine hits both alike; returns (direct, via tidemark).
 async fn side_by_side(
     http: &reqwest::Client,
-    direct: Vec<(String, Option<Value>)>,
-    via: Vec<(String, Option<Value>)>,
+    direct: Requests,
+    via: Requests,
     connections: usize,
     secs: f64,
     rounds: usize,
@@ -197,13 +200,19 @@ async fn one_size(plan: &Plan, services: &Services, n: u64, with_load: bool) -> 
         let runs = if n > 100_000 { plan.serve_sql_runs.min(5) } else { plan.serve_sql_runs };
         let facets = index_vs_sql(&http, &app, runs).await.context("index vs SQL")?;
         let (i, s): (Vec<f64>, Vec<f64>) = facets.iter().map(|(_, i, s)| (*i, *s)).unzip();
-        progress!("serve: {} students: facets index median {:.1} ms, SQL {:.1} ms", stats::int(n), stats::median(&i) * 1e3, stats::median(&s) * 1e3);
+        progress!(
+            "serve: {} students: facets index median {:.1} ms, SQL {:.1} ms",
+            stats::int(n),
+            stats::median(&i) * 1e3,
+            stats::median(&s) * 1e3
+        );
         let load = if with_load {
             let c = plan.serve_connections;
             let (via, direct) = searches(&app, &env.services.es_url, &env.alias)?;
             let (search_direct, search_via) = side_by_side(&http, direct, via, c, plan.serve_load_secs, 3).await.context("search load")?;
             let (via, direct) = suggests(&app, &env.services.es_url, &env.alias);
-            let (suggest_direct, suggest_via) = side_by_side(&http, direct, via, c, plan.serve_load_secs, 3).await.context("suggest load")?;
+            let (suggest_direct, suggest_via) =
+                side_by_side(&http, direct, via, c, plan.serve_load_secs, 3).await.context("suggest load")?;
             progress!(
                 "serve: {c} connections: search p99 {:.1} ms (engine {:.1} ms), suggest p99 {:.1} ms (engine {:.1} ms)",
                 search_via.p99 * 1e3,
@@ -276,7 +285,8 @@ pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
     sec.push_str("| students | requests | via tidemark p50 | p99 | engine direct p50 | p99 | throughput via / direct |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for s in &sizes {
         if let Some(l) = &s.load {
-            for (what, v, d) in [("`/api/search`", &l.search_via, &l.search_direct), ("`/api/suggest`", &l.suggest_via, &l.suggest_direct)] {
+            for (what, v, d) in [("`/api/search`", &l.search_via, &l.search_direct), ("`/api/suggest`", &l.suggest_via, &l.suggest_direct)]
+            {
                 sec.push_str(&format!(
                     "| {} | {what} | {} | {} | {} | {} | {} / {} requests |\n",
                     stats::int(s.students),
