@@ -6,7 +6,7 @@
 //! this harness and writes BENCHMARKS.md. Directly:
 //!
 //! ```text
-//! cargo bench --bench tidemark -- [--quick] [--only fanout,reindex,overhead,freshness,facets] [--out DIR]
+//! cargo bench --bench tidemark -- [--quick] [--only fanout,reindex,overhead,freshness,facets,serve] [--out DIR]
 //! ```
 //!
 //! with DATABASE_URL, REDIS_URL and ELASTICSEARCH_URL set. Results go to DIR
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use support::{env::Services, report::Report, Plan};
 
-const ALL: [&str; 5] = ["fanout", "reindex", "overhead", "freshness", "facets"];
+const ALL: [&str; 6] = ["fanout", "reindex", "overhead", "freshness", "facets", "serve"];
 
 struct Args {
     quick: bool,
@@ -182,6 +182,17 @@ async fn run(args: Args) -> Result<bool> {
     }
     for env in [kept.discard_db.take(), kept.osmem.take()].into_iter().flatten() {
         env.cleanup().await;
+    }
+
+    if wants("serve") {
+        match support::serve::run(&plan, &services).await {
+            Ok(o) => report.add("6. Search application: latency under load, overhead, index vs SQL facets", "serve", o),
+            Err(e) => {
+                ok = false;
+                progress!("serve failed: {e:#}");
+                report.failed("6. Search application", "serve", &e);
+            }
+        }
     }
     report.write(&plan.out_dir)?;
     println!("{}", report.markdown());

@@ -42,11 +42,24 @@ pub struct Status {
     pub problems: Vec<String>,
 }
 
-/// Gathers the status. A search server or Redis that does not answer is a problem listed in
-/// the status, not an error: the database's half is still worth showing.
-/// `queue` is the connected queue, or why it could not be reached.
-pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Result<Status, sqlx::Error> {
-    let (pool, search, alias) = (&services.pool, &services.search, &services.config.index_alias);
+/// How far the index is behind the database: what `admin status` shows first and what the
+/// search page's footer shows, from this one function.
+#[derive(Clone, Debug, Serialize)]
+pub struct Freshness {
+    /// Students whose document is not in the index yet.
+    pub outstanding_marks: i64,
+    /// Of those, claimed by a worker right now.
+    pub in_flight: i64,
+    /// Seconds since the oldest change not yet indexed (0 when all is indexed).
+    pub lag_seconds: f64,
+    /// Universities and courses whose students are still being marked.
+    pub pending_fanouts: i64,
+    /// Students changed by large statements and not yet expanded into marks.
+    pub pending_statement_students: i64,
+}
+
+/// Reads the [`Freshness`] from tidemark's tables (two small aggregates).
+pub async fn freshness(pool: &PgPool) -> Result<Freshness, sqlx::Error> {
     let (outstanding_marks, in_flight, lag_marks): (i64, i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE lease_until > clock_timestamp()),
                 extract(epoch FROM clock_timestamp() - min(marked_at))::float8
@@ -62,6 +75,21 @@ pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Resul
     )
     .fetch_one(pool)
     .await?;
+    Ok(Freshness {
+        outstanding_marks,
+        in_flight,
+        lag_seconds: lag_marks.into_iter().chain(lag_parents).fold(0.0, f64::max),
+        pending_fanouts,
+        pending_statement_students,
+    })
+}
+
+/// Gathers the status. A search server or Redis that does not answer is a problem listed in
+/// the status, not an error: the database's half is still worth showing.
+/// `queue` is the connected queue, or why it could not be reached.
+pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Result<Status, sqlx::Error> {
+    let (pool, search, alias) = (&services.pool, &services.search, &services.config.index_alias);
+    let Freshness { outstanding_marks, in_flight, lag_seconds, pending_fanouts, pending_statement_students } = freshness(pool).await?;
     let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dead_letters").fetch_one(pool).await?;
     let mut problems = Vec::new();
     let (indices, documents) = match search.alias_targets(alias).await {
@@ -111,7 +139,7 @@ pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Resul
         reindex,
         outstanding_marks,
         in_flight,
-        lag_seconds: lag_marks.into_iter().chain(lag_parents).fold(0.0, f64::max),
+        lag_seconds,
         pending_fanouts,
         pending_statement_students,
         dead_letters,

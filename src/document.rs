@@ -17,6 +17,9 @@ pub struct StudentDoc {
     /// Sorted (by bytes, so every reader agrees) and deduplicated.
     pub course_names: Vec<String>,
     pub name_complete: Completion,
+    /// The student id again, as a number: `_id` is a string that Elasticsearch 8+ will not
+    /// sort on, and paging with `search_after` needs a unique numeric tiebreaker.
+    pub id: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -33,6 +36,7 @@ pub struct Completion {
 impl StudentDoc {
     /// Builds the document from a student's row values; the one place the shape is decided.
     pub fn build(
+        id: i64,
         first_name: String,
         last_name: String,
         age: i32,
@@ -52,6 +56,7 @@ impl StudentDoc {
             year_in_school: year_in_school.trim_end().to_string(),
             university,
             course_names,
+            id,
         }
     }
 }
@@ -84,7 +89,8 @@ pub fn build_body(index: &IndexConfig) -> serde_json::Value {
 }
 
 /// The index body: facets as keywords, a numeric age, names as text with a keyword
-/// sub-field, and a completion field for autocomplete. `dynamic: strict` so a document
+/// sub-field, a completion field for autocomplete, and the numeric id (search pages'
+/// tiebreaker). `dynamic: strict` so a document
 /// that drifts from this shape is refused (and dead-lettered) rather than silently remapped.
 pub fn index_body() -> serde_json::Value {
     let name = serde_json::json!({"type": "text", "fields": {"raw": {"type": "keyword"}}});
@@ -100,7 +106,8 @@ pub fn index_body() -> serde_json::Value {
                     "properties": {"id": {"type": "long"}, "name": {"type": "keyword"}}
                 },
                 "course_names": {"type": "keyword"},
-                "name_complete": {"type": "completion"}
+                "name_complete": {"type": "completion"},
+                "id": {"type": "long"}
             }
         }
     })
@@ -113,6 +120,7 @@ mod tests {
     #[test]
     fn document_matches_the_design() {
         let doc = StudentDoc::build(
+            7,
             "Ann".into(),
             "Lee".into(),
             20,
@@ -126,10 +134,11 @@ mod tests {
                 "first_name": "Ann", "last_name": "Lee", "age": 20, "year_in_school": "FR",
                 "university": {"id": 3, "name": "MIT"},
                 "course_names": ["CS101", "MATH201"],
-                "name_complete": {"input": ["Ann", "Lee", "Ann Lee"]}
+                "name_complete": {"input": ["Ann", "Lee", "Ann Lee"]},
+                "id": 7
             })
         );
-        let none = StudentDoc::build("A".into(), "B".into(), 1, "SR".into(), None, vec![]);
+        let none = StudentDoc::build(8, "A".into(), "B".into(), 1, "SR".into(), None, vec![]);
         assert_eq!(serde_json::to_value(&none).unwrap()["university"], serde_json::Value::Null);
     }
 }

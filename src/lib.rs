@@ -12,7 +12,8 @@
 //! | checks | [`verify`]: the one comparison of index and database (reindex promotion and `admin verify`) |
 //! | reindex | [`reindex`]: start, chunk, promote, rollback, prune, watch |
 //! | steps | [`sync`]: `Syncer` — a step (fan-out, a reindex chunk, a batch) and a drain |
-//! | processes | [`process`]: `worker`, `scheduler` and the notification `listener`, each `run(…, shutdown)` |
+//! | search side | [`web`]: the search application — one query builder, one response type, the SQL facet engine, the pages and the JSON API |
+//! | processes | [`process`]: `worker`, `scheduler`, the notification `listener` and `serve` (the search application), each `run(…, shutdown)` |
 //! | operators | [`admin`]: status, dead letters, retries · [`writer`]: `commit_and_nudge` for Rust writers |
 //!
 //! Outside this crate: `migrations/` (SQL: domain tables, capture triggers, tidemark's
@@ -37,6 +38,7 @@ pub mod services;
 pub mod sync;
 pub mod telemetry;
 pub mod verify;
+pub mod web;
 pub mod writer;
 
 pub use tidemark_workers as workers;

@@ -78,6 +78,13 @@ enum Command {
     },
     /// Sync in this process, without Redis, until nothing is left; then exit.
     Sync,
+    /// Serve the search application (faceted page, JSON API, autocomplete, student pages)
+    /// until SIGTERM/SIGINT. Read-only.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+    },
     /// Operate a running deployment.
     Admin {
         #[command(subcommand)]
@@ -236,6 +243,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             stop.cancel();
             finish(result, admin).await?;
         }
+        Command::Serve { addr } => {
+            // Each search with engine=sql runs five statements at once; 16 connections
+            // serve a few of those side by side, and every other page needs one.
+            let services = Services::connect(config, 16).await?;
+            let stop = process::on_signal();
+            let admin = cli
+                .admin_addr
+                .map(|addr| tokio::spawn(admin_endpoint::serve(addr, Admin::new(services.clone(), false), stop.clone().cancelled_owned())));
+            let result = process::serve::run(services, addr, stop.clone().cancelled_owned()).await;
+            stop.cancel();
+            admin_and(result.map_err(anyhow::Error::from), admin).await?;
+        }
         Command::Admin { command } => return admin(config, command).await,
     }
     Ok(ExitCode::SUCCESS)
@@ -338,6 +357,10 @@ async fn finish(
     result: Result<(), process::ProcessError>,
     admin: Option<tokio::task::JoinHandle<Result<(), process::ProcessError>>>,
 ) -> Result<()> {
+    admin_and(result.map_err(anyhow::Error::from), admin).await
+}
+
+async fn admin_and(result: Result<()>, admin: Option<tokio::task::JoinHandle<Result<(), process::ProcessError>>>) -> Result<()> {
     let admin = match admin {
         Some(task) => task.await.context("the admin endpoint's task")?,
         None => Ok(()),

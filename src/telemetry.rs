@@ -92,6 +92,19 @@ pub fn status_class(status: Option<u16>) -> &'static str {
     }
 }
 
+/// One request `serve` answered: its route template (e.g. `/students/{id}`), never the path
+/// itself, so the label stays a small fixed set.
+pub fn http_request(route: &str, status: u16, took: Duration) {
+    let class = match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    counter!(HTTP_REQUESTS, "route" => route.to_string(), "status_class" => class).increment(1);
+    histogram!(HTTP_DURATION, "route" => route.to_string()).record(took.as_secs_f64());
+}
+
 pub fn items_sent(n: usize) {
     counter!(BULK_ITEMS).increment(n as u64);
 }

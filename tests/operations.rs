@@ -126,15 +126,27 @@ async fn every_catalogued_metric_is_exported_as_declared_and_a_stuck_mark_shows_
     env.wait_synced("the reindex", Duration::from_secs(90)).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    let (w, s) = (scrape(&worker_addr).await, scrape(&scheduler_addr).await);
+    // The search application, with its own admin endpoint: a few pages and API calls.
+    let (serve_addr, serve_admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let serve = env.spawn(&["serve", "--addr", &serve_addr, "--admin-addr", &serve_admin], |_| {});
+    wait_for_admin(&serve_admin, &serve).await;
+    for path in ["/", "/api/search?q=N1", "/api/suggest?q=N", "/students/7", "/students/999999", "/api/search?size=oops"] {
+        let _ = reqwest::get(format!("http://{serve_addr}{path}")).await.unwrap();
+    }
+    let ready: Value = reqwest::get(format!("http://{serve_admin}/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["ready"], Value::Bool(true), "serve is ready without Redis: {ready}");
+    assert!(ready["checks"].get("redis").is_none(), "serve does not use Redis: {ready}");
+
+    let (w, s, v) = (scrape(&worker_addr).await, scrape(&scheduler_addr).await, scrape(&serve_admin).await);
     for (name, c) in &catalogue {
-        if name.starts_with("tidemark_http_") {
-            continue; // `serve`'s, checked with serve
-        }
-        let exported = w.types.get(name).or_else(|| s.types.get(name));
+        let exported = w.types.get(name).or_else(|| s.types.get(name)).or_else(|| v.types.get(name));
         assert_eq!(exported.map(String::as_str), Some(c.kind.as_str()), "{name} is exported as a {}", c.kind);
     }
-    for scrape in [&w, &s] {
+    // Routes are labelled by their template, never by the path requested.
+    assert!(v.sum("tidemark_http_requests_total", &[("route", "/students/{id}"), ("status_class", "4xx")]) >= 1.0);
+    assert!(v.sum("tidemark_http_requests_total", &[("route", "/api/search"), ("status_class", "4xx")]) >= 1.0);
+    assert!(v.samples.iter().all(|(_, l, _)| l.get("route").is_none_or(|r| !r.contains("999999"))));
+    for scrape in [&w, &s, &v] {
         for (name, labels, _) in &scrape.samples {
             assert!(name.starts_with("tidemark_"), "{name}: every name starts with tidemark_");
             let base = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
@@ -142,12 +154,12 @@ async fn every_catalogued_metric_is_exported_as_declared_and_a_stuck_mark_shows_
             if c.kind == "counter" {
                 assert!(name.ends_with("_total"), "counter {name} ends in _total");
             }
-            for (k, v) in labels {
+            for (k, value) in labels {
                 if k == "le" {
                     continue;
                 }
                 let allowed = c.labels.get(k).unwrap_or_else(|| panic!("{name} has label {k}, not in the catalogue"));
-                assert!(allowed.is_empty() || allowed.contains(v), "{name}{{{k}={v}}}: not one of {allowed:?}");
+                assert!(allowed.is_empty() || allowed.contains(value), "{name}{{{k}={value}}}: not one of {allowed:?}");
             }
         }
     }
@@ -179,6 +191,7 @@ async fn every_catalogued_metric_is_exported_as_declared_and_a_stuck_mark_shows_
     assert!(w2.sum("tidemark_bulk_requests_total", &[("status_class", "5xx")]) > 0.0);
     proxy.clear();
     env.wait_synced("the stuck mark goes through once the server takes writes", Duration::from_secs(60)).await;
+    drop(serve);
     assert!(worker.terminate().success());
     assert!(scheduler.terminate().success());
     env.cleanup().await;

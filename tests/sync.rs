@@ -27,7 +27,7 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
         env.doc(1).await.unwrap(),
         json!({"first_name": "Ann", "last_name": "Lee", "age": 20, "year_in_school": "FR",
                "university": {"id": 1, "name": "MIT"}, "course_names": ["CS101", "MATH201"],
-               "name_complete": {"input": ["Ann", "Lee", "Ann Lee"]}})
+               "name_complete": {"input": ["Ann", "Lee", "Ann Lee"]}, "id": 1})
     );
     assert_eq!(env.doc(3).await.unwrap()["university"], json!(null));
     assert_eq!(env.doc(3).await.unwrap()["course_names"], json!([]));

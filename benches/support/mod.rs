@@ -2,7 +2,7 @@
 //! benchmark on the real services, a discarding `_bulk` endpoint, process and CPU
 //! accounting, statistics, and the report.
 //!
-//! One file per benchmark (`fanout`, `reindex`, `overhead`, `freshness`, `facets`); each
+//! One file per benchmark (`fanout`, `reindex`, `overhead`, `freshness`, `facets`, `serve`); each
 //! returns an [`report::Outcome`] (summary rows, a detail section, raw numbers).
 #![allow(dead_code)]
 
@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod freshness;
 pub mod overhead;
 pub mod reindex;
+pub mod serve;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,13 @@ pub struct Plan {
     pub facets_index: Vec<u64>,
     pub facets_sql_only: Vec<u64>,
     pub facets_runs: usize,
+    /// The search application: student counts for index vs SQL facets through `/api/search`
+    /// (latency under load is measured at the largest), concurrent connections, seconds of
+    /// load per side, and runs per request for the SQL comparison.
+    pub serve_sizes: Vec<u64>,
+    pub serve_connections: usize,
+    pub serve_load_secs: f64,
+    pub serve_sql_runs: usize,
     pub out_dir: PathBuf,
 }
 
@@ -91,6 +99,10 @@ impl Plan {
                 facets_index: vec![10_000],
                 facets_sql_only: vec![],
                 facets_runs: 15,
+                serve_sizes: vec![10_000],
+                serve_connections: 32,
+                serve_load_secs: 6.0,
+                serve_sql_runs: 5,
                 out_dir,
             }
         } else {
@@ -122,6 +134,10 @@ impl Plan {
                 facets_index: vec![10_000, 200_000],
                 facets_sql_only: vec![1_000_000],
                 facets_runs: 30,
+                serve_sizes: vec![10_000, 1_000_000],
+                serve_connections: 32,
+                serve_load_secs: 30.0,
+                serve_sql_runs: 15,
                 out_dir,
             }
         }

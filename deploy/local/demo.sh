@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job (README): on a fresh machine, start what is missing (PostgreSQL, Redis,
 # an OpenSearch node), migrate, seed students, run a scheduler and two workers, then play a short
-# scenario and print how long each change took to become searchable, and the status.
+# scenario and print how long each change took to become searchable, and the status. The
+# search application (`tidemark serve`) runs beside them; its address is printed.
 #
 #   DEMO_STUDENTS=100000 deploy/local/demo.sh
 set -euo pipefail
@@ -39,6 +40,9 @@ trap cleanup EXIT
 $T scheduler --interval 5s 2>"$LOGS/scheduler.log" & pids+=($!)
 $T worker --concurrency 2 2>"$LOGS/worker-1.log" & pids+=($!)
 $T worker --concurrency 2 2>"$LOGS/worker-2.log" & pids+=($!)
+SERVE_ADDR="${DEMO_SERVE_ADDR:-127.0.0.1:8080}"
+$T serve --addr "$SERVE_ADDR" 2>"$LOGS/serve.log" & pids+=($!)
+echo "== the search application: http://$SERVE_ADDR/ (tidemark serve; DEMO_SERVE_ADDR to change)"
 
 sql() { psql "$DATABASE_URL" -Atqc "$1"; }
 count() { curl -s "$ES/$TIDEMARK_INDEX_ALIAS/_count" -H 'content-type: application/json' -d "$1" | grep -o '"count":[0-9]*' | cut -d: -f2; }
@@ -76,3 +80,10 @@ printf '%-52s %s\n' "delete one student" "$(wait_count '{"query":{"ids":{"values
 
 echo "== status"
 $T admin status
+
+echo "== search"
+echo "the search application (tidemark serve) is at http://$SERVE_ADDR/ — e.g. http://$SERVE_ADDR/?q=ann&course=CS101"
+echo "its API: http://$SERVE_ADDR/api/search?university=MIT&distinct=course  and  http://$SERVE_ADDR/api/suggest?q=an"
+if [[ -t 0 ]]; then
+  read -r -p "press Enter to stop the demo (scheduler, workers and the search application) " _ || true
+fi

@@ -59,6 +59,7 @@ for f in "$runs"/r*.pid; do
   rm -f "$f"
 done
 
+deploy/local/chromium.sh >/dev/null # the browser tests' headless Chromium and chromedriver (Debian's), when missing
 # No arguments: every test. Arguments select (e.g. `--test stress`, or a test name).
 if [[ $# -eq 0 ]]; then
   set -- --lib --bins --tests

@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn ndjson_has_external_versions_and_deletes_have_no_source() {
-        let doc = StudentDoc::build("Ann".into(), "Lee".into(), 20, "FR".into(), None, vec![]);
+        let doc = StudentDoc::build(1, "Ann".into(), "Lee".into(), 20, "FR".into(), None, vec![]);
         let e = encode(&[(1, Some(doc)), (2, None)], &["students_1".into()], 42);
         let text = String::from_utf8(e.buf.clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();

@@ -29,7 +29,7 @@ fn build(row: Row) -> (i64, StudentDoc) {
         (Some(id), Some(name)) => Some(UniversityRef { id, name }),
         _ => None,
     };
-    (id, StudentDoc::build(first, last, age, year, university, names.unwrap_or_default()))
+    (id, StudentDoc::build(id, first, last, age, year, university, names.unwrap_or_default()))
 }
 
 /// Documents for `ids`, in the order of `ids`; `None` for a student that is gone.

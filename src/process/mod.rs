@@ -6,10 +6,12 @@
 //! - [`scheduler`]: enqueues a sync every interval.
 //! - [`listener`]: turns PostgreSQL notifications into nudges (run by both of the above).
 //! - [`admin`]: the admin endpoint (`/metrics`, `/healthz`, `/readyz`) beside any of them.
+//! - [`serve`]: the search application (`crate::web`) on an address.
 
 pub mod admin;
 pub mod listener;
 pub mod scheduler;
+pub mod serve;
 pub mod worker;
 
 use std::{future::Future, time::Duration};

@@ -166,7 +166,8 @@ impl Env {
                                                FROM (SELECT DISTINCT c.name AS n FROM student_courses sc
                                                       JOIN courses c ON c.id = sc.course_id WHERE sc.student_id = s.id) x),
                                             '[]'::json),
-                   'name_complete', json_build_object('input', json_build_array(s.first_name, s.last_name, s.first_name || ' ' || s.last_name))
+                   'name_complete', json_build_object('input', json_build_array(s.first_name, s.last_name, s.first_name || ' ' || s.last_name)),
+                   'id', s.id
                )::jsonb::json
                FROM students s LEFT JOIN universities u ON u.id = s.university_id"#,
         )

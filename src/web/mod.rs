@@ -1,0 +1,297 @@
+//! The search application of `tidemark serve`: the faceted page (`/`) and its JSON API
+//! (`/api/search`), autocomplete (`/api/suggest`), and the student page read from
+//! PostgreSQL (`/students/{id}`, `/api/students/{id}`). Read-only: it never writes the
+//! database or the index, and it searches through the alias, so a reindex's swap never
+//! breaks a page.
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | `params` | the parse-and-validate edge: query string ⇄ [`SearchRequest`], 400s that say what to do |
+//! | `query` | the one query builder (request → `_search` body) and the reading of its answer |
+//! | `sql` | `engine=sql`: the same request by `GROUP BY`, same semantics |
+//! | `response` | the one response type, whichever engine answered |
+//! | `student` | a student from the database, compared with the index's copy |
+//! | `pages`, `api`, `assets` | HTTP: HTML pages (askama), JSON, embedded CSS and JS |
+
+mod api;
+mod assets;
+mod pages;
+pub mod params;
+pub mod query;
+pub mod response;
+pub mod sql;
+pub mod student;
+
+use std::{future::Future, time::Duration, time::Instant};
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    middleware,
+    response::Response,
+    routing::get,
+    Router,
+};
+use elasticsearch::http::Method;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use params::{BadRequest, SearchRequest};
+pub use response::SearchResponse;
+
+use crate::{search::SearchError, services::Services};
+
+/// How long a page waits for the search server or the database before saying it is not
+/// answering (the sync's own request timeout is meant for large `_bulk` writes).
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+const DB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The application's state: the process's services (cheap to clone).
+#[derive(Clone)]
+pub struct App {
+    services: Services,
+}
+
+/// The router of `tidemark serve`, for the server and for tests (which call it without a
+/// socket).
+pub fn router(services: Services) -> Router {
+    Router::new()
+        .route("/", get(pages::search))
+        .route("/students/{id}", get(pages::student))
+        .route("/api/search", get(api::search))
+        .route("/api/suggest", get(api::suggest))
+        .route("/api/students/{id}", get(api::student))
+        .route("/assets/{name}", get(assets::asset))
+        .fallback(pages::not_found)
+        .layer(middleware::from_fn(http_metrics))
+        .layer(middleware::map_response(security_headers))
+        .with_state(App { services })
+}
+
+/// Counts every answer by route template and status class, with its latency
+/// (`tidemark_http_*`, docs/metrics.md).
+async fn http_metrics(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    crate::telemetry::http_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The Content-Security-Policy of every answer: only this origin's script, style and
+/// fetches; no inline script or style anywhere, no framing.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+                       form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// Why a request could not be answered. Messages are for the person reading the page:
+/// what went wrong and what to do, never a server's address or credentials (the details
+/// go to the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Failure {
+    BadRequest(String),
+    NotFound(String),
+    /// The search server did not answer, or answered with an error (the reason is safe to show).
+    SearchDown(String),
+    /// The alias does not exist yet.
+    IndexMissing,
+    DatabaseDown,
+    /// A fault of tidemark's own (the details are in the log).
+    Internal,
+}
+
+impl Failure {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::NotFound(_) => StatusCode::NOT_FOUND,
+            Failure::SearchDown(_) | Failure::IndexMissing | Failure::DatabaseDown => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn title(&self) -> &'static str {
+        match self {
+            Failure::BadRequest(_) => "This search cannot be run",
+            Failure::NotFound(_) => "Not found",
+            Failure::SearchDown(_) | Failure::IndexMissing => "Search is unavailable",
+            Failure::DatabaseDown => "The database is not answering",
+            Failure::Internal => "Something went wrong",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Failure::BadRequest(m) | Failure::NotFound(m) => m.clone(),
+            Failure::SearchDown(why) => format!(
+                "The search server {why}, so searching is unavailable right now. Student pages still work: they read the \
+                 database. Try again in a moment; if it persists, check that the search server is up (`tidemark admin status`)."
+            ),
+            Failure::IndexMissing => "The search index has not been built yet: tidemark builds it when the first worker runs \
+                                      (`tidemark worker`). Student pages already work: they read the database."
+                .into(),
+            Failure::DatabaseDown => "The database is not answering, so this page cannot be shown right now. Try again in a \
+                                      moment; if it persists, check that PostgreSQL is up (`tidemark admin status`)."
+                .into(),
+            Failure::Internal => "tidemark could not answer this request because of a fault of its own; the server's log says \
+                                  what went wrong. Please report it."
+                .into(),
+        }
+    }
+}
+
+impl From<BadRequest> for Failure {
+    fn from(b: BadRequest) -> Failure {
+        Failure::BadRequest(b.0)
+    }
+}
+
+/// What a search-server failure may say to a reader: the kind, no address.
+fn search_down(e: &SearchError) -> Failure {
+    tracing::warn!(error = %e, "search server request failed");
+    Failure::SearchDown(match e {
+        SearchError::Unreachable { .. } => "cannot be reached".into(),
+        SearchError::Unauthorized { status, .. } => format!("refused tidemark's credentials (HTTP {status})"),
+        SearchError::Status { status, .. } => format!("answered with an error (HTTP {status})"),
+        SearchError::Malformed { .. } => "gave an answer that could not be read".into(),
+        SearchError::Config(_) | SearchError::Certificate { .. } => "is not configured correctly".into(),
+    })
+}
+
+/// A database error: the server not answering (503), or a fault of ours (500).
+fn database_down(e: &sqlx::Error) -> Failure {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
+            tracing::warn!(error = %e, "database not answering");
+            Failure::DatabaseDown
+        }
+        E::Database(d) if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
+            tracing::warn!(error = %e, "database not answering");
+            Failure::DatabaseDown
+        }
+        _ => {
+            tracing::error!(error = %e, "database query failed");
+            Failure::Internal
+        }
+    }
+}
+
+/// A database call bounded by [`DB_TIMEOUT`].
+async fn db<T>(f: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, Failure> {
+    match tokio::time::timeout(DB_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(database_down(&e)),
+        Err(_) => {
+            tracing::warn!(timeout = ?DB_TIMEOUT, "database did not answer in time");
+            Err(Failure::DatabaseDown)
+        }
+    }
+}
+
+/// A search-server request through the alias, bounded by [`SEARCH_TIMEOUT`]: the answer's
+/// status and JSON body.
+async fn engine(services: &Services, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value), Failure> {
+    let bytes = body.map(|b| serde_json::to_vec(b).expect("a JSON value always serialises"));
+    let reply = match tokio::time::timeout(SEARCH_TIMEOUT, services.search.request(method, path, bytes, false)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(search_down(&e)),
+        Err(_) => {
+            tracing::warn!(timeout = ?SEARCH_TIMEOUT, path, "search server did not answer in time");
+            return Err(Failure::SearchDown("did not answer in time".into()));
+        }
+    };
+    let v = reply.json(path).map_err(|e| search_down(&e))?;
+    Ok((reply.status, v))
+}
+
+/// The failure an error answer of the search server means for a reader.
+fn engine_failure(status: u16, v: &Value, path: &str) -> Failure {
+    let kind = v["error"]["type"].as_str().unwrap_or_default();
+    if status == 404 && kind == "index_not_found_exception" {
+        return Failure::IndexMissing;
+    }
+    tracing::warn!(status, path, answer = %v, "search server answered with an error");
+    let detail = if kind.is_empty() { String::new() } else { format!(", {kind}") };
+    Failure::SearchDown(format!("answered with an error (HTTP {status}{detail})"))
+}
+
+/// Runs a search on the engine it names.
+pub async fn search(services: &Services, req: &SearchRequest) -> Result<SearchResponse, Failure> {
+    let started = Instant::now();
+    let raw = match req.engine {
+        params::Engine::Index => {
+            let path = format!("/{}/_search", services.config.index_alias);
+            let (status, v) = engine(services, Method::Post, &path, Some(&query::search_body(req))).await?;
+            if status != 200 {
+                return Err(engine_failure(status, &v, &path));
+            }
+            query::read_answer(req, &v)
+        }
+        params::Engine::Sql => db(sql::search(&services.pool, req)).await?,
+    };
+    Ok(SearchResponse::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3))
+}
+
+/// One autocomplete entry: a student, by id (two students named alike are two entries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Suggestion {
+    pub id: i64,
+    pub name: String,
+    pub university: Option<String>,
+}
+
+/// Longest autocomplete prefix, and suggestions per answer (default and cap).
+pub const MAX_SUGGEST_CHARS: usize = 100;
+pub const DEFAULT_SUGGESTIONS: u32 = 8;
+pub const MAX_SUGGESTIONS: u32 = 20;
+
+/// Students whose name starts with `prefix`, one entry per student.
+pub async fn suggest(services: &Services, prefix: &str, size: u32) -> Result<Vec<Suggestion>, Failure> {
+    let path = format!("/{}/_search", services.config.index_alias);
+    let (status, v) = engine(services, Method::Post, &path, Some(&query::suggest_body(prefix, size))).await?;
+    if status != 200 {
+        return Err(engine_failure(status, &v, &path));
+    }
+    let mut out: Vec<Suggestion> = Vec::new();
+    for o in v["suggest"]["s"][0]["options"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(id) = o["_id"].as_str().and_then(|s| s.parse::<i64>().ok()) else { continue };
+        if out.iter().any(|s| s.id == id) {
+            continue;
+        }
+        let s = &o["_source"];
+        out.push(Suggestion {
+            id,
+            name: format!("{} {}", s["first_name"].as_str().unwrap_or_default(), s["last_name"].as_str().unwrap_or_default()),
+            university: s["university"]["name"].as_str().map(str::to_string),
+        });
+    }
+    Ok(out)
+}
+
+/// Warns at start when the index behind the alias lacks what the pages need: the alias
+/// itself, or the numeric `id` (an index built before it existed; `tidemark admin reindex`
+/// adds it).
+pub async fn check_index(services: &Services) {
+    let alias = &services.config.index_alias;
+    match services.search.json(Method::Get, &format!("/{alias}/_mapping"), None).await {
+        Ok(v) => {
+            let has_id = v.as_object().is_some_and(|o| o.values().all(|m| m["mappings"]["properties"]["id"]["type"] == "long"));
+            if !has_id {
+                tracing::warn!(
+                    alias = %alias,
+                    "the index has no numeric `id` field (built by an older tidemark): deep pages may repeat or skip students \
+                     with equal sort values; run `tidemark admin reindex` to rebuild it with the current mapping"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, alias = %alias, "could not read the index mapping; searches will say what is wrong"),
+    }
+}

@@ -1,0 +1,667 @@
+//! The search application (`tidemark serve`, issue 12) against real PostgreSQL and
+//! OpenSearch: the router is called as the server calls it (`tower::ServiceExt::oneshot`),
+//! and one test runs the binary on a real port. Counts are checked against counts computed
+//! here, independently, in SQL.
+
+mod support;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use axum::{body::Body, http::Request, Router};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use support::{free_port, small_directory, Env};
+use tidemark::{config::Secret, search::Search, services::Services, web};
+use tower::ServiceExt;
+
+struct Answer {
+    status: u16,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+async fn get(app: &Router, uri: &str) -> Answer {
+    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+/// `GET` expecting 200 JSON.
+async fn api(app: &Router, uri: &str) -> Value {
+    let a = get(app, uri).await;
+    assert_eq!(a.status, 200, "{uri}: {}", a.body);
+    a.json()
+}
+
+/// The six students of the small directory (MIT = 1, KPI = 2; CS101 = 1, MATH201 = 2),
+/// synced and searchable. Student 6 is named like an attack.
+async fn directory(env: &Env) -> Router {
+    small_directory(env).await;
+    env.sql(
+        "INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES
+           (1, 'Ann', 'Lee', 20, 'FR', 1), (2, 'Ann', 'Park', 22, 'SO', 2), (3, 'Bob', 'Lee', 19, 'JR', 1),
+           (4, 'Cy', 'Oz', 30, 'SR', NULL), (5, 'Anna', 'Smith', 21, 'FR', 2),
+           (6, '<script>alert(1)</script>', 'Evil', 20, 'FR', 1);
+         SELECT setval(pg_get_serial_sequence('students', 'id'), 6);
+         INSERT INTO student_courses VALUES (1, 1), (1, 2), (2, 1), (3, 2), (5, 2), (6, 1);",
+    )
+    .await;
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    web::router(env.services())
+}
+
+/// `n` seeded students (the demo's generator), synced and searchable.
+async fn seeded(env: &Env, n: u64) -> Router {
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: n, seed: 7 }).await.unwrap();
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    web::router(env.services())
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect()
+}
+
+/// A facet's buckets as value → count.
+fn counts(v: &Value, facet: &str) -> BTreeMap<String, i64> {
+    v["facets"][facet]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["key"].as_str().unwrap().to_string(), b["doc_count"].as_i64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+
+    let all = api(&app, "/api/search").await;
+    assert_eq!(all["total"], json!({"value": 6, "relation": "eq"}));
+    assert_eq!(all["engine"], "index");
+
+    // A typo still finds both Lees, and the matched name part is marked.
+    let lee = api(&app, "/api/search?q=Lea").await;
+    let mut found = ids(&lee);
+    found.sort();
+    assert_eq!(found, vec![1, 3], "{lee}");
+    assert_eq!(lee["hits"][0]["highlight"]["last_name"], json!([{"text": "Lee", "match": true}]));
+    assert_eq!(lee["hits"][0]["highlight"]["first_name"][0]["match"], json!(false));
+    // Every word must match a first or last name.
+    assert_eq!(ids(&api(&app, "/api/search?q=ann+lee").await), vec![1]);
+
+    // OR within a facet, AND across facets.
+    let mut either = ids(&api(&app, "/api/search?course=CS101&course=MATH201").await);
+    either.sort();
+    assert_eq!(either, vec![1, 2, 3, 5, 6]);
+    let mut both = ids(&api(&app, "/api/search?course=CS101&university=MIT").await);
+    both.sort();
+    assert_eq!(both, vec![1, 6]);
+    let mut young_fr = ids(&api(&app, "/api/search?year=FR&age_gte=20&age_lt=21").await);
+    young_fr.sort();
+    assert_eq!(young_fr, vec![1, 6]);
+
+    // Sorts, with the id breaking ties.
+    assert_eq!(ids(&api(&app, "/api/search?sort=age").await), vec![3, 1, 6, 5, 2, 4]);
+    assert_eq!(ids(&api(&app, "/api/search?sort=-age").await), vec![4, 2, 5, 1, 6, 3]);
+    assert_eq!(ids(&api(&app, "/api/search?sort=last_name").await), vec![6, 1, 3, 4, 2, 5]);
+    let hit = &api(&app, "/api/search?q=smith").await["hits"][0];
+    assert_eq!(
+        (hit["first_name"].clone(), hit["university"].clone(), hit["courses"].clone(), hit["year_in_school"].clone()),
+        (json!("Anna"), json!("KPI"), json!(["MATH201"]), json!("FR"))
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facets_are_disjunctive_and_agree_with_counts_from_the_database() {
+    let env = Env::new().await;
+    let app = seeded(&env, 1500).await;
+    let (course, university, year) = ("CS101", "MIT", "FR");
+    // Independent counts: each facet under every selection but its own.
+    let by_sql = |sql: &'static str| {
+        let pool = env.pool.clone();
+        async move {
+            let rows: Vec<(String, i64)> = sqlx::query_as(sql).bind(course).bind(university).bind(year).fetch_all(&pool).await.unwrap();
+            rows.into_iter().collect::<BTreeMap<_, _>>()
+        }
+    };
+    let want_course = by_sql(
+        "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id JOIN students s ON s.id = sc.student_id
+           JOIN universities u ON u.id = s.university_id
+          WHERE u.name = $2 AND s.year_in_school = $3 AND $1 = $1 GROUP BY c.name",
+    )
+    .await;
+    let want_university = by_sql(
+        "SELECT u.name, count(*) FROM students s JOIN universities u ON u.id = s.university_id
+          WHERE s.year_in_school = $3 AND $2 = $2
+            AND EXISTS (SELECT 1 FROM student_courses x JOIN courses c ON c.id = x.course_id WHERE x.student_id = s.id AND c.name = $1)
+          GROUP BY u.name",
+    )
+    .await;
+    let want_year = by_sql(
+        "SELECT s.year_in_school::text, count(*) FROM students s JOIN universities u ON u.id = s.university_id
+          WHERE u.name = $2 AND $3 = $3
+            AND EXISTS (SELECT 1 FROM student_courses x JOIN courses c ON c.id = x.course_id WHERE x.student_id = s.id AND c.name = $1)
+          GROUP BY 1",
+    )
+    .await;
+    let want_hits: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM students s JOIN universities u ON u.id = s.university_id
+          WHERE u.name = $2 AND s.year_in_school = $3
+            AND EXISTS (SELECT 1 FROM student_courses x JOIN courses c ON c.id = x.course_id WHERE x.student_id = s.id AND c.name = $1)",
+    )
+    .bind(course)
+    .bind(university)
+    .bind(year)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+
+    let v = api(&app, &format!("/api/search?course={course}&university={university}&year={year}&facet_size=100")).await;
+    assert_eq!(v["total"]["value"].as_i64().unwrap(), want_hits, "hits respect every selection");
+    assert_eq!(counts(&v, "course"), want_course, "course counts ignore the course selection");
+    assert_eq!(counts(&v, "university"), want_university, "university counts ignore the university selection");
+    assert_eq!(counts(&v, "year"), want_year, "year counts ignore the year selection");
+    // Selecting MIT still shows the other universities, with their counts.
+    let others: Vec<&String> = want_university.keys().filter(|k| *k != university).collect();
+    assert!(others.len() > 3, "{want_university:?}");
+    for other in others {
+        assert!(
+            v["facets"]["university"]["buckets"].as_array().unwrap().iter().any(|b| &b["key"] == other && b["selected"] == false),
+            "{other}"
+        );
+    }
+    let mit = v["facets"]["university"]["buckets"].as_array().unwrap().iter().find(|b| b["key"] == "MIT").unwrap().clone();
+    assert_eq!(mit["selected"], json!(true));
+
+    // Top 5 courses: the rest is reported as sum_other_doc_count.
+    let top5 = api(&app, &format!("/api/search?university={university}&year={year}&facet_size=5")).await;
+    let mut sorted: Vec<i64> = want_course.values().copied().collect();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(top5["facets"]["course"]["buckets"].as_array().unwrap().len(), 5);
+    assert_eq!(top5["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), sorted[5..].iter().sum::<i64>());
+
+    // A facet-value search narrows a long facet to the values containing the text.
+    let math = api(&app, &format!("/api/search?university={university}&year={year}&course_q=mAtH&facet_size=100")).await;
+    let narrowed = counts(&math, "course");
+    let want: BTreeMap<String, i64> = want_course.iter().filter(|(k, _)| k.contains("MATH")).map(|(k, v)| (k.clone(), *v)).collect();
+    assert!(!want.is_empty());
+    assert_eq!(narrowed, want);
+    assert_eq!(math["facets"]["course"]["search"], "mAtH");
+    // Regular-expression characters in the text are only text.
+    assert_eq!(counts(&api(&app, "/api/search?course_q=.%2A").await, "course"), BTreeMap::new());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selected_values_stay_visible_at_zero_and_the_histogram_has_every_bucket() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    // Under year=SR (only Cy Oz, who has no university) KPI has no student, yet it stays
+    // listed and selected, so it can be deselected.
+    let v = api(&app, "/api/search?year=SR&university=KPI").await;
+    assert_eq!(v["total"]["value"], json!(0));
+    assert_eq!(v["facets"]["university"]["buckets"], json!([{"key": "KPI", "doc_count": 0, "selected": true}]));
+    // Year counts ignore the year selection: KPI has one FR and one SO student (and the
+    // selected SR stays listed, at 0).
+    assert_eq!(counts(&v, "year"), BTreeMap::from([("FR".to_string(), 1), ("SO".to_string(), 1), ("SR".to_string(), 0)]));
+
+    // Ages 19, 20, 20, 21, 22, 30: buckets of 2 from 18 to 30, empty ones included.
+    let h = api(&app, "/api/search").await;
+    let buckets: Vec<(i64, i64, i64)> = h["age"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["from"].as_i64().unwrap(), b["to"].as_i64().unwrap(), b["doc_count"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(buckets, vec![(18, 20, 1), (20, 22, 3), (22, 24, 1), (24, 26, 0), (26, 28, 0), (28, 30, 0), (30, 32, 1)]);
+    assert_eq!(h["age"]["interval"], json!(2));
+    // A bar is a range filter: hits narrow, the histogram still shows every age (it
+    // ignores its own selection) and marks the chosen bar.
+    let bar = api(&app, "/api/search?age_gte=20&age_lt=22").await;
+    assert_eq!(bar["total"]["value"], json!(3));
+    assert_eq!(bar["age"]["buckets"].as_array().unwrap().len(), 7);
+    let selected: Vec<i64> =
+        bar["age"]["buckets"].as_array().unwrap().iter().filter(|b| b["selected"] == true).map(|b| b["from"].as_i64().unwrap()).collect();
+    assert_eq!(selected, vec![20]);
+    // Other facets respect the age selection.
+    assert_eq!(counts(&bar, "university"), BTreeMap::from([("KPI".to_string(), 1), ("MIT".to_string(), 2)]));
+    env.cleanup().await;
+}
+
+/// Follows `next` from the first page to the last; returns every hit's id and sort key.
+async fn walk(app: &Router, base: &str, key: &str) -> Vec<(Value, i64)> {
+    let mut out = Vec::new();
+    let mut uri = base.to_string();
+    for _ in 0..1000 {
+        let v = api(app, &uri).await;
+        for h in v["hits"].as_array().unwrap() {
+            out.push((h[key].clone(), h["id"].as_i64().unwrap()));
+        }
+        match v["next"].as_str() {
+            Some(next) => uri = format!("{base}&after={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()),
+            None => return out,
+        }
+    }
+    panic!("more than 1000 pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_follow_each_other_without_repeating_or_skipping_anyone() {
+    let env = Env::new().await;
+    let app = seeded(&env, 1200).await;
+    let mut expected: Vec<i64> = sqlx::query_scalar("SELECT id FROM students").fetch_all(&env.pool).await.unwrap();
+    expected.sort();
+    for (sort, key) in [("last_name", "last_name"), ("-age", "age"), ("relevance", "score")] {
+        let index = walk(&app, &format!("/api/search?sort={sort}&size=97"), key).await;
+        let mut seen: Vec<i64> = index.iter().map(|(_, id)| *id).collect();
+        seen.sort();
+        assert_eq!(seen, expected, "sort={sort}: every student exactly once");
+        if sort != "relevance" {
+            // The SQL engine walks the same order, page by page.
+            let sql = walk(&app, &format!("/api/search?sort={sort}&size=97&engine=sql"), key).await;
+            assert_eq!(
+                sql.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+                index.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+                "sort={sort}"
+            );
+        }
+    }
+    // Page numbers reach the first 10,000 results; past them, a 400 says what to use.
+    assert_eq!(get(&app, "/api/search?size=100&page=100").await.status, 200);
+    let deep = get(&app, "/api/search?size=100&page=101").await;
+    assert_eq!(deep.status, 400);
+    assert!(deep.json()["error"]["message"].as_str().unwrap().contains("follow the `next` cursor"), "{}", deep.body);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_engine_gives_the_same_counts_as_the_index() {
+    let env = Env::new().await;
+    let app = seeded(&env, 2000).await;
+    for q in [
+        "facet_size=100",
+        "course=CS101&facet_size=100&distinct=university",
+        "university=MIT&university=KPI&year=SO&distinct=course&facet_size=100",
+        "course=MATH101&course=PHYS101&age_gte=18&age_lt=24&distinct=year",
+        "year=SR&sort=age&course_q=phy",
+        "university_q=university&facet_size=3&sort=-last_name",
+    ] {
+        let index = api(&app, &format!("/api/search?{q}")).await;
+        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
+        assert_eq!(sql["engine"], "sql");
+        assert_eq!(index["total"], sql["total"], "{q}");
+        for facet in ["course", "university", "year"] {
+            let strip = |v: &Value| -> Vec<Value> {
+                v["facets"][facet]["buckets"].as_array().unwrap().iter().map(|b| json!([b["key"], b["doc_count"], b["selected"]])).collect()
+            };
+            assert_eq!(strip(&index), strip(&sql), "{q}: {facet}");
+            assert_eq!(index["facets"][facet]["sum_other_doc_count"], sql["facets"][facet]["sum_other_doc_count"], "{q}: {facet}");
+        }
+        let hist = |v: &Value| -> Vec<Value> {
+            v["age"]["buckets"].as_array().unwrap().iter().map(|b| json!([b["from"], b["doc_count"], b["selected"]])).collect()
+        };
+        assert_eq!(hist(&index), hist(&sql), "{q}: age");
+        if q.contains("sort=") {
+            assert_eq!(ids(&index), ids(&sql), "{q}: hits");
+        }
+        // Distinct counts: the index's are approximate, within the error the response states.
+        if q.contains("distinct=") {
+            let err = index["distinct"]["max_error"].as_f64().unwrap();
+            assert_eq!(index["distinct"]["approximate"], json!(true));
+            let mut compared = 0;
+            for facet in ["course", "university", "year"] {
+                for (a, b) in
+                    index["facets"][facet]["buckets"].as_array().unwrap().iter().zip(sql["facets"][facet]["buckets"].as_array().unwrap())
+                {
+                    let (a, b) = (a["distinct"].as_f64().unwrap(), b["distinct"].as_f64().unwrap());
+                    assert!((a - b).abs() <= (err * b).max(1.0), "{q}: {facet} distinct {a} vs exact {b}");
+                    compared += 1;
+                }
+            }
+            for (a, b) in index["age"]["buckets"].as_array().unwrap().iter().zip(sql["age"]["buckets"].as_array().unwrap()) {
+                let (a, b) = (a["distinct"].as_f64().unwrap(), b["distinct"].as_f64().unwrap());
+                assert!((a - b).abs() <= (err * b).max(1.0), "{q}: age distinct {a} vs exact {b}");
+            }
+            assert!(compared > 10);
+        }
+    }
+    // The page says which engine answered and how long it took.
+    let page = get(&app, "/?engine=sql").await;
+    assert!(page.body.contains("answered by PostgreSQL (SQL GROUP BY) in"), "{}", page.body);
+    assert!(get(&app, "/").await.body.contains("answered by the search index in"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suggestions_are_one_per_student_even_for_the_same_name() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let v = api(&app, "/api/suggest?q=an").await;
+    let got: Vec<(i64, String, Option<String>)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_i64().unwrap(), s["name"].as_str().unwrap().to_string(), s["university"].as_str().map(str::to_string)))
+        .collect();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        vec![
+            (1, "Ann Lee".into(), Some("MIT".into())),
+            (2, "Ann Park".into(), Some("KPI".into())),
+            (5, "Anna Smith".into(), Some("KPI".into()))
+        ],
+        "two students named Ann are two entries"
+    );
+    // Last names and full names complete too.
+    assert_eq!(api(&app, "/api/suggest?q=ann+l").await.as_array().unwrap().len(), 1);
+    assert_eq!(api(&app, "/api/suggest?q=lee").await.as_array().unwrap().len(), 2);
+    assert_eq!(api(&app, "/api/suggest?q=an&size=1").await.as_array().unwrap().len(), 1);
+    assert_eq!(api(&app, "/api/suggest?q=zzz").await, json!([]));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_400_that_says_what_was_wrong() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let long = "a".repeat(201);
+    for (uri, says) in [
+        ("/api/search?colour=red", "unknown parameter `colour`"),
+        ("/api/search?year=XX", "`year` must be FR, SO, JR or SR"),
+        ("/api/search?size=1000", "more than the 100 hits a page may hold"),
+        ("/api/search?age_gte=old", "`age_gte` must be a whole number"),
+        ("/api/search?age_gte=30&age_lt=20", "must be less than"),
+        ("/api/search?sort=shoe_size", "`sort` must be one of"),
+        ("/api/search?after=garbage", "not a page cursor"),
+        ("/api/search?page=2&after=[1.0,5]", "either `page` or `after`"),
+        ("/api/search?distinct=age", "`distinct` must be"),
+        ("/api/search?engine=solr", "`engine` must be index or sql"),
+        (&format!("/api/search?q={long}"), "longer than 200 characters"),
+        ("/api/search?q=a+b+c+d+e+f+g+h+i", "more than 8 words"),
+        ("/api/suggest", "`q` is required"),
+        ("/api/suggest?q=an&size=500", "`size` must be"),
+        ("/api/suggest?q=an&x=1", "unknown parameter `x`"),
+        ("/api/students/abc", "not a student id"),
+        ("/api/students/0", "not a student id"),
+    ] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.status, 400, "{uri}: {}", a.body);
+        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{uri}: {message}");
+    }
+    // The page says it too, as a page.
+    let page = get(&app, "/?size=1000").await;
+    assert_eq!(page.status, 400);
+    assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.body.contains("more than the 100 hits a page may hold"));
+    assert_eq!(get(&app, "/students/abc").await.status, 400);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_student_page_reads_the_database_and_says_when_the_index_lags() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let page = get(&app, "/students/1").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Ann Lee") && page.body.contains("MIT") && page.body.contains("MATH201"));
+    assert!(page.body.contains(r#"data-state="in_sync""#), "{}", page.body);
+    let v = api(&app, "/api/students/1").await;
+    assert_eq!(
+        (v["first_name"].clone(), v["courses"].clone(), v["university"].clone(), v["index"]["state"].clone()),
+        (json!("Ann"), json!(["CS101", "MATH201"]), json!({"id": 1, "name": "MIT"}), json!("in_sync"))
+    );
+
+    // A change not synced yet: the page shows the database's row and says the index differs.
+    env.sql("UPDATE students SET last_name = 'Leigh' WHERE id = 1").await;
+    let page = get(&app, "/students/1").await;
+    assert!(page.body.contains("Ann Leigh"));
+    assert!(page.body.contains(r#"data-state="differs""#) && page.body.contains("waiting to be indexed"), "{}", page.body);
+    let v = api(&app, "/api/students/1").await;
+    assert_eq!(v["index"]["differences"], json!([{"field": "last_name", "database": "Leigh", "index": "Lee"}]));
+    assert!(v["pending_change_seconds"].as_f64().is_some());
+    env.engine().drain().await.unwrap();
+    assert_eq!(api(&app, "/api/students/1").await["index"]["state"], "in_sync");
+
+    // A new student not indexed yet.
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (7, 'Dee', 'New', 40, 'SO')").await;
+    let page = get(&app, "/students/7").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"data-state="missing""#));
+
+    // Deleted from the database but still in the index: 404, and the page says so.
+    env.sql("DELETE FROM students WHERE id = 2").await;
+    let page = get(&app, "/students/2").await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("search index still holds a copy of student 2"), "{}", page.body);
+    let gone = get(&app, "/api/students/2").await;
+    assert_eq!(gone.status, 404);
+    assert!(gone.body.contains("still holds a copy"));
+    // Nobody at all.
+    let page = get(&app, "/students/999").await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("There is no student with id 999") && !page.body.contains("still holds"));
+    assert_eq!(get(&app, "/no/such/page").await.status, 404);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_from_the_index_or_database_is_escaped() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    env.sql("UPDATE universities SET name = '<img src=x onerror=alert(2)>' WHERE id = 2").await;
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    for uri in ["/", "/?q=evil", "/?q=%3Cscript%3E", "/students/6", "/students/2", "/?course=%3Cscript%3Ealert(3)%3C/script%3E"] {
+        let page = get(&app, uri).await;
+        assert_eq!(page.status, 200, "{uri}");
+        assert!(!page.body.contains("<script>alert"), "{uri} renders markup from data:\n{}", page.body);
+        assert!(!page.body.contains("<img src=x"), "{uri} renders markup from data");
+    }
+    let page = get(&app, "/?q=evil").await;
+    // askama escapes with numeric character references (&#60; is <).
+    assert!(page.body.contains("&#60;script&#62;alert(1)&#60;/script&#62;"), "the name is shown, as text");
+    assert!(get(&app, "/students/2").await.body.contains("&#60;img src=x onerror=alert(2)&#62;"));
+    // The only script a page loads is the application's own file.
+    assert_eq!(page.body.matches("<script").count(), 1);
+    assert!(page.body.contains(r#"<script src="/assets/app.js" defer></script>"#));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_security_headers() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    for uri in ["/", "/api/search", "/api/suggest?q=an", "/students/1", "/assets/app.js", "/assets/app.css", "/nope", "/api/search?size=0"]
+    {
+        let a = get(&app, uri).await;
+        let csp = a.headers.get("content-security-policy").unwrap_or_else(|| panic!("{uri}: no CSP")).to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{uri}: {csp}");
+        assert_eq!(a.headers["x-content-type-options"], "nosniff", "{uri}");
+        assert_eq!(a.headers["x-frame-options"], "DENY", "{uri}");
+    }
+    assert!(get(&app, "/assets/app.js").await.headers["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    // No inline style or script anywhere a CSP would have to allow.
+    let page = get(&app, "/?course=CS101").await.body;
+    assert!(!page.contains("style=") && !page.contains("onclick") && !page.contains("<style"), "{page}");
+    env.cleanup().await;
+}
+
+/// Services whose search server and/or database are addresses where nothing listens, with
+/// credentials in the URLs that must never be shown.
+fn services_with(env: &Env, es: Option<String>, db: Option<String>) -> Services {
+    let mut config = (*env.config).clone();
+    if let Some(es) = es {
+        config.elasticsearch_url = Some(Secret::new(es));
+    }
+    let pool = match db {
+        Some(url) => sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy(&url).unwrap(),
+        None => env.pool.clone(),
+    };
+    let search = Search::new(&config).unwrap();
+    Services::new(pool, search, Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
+    let env = Env::new().await;
+    let _ = directory(&env).await;
+    let port = free_port();
+    let app = web::router(services_with(&env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None));
+    let page = get(&app, "/?q=ann").await;
+    assert_eq!(page.status, 503);
+    assert!(page.body.contains("The search server cannot be reached") && page.body.contains("Student pages still work"), "{}", page.body);
+    let api_answer = get(&app, "/api/search").await;
+    assert_eq!(api_answer.status, 503);
+    assert!(api_answer.json()["error"]["message"].as_str().unwrap().contains("search server cannot be reached"));
+    assert_eq!(get(&app, "/api/suggest?q=an").await.status, 503);
+    // The student page still works from the database, and says the index could not be asked.
+    let student = get(&app, "/students/1").await;
+    assert_eq!(student.status, 200);
+    assert!(student.body.contains("Ann Lee") && student.body.contains(r#"data-state="unavailable""#), "{}", student.body);
+    for a in [&page, &api_answer, &student] {
+        assert!(!a.body.contains("hunter2") && !a.body.contains("elastic:") && !a.body.contains(&port.to_string()), "{}", a.body);
+    }
+    // engine=sql does not need the search server.
+    assert_eq!(get(&app, "/api/search?engine=sql").await.status, 200);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_gives_a_503_student_page_without_credentials() {
+    let env = Env::new().await;
+    let _ = directory(&env).await;
+    let port = free_port();
+    let app = web::router(services_with(&env, None, Some(format!("postgres://tidemark:s3cret@127.0.0.1:{port}/tidemark"))));
+    let page = get(&app, "/students/1").await;
+    assert_eq!(page.status, 503);
+    assert!(page.body.contains("The database is not answering"), "{}", page.body);
+    let sql = get(&app, "/api/search?engine=sql").await;
+    assert_eq!(sql.status, 503);
+    // Searching the index still works; the footer says the freshness is unknown.
+    let search = get(&app, "/?q=ann").await;
+    assert_eq!(search.status, 200);
+    assert!(search.body.contains("Index freshness unknown"));
+    for a in [&page, &sql, &search] {
+        assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_results_offer_to_remove_each_filter_or_clear_them_all() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let page = get(&app, "/?q=ann&course=MATH201&university=KPI&year=SO").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("No students match"), "{}", page.body);
+    for (label, href) in [
+        ("Remove Courses: MATH201", "/?q=ann&#38;university=KPI&#38;year=SO"),
+        ("Remove University: KPI", "/?q=ann&#38;course=MATH201&#38;year=SO"),
+        ("Remove Year in school: SO", "/?q=ann&#38;course=MATH201&#38;university=KPI"),
+    ] {
+        assert!(page.body.contains(&format!(r#"<a class="remove-filter" href="{href}">{label}</a>"#)), "{label}: {}", page.body);
+    }
+    assert!(page.body.contains(r#"<a id="clear-all" href="/?q=ann">Clear all filters</a>"#));
+    // Following one of them finds students again.
+    let removed = get(&app, "/?q=ann&course=MATH201&university=KPI").await;
+    assert!(removed.body.contains("Anna") || removed.body.contains("Ann"));
+    assert!(!removed.body.contains("No students match"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_works_without_script_and_its_url_is_its_state() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let page = get(&app, "/?q=ann").await.body;
+    // Facet values are links carrying the whole state: following one selects it.
+    assert!(page.contains(r#"<a href="/?q=ann&#38;course=CS101" class="value""#), "{page}");
+    let selected = get(&app, "/?q=ann&course=CS101").await.body;
+    assert!(selected.contains(r#"<a href="/?q=ann" class="value selected""#), "the selected value's link deselects it");
+    assert!(selected.contains(r#"data-id="1""#) && selected.contains(r#"data-id="2""#) && !selected.contains(r#"data-id="5""#));
+    // Histogram bars are links with a range; the search box is a GET form that keeps the filters.
+    assert!(selected.contains(r#"href="/?q=ann&#38;course=CS101&#38;age_gte=20&#38;age_lt=22""#));
+    assert!(selected.contains(r#"<form class="search" method="get" action="/" role="search">"#));
+    assert!(selected.contains(r#"<input type="hidden" name="course" value="CS101">"#));
+    // The combobox markup the script enhances.
+    assert!(selected.contains(r#"role="combobox" aria-autocomplete="list" aria-expanded="false" aria-controls="suggestions""#));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_footer_shows_freshness_from_the_same_source_as_admin_status() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    assert!(get(&app, "/").await.body.contains("0 outstanding marks"));
+    env.sql("UPDATE students SET age = 23 WHERE id IN (1, 2)").await;
+    let status = tidemark::admin::status(&env.services(), Err("no queue in this test".into())).await.unwrap();
+    assert_eq!(status.outstanding_marks, 2);
+    let page = get(&app, "/").await.body;
+    assert!(page.contains("2 outstanding marks"), "{page}");
+    let lag = page.split("lag ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse::<f64>().ok()).unwrap();
+    // Shown to a tenth of a second, read after the status.
+    assert!(lag + 0.05 >= status.lag_seconds && status.lag_seconds > 0.0, "lag {lag} vs status {}", status.lag_seconds);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_go_through_the_alias_so_a_reindex_breaks_no_page() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let before = api(&app, "/api/search?sort=age").await;
+    let old = env.search.alias_targets(&env.alias).await.unwrap();
+    tidemark::reindex::start(&env.services(), 2, "test").await.unwrap();
+    // While the new index is built, pages keep answering from the live one.
+    assert_eq!(ids(&api(&app, "/api/search?sort=age").await), ids(&before));
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    assert_ne!(env.search.alias_targets(&env.alias).await.unwrap(), old, "the alias moved");
+    assert_eq!(ids(&api(&app, "/api/search?sort=age").await), ids(&before));
+    assert_eq!(api(&app, "/api/suggest?q=ann").await.as_array().unwrap().len(), 3);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidemark_serve_answers_on_a_real_port_and_stops_on_sigterm() {
+    let env = Env::new().await;
+    let _ = directory(&env).await;
+    let port = free_port();
+    let mut proc = env.spawn(&["serve", "--addr", &format!("127.0.0.1:{port}")], |_| {});
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..300 {
+        if http.get(format!("{base}/")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "tidemark serve did not answer; its log:\n{}", proc.output());
+    let page = http.get(format!("{base}/?q=ann")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("</mark> Park"), "Ann Park is found, her first name marked");
+    let css = http.get(format!("{base}/assets/app.css")).send().await.unwrap();
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    let v: Value = http.get(format!("{base}/api/search?q=lee")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["total"]["value"], json!(2));
+    let status = proc.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", proc.output());
+    assert!(proc.output().contains("search application stopped"));
+    env.cleanup().await;
+}
