@@ -32,7 +32,7 @@ use tidemark_seeds as seeds;
 #[command(name = "tidemark", version, about, long_about = None)]
 struct Cli {
     /// TOML configuration file; unknown keys are refused. Environment variables win over it.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "TIDEMARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where worker, scheduler and serve answer /metrics, /healthz and /readyz (off when
     /// not given), e.g. 127.0.0.1:9187.

@@ -15,6 +15,8 @@ BASE_URL="$DATABASE_URL"
 export DATABASE_URL="${BASE_URL%/*}/tidemark_demo"
 export REDIS_URL ELASTICSEARCH_URL
 export TIDEMARK_INDEX_ALIAS=demo_students TIDEMARK_QUEUE_NAMESPACE=tidemark_demo
+# One local node: no replicas (deploy/local/tidemark.toml).
+export TIDEMARK_CONFIG="$PWD/deploy/local/tidemark.toml"
 ES="$ELASTICSEARCH_URL"
 
 echo "== building tidemark (release)"
