@@ -64,4 +64,4 @@ deploy/local/chromium.sh >/dev/null # the browser tests' headless Chromium and c
 if [[ $# -eq 0 ]]; then
   set -- --lib --bins --tests
 fi
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
