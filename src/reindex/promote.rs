@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::{prune, start::park_build_alias, ReindexError};
 use crate::{
@@ -30,11 +30,28 @@ pub enum Finish {
 /// waits to be verified is verified again only every [`VERIFY_EVERY`], until
 /// `reindex.verify_timeout` after its chunks were done: then it fails, saying why.
 pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, ReindexError> {
+    let mut tx = services.pool.begin().await?;
+    let result = finish_holding(services, build_id, &mut tx).await;
+    // The transaction holds only the finisher's lock; end it here, on every path. A
+    // transaction merely dropped is rolled back later, on its way back to the pool, and
+    // until then its lock turns the next finisher away ("not yet") for no reason.
+    match result {
+        Ok(finish) => {
+            tx.commit().await?;
+            Ok(finish)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+async fn finish_holding(services: &Services, build_id: i64, tx: &mut PgConnection) -> Result<Finish, ReindexError> {
     let (pool, search) = (&services.pool, &services.search);
-    let mut tx = pool.begin().await?;
     let build = catalog::get(pool, build_id).await?;
     // One finisher at a time; the others have better things to do than wait.
-    if !catalog::try_lock(&mut tx, &build.alias).await? {
+    if !catalog::try_lock(tx, &build.alias).await? {
         return Ok(Finish::NotYet);
     }
     let build = catalog::get(pool, build_id).await?;
@@ -100,7 +117,6 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
     .bind(&previous)
     .execute(pool)
     .await?;
-    tx.commit().await?;
     tracing::info!(id = build.id, index = %index, previous = ?previous, "reindex verified; alias moved");
     // The promotion is done whatever happens here; a prune that fails is tried again at the
     // next rollback, promotion or worker start.
