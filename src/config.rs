@@ -74,6 +74,17 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// The URLs of a comma-separated list (`ELASTICSEARCH_URL` may name several nodes), trimmed,
+/// empty ones left out.
+pub fn split_urls(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// [`redact_url`] of each URL of a comma-separated list, joined again by commas.
+pub fn redact_urls(list: &str) -> String {
+    split_urls(list).into_iter().map(redact_url).collect::<Vec<_>>().join(",")
+}
+
 fn is_secret_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
     k.contains("password") || k.contains("secret") || k.contains("token") || k.contains("key")
@@ -115,7 +126,10 @@ pub struct Config {
     pub database_url: Option<Secret>,
     /// Redis URL (env `REDIS_URL`), e.g. `redis://:pass@host:6379/0`.
     pub redis_url: Option<Secret>,
-    /// Search server URL (env `ELASTICSEARCH_URL`); basic auth may sit in the URL.
+    /// Search server URL (env `ELASTICSEARCH_URL`); basic auth may sit in the URL. Several
+    /// nodes of one cluster may be listed, comma-separated (`http://a:9200,http://b:9200`):
+    /// requests go to the first one that answers, and a node that cannot be reached is left
+    /// for the next one listed (see [`crate::search::Search`]).
     pub elasticsearch_url: Option<Secret>,
     /// API key for the search server (env `ELASTICSEARCH_API_KEY`), base64 `id:key` as Elastic
     /// prints it. Mutually exclusive with a password in the URL.
@@ -356,9 +370,18 @@ impl Config {
         };
         url("DATABASE_URL", &self.database_url, &["postgres", "postgresql"], "postgres://user:pass@127.0.0.1:5432/app")?;
         url("REDIS_URL", &self.redis_url, &["redis", "rediss"], "redis://127.0.0.1:6379")?;
-        url("ELASTICSEARCH_URL", &self.elasticsearch_url, &["http", "https"], "http://127.0.0.1:9200")?;
+        if let Some(es) = &self.elasticsearch_url {
+            let example = "http://127.0.0.1:9200 (or several nodes: http://10.0.0.1:9200,http://10.0.0.2:9200)";
+            let nodes = split_urls(es.expose());
+            if nodes.is_empty() {
+                return Err(ConfigError::BadUrl { name: "ELASTICSEARCH_URL", reason: "it lists no URL".into(), example });
+            }
+            for node in nodes {
+                url("ELASTICSEARCH_URL", &Some(Secret::new(node)), &["http", "https"], example)?;
+            }
+        }
         if let (Some(es), Some(_)) = (&self.elasticsearch_url, &self.elasticsearch_api_key) {
-            if Url::parse(es.expose()).map(|u| u.password().is_some()).unwrap_or(false) {
+            if split_urls(es.expose()).iter().any(|n| Url::parse(n).map(|u| u.password().is_some()).unwrap_or(false)) {
                 return Err(ConfigError::Invalid {
                     name: "ELASTICSEARCH_API_KEY",
                     value: "***".into(),
@@ -584,6 +607,23 @@ mod tests {
         };
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("ELASTICSEARCH_URL") && !msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn elasticsearch_url_may_list_several_nodes() {
+        let with = |list: &str| Config { elasticsearch_url: Some(Secret::new(list)), ..Config::default() }.validate();
+        with("http://a:9200, http://b:9200,https://u:p@c:9200").unwrap();
+        let msg = with("http://a:9200,redis://b:6379").unwrap_err().to_string();
+        assert!(msg.contains("ELASTICSEARCH_URL") && msg.contains("several nodes"), "{msg}");
+        assert!(with(" , ").unwrap_err().to_string().contains("lists no URL"));
+        assert_eq!(split_urls("http://a:9200, http://b:9200,"), ["http://a:9200", "http://b:9200"]);
+        assert_eq!(redact_urls("http://u:hunter2@a:9200,http://b:9200"), "http://u:***@a:9200/,http://b:9200/");
+        let c = Config {
+            elasticsearch_url: Some(Secret::new("http://a:9200,http://u:hunter2@b:9200")),
+            elasticsearch_api_key: Some(Secret::new("k")),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("already carries a password"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use elasticsearch::{
 use serde_json::{json, Value};
 use url::Url;
 
-use crate::config::{redact_url, Config, ConfigError};
+use crate::config::{redact_url, redact_urls, split_urls, Config, ConfigError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -68,10 +68,27 @@ impl Reply {
     }
 }
 
+/// One node of the cluster ELASTICSEARCH_URL lists.
+#[derive(Clone)]
+struct Node {
+    client: Elasticsearch,
+    /// For messages: the node's URL with any password replaced.
+    url: String,
+}
+
+/// The search server, as one or several nodes of one cluster (ELASTICSEARCH_URL may list
+/// several, comma-separated). Requests go to one node, the first listed to begin with; when
+/// that node cannot be reached, the request goes to the next one at once if it never left
+/// (the connection was refused or could not be made: nothing was sent, so nothing can be
+/// applied twice), and later requests go to the next node from then on. A request that failed
+/// after it was sent (a reset, a timeout) is not resent here: it fails as
+/// [`SearchError::Unreachable`], which callers retry, and their retry goes to the next node.
 #[derive(Clone)]
 pub struct Search {
-    client: Elasticsearch,
-    /// For messages: the URL with any password replaced.
+    nodes: Arc<[Node]>,
+    /// The node requests go to first (an index into `nodes`), shared by every clone.
+    current: Arc<AtomicUsize>,
+    /// For messages: the URL list with any password replaced.
     url: String,
     timeout: Duration,
     /// The largest request body the server (or a proxy in front of it) is known to take:
@@ -89,7 +106,27 @@ impl std::fmt::Debug for Search {
 impl Search {
     pub fn new(config: &Config) -> Result<Search, SearchError> {
         let raw = config.elasticsearch_url()?;
-        let mut url = Url::parse(raw.expose()).map_err(|e| ConfigError::BadUrl {
+        let nodes = split_urls(raw.expose()).into_iter().map(|node| Search::node(config, node)).collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(ConfigError::BadUrl {
+                name: "ELASTICSEARCH_URL",
+                reason: "it lists no URL".into(),
+                example: "http://127.0.0.1:9200",
+            }
+            .into());
+        }
+        Ok(Search {
+            nodes: nodes.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+            url: redact_urls(raw.expose()),
+            timeout: config.sync.request_timeout.0,
+            request_limit: Arc::new(AtomicUsize::new(usize::MAX)),
+        })
+    }
+
+    /// The client of one node.
+    fn node(config: &Config, raw: &str) -> Result<Node, SearchError> {
+        let mut url = Url::parse(raw).map_err(|e| ConfigError::BadUrl {
             name: "ELASTICSEARCH_URL",
             reason: e.to_string(),
             example: "http://127.0.0.1:9200",
@@ -119,18 +156,27 @@ impl Search {
         }
         let transport = builder
             .build()
-            .map_err(|e| SearchError::Unreachable { url: redact_url(raw.expose()), reason: format!("client could not be built: {e}") })?;
-        Ok(Search {
-            client: Elasticsearch::new(transport),
-            url: redact_url(raw.expose()),
-            timeout: config.sync.request_timeout.0,
-            request_limit: Arc::new(AtomicUsize::new(usize::MAX)),
-        })
+            .map_err(|e| SearchError::Unreachable { url: redact_url(raw), reason: format!("client could not be built: {e}") })?;
+        Ok(Node { client: Elasticsearch::new(transport), url: redact_url(raw) })
     }
 
-    /// The server's address, safe to print.
+    /// The server's address (every node listed), safe to print.
     pub fn redacted_url(&self) -> &str {
         &self.url
+    }
+
+    /// Node `i` could not be reached: unless another request already moved on, later requests
+    /// go to the next node listed.
+    fn leave(&self, i: usize, reason: &str) {
+        let n = self.nodes.len();
+        if n > 1 && self.current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(
+                node = %self.nodes[i].url,
+                next = %self.nodes[(i + 1) % n].url,
+                %reason,
+                "search node unreachable; sending to the next node ELASTICSEARCH_URL lists"
+            );
+        }
     }
 
     /// The largest request body known to be taken (`usize::MAX` while none was refused).
@@ -154,26 +200,46 @@ impl Search {
 
     /// One request. A status is not an error here (callers classify it), except that 401, and
     /// a 403 other than a write block, become [`SearchError::Unauthorized`], and no answer at
-    /// all becomes `Unreachable`.
+    /// all becomes `Unreachable` (after every node listed refused the connection, or when the
+    /// one it went to failed after it was sent; see [`Search`]).
     pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>, ndjson: bool) -> Result<Reply, SearchError> {
         let mut headers = HeaderMap::new();
         if ndjson {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         }
-        let unreachable = |e: &dyn std::error::Error| SearchError::Unreachable { url: self.url.clone(), reason: scrub(&root_cause(e)) };
-        let response = self
-            .client
-            .transport()
-            .send(method, path, headers, None::<&()>, body, Some(self.timeout))
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let body = body.map(bytes::Bytes::from);
+        let n = self.nodes.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut refused = 0;
+        let (i, response) = loop {
+            let i = (first + refused) % n;
+            let node = &self.nodes[i];
+            let sent = node.client.transport().send(method, path, headers.clone(), None::<&()>, body.clone(), Some(self.timeout)).await;
+            match sent {
+                Ok(response) => break (i, response),
+                Err(e) => {
+                    let reason = scrub(&root_cause(&e));
+                    self.leave(i, &reason);
+                    refused += 1;
+                    if !never_sent(&e) || refused == n {
+                        // Every node refused: name them all (one node: its URL, as before).
+                        let url = if refused == n && never_sent(&e) { self.url.clone() } else { node.url.clone() };
+                        return Err(SearchError::Unreachable { url, reason });
+                    }
+                }
+            }
+        };
         let status = response.status_code().as_u16();
-        let body = response.bytes().await.map_err(|e| unreachable(&e))?;
+        let body = response.bytes().await.map_err(|e| {
+            let reason = scrub(&root_cause(&e));
+            self.leave(i, &reason);
+            SearchError::Unreachable { url: self.nodes[i].url.clone(), reason }
+        })?;
         let reply = Reply { status, body };
         // 401, and a 403 that is not a write block (which is 403 in OpenSearch and
         // Elasticsearch 7+): the credentials, or the rights they carry.
         if status == 401 || (status == 403 && reply_type(&reply).as_deref() != Some("cluster_block_exception")) {
-            return Err(SearchError::Unauthorized { url: self.url.clone(), status });
+            return Err(SearchError::Unauthorized { url: self.nodes[i].url.clone(), status });
         }
         Ok(reply)
     }
@@ -378,6 +444,19 @@ pub(crate) fn status_error(method: Method, path: &str, reply: &Reply) -> SearchE
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&reply.body[..reply.body.len().min(300)]).into_owned());
     SearchError::Status { method: format!("{method:?}").to_uppercase(), path: path.to_string(), status: reply.status, reason }
+}
+
+/// Whether a failed request never left: the connection could not be made (refused, no
+/// route, DNS, TLS handshake), so the server cannot have acted on it.
+fn never_sent(e: &elasticsearch::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<reqwest::Error>() {
+            return r.is_connect();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The innermost cause ("Connection refused", "operation timed out"), which says more than

@@ -172,6 +172,30 @@ async fn a_worker_started_while_the_search_server_is_down_says_so_and_catches_up
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listed_in_elasticsearch_url_that_is_down_is_passed_over() {
+    // ELASTICSEARCH_URL lists a cluster's nodes; the first one is down (tests/cluster.rs
+    // kills a node of a real cluster). Requests go on to the next node, and stay there.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let es = support::service_url("ELASTICSEARCH_URL");
+    let env = Env::with_config(|c| c.elasticsearch_url = Some(tidemark::config::Secret::new(format!("{down}, {es}")))).await;
+    assert_eq!(env.search.redacted_url(), format!("{down}/,{}", tidemark::config::redact_url(&es)));
+    small_directory(&env).await;
+    env.create_index().await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 30) g").await;
+    let report = env.engine().drain().await.unwrap();
+    assert_eq!((report.indexed, report.dead), (30, 0));
+    env.assert_converged().await;
+    // Every node down: the error names them all.
+    let config = tidemark::config::Config {
+        elasticsearch_url: Some(tidemark::config::Secret::new(format!("{down},http://127.0.0.1:{}", free_port()))),
+        ..(*env.config).clone()
+    };
+    let err = tidemark::search::Search::new(&config).unwrap().ping().await.unwrap_err().to_string();
+    assert!(err.contains(&format!("search server at {down}/,http://127.0.0.1:")) && err.contains("unreachable"), "{err}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_while_redis_is_down_says_so_and_catches_up() {
     let port = free_port();
     let redis_url = format!("redis://127.0.0.1:{port}");
