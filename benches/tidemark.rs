@@ -1,5 +1,5 @@
 //! The benchmarks of BENCHMARKS.md: the DESIGN.md performance targets, each measured
-//! against a baseline in the same run, on real services (PostgreSQL, Redis, osmem) and
+//! against a baseline in the same run, on real services (PostgreSQL, Redis, an OpenSearch node) and
 //! real tidemark processes.
 //!
 //! Run it with `deploy/local/bench.sh [--quick]`, which starts the services, builds, runs
@@ -108,8 +108,11 @@ async fn run(args: Args) -> Result<bool> {
     let mut ok = true;
     progress!("{} run: {}", if plan.quick { "quick" } else { "full" }, args.only.join(", "));
 
+    // Databases and indices a later benchmark can reuse (the facets, then the search application).
+    let mut kept = support::reindex::Kept { discard_db: None, search: None };
+    let facet_sizes: Vec<u64> = if wants("facets") { plan.facets_index.clone() } else { Vec::new() };
     if wants("fanout") {
-        match support::fanout::run(&plan, &services).await {
+        match support::fanout::run(&plan, &services, &mut kept, &facet_sizes).await {
             Ok(o) => report.add("1. Fan-out: a university renamed", "fanout", o),
             Err(e) => {
                 ok = false;
@@ -120,10 +123,15 @@ async fn run(args: Args) -> Result<bool> {
         report.write(&plan.out_dir)?;
     }
 
-    let mut kept = support::reindex::Kept { discard_db: None, osmem: None };
     if wants("reindex") {
         let (r, k) = support::reindex::run(&plan, &services).await;
-        kept = k;
+        kept.discard_db = k.discard_db;
+        // An index kept by the fan-out comes first; the reindex's only when there is none.
+        match (&kept.search, k.search) {
+            (None, e) => kept.search = e,
+            (Some(_), Some(e)) => e.cleanup().await,
+            (Some(_), None) => {}
+        }
         match r {
             Ok(o) => report.add("2. Full reindex", "reindex", o),
             Err(e) => {
@@ -132,14 +140,15 @@ async fn run(args: Args) -> Result<bool> {
                 report.failed("2. Full reindex", "reindex", &e);
             }
         }
-        // Keep only what the facets can reuse.
-        if !wants("facets") || !plan.facets_sql_only.contains(&kept.discard_db.as_ref().map_or(0, |e| e.students)) {
+        // Keep only what the facets can reuse (an index, or a database of the right size to index).
+        let db_size = kept.discard_db.as_ref().map_or(0, |e| e.students);
+        if !wants("facets") || !plan.facets_index.contains(&db_size) || kept.search.as_ref().is_some_and(|e| e.students == db_size) {
             if let Some(env) = kept.discard_db.take() {
                 env.cleanup().await;
             }
         }
-        if !wants("facets") || !plan.facets_index.contains(&kept.osmem.as_ref().map_or(0, |e| e.students)) {
-            if let Some(env) = kept.osmem.take() {
+        if !wants("facets") || !plan.facets_index.contains(&kept.search.as_ref().map_or(0, |e| e.students)) {
+            if let Some(env) = kept.search.take() {
                 env.cleanup().await;
             }
         }
@@ -170,8 +179,10 @@ async fn run(args: Args) -> Result<bool> {
         report.write(&plan.out_dir)?;
     }
 
+    // The search application's largest size reuses the facets' index of that size.
+    let serve_largest = plan.serve_sizes.iter().copied().max().filter(|_| wants("serve"));
     if wants("facets") {
-        match support::facets::run(&plan, &services, &mut kept).await {
+        match support::facets::run(&plan, &services, &mut kept, serve_largest).await {
             Ok(o) => report.add("5. Facets: index vs SQL", "facets", o),
             Err(e) => {
                 ok = false;
@@ -180,12 +191,20 @@ async fn run(args: Args) -> Result<bool> {
             }
         }
     }
-    for env in [kept.discard_db.take(), kept.osmem.take()].into_iter().flatten() {
+    if let Some(env) = kept.discard_db.take() {
         env.cleanup().await;
     }
+    let reuse = match kept.search.take() {
+        Some(env) if Some(env.students) == serve_largest => Some(env),
+        Some(env) => {
+            env.cleanup().await;
+            None
+        }
+        None => None,
+    };
 
     if wants("serve") {
-        match support::serve::run(&plan, &services).await {
+        match support::serve::run(&plan, &services, reuse).await {
             Ok(o) => report.add("6. Search application: latency under load, overhead, index vs SQL facets", "serve", o),
             Err(e) => {
                 ok = false;

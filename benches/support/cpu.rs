@@ -44,9 +44,10 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// The search server's process, when bench.sh could tell it (osmem started by services.sh).
+/// The search server's process, when bench.sh could tell it (the OpenSearch node it started,
+/// or services.sh's node with BENCH_SHARED_SEARCH=1).
 pub fn search_server_pid() -> Option<u32> {
-    std::env::var("TIDEMARK_OSMEM_PID").ok()?.trim().parse().ok().filter(|p| pid_cpu(*p).is_some())
+    std::env::var("TIDEMARK_SEARCH_PID").ok()?.trim().parse().ok().filter(|p| pid_cpu(*p).is_some())
 }
 
 /// CPU of the PostgreSQL backends serving one database, between two snapshots.

@@ -1,7 +1,8 @@
 //! 1. Fan-out: rename a university and time from the renaming commit until every one of its
-//!    students is searchable under the new name, with a scheduler and two worker processes
-//!    running against osmem. Baseline in the same run: the tutorial's way, one request per
-//!    student (read the student, index its document), then the same poll.
+//!    students is acknowledged (every `_bulk` answered, every mark cleared) and until it is
+//!    searchable under the new name (polled), with a scheduler and two worker processes
+//!    running against the OpenSearch node. Baseline in the same run: the tutorial's way, one
+//!    request per student (read the student, index its document), then the same poll.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use super::{
     cpu::{self, PgCpu, ProcCpu},
     discard::Discard,
     env::{BenchEnv, Services},
+    reindex::Kept,
     report::{Outcome, Row},
     stats, FanoutCase, Plan,
 };
@@ -22,16 +24,22 @@ const BENCH: &str = "1. Fan-out";
 /// A timeline event: seconds since the change, what happened, and where (process log).
 type Event = (f64, String, String);
 
-/// When the renamed documents became searchable, seconds after the rename was sent.
+/// When the renamed documents were acknowledged and became searchable, seconds after the
+/// rename was sent.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Milestones {
+    /// Every mark gone (the university's and its students'): every `_bulk` answered and
+    /// acknowledged. For the per-document baseline: the last request answered.
+    acked: f64,
     first: f64,
     half: f64,
     all: f64,
     polls: u64,
 }
 
-/// Polls the index until `want` documents match `query`; times are from `t0`.
+/// Polls the index until `want` documents match `query`; times are from `t0`. With
+/// `marks`, each poll also checks tidemark's marks (university and students, one
+/// statement) until none is left: the time everything was acknowledged.
 async fn wait_searchable(
     env: &BenchEnv,
     query: serde_json::Value,
@@ -39,9 +47,13 @@ async fn wait_searchable(
     every: Duration,
     limit: Duration,
     t0: Instant,
+    marks: bool,
 ) -> Result<Milestones> {
-    let mut m = Milestones { first: f64::NAN, half: f64::NAN, all: f64::NAN, polls: 0 };
+    let mut m = Milestones { acked: f64::NAN, first: f64::NAN, half: f64::NAN, all: f64::NAN, polls: 0 };
     loop {
+        if marks && m.acked.is_nan() && env.marks_left().await? == (0, 0) {
+            m.acked = t0.elapsed().as_secs_f64();
+        }
         let n = env.count(query.clone()).await?;
         m.polls += 1;
         let t = t0.elapsed().as_secs_f64();
@@ -56,6 +68,17 @@ async fn wait_searchable(
         }
         if n >= want {
             m.all = t;
+            if marks && m.acked.is_nan() {
+                // Searchable before the last acknowledgement landed (the `_bulk` answered,
+                // the marks not yet cleared): wait for it.
+                while env.marks_left().await? != (0, 0) {
+                    if t0.elapsed() > limit {
+                        bail!("marks left {limit:?} after the change: {:?}", env.marks_left().await?);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                m.acked = t0.elapsed().as_secs_f64();
+            }
             return Ok(m);
         }
         if t0.elapsed() > limit {
@@ -65,7 +88,7 @@ async fn wait_searchable(
     }
 }
 
-/// Seconds osmem takes to index the renamed university's current documents on its own: read
+/// Seconds the search server takes to index the renamed university's current documents on its own: read
 /// and encoded before the clock starts, then `_bulk` requests of 1,000 ops, 2 in flight.
 async fn server_alone(env: &BenchEnv, n: u64) -> Result<f64> {
     use tidemark::pipeline::encode::{body, encode, split};
@@ -107,27 +130,47 @@ async fn per_student(env: &BenchEnv, es_url: &str, index: &str, ids: &[i64]) -> 
     Ok(())
 }
 
-pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
+/// `keep`: sizes a later benchmark (the facets) reuses. A case of such a size that indexed
+/// every student leaves its database and index in `kept.search`, made consistent again
+/// first (the university's name restored and every mark synced).
+pub async fn run(plan: &Plan, services: &Services, kept: &mut Kept, keep: &[u64]) -> Result<Outcome> {
     let mut out = Outcome::default();
     let mut raw = Vec::new();
     out.section.push_str(
         "Rename university 1 (MIT in the seed data: ~10 % of the students) with one `UPDATE universities SET name = …`, \
-         then poll `_count` with a `term` query on `university.name` until every one of its students matches. \
-         The clock starts just before the `UPDATE` is sent (so it includes the commit) and stops when the poll that \
+         then poll `_count` with a `term` query on `university.name` until every one of its students matches, checking \
+         tidemark's marks at each poll. The clock starts just before the `UPDATE` is sent (so it includes the commit); \
+         *acknowledged* is when no mark is left (every `_bulk` answered and acknowledged), *searchable* when the poll that \
          sees all of them returns. Processes: `tidemark scheduler --interval 5s` and two `tidemark worker` \
          (default configuration: batch 2,000, fan-out chunk 10,000, concurrency 2 each), started from the release binary; \
          one warm-up change goes through them first.\n\n\
          Baseline, same database and index, after tidemark's run: the tutorial's way — rename, then for each student \
-         read it (one query, as an ORM `save()` does) and send one `PUT /<index>/_doc/<id>` with its document, in order, \
-         then the same poll.\n\n",
+         read it (one query, as an ORM `save()` does) and send one `PUT /<index>/_doc/<id>` with its document, in order \
+         (acknowledged when the last request is answered), then the same poll (searchable).\n\n",
     );
     let mut update_ms = Vec::new();
     for case in &plan.fanout {
         let kind = if case.students >= 1_000_000 { "fanout1m" } else { "fanout16k" };
         let mut env = BenchEnv::new(services, kind, plan.out_dir.join("logs")).await?;
-        let r = run_case(&mut env, case, &mut out).await;
+        let mut r = run_case(&mut env, case, &mut out).await;
+        if !case.index_only_renamed && keep.contains(&env.students) {
+            if let Ok((_, _, original)) = &r {
+                match restore(&env, original).await {
+                    Ok(()) => {
+                        if let Some(old) = kept.search.replace(env) {
+                            old.cleanup().await;
+                        }
+                        let (v, upd, _) = r?;
+                        update_ms.push(upd);
+                        raw.push(v);
+                        continue;
+                    }
+                    Err(e) => r = Err(e),
+                }
+            }
+        }
         env.cleanup().await;
-        let (v, upd) = r?;
+        let (v, upd, _) = r?;
         update_ms.push(upd);
         raw.push(v);
     }
@@ -144,14 +187,38 @@ pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
     Ok(out)
 }
 
-async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> Result<(serde_json::Value, f64)> {
+/// Renames university 1 back to `original` and syncs every mark left (the baseline's rename
+/// included) with in-process engines, then waits until the index shows it (polled).
+async fn restore(env: &BenchEnv, original: &str) -> Result<()> {
+    let es = env.services.es_url.clone();
+    sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(original).execute(&env.pool).await?;
+    env.drain(&es, 2, |_| {}).await?;
+    let n = env.scalar("SELECT count(*) FROM students WHERE university_id = 1").await? as u64;
+    let t0 = Instant::now();
+    wait_searchable(
+        env,
+        json!({"term": {"university.name": original}}),
+        n,
+        Duration::from_millis(200),
+        Duration::from_secs(300),
+        t0,
+        false,
+    )
+    .await?;
+    progress!("{}: university 1 renamed back to {original:?} and synced; kept for the facets", env.kind);
+    Ok(())
+}
+
+/// One case: (raw numbers, seconds of the renaming `UPDATE`, the university's original name).
+async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> Result<(serde_json::Value, f64, String)> {
     let es = env.services.es_url.clone();
     env.seed(case.students).await?;
     let n = env.scalar("SELECT count(*) FROM students WHERE university_id = 1").await? as u64;
     let label = stats::int(n);
+    let original: String = sqlx::query_scalar("SELECT name FROM universities WHERE id = 1").fetch_one(&env.pool).await?;
 
-    // The index: everybody (a first build, as a first run does), or, to stay within osmem's
-    // memory, only the renamed university's students (marked and synced).
+    // The index: everybody (a first build, as a first run does), or, to keep the run short,
+    // only the renamed university's students (marked and synced).
     let (indexed, initial_what, initial) = if case.index_only_renamed {
         env.clear_marks().await?;
         env.create_index_unmarked(&es).await?;
@@ -164,7 +231,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         if in_index != n {
             bail!("the index holds {in_index} documents, expected {n}");
         }
-        (n, format!("only the {label} students of the university to be renamed are indexed (osmem holds its data in memory)"), secs)
+        (n, format!("only the {label} students of the university to be renamed are indexed, to keep the run short"), secs)
     } else {
         let secs = env.first_index(2).await?;
         (env.students, format!("all {} students are indexed", stats::int(env.students)), secs)
@@ -176,8 +243,16 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let mut pids = env.start_deployment_with(worker_toml.as_deref()).await?;
     let warm_t = Instant::now();
     env.sql("UPDATE students SET last_name = 'Warmup' WHERE id = (SELECT min(id) FROM students WHERE university_id = 1)").await?;
-    wait_searchable(env, json!({"term": {"last_name.raw": "Warmup"}}), 1, Duration::from_millis(20), Duration::from_secs(60), warm_t)
-        .await?;
+    wait_searchable(
+        env,
+        json!({"term": {"last_name.raw": "Warmup"}}),
+        1,
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+        warm_t,
+        false,
+    )
+    .await?;
     let warmup = warm_t.elapsed().as_secs_f64();
 
     // The measured renames, one after the other.
@@ -203,8 +278,14 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         let t0 = Instant::now();
         sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name).execute(&env.pool).await?;
         let update = t0.elapsed().as_secs_f64();
-        let m = wait_searchable(env, json!({"term": {"university.name": name}}), n, every, limit, t0).await?;
-        progress!("{}: all {label} searchable after {:.2}s (UPDATE {:.1} ms, load {load})", env.kind, m.all, update * 1e3);
+        let m = wait_searchable(env, json!({"term": {"university.name": name}}), n, every, limit, t0, true).await?;
+        progress!(
+            "{}: all {label} acknowledged after {:.2}s, searchable after {:.2}s (UPDATE {:.1} ms, load {load})",
+            env.kind,
+            m.acked,
+            m.all,
+            update * 1e3
+        );
         // Let the batch's acknowledgement land and be logged before the next rename.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let all = m.all;
@@ -224,13 +305,16 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let alls: Vec<f64> = tries.iter().map(|t| t.1.all).collect();
     let median_all = stats::median(&alls);
     let best_all = alls.iter().copied().fold(f64::INFINITY, f64::min);
+    let acks: Vec<f64> = tries.iter().map(|t| t.1.acked).collect();
+    let median_ack = stats::median(&acks);
+    let best_ack = acks.iter().copied().fold(f64::INFINITY, f64::min);
     let update = stats::median(&tries.iter().map(|t| t.0).collect::<Vec<_>>());
     let m = tries[tries.len() / 2].1.clone();
 
     // The server alone: the same documents, pre-encoded by tidemark's encoder, sent as the
     // workers send them (requests of 1,000, 2 in flight), as updates of the live documents.
     let server_alone = server_alone(env, n).await?;
-    progress!("{}: osmem alone took {:.3}s for the {label} documents", env.kind, server_alone);
+    progress!("{}: the search server alone took {:.3}s for the {label} documents", env.kind, server_alone);
 
     // tidemark's own part, against the discarding endpoint (no server cost).
     let mut own = None;
@@ -266,6 +350,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name3).execute(&env.pool).await?;
     let ids = renamed_ids(env, sample).await?;
     per_student(env, &env.services.es_url, &index, &ids).await?;
+    let base_ack_measured = t0.elapsed().as_secs_f64();
     let bm = wait_searchable(
         env,
         json!({"term": {"university.name": name3}}),
@@ -273,10 +358,12 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         Duration::from_millis(20),
         Duration::from_secs(900),
         t0,
+        false,
     )
     .await?;
     let base_measured = bm.all;
     let base = base_measured * n as f64 / sample as f64;
+    let base_ack = base_ack_measured * n as f64 / sample as f64;
     let extrapolated = sample < n as usize;
     progress!(
         "{}: baseline {:.2}s for {} students{}",
@@ -286,36 +373,54 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         if extrapolated { format!(" → {:.1}s extrapolated to {label}", base) } else { String::new() }
     );
 
-    // Rows.
-    let (target, limit_s) = if n > 10_000 { ("< 15 s", 15.0) } else { ("< 1 s", 1.0) };
-    let base_text = if extrapolated {
-        format!("{} (extrapolated from {} requests: {})", stats::secs(base), stats::int(sample as u64), stats::secs(base_measured))
+    // Rows. The time target is on the acknowledgement; the searchable time must follow
+    // within a refresh (`refresh_interval`, 1 s by default) and the poll that sees it.
+    let (target, limit_s) = if n > 10_000 {
+        ("< 15 s to acknowledged, searchable at the next refresh", 15.0)
     } else {
-        stats::secs(base)
+        ("< 1 s to acknowledged, searchable at the next refresh", 1.0)
+    };
+    let refresh_s = 1.0;
+    let after_refresh = refresh_s + 2.0 * every.as_secs_f64();
+    let base_text = if extrapolated {
+        format!(
+            "{} acknowledged, {} searchable (extrapolated from {} requests: {} / {})",
+            stats::secs(base_ack),
+            stats::secs(base),
+            stats::int(sample as u64),
+            stats::secs(base_ack_measured),
+            stats::secs(base_measured)
+        )
+    } else {
+        format!("{} acknowledged, {} searchable", stats::secs(base_ack), stats::secs(base))
+    };
+    let of = if tries.len() > 1 {
+        format!(" (medians of {}; best {} / {})", tries.len(), stats::secs(best_ack), stats::secs(best_all))
+    } else {
+        String::new()
     };
     out.rows.push(
-        Row::new(BENCH, format!("rename a university of {label} students → all searchable (scheduler + 2 workers, osmem)"))
-            .figure(if tries.len() > 1 {
-                format!("{} (median of {}; best {})", stats::secs(median_all), tries.len(), stats::secs(best_all))
-            } else {
-                stats::secs(median_all)
-            })
-            .baseline(format!("{base_text}, one request per student"))
-            .ratio(stats::ratio(base / median_all))
-            .target(target, Some(median_all < limit_s)),
+        Row::new(
+            BENCH,
+            format!("rename a university of {label} students → all acknowledged / all searchable (scheduler + 2 workers, OpenSearch)"),
+        )
+        .figure(format!("{} / {}{of}", stats::secs(median_ack), stats::secs(median_all)))
+        .baseline(format!("{base_text}, one request per student"))
+        .ratio(format!("{} / {}", stats::ratio(base_ack / median_ack), stats::ratio(base / median_all)))
+        .target(target, Some(median_ack < limit_s && median_all - median_ack <= after_refresh)),
     );
-    // However fast tidemark is, osmem needs `server_alone` to index these documents: the
-    // ratio through it cannot exceed this.
-    let ceiling = base / server_alone;
+    // However fast tidemark is, the server needs `server_alone` to index these documents:
+    // the ratio through it cannot exceed this.
+    let ceiling = base_ack / server_alone;
     out.rows.push(
-        Row::new(BENCH, format!("batched sync vs one request per document, through osmem (fan-out of {label})"))
-            .figure(stats::ratio(base / median_all))
+        Row::new(BENCH, format!("batched sync vs one request per document, through OpenSearch, acknowledged (fan-out of {label})"))
+            .figure(stats::ratio(base_ack / median_ack))
             .baseline(format!(
-                "ceiling here: {} (the per-document run ÷ {}, osmem's own time for these {label} documents in bulk, no tidemark)",
+                "ceiling here: {} (the per-document run ÷ {}, the server's own time for these {label} documents in bulk, no tidemark)",
                 stats::ratio(ceiling),
                 stats::secs(server_alone)
             ))
-            .target("≥ 20×", Some(base / median_all >= 20.0)),
+            .target("≥ 20×", Some(base_ack / median_ack >= 20.0)),
     );
     if let Some((secs, _items, _tm_cpu, per_doc)) = own {
         out.rows.push(
@@ -333,21 +438,23 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     // Section.
     let s = &mut out.section;
     s.push_str(&format!("### University of {label} students ({} seeded; {initial_what})\n\n", stats::int(env.students)));
-    s.push_str("| rename | `UPDATE` returned (committed) | first renamed document searchable | half | **all searchable** | load average (1 min) |\n| --- | --- | --- | --- | --- | --- |\n");
+    s.push_str("| rename | `UPDATE` returned (committed) | **all acknowledged** | first renamed document searchable | half | **all searchable** | load average (1 min) |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for (i, (upd, m, _, load)) in tries.iter().enumerate() {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | **{}** | {load} |\n",
+            "| {} | {} | **{}** | {} | {} | **{}** | {load} |\n",
             i + 1,
             stats::secs(*upd),
+            stats::secs(m.acked),
             stats::secs(m.first),
             stats::secs(m.half),
             stats::secs(m.all)
         ));
     }
     s.push_str(&format!(
-        "| baseline, one request per student | | | | {} ({} students) | |\n\n",
-        stats::secs(base_measured),
-        stats::int(sample as u64)
+        "| baseline, one request per student ({} students) | | {} | | | {} | |\n\n",
+        stats::int(sample as u64),
+        stats::secs(base_ack_measured),
+        stats::secs(base_measured)
     ));
     let events = &tries[0].2;
     if !events.is_empty() {
@@ -391,7 +498,13 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         s.push('\n');
     }
     s.push_str(&format!(
-        "- Poll every {} ms ({} polls in the median rename). Warm-up change (one student) searchable after {}.\n",
+        "- *Acknowledged*: no mark left (the university's mark is removed with its last chunk of student marks, and a \
+           student's mark only once its `_bulk` item answered), checked at each poll. *Searchable*: the poll's `_count` \
+           (no refresh requested) sees them all; OpenSearch refreshes every second, so this follows the acknowledgement by \
+           up to a refresh interval. The target is judged on the acknowledgement, with the searchable time within {} of it \
+           (the refresh interval and two polls).\n\
+         - Poll every {} ms ({} polls in the median rename). Warm-up change (one student) searchable after {}.\n",
+        stats::secs(after_refresh),
         every.as_millis(),
         m.polls,
         stats::secs(warmup)
@@ -421,14 +534,17 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     }
     s.push_str(&format!(
         "- The server alone: the same {label} documents, read and encoded before the clock starts, sent as the workers \
-           send them (`_bulk` requests of 1,000, 2 in flight) as updates of the live documents: {}. So through osmem \
-           the batched/per-document ratio is capped by the server, at {} here (the per-document run, {}, ÷ that), \
-           whatever the client does; the median rename spent {} on top of the server's own time. Elasticsearch and \
-           OpenSearch pay more per request (a translog `fsync` per write request by default), which widens the gap.\n",
+           send them (`_bulk` requests of 1,000, 2 in flight) as updates of the live documents: {}. So through this \
+           server the acknowledged batched/per-document ratio is capped at {} here (the per-document run, {} to \
+           acknowledged, ÷ that), whatever the client does; the median rename took {} to acknowledged, {} on top of the \
+           server's own time. OpenSearch pays per write request (a translog `fsync` per request by default), which is \
+           what the per-document baseline pays {} times.\n",
         stats::secs(server_alone),
         stats::ratio(ceiling),
-        stats::secs(base),
-        stats::secs((median_all - server_alone).max(0.0))
+        stats::secs(base_ack),
+        stats::secs(median_ack),
+        stats::secs((median_ack - server_alone).max(0.0)),
+        stats::int(n)
     ));
     if extrapolated {
         s.push_str(&format!(
@@ -440,9 +556,9 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let raw = json!({
         "students_seeded": env.students, "renamed_university_students": n, "indexed": indexed,
         "initial_index_s": initial, "server_docs_per_s": server_rate, "warmup_s": warmup,
-        "update_s": update, "milestones": tries.iter().map(|t| t.1.clone()).collect::<Vec<_>>(), "median_all_s": median_all, "cpu_tidemark_and_server_s": proc_cpu.as_secs_f64(), "cpu_postgres_s": pg_cpu.as_secs_f64(),
-        "baseline_sample": sample, "baseline_measured_s": base_measured, "baseline_s": base,
+        "update_s": update, "milestones": tries.iter().map(|t| t.1.clone()).collect::<Vec<_>>(), "median_all_s": median_all, "median_acked_s": median_ack, "cpu_tidemark_and_server_s": proc_cpu.as_secs_f64(), "cpu_postgres_s": pg_cpu.as_secs_f64(),
+        "baseline_sample": sample, "baseline_measured_s": base_measured, "baseline_s": base, "baseline_acked_measured_s": base_ack_measured, "baseline_acked_s": base_ack,
         "server_alone_s": server_alone, "discard_s": own.map(|o| o.0), "discard_ops": own.map(|o| o.1), "discard_per_doc_s": own.map(|o| o.3),
     });
-    Ok((raw, update))
+    Ok((raw, update, original))
 }

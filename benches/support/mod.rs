@@ -33,10 +33,11 @@ pub struct Plan {
     /// the best run is the least disturbed one).
     pub reindex_repeats: usize,
     pub reindex_baseline_sample: usize,
-    /// Students for the end-to-end reindex into osmem (its index is reused by the facets).
-    pub reindex_osmem_students: u64,
+    /// Students for the end-to-end reindex into the search server (its index is reused by
+    /// the facets when the sizes match).
+    pub reindex_e2e_students: u64,
     pub reindex_raw_sample: usize,
-    pub reindex_osmem_baseline_sample: usize,
+    pub reindex_e2e_baseline_sample: usize,
     pub overhead_students: u64,
     pub overhead_single_rounds: usize,
     pub overhead_single_per_round: usize,
@@ -44,9 +45,8 @@ pub struct Plan {
     pub fresh_students: u64,
     pub fresh_rate: u32,
     pub fresh_secs: u64,
-    /// Index sizes for the facet benchmark (the SQL side runs on these and `facets_sql_only`).
+    /// Sizes for the facet benchmark: each indexed into the search server, and its SQL side.
     pub facets_index: Vec<u64>,
-    pub facets_sql_only: Vec<u64>,
     pub facets_runs: usize,
     /// The search application: student counts for index vs SQL facets through `/api/search`
     /// (latency under load is measured at the largest), concurrent connections, seconds of
@@ -61,7 +61,7 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 pub struct FanoutCase {
     pub students: u64,
-    /// Index only the renamed university's students (keeps osmem within its memory).
+    /// Index only the renamed university's students (a shorter run), not every student.
     pub index_only_renamed: bool,
     /// Per-document baseline on this many students, extrapolated; None: all of them.
     pub baseline_sample: Option<usize>,
@@ -86,9 +86,9 @@ impl Plan {
                 reindex_discard_students: 100_000,
                 reindex_repeats: 2,
                 reindex_baseline_sample: 5_000,
-                reindex_osmem_students: 10_000,
+                reindex_e2e_students: 10_000,
                 reindex_raw_sample: 10_000,
-                reindex_osmem_baseline_sample: 2_000,
+                reindex_e2e_baseline_sample: 2_000,
                 overhead_students: 200_000,
                 overhead_single_rounds: 8,
                 overhead_single_per_round: 250,
@@ -97,7 +97,6 @@ impl Plan {
                 fresh_rate: 200,
                 fresh_secs: 20,
                 facets_index: vec![10_000],
-                facets_sql_only: vec![],
                 facets_runs: 15,
                 serve_sizes: vec![10_000],
                 serve_connections: 32,
@@ -112,7 +111,7 @@ impl Plan {
                     FanoutCase { students: 16_000, index_only_renamed: false, baseline_sample: None, discard_too: true, repeats: 5 },
                     FanoutCase {
                         students: 1_000_000,
-                        index_only_renamed: true,
+                        index_only_renamed: false,
                         baseline_sample: Some(10_000),
                         discard_too: true,
                         repeats: 1,
@@ -121,9 +120,9 @@ impl Plan {
                 reindex_discard_students: 1_000_000,
                 reindex_repeats: 2,
                 reindex_baseline_sample: 20_000,
-                reindex_osmem_students: 200_000,
+                reindex_e2e_students: 200_000,
                 reindex_raw_sample: 20_000,
-                reindex_osmem_baseline_sample: 5_000,
+                reindex_e2e_baseline_sample: 5_000,
                 overhead_students: 200_000,
                 overhead_single_rounds: 24,
                 overhead_single_per_round: 500,
@@ -131,8 +130,7 @@ impl Plan {
                 fresh_students: 20_000,
                 fresh_rate: 500,
                 fresh_secs: 60,
-                facets_index: vec![10_000, 200_000],
-                facets_sql_only: vec![1_000_000],
+                facets_index: vec![10_000, 1_000_000],
                 facets_runs: 30,
                 serve_sizes: vec![10_000, 1_000_000],
                 serve_connections: 32,

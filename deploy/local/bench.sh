@@ -3,7 +3,7 @@
 # side by side with a baseline in the same run, on real PostgreSQL, Redis and OpenSearch
 # and real tidemark processes.
 #
-#   deploy/local/bench.sh            # full run (~10-15 min on 2 cores)
+#   deploy/local/bench.sh            # full run (~30 min on 2 cores)
 #   deploy/local/bench.sh --quick    # small sizes (~2-3 min), for regression checks
 #   deploy/local/bench.sh --only fanout,facets [--quick]
 #
@@ -44,11 +44,10 @@ export DATABASE_URL REDIS_URL ELASTICSEARCH_URL
 # Unless the caller chose a search server, run a private node for the benchmarks: nobody
 # else's load on it (test suites sharing the local node would distort every figure, and be
 # distorted), a fresh heap and empty data, and memory freed when the run ends. The harness
-# reads the server's CPU time through TIDEMARK_OSMEM_PID (a name from the osmem days: it
-# is the search server's pid, whatever the server). BENCH_SHARED_SEARCH=1 uses the node
-# services.sh runs instead.
+# reads the server's CPU time through TIDEMARK_SEARCH_PID (the search server's pid).
+# BENCH_SHARED_SEARCH=1 uses the node services.sh runs instead.
 cache="${TIDEMARK_CACHE:-$HOME/.cache/tidemark}"
-export TIDEMARK_OSMEM_PID=""
+export TIDEMARK_SEARCH_PID=""
 private_node=""
 cleanup() {
   if [[ -n $private_node ]]; then
@@ -72,14 +71,14 @@ if [[ -z $preset_es && ${BENCH_SHARED_SEARCH:-0} != 1 ]]; then
   done
   [[ -n $url ]] && curl -sf --max-time 5 -o /dev/null "$url/" \
     || { log "the private OpenSearch node did not start; tail of $OUT/logs/opensearch.log:"; tail -n 20 "$OUT/logs/opensearch.log" >&2; exit 1; }
-  export ELASTICSEARCH_URL="$url" TIDEMARK_OSMEM_PID="$private_node"
+  export ELASTICSEARCH_URL="$url" TIDEMARK_SEARCH_PID="$private_node"
   log "private OpenSearch node at $url (pid $private_node)"
 elif [[ -z $preset_es ]]; then
   port="${ELASTICSEARCH_URL##*:}"
   port="${port%%/*}"
   p=$(cat "$cache/opensearch/node-$port.pid" 2>/dev/null || true)
   if [[ -n $p ]] && kill -0 "$p" 2>/dev/null && grep -qa tidemark.opensearch.Launcher "/proc/$p/cmdline" 2>/dev/null; then
-    export TIDEMARK_OSMEM_PID="$p"
+    export TIDEMARK_SEARCH_PID="$p"
   fi
 fi
 
@@ -133,7 +132,7 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
   echo
   echo "It starts PostgreSQL, Redis and an OpenSearch node where missing, builds in release mode, runs"
   echo "\`benches/tidemark.rs\` and rewrites this file. \`--quick\` runs small sizes in a couple of"
-  echo "minutes (for regression checks); the full run takes ten to fifteen minutes."
+  echo "minutes (for regression checks); the full run takes about half an hour on 2 cores."
   echo
   echo "| | |"
   echo "| --- | --- |"
@@ -151,13 +150,16 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
   echo "- Everything runs on one small machine: PostgreSQL, Redis, the OpenSearch node, the tidemark"
   echo "  processes and the harness share its cores. A search server on its own hardware takes its part"
   echo "  of the load away."
-  echo "- The search server is a real OpenSearch node (embedded, one JVM, see \`deploy/opensearch/\`)."
-  echo "  Sections and rows that still say \"osmem\" were written for the in-memory emulator used"
-  echo "  before; their figures are now the OpenSearch node's. Each section that goes through the server"
-  echo "  shows the server's own pace measured in the same run; tidemark's own cost is measured apart,"
-  echo "  against a discarding endpoint that answers exactly like \`_bulk\`."
+  echo "- The search server is a real OpenSearch node (embedded, one JVM, see \`deploy/opensearch/\`):"
+  echo "  every figure that goes through it (fan-out, freshness, end-to-end reindex, facets, search)"
+  echo "  is bounded by its pace on this machine, so each such section shows the server's own pace"
+  echo "  (or ceiling) measured in the same run. tidemark's own cost is measured apart, against a"
+  echo "  discarding endpoint that answers exactly like \`_bulk\`."
   echo "- OpenSearch makes a write searchable at the next refresh (\`refresh_interval\`, 1 s by"
-  echo "  default): every \"searchable\" figure includes up to that."
+  echo "  default), so where refresh matters two times are reported apart: **acknowledged** (the"
+  echo "  \`_bulk\` answered and tidemark cleared its marks) and **searchable** (a search, polled from"
+  echo "  outside, returns the change). Nothing in tidemark's path is made to refresh for the"
+  echo "  benchmark; a full reindex refreshes its new index before verifying it, as it always does."
   echo "- Baselines that would take minutes (one request per document over 100,000+ documents) are"
   echo "  measured on a sample and extrapolated linearly; the tables say so where it is done."
   echo
