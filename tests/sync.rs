@@ -333,3 +333,39 @@ async fn an_older_write_never_overwrites_a_newer_one() {
     assert_eq!(env.doc(1).await.unwrap()["age"], json!(44));
     env.cleanup().await;
 }
+
+/// A writer's transaction that marks students in an order the fan-out cannot follow (one
+/// statement marks a high id, a later one a low id the fan-out already marked) deadlocks
+/// with the fan-out; PostgreSQL aborts one of them. The fan-out's chunk is then simply
+/// done again — it must not fail the step, let alone lose the rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_that_deadlocks_with_a_writer_is_done_again_not_failed() {
+    let env = Env::new().await;
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 400, seed: 3 }).await.unwrap();
+    env.engine().drain().await.unwrap();
+    let (lo, hi) = {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM students WHERE university_id = 1 ORDER BY id").fetch_all(&env.pool).await.unwrap();
+        assert!(ids.len() >= 2, "university 1 has students");
+        (ids[0], ids[ids.len() - 1])
+    };
+    // The writer marks the university's last student and holds its transaction open.
+    let mut writer = env.pool.begin().await.unwrap();
+    sqlx::query("UPDATE students SET age = 1 + age % 99 WHERE id = $1").bind(hi).execute(&mut *writer).await.unwrap();
+    env.sql("UPDATE universities SET name = 'Deadlock University' WHERE id = 1").await;
+    // The fan-out marks the university's students in id order, and waits at `hi`.
+    let engine = env.engine();
+    let step = tokio::spawn(async move { engine.step().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writer now needs `lo`, which the waiting fan-out holds: a deadlock.
+    sqlx::query("UPDATE students SET age = 1 + age % 99 WHERE id = $1").bind(lo).execute(&mut *writer).await.unwrap();
+    writer.commit().await.unwrap();
+    let report = step.await.unwrap();
+    assert!(report.is_ok(), "the step failed: {report:?}");
+    env.engine().drain().await.unwrap();
+    let renamed = env.count(json!({"term": {"university.name": "Deadlock University"}})).await;
+    let students = env.scalar_i64("SELECT count(*) FROM students WHERE university_id = 1").await as u64;
+    assert_eq!(renamed, students);
+    env.assert_converged().await;
+    env.cleanup().await;
+}

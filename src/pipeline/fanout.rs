@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::retry::Backoff;
+
 /// What a parent mark stands for. Stored as text (`tidemark.dirty_parents.kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
@@ -84,8 +86,70 @@ pub enum Step {
 }
 
 /// Marks the next `chunk` students of the parent, in one transaction with the cursor move.
+///
+/// The marks go in id order, but a writer's transaction may mark students in any order over
+/// several statements, so the two can deadlock; PostgreSQL then aborts one of them. When
+/// it aborts this one, nothing of it happened: the chunk is done again (a few times, after
+/// a short jittered pause), rather than failing the step.
 pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &mut ParentMark, chunk: i64) -> Result<Step, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    let (ids, last, cursor, moved) = loop {
+        let mut tx = pool.begin().await?;
+        match mark_chunk(&mut tx, owner, lease, parent, chunk).await {
+            Ok(done) => {
+                // The marks made are right whatever happened to the parent, so commit them either way.
+                tx.commit().await?;
+                break done;
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                let conflict = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "40P01" || c == "40001");
+                if !conflict || attempt == ATTEMPTS {
+                    return Err(e);
+                }
+                tracing::debug!(attempt, error = %e, "fan-out chunk aborted by a conflict with a writer; doing it again");
+                let pause = CONFLICT_RETRY.delay(attempt, &mut rand::thread_rng());
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+        }
+    };
+    if moved == 0 {
+        // Renamed again meanwhile: the trigger gave it a new number and cursor 0; release so
+        // it is expanded from the start.
+        sqlx::query(
+            "UPDATE tidemark.dirty_parents SET lease_owner = NULL, lease_until = NULL
+              WHERE kind = $1 AND parent_id = $2 AND lease_owner = $3",
+        )
+        .bind(parent.kind)
+        .bind(parent.parent_id)
+        .bind(owner)
+        .execute(pool)
+        .await?;
+        return Ok(Step::Restarted);
+    }
+    let n = ids.len() as u64;
+    if last {
+        Ok(Step::Finished(n))
+    } else {
+        parent.cursor = cursor;
+        Ok(Step::Marked(n))
+    }
+}
+
+/// The pause before a chunk aborted by a deadlock is done again.
+const CONFLICT_RETRY: Backoff = Backoff { base: Duration::from_millis(20), cap: Duration::from_millis(500) };
+
+/// One try at a chunk, inside `tx`: the ids marked, whether it was the last chunk, the new
+/// cursor, and how many parent rows the cursor move found (0: the parent changed meanwhile).
+async fn mark_chunk(
+    tx: &mut sqlx::PgConnection,
+    owner: &str,
+    lease: Duration,
+    parent: &ParentMark,
+    chunk: i64,
+) -> Result<(Vec<i64>, bool, i64, u64), sqlx::Error> {
     let ids: Vec<i64> = match parent.kind {
         // A statement set: the next slice of its ids (in the order the statement wrote them).
         ParentKind::Students => sqlx::query_scalar::<_, Vec<i64>>(
@@ -136,27 +200,5 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
         .execute(&mut *tx)
         .await?
     };
-    // The marks made are right whatever happened to the parent, so commit them either way.
-    tx.commit().await?;
-    if moved.rows_affected() == 0 {
-        // Renamed again meanwhile: the trigger gave it a new number and cursor 0; release so
-        // it is expanded from the start.
-        sqlx::query(
-            "UPDATE tidemark.dirty_parents SET lease_owner = NULL, lease_until = NULL
-              WHERE kind = $1 AND parent_id = $2 AND lease_owner = $3",
-        )
-        .bind(parent.kind)
-        .bind(parent.parent_id)
-        .bind(owner)
-        .execute(pool)
-        .await?;
-        return Ok(Step::Restarted);
-    }
-    let n = ids.len() as u64;
-    if last {
-        Ok(Step::Finished(n))
-    } else {
-        parent.cursor = cursor;
-        Ok(Step::Marked(n))
-    }
+    Ok((ids, last, cursor, moved.rows_affected()))
 }
