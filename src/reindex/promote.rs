@@ -234,13 +234,22 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
         return Ok(Verification::Ok);
     }
     // A difference on a student that has an outstanding mark is a change still in flight;
-    // one whose mark was cleared meanwhile is compared again.
-    let marked: Vec<i64> = sqlx::query_scalar("SELECT student_id FROM tidemark.dirty_students WHERE student_id = ANY($1)")
-        .bind(&differing)
-        .fetch_all(pool)
-        .await?;
-    let unexplained: Vec<i64> = differing.iter().copied().filter(|id| !marked.contains(id)).collect();
-    let differing = if unexplained.is_empty() { unexplained } else { verify::compare(services, index, &unexplained).await?.ids() };
+    // one whose mark was cleared meanwhile is compared again — and the marks are read again
+    // after every comparison, since a student written often can have changed (and be marked)
+    // again by then. Only a difference that no mark read after it explains, again and
+    // again, is real.
+    let mut differing = differing;
+    for round in 0..4 {
+        let marked: Vec<i64> = sqlx::query_scalar("SELECT student_id FROM tidemark.dirty_students WHERE student_id = ANY($1)")
+            .bind(&differing)
+            .fetch_all(pool)
+            .await?;
+        differing.retain(|id| !marked.contains(id));
+        if differing.is_empty() || round == 3 {
+            break;
+        }
+        differing = verify::compare(services, index, &differing).await?.ids();
+    }
     if differing.is_empty() {
         return Ok(Verification::Ok);
     }
