@@ -35,17 +35,6 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// PostgreSQL aborted the step's transaction to end a deadlock with a writer (or a
-    /// serialization failure): nothing of it happened, and doing the step again is right.
-    pub fn is_conflict(&self) -> bool {
-        match self {
-            SyncError::Pipeline(PipelineError::Db(e)) | SyncError::Reindex(ReindexError::Db(e)) => {
-                e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "40P01" || c == "40001")
-            }
-            _ => false,
-        }
-    }
-
     /// A short, stable name of what went wrong, for logs and dashboards.
     pub fn kind(&self) -> &'static str {
         use crate::search::SearchError as S;
@@ -369,23 +358,8 @@ impl Syncer {
     pub async fn drain(&self) -> Result<DrainReport, SyncError> {
         let mut report = DrainReport::default();
         let mut stalled = 0;
-        let mut conflicts = 0;
         loop {
-            // A step is safe to fail anywhere (as in a crash); one that lost a deadlock with a
-            // writer is simply taken again, a few times.
-            let step = match self.step().await {
-                Ok(step) => {
-                    conflicts = 0;
-                    step
-                }
-                Err(e) if e.is_conflict() && conflicts < 5 => {
-                    conflicts += 1;
-                    tracing::debug!(error = %e, "a step lost a deadlock with a writer; taking it again");
-                    tokio::time::sleep(Duration::from_millis(50 * conflicts)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let step = self.step().await?;
             if step.idle() {
                 if !step.building {
                     return Ok(report);

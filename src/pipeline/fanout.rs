@@ -104,8 +104,7 @@ pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &m
             }
             Err(e) => {
                 let _ = tx.rollback().await;
-                let conflict = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "40P01" || c == "40001");
-                if !conflict || attempt == ATTEMPTS {
+                if !crate::db::is_conflict(&e) || attempt == ATTEMPTS {
                     return Err(e);
                 }
                 tracing::debug!(attempt, error = %e, "fan-out chunk aborted by a conflict with a writer; doing it again");
