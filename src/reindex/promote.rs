@@ -38,6 +38,13 @@ pub async fn finish(services: &Services, build_id: i64) -> Result<Finish, Reinde
     match result {
         Ok(finish) => {
             tx.commit().await?;
+            if finish == Finish::Promoted {
+                // The promotion is done whatever happens here, and no longer holds the lock;
+                // a prune that fails is tried again at the next rollback, promotion or worker start.
+                if let Err(e) = prune(services).await {
+                    tracing::warn!(error = %e, "could not delete old generations yet");
+                }
+            }
             Ok(finish)
         }
         Err(e) => {
@@ -118,11 +125,6 @@ async fn finish_holding(services: &Services, build_id: i64, tx: &mut PgConnectio
     .execute(pool)
     .await?;
     tracing::info!(id = build.id, index = %index, previous = ?previous, "reindex verified; alias moved");
-    // The promotion is done whatever happens here; a prune that fails is tried again at the
-    // next rollback, promotion or worker start.
-    if let Err(e) = prune(services).await {
-        tracing::warn!(error = %e, "could not delete old generations yet");
-    }
     Ok(Finish::Promoted)
 }
 
