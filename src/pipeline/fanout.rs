@@ -92,7 +92,7 @@ pub enum Step {
 /// it aborts this one, nothing of it happened: the chunk is done again (a few times, after
 /// a short jittered pause), rather than failing the step.
 pub async fn expand_step(pool: &PgPool, owner: &str, lease: Duration, parent: &mut ParentMark, chunk: i64) -> Result<Step, sqlx::Error> {
-    const ATTEMPTS: u32 = 5;
+    const ATTEMPTS: u32 = 10;
     let mut attempt = 1;
     let (ids, last, cursor, moved) = loop {
         let mut tx = pool.begin().await?;
@@ -149,6 +149,10 @@ async fn mark_chunk(
     parent: &ParentMark,
     chunk: i64,
 ) -> Result<(Vec<i64>, bool, i64, u64), sqlx::Error> {
+    // Never make a writer wait long, nor let PostgreSQL pick a writer as a deadlock's victim:
+    // a chunk that would wait on a writer's uncommitted mark gives up first (before the
+    // deadlock check, 1 s by default) and is done again after the writer committed.
+    sqlx::query("SET LOCAL lock_timeout = '200ms'").execute(&mut *tx).await?;
     let ids: Vec<i64> = match parent.kind {
         // A statement set: the next slice of its ids (in the order the statement wrote them).
         ParentKind::Students => sqlx::query_scalar::<_, Vec<i64>>(
