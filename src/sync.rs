@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
@@ -58,8 +59,13 @@ impl SyncError {
 /// The sequence behind every version, against the highest version the index holds (read
 /// from its most recent writes): `Some((index_version, sequence))` when the index is ahead,
 /// which only a database restored from an older backup (or a reset sequence) can cause.
+///
+/// The index is read first and the sequence after it. Every version the index holds was
+/// drawn from the sequence before it was written, so a sequence read *after* the index can
+/// only be at or past what the index showed, however long the search waited in a busy
+/// engine and whatever other workers wrote meanwhile. (Read the other way round, versions
+/// written while the search waited looked like a restored backup: issue 20.)
 pub async fn sequence_behind(services: &Services) -> Result<Option<(i64, i64)>, SyncError> {
-    let sequence: i64 = sqlx::query_scalar("SELECT last_value FROM tidemark.seq").fetch_one(&services.pool).await?;
     let alias = &services.config.index_alias;
     let search = &services.search;
     let mut highest = 0;
@@ -75,6 +81,7 @@ pub async fn sequence_behind(services: &Services) -> Result<Option<(i64, i64)>, 
             .map_err(PipelineError::from)?;
         highest = v["hits"]["hits"].as_array().into_iter().flatten().filter_map(|h| h["_version"].as_i64()).fold(highest, i64::max);
     }
+    let sequence: i64 = sqlx::query_scalar("SELECT last_value FROM tidemark.seq").fetch_one(&services.pool).await?;
     Ok((highest > sequence).then_some((highest, sequence)))
 }
 
@@ -156,6 +163,12 @@ pub struct Syncer {
     /// Batches finished, and when the last one was (for the worker's heartbeat).
     batches: AtomicU64,
     last_batch_at: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    /// The process was asked to stop: a step finishes the part in hand (a fan-out chunk, a
+    /// reindex chunk, a batch) and starts no other.
+    stop: CancellationToken,
+    /// The sequence was found behind the index (`(index_version, sequence)`): every step
+    /// refuses until a check finds it repaired.
+    refused: std::sync::Mutex<Option<(i64, i64)>>,
 }
 
 impl Syncer {
@@ -169,7 +182,43 @@ impl Syncer {
             owner,
             batches: AtomicU64::new(0),
             last_batch_at: std::sync::Mutex::new(None),
+            stop: CancellationToken::new(),
+            refused: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Steps stop starting new parts once `stop` is cancelled (a worker's SIGTERM).
+    pub fn stopping_on(mut self, stop: CancellationToken) -> Syncer {
+        self.stop = stop;
+        self
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Compares the sequence with the index ([`sequence_behind`]) and remembers the answer:
+    /// while the sequence is behind, every step refuses (nothing is shipped, every mark
+    /// stays). Says so when the state changes (log and `tidemark_sync_refused`). Returns
+    /// whether sync is refused now; an error leaves the last answer in place.
+    pub async fn check_sequence(&self) -> Result<bool, SyncError> {
+        let behind = sequence_behind(&self.services).await?;
+        let was = std::mem::replace(&mut *self.refused.lock().expect("never poisoned"), behind);
+        match (was, behind) {
+            (None, Some((index_version, sequence))) => {
+                let e = SyncError::SequenceBehind { index_version, sequence };
+                tracing::error!(error = %e, "refusing to sync: nothing is shipped and every mark stays until the sequence is repaired");
+            }
+            (Some(_), None) => tracing::info!("tidemark.seq is past every version the index holds again: sync resumes"),
+            _ => {}
+        }
+        telemetry::sync_refused(behind.is_some());
+        Ok(behind.is_some())
+    }
+
+    /// Whether the last [`Syncer::check_sequence`] found the sequence behind.
+    pub fn refused(&self) -> bool {
+        self.refused.lock().expect("never poisoned").is_some()
     }
 
     /// Who holds the leases taken through [`Syncer::claim`] (each [`Syncer::step`] takes its
@@ -231,6 +280,9 @@ impl Syncer {
         let Some(build) = crate::catalog::active(&services.pool, &services.config.index_alias).await? else {
             return Ok((0, None));
         };
+        if self.stopping() {
+            return Ok((0, None));
+        }
         let mut written = 0;
         if let Some(chunk) = reindex::claim_chunk(&services.pool, build.id, owner, services.lease()).await? {
             // More chunks likely wait: let idle workers join now.
@@ -240,6 +292,10 @@ impl Syncer {
                 Some(n) => written = n.max(1),
                 None => tracing::warn!(lo = chunk.lo, "reindex chunk still failing after retries; it will be tried again"),
             }
+        }
+        if self.stopping() {
+            // The promotion (and verification) is left to a worker that goes on.
+            return Ok((written, Some(Finish::NotYet)));
         }
         let finish = reindex::finish(services, build.id).await?;
         match &finish {
@@ -253,6 +309,9 @@ impl Syncer {
     /// Expands one claimed university/course mark completely, chunk by chunk.
     async fn fan_out_one(&self, owner: &str) -> Result<u64, SyncError> {
         let services = &self.services;
+        if self.stopping() {
+            return Ok(0);
+        }
         let Some(mut parent) = fanout::claim_parent(&services.pool, owner, services.lease()).await? else {
             return Ok(0);
         };
@@ -267,6 +326,11 @@ impl Syncer {
                         total += n;
                         // Others can index what is marked while this expansion goes on.
                         self.nudge("fanout").await;
+                        if self.stopping() {
+                            // The cursor is committed: whoever claims the parent next resumes here.
+                            tracing::info!(students = total, "stop requested: fan-out left to resume at its cursor");
+                            return Ok(total);
+                        }
                     }
                     Step::Finished(n) => {
                         telemetry::fanned_out(n);
@@ -290,7 +354,7 @@ impl Syncer {
         *self.queue.write().expect("never poisoned") = queue;
     }
 
-    async fn nudge(&self, reason: &str) {
+    pub async fn nudge(&self, reason: &str) {
         let queue = self.queue.read().expect("never poisoned").clone();
         if let Some(q) = queue {
             if let Err(e) = q.nudge(reason).await {
@@ -301,6 +365,12 @@ impl Syncer {
 
     /// One job's work: expand at most one university/course mark, then sync one batch.
     pub async fn step(&self) -> Result<StepReport, SyncError> {
+        if let Some((index_version, sequence)) = *self.refused.lock().expect("never poisoned") {
+            return Err(SyncError::SequenceBehind { index_version, sequence });
+        }
+        if self.stopping() {
+            return Ok(StepReport::default());
+        }
         self.ensure_index().await?;
         let owner = self.services.identity.lease_owner();
         let fanned_out = self.fan_out_one(&owner).await?;
@@ -308,6 +378,10 @@ impl Syncer {
         let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
         let batch_size = self.services.config.sync.batch_size as usize;
         let gate = self.batch_gate.acquire().await.expect("the gate is never closed");
+        // No claim starts after a stop request: the marks are left to the other workers.
+        if self.stopping() {
+            return Ok(StepReport { fanned_out, reindexed, building, batch: None });
+        }
         let marks = batch::claim(&self.services, &owner, batch_size).await?;
         let _gate = (marks.len() < batch_size).then_some(gate);
         if marks.is_empty() {
@@ -401,6 +475,12 @@ impl SyncRunner for Syncer {
         match self.step().instrument(span).await {
             Ok(_) => {
                 self.failed_in_a_row.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            // Refused: the worker's periodic check nudges the queue once the sequence is
+            // repaired; retrying meanwhile would only fill the log.
+            Err(e @ SyncError::SequenceBehind { .. }) => {
+                tracing::debug!(error = %e, "sync step refused");
                 Ok(())
             }
             Err(e) => {

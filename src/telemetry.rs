@@ -27,6 +27,14 @@ pub const REINDEX_DOCUMENTS: &str = "tidemark_reindex_documents_total";
 pub const HTTP_REQUESTS: &str = "tidemark_http_requests_total";
 pub const HTTP_DURATION: &str = "tidemark_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "tidemark_build_info";
+pub const SYNC_REFUSED: &str = "tidemark_sync_refused";
+
+/// The fixed label values of the counters (docs/metrics.md): a worker exports every one of
+/// them from its start, at 0, so a query on a counter sees 0 rather than "no data".
+pub const OUTCOMES: [&str; 5] = ["written", "superseded", "deleted", "transient", "permanent"];
+pub const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "429", "5xx", "error"];
+pub const RETRY_STAGES: [&str; 2] = ["ship", "step"];
+pub const BATCH_RESULTS: [&str; 2] = ["ok", "error"];
 
 const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const FRESHNESS_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
@@ -69,9 +77,36 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, Unit::Count, "serve's requests by route template and status class");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "serve's request latency");
     describe_gauge!(BUILD_INFO, "always 1; version is the binary's version");
+    describe_gauge!(SYNC_REFUSED, "1 while this worker refuses to sync because tidemark.seq is behind the index (see admin status)");
     for (name, help) in DbGauges::HELP {
         describe_gauge!(*name, *help);
     }
+}
+
+/// Exports every counter a worker keeps, with each of its fixed label values, at 0 (adding
+/// nothing to what this process already counted), and the refusal gauge at 0.
+pub fn worker_started() {
+    for outcome in OUTCOMES {
+        counter!(DOCUMENTS, "outcome" => outcome).increment(0);
+    }
+    for class in STATUS_CLASSES {
+        counter!(BULK_REQUESTS, "status_class" => class).increment(0);
+    }
+    for stage in RETRY_STAGES {
+        counter!(RETRIES, "stage" => stage).increment(0);
+    }
+    for result in BATCH_RESULTS {
+        counter!(BATCHES, "result" => result).increment(0);
+    }
+    for name in [BULK_ITEMS, DEAD_LETTERED, FANOUT_STUDENTS, REINDEX_DOCUMENTS] {
+        counter!(name).increment(0);
+    }
+    sync_refused(false);
+}
+
+/// Whether this worker refuses to sync (the sequence is behind the index).
+pub fn sync_refused(refused: bool) {
+    gauge!(SYNC_REFUSED).set(if refused { 1.0 } else { 0.0 });
 }
 
 /// One `_bulk` request's answer: its status class, duration and the items' outcomes.
@@ -133,7 +168,7 @@ pub fn freshness(seconds: &[f64]) {
 }
 
 pub fn batch(ok: bool) {
-    counter!(BATCHES, "result" => if ok { "ok" } else { "error" }).increment(1);
+    counter!(BATCHES, "result" => BATCH_RESULTS[usize::from(!ok)]).increment(1);
 }
 
 pub fn fanned_out(students: u64) {

@@ -479,6 +479,10 @@ async fn two_workers_in_one_process_are_two_identities_and_status_counts_them() 
     env.cleanup().await;
 }
 
+/// A worker that finds the sequence behind the index stops shipping (every write would be
+/// refused as older than what the index holds, and its mark cleared as superseded) but does
+/// not exit: it says why (log, metric, status), keeps the marks, and resumes by itself once
+/// the operator has repaired the sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restored_from_an_older_backup_is_refused_until_the_sequence_is_repaired() {
     let env = Env::new().await;
@@ -487,20 +491,35 @@ async fn a_database_restored_from_an_older_backup_is_refused_until_the_sequence_
     env.engine().drain().await.unwrap();
     // The backup was taken before most of those numbers were drawn.
     env.sql("SELECT setval('tidemark.seq', 1)").await;
-    let mut worker = env.spawn(&["worker"], |_| {});
-    let status = worker.child.wait().unwrap();
-    assert!(!status.success(), "the worker refuses to sync");
-    assert!(worker.output().contains("restored from a backup") && worker.output().contains("admin repair-sequence"), "{}", worker.output());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut worker = env.spawn(&["worker", "--admin-addr", &addr], |_| {});
+    env.eventually("the worker says it refuses to sync", Duration::from_secs(30), || async {
+        worker.output().contains("restored from a backup") && worker.output().contains("admin repair-sequence")
+    })
+    .await;
+    // A write made meanwhile is not shipped (it would be refused as superseded and lost).
+    env.sql("UPDATE students SET last_name = 'During' WHERE id = 3").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(worker.child.try_wait().unwrap().is_none(), "the worker keeps running:\n{}", worker.output());
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = 3").await, 1, "its mark stays");
+    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "tidemark_sync_refused 1"), "the refusal is a metric:\n{metrics}");
     let out = env.command().args(["admin", "status"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("problem: ") && text.contains("tidemark.seq is at 1"), "{text}");
+    // (The write drew number 2; the refusing worker drew none.)
+    assert!(text.contains("problem: ") && text.contains("tidemark.seq is at 2"), "{text}");
     let out = env.command().args(["admin", "repair-sequence"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("admin reindex"), "it says what comes next: {out:?}");
-    // Writes are indexed again.
-    env.sql("UPDATE students SET last_name = 'After' WHERE id = 3").await;
-    env.engine().drain().await.unwrap();
-    assert_eq!(env.doc(3).await.unwrap()["last_name"], json!("After"));
+    // The same worker resumes on its own, and the change made while it refused arrives.
+    env.eventually("the change made while refusing is indexed", Duration::from_secs(30), || async {
+        env.doc(3).await.is_some_and(|d| d["last_name"] == json!("During"))
+    })
+    .await;
+    assert!(worker.output().contains("sync resumes"), "it says it resumed:\n{}", worker.output());
+    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "tidemark_sync_refused 0"), "{metrics}");
+    assert!(worker.terminate().success(), "{}", worker.output());
     env.cleanup().await;
 }
 
@@ -517,5 +536,38 @@ async fn sync_that_stops_with_marks_left_exits_nonzero() {
     proxy.clear();
     let out = env.command().args(["sync"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
+    env.cleanup().await;
+}
+
+/// Issue 20, item 1: the periodic sequence check must not mistake writes made *while its
+/// search waited* in a busy engine for a database restored from a backup. The proxy holds
+/// the check's search; meanwhile another worker writes newer versions and the index is
+/// refreshed; the check must still find nothing wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_while_the_sequence_checks_search_waits_are_not_a_restored_backup() {
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 50) g").await;
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    // The checking worker reaches the engine through the proxy, which holds every search
+    // (the check's "highest version" query) for 3 s, as a busy engine's queue does.
+    let held = Duration::from_secs(3);
+    let checker = env.engine_with(|c| c.elasticsearch_url = Some(tidemark::config::Secret::new(proxy.url())));
+    proxy.set(Faults { slow: 1.0, delay: held, only_path: Some("_search".into()), ..Faults::default() });
+    let started = std::time::Instant::now();
+    let check = tokio::spawn(async move { tidemark::sync::sequence_behind(&checker.services).await });
+    // Another worker writes newer versions meanwhile, and they become visible to searches.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.sql("UPDATE students SET age = age + 1").await;
+    env.sql("UPDATE students SET age = age + 1 WHERE id <= 10").await;
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    assert!(started.elapsed() < held, "the other worker's writes landed while the check's search was held ({:?})", started.elapsed());
+    let found = check.await.unwrap().expect("the check answers");
+    assert!(proxy.stats().slowed >= 1, "the check's search was held: {:?}", proxy.stats());
+    assert_eq!(found, None, "newer writes made during the check are not a restored backup");
+    proxy.clear();
     env.cleanup().await;
 }

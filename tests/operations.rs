@@ -312,3 +312,95 @@ async fn on_sigterm_a_worker_with_a_batch_in_flight_exits_0_and_leaves_no_lease(
     let _ = std::fs::remove_file(config);
     env.cleanup().await;
 }
+
+/// Issue 20, item 3: every catalogued counter whose labels all come from fixed sets is
+/// exported from the start, at 0, by a worker that has seen no fault: an alert or a
+/// dashboard on `rate(tidemark_retries_total[5m])` sees 0, not "no data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_worker_exports_every_fixed_label_counter_at_zero_from_the_start() {
+    let catalogue = catalogue();
+    let env = Env::new().await;
+    small_directory(&env).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut worker = env.spawn(&["worker", "--admin-addr", &addr], |_| {});
+    wait_for_admin(&addr, &worker).await;
+    // A clean sync: nothing is retried, nothing dead-lettered.
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) SELECT g, 'N' || g, 'L', 20, 'FR', 1 FROM generate_series(1, 20) g").await;
+    env.wait_synced("the inserts", Duration::from_secs(60)).await;
+    let w = scrape(&addr).await;
+    let mut checked = 0;
+    for (name, c) in catalogue.iter().filter(|(_, c)| c.kind == "counter" && c.labels.values().all(|v| !v.is_empty())) {
+        // Every combination of the fixed label values.
+        let mut combos: Vec<Vec<(&str, &str)>> = vec![vec![]];
+        for (k, values) in &c.labels {
+            combos = combos
+                .into_iter()
+                .flat_map(|combo| values.iter().map(move |v| [combo.clone(), vec![(k.as_str(), v.as_str())]].concat()))
+                .collect();
+        }
+        for combo in combos {
+            let present =
+                w.samples.iter().any(|(n, l, _)| n == name && combo.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)));
+            assert!(present, "{name}{combo:?} is exported by a healthy worker (at 0 if nothing happened)");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "the catalogue's fixed-label counters were checked: {checked}");
+    assert_eq!(w.sum("tidemark_retries_total", &[("stage", "ship")]), 0.0, "nothing was retried");
+    assert_eq!(w.sum("tidemark_dead_lettered_total", &[]), 0.0);
+    assert!(worker.terminate().success());
+    env.cleanup().await;
+}
+
+/// Issue 20, item 2: a worker asked to stop while it writes a reindex chunk finishes that
+/// chunk and claims nothing after the signal: the marks waiting meanwhile are left to the
+/// other workers (here: still there, unleased, when it has stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_asked_to_stop_during_a_reindex_chunk_claims_no_new_work() {
+    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 3000) g").await;
+    env.engine().drain().await.unwrap();
+    let mut config = (*env.config).clone();
+    config.elasticsearch_url = Some(tidemark::config::Secret::new(proxy.url()));
+    let services =
+        tidemark::services::Services::new(env.pool.clone(), tidemark::search::Search::new(&config).unwrap(), std::sync::Arc::new(config));
+    tidemark::reindex::start(&services, 10_000, "test: a build for the worker to work on").await.unwrap();
+    // Every _bulk answer is held 3 s: the worker is inside the chunk when the stop comes.
+    proxy.set(Faults { slow_answer: 1.0, delay_answer: Duration::from_secs(3), only_path: Some("_bulk".into()), ..Faults::default() });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn({
+        let stop = stop.clone();
+        async move { tidemark::process::worker::run(services, 1, stop.cancelled_owned()).await }
+    });
+    env.eventually("the worker writes a reindex chunk", Duration::from_secs(30), || async {
+        proxy.stats().in_flight > 0
+            && env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE lease_owner IS NOT NULL AND NOT done").await == 1
+    })
+    .await;
+    // Changes wait to be synced while the chunk is being written.
+    env.sql("UPDATE students SET age = 21 WHERE id <= 100").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100);
+    let stopped = Instant::now();
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    // The chunk in hand goes on (it writes to the build only); a sync batch would also write
+    // to the live index.
+    let synced_after_stop: Vec<_> = proxy
+        .bulk_log()
+        .into_iter()
+        .filter(|r| r.start > stopped && r.actions.iter().any(|a| a.index.as_deref() == Some(env.alias.as_str())))
+        .collect();
+    assert!(synced_after_stop.is_empty(), "no sync batch is shipped after the stop: {synced_after_stop:?}");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100, "the waiting marks were not taken");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 0, "nor leased");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE done AND reindex_id = (SELECT max(id) FROM tidemark.reindexes)")
+            .await,
+        1,
+        "the chunk in hand was finished"
+    );
+    proxy.clear();
+    env.cleanup().await;
+}

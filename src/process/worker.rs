@@ -21,8 +21,8 @@ use crate::{
     retry::Backoff,
     search::SearchError,
     services::{Services, ServicesError},
-    sync::{self, Syncer},
-    workers,
+    sync::Syncer,
+    telemetry, workers,
 };
 
 /// How often a running worker checks that the sequence is not behind the index.
@@ -37,20 +37,21 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         Err(e @ SearchError::Unauthorized { .. }) => return Err(ServicesError::from(e).into()),
         Err(e) => tracing::warn!(error = %e, "search server not reachable yet; sync jobs will keep failing and retrying until it is"),
     }
-    match sync::check_sequence(&services).await {
-        Err(e @ sync::SyncError::SequenceBehind { .. }) => return Err(e.into()),
-        Err(e) => tracing::warn!(error = %e, "could not compare the sequence with the index yet"),
-        Ok(()) => {}
-    }
     // Old generations a failed prune left behind (tidemark's own only, never a rollback target).
     if let Err(e) = crate::reindex::prune(&services).await {
         tracing::debug!(error = %e, "could not prune old generations at start");
     }
     let identity = services.identity.as_str().to_string();
-    let syncer = Arc::new(Syncer::new(services.clone(), None));
-    // A sequence found behind the index while running stops the worker with that error.
-    let refused = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat(syncer.clone(), stop.clone(), refused.clone()));
+    let _ = telemetry::install();
+    telemetry::worker_started();
+    let syncer = Arc::new(Syncer::new(services.clone(), None).stopping_on(stop.clone()));
+    // A sequence behind the index (a database restored from an older backup) makes every
+    // step refuse, without ending the process: the heartbeat checks again and sync resumes
+    // once the operator has repaired it.
+    if let Err(e) = syncer.check_sequence().await {
+        tracing::warn!(error = %e, "could not compare the sequence with the index yet");
+    }
+    let heartbeat = tokio::spawn(heartbeat(syncer.clone(), stop.clone()));
     let mut listening = None;
     let mut restarts = Backoff::RECONNECT.delays();
     while !stop.is_cancelled() {
@@ -104,15 +105,13 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         tracing::debug!(error = %e, "could not remove the worker's heartbeat row; it ages out");
     }
     tracing::info!(released, "worker stopped; leases given back");
-    if refused.is_cancelled() {
-        sync::check_sequence(&services).await?;
-    }
     Ok(())
 }
 
 /// Records the worker's heartbeat every [`HEARTBEAT_EVERY`], and checks the sequence every
-/// [`SEQUENCE_CHECK_EVERY`]: found behind, it stops the worker (`refused`, then `stop`).
-async fn heartbeat(syncer: Arc<Syncer>, stop: CancellationToken, refused: CancellationToken) {
+/// [`SEQUENCE_CHECK_EVERY`] — every heartbeat while sync is refused, so that it resumes within
+/// seconds of `tidemark admin repair-sequence` (and nudges the queue for the marks that waited).
+async fn heartbeat(syncer: Arc<Syncer>, stop: CancellationToken) {
     let services = &syncer.services;
     let mut checked = Instant::now();
     loop {
@@ -120,13 +119,13 @@ async fn heartbeat(syncer: Arc<Syncer>, stop: CancellationToken, refused: Cancel
         if let Err(e) = catalog::heartbeat(&services.pool, services.identity.as_str(), batches as i64, last).await {
             tracing::warn!(error = %e, "could not record the worker's heartbeat");
         }
-        if checked.elapsed() >= SEQUENCE_CHECK_EVERY {
+        let was_refused = syncer.refused();
+        if was_refused || checked.elapsed() >= SEQUENCE_CHECK_EVERY {
             checked = Instant::now();
-            if let Err(e @ sync::SyncError::SequenceBehind { .. }) = sync::check_sequence(services).await {
-                tracing::error!(error = %e, "refusing to sync");
-                refused.cancel();
-                stop.cancel();
-                return;
+            match syncer.check_sequence().await {
+                Ok(false) if was_refused => syncer.nudge("sequence-repaired").await,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not compare the sequence with the index; trying again later"),
             }
         }
         tokio::select! {
