@@ -436,6 +436,9 @@ impl Syncer {
             let step = self.step().await?;
             if step.idle() {
                 if !step.building {
+                    if let Err(e) = reindex::drop_build_alias(&self.services).await {
+                        tracing::debug!(error = %e, "could not remove the build alias yet");
+                    }
                     return Ok(report);
                 }
                 // A build waits for chunks leased by others (or a crashed worker's leases

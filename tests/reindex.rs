@@ -564,3 +564,57 @@ async fn with_a_replica_on_one_node_the_index_is_yellow_and_sync_and_reindex_wor
     env.assert_converged().await;
     env.cleanup().await;
 }
+
+/// Issue 20, item 7: `<alias>_building` exists while a build runs, and for one batch's life
+/// after it ends (a batch that chose its targets while the build ran may still write through
+/// it: `sync.batch_timeout + sync.request_timeout`), then it is gone — after an automatic
+/// first build, a promoted one, a cancelled one and a failed one alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_build_alias_exists_only_while_a_build_runs_and_one_batch_life_after() {
+    let env = Env::with_config(|c| {
+        c.sync.batch_timeout = "1s".parse().unwrap();
+        c.sync.request_timeout = "1s".parse().unwrap();
+    })
+    .await;
+    let building = tidemark::catalog::build_alias(&env.alias);
+    let batch_life = Duration::from_millis(2500);
+    seed(&env, 500).await;
+    // The automatic first build.
+    env.engine().drain().await.unwrap();
+    tokio::time::sleep(batch_life).await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&building).await.unwrap(), Vec::<String>::new(), "gone after the first build");
+    // A build: the alias points at it while it runs.
+    let build = reindex::start(&env.services(), 200, "test").await.unwrap();
+    assert_eq!(env.search.alias_targets(&building).await.unwrap(), vec![build.target_index.clone()]);
+    env.engine().drain().await.unwrap();
+    assert_eq!(tidemark::catalog::get(&env.pool, build.id).await.unwrap().state, BuildState::Done);
+    tokio::time::sleep(batch_life).await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&building).await.unwrap(), Vec::<String>::new(), "gone after a promotion");
+    // A cancelled build, with a worker running: its heartbeat removes the alias.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn({
+        let (services, stop) = (env.services(), stop.clone());
+        async move { tidemark::process::worker::run(services, 1, stop.cancelled_owned()).await }
+    });
+    let build = reindex::start(&env.services(), 200, "test").await.unwrap();
+    reindex::cancel(&env.services()).await.unwrap();
+    assert!(!env.search.index_exists(&build.target_index).await.unwrap());
+    env.eventually("the worker removes the build alias of the cancelled build", Duration::from_secs(20), || async {
+        env.search.alias_targets(&building).await.unwrap().is_empty()
+    })
+    .await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    // A failed build (a document the index refuses makes the count differ).
+    env.sql("UPDATE students SET first_name = E'Bad\\x1Fname' WHERE id = 3").await;
+    env.engine().drain().await.unwrap();
+    let build = reindex::start(&env.services(), 200, "test").await.unwrap();
+    env.engine().drain().await.unwrap();
+    assert_eq!(tidemark::catalog::get(&env.pool, build.id).await.unwrap().state, BuildState::Failed);
+    tokio::time::sleep(batch_life).await;
+    env.engine().drain().await.unwrap();
+    assert_eq!(env.search.alias_targets(&building).await.unwrap(), Vec::<String>::new(), "gone after a failed build");
+    env.cleanup().await;
+}

@@ -119,6 +119,10 @@ async fn heartbeat(syncer: Arc<Syncer>, stop: CancellationToken) {
         if let Err(e) = catalog::heartbeat(&services.pool, services.identity.as_str(), batches as i64, last).await {
             tracing::warn!(error = %e, "could not record the worker's heartbeat");
         }
+        // The build alias of a build that ended one batch's life ago.
+        if let Err(e) = crate::reindex::drop_build_alias(services).await {
+            tracing::debug!(error = %e, "could not remove the build alias yet");
+        }
         let was_refused = syncer.refused();
         if was_refused || checked.elapsed() >= SEQUENCE_CHECK_EVERY {
             checked = Instant::now();

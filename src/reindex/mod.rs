@@ -28,7 +28,7 @@ mod watch;
 
 pub use chunk::{claim_chunk, process_chunk, Chunk};
 pub use promote::{finish, Finish};
-pub use prune::prune;
+pub use prune::{drop_build_alias, prune};
 pub use rollback::rollback;
 pub use start::{cancel, resume, start, take_resync_request};
 pub use watch::watch;
