@@ -61,7 +61,13 @@ async fn directory(env: &Env) -> Router {
 
 /// `n` seeded students (the demo's generator), synced and searchable.
 async fn seeded(env: &Env, n: u64) -> Router {
-    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: n, seed: 7 }).await.unwrap();
+    seeded_with(env, n, 7).await
+}
+
+/// `n` students from the generator with this seed (`tidemark seed --seed`), synced and
+/// searchable.
+async fn seeded_with(env: &Env, n: u64, seed: u64) -> Router {
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: n, seed }).await.unwrap();
     env.engine().drain().await.unwrap();
     env.refresh().await;
     web::router(env.services())
@@ -201,6 +207,80 @@ async fn facets_are_disjunctive_and_agree_with_counts_from_the_database() {
     assert_eq!(math["facets"]["course"]["search"], "mAtH");
     // Regular-expression characters in the text are only text.
     assert_eq!(counts(&api(&app, "/api/search?course_q=.%2A").await, "course"), BTreeMap::new());
+    env.cleanup().await;
+}
+
+/// A facet's listed values and what it leaves out, from per-value counts (count
+/// descending, then value): the top `size` of the values containing `search` (ignoring
+/// case), plus the selected values not among them; the rest is the "other" count.
+fn listed_and_left_out(all: &[(String, i64)], search: Option<&str>, size: usize, selected: &[&str]) -> (Vec<String>, i64) {
+    let candidates: Vec<&(String, i64)> =
+        all.iter().filter(|(k, _)| search.is_none_or(|s| k.to_lowercase().contains(&s.to_lowercase()))).collect();
+    let mut listed: Vec<String> = candidates.iter().take(size).map(|(k, _)| k.clone()).collect();
+    for v in selected {
+        if !listed.iter().any(|k| k == v) {
+            listed.push(v.to_string());
+        }
+    }
+    let other = candidates.iter().filter(|(k, _)| !listed.contains(k)).map(|(_, n)| n).sum();
+    (listed, other)
+}
+
+/// Issue 20, defect 4: a selected value pinned after the top values was listed *and*
+/// counted in `sum_other_doc_count` (course=CS101 on 5,000 students, seed 31: 23,107
+/// where the database gives 22,693), on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_left_out_never_counts_a_value_that_is_listed() {
+    let env = Env::new().await;
+    let app = seeded_with(&env, 5000, 31).await;
+    // The database's own counts per value, in the facets' order (no other selection, so
+    // each facet counts everyone: a facet ignores its own selection).
+    let courses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id
+          GROUP BY c.name ORDER BY count(*) DESC, c.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let universities: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT u.name, count(*) FROM students s JOIN universities u ON u.id = s.university_id
+          GROUP BY u.name ORDER BY count(*) DESC, u.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let enrollments: i64 = courses.iter().map(|(_, n)| n).sum();
+    let rank = |all: &[(String, i64)], v: &str| all.iter().position(|(k, _)| k == v).unwrap();
+    assert!(rank(&courses, "CS101") >= 10, "CS101 must fall outside the top 10 for this test: {courses:?}");
+    // A MATH course outside the top 2 MATH courses, and a university outside the top 10.
+    let maths: Vec<&String> = courses.iter().map(|(k, _)| k).filter(|k| k.contains("MATH")).collect();
+    let math = maths[maths.len() - 1].clone();
+    let university = universities[15].0.clone();
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+
+    for (query, facet, all, search, size, selected) in [
+        ("course=CS101&size=1".to_string(), "course", &courses, None, 10, vec!["CS101"]),
+        (format!("university={}&size=1", enc(&university)), "university", &universities, None, 10, vec![university.as_str()]),
+        // Outside the facet-value search, a pinned value was never in the other count.
+        ("course=CS101&course_q=math&facet_size=2&size=1".to_string(), "course", &courses, Some("math"), 2, vec!["CS101"]),
+        (format!("course={math}&course_q=math&facet_size=2&size=1"), "course", &courses, Some("math"), 2, vec![math.as_str()]),
+    ] {
+        let (want_listed, want_other) = listed_and_left_out(all, search, size, &selected);
+        let mut answers = Vec::new();
+        for engine in ["index", "sql"] {
+            let v = api(&app, &format!("/api/search?{query}&engine={engine}")).await;
+            let f = &v["facets"][facet];
+            let listed: Vec<String> = f["buckets"].as_array().unwrap().iter().map(|b| b["key"].as_str().unwrap().to_string()).collect();
+            assert_eq!(listed, want_listed, "{query} engine={engine}: the values listed");
+            assert_eq!(f["sum_other_doc_count"].as_i64().unwrap(), want_other, "{query} engine={engine}: {facet} left out");
+            answers.push(f.clone());
+        }
+        assert_eq!(answers[0], answers[1], "{query}: both engines give the same facet");
+    }
+    // Nothing counted twice, nothing lost: listed + left out = every enrollment.
+    let v = api(&app, "/api/search?course=CS101&size=1").await;
+    let listed: i64 = v["facets"]["course"]["buckets"].as_array().unwrap().iter().map(|b| b["doc_count"].as_i64().unwrap()).sum();
+    assert_eq!(listed + v["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), enrollments);
     env.cleanup().await;
 }
 

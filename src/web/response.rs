@@ -167,8 +167,9 @@ pub struct RawBucket<K> {
 }
 
 /// A terms facet as an engine reports it: the top values (already ordered by count, then
-/// value), what they left out, and the counts of the selected values (any order; a
-/// selected value with no student may be missing).
+/// value), what is left out (values neither among the top nor selected: a selected value
+/// is listed after the top), and the counts of the selected values (any order; a selected
+/// value with no student may be missing).
 #[derive(Clone, Debug, Default)]
 pub struct RawFacet {
     pub top: Vec<RawBucket<String>>,
