@@ -284,6 +284,86 @@ async fn what_is_left_out_never_counts_a_value_that_is_listed() {
     env.cleanup().await;
 }
 
+/// The `<section>` of one facet on the search page.
+fn facet_section<'a>(page: &'a str, param: &str) -> &'a str {
+    let start = page.find(&format!(r#"id="facet-{param}""#)).unwrap_or_else(|| panic!("no {param} facet on the page:\n{page}"));
+    let rest = &page[start..];
+    &rest[..rest.find("</section>").unwrap()]
+}
+
+/// 22693 → "22,693", as the page writes numbers.
+fn with_commas(n: i64) -> String {
+    let s = n.to_string();
+    s.chars().enumerate().fold(String::new(), |mut out, (i, c)| {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// Issue 20, defect 5: the page said "+ 22,981 students in values not listed" with 5,000
+/// students in the database: for courses (many per student) the number counts
+/// enrollments, not students. Each facet says what its number counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_what_the_count_of_values_not_listed_counts() {
+    let env = Env::new().await;
+    let app = seeded_with(&env, 5000, 31).await;
+    let students: i64 = env.scalar_i64("SELECT count(*) FROM students").await;
+    let courses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id
+          GROUP BY c.name ORDER BY count(*) DESC, c.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    // Universities of the students taking CS101 (the university facet counts under the
+    // course selection).
+    let universities: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT u.name, count(*) FROM students s JOIN universities u ON u.id = s.university_id
+          WHERE EXISTS (SELECT 1 FROM student_courses x JOIN courses c ON c.id = x.course_id WHERE x.student_id = s.id AND c.name = 'CS101')
+          GROUP BY u.name ORDER BY count(*) DESC, u.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let (_, enrollments_left_out) = listed_and_left_out(&courses, None, 10, &["CS101"]);
+    let (_, students_left_out) = listed_and_left_out(&universities, None, 10, &[]);
+    assert!(enrollments_left_out > students, "{enrollments_left_out} enrollments left out, {students} students");
+    assert!(students_left_out > 0);
+
+    for engine in ["index", "sql"] {
+        let page = get(&app, &format!("/?course=CS101&size=1&engine={engine}")).await;
+        assert_eq!(page.status, 200);
+        assert!(!page.body.contains("students in values not listed"), "engine={engine}:\n{}", page.body);
+        let course = facet_section(&page.body, "course");
+        let want = format!(
+            r#"<p class="other">+ {} more enrollments in courses not listed; find one above</p>"#,
+            with_commas(enrollments_left_out)
+        );
+        assert!(course.contains(&want), "engine={engine}: want {want}\n{course}");
+        let university = facet_section(&page.body, "university");
+        let want = format!(
+            r#"<p class="other">+ {} more students at universities not listed; find one above</p>"#,
+            with_commas(students_left_out)
+        );
+        assert!(university.contains(&want), "engine={engine}: want {want}\n{university}");
+        // Four years, all listed: nothing is left out, and nothing says so.
+        assert!(!facet_section(&page.body, "year").contains(r#"class="other""#), "engine={engine}");
+    }
+    // A year left out counts students (each has one year).
+    let page = get(&app, "/?facet_size=3&size=1").await;
+    let years: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM students GROUP BY year_in_school ORDER BY count(*) DESC, year_in_school::text")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let year = facet_section(&page.body, "year");
+    assert!(year.contains(&format!(r#"<p class="other">+ {} more students in years not listed</p>"#, with_commas(years[3]))), "{year}");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selected_values_stay_visible_at_zero_and_the_histogram_has_every_bucket() {
     let env = Env::new().await;

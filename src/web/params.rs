@@ -111,6 +111,24 @@ impl Facet {
         }
     }
 
+    /// What a bucket count summed over values counts, singular and plural: students for a
+    /// field a student has one value of; for courses (many per student) enrollments, a
+    /// student in two of the values counted twice.
+    pub fn counted(self) -> (&'static str, &'static str) {
+        match self {
+            Facet::Course => ("enrollment", "enrollments"),
+            Facet::University | Facet::Year => ("student", "students"),
+        }
+    }
+
+    /// Where those are, before the values' plural: "in courses", "at universities".
+    pub fn preposition(self) -> &'static str {
+        match self {
+            Facet::University => "at",
+            Facet::Course | Facet::Year => "in",
+        }
+    }
+
     fn from_param(s: &str) -> Option<Facet> {
         Facet::ALL.into_iter().find(|f| f.param() == s)
     }

@@ -109,7 +109,9 @@ impl Facets {
 pub struct TermsFacet {
     /// The top values by count (ties by value), then any selected value not among them.
     pub buckets: Vec<Bucket>,
-    /// Students counted in values not listed (the engines' `sum_other_doc_count`).
+    /// The counts of the values not listed, summed (the engines' `sum_other_doc_count`,
+    /// less any selected value listed after the top): students for university and year;
+    /// enrollments for courses, where a student in two values not listed counts twice.
     pub sum_other_doc_count: u64,
     /// The facet-value search that narrowed the values, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
