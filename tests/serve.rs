@@ -572,6 +572,63 @@ async fn bad_input_gets_a_400_that_says_what_was_wrong() {
     env.cleanup().await;
 }
 
+/// Issue 20, defect 6: `/?q=%C3%28` answered 200 and searched for "\u{FFFD}(". A parameter
+/// (name or value) whose percent-decoded bytes are not UTF-8 is a 400 on every route,
+/// naming it and saying what to do: JSON for /api/*, an HTML page for pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_that_are_not_utf8_get_a_400_that_says_so() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let value = "is not valid UTF-8";
+    let name = "a parameter name";
+    let how = "percent-encode text as the bytes of its UTF-8 encoding";
+    for (uri, says) in [
+        ("/api/search?q=%C3%28", ["`q`", value, "%C3%28", how]),
+        ("/api/search?course=CS101&university=%FF", ["`university`", value, "%FF", how]),
+        ("/api/search?%C3%28=1", [name, value, "%C3%28", how]),
+        ("/api/suggest?q=an%E9", ["`q`", value, "an%E9", how]),
+        ("/api/suggest?%FF=an", [name, value, "%FF", how]),
+        ("/api/students/1?x=%C3%28", ["`x`", value, "%C3%28", how]),
+        ("/api/students/%C3%28", ["`id`", value, "%C3%28", "as in /students/42"]),
+    ] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.status, 400, "{uri}: {}", a.body);
+        assert!(a.headers["content-type"].to_str().unwrap().starts_with("application/json"), "{uri}");
+        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        for s in says {
+            assert!(message.contains(s), "{uri}: {message:?} should say {s:?}");
+        }
+    }
+    for (uri, says) in [
+        ("/?q=%C3%28", ["`q`", value, "%C3%28", how]),
+        ("/?course=CS101&%C3%28=1", [name, value, "%C3%28", how]),
+        ("/?q=ann&sort=%C3", ["`sort`", value, "%C3", how]),
+        ("/students/1?q=%C3%28", ["`q`", value, "%C3%28", how]),
+        ("/assets/app.css?v=%FF", ["`v`", value, "%FF", how]),
+        ("/no/such/page?x=%FF", ["`x`", value, "%FF", how]),
+        ("/students/%C3%28", ["`id`", value, "%C3%28", "as in /students/42"]),
+    ] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.status, 400, "{uri}: {}", a.body);
+        assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
+        assert!(a.body.contains("<p class=\"code\">HTTP 400</p>"), "{uri}: an error page:\n{}", a.body);
+        for s in says {
+            assert!(a.body.contains(s), "{uri}: the page should say {s:?}:\n{}", a.body);
+        }
+        assert!(!a.body.contains('\u{FFFD}'), "{uri}: nothing is shown as a replacement character");
+    }
+    // What the page shows of the address is escaped.
+    let a = get(&app, "/?q=%22%3E%3Cscript%3Ealert(1)%3C/script%3E%C3%28").await;
+    assert_eq!(a.status, 400);
+    assert!(!a.body.contains("<script>alert"), "{}", a.body);
+    // UTF-8, `+` for a space, and a stray `%` are still fine.
+    assert_eq!(ids(&api(&app, "/api/search?q=ann+lee").await), vec![1]);
+    assert_eq!(get(&app, "/?q=%C3%A9l%C3%A8ve").await.status, 200);
+    assert_eq!(get(&app, "/api/search?q=100%25").await.status, 200);
+    assert_eq!(get(&app, "/api/search?q=100%").await.status, 200);
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_student_page_reads_the_database_and_says_when_the_index_lags() {
     let env = Env::new().await;

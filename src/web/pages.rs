@@ -193,7 +193,7 @@ fn render(status: StatusCode, t: impl Template) -> Response {
     }
 }
 
-async fn error_page(app: &App, failure: &Failure, note: Option<String>) -> Response {
+pub(super) async fn error_page(app: &App, failure: &Failure, note: Option<String>) -> Response {
     let page = ErrorPage {
         chrome: chrome(app, "", Vec::new()).await,
         status: failure.status().as_u16(),
