@@ -61,7 +61,13 @@ async fn directory(env: &Env) -> Router {
 
 /// `n` seeded students (the demo's generator), synced and searchable.
 async fn seeded(env: &Env, n: u64) -> Router {
-    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: n, seed: 7 }).await.unwrap();
+    seeded_with(env, n, 7).await
+}
+
+/// `n` students from the generator with this seed (`tidemark seed --seed`), synced and
+/// searchable.
+async fn seeded_with(env: &Env, n: u64, seed: u64) -> Router {
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: n, seed }).await.unwrap();
     env.engine().drain().await.unwrap();
     env.refresh().await;
     web::router(env.services())
@@ -201,6 +207,160 @@ async fn facets_are_disjunctive_and_agree_with_counts_from_the_database() {
     assert_eq!(math["facets"]["course"]["search"], "mAtH");
     // Regular-expression characters in the text are only text.
     assert_eq!(counts(&api(&app, "/api/search?course_q=.%2A").await, "course"), BTreeMap::new());
+    env.cleanup().await;
+}
+
+/// A facet's listed values and what it leaves out, from per-value counts (count
+/// descending, then value): the top `size` of the values containing `search` (ignoring
+/// case), plus the selected values not among them; the rest is the "other" count.
+fn listed_and_left_out(all: &[(String, i64)], search: Option<&str>, size: usize, selected: &[&str]) -> (Vec<String>, i64) {
+    let candidates: Vec<&(String, i64)> =
+        all.iter().filter(|(k, _)| search.is_none_or(|s| k.to_lowercase().contains(&s.to_lowercase()))).collect();
+    let mut listed: Vec<String> = candidates.iter().take(size).map(|(k, _)| k.clone()).collect();
+    for v in selected {
+        if !listed.iter().any(|k| k == v) {
+            listed.push(v.to_string());
+        }
+    }
+    let other = candidates.iter().filter(|(k, _)| !listed.contains(k)).map(|(_, n)| n).sum();
+    (listed, other)
+}
+
+/// Issue 20, defect 4: a selected value pinned after the top values was listed *and*
+/// counted in `sum_other_doc_count` (course=CS101 on 5,000 students, seed 31: 23,107
+/// where the database gives 22,693), on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_left_out_never_counts_a_value_that_is_listed() {
+    let env = Env::new().await;
+    let app = seeded_with(&env, 5000, 31).await;
+    // The database's own counts per value, in the facets' order (no other selection, so
+    // each facet counts everyone: a facet ignores its own selection).
+    let courses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id
+          GROUP BY c.name ORDER BY count(*) DESC, c.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let universities: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT u.name, count(*) FROM students s JOIN universities u ON u.id = s.university_id
+          GROUP BY u.name ORDER BY count(*) DESC, u.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let enrollments: i64 = courses.iter().map(|(_, n)| n).sum();
+    let rank = |all: &[(String, i64)], v: &str| all.iter().position(|(k, _)| k == v).unwrap();
+    assert!(rank(&courses, "CS101") >= 10, "CS101 must fall outside the top 10 for this test: {courses:?}");
+    // A MATH course outside the top 2 MATH courses, and a university outside the top 10.
+    let maths: Vec<&String> = courses.iter().map(|(k, _)| k).filter(|k| k.contains("MATH")).collect();
+    let math = maths[maths.len() - 1].clone();
+    let university = universities[15].0.clone();
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+
+    for (query, facet, all, search, size, selected) in [
+        ("course=CS101&size=1".to_string(), "course", &courses, None, 10, vec!["CS101"]),
+        (format!("university={}&size=1", enc(&university)), "university", &universities, None, 10, vec![university.as_str()]),
+        // Outside the facet-value search, a pinned value was never in the other count.
+        ("course=CS101&course_q=math&facet_size=2&size=1".to_string(), "course", &courses, Some("math"), 2, vec!["CS101"]),
+        (format!("course={math}&course_q=math&facet_size=2&size=1"), "course", &courses, Some("math"), 2, vec![math.as_str()]),
+    ] {
+        let (want_listed, want_other) = listed_and_left_out(all, search, size, &selected);
+        let mut answers = Vec::new();
+        for engine in ["index", "sql"] {
+            let v = api(&app, &format!("/api/search?{query}&engine={engine}")).await;
+            let f = &v["facets"][facet];
+            let listed: Vec<String> = f["buckets"].as_array().unwrap().iter().map(|b| b["key"].as_str().unwrap().to_string()).collect();
+            assert_eq!(listed, want_listed, "{query} engine={engine}: the values listed");
+            assert_eq!(f["sum_other_doc_count"].as_i64().unwrap(), want_other, "{query} engine={engine}: {facet} left out");
+            answers.push(f.clone());
+        }
+        assert_eq!(answers[0], answers[1], "{query}: both engines give the same facet");
+    }
+    // Nothing counted twice, nothing lost: listed + left out = every enrollment.
+    let v = api(&app, "/api/search?course=CS101&size=1").await;
+    let listed: i64 = v["facets"]["course"]["buckets"].as_array().unwrap().iter().map(|b| b["doc_count"].as_i64().unwrap()).sum();
+    assert_eq!(listed + v["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), enrollments);
+    env.cleanup().await;
+}
+
+/// The `<section>` of one facet on the search page.
+fn facet_section<'a>(page: &'a str, param: &str) -> &'a str {
+    let start = page.find(&format!(r#"id="facet-{param}""#)).unwrap_or_else(|| panic!("no {param} facet on the page:\n{page}"));
+    let rest = &page[start..];
+    &rest[..rest.find("</section>").unwrap()]
+}
+
+/// 22693 → "22,693", as the page writes numbers.
+fn with_commas(n: i64) -> String {
+    let s = n.to_string();
+    s.chars().enumerate().fold(String::new(), |mut out, (i, c)| {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// Issue 20, defect 5: the page said "+ 22,981 students in values not listed" with 5,000
+/// students in the database: for courses (many per student) the number counts
+/// enrollments, not students. Each facet says what its number counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_what_the_count_of_values_not_listed_counts() {
+    let env = Env::new().await;
+    let app = seeded_with(&env, 5000, 31).await;
+    let students: i64 = env.scalar_i64("SELECT count(*) FROM students").await;
+    let courses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id
+          GROUP BY c.name ORDER BY count(*) DESC, c.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    // Universities of the students taking CS101 (the university facet counts under the
+    // course selection).
+    let universities: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT u.name, count(*) FROM students s JOIN universities u ON u.id = s.university_id
+          WHERE EXISTS (SELECT 1 FROM student_courses x JOIN courses c ON c.id = x.course_id WHERE x.student_id = s.id AND c.name = 'CS101')
+          GROUP BY u.name ORDER BY count(*) DESC, u.name COLLATE \"C\"",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let (_, enrollments_left_out) = listed_and_left_out(&courses, None, 10, &["CS101"]);
+    let (_, students_left_out) = listed_and_left_out(&universities, None, 10, &[]);
+    assert!(enrollments_left_out > students, "{enrollments_left_out} enrollments left out, {students} students");
+    assert!(students_left_out > 0);
+
+    for engine in ["index", "sql"] {
+        let page = get(&app, &format!("/?course=CS101&size=1&engine={engine}")).await;
+        assert_eq!(page.status, 200);
+        assert!(!page.body.contains("students in values not listed"), "engine={engine}:\n{}", page.body);
+        let course = facet_section(&page.body, "course");
+        let want = format!(
+            r#"<p class="other">+ {} more enrollments in courses not listed; find one above</p>"#,
+            with_commas(enrollments_left_out)
+        );
+        assert!(course.contains(&want), "engine={engine}: want {want}\n{course}");
+        let university = facet_section(&page.body, "university");
+        let want = format!(
+            r#"<p class="other">+ {} more students at universities not listed; find one above</p>"#,
+            with_commas(students_left_out)
+        );
+        assert!(university.contains(&want), "engine={engine}: want {want}\n{university}");
+        // Four years, all listed: nothing is left out, and nothing says so.
+        assert!(!facet_section(&page.body, "year").contains(r#"class="other""#), "engine={engine}");
+    }
+    // A year left out counts students (each has one year).
+    let page = get(&app, "/?facet_size=3&size=1").await;
+    let years: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM students GROUP BY year_in_school ORDER BY count(*) DESC, year_in_school::text")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let year = facet_section(&page.body, "year");
+    assert!(year.contains(&format!(r#"<p class="other">+ {} more students in years not listed</p>"#, with_commas(years[3]))), "{year}");
     env.cleanup().await;
 }
 
@@ -409,6 +569,63 @@ async fn bad_input_gets_a_400_that_says_what_was_wrong() {
     assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(page.body.contains("more than the 100 hits a page may hold"));
     assert_eq!(get(&app, "/students/abc").await.status, 400);
+    env.cleanup().await;
+}
+
+/// Issue 20, defect 6: `/?q=%C3%28` answered 200 and searched for "\u{FFFD}(". A parameter
+/// (name or value) whose percent-decoded bytes are not UTF-8 is a 400 on every route,
+/// naming it and saying what to do: JSON for /api/*, an HTML page for pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_that_are_not_utf8_get_a_400_that_says_so() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    let value = "is not valid UTF-8";
+    let name = "a parameter name";
+    let how = "percent-encode text as the bytes of its UTF-8 encoding";
+    for (uri, says) in [
+        ("/api/search?q=%C3%28", ["`q`", value, "%C3%28", how]),
+        ("/api/search?course=CS101&university=%FF", ["`university`", value, "%FF", how]),
+        ("/api/search?%C3%28=1", [name, value, "%C3%28", how]),
+        ("/api/suggest?q=an%E9", ["`q`", value, "an%E9", how]),
+        ("/api/suggest?%FF=an", [name, value, "%FF", how]),
+        ("/api/students/1?x=%C3%28", ["`x`", value, "%C3%28", how]),
+        ("/api/students/%C3%28", ["`id`", value, "%C3%28", "as in /students/42"]),
+    ] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.status, 400, "{uri}: {}", a.body);
+        assert!(a.headers["content-type"].to_str().unwrap().starts_with("application/json"), "{uri}");
+        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        for s in says {
+            assert!(message.contains(s), "{uri}: {message:?} should say {s:?}");
+        }
+    }
+    for (uri, says) in [
+        ("/?q=%C3%28", ["`q`", value, "%C3%28", how]),
+        ("/?course=CS101&%C3%28=1", [name, value, "%C3%28", how]),
+        ("/?q=ann&sort=%C3", ["`sort`", value, "%C3", how]),
+        ("/students/1?q=%C3%28", ["`q`", value, "%C3%28", how]),
+        ("/assets/app.css?v=%FF", ["`v`", value, "%FF", how]),
+        ("/no/such/page?x=%FF", ["`x`", value, "%FF", how]),
+        ("/students/%C3%28", ["`id`", value, "%C3%28", "as in /students/42"]),
+    ] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.status, 400, "{uri}: {}", a.body);
+        assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
+        assert!(a.body.contains("<p class=\"code\">HTTP 400</p>"), "{uri}: an error page:\n{}", a.body);
+        for s in says {
+            assert!(a.body.contains(s), "{uri}: the page should say {s:?}:\n{}", a.body);
+        }
+        assert!(!a.body.contains('\u{FFFD}'), "{uri}: nothing is shown as a replacement character");
+    }
+    // What the page shows of the address is escaped.
+    let a = get(&app, "/?q=%22%3E%3Cscript%3Ealert(1)%3C/script%3E%C3%28").await;
+    assert_eq!(a.status, 400);
+    assert!(!a.body.contains("<script>alert"), "{}", a.body);
+    // UTF-8, `+` for a space, and a stray `%` are still fine.
+    assert_eq!(ids(&api(&app, "/api/search?q=ann+lee").await), vec![1]);
+    assert_eq!(get(&app, "/?q=%C3%A9l%C3%A8ve").await.status, 200);
+    assert_eq!(get(&app, "/api/search?q=100%25").await.status, 200);
+    assert_eq!(get(&app, "/api/search?q=100%").await.status, 200);
     env.cleanup().await;
 }
 

@@ -8,10 +8,9 @@ use axum::{
     Json,
 };
 use serde_json::json;
-use url::form_urlencoded;
 
 use super::{
-    params::SearchRequest,
+    params::{query_pairs, SearchRequest},
     student::{self, IndexCopy},
     App, Failure, DEFAULT_SUGGESTIONS, MAX_SUGGESTIONS, MAX_SUGGEST_CHARS,
 };
@@ -52,8 +51,8 @@ impl<S: Send + Sync> FromRequestParts<S> for SuggestParams {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let bad = |m: String| ApiError(Failure::BadRequest(m));
         let (mut q, mut size) = (None, DEFAULT_SUGGESTIONS);
-        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
-            match k.as_ref() {
+        for (k, v) in query_pairs(parts.uri.query()).map_err(|e| ApiError(e.into()))? {
+            match k.as_str() {
                 "q" if q.is_none() => q = Some(v.trim().to_string()),
                 "size" => {
                     size = match v.parse::<u32>() {

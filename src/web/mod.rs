@@ -25,9 +25,10 @@ pub mod student;
 use std::{future::Future, time::Duration, time::Instant};
 
 use axum::{
+    extract::State,
     http::{header, HeaderValue, StatusCode},
     middleware,
-    response::Response,
+    response::{IntoResponse, Response},
     routing::get,
     Router,
 };
@@ -54,6 +55,7 @@ pub struct App {
 /// The router of `tidemark serve`, for the server and for tests (which call it without a
 /// socket).
 pub fn router(services: Services) -> Router {
+    let app = App { services };
     Router::new()
         .route("/", get(pages::search))
         .route("/students/{id}", get(pages::student))
@@ -62,9 +64,26 @@ pub fn router(services: Services) -> Router {
         .route("/api/students/{id}", get(api::student))
         .route("/assets/{name}", get(assets::asset))
         .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), utf8_parameters))
         .layer(middleware::from_fn(http_metrics))
         .layer(middleware::map_response(security_headers))
-        .with_state(App { services })
+        .with_state(app)
+}
+
+/// Every route, whatever parameters it reads: a query-string name or value, or a path
+/// parameter, whose bytes are not UTF-8 is a 400 that says which (never read with
+/// replacement characters), as JSON under `/api/` and as an HTML page elsewhere.
+async fn utf8_parameters(State(app): State<App>, request: axum::extract::Request, next: middleware::Next) -> Response {
+    let uri = request.uri();
+    let checked = params::query_pairs(uri.query()).and_then(|_| match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(route) => params::check_path_params(route.as_str(), uri.path()),
+        None => Ok(()),
+    });
+    match checked {
+        Ok(()) => next.run(request).await,
+        Err(e) if request.uri().path().starts_with("/api/") => api::ApiError(e.into()).into_response(),
+        Err(e) => pages::error_page(&app, &e.into(), None).await,
+    }
 }
 
 /// Counts every answer by route template and status class, with its latency

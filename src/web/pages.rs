@@ -193,7 +193,7 @@ fn render(status: StatusCode, t: impl Template) -> Response {
     }
 }
 
-async fn error_page(app: &App, failure: &Failure, note: Option<String>) -> Response {
+pub(super) async fn error_page(app: &App, failure: &Failure, note: Option<String>) -> Response {
     let page = ErrorPage {
         chrome: chrome(app, "", Vec::new()).await,
         status: failure.status().as_u16(),
@@ -241,9 +241,18 @@ fn search_view(req: &SearchRequest, resp: &SearchResponse) -> SearchView {
                         empty: b.doc_count == 0,
                     })
                     .collect(),
+                // "+ 22,693 more enrollments in courses not listed": for courses the
+                // number counts enrollments, not students.
                 other: (facet.sum_other_doc_count > 0).then(|| {
-                    format!("+ {} in values not listed", plural(facet.sum_other_doc_count, "student", "students"))
-                        + if f.search_param().is_some() { "; find one above" } else { "" }
+                    let (one, many) = f.counted();
+                    format!(
+                        "+ {} more {} {} {} not listed{}",
+                        thousands(facet.sum_other_doc_count),
+                        if facet.sum_other_doc_count == 1 { one } else { many },
+                        f.preposition(),
+                        f.plural(),
+                        if f.search_param().is_some() { "; find one above" } else { "" }
+                    )
                 }),
                 search: f.search_param().map(|param| FacetSearchView {
                     param,

@@ -46,6 +46,71 @@ fn bad(message: impl Into<String>) -> BadRequest {
     BadRequest(message.into())
 }
 
+/// The longest piece of an address an error message quotes.
+const MAX_QUOTED_CHARS: usize = 60;
+
+/// `s` cut to [`MAX_QUOTED_CHARS`] characters, with `…` when cut.
+fn quoted(s: &str) -> String {
+    if s.chars().count() > MAX_QUOTED_CHARS {
+        s.chars().take(MAX_QUOTED_CHARS).chain(['…']).collect()
+    } else {
+        s.to_string()
+    }
+}
+
+/// What to do about text that is not UTF-8.
+const UTF8_HOW: &str = "percent-encode text as the bytes of its UTF-8 encoding (é is %C3%A9), as browsers and `curl --data-urlencode` do";
+
+/// One name or value of a query string decoded as an HTML form encodes it (`+` is a
+/// space, `%XX` a byte; a `%` not followed by two hex digits stays itself): its text, or
+/// None when the bytes are not UTF-8.
+fn form_decode(raw: &str) -> Option<String> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8().ok().map(|t| t.into_owned())
+}
+
+/// The query string's parameters in order, names and values decoded: the one reading of a
+/// query string every route shares. A name or value whose decoded bytes are not UTF-8
+/// (`q=%C3%28`) is refused, naming it, rather than read with replacement characters.
+pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, BadRequest> {
+    let mut out = Vec::new();
+    for piece in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = piece.split_once('=').unwrap_or((piece, ""));
+        let Some(key) = form_decode(raw_key) else {
+            return Err(bad(format!(
+                "a parameter name is not valid UTF-8: `{}` decodes to bytes that are not UTF-8 text; {UTF8_HOW}",
+                quoted(raw_key)
+            )));
+        };
+        let Some(value) = form_decode(raw_value) else {
+            return Err(bad(format!(
+                "`{}` is not valid UTF-8: `{}` decodes to bytes that are not UTF-8 text; {UTF8_HOW}",
+                quoted(&key),
+                quoted(raw_value)
+            )));
+        };
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Checks the parameters a route takes from its path (`{id}` of `/students/{id}`, as
+/// `template` names them) the way [`query_pairs`] checks the query string: one whose
+/// percent-decoded bytes are not UTF-8 is refused, naming it.
+pub fn check_path_params(template: &str, path: &str) -> Result<(), BadRequest> {
+    for (part, raw) in template.split('/').zip(path.split('/')) {
+        let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) else { continue };
+        if percent_encoding::percent_decode_str(raw).decode_utf8().is_err() {
+            let how = if name == "id" { "a student id is a positive whole number, as in /students/42" } else { UTF8_HOW };
+            return Err(bad(format!(
+                "`{name}` in the path is not valid UTF-8: `{}` decodes to bytes that are not UTF-8 text; {how}",
+                quoted(raw)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The terms facets, by the name of their filter parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +173,24 @@ impl Facet {
             Facet::Course => "courses",
             Facet::University => "universities",
             Facet::Year => "years",
+        }
+    }
+
+    /// What a bucket count summed over values counts, singular and plural: students for a
+    /// field a student has one value of; for courses (many per student) enrollments, a
+    /// student in two of the values counted twice.
+    pub fn counted(self) -> (&'static str, &'static str) {
+        match self {
+            Facet::Course => ("enrollment", "enrollments"),
+            Facet::University | Facet::Year => ("student", "students"),
+        }
+    }
+
+    /// Where those are, before the values' plural: "in courses", "at universities".
+    pub fn preposition(self) -> &'static str {
+        match self {
+            Facet::University => "at",
+            Facet::Course | Facet::Year => "in",
         }
     }
 
@@ -352,8 +435,8 @@ impl SearchRequest {
         let mut seen: Vec<String> = Vec::new();
         let mut after: Option<String> = None;
         let mut page_given = false;
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let (key, value) = (key.as_ref(), value.as_ref());
+        for (key, value) in query_pairs(query)? {
+            let (key, value) = (key.as_str(), value.as_str());
             let once = |seen: &mut Vec<String>| -> Result<(), BadRequest> {
                 if seen.iter().any(|k| k == key) {
                     return Err(bad(format!("`{key}` is given more than once; give it once")));
@@ -616,6 +699,22 @@ mod tests {
         }
         let long = format!("q={}", "a".repeat(MAX_QUERY_CHARS + 1));
         assert!(SearchRequest::parse(Some(&long)).unwrap_err().0.contains("longer than"));
+    }
+
+    #[test]
+    fn query_strings_decode_as_forms_and_refuse_bytes_that_are_not_utf8() {
+        let pairs = query_pairs(Some("q=ann+lee&course=CS%20101&x=100%&&empty=&bare&%C3%A9=%C3%A9")).unwrap();
+        let want = [("q", "ann lee"), ("course", "CS 101"), ("x", "100%"), ("empty", ""), ("bare", ""), ("é", "é")];
+        assert_eq!(pairs, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        let e = query_pairs(Some("course=CS101&q=%C3%28")).unwrap_err();
+        assert!(e.0.starts_with("`q` is not valid UTF-8: `%C3%28` decodes to bytes that are not UTF-8 text; percent-encode"), "{e}");
+        let e = query_pairs(Some("%FF=1")).unwrap_err();
+        assert!(e.0.starts_with("a parameter name is not valid UTF-8: `%FF`"), "{e}");
+        let e = SearchRequest::parse(Some("university=%E9cole")).unwrap_err();
+        assert!(e.0.starts_with("`university` is not valid UTF-8"), "{e}");
+        assert!(check_path_params("/students/{id}", "/students/42").is_ok());
+        let e = check_path_params("/students/{id}", "/students/%C3%28").unwrap_err();
+        assert!(e.0.starts_with("`id` in the path is not valid UTF-8: `%C3%28`") && e.0.contains("/students/42"), "{e}");
     }
 
     #[test]

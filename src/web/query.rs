@@ -70,16 +70,30 @@ fn text_query(req: &SearchRequest) -> Value {
     json!({"bool": {"must": must}})
 }
 
+/// The two cases of a letter that has exactly one of each (`a` → `(a, A)`); None for
+/// anything else, which only matches itself.
+fn case_pair(c: char) -> Option<(char, char)> {
+    let (lo, up): (Vec<char>, Vec<char>) = (c.to_lowercase().collect(), c.to_uppercase().collect());
+    (c.is_alphabetic() && lo.len() == 1 && up.len() == 1 && lo[0] != up[0]).then(|| (lo[0], up[0]))
+}
+
+/// Whether `value` contains `text` ignoring case, exactly as [`contains_regex`] matches
+/// it in the index: each letter in either of its cases, everything else as itself.
+pub fn contains_ignoring_case(value: &str, text: &str) -> bool {
+    let pattern: Vec<(char, char)> = text.chars().map(|c| case_pair(c).unwrap_or((c, c))).collect();
+    let value: Vec<char> = value.chars().collect();
+    pattern.is_empty() || value.windows(pattern.len()).any(|w| w.iter().zip(&pattern).all(|(c, (lo, up))| c == lo || c == up))
+}
+
 /// A Lucene regular expression matching any value that contains `text`, ignoring case:
 /// letters become `[aA]`, everything else that is not a letter or digit is escaped.
 pub fn contains_regex(text: &str) -> String {
     let mut re = String::from(".*");
     for c in text.chars() {
-        let (lo, up): (Vec<char>, Vec<char>) = (c.to_lowercase().collect(), c.to_uppercase().collect());
-        if c.is_alphabetic() && lo.len() == 1 && up.len() == 1 && lo[0] != up[0] {
+        if let Some((lo, up)) = case_pair(c) {
             re.push('[');
-            re.push(lo[0]);
-            re.push(up[0]);
+            re.push(lo);
+            re.push(up);
             re.push(']');
         } else if c.is_alphanumeric() {
             re.push(c);
@@ -267,11 +281,17 @@ pub fn read_answer(req: &SearchRequest, v: &Value) -> Raw {
     let aggs = &v["aggregations"];
     let facets = Facet::ALL.map(|f| {
         let a = &aggs[f.param()];
-        RawFacet {
-            top: terms_buckets(&a["top"], req),
-            sum_other: u64_of(&a["top"]["sum_other_doc_count"]),
-            selected: terms_buckets(&a["selected"], req),
-        }
+        let (top, selected) = (terms_buckets(&a["top"], req), terms_buckets(&a["selected"], req));
+        // The engine's `sum_other_doc_count` counts every value outside the top, selected
+        // ones too (those the facet-value search lets in); but a selected value is listed
+        // after the top, so it is not left out.
+        let pinned: u64 = selected
+            .iter()
+            .filter(|s| !top.iter().any(|t| t.key == s.key))
+            .filter(|s| req.facet_search(f).is_none_or(|text| contains_ignoring_case(&s.key, text)))
+            .map(|s| s.doc_count)
+            .sum();
+        RawFacet { sum_other: u64_of(&a["top"]["sum_other_doc_count"]).saturating_sub(pinned), top, selected }
     });
     let age = aggs["age"]["histogram"]["buckets"]
         .as_array()
@@ -303,6 +323,22 @@ mod tests {
     fn facet_search_is_an_escaped_case_insensitive_regex() {
         assert_eq!(contains_regex("ma.t("), ".*[mM][aA]\\.[tT]\\(.*");
         assert_eq!(contains_regex("101"), ".*101.*");
+    }
+
+    #[test]
+    fn the_facet_search_predicate_matches_what_the_regex_matches() {
+        for (value, text, matches) in [
+            ("MATH201", "mAtH", true),
+            ("MATH201", "h2", true),
+            ("CS101", "math", false),
+            ("Université Paris", "UNIVERSITÉ", true),
+            ("A.B", ".", true),
+            ("AxB", "a.b", false),
+            ("MIT", "", true),
+            ("MI", "MIT", false),
+        ] {
+            assert_eq!(contains_ignoring_case(value, text), matches, "{value:?} contains {text:?}");
+        }
     }
 
     #[test]

@@ -109,7 +109,9 @@ impl Facets {
 pub struct TermsFacet {
     /// The top values by count (ties by value), then any selected value not among them.
     pub buckets: Vec<Bucket>,
-    /// Students counted in values not listed (the engines' `sum_other_doc_count`).
+    /// The counts of the values not listed, summed (the engines' `sum_other_doc_count`,
+    /// less any selected value listed after the top): students for university and year;
+    /// enrollments for courses, where a student in two values not listed counts twice.
     pub sum_other_doc_count: u64,
     /// The facet-value search that narrowed the values, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,8 +169,9 @@ pub struct RawBucket<K> {
 }
 
 /// A terms facet as an engine reports it: the top values (already ordered by count, then
-/// value), what they left out, and the counts of the selected values (any order; a
-/// selected value with no student may be missing).
+/// value), what is left out (values neither among the top nor selected: a selected value
+/// is listed after the top), and the counts of the selected values (any order; a selected
+/// value with no student may be missing).
 #[derive(Clone, Debug, Default)]
 pub struct RawFacet {
     pub top: Vec<RawBucket<String>>,

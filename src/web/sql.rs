@@ -189,7 +189,8 @@ fn terms(req: &SearchRequest, facet: Facet, rows: Counts) -> RawFacet {
     }
     all.sort_by(bucket_order);
     let size = req.facet_size as usize;
-    let sum_other = all.iter().skip(size).map(|b| b.doc_count).sum();
+    // Left out: the values after the top, except the selected ones (listed after the top).
+    let sum_other = all.iter().skip(size).filter(|b| !req.selected(facet).contains(&b.key)).map(|b| b.doc_count).sum();
     all.truncate(size);
     RawFacet { top: all, sum_other, selected }
 }
