@@ -13,7 +13,7 @@
 //! | reindex | [`reindex`]: start, chunk, promote, rollback, prune, watch |
 //! | steps | [`sync`]: `Syncer` — a step (fan-out, a reindex chunk, a batch) and a drain |
 //! | search side | [`web`]: the search application — one query builder, one response type, the SQL facet engine, the pages and the JSON API |
-//! | processes | [`process`]: `worker`, `scheduler`, the notification `listener` and `serve` (the search application), each `run(…, shutdown)` |
+//! | processes | [`process`]: `worker`, `scheduler`, the change `wakeup` and `serve` (the search application), each `run(…, shutdown)` |
 //! | operators | [`admin`]: status, dead letters, retries · [`writer`]: `commit_and_nudge` for Rust writers |
 //!
 //! Outside this crate: `migrations/` (SQL: domain tables, capture triggers, tidemark's

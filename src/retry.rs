@@ -1,6 +1,6 @@
 //! The one backoff policy, for every wait-and-try-again in tidemark: a `_bulk` request's
 //! failed items, a sync step that failed, a lost connection to Redis or to PostgreSQL's
-//! notifications, a full rebuild that failed.
+//! the database watch, a full rebuild that failed.
 //!
 //! Capped exponential with **full jitter**: the wait before retry `n` is drawn uniformly
 //! from `[0, min(cap, base × 2^(n-1))]`. Full jitter (rather than a fixed or "equal"
@@ -36,7 +36,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Reconnecting to a service that went away (Redis, the notification connection):
+    /// Reconnecting to a service that went away (Redis, the database watch's connection):
     /// soon at first, then at most every 10 s.
     pub const RECONNECT: Backoff = Backoff { base: Duration::from_millis(500), cap: Duration::from_secs(10) };
 

@@ -111,7 +111,7 @@ async fn worker_and_scheduler_processes_sync_changes_within_seconds_and_stop_cle
     let env = Env::new().await;
     small_directory(&env).await;
     let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
-    // A tick a minute: anything indexed sooner came through a database notification.
+    // A tick a minute: anything indexed sooner came through the processes' watch of the database.
     let mut scheduler = env.spawn(&["scheduler", "--interval", "60s"], |_| {});
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)")
         .await;

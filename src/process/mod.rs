@@ -4,14 +4,16 @@
 //!
 //! - [`worker`]: runs sync jobs from the queue, reconnecting when Redis goes away.
 //! - [`scheduler`]: enqueues a sync every interval.
-//! - [`listener`]: turns PostgreSQL notifications into nudges (run by both of the above).
+//! - [`wakeup`]: nudges the queue when the database changed, by polling the mark sequence
+//!   (run by both of the above; the writers' transactions do nothing for it).
 //! - [`admin`]: the admin endpoint (`/metrics`, `/healthz`, `/readyz`) beside any of them.
 //! - [`serve`]: the search application (`crate::web`) on an address.
 
 pub mod admin;
-pub mod listener;
+
 pub mod scheduler;
 pub mod serve;
+pub mod wakeup;
 pub mod worker;
 
 use std::{future::Future, time::Duration};

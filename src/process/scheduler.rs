@@ -1,5 +1,5 @@
 //! `tidemark scheduler`: enqueues a sync every interval (safe to run more than one: a job
-//! is enqueued only when none waits), and on every database notification. The scheduler
+//! is enqueued only when none waits), and whenever the database changed (`wakeup`). The scheduler
 //! that holds a PostgreSQL advisory lock also computes the gauges read from the database
 //! (marks, lag, dead letters, queue depth, live workers, reindex progress) once per
 //! interval and publishes them on its `/metrics`: one process's queries, whatever the
@@ -10,7 +10,7 @@ use std::{future::Future, time::Duration};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{connect_queue, listener, stop_token, ProcessError};
+use super::{connect_queue, stop_token, wakeup, ProcessError};
 use crate::{admin, retry::Backoff, services::Services, workers, workers::Queue};
 
 /// Runs until `shutdown` completes, reconnecting when Redis goes away.
@@ -21,7 +21,12 @@ pub async fn run(services: Services, interval: Duration, shutdown: impl Future<O
     while !stop.is_cancelled() {
         let Some(queue) = connect_queue(&services.config, &stop).await? else { break };
         if listening.is_none() {
-            listening = Some(tokio::spawn(listener::run(services.pool.clone(), queue.clone(), stop.clone().cancelled_owned())));
+            listening = Some(tokio::spawn(wakeup::run(
+                services.config.database_url()?.clone(),
+                queue.clone(),
+                services.config.sync.wakeup_interval.0,
+                stop.clone().cancelled_owned(),
+            )));
         }
         let gauges_stop = stop.child_token();
         let gauges = tokio::spawn(publish_gauges(services.clone(), queue.clone(), interval, gauges_stop.clone()));

@@ -14,7 +14,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use super::{connect_queue, listener, stop_token, ProcessError};
+use super::{connect_queue, stop_token, wakeup, ProcessError};
 use crate::{
     catalog::{self, HEARTBEAT_EVERY},
     pipeline::claim,
@@ -58,7 +58,12 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         let Some(queue) = connect_queue(&services.config, &stop).await? else { break };
         tracing::info!(concurrency, queue = %services.config.queue_namespace, identity = %identity, "worker started");
         if listening.is_none() {
-            listening = Some(tokio::spawn(listener::run(services.pool.clone(), queue.clone(), stop.clone().cancelled_owned())));
+            listening = Some(tokio::spawn(wakeup::run(
+                services.config.database_url()?.clone(),
+                queue.clone(),
+                services.config.sync.wakeup_interval.0,
+                stop.clone().cancelled_owned(),
+            )));
         }
         syncer.set_queue(Some(queue.clone()));
         // Whatever was left before this (re)start is looked for at once.

@@ -59,6 +59,16 @@ impl Env {
     }
 
     pub async fn with_config(tweak: impl FnOnce(&mut Config)) -> Env {
+        Env::build(tweak, None).await
+    }
+
+    /// An environment whose database has only the migrations numbered below `first_new`
+    /// (an installation of an earlier tidemark, to be upgraded by `tidemark::db::migrate`).
+    pub async fn before_migration(first_new: u32) -> Env {
+        Env::build(|_| {}, Some(first_new)).await
+    }
+
+    async fn build(tweak: impl FnOnce(&mut Config), before: Option<u32>) -> Env {
         let base = service_url("DATABASE_URL");
         let redis_url = service_url("REDIS_URL");
         let es_url = service_url("ELASTICSEARCH_URL");
@@ -69,7 +79,25 @@ impl Env {
         admin.close().await;
         let database_url = with_db(&base, &db_name);
         let pool = PgPoolOptions::new().max_connections(8).connect(&database_url).await.expect("connect to test database");
-        tidemark::db::migrate(&pool).await.expect("migrations");
+        match before {
+            None => tidemark::db::migrate(&pool).await.expect("migrations"),
+            Some(first_new) => {
+                // The migration files numbered below `first_new`, applied by sqlx as an older
+                // tidemark's `migrate` did (same files, so the checksums match later).
+                let dir = std::env::temp_dir().join(format!("{db_name}-migrations"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+                    let path = entry.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    let number: u32 = name.split('_').next().unwrap().parse().unwrap();
+                    if number < first_new {
+                        std::fs::copy(&path, dir.join(&name)).unwrap();
+                    }
+                }
+                sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap().run(&pool).await.expect("older migrations");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
         let alias = format!("{id}-students");
         let mut config = Config::default();
         config.database_url = Some(tidemark::config::Secret::new(database_url.clone()));
