@@ -6,7 +6,7 @@
 //! this harness and writes BENCHMARKS.md. Directly:
 //!
 //! ```text
-//! cargo bench --bench tidemark -- [--quick] [--only fanout,reindex,overhead,freshness,facets,serve] [--out DIR]
+//! cargo bench --bench tidemark -- [--quick] [--only fanout,reindex,overhead,freshness,facets,serve,writes] [--out DIR]
 //! ```
 //!
 //! with DATABASE_URL, REDIS_URL and ELASTICSEARCH_URL set. Results go to DIR
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use support::{env::Services, report::Report, Plan};
 
-const ALL: [&str; 6] = ["fanout", "reindex", "overhead", "freshness", "facets", "serve"];
+const ALL: [&str; 7] = ["fanout", "reindex", "overhead", "freshness", "facets", "serve", "writes"];
 
 struct Args {
     quick: bool,
@@ -214,6 +214,18 @@ async fn run(args: Args) -> Result<bool> {
         }
     }
     report.write(&plan.out_dir)?;
+
+    if wants("writes") {
+        match support::writes::run(&plan, &services).await {
+            Ok(o) => report.add("7. Write throughput under concurrency", "writes", o),
+            Err(e) => {
+                ok = false;
+                progress!("write throughput failed: {e:#}");
+                report.failed("7. Write throughput", "writes", &e);
+            }
+        }
+        report.write(&plan.out_dir)?;
+    }
     println!("{}", report.markdown());
     progress!("results in {}", plan.out_dir.join("results.md").display());
     Ok(ok)

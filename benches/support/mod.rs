@@ -2,7 +2,7 @@
 //! benchmark on the real services, a discarding `_bulk` endpoint, process and CPU
 //! accounting, statistics, and the report.
 //!
-//! One file per benchmark (`fanout`, `reindex`, `overhead`, `freshness`, `facets`, `serve`); each
+//! One file per benchmark (`fanout`, `reindex`, `overhead`, `freshness`, `facets`, `serve`, `writes`); each
 //! returns an [`report::Outcome`] (summary rows, a detail section, raw numbers).
 #![allow(dead_code)]
 
@@ -18,6 +18,7 @@ pub mod freshness;
 pub mod overhead;
 pub mod reindex;
 pub mod serve;
+pub mod writes;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,14 @@ pub struct Plan {
     pub serve_connections: usize,
     pub serve_load_secs: f64,
     pub serve_sql_runs: usize,
+    /// Write throughput under concurrency (pgbench): students seeded, client counts, seconds
+    /// per run, rounds (each side once per round, interleaved), and how long to wait for
+    /// the workers to drain after a run with capture.
+    pub writes_students: u64,
+    pub writes_clients: Vec<usize>,
+    pub writes_secs: u64,
+    pub writes_rounds: usize,
+    pub writes_drain_secs: f64,
     pub out_dir: PathBuf,
 }
 
@@ -102,6 +111,11 @@ impl Plan {
                 serve_connections: 32,
                 serve_load_secs: 6.0,
                 serve_sql_runs: 5,
+                writes_students: 100_000,
+                writes_clients: vec![1, 32],
+                writes_secs: 2,
+                writes_rounds: 2,
+                writes_drain_secs: 10.0,
                 out_dir,
             }
         } else {
@@ -136,6 +150,11 @@ impl Plan {
                 serve_connections: 32,
                 serve_load_secs: 30.0,
                 serve_sql_runs: 15,
+                writes_students: 100_000,
+                writes_clients: vec![1, 8, 32, 64],
+                writes_secs: 3,
+                writes_rounds: 3,
+                writes_drain_secs: 15.0,
                 out_dir,
             }
         }

@@ -3,9 +3,10 @@
 # side by side with a baseline in the same run, on real PostgreSQL, Redis and OpenSearch
 # and real tidemark processes.
 #
-#   deploy/local/bench.sh            # full run (~30 min on 2 cores)
-#   deploy/local/bench.sh --quick    # small sizes (~2-3 min), for regression checks
+#   deploy/local/bench.sh            # full run (~45 min on 2 cores)
+#   deploy/local/bench.sh --quick    # small sizes (~5-6 min), for regression checks
 #   deploy/local/bench.sh --only fanout,facets [--quick]
+#   deploy/local/bench.sh --only writes   # write throughput under concurrency (~12 min; pgbench)
 #
 # Starts the services where missing (deploy/local/services.sh), builds in release mode,
 # runs the harness (benches/tidemark.rs), and writes BENCHMARKS.md at the repository root
@@ -131,8 +132,8 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
   echo '```'
   echo
   echo "It starts PostgreSQL, Redis and an OpenSearch node where missing, builds in release mode, runs"
-  echo "\`benches/tidemark.rs\` and rewrites this file. \`--quick\` runs small sizes in a couple of"
-  echo "minutes (for regression checks); the full run takes about half an hour on 2 cores."
+  echo "\`benches/tidemark.rs\` and rewrites this file. \`--quick\` runs small sizes in a few"
+  echo "minutes (for regression checks); the full run takes about 45 minutes on 2 cores."
   echo
   echo "| | |"
   echo "| --- | --- |"
