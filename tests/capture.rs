@@ -75,8 +75,11 @@ async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
     let env = Env::new().await;
     small_directory(&env).await;
     env.create_index().await;
-    let mut worker = env.spawn(&["worker"], |_| {});
-    let mut scheduler = env.spawn(&["scheduler", "--interval", "10m"], |_| {});
+    let debug = |c: &mut std::process::Command| {
+        c.env("RUST_LOG", "info,tidemark::process::wakeup=debug");
+    };
+    let mut worker = env.spawn(&["worker"], debug);
+    let mut scheduler = env.spawn(&["scheduler", "--interval", "10m"], debug);
     // Both processes are up and idle (the start's own nudge is spent).
     tokio::time::sleep(Duration::from_secs(3)).await;
     for i in 1..=3 {

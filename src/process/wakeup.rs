@@ -11,10 +11,9 @@
 //!
 //! A number is drawn before its transaction commits, so a nudge can come too early: the
 //! worker it wakes finds the mark not yet committed. So when the sequence moved, the loop
-//! also reads which transactions were running right after (a snapshot taken *after* the
-//! sequence was read: every writer that drew a number before that read already had its
-//! transaction id, so it is either committed or listed) and nudges again as soon as one of
-//! them has ended. A transaction that marks students and commits a minute later is picked
+//! also reads which transactions were running right after (read *after* the sequence: every
+//! writer that drew a number before that read already had its transaction id, so it is
+//! either committed or listed) and nudges again as soon as one of them has ended. A transaction that marks students and commits a minute later is picked
 //! up at its commit, as a notification was, and not at the scheduler's next tick.
 //!
 //! Idle, it costs the database one trivial query per interval per process (20 a second at
@@ -65,6 +64,7 @@ pub async fn run(database_url: Secret, queue: Queue, interval: Duration, shutdow
             }
             match watch.poll(&mut conn).await {
                 Ok(Some(reason)) => {
+                    tracing::debug!(reason, watching = watch.running.len(), "the database changed: nudging");
                     if let Err(e) = queue.nudge(reason).await {
                         tracing::debug!(error = %e, "nudge after a change failed");
                     }
@@ -86,7 +86,7 @@ struct Watch {
     last: Option<Option<i64>>,
     /// Transactions that were running when the sequence last moved: one of them may hold a
     /// mark that is not committed yet.
-    running: BTreeSet<u64>,
+    running: BTreeSet<i64>,
 }
 
 impl Watch {
@@ -98,9 +98,18 @@ impl Watch {
         if !moved && self.running.is_empty() {
             return Ok(None);
         }
-        // A statement of its own, so its snapshot is taken after the read above.
-        let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *conn).await?;
-        let now_running = running_in(&snapshot);
+        // A statement of its own, so it runs after the read above: every writer that drew a
+        // number by then already had its transaction id, and is either committed or listed.
+        // (Not `pg_current_snapshot()`: its list of running transactions leaves out those
+        // newer than the last one completed — just the writers in question.) Prepared
+        // transactions count too: their marks appear at `COMMIT PREPARED`.
+        let now_running: Vec<i64> = sqlx::query_scalar(
+            "SELECT backend_xid::text::bigint FROM pg_stat_get_activity(NULL) WHERE backend_xid IS NOT NULL
+             UNION ALL SELECT transaction::text::bigint FROM pg_prepared_xacts",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let now_running: BTreeSet<i64> = now_running.into_iter().collect();
         let before = self.running.len();
         self.running.retain(|x| now_running.contains(x));
         let ended = self.running.len() < before;
@@ -114,21 +123,5 @@ impl Watch {
             return Ok(Some("change"));
         }
         Ok(ended.then_some("commit"))
-    }
-}
-
-/// The transaction ids a `pg_snapshot` text (`xmin:xmax:xip,xip,…`) lists as running.
-fn running_in(snapshot: &str) -> BTreeSet<u64> {
-    snapshot.rsplit(':').next().unwrap_or("").split(',').filter_map(|x| x.trim().parse().ok()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::running_in;
-
-    #[test]
-    fn a_snapshot_lists_its_running_transactions() {
-        assert!(running_in("745:745:").is_empty());
-        assert_eq!(running_in("740:752:740,748").into_iter().collect::<Vec<_>>(), vec![740, 748]);
     }
 }
