@@ -61,8 +61,10 @@ pub struct Freshness {
 /// Reads the [`Freshness`] from tidemark's tables (two small aggregates).
 pub async fn freshness(pool: &PgPool) -> Result<Freshness, sqlx::Error> {
     let (outstanding_marks, in_flight, lag_marks): (i64, i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE lease_until > clock_timestamp()),
-                extract(epoch FROM clock_timestamp() - min(marked_at))::float8
+        // Marks, and the writers' changes not yet moved into them (a student may be both).
+        "SELECT (SELECT count(DISTINCT student_id) FROM tidemark.outstanding),
+                count(*) FILTER (WHERE lease_until > clock_timestamp()),
+                extract(epoch FROM clock_timestamp() - (SELECT min(marked_at) FROM tidemark.outstanding))::float8
            FROM tidemark.dirty_students",
     )
     .fetch_one(pool)

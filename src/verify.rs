@@ -138,7 +138,7 @@ impl Report {
 }
 
 async fn marked(services: &Services) -> Result<HashSet<i64>, sqlx::Error> {
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT student_id FROM tidemark.dirty_students").fetch_all(&services.pool).await?;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT student_id FROM tidemark.outstanding").fetch_all(&services.pool).await?;
     Ok(ids.into_iter().collect())
 }
 

@@ -57,7 +57,7 @@ async fn capturing_writes_send_no_notification() {
     for q in ["UPDATE students SET age = 23 WHERE id = 2", "DELETE FROM students WHERE id = 3", "TRUNCATE student_courses"] {
         env.sql(q).await;
     }
-    assert!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await > 0, "the writes were captured");
+    assert!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await > 0, "the writes were captured");
     let got = tokio::time::timeout(Duration::from_millis(1500), listener.recv()).await;
     assert!(got.is_err(), "a capturing write notified: {got:?}");
     // The probe works: a real NOTIFY arrives.
@@ -87,7 +87,7 @@ async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
         env.sql(&format!("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES ({i}, 'Ann', 'Lee', 20, 'FR')"))
             .await;
         env.eventually("the insert is indexed", Duration::from_secs(8), || async {
-            env.scalar_i64(&format!("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = {i}")).await == 0
+            env.scalar_i64(&format!("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id = {i}")).await == 0
         })
         .await;
         eprintln!("insert {i}: acknowledged {:?} after its commit", start.elapsed());
@@ -99,7 +99,7 @@ async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
     sqlx::raw_sql("COMMIT").execute(&mut long).await.unwrap();
     let committed = Instant::now();
     env.eventually("the late commit is indexed", Duration::from_secs(8), || async {
-        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await == 0
+        env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await == 0
     })
     .await;
     let took = committed.elapsed();

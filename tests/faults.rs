@@ -28,7 +28,7 @@ async fn item_level_429s_and_whole_request_503s_are_retried_and_end_indexed() {
     assert!(stats.items_429 > 100, "the proxy injected item-level 429s: {stats:?}");
     assert_eq!(stats.unavailable, 3, "the proxy answered three whole requests with 503: {stats:?}");
     assert_eq!(report.dead, 0, "transient failures are never dead-lettered");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 0);
     proxy.clear();
     env.assert_converged().await;
     env.cleanup().await;
@@ -58,7 +58,7 @@ async fn a_rejected_document_is_dead_lettered_the_rest_indexed_and_retry_failed_
         assert!(env.doc(id).await.is_some(), "student {id} is indexed despite its batch-mate's failure");
     }
     assert_eq!(env.doc(3).await, None);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0, "a dead letter does not block");
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 0, "a dead letter does not block");
 
     // The operator sees it, with the server's reason.
     let out = env.command().args(["admin", "failed"]).output().unwrap();
@@ -161,7 +161,7 @@ async fn a_worker_started_while_the_search_server_is_down_says_so_and_catches_up
         worker.output().contains(&format!("search server at {down_url}/ is unreachable"))
     })
     .await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 50, "nothing is lost while it is down");
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 50, "nothing is lost while it is down");
     // The server comes back on the same address.
     let _proxy = FaultProxy::start_on(&format!("127.0.0.1:{port}"), &env.es_url).await;
     env.wait_synced("everything is indexed once the server is back", Duration::from_secs(90)).await;
@@ -209,7 +209,7 @@ async fn a_worker_started_while_redis_is_down_says_so_and_catches_up() {
         worker.output().contains(&format!("Redis at {redis_url} is unreachable"))
     })
     .await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 50);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 50);
     let mut redis = std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(std::process::Stdio::null())
@@ -504,7 +504,11 @@ async fn a_database_restored_from_an_older_backup_is_refused_until_the_sequence_
     env.sql("UPDATE students SET last_name = 'During' WHERE id = 3").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(worker.child.try_wait().unwrap().is_none(), "the worker keeps running:\n{}", worker.output());
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = 3").await, 1, "its mark stays");
+    assert_eq!(
+        env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id = 3").await,
+        1,
+        "its mark stays"
+    );
     let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "tidemark_sync_refused 1"), "the refusal is a metric:\n{metrics}");
     let out = env.command().args(["admin", "status"]).output().unwrap();

@@ -306,7 +306,11 @@ async fn on_sigterm_a_worker_with_a_batch_in_flight_exits_0_and_leaves_no_lease(
         )
         .await;
     assert_eq!(leased, 0, "no lease is left behind");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 50, "the marks stay for the next worker");
+    assert_eq!(
+        env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await,
+        50,
+        "the marks stay for the next worker"
+    );
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.workers").await, 0, "the worker said it is gone");
     proxy.clear();
     let _ = std::fs::remove_file(config);
@@ -381,7 +385,7 @@ async fn a_worker_asked_to_stop_during_a_reindex_chunk_claims_no_new_work() {
     .await;
     // Changes wait to be synced while the chunk is being written.
     env.sql("UPDATE students SET age = 21 WHERE id <= 100").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 100);
     let stopped = Instant::now();
     stop.cancel();
     worker.await.unwrap().unwrap();
@@ -393,7 +397,11 @@ async fn a_worker_asked_to_stop_during_a_reindex_chunk_claims_no_new_work() {
         .filter(|r| r.start > stopped && r.actions.iter().any(|a| a.index.as_deref() == Some(env.alias.as_str())))
         .collect();
     assert!(synced_after_stop.is_empty(), "no sync batch is shipped after the stop: {synced_after_stop:?}");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100, "the waiting marks were not taken");
+    assert_eq!(
+        env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await,
+        100,
+        "the waiting marks were not taken"
+    );
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 0, "nor leased");
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE done AND reindex_id = (SELECT max(id) FROM tidemark.reindexes)")

@@ -86,7 +86,7 @@ async fn a_write_blocked_build_index_loses_nothing_and_dead_letters_nothing() {
     assert_eq!(dead_letters(&env).await, 0, "a write block is transient: nothing is dead-lettered");
     let state = tidemark::catalog::get(&env.pool, build.id).await.unwrap().state;
     assert_eq!(state, BuildState::Building, "the build waits for the block to go");
-    let marked = env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id <= 100").await;
+    let marked = env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id <= 100").await;
     assert_eq!(marked, 100, "the marks of changes the blocked index did not take stay");
     env.es_json(reqwest::Method::PUT, &format!("/{}/_settings", build.target_index), Some(json!({"index.blocks.write": false}))).await;
     env.engine().drain().await.unwrap();
@@ -113,13 +113,13 @@ async fn a_whole_request_write_block_is_transient_and_not_called_a_credentials_p
         assert!(!text.contains("credentials"), "a write block ({status}) is not a credentials problem: {text}");
         assert!(proxy.stats().write_blocked > 0);
         assert_eq!(dead_letters(&env).await, 0);
-        assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 30, "marks stay");
+        assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 30, "marks stay");
     }
     // A real credentials failure is still said to be one.
     proxy.set(Faults { require_authorization: Some("Basic nobody".into()), ..Faults::default() });
     let err = env.engine().step().await.unwrap_err().to_string();
     assert!(err.contains("credentials"), "{err}");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 30, "marks stay");
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 30, "marks stay");
     proxy.clear();
     env.engine().drain().await.unwrap();
     env.assert_converged().await;
@@ -158,7 +158,7 @@ async fn a_failing_build_is_retried_on_a_backoff_and_leaves_at_most_one_failed_i
     env.sql(
         "INSERT INTO students (id, first_name, last_name, age, year_in_school)
          SELECT g, CASE WHEN g = 5 THEN E'An\\x1Fn' ELSE 'N' || g END, 'L', 20, 'FR' FROM generate_series(1, 50) g;
-         TRUNCATE tidemark.dirty_students",
+         TRUNCATE tidemark.dirty_students, tidemark.changes",
     )
     .await;
     let syncer = env.engine();

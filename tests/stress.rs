@@ -311,7 +311,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
         watch.look(&env, &mut fleet).await;
         operator.step(&mut fleet).await;
         let (marks, parents, active): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents),
+            "SELECT (SELECT count(*) FROM tidemark.outstanding), (SELECT count(*) FROM tidemark.dirty_parents),
                     (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))",
         )
         .fetch_one(&env.pool)
@@ -976,11 +976,12 @@ impl Operator {
                 self.step = Step::Rollback { ids, since: now, until: now + Duration::from_secs(15) };
             }
             Step::Rollback { ids, since, until } => {
-                let left: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = ANY($1)")
-                    .bind(&*ids)
-                    .fetch_one(pool)
-                    .await
-                    .unwrap_or(-1);
+                let left: i64 =
+                    sqlx::query_scalar("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id = ANY($1)")
+                        .bind(&*ids)
+                        .fetch_one(pool)
+                        .await
+                        .unwrap_or(-1);
                 if left != 0 && now < *until {
                     return;
                 }

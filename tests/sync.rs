@@ -51,7 +51,11 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
     // University renamed: one row for the writer, every student of it re-indexed.
     env.sql("UPDATE universities SET name = 'Massachusetts Institute of Technology' WHERE id = 1").await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0, "a rename marks only the university");
+    assert_eq!(
+        env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await,
+        0,
+        "a rename marks only the university"
+    );
     let r = engine.drain().await.unwrap();
     assert_eq!(r.fanned_out, 1);
     env.refresh().await;
@@ -83,7 +87,7 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
     assert_eq!(env.doc(3).await, None);
 
     env.assert_converged().await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 0);
     env.cleanup().await;
 }
 
@@ -94,12 +98,17 @@ async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR')").await;
     env.engine().drain().await.unwrap();
     env.sql("UPDATE students SET age = age, first_name = first_name").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 0);
     env.sql("UPDATE universities SET name = name").await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
     for age in 21..71 {
         env.sql(&format!("UPDATE students SET age = {age} WHERE id = 1")).await;
     }
+    // 50 writes are 50 rows of the writers' log, one student outstanding; moved into the
+    // marks they coalesce into one.
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 50);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 1);
+    tidemark::pipeline::claim::absorb(&env.pool, 10_000).await.unwrap();
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 1, "50 writes, one mark");
     let r = env.engine().drain().await.unwrap();
     assert_eq!(r.indexed, 1, "50 writes, one index op");
@@ -110,21 +119,25 @@ async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_row_updates_mark_what_changed_including_a_changed_id() {
-    // The single-row fast path of the capture trigger (migration 0006) and what it hands
-    // to the general path: a changed id, a student written twice in one transaction.
+    // What the capture logs for one-row updates, and how the log becomes marks: a later
+    // write renumbers the mark, a changed id marks both sides.
     let env = Env::new().await;
     small_directory(&env).await;
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR'), (2, 'Bo', 'Kim', 21, 'SO')").await;
     env.engine().drain().await.unwrap();
+    let absorb = || async { tidemark::pipeline::claim::absorb(&env.pool, 10_000).await.unwrap() };
     env.sql("UPDATE students SET last_name = 'Fast' WHERE id = 1").await;
+    assert_eq!(absorb().await, 1, "one log row");
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = 1").await, 1);
     let seq_before: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
-    // Twice in one transaction: the second write needs no new number.
+    // Twice in one transaction: two log rows, one mark, renumbered.
     env.sql("BEGIN; UPDATE students SET age = 30 WHERE id = 1; UPDATE students SET age = 31 WHERE id = 1; COMMIT;").await;
+    assert_eq!(absorb().await, 2);
     let seq_after: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
     assert!(seq_after > seq_before, "a later write renumbers the mark");
     // A changed id: the old document must go and the new one come.
     env.sql("UPDATE students SET id = 2002 WHERE id = 2").await;
+    absorb().await;
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id IN (2, 2002)").await,
         2,
@@ -148,16 +161,16 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     engine.drain().await.unwrap();
     assert_eq!(env.count(json!({"match_all": {}})).await, 100_000);
 
-    // One statement, 100k rows: one trigger run, one notification, and one row for the
-    // writer (the statement's set of ids), expanded into marks by the workers.
+    // One statement, 100k rows: one trigger run drawing one number, one narrow log row per
+    // student (no unique index, nothing locked), moved into marks by the workers in chunks.
     env.sql("UPDATE students SET age = 99").await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
-    assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents WHERE kind = 'students'").await, 100_000);
-    let r = engine.drain().await.unwrap();
-    assert_eq!(r.fanned_out, 100_000);
-    assert_eq!(r.indexed, 100_000);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 100_000);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT seq) FROM tidemark.changes").await, 1, "one number for the statement");
+    let r = engine.drain().await.unwrap();
+    assert_eq!(r.indexed, 100_000);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 0);
     assert_eq!(env.count(json!({"term": {"age": 99}})).await, 100_000);
     // Spot-check whole documents against the independent oracle.
     let expected = env.expected_docs().await;
@@ -168,7 +181,10 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_statement_is_one_row_for_the_writer_and_its_expansion_survives_a_crash() {
+async fn a_set_of_students_expands_in_chunks_and_its_expansion_survives_a_crash() {
+    // A set row (what `mark_students` writes for many students at once: a rollback marks
+    // every student so) is expanded into marks by the workers, a chunk at a time, resuming
+    // at its cursor after a crash.
     let env = Env::with_config(|c| c.sync.fanout_chunk = 1000).await;
     small_directory(&env).await;
     env.sql(
@@ -176,17 +192,10 @@ async fn a_large_statement_is_one_row_for_the_writer_and_its_expansion_survives_
          SELECT g, 'N' || g, 'L', 20, 'FR', 1 FROM generate_series(1, 2500) g",
     )
     .await;
-    // Under the threshold: marks, written directly.
-    env.sql("UPDATE students SET age = 21 WHERE id <= 999").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1, "the insert of 2,500 is one set");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 999);
     env.engine().drain().await.unwrap();
     env.assert_converged().await;
-
-    // 2,400 rows changed (100 of the 2,500 already have age 22): one row, the changed ids.
-    env.sql("UPDATE students SET age = 22 WHERE id > 2400").await;
-    env.sql("UPDATE students SET age = 22").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 100, "a small statement marks directly");
+    env.sql("ALTER TABLE students DISABLE TRIGGER USER; UPDATE students SET age = 22; ALTER TABLE students ENABLE TRIGGER USER").await;
+    env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE id > 100 ORDER BY id))").await;
     assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents WHERE kind = 'students'").await, 2400);
     let status = tidemark::admin::status(&env.services(), Err("not asked".into())).await.unwrap();
     assert_eq!((status.pending_statement_students, status.pending_fanouts), (2400, 0));
@@ -205,19 +214,30 @@ async fn a_large_statement_is_one_row_for_the_writer_and_its_expansion_survives_
     let r = env.engine().drain().await.unwrap();
     assert_eq!(r.fanned_out, 1400, "the expansion resumed after the 1,000 already marked");
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
-    env.assert_converged().await;
-    assert_eq!(env.count(json!({"term": {"age": 22}})).await, 2500);
-
-    // A large DELETE and a large INSERT are sets too, and end converged.
-    env.sql("DELETE FROM students WHERE id > 1000").await;
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'M' || g, 'K', 30, 'SO' FROM generate_series(5001, 7000) g").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents WHERE kind = 'students'").await, 2);
+    // The 100 students outside the set were not marked, so they still show age 20.
+    assert_eq!(env.count(json!({"term": {"age": 22}})).await, 2400);
+    assert_eq!(env.count(json!({"term": {"age": 20}})).await, 100);
+    env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE id <= 100))").await;
     env.engine().drain().await.unwrap();
     env.assert_converged().await;
-    assert_eq!(env.count(json!({"match_all": {}})).await, 3000);
+    env.cleanup().await;
+}
 
-    // Students, then their enrollments, in one transaction: one set (the second statement
-    // joins the first's row), and each student indexed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_statements_and_multi_statement_transactions_index_each_student_once() {
+    let env = Env::new().await;
+    small_directory(&env).await;
+    env.create_index().await;
+    // A large INSERT, UPDATE and DELETE: one trigger run each, one number each.
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'M' || g, 'K', 30, 'SO' FROM generate_series(1, 3000) g").await;
+    env.sql("UPDATE students SET age = 31 WHERE id > 1000").await;
+    env.sql("DELETE FROM students WHERE id > 2500").await;
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT seq) FROM tidemark.changes").await, 3);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.changes").await, 3000);
+    let r = env.engine().drain().await.unwrap();
+    assert_eq!((r.indexed, r.deleted), (2500, 500), "each student once, however many of its changes were logged");
+    env.assert_converged().await;
+    // Students, then their enrollments, in one transaction: each student indexed once.
     env.sql(
         "BEGIN;
          INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'E' || g, 'J', 40, 'JR' FROM generate_series(10001, 11500) g;
@@ -225,10 +245,9 @@ async fn a_large_statement_is_one_row_for_the_writer_and_its_expansion_survives_
          COMMIT;",
     )
     .await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
-    assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents").await, 3000);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 3000);
     let r = env.engine().drain().await.unwrap();
-    assert_eq!((r.fanned_out, r.indexed), (3000, 1500), "each student once");
+    assert_eq!(r.indexed, 1500, "each student once");
     env.assert_converged().await;
     env.cleanup().await;
 }
@@ -238,9 +257,9 @@ async fn two_workers_never_hold_the_same_mark_and_together_converge() {
     let env = Env::new().await;
     env.create_index().await;
     tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 3_000, seed: 3 }).await.unwrap();
-    // Seeding is one large statement (one set row for the writer); mark its students one by
-    // one instead, so the claims below have marks to take.
-    env.sql("DELETE FROM tidemark.dirty_parents; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
+    // Mark the seed's students directly (not through the writers' log, which the claims
+    // would move into marks first), so the claims below have exactly these marks to take.
+    env.sql("DELETE FROM tidemark.changes; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
     let a = env.engine();
     let b = env.engine();
     // Concurrent claims never overlap while their leases run.
@@ -290,8 +309,9 @@ async fn a_change_committed_while_its_batch_is_in_flight_is_indexed_afterwards()
     // Held between load and acknowledge: a change commits now.
     env.sql("UPDATE students SET age = 33 WHERE id = 1").await;
     let report = engine.deliver(prepared).await.unwrap();
-    assert_eq!(report.acked.changed_in_flight, 1, "the mark of a change made in flight must stay");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 1);
+    // The change is in the writers' log: the batch's mark is cleared, the change is not.
+    assert_eq!(report.acked.cleared, 1);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 1, "the change made in flight stays");
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["age"], json!(20), "the batch wrote what it read");
     engine.drain().await.unwrap();
@@ -366,6 +386,45 @@ async fn a_fan_out_that_deadlocks_with_a_writer_is_done_again_not_failed() {
     let renamed = env.count(json!({"term": {"university.name": "Deadlock University"}})).await;
     let students = env.scalar_i64("SELECT count(*) FROM students WHERE university_id = 1").await as u64;
     assert_eq!(renamed, students);
+    env.assert_converged().await;
+    env.cleanup().await;
+}
+
+/// Rule 17 (docs/protocol.md): a change moved from the writers' log into a mark that a batch
+/// has claimed renumbers it, whether its number is higher or lower than the claimed one; the
+/// batch's acknowledgement then leaves the mark and the change is indexed afterwards. Lower:
+/// a transaction that drew its number before the claimed change, and committed after the
+/// batch had read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_moved_into_a_claimed_mark_is_indexed_afterwards_even_with_a_lower_number() {
+    use sqlx::Connection;
+    let env = Env::new().await;
+    env.create_index().await;
+    small_directory(&env).await;
+    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)")
+        .await;
+    env.engine().drain().await.unwrap();
+    let absorb = || async { tidemark::pipeline::claim::absorb(&env.pool, 10_000).await.unwrap() };
+    // An enrollment drawn first, committed last.
+    let mut late = sqlx::PgConnection::connect(&env.database_url).await.unwrap();
+    sqlx::raw_sql("BEGIN; INSERT INTO student_courses VALUES (1, 1)").execute(&mut late).await.unwrap();
+    env.sql("UPDATE students SET age = 33 WHERE id = 1").await;
+    let engine = env.engine();
+    let marks = engine.claim(10).await.unwrap();
+    assert_eq!(marks.len(), 1);
+    let claimed = marks[0].seq;
+    let prepared = engine.prepare(marks).await.unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut late).await.unwrap();
+    assert_eq!(absorb().await, 1, "another worker moves the late change into the claimed mark");
+    let now: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
+    assert!(now < claimed, "the late change carries the lower number ({now} < {claimed})");
+    let report = engine.deliver(prepared).await.unwrap();
+    assert_eq!(report.acked.changed_in_flight, 1, "the renumbered mark stays");
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["course_names"], json!([]), "the batch wrote what it read");
+    engine.drain().await.unwrap();
+    env.refresh().await;
+    assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["CS101"]));
     env.assert_converged().await;
     env.cleanup().await;
 }

@@ -49,6 +49,10 @@ pub struct BatchReport {
 /// Claims up to `limit` marks for `owner` (possibly none).
 pub async fn claim(services: &Services, owner: &str, limit: usize) -> Result<Vec<Mark>, PipelineError> {
     let started = Instant::now();
+    // The writers' log first, so the claim sees every committed change (at least a batch's
+    // worth, and a fan-out chunk's: a large statement logs one row per student).
+    let absorb = (limit as i64).max(i64::from(services.config.sync.fanout_chunk));
+    claim::absorb(&services.pool, absorb).await?;
     let marks = claim::claim_students(&services.pool, owner, services.lease(), limit as i64).await?;
     if !marks.is_empty() {
         telemetry::stage("claim", started.elapsed());

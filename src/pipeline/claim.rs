@@ -10,6 +10,35 @@ use sqlx::{PgExecutor, PgPool};
 
 use super::Mark;
 
+/// Moves up to `limit` changes from the writers' log (`tidemark.changes`, oldest first) into
+/// the marks, in one transaction, and returns how many log rows it moved.
+///
+/// Writers append to the log (an insert, no row anyone else locks: migration 0009); marks
+/// coalesce here. A student's moved changes become one mark carrying the highest of their
+/// numbers, *replacing* the number of a mark already there (never keeping the larger): a
+/// batch that claimed that mark before this change committed then fails its conditional
+/// acknowledgement and the student is indexed again, whether the new number is higher or
+/// lower than the claimed one (docs/protocol.md, rule 17). Concurrent movers take disjoint
+/// rows (`SKIP LOCKED`) and lock marks in id order, as every other writer of marks does.
+pub async fn absorb(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, sqlx::Error> {
+    let moved: i64 = sqlx::query_scalar(
+        "WITH taken AS (
+             DELETE FROM tidemark.changes
+              WHERE ctid = ANY(ARRAY(SELECT ctid FROM tidemark.changes ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED))
+          RETURNING student_id, seq, marked_at
+         ), marked AS (
+             INSERT INTO tidemark.dirty_students AS d (student_id, seq, marked_at)
+             SELECT student_id, max(seq), min(marked_at) FROM taken GROUP BY student_id ORDER BY student_id
+             ON CONFLICT (student_id) DO UPDATE SET seq = EXCLUDED.seq, marked_at = least(d.marked_at, EXCLUDED.marked_at)
+         )
+         SELECT count(*) FROM taken",
+    )
+    .bind(limit)
+    .fetch_one(db)
+    .await?;
+    Ok(moved as u64)
+}
+
 /// Claims up to `limit` unleased marks, oldest number first, for `owner` until `lease` ends.
 pub async fn claim_students(db: impl PgExecutor<'_>, owner: &str, lease: Duration, limit: i64) -> Result<Vec<Mark>, sqlx::Error> {
     // The candidates are picked by an uncorrelated ARRAY(...) sub-select, which PostgreSQL

@@ -184,7 +184,7 @@ enum Verification {
 /// large statements (at most `limit`; `None` when there are more).
 async fn outstanding_ids(pool: &PgPool, limit: i64) -> Result<Option<Vec<i64>>, sqlx::Error> {
     let ids: Vec<i64> = sqlx::query_scalar(
-        "(SELECT student_id FROM tidemark.dirty_students LIMIT $1)
+        "(SELECT student_id FROM tidemark.outstanding LIMIT $1)
          UNION
          (SELECT unnest(ids[cursor + 1:]) FROM tidemark.dirty_parents WHERE kind = 'students' LIMIT $1)",
     )
@@ -242,7 +242,7 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
     // again, is real.
     let mut differing = differing;
     for round in 0..4 {
-        let marked: Vec<i64> = sqlx::query_scalar("SELECT student_id FROM tidemark.dirty_students WHERE student_id = ANY($1)")
+        let marked: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT student_id FROM tidemark.outstanding WHERE student_id = ANY($1)")
             .bind(&differing)
             .fetch_all(pool)
             .await?;

@@ -71,10 +71,10 @@ pub async fn view(services: &Services, id: i64) -> Result<StudentView, Failure> 
     let (rows, pending) = db(async {
         let rows = load(pool, &[id]).await?;
         let pending: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM clock_timestamp() - marked_at)::float8 FROM tidemark.dirty_students WHERE student_id = $1",
+            "SELECT extract(epoch FROM clock_timestamp() - min(marked_at))::float8 FROM tidemark.outstanding WHERE student_id = $1",
         )
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_one(pool)
         .await?;
         Ok((rows, pending))
     })

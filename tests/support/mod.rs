@@ -304,7 +304,7 @@ impl Env {
     /// the alias exists.
     pub async fn synced(&self) -> bool {
         self.scalar_i64(
-            "SELECT (SELECT count(*) FROM tidemark.dirty_students) + (SELECT count(*) FROM tidemark.dirty_parents)
+            "SELECT (SELECT count(*) FROM tidemark.outstanding) + (SELECT count(*) FROM tidemark.dirty_parents)
                   + (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))
                   + (SELECT count(*) FROM tidemark.resync_requests)",
         )
