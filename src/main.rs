@@ -202,7 +202,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync => {
             let services = Services::connect(config.clone(), config.worker.concurrency + 4).await?;
             sync::check_sequence(&services).await?;
-            let r = Syncer::new(services, None).drain().await?;
+            let r = Syncer::new(services).drain().await?;
             println!(
                 "synced: {} indexed, {} deleted, {} dead-lettered, {} fanned out, in {} batches{}",
                 r.indexed,

@@ -172,11 +172,11 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(services: Services, queue: Option<Queue>) -> Syncer {
+    pub fn new(services: Services) -> Syncer {
         let owner = services.identity.lease_owner();
         Syncer {
             services,
-            queue: std::sync::RwLock::new(queue),
+            queue: std::sync::RwLock::new(None),
             batch_gate: tokio::sync::Semaphore::new(1),
             failed_in_a_row: AtomicU32::new(0),
             owner,

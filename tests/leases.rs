@@ -69,8 +69,8 @@ async fn a_batch_stalled_longer_than_its_lease_is_never_shipped_by_a_second_step
     // Two steps of one process (one Services: the same process identity), started 5 s
     // apart: by then the first one's lease would have run out had it not been renewed.
     let services = env.services();
-    let first = tidemark::sync::Syncer::new(services.clone(), None);
-    let second = tidemark::sync::Syncer::new(services, None);
+    let first = tidemark::sync::Syncer::new(services.clone());
+    let second = tidemark::sync::Syncer::new(services);
     let a = tokio::spawn(async move { first.step().await.map(|_| ()) });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let b = tokio::spawn(async move { second.step().await.map(|_| ()) });
@@ -99,14 +99,14 @@ async fn a_batch_whose_lease_was_lost_ships_nothing_and_the_owner_ships_it_once(
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 20) g")
         .await;
     let services = env.services();
-    let paused = tidemark::sync::Syncer::new(services.clone(), None);
+    let paused = tidemark::sync::Syncer::new(services.clone());
     let marks = paused.claim(100).await.unwrap();
     let prepared = paused.prepare(marks).await.unwrap();
     let stale_version = prepared.version;
     // The process stalls (a long GC pause, a frozen VM) past its lease; a sibling step
     // takes the marks over and ships them.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let sibling = tidemark::sync::Syncer::new(services, None);
+    let sibling = tidemark::sync::Syncer::new(services);
     assert_eq!(sibling.claim(100).await.unwrap().len(), 20, "the lease ran out: the marks are claimable");
     proxy.clear_log();
     let report = paused.deliver(prepared).await.unwrap();

@@ -44,7 +44,7 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
     let identity = services.identity.as_str().to_string();
     let _ = telemetry::install();
     telemetry::worker_started();
-    let syncer = Arc::new(Syncer::new(services.clone(), None).stopping_on(stop.clone()));
+    let syncer = Arc::new(Syncer::new(services.clone()).stopping_on(stop.clone()));
     // A sequence behind the index (a database restored from an older backup) makes every
     // step refuse, without ending the process: the heartbeat checks again and sync resumes
     // once the operator has repaired it.

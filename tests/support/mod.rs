@@ -136,13 +136,13 @@ impl Env {
 
     /// An in-process syncer without a queue (drains directly).
     pub fn engine(&self) -> Syncer {
-        Syncer::new(self.services(), None)
+        Syncer::new(self.services())
     }
 
     pub fn engine_with(&self, tweak: impl FnOnce(&mut Config)) -> Syncer {
         let mut c = (*self.config).clone();
         tweak(&mut c);
-        Syncer::new(Services::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c)), None)
+        Syncer::new(Services::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c)))
     }
 
     /// Creates the (empty) index behind the alias, as the first sync on an empty database
