@@ -30,18 +30,6 @@ pub struct SyncJob {
     pub reason: String,
 }
 
-/// What a worker runs for each [`SyncJob`]. Implemented by the core's `Syncer`; kept as a
-/// trait so this crate knows nothing of PostgreSQL or the search server.
-pub trait SyncRunner: Send + Sync + 'static {
-    /// Runs one step. A failed step says how long to wait before the queue is nudged again
-    /// (the runner owns the backoff policy).
-    fn run(&self, job: SyncJob) -> impl Future<Output = Result<(), RetryAfter>> + Send;
-}
-
-/// How long to wait before trying a failed step again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
-
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("Redis at {url} is unreachable ({reason}); check REDIS_URL and that Redis is up")]
@@ -161,17 +149,32 @@ impl Queue {
     }
 }
 
-/// Never fails the job: a failed sync keeps its marks in PostgreSQL and is retried by a
-/// delayed nudge (and by the next tick), so apalis's own job retries would only pile up
-/// duplicate jobs.
-async fn handle_sync<R: SyncRunner>(job: SyncJob, runner: Data<Arc<R>>, queue: Data<Queue>) -> Result<(), BoxDynError> {
-    if let Err(RetryAfter(wait)) = runner.run(job).await {
-        let queue = (*queue).clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let _ = queue.nudge("retry").await;
-        });
+/// What a worker does with each job: the core's worker process runs a step and decides what
+/// to enqueue next. This crate knows nothing of what a job does.
+///
+/// A named type (not a generic closure parameter): apalis needs its handler's arguments to be
+/// `Send` for every lifetime, which a boxed trait object in a type alias does not satisfy.
+#[derive(Clone)]
+pub struct Handler(Arc<dyn Fn(SyncJob) -> JobFuture + Send + Sync>);
+
+/// What a [`Handler`] returns for one job.
+pub type JobFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Handler {
+    pub fn new(f: impl Fn(SyncJob) -> JobFuture + Send + Sync + 'static) -> Handler {
+        Handler(Arc::new(f))
     }
+
+    fn call(&self, job: SyncJob) -> JobFuture {
+        (self.0)(job)
+    }
+}
+
+/// Runs the job with the worker's handler. Never fails the job: what a failed step means for
+/// the queue (a delayed nudge) is the handler's decision, and apalis's own retries would only
+/// pile up duplicate jobs.
+async fn handle_sync(job: SyncJob, handler: Data<Handler>) -> Result<(), BoxDynError> {
+    handler.call(job).await;
     Ok(())
 }
 
@@ -256,22 +259,21 @@ impl<B: WireFormatBackend> WireFormatBackend for Awake<B> {
     }
 }
 
-/// Runs sync jobs, `concurrency` at a time, until `shutdown` completes; then stops taking
-/// jobs and lets the running ones finish.
-pub async fn run_worker<R: SyncRunner>(
+/// Runs sync jobs, `concurrency` at a time, each by `handler`, until `shutdown` completes;
+/// then stops taking jobs and lets the running ones finish.
+pub async fn run_worker(
     queue: Queue,
-    runner: Arc<R>,
     name: &str,
     concurrency: usize,
+    handler: Handler,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), QueueError> {
     let every = queue.storage.get_config().heartbeat_interval;
     let worker = WorkerBuilder::new(name)
         .backend(Awake::new(queue.storage.clone(), every))
         .concurrency(concurrency)
-        .data(runner)
-        .data(queue.clone())
-        .build(handle_sync::<R>);
+        .data(handler)
+        .build(handle_sync);
     worker
         .run_until(async move {
             shutdown.await;
