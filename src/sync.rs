@@ -1,5 +1,5 @@
 //! A sync *step* (what one job does): expand at most one renamed university, course or
-//! large statement into marks, work on a running full reindex, then sync one batch; and a
+//! set of students into marks, work on a running full reindex, then sync one batch; and a
 //! *drain* (steps until nothing is left), for `tidemark sync` and tests.
 
 use std::{

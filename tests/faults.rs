@@ -132,7 +132,7 @@ async fn worker_and_scheduler_processes_sync_changes_within_seconds_and_stop_cle
         })
         .await;
     }
-    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.redis_url, &env.namespace).await.unwrap();
+    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.namespace, str::to_string).await.unwrap();
     queue.vacuum().await.unwrap();
     let client = redis::Client::open(env.redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -328,7 +328,7 @@ async fn bad_config_and_cli_misuse_get_clear_errors() {
 async fn a_rust_writer_commits_and_nudges_once_without_piling_up_jobs() {
     let env = Env::new().await;
     small_directory(&env).await;
-    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.redis_url, &env.namespace).await.unwrap();
+    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.namespace, str::to_string).await.unwrap();
     assert_eq!(queue.depth().await.unwrap(), 0);
     for i in 1..=5 {
         let mut tx = env.pool.begin().await.unwrap();
@@ -421,7 +421,7 @@ async fn a_worker_behind_a_slow_redis_keeps_picking_up_changes_after_idling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_taken_by_a_worker_that_died_before_starting_it_does_not_silence_later_nudges() {
     let env = Env::new().await;
-    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.redis_url, &env.namespace).await.unwrap();
+    let queue = tidemark::workers::Queue::connect(&env.redis_url, &env.namespace, str::to_string).await.unwrap();
     assert!(queue.nudge("first").await.unwrap(), "the first nudge enqueues");
     assert!(!queue.nudge("second").await.unwrap(), "one job waits: a second nudge adds none");
     // A worker takes the job off the queue and dies before it starts it.

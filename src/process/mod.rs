@@ -22,7 +22,7 @@ use backon::Retryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{redact_url, Config, ConfigError},
+    config::{redact_message, redact_url, Config, ConfigError},
     retry::Backoff,
     services::{Services, ServicesError},
     workers::{Queue, QueueError},
@@ -84,8 +84,7 @@ async fn pause(wait: Duration, stop: &CancellationToken) {
 /// `None` when `stop` comes first. Wrong credentials are not retried: waiting cannot mend them.
 async fn connect_queue(config: &Config, stop: &CancellationToken) -> Result<Option<Queue>, ProcessError> {
     let url = config.redis_url()?;
-    let redacted = redact_url(url.expose());
-    let attempt = (|| Queue::connect(url.expose(), &redacted, &config.queue_namespace))
+    let attempt = (|| Queue::connect(url.expose(), &config.queue_namespace, |m| redact_message(m, Some(url.expose()))))
         .retry(Backoff::RECONNECT)
         .when(|e| !matches!(e, QueueError::Unauthorized { .. }))
         .notify(|e, wait| tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "waiting for Redis"));
@@ -139,7 +138,8 @@ where
 pub async fn connect_queue_once(config: &Config) -> Result<Queue, ProcessError> {
     let url = config.redis_url()?;
     let redacted = redact_url(url.expose());
-    match tokio::time::timeout(Duration::from_secs(5), Queue::connect(url.expose(), &redacted, &config.queue_namespace)).await {
+    let connect = Queue::connect(url.expose(), &config.queue_namespace, |m| redact_message(m, Some(url.expose())));
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(q) => Ok(q?),
         Err(_) => Err(QueueError::Unreachable { url: redacted, reason: "no answer within 5 s".into() }.into()),
     }

@@ -61,10 +61,12 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Connects once. `redacted_url` is what messages show (the caller strips the password).
-    pub async fn connect(url: &str, redacted_url: &str, namespace: &str) -> Result<Queue, QueueError> {
+    /// Connects once. Every message says what `redact` makes of the URL and of the client's
+    /// errors (the caller's one redactor strips the password).
+    pub async fn connect(url: &str, namespace: &str, redact: impl Fn(&str) -> String) -> Result<Queue, QueueError> {
+        let redacted_url = redact(url);
         let unreachable = |e: &redis::RedisError| {
-            let (url, reason) = (redacted_url.to_string(), scrub(&e.to_string(), url));
+            let (url, reason) = (redacted_url.clone(), redact(&e.to_string()));
             if e.kind() == redis::ErrorKind::AuthenticationFailed || reason.contains("AUTH") || reason.contains("WRONGPASS") {
                 QueueError::Unauthorized { url, reason }
             } else {
@@ -97,7 +99,7 @@ impl Queue {
         let waiting_list = config.active_jobs_list();
         let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
-        let mut q = Queue { conn, storage, waiting_list, scheduled_set, url: redacted_url.to_string() };
+        let mut q = Queue { conn, storage, waiting_list, scheduled_set, url: redacted_url.clone() };
         q.ping().await?;
         Ok(q)
     }
@@ -326,20 +328,4 @@ pub async fn run_scheduler(
         })
         .await
         .map_err(|e| QueueError::Worker(e.to_string()))
-}
-
-/// Redis errors may quote the URL they were given; never let its password through.
-fn scrub(message: &str, url: &str) -> String {
-    let mut m = message.to_string();
-    if let Some(at) = url.find('@') {
-        if let Some(scheme_end) = url.find("://") {
-            let userinfo = &url[scheme_end + 3..at];
-            if let Some((_, pass)) = userinfo.split_once(':') {
-                if !pass.is_empty() {
-                    m = m.replace(pass, "***");
-                }
-            }
-        }
-    }
-    m
 }
