@@ -1,6 +1,6 @@
-//! Self-test of the fault-injecting proxy, against a real search server (the OpenSearch node of `deploy/local/services.sh`).
-//!
-//! Needs `ELASTICSEARCH_URL` (start the services with `deploy/local/services.sh`).
+//! Self-test of the harness, against the real services (`deploy/local/test.sh`): the
+//! fault-injecting proxy in front of a real search server, and the cleanup of every test's
+//! environment.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fault_proxy::{BulkAction, FaultProxy, FaultStats, Faults};
-use support::{eventually, run_aside, unique};
+use support::{eventually, run_aside, unique, Env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -679,4 +679,53 @@ async fn in_flight_counts_the_requests_being_handled() {
     }
     // Each request left the gauge before its answer was written.
     assert_eq!(proxy.stats(), FaultStats { forwarded: 3, slowed: 3, ..FaultStats::default() });
+}
+
+/// Makes an environment with something of every kind it cleans up — databases (its own and
+/// one it made), an index and its alias, an index template, Redis keys, a file — and drops
+/// it while its test panics. Then asserts that nothing is left.
+async fn an_env_dropped_by_a_panic_leaves_nothing() {
+    use futures::FutureExt;
+    let env = Env::new().await;
+    env.create_index().await;
+    env.sql(&format!("CREATE DATABASE {}_made", env.db_name)).await;
+    let template = json!({"index_patterns": [format!("{}_*", env.alias)], "template": {"settings": {"index": {}}}});
+    env.es_json(reqwest::Method::PUT, &format!("/_index_template/{}-t", env.alias), Some(template)).await;
+    redis::cmd("SET").arg(format!("{}:k", env.namespace)).arg(1).query_async::<()>(&mut env.redis().await).await.unwrap();
+    let file = env.file("f", "x");
+    let (db, alias, namespace) = (env.db_name.clone(), env.alias.clone(), env.namespace.clone());
+    let failed = std::panic::AssertUnwindSafe(async move {
+        let _env = env;
+        panic!("a failing test");
+    })
+    .catch_unwind()
+    .await;
+    assert!(failed.is_err());
+    let admin = sqlx::PgPool::connect(&support::service_url("DATABASE_URL")).await.unwrap();
+    let dbs: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1 || '%'").bind(&db).fetch_all(&admin).await.unwrap();
+    assert!(dbs.is_empty(), "databases left: {dbs:?}");
+    let c = client();
+    let indices: Value = c.get(format!("{}/_cat/indices/{alias}*?format=json", es_url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(indices, json!([]), "indices left");
+    let templates = c.get(format!("{}/_index_template/{alias}*", es_url())).send().await.unwrap().json::<Value>().await.unwrap();
+    assert!(templates["index_templates"].as_array().is_none_or(|t| t.is_empty()), "templates left: {templates}");
+    let redis = redis::Client::open(support::service_url("REDIS_URL")).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut redis.get_multiplexed_async_connection().await.unwrap())
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "Redis keys left: {keys:?}");
+    assert!(!file.exists(), "{} is left", file.display());
+}
+
+#[tokio::test]
+async fn an_env_cleans_up_when_its_test_panics_in_a_single_threaded_runtime() {
+    an_env_dropped_by_a_panic_leaves_nothing().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_cleans_up_when_its_test_panics_in_a_multi_threaded_runtime() {
+    an_env_dropped_by_a_panic_leaves_nothing().await;
 }

@@ -54,8 +54,7 @@ async fn a_rejected_document_is_dead_lettered_the_rest_indexed_and_retry_failed_
     assert_eq!(env.outstanding().await, 0, "a dead letter does not block");
 
     // The operator sees it, with the server's reason.
-    let out = env.run(&["admin", "failed"]);
-    assert!(out.ok(), "{out:?}");
+    let out = env.run(&["admin", "failed"]).expect_ok();
     assert!(
         out.stdout.contains("     3") && out.stdout.contains("strict_dynamic_mapping_exception") && out.stdout.contains("400"),
         "{out:?}"
@@ -402,8 +401,7 @@ async fn a_database_restored_from_an_older_backup_is_refused_until_the_sequence_
     // (The write drew number 2; the refusing worker drew none.)
     let text = env.run(&["admin", "status"]).stdout;
     assert!(text.contains("problem: ") && text.contains("tidemark.seq is at 2"), "{text}");
-    let out = env.run(&["admin", "repair-sequence"]);
-    assert!(out.ok(), "{out:?}");
+    let out = env.run(&["admin", "repair-sequence"]).expect_ok();
     assert!(out.stdout.contains("admin reindex"), "it says what comes next: {out:?}");
     // The same worker resumes on its own, and the change made while it refused arrives.
     eventually("the change made while refusing is indexed", Duration::from_secs(30), || async {
@@ -427,8 +425,7 @@ async fn sync_that_stops_with_marks_left_exits_nonzero() {
     assert_eq!(out.code, Some(3), "stopped with marks left is not success: {out:?}");
     assert!(out.stdout.contains("marks remain"), "{out:?}");
     proxy.clear();
-    let out = env.run(&["sync"]);
-    assert!(out.ok(), "{out:?}");
+    env.run(&["sync"]).expect_ok();
 }
 
 /// Issue 20, item 1: the periodic sequence check must not mistake writes made *while its

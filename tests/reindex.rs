@@ -82,8 +82,7 @@ async fn a_reindex_under_concurrent_writes_equals_the_database_and_searches_neve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_reindex_and_a_redis_flush_then_resume_complete_the_build() {
     let env = Env::seeded(20_000).await;
-    let out = env.run(&["admin", "reindex", "--chunk-size", "500"]);
-    assert!(out.ok(), "{out:?}");
+    env.run(&["admin", "reindex", "--chunk-size", "500"]).expect_ok();
     let build = tidemark::catalog::active(&env.pool, &env.alias).await.unwrap().expect("a build runs");
     assert_eq!(build.chunks_total, 40);
 
@@ -128,8 +127,7 @@ async fn reindex_wait_shows_progress_and_a_summary_and_rollback_restores_the_pre
         env.doc(7).await.is_some_and(|d| d["last_name"] == json!("AfterSwap"))
     })
     .await;
-    let out = env.run(&["admin", "rollback"]);
-    assert!(out.ok(), "{out:?}");
+    env.run(&["admin", "rollback"]).expect_ok();
     assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
     eventually("the restored index caught up", Duration::from_secs(60), || env.synced()).await;
     env.refresh().await;
@@ -143,8 +141,7 @@ async fn cancel_abandons_a_build_and_deletes_its_index() {
     let env = Env::seeded(1_000).await;
     let build = env.start_reindex(100).await;
     assert!(env.search.index_exists(&build.target_index).await.unwrap());
-    let out = env.run(&["admin", "reindex", "--cancel"]);
-    assert!(out.ok(), "{out:?}");
+    env.run(&["admin", "reindex", "--cancel"]).expect_ok();
     assert!(!env.search.index_exists(&build.target_index).await.unwrap());
     assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
     let out = env.run(&["admin", "reindex", "--cancel"]);
@@ -442,8 +439,7 @@ async fn reindex_wait_with_no_worker_says_so_and_what_to_do() {
     assert!(started.elapsed() < Duration::from_secs(60), "it did not wait forever");
     // With a worker, --resume --wait follows the build to the end, with an honest rate.
     let mut worker = env.spawn(&["worker"], |_| {});
-    let out = env.run(&["admin", "reindex", "--resume", "--wait"]);
-    assert!(out.ok(), "{out:?}");
+    env.run(&["admin", "reindex", "--resume", "--wait"]).expect_ok();
     worker.terminate();
     env.assert_converged().await;
 }

@@ -36,12 +36,14 @@
 //! test with a bigger number), `STRESS_SEED` (default: random, printed), `STRESS_STUDENTS`
 //! (seeded students, default 6000), `STRESS_WRITERS` (4), `STRESS_WORKERS` (3),
 //! `STRESS_CONVERGE_SECONDS` (bound on the final drain, default 300), `STRESS_FAULT_PATH`
+//! (fault only requests whose path contains this, e.g. `_bulk`; default: every request),
+//! `STRESS_KEEP_LOGS=1` (keep the process logs even when the test passes).
 //!
 //! The harness's parts: [`settings`] (these knobs, the workers' config, the fault plan and
 //! the waves), [`fleet`] (the processes and what is done to them), [`writers`] and [`ops`]
 //! (the writers and their operations), [`operator`] and [`burst`] (reindexes, rollbacks and
-//! the insert bursts around them), [`foreign`] (the foreign index), [`chaos`] (the loop and
-//! the drain) and [`report`] (what is checked, and the summary).
+//! the insert bursts around them), [`chaos`] (the loop and the drain) and [`report`] (what
+//! is checked, and the summary).
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -204,7 +204,6 @@ impl Summary<'_> {
             let _ = writeln!(out, "panics in process logs: {panics:?}");
         }
         let _ = writeln!(out, "process logs: {}", self.files.log_dir.display());
-        println!("{out}");
         out
     }
 

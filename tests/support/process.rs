@@ -45,6 +45,13 @@ impl Ran {
         self.code == Some(0)
     }
 
+    /// Asserts that it exited 0 (and shows what it said if not).
+    #[track_caller]
+    pub fn expect_ok(self) -> Ran {
+        assert!(self.ok(), "{self:?}");
+        self
+    }
+
     /// Both streams, for a leak check.
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
