@@ -9,7 +9,7 @@
 //!
 //! ```ignore
 //! let proxy = FaultProxy::start(&es_url).await;
-//! proxy.set(Faults { bulk_item_429: 0.3, only_path: Some("_bulk".into()), ..Faults::default() });
+//! proxy.set(Faults { bulk_item_429: 0.3, ..Faults::on("_bulk") });
 //! // point tidemark at proxy.url() ...
 //! assert!(proxy.stats().items_429 > 0);
 //! ```
@@ -117,6 +117,14 @@ impl Default for Faults {
             fail_next: 0,
             require_authorization: None,
         }
+    }
+}
+
+impl Faults {
+    /// No faults yet, and only requests whose path contains `path` subject to those set:
+    /// `Faults { bulk_item_429: 0.3, ..Faults::on("_bulk") }`.
+    pub fn on(path: &str) -> Faults {
+        Faults { only_path: Some(path.into()), ..Faults::default() }
     }
 }
 
