@@ -480,11 +480,12 @@ async fn with_a_replica_on_one_node_the_index_is_yellow_and_sync_and_reindex_wor
 async fn the_build_alias_exists_only_while_a_build_runs_and_one_batch_life_after() {
     let env = Env::with_config(|c| {
         c.sync.batch_timeout = "1s".parse().unwrap();
-        c.sync.request_timeout = "1s".parse().unwrap();
+        // Long enough for a loaded machine to create an index; the batch life is 1 s + 5 s.
+        c.sync.request_timeout = "5s".parse().unwrap();
     })
     .await;
     let building = tidemark::catalog::build_alias(&env.alias);
-    let batch_life = Duration::from_millis(2500);
+    let batch_life = Duration::from_millis(6500);
     env.seed(500).await;
     // The automatic first build.
     env.drain().await;
