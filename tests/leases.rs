@@ -1,7 +1,7 @@
 //! Leases and late writes: a batch renews its lease while it ships, stops once its lease is
 //! lost, and sends nothing after its deadline; and a write that reaches the engine late can
 //! never bring a deleted student back, because tidemark's indices remember a delete longer
-//! than any of its writes can take to arrive (`index.gc_deletes`, DESIGN.md).
+//! than any of its writes can take to arrive (`index.gc_deletes`, docs/design.md).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! The core: every kind of write reaches the index as exactly the document DESIGN.md shows,
+//! The core: every kind of write reaches the index as exactly the document docs/design.md shows,
 //! against real PostgreSQL and OpenSearch.
 
 mod support;

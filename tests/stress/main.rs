@@ -1,4 +1,4 @@
-//! Stress: convergence under crashes, concurrency and faults (DESIGN.md, "The result to
+//! Stress: convergence under crashes, concurrency and faults (docs/design.md, "The result to
 //! prove in tests").
 //!
 //! Several writers do random operations on their own connections — student inserts,

@@ -1,7 +1,7 @@
 //! Fault-injecting HTTP/1.1 proxy for integration tests.
 //!
 //! Sits between tidemark (the `elasticsearch` crate over reqwest/hyper) and the search
-//! server, and injects the faults no server produces on demand (see DESIGN.md, protocol
+//! server, and injects the faults no server produces on demand (see docs/design.md, protocol
 //! invariant 6): whole-request 503s, item-level 429s inside `_bulk` answers, write blocks,
 //! 413s from a size-limiting front, slow requests, answers held back after the server
 //! executed the request, and connection resets. It also keeps a log of the `_bulk` traffic,
