@@ -62,19 +62,19 @@ pub struct Freshness {
 /// Reads the [`Freshness`] from tidemark's tables (two small aggregates).
 pub async fn freshness(pool: &PgPool) -> Result<Freshness, sqlx::Error> {
     let (outstanding_marks, in_flight, lag_marks): (i64, i64, Option<f64>) = sqlx::query_as(
-        // Marks, and the writers' changes not yet moved into them (a student may be both).
-        "SELECT (SELECT count(DISTINCT student_id) FROM tidemark.outstanding),
+        // Marks, and the writers' changes not yet moved into them (a document may be both).
+        "SELECT (SELECT count(DISTINCT key) FROM tidemark.outstanding),
                 count(*) FILTER (WHERE lease_until > clock_timestamp()),
                 extract(epoch FROM clock_timestamp() - (SELECT min(marked_at) FROM tidemark.outstanding))::float8
-           FROM tidemark.dirty_students",
+           FROM tidemark.marks",
     )
     .fetch_one(pool)
     .await?;
     let (pending_fanouts, pending_statement_students, lag_parents): (i64, i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE kind <> 'students'),
-                coalesce(sum(cardinality(ids) - cursor) FILTER (WHERE kind = 'students'), 0)::int8,
+        "SELECT count(*) FILTER (WHERE kind <> 'keys'),
+                coalesce(sum(cardinality(ids) - position) FILTER (WHERE kind = 'keys'), 0)::int8,
                 extract(epoch FROM clock_timestamp() - min(marked_at))::float8
-           FROM tidemark.dirty_parents",
+           FROM tidemark.parents",
     )
     .fetch_one(pool)
     .await?;
@@ -130,6 +130,31 @@ pub async fn status(services: &Services, queue: Result<&Queue, String>) -> Resul
         Err(e) => problems.push(format!("could not compare the sequence with the index: {e}")),
     }
     let reindex = crate::catalog::latest(pool, alias).await?;
+    let model = &services.model;
+    let installed: Option<(String, String)> = sqlx::query_as("SELECT name, fingerprint FROM tidemark.model").fetch_optional(pool).await?;
+    match installed {
+        Some((_, fingerprint)) if fingerprint == model.fingerprint => {}
+        Some((name, _)) => problems.push(format!(
+            "the capture installed in the database is of model {name} as it was when `tidemark migrate` last ran, not of model {} as it is now: run `tidemark migrate`",
+            model.name
+        )),
+        None => problems.push("no model's capture is installed: run `tidemark migrate`".into()),
+    }
+    let live_model: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT model FROM tidemark.reindexes WHERE alias = $1 AND state = 'done' AND target_index = ANY($2) ORDER BY id DESC LIMIT 1",
+    )
+    .bind(alias)
+    .bind(&indices)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(Some(built)) = live_model {
+        if built != model.fingerprint {
+            problems.push(format!(
+                "the live index was built from another model (or another version of model {}): its documents and mapping are not the model's; `tidemark admin reindex` rebuilds it",
+                model.name
+            ));
+        }
+    }
     let workers: Vec<WorkerRow> = sqlx::query_as(
         "SELECT identity, started_at, seen_at, last_batch_at, batches, seen_at > now() - $1 * interval '1 millisecond' AS alive
            FROM tidemark.workers ORDER BY seen_at DESC LIMIT 50",
@@ -231,7 +256,8 @@ impl Status {
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct DeadLetter {
-    pub student_id: i64,
+    /// The document's key.
+    pub key: String,
     pub status: Option<i32>,
     pub error: String,
     pub attempts: i32,
@@ -244,11 +270,11 @@ pub fn render_failed(rows: &[DeadLetter]) -> String {
     if rows.is_empty() {
         return "no dead letters\n".into();
     }
-    let mut out = format!("{:>10}  {:>6}  {:>8}  {:<20}  reason\n", "student", "status", "attempts", "last failed");
+    let mut out = format!("{:>10}  {:>6}  {:>8}  {:<20}  reason\n", "key", "status", "attempts", "last failed");
     for r in rows {
         out.push_str(&format!(
             "{:>10}  {:>6}  {:>8}  {:<20}  {}\n",
-            r.student_id,
+            r.key,
             r.status.map_or("-".into(), |s| s.to_string()),
             r.attempts,
             r.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
@@ -260,24 +286,22 @@ pub fn render_failed(rows: &[DeadLetter]) -> String {
 
 pub async fn failed(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT student_id, status, error, attempts, first_failed_at, last_failed_at
-           FROM tidemark.dead_letters ORDER BY last_failed_at DESC, student_id LIMIT $1",
+        "SELECT key, status, error, attempts, first_failed_at, last_failed_at
+           FROM tidemark.dead_letters ORDER BY last_failed_at DESC, key LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await
 }
 
-/// Re-marks every dead letter (or the given students) so the next sync tries them again.
+/// Re-marks every dead letter (or the given keys) so the next sync tries them again.
 /// The dead-letter rows stay until their document is indexed, so a second failure is
 /// counted on the same row.
-pub async fn retry_failed(pool: &PgPool, only: Option<&[i64]>) -> Result<u64, sqlx::Error> {
-    let ids: Vec<i64> = match only {
-        Some(ids) => {
-            sqlx::query_scalar("SELECT student_id FROM tidemark.dead_letters WHERE student_id = ANY($1)").bind(ids).fetch_all(pool).await?
-        }
-        None => sqlx::query_scalar("SELECT student_id FROM tidemark.dead_letters").fetch_all(pool).await?,
+pub async fn retry_failed(pool: &PgPool, only: Option<&[String]>) -> Result<u64, sqlx::Error> {
+    let ids: Vec<String> = match only {
+        Some(ids) => sqlx::query_scalar("SELECT key FROM tidemark.dead_letters WHERE key = ANY($1)").bind(ids).fetch_all(pool).await?,
+        None => sqlx::query_scalar("SELECT key FROM tidemark.dead_letters").fetch_all(pool).await?,
     };
-    sqlx::query("SELECT tidemark.mark_students($1)").bind(&ids).execute(pool).await?;
+    sqlx::query("SELECT tidemark.mark_keys($1)").bind(&ids).execute(pool).await?;
     Ok(ids.len() as u64)
 }

@@ -23,6 +23,8 @@ pub enum ConfigError {
     BadUrl { name: &'static str, reason: String, example: &'static str },
     #[error("{name} = {value:?} is not valid: {reason}")]
     Invalid { name: &'static str, value: String, reason: String },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
 }
 
 /// A string that must never reach a log, an error or a status line.
@@ -162,6 +164,12 @@ pub struct Config {
     pub index_alias: String,
     /// Prefix of every Redis key tidemark writes, so several deployments can share a Redis.
     pub queue_namespace: String,
+    /// The model: the path of a model file, or a shipped model (`students`, the default;
+    /// `refinebio`). Env `TIDEMARK_MODEL`, flag `--model`.
+    pub model: String,
+    /// The model, loaded by [`Config::validate`].
+    #[serde(skip)]
+    loaded_model: std::sync::OnceLock<std::sync::Arc<crate::model::Model>>,
     pub sync: SyncConfig,
     pub scheduler: SchedulerConfig,
     pub worker: WorkerConfig,
@@ -294,6 +302,8 @@ impl Default for Config {
             elasticsearch_ca_cert: None,
             index_alias: "students".into(),
             queue_namespace: "tidemark".into(),
+            model: "students".into(),
+            loaded_model: std::sync::OnceLock::new(),
             sync: SyncConfig::default(),
             scheduler: SchedulerConfig::default(),
             worker: WorkerConfig::default(),
@@ -376,10 +386,33 @@ impl Config {
         if let Some(v) = nonempty("TIDEMARK_QUEUE_NAMESPACE") {
             self.queue_namespace = v;
         }
+        if let Some(v) = nonempty("TIDEMARK_MODEL") {
+            self.set_model(v);
+        }
+    }
+
+    /// Chooses another model (a path, or a shipped model's name); [`Config::validate`] loads it.
+    pub fn set_model(&mut self, spec: impl Into<String>) {
+        self.model = spec.into();
+        self.loaded_model = std::sync::OnceLock::new();
+    }
+
+    /// The model, as [`Config::validate`] loaded it.
+    ///
+    /// # Panics
+    /// When called on a configuration `validate` refused (every process validates first).
+    pub fn model(&self) -> std::sync::Arc<crate::model::Model> {
+        self.loaded_model
+            .get_or_init(|| std::sync::Arc::new(crate::model::Model::load(&self.model).unwrap_or_else(|e| panic!("{e}"))))
+            .clone()
     }
 
     /// Checks every rule once; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.loaded_model.get().is_none() {
+            let model = crate::model::Model::load(&self.model).map_err(ConfigError::Model)?;
+            let _ = self.loaded_model.set(std::sync::Arc::new(model));
+        }
         let url = |name: &'static str, v: &Option<Secret>, schemes: &[&str], example: &'static str| {
             let Some(v) = v else { return Ok(()) };
             let parsed = Url::parse(v.expose()).map_err(|e| ConfigError::BadUrl { name, reason: e.to_string(), example })?;

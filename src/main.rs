@@ -22,7 +22,8 @@ use tidemark::{
 };
 use tidemark_seeds as seeds;
 
-/// Keeps an Elasticsearch/OpenSearch index of students in step with PostgreSQL.
+/// Keeps an Elasticsearch/OpenSearch index in step with PostgreSQL, documents as a model
+/// file declares them (the student directory by default).
 ///
 /// Services are given by DATABASE_URL, REDIS_URL and ELASTICSEARCH_URL (basic auth may sit
 /// in the URL; or ELASTICSEARCH_API_KEY), ELASTICSEARCH_CA_CERT for a custom CA, and
@@ -34,6 +35,10 @@ struct Cli {
     /// TOML configuration file; unknown keys are refused. Environment variables win over it.
     #[arg(long, global = true, env = "TIDEMARK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The model: a model file, or a shipped model (students, refinebio) [default: the
+    /// config's `model`, students].
+    #[arg(long, global = true, env = "TIDEMARK_MODEL", value_name = "FILE|NAME")]
+    model: Option<String>,
     /// Where worker, scheduler and serve answer /metrics, /healthz and /readyz (off when
     /// not given), e.g. 127.0.0.1:9187.
     #[arg(long, global = true, env = "TIDEMARK_ADMIN_ADDR", value_name = "HOST:PORT")]
@@ -53,13 +58,23 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create or update the schema: domain tables, capture triggers, tidemark's own tables.
+    /// Create or update tidemark's own tables and install the model's capture triggers (the
+    /// model's tables must exist).
     Migrate,
-    /// Fill empty domain tables with deterministic demo data.
+    /// Check and show the model.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Create a shipped model's tables where missing and fill them with deterministic demo
+    /// data (the students model: --students N; refinebio: --experiments N).
     Seed {
-        /// How many students.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5_000_000))]
-        students: u64,
+        /// How many students (students model).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5_000_000), required_unless_present = "experiments")]
+        students: Option<u64>,
+        /// How many experiments (refinebio model).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000), conflicts_with = "students")]
+        experiments: Option<u64>,
         /// Random seed: the same seed gives the same rows.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -93,6 +108,15 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Check the model against the database: tables, columns, key types, and the indexes a
+    /// fan-out needs (with the CREATE INDEX to run when one is missing).
+    Check,
+    /// Print the SQL `migrate` installs for the model (the capture triggers), for review.
+    Sql,
+}
+
+#[derive(Subcommand, Debug)]
 enum AdminCommand {
     /// Outstanding marks, freshness lag, fan-outs, dead letters, index, queue depth.
     Status {
@@ -108,11 +132,11 @@ enum AdminCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
-    /// Re-mark dead-lettered students so the next sync tries them again.
+    /// Re-mark dead-lettered documents so the next sync tries them again.
     RetryFailed {
-        /// Only these students (repeatable); all by default.
-        #[arg(long = "student", value_name = "ID")]
-        students: Vec<i64>,
+        /// Only these documents, by key (repeatable); all by default.
+        #[arg(long = "key", alias = "student", value_name = "KEY")]
+        keys: Vec<String>,
     },
     /// Rebuild the whole index into a new generation while the live one keeps serving;
     /// the alias moves once the new index is verified.
@@ -120,7 +144,7 @@ enum AdminCommand {
         /// Show progress until the build is promoted or fails.
         #[arg(long)]
         wait: bool,
-        /// Student ids per chunk job [default: reindex.chunk_size, 10000].
+        /// Documents per chunk job [default: reindex.chunk_size, 10000].
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000), conflicts_with_all = ["cancel", "resume"])]
         chunk_size: Option<u32>,
         /// Abandon the running build and delete its index.
@@ -138,13 +162,13 @@ enum AdminCommand {
     RepairSequence,
     /// Compare the index with the database: missing, extra and differing documents.
     Verify {
-        /// Compare this many random students (and as many random documents).
+        /// Compare this many random rows (and as many random documents).
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000), conflicts_with = "full")]
         sample: u32,
         /// Compare everything.
         #[arg(long)]
         full: bool,
-        /// Re-mark every student found missing, extra or differing.
+        /// Re-mark every document found missing, extra or differing.
         #[arg(long)]
         repair: bool,
         #[arg(long)]
@@ -178,16 +202,35 @@ async fn main() -> ExitCode {
 const FOUND_TROUBLE: u8 = 3;
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(model) = &cli.model {
+        config.set_model(model.clone());
+    }
     config.validate()?;
     let config = Arc::new(config);
     match cli.command {
         Command::Migrate => {
             let pool = db::connect(&config, 2).await?;
-            db::migrate(&pool).await?;
-            tracing::info!("migrations applied");
+            let model = config.model();
+            db::migrate(&pool, &model).await?;
+            tracing::info!(model = %model.name, "tidemark's tables are up to date and the model's capture is installed");
         }
-        Command::Seed { students, seed } => {
+        Command::Model { command } => return model_command(&config, command).await,
+        Command::Seed { students: None, experiments: Some(experiments), seed } => {
+            let pool = db::connect(&config, 2).await?;
+            let r = seeds::refinebio::seed(&pool, &seeds::refinebio::Options { experiments, seed }).await?;
+            println!(
+                "seeded {} experiments, {} samples, {} organisms, {} platforms, {} experiment-sample pairs in {:.1}s",
+                r.experiments,
+                r.samples,
+                r.organisms,
+                r.platforms,
+                r.pairs,
+                r.elapsed.as_secs_f64()
+            );
+        }
+        Command::Seed { students, seed, .. } => {
+            let students = students.context("--students N or --experiments N")?;
             let pool = db::connect(&config, 2).await?;
             let r = seeds::seed(&pool, &seeds::SeedOptions { students, seed }).await?;
             println!(
@@ -252,6 +295,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Admin { command } => return admin(config, command).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tidemark model check` / `model sql`.
+async fn model_command(config: &Config, command: ModelCommand) -> Result<ExitCode> {
+    let model = config.model();
+    match command {
+        ModelCommand::Sql => {
+            // What `migrate` would install on this database (which foreign keys exist decides
+            // whether inserting a related row marks anything).
+            let pool = db::connect(config, 1).await?;
+            let mut conn = pool.acquire().await?;
+            let protected = tidemark::model::check::protected_places(&mut conn, &model).await?;
+            print!("{}", tidemark::model::capture::capture_sql(&model, &protected));
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::Check => {
+            let pool = db::connect(config, 1).await?;
+            let mut conn = pool.acquire().await?;
+            let report = tidemark::model::check::check(&mut conn, &model).await?;
+            println!("model {} ({}): {} tables", model.name, config.model, tidemark::model::sql::places(&model).len() + 1);
+            print!("{}", report.render());
+            Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(FOUND_TROUBLE) })
+        }
+    }
 }
 
 async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
@@ -335,11 +402,11 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
                  database lost: rebuild it from the database with `tidemark admin reindex`"
             );
         }
-        AdminCommand::RetryFailed { students } => {
-            let only = (!students.is_empty()).then_some(students.as_slice());
+        AdminCommand::RetryFailed { keys } => {
+            let only = (!keys.is_empty()).then_some(keys.as_slice());
             let n = admin::retry_failed(&services.pool, only).await.context("re-marking dead letters")?;
             nudge("retry-failed").await;
-            println!("re-marked {n} dead-lettered students; the next sync retries them");
+            println!("re-marked {n} dead-lettered documents; the next sync retries them");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -364,33 +364,31 @@ impl Search {
     }
 
     /// The sources of the documents `ids` in `index`, by id (absent ones are not in the map).
-    pub async fn mget(&self, index: &str, ids: &[i64]) -> Result<HashMap<i64, Value>, SearchError> {
-        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    pub async fn mget(&self, index: &str, ids: &[String]) -> Result<HashMap<String, Value>, SearchError> {
         let v = self.json(Method::Post, &format!("/{index}/_mget"), Some(&json!({ "ids": ids }))).await?;
         Ok(v["docs"]
             .as_array()
             .map(|docs| {
                 docs.iter()
                     .filter(|d| d["found"] == json!(true))
-                    .filter_map(|d| Some((d["_id"].as_str()?.parse().ok()?, d["_source"].clone())))
+                    .filter_map(|d| Some((d["_id"].as_str()?.to_string(), d["_source"].clone())))
                     .collect()
             })
             .unwrap_or_default())
     }
 
     /// Which of `ids` have a document in `index` (sources not fetched).
-    pub async fn existing(&self, index: &str, ids: &[i64]) -> Result<std::collections::HashSet<i64>, SearchError> {
+    pub async fn existing(&self, index: &str, ids: &[String]) -> Result<std::collections::HashSet<String>, SearchError> {
         let mut found = std::collections::HashSet::new();
         for part in ids.chunks(5000) {
-            let ids: Vec<String> = part.iter().map(i64::to_string).collect();
-            let v = self.json(Method::Post, &format!("/{index}/_mget?_source=false"), Some(&json!({ "ids": ids }))).await?;
+            let v = self.json(Method::Post, &format!("/{index}/_mget?_source=false"), Some(&json!({ "ids": part }))).await?;
             found.extend(
                 v["docs"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .filter(|d| d["found"] == json!(true))
-                    .filter_map(|d| d["_id"].as_str()?.parse::<i64>().ok()),
+                    .filter_map(|d| Some(d["_id"].as_str()?.to_string())),
             );
         }
         Ok(found)
@@ -399,7 +397,7 @@ impl Search {
     /// Calls `f` with the id and source (`Value::Null` when `with_source` is false) of every
     /// document in `target`. Scrolls, which Elasticsearch and OpenSearch spell alike (their
     /// point-in-time APIs differ: `/_pit` against `/_search/point_in_time`).
-    pub async fn scan(&self, target: &str, with_source: bool, mut f: impl FnMut(i64, &Value)) -> Result<(), SearchError> {
+    pub async fn scan(&self, target: &str, with_source: bool, mut f: impl FnMut(String, &Value)) -> Result<(), SearchError> {
         let body = json!({"size": 5000, "_source": with_source, "sort": ["_doc"], "query": {"match_all": {}}});
         let mut page = self.json(Method::Post, &format!("/{target}/_search?scroll=2m"), Some(&body)).await?;
         let result = loop {
@@ -408,8 +406,8 @@ impl Search {
                 break Ok(());
             }
             for h in hits {
-                if let Some(id) = h["_id"].as_str().and_then(|s| s.parse().ok()) {
-                    f(id, &h["_source"]);
+                if let Some(id) = h["_id"].as_str() {
+                    f(id.to_string(), &h["_source"]);
                 }
             }
             let Some(scroll_id) = page["_scroll_id"].as_str().map(str::to_string) else { break Ok(()) };

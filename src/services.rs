@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use crate::{
     config::Config,
     db::{self, DbError},
+    model::Model,
     search::{Search, SearchError},
 };
 
@@ -33,6 +34,8 @@ pub struct Services {
     pub pool: PgPool,
     pub search: Search,
     pub config: Arc<Config>,
+    /// The model the documents are built from (`config.model`).
+    pub model: Arc<Model>,
     pub identity: Identity,
 }
 
@@ -48,7 +51,7 @@ impl Services {
 
     /// From parts already built (tests, benchmarks); the identity is new.
     pub fn new(pool: PgPool, search: Search, config: Arc<Config>) -> Services {
-        Services { pool, search, config, identity: Identity::generate() }
+        Services { pool, search, model: config.model(), config, identity: Identity::generate() }
     }
 
     /// How long a claim is owned before another worker may take it over.

@@ -128,8 +128,10 @@ pub enum Left {
 /// What one step did.
 #[derive(Debug, Default)]
 pub struct StepReport {
-    /// Students marked by expanding a university or course.
+    /// Documents marked by expanding a parent mark.
     pub fanned_out: u64,
+    /// Parent marks expanded (one that contained no document counts too).
+    pub expanded: u64,
     /// Documents written by a full-reindex chunk.
     pub reindexed: usize,
     /// A full reindex is still building or verifying.
@@ -142,7 +144,7 @@ pub struct StepReport {
 impl StepReport {
     /// Nothing done this step.
     pub fn idle(&self) -> bool {
-        self.fanned_out == 0 && self.reindexed == 0 && self.batch.is_none()
+        self.expanded == 0 && self.reindexed == 0 && self.batch.is_none()
     }
 }
 
@@ -323,21 +325,22 @@ impl Syncer {
         Ok((written, Some(finish)))
     }
 
-    /// Expands one claimed university/course mark completely, chunk by chunk.
-    async fn fan_out_one(&self, owner: &str) -> Result<u64, SyncError> {
+    /// Expands one claimed parent mark completely, chunk by chunk: how many documents it
+    /// marked, or None when there was none to expand.
+    async fn fan_out_one(&self, owner: &str) -> Result<Option<u64>, SyncError> {
         let services = &self.services;
         if self.stopping() {
-            return Ok(0);
+            return Ok(None);
         }
         let Some(mut parent) = fanout::claim_parent(&services.pool, owner, services.lease()).await? else {
-            return Ok(0);
+            return Ok(None);
         };
-        let span = tracing::info_span!("fanout", kind = %parent.kind, id = parent.parent_id);
+        let span = tracing::info_span!("fanout", kind = %parent.kind, key = %parent.key);
         let chunk = services.config.sync.fanout_chunk as i64;
         let mut total = 0;
         async move {
             loop {
-                match fanout::expand_step(&services.pool, owner, services.lease(), &mut parent, chunk).await? {
+                match fanout::expand_step(&services.pool, &services.model, owner, services.lease(), &mut parent, chunk).await? {
                     Step::Marked(n) => {
                         telemetry::fanned_out(n);
                         total += n;
@@ -345,19 +348,19 @@ impl Syncer {
                         self.spread.notify_one();
                         if self.stopping() {
                             // The cursor is committed: whoever claims the parent next resumes here.
-                            tracing::info!(students = total, "stop requested: fan-out left to resume at its cursor");
-                            return Ok(total);
+                            tracing::info!(documents = total, "stop requested: fan-out left to resume at its cursor");
+                            return Ok(Some(total));
                         }
                     }
                     Step::Finished(n) => {
                         telemetry::fanned_out(n);
                         total += n;
-                        tracing::info!(students = total, "fan-out done");
-                        return Ok(total);
+                        tracing::info!(documents = total, "fan-out done");
+                        return Ok(Some(total));
                     }
                     Step::Restarted => {
-                        tracing::info!(students = total, "changed again during fan-out; it starts over");
-                        return Ok(total.max(1));
+                        tracing::info!(documents = total, "changed again during fan-out; it starts over");
+                        return Ok(Some(total));
                     }
                 }
             }
@@ -376,12 +379,14 @@ impl Syncer {
             return Ok(StepReport::default());
         }
         let owner = self.services.identity.lease_owner();
-        let fanned_out = self.fan_out_one(&owner).await?;
+        let expanded = self.fan_out_one(&owner).await?;
+        let fanned_out = expanded.unwrap_or(0);
         let (reindexed, finish) = self.reindex_step(&owner).await?;
         let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
         // A build promoted or failed: the live index changed under the batches to come.
         let finished = matches!(finish, Some(Finish::Promoted | Finish::Failed(_)));
         let mut report = StepReport {
+            expanded: u64::from(expanded.is_some()),
             fanned_out,
             reindexed,
             building,

@@ -1,10 +1,10 @@
 //! Index against database: the one comparison of a document in the index with the document
 //! built from the database now. A reindex checks its new index with it before the alias
 //! moves; `admin verify` checks the live index (missing, extra and differing documents)
-//! and, with `--repair`, re-marks those students so the next sync rewrites (or deletes) them.
+//! and, with `--repair`, re-marks those documents so the next sync rewrites (or deletes) them.
 //!
-//! Students with an outstanding mark are skipped by `admin verify`: their document is
-//! about to change anyway, and a difference there is a change in flight, not drift.
+//! Documents with an outstanding change are skipped by `admin verify`: they are about to
+//! change anyway, and a difference there is a change in flight, not drift.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -15,12 +15,7 @@ use elasticsearch::http::Method;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::{
-    document::StudentDoc,
-    pipeline::load::{load, load_range},
-    search::SearchError,
-    services::Services,
-};
+use crate::{document::Document, pipeline::load::load, search::SearchError, services::Services};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -30,15 +25,15 @@ pub enum VerifyError {
     Search(#[from] SearchError),
 }
 
-/// How two sets of documents differ, by student id.
+/// How two sets of documents differ, by key.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Differences {
-    /// Students with no document.
-    pub missing: Vec<i64>,
-    /// Documents of students that do not exist.
-    pub extra: Vec<i64>,
+    /// Rows with no document.
+    pub missing: Vec<String>,
+    /// Documents of rows that do not exist.
+    pub extra: Vec<String>,
     /// Documents that differ from the one built from the database now.
-    pub differing: Vec<i64>,
+    pub differing: Vec<String>,
 }
 
 impl Differences {
@@ -46,19 +41,19 @@ impl Differences {
         self.missing.is_empty() && self.extra.is_empty() && self.differing.is_empty()
     }
 
-    /// Every student named, in id order.
-    pub fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.missing.iter().chain(&self.extra).chain(&self.differing).copied().collect();
+    /// Every key named, in order.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.missing.iter().chain(&self.extra).chain(&self.differing).cloned().collect();
         ids.sort_unstable();
         ids.dedup();
         ids
     }
 
-    fn record(&mut self, id: i64, indexed: Option<&Value>, built: Option<&StudentDoc>) {
+    fn record(&mut self, id: &str, indexed: Option<&Value>, built: Option<&Document>) {
         match (indexed, built) {
-            (None, Some(_)) => self.missing.push(id),
-            (Some(_), None) => self.extra.push(id),
-            (Some(v), Some(d)) if !same(v, d) => self.differing.push(id),
+            (None, Some(_)) => self.missing.push(id.to_string()),
+            (Some(_), None) => self.extra.push(id.to_string()),
+            (Some(v), Some(d)) if !same(v, d) => self.differing.push(id.to_string()),
             _ => {}
         }
     }
@@ -72,8 +67,8 @@ impl Differences {
 }
 
 /// Whether a document's source in the index is exactly the document built from the database.
-pub fn same(indexed: &Value, built: &StudentDoc) -> bool {
-    serde_json::to_value(built).is_ok_and(|b| b == *indexed)
+pub fn same(indexed: &Value, built: &Document) -> bool {
+    indexed == built
 }
 
 /// A fingerprint of a document's content, for comparing millions without holding them:
@@ -85,13 +80,13 @@ fn fingerprint(v: &Value) -> u64 {
 }
 
 /// Compares the documents of `ids` in `index` with the ones built from the database now.
-pub async fn compare(services: &Services, index: &str, ids: &[i64]) -> Result<Differences, VerifyError> {
+pub async fn compare(services: &Services, index: &str, ids: &[String]) -> Result<Differences, VerifyError> {
     let mut out = Differences::default();
     for part in ids.chunks(1000) {
-        let built = load(&services.pool, part).await?;
+        let built = load(&services.pool, &services.model, part).await?;
         let indexed = services.search.mget(index, part).await?;
         for (id, doc) in &built {
-            out.record(*id, indexed.get(id), doc.document());
+            out.record(id, indexed.get(id), doc.document());
         }
     }
     out.sort();
@@ -100,9 +95,9 @@ pub async fn compare(services: &Services, index: &str, ids: &[i64]) -> Result<Di
 
 #[derive(Clone, Copy, Debug)]
 pub enum Mode {
-    /// `n` random students from the database, and `n` random documents from the index.
+    /// `n` random rows from the database, and `n` random documents from the index.
     Sample(u32),
-    /// Every student and every document.
+    /// Every row and every document.
     Full,
 }
 
@@ -123,8 +118,8 @@ impl Report {
     }
 
     pub fn render(&self) -> String {
-        let list = |v: &[i64]| {
-            let shown: Vec<String> = v.iter().take(20).map(i64::to_string).collect();
+        let list = |v: &[String]| {
+            let shown: Vec<String> = v.iter().take(20).cloned().collect();
             let more = if v.len() > 20 { format!(" … and {} more", v.len() - 20) } else { String::new() };
             format!("{}{}", shown.join(", "), more)
         };
@@ -137,8 +132,8 @@ impl Report {
     }
 }
 
-async fn marked(services: &Services) -> Result<HashSet<i64>, sqlx::Error> {
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT student_id FROM tidemark.outstanding").fetch_all(&services.pool).await?;
+async fn marked(services: &Services) -> Result<HashSet<String>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT key FROM tidemark.outstanding").fetch_all(&services.pool).await?;
     Ok(ids.into_iter().collect())
 }
 
@@ -150,34 +145,33 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
     let mut report = Report::default();
     match mode {
         Mode::Full => {
-            let mut indexed: HashMap<i64, u64> = HashMap::new();
+            let mut indexed: HashMap<String, u64> = HashMap::new();
             services
                 .search
                 .scan(alias, true, |id, source| {
                     indexed.insert(id, fingerprint(source));
                 })
                 .await?;
-            let (min, max): (Option<i64>, Option<i64>) =
-                sqlx::query_as("SELECT min(id), max(id) FROM students").fetch_one(&services.pool).await?;
-            if let (Some(min), Some(max)) = (min, max) {
-                let mut lo = min;
-                while lo <= max {
-                    for (id, doc) in load_range(&services.pool, lo, Some(lo + 10_000)).await? {
-                        let got = indexed.remove(&id);
-                        if marked.contains(&id) {
-                            report.in_flight += 1;
-                            continue;
-                        }
-                        report.checked += 1;
-                        let built = doc.document().map(|d| serde_json::to_value(d).expect("a document serialises"));
-                        match (got, built) {
-                            (None, _) => report.differences.missing.push(id),
-                            (Some(h), Some(b)) if h != fingerprint(&b) => report.differences.differing.push(id),
-                            _ => {}
-                        }
+            // Every row, in key order, a page at a time.
+            let mut after: Option<String> = None;
+            loop {
+                let keys: Vec<String> =
+                    sqlx::query_scalar(&services.model.keys().after).bind(&after).bind(10_000_i64).fetch_all(&services.pool).await?;
+                let Some(last) = keys.last().cloned() else { break };
+                for (id, op) in load(&services.pool, &services.model, &keys).await? {
+                    let got = indexed.remove(&id);
+                    if marked.contains(&id) {
+                        report.in_flight += 1;
+                        continue;
                     }
-                    lo += 10_000;
+                    report.checked += 1;
+                    match (got, op.document()) {
+                        (None, Some(_)) => report.differences.missing.push(id),
+                        (Some(h), Some(b)) if h != fingerprint(b) => report.differences.differing.push(id),
+                        _ => {}
+                    }
                 }
+                after = Some(last);
             }
             for id in indexed.into_keys() {
                 if marked.contains(&id) {
@@ -189,10 +183,8 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
             }
         }
         Mode::Sample(n) => {
-            let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY random() LIMIT $1")
-                .bind(i64::from(n))
-                .fetch_all(&services.pool)
-                .await?;
+            let ids: Vec<String> =
+                sqlx::query_scalar(&services.model.keys().sample).bind(i64::from(n)).fetch_all(&services.pool).await?;
             // Extra documents can only be found from the index side: sample it too.
             let v = services
                 .search
@@ -202,11 +194,11 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
                     Some(&json!({"size": n, "_source": false, "query": {"function_score": {"random_score": {}}}})),
                 )
                 .await?;
-            let sampled = v["hits"]["hits"].as_array().into_iter().flatten().filter_map(|h| h["_id"].as_str()?.parse::<i64>().ok());
-            let mut candidates: Vec<i64> = ids.into_iter().chain(sampled).collect();
+            let sampled = v["hits"]["hits"].as_array().into_iter().flatten().filter_map(|h| Some(h["_id"].as_str()?.to_string()));
+            let mut candidates: Vec<String> = ids.into_iter().chain(sampled).collect();
             candidates.sort_unstable();
             candidates.dedup();
-            let (skipped, checked): (Vec<i64>, Vec<i64>) = candidates.into_iter().partition(|id| marked.contains(id));
+            let (skipped, checked): (Vec<String>, Vec<String>) = candidates.into_iter().partition(|id| marked.contains(id));
             let found = compare(services, alias, &checked).await?;
             report.checked = checked.len() as u64;
             report.in_flight = skipped.len() as u64;
@@ -217,9 +209,9 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
     Ok(report)
 }
 
-/// Re-marks every student the report names; returns how many.
+/// Re-marks every document the report names; returns how many.
 pub async fn repair(services: &Services, report: &Report) -> Result<u64, VerifyError> {
     let ids = report.differences.ids();
-    sqlx::query("SELECT tidemark.mark_students($1)").bind(&ids).execute(&services.pool).await?;
+    sqlx::query("SELECT tidemark.mark_keys($1)").bind(&ids).execute(&services.pool).await?;
     Ok(ids.len() as u64)
 }

@@ -83,7 +83,7 @@ async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
         env.sql(&format!("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES ({i}, 'Ann', 'Lee', 20, 'FR')"))
             .await;
         eventually("the insert is indexed", Duration::from_secs(8), || async {
-            env.scalar_i64(&format!("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id = {i}")).await == 0
+            env.scalar_i64(&format!("SELECT count(DISTINCT key) FROM tidemark.outstanding WHERE key = '{i}'")).await == 0
         })
         .await;
         eprintln!("insert {i}: acknowledged {:?} after its commit", start.elapsed());
@@ -114,7 +114,7 @@ async fn an_installation_with_the_old_capture_and_outstanding_marks_upgrades_wit
     env.sql("UPDATE universities SET name = 'MIT (old capture)' WHERE id = 1").await;
     env.sql("UPDATE students SET age = 30 WHERE id <= 10").await;
     let outstanding =
-        env.scalar_i64("SELECT (SELECT count(*) FROM tidemark.dirty_students) + (SELECT count(*) FROM tidemark.dirty_parents)").await;
+        env.scalar_i64("SELECT (SELECT count(*) FROM tidemark.marks) + (SELECT count(*) FROM tidemark.parents)").await;
     assert!(outstanding > 0, "marks wait from the old capture");
     let old: Vec<String> = sqlx::query_scalar(
         "SELECT proname::text FROM pg_proc WHERE pronamespace = 'tidemark'::regnamespace AND prosrc ILIKE '%pg_notify%'",

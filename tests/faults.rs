@@ -34,7 +34,7 @@ async fn a_rejected_document_is_dead_lettered_the_rest_indexed_and_retry_failed_
     let env = Env::with_directory().await;
     // The operator's index forgot `university.name` in its strict mapping: documents of
     // students with a university are refused, the others are fine.
-    let mut body = tidemark::document::index_body();
+    let mut body = json!({"mappings": tidemark::model::mapping::mappings(&env.config.model())});
     body["mappings"]["properties"]["university"] = json!({"dynamic": "strict", "properties": {"id": {"type": "long"}}});
     let index = env.generation(1);
     env.es_json(reqwest::Method::PUT, &format!("/{index}"), Some(body)).await;
@@ -60,7 +60,7 @@ async fn a_rejected_document_is_dead_lettered_the_rest_indexed_and_retry_failed_
         "{out:?}"
     );
     let rows: Value = serde_json::from_str(&env.run(&["admin", "failed", "--json"]).stdout).unwrap();
-    assert_eq!(rows[0]["student_id"], json!(3));
+    assert_eq!(rows[0]["key"], json!("3"));
     assert!(rows[0]["error"].as_str().unwrap().contains("name"), "{rows}");
 
     // Fix the cause (add the missing field), retry, and it comes in.
@@ -83,7 +83,7 @@ async fn a_value_the_mapping_rejects_is_dead_lettered_and_fixing_the_row_brings_
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, E'An\\x1Fn', 'Lee', 20, 'FR'), (2, 'Bo', 'Ray', 20, 'FR')").await;
     assert_eq!(env.drain().await.dead, 1);
     let reason: String =
-        sqlx::query_scalar("SELECT error FROM tidemark.dead_letters WHERE student_id = 1").fetch_one(&env.pool).await.unwrap();
+        sqlx::query_scalar("SELECT error FROM tidemark.dead_letters WHERE key = '1'").fetch_one(&env.pool).await.unwrap();
     assert!(reason.contains("reserved character"), "{reason}");
     env.sql("UPDATE students SET first_name = 'Ann' WHERE id = 1").await;
     env.drain().await;
@@ -123,7 +123,7 @@ async fn worker_and_scheduler_processes_sync_changes_within_seconds_and_stop_cle
     assert!(worker.terminate().success(), "worker exits 0 on SIGTERM:\n{}", worker.output());
     assert!(scheduler.terminate().success(), "scheduler exits 0 on SIGTERM:\n{}", scheduler.output());
     assert!(worker.output().contains("leases given back"), "{}", worker.output());
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.marks WHERE lease_owner IS NOT NULL").await, 0);
     env.assert_converged().await;
 }
 
@@ -219,7 +219,7 @@ async fn status_reports_lag_and_counts_truthfully() {
     )
     .await;
     env.sql("UPDATE universities SET name = 'MIT2' WHERE id = 1").await;
-    env.sql("INSERT INTO tidemark.dead_letters (student_id, status, error) VALUES (5, 400, 'x')").await;
+    env.sql("INSERT INTO tidemark.dead_letters (key, status, error) VALUES ('5', 400, 'x')").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let s = env.status_json().await;
     assert_eq!(s["outstanding_marks"], json!(2));
@@ -366,7 +366,7 @@ async fn two_workers_in_one_process_are_two_identities_and_status_counts_them() 
         w.stop().await;
     }
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.workers").await, 0, "a stopped worker says so");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.marks WHERE lease_owner IS NOT NULL").await, 0);
 }
 
 /// A worker that finds the sequence behind the index stops shipping (every write would be
@@ -393,7 +393,7 @@ async fn a_database_restored_from_an_older_backup_is_refused_until_the_sequence_
     env.sql("UPDATE students SET last_name = 'During' WHERE id = 3").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(worker.is_running(), "the worker keeps running:\n{}", worker.output());
-    let marked = env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id = 3").await;
+    let marked = env.scalar_i64("SELECT count(DISTINCT key) FROM tidemark.outstanding WHERE key = '3'").await;
     assert_eq!(marked, 1, "its mark stays");
     let metrics = || async { reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap() };
     let m = metrics().await;

@@ -107,7 +107,7 @@ async fn a_batch_whose_lease_was_lost_ships_nothing_and_the_owner_ships_it_once(
     let shipped_stale = proxy.bulk_log().iter().flat_map(|r| r.actions.clone()).filter(|a| a.version == Some(stale_version as u64)).count();
     assert_eq!(shipped_stale, 0, "a batch whose lease is lost sends nothing");
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL AND lease_until > now()").await,
+        env.scalar_i64("SELECT count(*) FROM tidemark.marks WHERE lease_owner IS NOT NULL AND lease_until > now()").await,
         20,
         "the stalled step did not give back the sibling's leases"
     );

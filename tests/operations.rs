@@ -275,8 +275,8 @@ async fn on_sigterm_a_worker_with_a_batch_in_flight_exits_0_and_leaves_no_lease(
     assert!(stopped.elapsed() < Duration::from_secs(8), "within the grace period (2 s + margin): {:?}", stopped.elapsed());
     let leased = env
         .scalar_i64(
-            "SELECT (SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL)
-                  + (SELECT count(*) FROM tidemark.dirty_parents WHERE lease_owner IS NOT NULL)
+            "SELECT (SELECT count(*) FROM tidemark.marks WHERE lease_owner IS NOT NULL)
+                  + (SELECT count(*) FROM tidemark.parents WHERE lease_owner IS NOT NULL)
                   + (SELECT count(*) FROM tidemark.reindex_chunks WHERE lease_owner IS NOT NULL AND NOT done)",
         )
         .await;
@@ -356,7 +356,7 @@ async fn a_worker_asked_to_stop_during_a_reindex_chunk_claims_no_new_work() {
         .collect();
     assert!(synced_after_stop.is_empty(), "no sync batch is shipped after the stop: {synced_after_stop:?}");
     assert_eq!(env.outstanding().await, 100, "the waiting marks were not taken");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 0, "nor leased");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.marks WHERE lease_owner IS NOT NULL").await, 0, "nor leased");
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE done AND reindex_id = (SELECT max(id) FROM tidemark.reindexes)")
             .await,

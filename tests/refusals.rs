@@ -46,7 +46,7 @@ async fn a_single_document_larger_than_the_limit_is_dead_lettered_alone_with_the
     let report = env.drain().await;
     assert_eq!(report.dead, 1);
     let (id, status, error): (i64, i32, String) =
-        sqlx::query_as("SELECT student_id, status, error FROM tidemark.dead_letters").fetch_one(&env.pool).await.unwrap();
+        sqlx::query_as("SELECT key::bigint, status, error FROM tidemark.dead_letters").fetch_one(&env.pool).await.unwrap();
     assert_eq!((id, status), (7, 413));
     assert!(error.contains("too large"), "{error}");
     env.refresh().await;
@@ -69,7 +69,7 @@ async fn a_write_blocked_build_index_loses_nothing_and_dead_letters_nothing() {
     assert_eq!(env.dead_letters().await, 0, "a write block is transient: nothing is dead-lettered");
     let state = env.build(build.id).await.state;
     assert_eq!(state, BuildState::Building, "the build waits for the block to go");
-    let marked = env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id <= 100").await;
+    let marked = env.scalar_i64("SELECT count(DISTINCT key) FROM tidemark.outstanding WHERE key::bigint <= 100").await;
     assert_eq!(marked, 100, "the marks of changes the blocked index did not take stay");
     env.es_json(reqwest::Method::PUT, &format!("/{}/_settings", build.target_index), Some(json!({"index.blocks.write": false}))).await;
     env.drain().await;
@@ -130,7 +130,7 @@ async fn a_failing_build_is_retried_on_a_backoff_and_leaves_at_most_one_failed_i
     env.sql(
         "INSERT INTO students (id, first_name, last_name, age, year_in_school)
          SELECT g, CASE WHEN g = 5 THEN E'An\\x1Fn' ELSE 'N' || g END, 'L', 20, 'FR' FROM generate_series(1, 50) g;
-         TRUNCATE tidemark.dirty_students, tidemark.changes",
+         TRUNCATE tidemark.marks, tidemark.changes",
     )
     .await;
     let syncer = env.engine();

@@ -239,7 +239,7 @@ async fn a_100k_student_university_renamed_while_a_reindex_runs() {
         let marks_before = env.outstanding().await;
         env.sql("UPDATE universities SET name = 'Renamed Mid-Reindex' WHERE id = 1").await;
         // O(1) for the writer: one parent mark, no student marks.
-        assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
+        assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.parents").await, 1);
         assert!(env.outstanding().await <= marks_before);
     };
     let (a, b) = (env.engine(), env.engine());
@@ -273,21 +273,22 @@ async fn a_claim_leases_exactly_what_it_returns() {
     let env = Env::new().await;
     env.create_index().await;
     env.seed(1_000).await;
-    // The seed is one large statement (one set row); mark its students one by one instead.
-    env.sql("DELETE FROM tidemark.dirty_parents; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
+    // Mark the seed's students directly, so the claims below have exactly these marks to take.
+    env.sql("DELETE FROM tidemark.changes; SELECT tidemark.mark_now(ARRAY(SELECT id::text FROM students))").await;
     let build = env.start_reindex(100).await;
     let engine = env.engine();
     let chunk = reindex::claim_chunk(&env.pool, build.id, engine.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
-    // The first chunk: open below (a student inserted with a smaller id is covered), 100 wide above the smallest id.
-    let smallest = env.scalar_i64("SELECT min(id) FROM students").await;
-    assert_eq!((chunk.lo, chunk.hi), (i64::MIN, Some(smallest + 100)));
+    // The first chunk: open below (a student inserted with a smaller id is covered), up to the
+    // 101st id (100 students).
+    let hundred_first = env.scalar_i64("SELECT id FROM students ORDER BY id OFFSET 100 LIMIT 1").await;
+    assert_eq!((chunk.lo, chunk.hi), (None, Some(hundred_first.to_string())));
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks WHERE lease_owner IS NOT NULL").await, 1);
     let marks = engine.claim(7).await.unwrap();
     assert_eq!(marks.len(), 7);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE lease_owner IS NOT NULL").await, 7);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.marks WHERE lease_owner IS NOT NULL").await, 7);
     env.sql("UPDATE universities SET name = name || '!' WHERE id IN (1, 2, 3)").await;
     assert!(tidemark::pipeline::fanout::claim_parent(&env.pool, engine.owner(), Duration::from_secs(60)).await.unwrap().is_some());
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents WHERE lease_owner IS NOT NULL").await, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.parents WHERE lease_owner IS NOT NULL").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

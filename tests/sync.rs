@@ -47,7 +47,7 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
 
     // University renamed: one row for the writer, every student of it re-indexed.
     env.sql("UPDATE universities SET name = 'Massachusetts Institute of Technology' WHERE id = 1").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.parents").await, 1);
     assert_eq!(env.outstanding().await, 0, "a rename marks only the university");
     let r = env.drain().await;
     assert_eq!(r.fanned_out, 1);
@@ -91,7 +91,8 @@ async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
     env.sql("UPDATE students SET age = age, first_name = first_name").await;
     assert_eq!(env.outstanding().await, 0);
     env.sql("UPDATE universities SET name = name").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT kind, key FROM tidemark.parents").fetch_all(&env.pool).await.unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
     for age in 21..71 {
         env.sql(&format!("UPDATE students SET age = {age} WHERE id = 1")).await;
     }
@@ -100,7 +101,7 @@ async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 50);
     assert_eq!(env.outstanding().await, 1);
     env.absorb().await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 1, "50 writes, one mark");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.marks").await, 1, "50 writes, one mark");
     let r = env.drain().await;
     assert_eq!(r.indexed, 1, "50 writes, one index op");
     env.refresh().await;
@@ -116,18 +117,18 @@ async fn single_row_updates_mark_what_changed_including_a_changed_id() {
     env.drain().await;
     env.sql("UPDATE students SET last_name = 'Fast' WHERE id = 1").await;
     assert_eq!(env.absorb().await, 1, "one log row");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = 1").await, 1);
-    let seq_before: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.marks WHERE key = '1'").await, 1);
+    let seq_before: i64 = env.scalar_i64("SELECT seq FROM tidemark.marks WHERE key = '1'").await;
     // Twice in one transaction: two log rows, one mark, renumbered.
     env.sql("BEGIN; UPDATE students SET age = 30 WHERE id = 1; UPDATE students SET age = 31 WHERE id = 1; COMMIT;").await;
     assert_eq!(env.absorb().await, 2);
-    let seq_after: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
+    let seq_after: i64 = env.scalar_i64("SELECT seq FROM tidemark.marks WHERE key = '1'").await;
     assert!(seq_after > seq_before, "a later write renumbers the mark");
     // A changed id: the old document must go and the new one come.
     env.sql("UPDATE students SET id = 2002 WHERE id = 2").await;
     env.absorb().await;
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id IN (2, 2002)").await,
+        env.scalar_i64("SELECT count(*) FROM tidemark.marks WHERE key IN ('2', '2002')").await,
         2,
         "both sides of an id change are marked"
     );
@@ -148,8 +149,8 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     // One statement, 100k rows: one trigger run drawing one number, one narrow log row per
     // student (no unique index, nothing locked), moved into marks by the workers in chunks.
     env.sql("UPDATE students SET age = 99").await;
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 0);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.marks").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.parents").await, 0);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 100_000);
     assert_eq!(env.scalar_i64("SELECT count(DISTINCT seq) FROM tidemark.changes").await, 1, "one number for the statement");
     let r = env.drain().await;
@@ -174,29 +175,29 @@ async fn a_set_of_students_expands_in_chunks_and_its_expansion_survives_a_crash(
     env.drain().await;
     env.assert_converged().await;
     env.sql("ALTER TABLE students DISABLE TRIGGER USER; UPDATE students SET age = 22; ALTER TABLE students ENABLE TRIGGER USER").await;
-    env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE id > 100 ORDER BY id))").await;
-    assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents WHERE kind = 'students'").await, 2400);
+    env.sql("SELECT tidemark.mark_keys(ARRAY(SELECT id::text FROM students WHERE id > 100 ORDER BY id))").await;
+    assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.parents WHERE kind = 'keys'").await, 2400);
     let status = env.status().await;
     assert_eq!((status.pending_statement_students, status.pending_fanouts), (2400, 0));
 
     // A worker expands one chunk, then dies: its lease runs out, another resumes at the cursor.
     let crashed = env.engine();
     let mut set = tidemark::pipeline::fanout::claim_parent(&env.pool, crashed.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
-    let step = tidemark::pipeline::fanout::expand_step(&env.pool, crashed.owner(), Duration::from_secs(60), &mut set, 1000).await.unwrap();
+    let step = tidemark::pipeline::fanout::expand_step(&env.pool, &crashed.services.model, crashed.owner(), Duration::from_secs(60), &mut set, 1000).await.unwrap();
     assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(1000));
-    assert_eq!(env.scalar_i64("SELECT cursor FROM tidemark.dirty_parents").await, 1000);
+    assert_eq!(env.scalar_i64("SELECT position::int8 FROM tidemark.parents").await, 1000);
     let status = env.status().await;
     assert_eq!(status.pending_statement_students, 1400);
     // Meanwhile a small write lands on a student of the set.
     env.sql("UPDATE students SET last_name = 'Later' WHERE id = 2000").await;
-    env.sql("UPDATE tidemark.dirty_parents SET lease_until = now() - interval '1 second'").await;
+    env.sql("UPDATE tidemark.parents SET lease_until = now() - interval '1 second'").await;
     let r = env.drain().await;
     assert_eq!(r.fanned_out, 1400, "the expansion resumed after the 1,000 already marked");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.parents").await, 0);
     // The 100 students outside the set were not marked, so they still show age 20.
     assert_eq!(env.count(json!({"term": {"age": 22}})).await, 2400);
     assert_eq!(env.count(json!({"term": {"age": 20}})).await, 100);
-    env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE id <= 100))").await;
+    env.sql("SELECT tidemark.mark_keys(ARRAY(SELECT id::text FROM students WHERE id <= 100))").await;
     env.drain().await;
     env.assert_converged().await;
 }
@@ -210,7 +211,7 @@ async fn large_statements_and_multi_statement_transactions_index_each_student_on
     env.sql("UPDATE students SET age = 31 WHERE id > 1000").await;
     env.sql("DELETE FROM students WHERE id > 2500").await;
     assert_eq!(env.scalar_i64("SELECT count(DISTINCT seq) FROM tidemark.changes").await, 3);
-    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.changes").await, 3000);
+    assert_eq!(env.scalar_i64("SELECT count(DISTINCT key) FROM tidemark.changes").await, 3000);
     let r = env.drain().await;
     assert_eq!((r.indexed, r.deleted), (2500, 500), "each student once, however many of its changes were logged");
     env.assert_converged().await;
@@ -235,26 +236,26 @@ async fn two_workers_never_hold_the_same_mark_and_together_converge() {
     env.seed(3_000).await;
     // Mark the seed's students directly (not through the writers' log, which the claims
     // would move into marks first), so the claims below have exactly these marks to take.
-    env.sql("DELETE FROM tidemark.changes; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
+    env.sql("DELETE FROM tidemark.changes; SELECT tidemark.mark_now(ARRAY(SELECT id::text FROM students))").await;
     let a = env.engine();
     let b = env.engine();
     // Concurrent claims never overlap while their leases run.
     let (ca, cb) = tokio::join!(a.claim(1000), b.claim(1000));
     let (ca, cb) = (ca.unwrap(), cb.unwrap());
     assert_eq!(ca.len() + cb.len(), 2000);
-    let sa: HashSet<i64> = ca.iter().map(|m| m.student_id).collect();
-    assert!(cb.iter().all(|m| !sa.contains(&m.student_id)), "two workers claimed the same mark");
+    let sa: HashSet<String> = ca.iter().map(|m| m.key.clone()).collect();
+    assert!(cb.iter().all(|m| !sa.contains(&m.key)), "two workers claimed the same mark");
     // A third claim while those leases are held sees only the rest.
     let rest = env.engine().claim(5000).await.unwrap();
     assert_eq!(rest.len(), 1000);
-    assert!(rest.iter().all(|m| !sa.contains(&m.student_id)));
+    assert!(rest.iter().all(|m| !sa.contains(&m.key)));
     for (e, marks) in [(&a, ca), (&b, cb)] {
         let p = e.prepare(marks).await.unwrap();
         e.deliver(p).await.unwrap();
     }
     // The third claim's owner vanished (crash): its leases must run out before anyone
     // else takes them; with a short lease they come back.
-    sqlx::query("UPDATE tidemark.dirty_students SET lease_until = now() - interval '1 second'").execute(&env.pool).await.unwrap();
+    sqlx::query("UPDATE tidemark.marks SET lease_until = now() - interval '1 second'").execute(&env.pool).await.unwrap();
 
     // Both drain concurrently while a writer keeps changing rows.
     let writer = async {
@@ -308,7 +309,7 @@ async fn an_older_write_never_overwrites_a_newer_one() {
     let stale = old.prepare(marks).await.unwrap();
     env.sql("UPDATE students SET age = 44 WHERE id = 1").await;
     // Lease of the first claim blocks a second claim; simulate its expiry.
-    env.sql("UPDATE tidemark.dirty_students SET lease_until = now() - interval '1 second'").await;
+    env.sql("UPDATE tidemark.marks SET lease_until = now() - interval '1 second'").await;
     let new = env.engine();
     let fresh = new.prepare(new.claim(10).await.unwrap()).await.unwrap();
     assert!(fresh.version > stale.version);
@@ -385,7 +386,7 @@ async fn a_change_moved_into_a_claimed_mark_is_indexed_afterwards_even_with_a_lo
     let prepared = engine.prepare(marks).await.unwrap();
     sqlx::raw_sql("COMMIT").execute(&mut late).await.unwrap();
     assert_eq!(env.absorb().await, 1, "another worker moves the late change into the claimed mark");
-    let now: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
+    let now: i64 = env.scalar_i64("SELECT seq FROM tidemark.marks WHERE key = '1'").await;
     assert!(now < claimed, "the late change carries the lower number ({now} < {claimed})");
     let report = engine.deliver(prepared).await.unwrap();
     assert_eq!(report.acked.changed_in_flight, 1, "the renumbered mark stays");

@@ -11,9 +11,11 @@
 //! Rows go in with `COPY … FROM STDIN` (text format, encoded straight into a byte
 //! buffer), with the foreign keys and secondary indexes recreated after the load (see
 //! [`DeferredSchema`]), all in one transaction: a failed seed leaves nothing behind.
-//! The capture triggers fire as for any writer: each COPY is a large statement, so it
-//! leaves one row holding its students' ids (migration 0005), which the workers expand
-//! into marks and index.
+//! The tables are created first where they are missing (`students/schema.sql`). When
+//! tidemark's capture is installed, its triggers fire as for any writer: each COPY is one
+//! statement, logging one row per student.
+
+pub mod refinebio;
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::PgPool;
+
+/// The student directory's tables (`CREATE TABLE IF NOT EXISTS`): what the students model
+/// reads. [`seed`] creates them when they are missing.
+pub const STUDENTS_SCHEMA: &str = include_str!("../students/schema.sql");
+
+/// Creates the student directory's tables where they are missing.
+pub async fn students_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(STUDENTS_SCHEMA).execute(pool).await.map(|_| ())
+}
 
 const FIRST_NAMES: &str = include_str!("../first_names.txt");
 const LAST_NAMES: &str = include_str!("../last_names.txt");
@@ -92,6 +103,11 @@ pub enum SeedError {
     TooManyStudents { requested: u64, max: u64 },
 
     #[error(
+        "table `experiments` holds {rows} rows; `tidemark seed --experiments` inserts fixed ids and needs          empty tables. Use a fresh database, or empty this one with          `TRUNCATE experiments, samples, organisms, platforms, experiment_samples RESTART IDENTITY CASCADE`"
+    )]
+    NotEmptyRefinebio { rows: u64 },
+
+    #[error(
         "seeding failed while {step}; nothing was written (the seed runs in one transaction). \
          Check that the database is reachable and migrated, then run the seed again"
     )]
@@ -116,6 +132,7 @@ pub async fn seed(pool: &PgPool, opts: &SeedOptions) -> Result<SeedReport, SeedE
     }
     let started = Instant::now();
     let data = SeedData::embedded();
+    students_schema(pool).await.map_err(db_error("creating the student directory's tables"))?;
 
     let mut tx = pool.begin().await.map_err(db_error("opening a transaction"))?;
 

@@ -10,6 +10,7 @@
 //! queries ([`sql`]) — and into the index mapping ([`mapping`]).
 
 pub mod capture;
+pub mod check;
 mod file;
 pub mod mapping;
 pub mod sql;
@@ -269,6 +270,17 @@ pub struct Model {
     pub search: Option<SearchView>,
     /// A fingerprint of the declaration (an index built from another model is rebuilt).
     pub fingerprint: String,
+    /// The document queries, written once.
+    queries: Queries,
+    key_queries: std::sync::OnceLock<sql::KeyQueries>,
+}
+
+/// The statements a model reads with, generated once when it is loaded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Queries {
+    by_keys: String,
+    ranges: [String; 4],
+    fanout: std::collections::BTreeMap<String, String>,
 }
 
 /// What a document path names: its type, whether it holds several values, and the field to
@@ -373,11 +385,42 @@ impl Model {
             completion,
             search: None,
             fingerprint: format!("{:016x}", fnv1a(text.as_bytes())),
+            queries: Queries::default(),
+            key_queries: std::sync::OnceLock::new(),
         };
         if let Some(s) = &raw.search {
             model.search = Some(v.search(s, &model)?);
         }
+        model.prepare_queries();
         Ok(model)
+    }
+
+    /// The document query picking `rows` ([`sql::document_query`]).
+    pub fn query(&self, rows: sql::Rows) -> &str {
+        match rows {
+            sql::Rows::Keys => &self.queries.by_keys,
+            sql::Rows::Range { lo, hi } => &self.queries.ranges[usize::from(lo) * 2 + usize::from(hi)],
+        }
+    }
+
+    /// Statements on the root table's keys.
+    pub fn keys(&self) -> &sql::KeyQueries {
+        self.key_queries.get_or_init(|| sql::key_queries(self))
+    }
+
+    /// The fan-out query of the place `kind` ([`sql::fanout_query`]), if the model has it.
+    pub fn fanout(&self, kind: &str) -> Option<&str> {
+        self.queries.fanout.get(kind).map(String::as_str)
+    }
+
+    fn prepare_queries(&mut self) {
+        let range = |lo, hi| sql::document_query(self, sql::Rows::Range { lo, hi });
+        let queries = Queries {
+            by_keys: sql::document_query(self, sql::Rows::Keys),
+            ranges: [range(false, false), range(false, true), range(true, false), range(true, true)],
+            fanout: sql::places(self).iter().map(|p| (p.kind(), sql::fanout_query(self, p))).collect(),
+        };
+        self.queries = queries;
     }
 
     /// What the document path `path` (`university.name`, `course_names`, `first_name.raw`)

@@ -18,12 +18,12 @@ pub fn literal(s: &str) -> String {
 }
 
 /// How a document query picks its rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rows {
     /// `$1`: the keys (text).
     Keys,
-    /// `$1 <= key < $2` (keys as text), or `$1 <= key` when `open` (the last chunk).
-    Range { open: bool },
+    /// A key range, its bounds bound in order (text): `lo <= key` if `lo`, `key < hi` if `hi`.
+    Range { lo: bool, hi: bool },
 }
 
 /// The statement that returns `(key text, document json)` for the rows `rows` picks, in key
@@ -34,8 +34,10 @@ pub fn document_query(model: &Model, rows: Rows) -> String {
     let cast = root.key_type.sql();
     let filter = match rows {
         Rows::Keys => format!("{key} = ANY($1::{cast}[])"),
-        Rows::Range { open: false } => format!("{key} >= $1::{cast} AND {key} < $2::{cast}"),
-        Rows::Range { open: true } => format!("{key} >= $1::{cast}"),
+        Rows::Range { lo: true, hi: true } => format!("{key} >= $1::{cast} AND {key} < $2::{cast}"),
+        Rows::Range { lo: true, hi: false } => format!("{key} >= $1::{cast}"),
+        Rows::Range { lo: false, hi: true } => format!("{key} < $1::{cast}"),
+        Rows::Range { lo: false, hi: false } => "true".to_string(),
     };
     format!(
         "SELECT {key}::text, {doc} FROM {table} t0 WHERE {filter} ORDER BY {key}",
@@ -184,6 +186,29 @@ fn joins_many(node: &Node, path: &[String]) -> bool {
     match node.relations.iter().find(|r| &r.name == first) {
         Some(r) => r.link.is_many() || joins_many(&r.node, rest),
         None => false,
+    }
+}
+
+/// Statements on the root table's keys (as text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyQueries {
+    /// `count(*)` of documents.
+    pub count: String,
+    /// Up to `$2` keys after `$1` (NULL: from the first), in key order.
+    pub after: String,
+    /// `$1` random keys.
+    pub sample: String,
+    /// Which of the keys `$1` have a row.
+    pub existing: String,
+}
+
+pub fn key_queries(model: &Model) -> KeyQueries {
+    let (table, key, cast) = (ident(&model.root.table), ident(&model.root.key), model.root.key_type.sql());
+    KeyQueries {
+        count: format!("SELECT count(*) FROM {table}"),
+        after: format!("SELECT {key}::text FROM {table} WHERE $1::text IS NULL OR {key} > $1::{cast} ORDER BY {key} LIMIT $2"),
+        sample: format!("SELECT {key}::text FROM {table} ORDER BY random() LIMIT $1"),
+        existing: format!("SELECT {key}::text FROM {table} WHERE {key} = ANY($1::{cast}[])"),
     }
 }
 

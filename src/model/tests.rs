@@ -64,7 +64,7 @@ fn the_document_query_reads_every_level_in_one_statement() {
 
 #[test]
 fn the_capture_marks_the_root_directly_and_other_tables_as_parents() {
-    let sql = capture::capture_sql(&Model::students());
+    let sql = capture::capture_sql(&Model::students(), &Default::default());
     // The hot path: a one-row UPDATE of a student is one INSERT into the log.
     assert!(sql.contains("CREATE TRIGGER tidemark_capture_update AFTER UPDATE ON \"students\""), "{sql}");
     assert!(sql.contains("SELECT n.\"id\"::text, v FROM new_rows n JOIN old_rows o ON o.\"id\" = n.\"id\""), "{sql}");
@@ -79,5 +79,5 @@ fn the_capture_marks_the_root_directly_and_other_tables_as_parents() {
 #[ignore = "prints the generated SQL"]
 fn print_sql() {
     let m = Model::load(&std::env::var("MODEL").unwrap_or("students".into())).unwrap();
-    println!("{}\n\n{}", sql::document_query(&m, sql::Rows::Keys), capture::capture_sql(&m));
+    println!("{}\n\n{}", sql::document_query(&m, sql::Rows::Keys), capture::capture_sql(&m, &Default::default()));
 }

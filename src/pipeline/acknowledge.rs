@@ -22,8 +22,8 @@ pub enum Verdict {
 }
 
 /// Folds per-op outcomes (one per student per target) into one verdict per student.
-pub fn verdicts(ops: impl IntoIterator<Item = (i64, Option<ItemOutcome>)>) -> HashMap<i64, Verdict> {
-    let mut out: HashMap<i64, Verdict> = HashMap::new();
+pub fn verdicts(ops: impl IntoIterator<Item = (String, Option<ItemOutcome>)>) -> HashMap<String, Verdict> {
+    let mut out: HashMap<String, Verdict> = HashMap::new();
     for (id, outcome) in ops {
         let v = match outcome {
             Some(ItemOutcome::Written | ItemOutcome::Superseded) => Verdict::Done,
@@ -58,18 +58,18 @@ pub struct Acked {
     pub waited: Vec<f64>,
 }
 
-pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &HashMap<i64, Verdict>) -> Result<Acked, sqlx::Error> {
+pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &HashMap<String, Verdict>) -> Result<Acked, sqlx::Error> {
     let mut done = (Vec::new(), Vec::new());
     let mut dead = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut acked = Acked::default();
     for m in marks {
-        match verdicts.get(&m.student_id).unwrap_or(&Verdict::Later) {
+        match verdicts.get(&m.key).unwrap_or(&Verdict::Later) {
             Verdict::Done => {
-                done.0.push(m.student_id);
+                done.0.push(m.key.clone());
                 done.1.push(m.seq);
             }
             Verdict::Dead { status, reason } => {
-                dead.0.push(m.student_id);
+                dead.0.push(m.key.clone());
                 dead.1.push(m.seq);
                 dead.2.push(i32::from(*status));
                 dead.3.push(reason.clone());
@@ -78,31 +78,31 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
         }
     }
     // Clear done and dead marks, each only under its claimed number, and forget the dead
-    // letters of students that now index fine: one statement, so one round trip and atomic
+    // letters of documents that now index fine: one statement, so one round trip and atomic
     // on its own. Only a batch with refused documents needs a transaction, to record them
     // together with clearing their marks.
-    let ids: Vec<i64> = done.0.iter().chain(&dead.0).copied().collect();
+    let ids: Vec<String> = done.0.iter().chain(&dead.0).cloned().collect();
     let seqs: Vec<i64> = done.1.iter().chain(&dead.1).copied().collect();
     // Each cleared mark also says how long its change waited (the database's clock on both
     // ends): commit → acknowledged, the freshness this batch delivered.
-    let clear = sqlx::query_as::<_, (i64, f64)>(
+    let clear = sqlx::query_as::<_, (String, f64)>(
         // The marks are locked in id order first, as the capture triggers lock them, so a
         // writer re-marking these students meanwhile waits and never deadlocks with us.
         "WITH mine AS (
-             SELECT d.student_id FROM tidemark.dirty_students d
-               JOIN unnest($1::bigint[], $2::bigint[]) AS a(id, seq) ON d.student_id = a.id AND d.seq = a.seq
-              ORDER BY d.student_id FOR UPDATE OF d),
+             SELECT d.key FROM tidemark.marks d
+               JOIN unnest($1::text[], $2::bigint[]) AS a(id, seq) ON d.key = a.id AND d.seq = a.seq
+              ORDER BY d.key FOR UPDATE OF d),
          gone AS (
-             DELETE FROM tidemark.dirty_students d USING mine m
-              WHERE d.student_id = m.student_id
-          RETURNING d.student_id, extract(epoch FROM clock_timestamp() - d.marked_at)::float8 AS waited),
-         healed AS (DELETE FROM tidemark.dead_letters WHERE student_id = ANY($3))
-         SELECT student_id, waited FROM gone",
+             DELETE FROM tidemark.marks d USING mine m
+              WHERE d.key = m.key
+          RETURNING d.key, extract(epoch FROM clock_timestamp() - d.marked_at)::float8 AS waited),
+         healed AS (DELETE FROM tidemark.dead_letters WHERE key = ANY($3))
+         SELECT key, waited FROM gone",
     )
     .bind(&ids)
     .bind(&seqs)
     .bind(&done.0);
-    let gone: Vec<(i64, f64)> = if ids.is_empty() {
+    let gone: Vec<(String, f64)> = if ids.is_empty() {
         Vec::new()
     } else if dead.0.is_empty() {
         clear.fetch_all(pool).await?
@@ -118,19 +118,19 @@ pub async fn acknowledge(pool: &PgPool, owner: &str, marks: &[Mark], verdicts: &
     acked.changed_in_flight = (ids.len() - gone.len()) as u64;
     acked.waited = gone.iter().map(|(_, w)| *w).collect();
     // Whatever is left (re-numbered in flight, or to retry later) is given back at once.
-    let cleared: HashSet<i64> = gone.into_iter().map(|(id, _)| id).collect();
-    let left: Vec<i64> = marks.iter().map(|m| m.student_id).filter(|id| !cleared.contains(id)).collect();
+    let cleared: HashSet<String> = gone.into_iter().map(|(id, _)| id).collect();
+    let left: Vec<String> = marks.iter().map(|m| m.key.clone()).filter(|id| !cleared.contains(id)).collect();
     if !left.is_empty() {
         super::claim::release(pool, owner, &left).await?;
     }
     Ok(acked)
 }
 
-async fn record_dead(conn: &mut sqlx::PgConnection, ids: &[i64], statuses: &[i32], reasons: &[String]) -> Result<(), sqlx::Error> {
+async fn record_dead(conn: &mut sqlx::PgConnection, ids: &[String], statuses: &[i32], reasons: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO tidemark.dead_letters AS d (student_id, status, error)
-         SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[])
-         ON CONFLICT (student_id) DO UPDATE
+        "INSERT INTO tidemark.dead_letters AS d (key, status, error)
+         SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
+         ON CONFLICT (key) DO UPDATE
             SET status = EXCLUDED.status, error = EXCLUDED.error,
                 attempts = d.attempts + 1, last_failed_at = now()",
     )
@@ -143,8 +143,8 @@ async fn record_dead(conn: &mut sqlx::PgConnection, ids: &[i64], statuses: &[i32
 }
 
 /// Records documents refused for good outside a sync batch (a reindex chunk has no marks).
-pub async fn dead_letter(pool: &PgPool, dead: &[(i64, i32, String)]) -> Result<(), sqlx::Error> {
-    let ids: Vec<i64> = dead.iter().map(|d| d.0).collect();
+pub async fn dead_letter(pool: &PgPool, dead: &[(String, i32, String)]) -> Result<(), sqlx::Error> {
+    let ids: Vec<String> = dead.iter().map(|d| d.0.clone()).collect();
     let statuses: Vec<i32> = dead.iter().map(|d| d.1).collect();
     let reasons: Vec<String> = dead.iter().map(|d| d.2.clone()).collect();
     let mut conn = pool.acquire().await?;

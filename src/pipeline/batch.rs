@@ -23,7 +23,7 @@ pub struct Prepared {
     pub marks: Vec<Mark>,
     pub targets: Targets,
     pub version: i64,
-    pub docs: Vec<(i64, Op)>,
+    pub docs: Vec<(String, Op)>,
     /// How long the read took.
     pub load: Duration,
     /// How long the batch may send (from its claim: `sync.batch_timeout`).
@@ -50,10 +50,10 @@ pub struct BatchReport {
 pub async fn claim(services: &Services, owner: &str, limit: usize) -> Result<Vec<Mark>, PipelineError> {
     let started = Instant::now();
     // The writers' log first, so the claim sees every committed change (at least a batch's
-    // worth, and a fan-out chunk's: a statement logs one row per student it changed).
+    // worth, and a fan-out chunk's: a statement logs one row per document it changed).
     let absorb = (limit as i64).max(i64::from(services.config.sync.fanout_chunk));
     claim::absorb(&services.pool, absorb).await?;
-    let marks = claim::claim_students(&services.pool, owner, services.lease(), limit as i64).await?;
+    let marks = claim::claim_marks(&services.pool, owner, services.lease(), limit as i64).await?;
     if !marks.is_empty() {
         telemetry::stage("claim", started.elapsed());
     }
@@ -63,13 +63,13 @@ pub async fn claim(services: &Services, owner: &str, limit: usize) -> Result<Vec
 /// Decides the targets, draws the version, then reads the documents (in that order:
 /// protocol invariants 3 and 7). On failure the claim is given back.
 pub async fn prepare(services: &Services, owner: &str, marks: Vec<Mark>) -> Result<Prepared, PipelineError> {
-    let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
+    let ids: Vec<String> = marks.iter().map(|m| m.key.clone()).collect();
     let started = Instant::now();
     let window = Window::of(services.config.sync.batch_timeout.0);
     let result = async {
         let targets = targets::decide(services).await?.ok_or_else(|| PipelineError::NoIndex(services.config.index_alias.clone()))?;
         let version = claim::draw_version(&services.pool).await?;
-        let docs = load(&services.pool, &ids).await?;
+        let docs = load(&services.pool, &services.model, &ids).await?;
         Ok::<_, PipelineError>((targets, version, docs))
     }
     .await;
@@ -87,7 +87,7 @@ pub async fn prepare(services: &Services, owner: &str, marks: Vec<Mark>) -> Resu
 
 /// Encodes, ships with retries, and acknowledges under the sequence guard.
 pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<BatchReport, PipelineError> {
-    let ids: Vec<i64> = p.marks.iter().map(|m| m.student_id).collect();
+    let ids: Vec<String> = p.marks.iter().map(|m| m.key.clone()).collect();
     let started = Instant::now();
     let encoded = encode(&p.docs, &p.targets.indices, p.version);
     let renewal = lease::renew(services, owner, Held::Marks(ids.clone()), p.window.lease_lost.clone()).await;
@@ -98,18 +98,18 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
             return Err(e.into());
         }
     };
-    let verdicts = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
+    let verdicts = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.key.clone(), o)));
     // One line per batch, not per document: the dead-letter table holds each one's reason.
-    let dead: Vec<(i64, u16, &str)> = verdicts
+    let dead: Vec<(&str, u16, &str)> = verdicts
         .iter()
         .filter_map(|(id, v)| match v {
-            Verdict::Dead { status, reason } => Some((*id, *status, reason.as_str())),
+            Verdict::Dead { status, reason } => Some((id.as_str(), *status, reason.as_str())),
             _ => None,
         })
         .collect();
     if let Some((_, status, reason)) = dead.first() {
-        let students: Vec<i64> = dead.iter().take(10).map(|d| d.0).collect();
-        tracing::warn!(count = dead.len(), ?students, status, first_reason = %reason, "the index refused documents; they are in the dead-letter table (tidemark admin failed)");
+        let keys: Vec<&str> = dead.iter().take(10).map(|d| d.0).collect();
+        tracing::warn!(count = dead.len(), ?keys, status, first_reason = %reason, "the index refused documents; they are in the dead-letter table (tidemark admin failed)");
     }
     drop(renewal);
     let shipped_at = Instant::now();
@@ -136,7 +136,7 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
 }
 
 /// Gives back what `owner` still leases of `ids`, so another step can take them at once.
-pub async fn give_back(services: &Services, owner: &str, ids: &[i64]) {
+pub async fn give_back(services: &Services, owner: &str, ids: &[String]) {
     if let Err(e) = claim::release(&services.pool, owner, ids).await {
         tracing::warn!(error = %e, "could not give back a claim; its lease runs out by itself");
     }

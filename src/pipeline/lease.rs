@@ -18,10 +18,10 @@ use crate::services::Services;
 /// What a step holds a lease on.
 #[derive(Clone, Debug)]
 pub enum Held {
-    /// Student marks.
-    Marks(Vec<i64>),
-    /// One chunk of a build.
-    Chunk { build: i64, lo: i64 },
+    /// Marks, by key.
+    Marks(Vec<String>),
+    /// One chunk of a build (its number).
+    Chunk { build: i64, n: i32 },
 }
 
 /// A running renewal; stops when dropped.
@@ -69,13 +69,13 @@ async fn extend(pool: &sqlx::PgPool, owner: &str, held: &Held, lease: Duration) 
     let millis = lease.as_millis() as f64;
     match held {
         Held::Marks(ids) => {
-            // Rows locked in id order, as the capture triggers lock them: a writer re-marking
-            // these students at the same time waits, it never deadlocks with the renewal.
+            // Rows locked in key order, as every other writer of marks locks them: none of
+            // them deadlocks with the renewal.
             let r = sqlx::query(
-                "UPDATE tidemark.dirty_students d SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
-                   FROM (SELECT student_id FROM tidemark.dirty_students
-                          WHERE lease_owner = $1 AND student_id = ANY($2) ORDER BY student_id FOR UPDATE) s
-                  WHERE d.student_id = s.student_id",
+                "UPDATE tidemark.marks d SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+                   FROM (SELECT key FROM tidemark.marks
+                          WHERE lease_owner = $1 AND key = ANY($2) ORDER BY key FOR UPDATE) s
+                  WHERE d.key = s.key",
             )
             .bind(owner)
             .bind(ids)
@@ -84,13 +84,13 @@ async fn extend(pool: &sqlx::PgPool, owner: &str, held: &Held, lease: Duration) 
             .await?;
             Ok(r.rows_affected() as usize == ids.len())
         }
-        Held::Chunk { build, lo } => {
+        Held::Chunk { build, n } => {
             let r = sqlx::query(
                 "UPDATE tidemark.reindex_chunks SET lease_until = clock_timestamp() + $4 * interval '1 millisecond'
-                  WHERE reindex_id = $1 AND lo = $2 AND lease_owner = $3",
+                  WHERE reindex_id = $1 AND n = $2 AND lease_owner = $3",
             )
             .bind(build)
-            .bind(lo)
+            .bind(n)
             .bind(owner)
             .bind(millis)
             .execute(pool)

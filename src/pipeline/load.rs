@@ -1,66 +1,34 @@
-//! Load: the current rows of a batch of students, in one query (no N+1), as documents.
-//! A sync batch reads a set of ids (a student that no longer exists comes back as `None`
-//! and becomes a `delete`); a reindex chunk reads an id range.
+//! Load: the current rows of a batch of documents, in one query whatever the model's depth
+//! (no N+1: every related table is a subquery of it), as documents. A sync batch reads a set
+//! of keys (a key that has no row any more comes back as a `delete`); a reindex chunk reads a
+//! key range.
 
-use sqlx::PgExecutor;
+use std::collections::HashMap;
+
+use sqlx::{types::Json, PgExecutor};
 
 use super::Op;
-use crate::document::{StudentDoc, UniversityRef};
+use crate::{
+    document::Document,
+    model::{sql::Rows, Model},
+};
 
-type Row = (i64, String, String, i32, String, Option<i64>, Option<String>, Option<Vec<String>>);
-
-/// The one query; `{students}` and `{enrollments}` are the row filters of the two sides.
-fn query(students: &str, enrollments: &str) -> String {
-    format!(
-        "SELECT s.id, s.first_name, s.last_name, s.age, s.year_in_school::text,
-                u.id, u.name, e.names
-           FROM students s
-           LEFT JOIN universities u ON u.id = s.university_id
-           LEFT JOIN (SELECT sc.student_id, array_agg(c.name) AS names
-                        FROM student_courses sc JOIN courses c ON c.id = sc.course_id
-                       WHERE {enrollments}
-                       GROUP BY sc.student_id) e ON e.student_id = s.id
-          WHERE {students}"
-    )
+/// The op of each of `keys`, in the order of `keys`: its document, or a delete for a key
+/// that has no row.
+pub async fn load(db: impl PgExecutor<'_>, model: &Model, keys: &[String]) -> Result<Vec<(String, Op)>, sqlx::Error> {
+    let rows: Vec<(String, Json<Document>)> = sqlx::query_as(model.query(Rows::Keys)).bind(keys).fetch_all(db).await?;
+    let mut found: HashMap<String, Document> = rows.into_iter().map(|(k, Json(d))| (k, d)).collect();
+    Ok(keys.iter().map(|k| (k.clone(), found.remove(k).map_or(Op::Delete, Op::Index))).collect())
 }
 
-fn build(row: Row) -> (i64, StudentDoc) {
-    let (id, first, last, age, year, uid, uname, names) = row;
-    let university = match (uid, uname) {
-        (Some(id), Some(name)) => Some(UniversityRef { id, name }),
-        _ => None,
+/// Documents of every row with `lo <= key < hi` (`None`: no bound), in key order.
+pub async fn load_range(db: impl PgExecutor<'_>, model: &Model, lo: Option<&str>, hi: Option<&str>) -> Result<Vec<(String, Op)>, sqlx::Error> {
+    let q = sqlx::query_as(model.query(Rows::Range { lo: lo.is_some(), hi: hi.is_some() }));
+    let q = match (lo, hi) {
+        (Some(lo), Some(hi)) => q.bind(lo).bind(hi),
+        (Some(b), None) | (None, Some(b)) => q.bind(b),
+        (None, None) => q,
     };
-    (id, StudentDoc::build(id, first, last, age, year, university, names.unwrap_or_default()))
-}
-
-/// The op of each of `ids`, in the order of `ids`: its document, or a delete for a student
-/// that is gone.
-pub async fn load(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<(i64, Op)>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(&query("s.id = ANY($1)", "sc.student_id = ANY($1)")).bind(ids).fetch_all(db).await?;
-    let mut found: std::collections::HashMap<i64, StudentDoc> = rows.into_iter().map(build).collect();
-    Ok(ids.iter().map(|id| (*id, found.remove(id).map_or(Op::Delete, Op::Index))).collect())
-}
-
-/// Documents of every student with `lo <= id < hi` (no upper bound when `hi` is None), in
-/// id order.
-pub async fn load_range(db: impl PgExecutor<'_>, lo: i64, hi: Option<i64>) -> Result<Vec<(i64, Op)>, sqlx::Error> {
-    // Two statements rather than `$2 IS NULL OR id < $2`, which a generic plan would turn
-    // into a scan of every id above `lo` for every chunk.
-    let rows: Vec<Row> = match hi {
-        Some(hi) => {
-            let sql = query("s.id >= $1 AND s.id < $2", "sc.student_id >= $1 AND sc.student_id < $2") + " ORDER BY s.id";
-            sqlx::query_as(&sql).bind(lo).bind(hi).fetch_all(db).await?
-        }
-        None => {
-            let sql = query("s.id >= $1", "sc.student_id >= $1") + " ORDER BY s.id";
-            sqlx::query_as(&sql).bind(lo).fetch_all(db).await?
-        }
-    };
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let (id, doc) = build(r);
-            (id, Op::Index(doc))
-        })
-        .collect())
+    let rows: Vec<(String, Json<Document>)> = q.fetch_all(db).await?;
+    Ok(rows.into_iter().map(|(k, Json(d))| (k, Op::Index(d))).collect())
 }

@@ -1,7 +1,7 @@
 //! The sync pipeline, one module per stage, in the order data flows through them:
 //!
 //! ```text
-//! capture (SQL triggers, migrations/) → fanout (university/course/statement → marks)
+//! capture (SQL triggers, generated from the model) → fanout (a related row → its documents' marks)
 //!   → claim → targets → load → encode → ship (retrying) → classify → acknowledge
 //! ```
 //!
@@ -19,26 +19,26 @@ pub mod load;
 pub mod ship;
 pub mod targets;
 
-use crate::{document::StudentDoc, search::SearchError};
+use crate::{document::Document, search::SearchError};
 
 /// What a batch (or a reindex chunk) writes for one student: the whole document as the
 /// database has it now, or its deletion (the student is gone).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    Index(StudentDoc),
+    Index(Document),
     Delete,
 }
 
 impl Op {
     /// The document, unless the student is gone.
-    pub fn document(&self) -> Option<&StudentDoc> {
+    pub fn document(&self) -> Option<&Document> {
         match self {
             Op::Index(doc) => Some(doc),
             Op::Delete => None,
         }
     }
 
-    pub fn into_document(self) -> Option<StudentDoc> {
+    pub fn into_document(self) -> Option<Document> {
         match self {
             Op::Index(doc) => Some(doc),
             Op::Delete => None,
@@ -61,11 +61,12 @@ pub enum Action {
     Delete,
 }
 
-/// A dirty mark as claimed: the student and the sequence number the mark had at claim time.
-/// Acknowledging succeeds only if the mark still carries this number (protocol invariant 5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A dirty mark as claimed: the document's key (as text) and the sequence number the mark
+/// had at claim time. Acknowledging succeeds only if the mark still carries this number
+/// (protocol invariant 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mark {
-    pub student_id: i64,
+    pub key: String,
     pub seq: i64,
 }
 

@@ -371,11 +371,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{document::StudentDoc, pipeline::encode::encode, pipeline::Op};
+    use crate::{pipeline::encode::encode, pipeline::Op};
 
     fn batch(n: i64) -> Encoded {
-        let docs: Vec<(i64, Op)> =
-            (1..=n).map(|id| (id, Op::Index(StudentDoc::build(id, format!("N{id}"), "L".into(), 20, "FR".into(), None, vec![])))).collect();
+        let docs: Vec<(String, Op)> = (1..=n).map(|id| (id.to_string(), Op::Index(serde_json::json!({"first_name": format!("N{id}"), "id": id})))).collect();
         encode(&docs, &["students".into()], 7)
     }
 

@@ -180,13 +180,13 @@ enum Verification {
     Failed(String),
 }
 
-/// The students whose change is not in the index yet: marks, and the unexpanded ids of
-/// sets of students (at most `limit`; `None` when there are more).
-async fn outstanding_ids(pool: &PgPool, limit: i64) -> Result<Option<Vec<i64>>, sqlx::Error> {
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "(SELECT student_id FROM tidemark.outstanding LIMIT $1)
+/// The documents whose change is not in the index yet: marks, changes not yet moved into
+/// marks, and the unexpanded keys of sets (at most `limit`; `None` when there are more).
+async fn outstanding_ids(pool: &PgPool, limit: i64) -> Result<Option<Vec<String>>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "(SELECT key FROM tidemark.outstanding LIMIT $1)
          UNION
-         (SELECT unnest(ids[cursor + 1:]) FROM tidemark.dirty_parents WHERE kind = 'students' LIMIT $1)",
+         (SELECT unnest(ids[position + 1:]) FROM tidemark.parents WHERE kind = 'keys' LIMIT $1)",
     )
     .bind(limit + 1)
     .fetch_all(pool)
@@ -196,17 +196,18 @@ async fn outstanding_ids(pool: &PgPool, limit: i64) -> Result<Option<Vec<i64>>, 
 
 /// Count and sample checks of a built index against the database.
 ///
-/// A count that differs is excused only by what the outstanding changes of the students
-/// concerned explain: a marked student in the index but not in the database (a delete in
+/// A count that differs is excused only by what the outstanding changes of the documents
+/// concerned explain: a marked key in the index but not in the database (a delete in
 /// flight) explains one extra document, a marked one in the database but not in the index
 /// (an insert in flight) one missing. Unrelated changes excuse nothing.
 async fn verify_build(services: &Services, index: &str) -> Result<Verification, ReindexError> {
     let pool = &services.pool;
-    let db: i64 = sqlx::query_scalar("SELECT count(*) FROM students").fetch_one(pool).await?;
+    let keys = services.model.keys();
+    let db: i64 = sqlx::query_scalar(&keys.count).fetch_one(pool).await?;
     let indexed = services.search.count(index).await? as i64;
-    let pending_parents: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_parents").fetch_one(pool).await?;
+    let pending_parents: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.parents").fetch_one(pool).await?;
     if indexed != db {
-        let what = format!("{index} holds {indexed} documents, the database {db} students");
+        let what = format!("{index} holds {indexed} documents, the database {db} rows of {}", services.model.root.table);
         let Some(concerned) = outstanding_ids(pool, 50_000).await? else {
             return Ok(Verification::Wait(format!("{what}; more than 50,000 changes are still to sync")));
         };
@@ -215,11 +216,11 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
             let hint = if dead > 0 { format!(" ({dead} documents were refused: see `tidemark admin failed`)") } else { String::new() };
             return Ok(Verification::Failed(format!("{what}{hint}")));
         }
-        let in_db: std::collections::HashSet<i64> =
-            sqlx::query_scalar("SELECT id FROM students WHERE id = ANY($1)").bind(&concerned).fetch_all(pool).await?.into_iter().collect();
+        let in_db: std::collections::HashSet<String> =
+            sqlx::query_scalar(&keys.existing).bind(&concerned).fetch_all(pool).await?.into_iter().collect();
         let in_index = services.search.existing(index, &concerned).await?;
-        let extra = concerned.iter().filter(|id| in_index.contains(id) && !in_db.contains(id)).count() as i64;
-        let missing = concerned.iter().filter(|id| in_db.contains(id) && !in_index.contains(id)).count() as i64;
+        let extra = concerned.iter().filter(|id| in_index.contains(*id) && !in_db.contains(*id)).count() as i64;
+        let missing = concerned.iter().filter(|id| in_db.contains(*id) && !in_index.contains(*id)).count() as i64;
         if indexed - db != extra - missing {
             return Ok(Verification::Wait(format!(
                 "{what}, a difference of {:+} that the {} outstanding changes explain only {:+} of",
@@ -230,7 +231,7 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
         }
     }
     let sample = i64::from(services.config.reindex.verify_sample);
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY random() LIMIT $1").bind(sample).fetch_all(pool).await?;
+    let ids: Vec<String> = sqlx::query_scalar(&keys.sample).bind(sample).fetch_all(pool).await?;
     let differing = verify::compare(services, index, &ids).await?.ids();
     if differing.is_empty() {
         return Ok(Verification::Ok);
@@ -242,7 +243,7 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
     // again, is real.
     let mut differing = differing;
     for round in 0..4 {
-        let marked: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT student_id FROM tidemark.outstanding WHERE student_id = ANY($1)")
+        let marked: Vec<String> = sqlx::query_scalar("SELECT DISTINCT key FROM tidemark.outstanding WHERE key = ANY($1)")
             .bind(&differing)
             .fetch_all(pool)
             .await?;
@@ -255,7 +256,7 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
     if differing.is_empty() {
         return Ok(Verification::Ok);
     }
-    // A renamed university or course not yet expanded into student marks explains a
+    // A changed related row not yet expanded into its documents' marks explains a
     // difference too: wait for the fan-out.
     if pending_parents > 0 {
         return Ok(Verification::Wait(format!(

@@ -3,7 +3,7 @@
 use super::{start::refuse_if_running, ReindexError};
 use crate::{catalog, services::Services};
 
-/// Points the alias back at the index the last promotion replaced, and marks every student
+/// Points the alias back at the index the last promotion replaced, and marks every document
 /// of the database or of that index, so it catches up with the changes (deletes included)
 /// made while it was not live.
 /// Returns the index the alias left and the one it points at now.
@@ -32,10 +32,15 @@ pub async fn rollback(services: &Services) -> Result<(String, String), ReindexEr
     // Changes made while `to` was not live reached only `from`: resync everything into it —
     // every student in the database, and every document `to` holds (a student deleted
     // meanwhile was deleted only from `from`; marked, its absence becomes a delete here).
-    let mut ids: Vec<i64> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     search.scan(&to, false, |id, _| ids.push(id)).await?;
-    sqlx::query("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students UNION SELECT unnest($1::bigint[])))")
-        .bind(&ids)
+    let model = &services.model;
+    sqlx::query(&format!(
+        "SELECT tidemark.mark_keys(ARRAY(SELECT {key}::text FROM {table} UNION SELECT unnest($1::text[])))",
+        key = crate::model::sql::ident(&model.root.key),
+        table = crate::model::sql::ident(&model.root.table)
+    ))
+    .bind(&ids)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -4,6 +4,7 @@ use super::{generation, ReindexError};
 use crate::{
     catalog::{self, build_alias, Build, BuildState},
     document::build_body,
+    model::sql::ident,
     services::Services,
 };
 
@@ -43,7 +44,7 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
         tracing::warn!(index = %building, "deleting an index auto-created under the build alias's name");
         search.delete_index(&building).await?;
     }
-    let body = build_body(&services.config.index);
+    let body = build_body(&services.config.index, &services.model);
     let target = loop {
         let name = format!("{alias}_{next}");
         if search.create_index(&name, &body).await? {
@@ -55,11 +56,12 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
     // Move the build alias here in one step, from wherever it was (it stays on the live
     // index between builds, so a late write through it lands somewhere sensible).
     search.point_alias(&building, std::slice::from_ref(&target)).await?;
-    let (min, max, count): (Option<i64>, Option<i64>, i64) =
-        sqlx::query_as("SELECT min(id), max(id), count(*) FROM students").fetch_one(&mut *tx).await?;
+    let model = &services.model;
+    let (table, key) = (ident(&model.root.table), ident(&model.root.key));
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut *tx).await?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO tidemark.reindexes (alias, target_index, previous_index, state, reason, chunk_size, docs_total)
-         VALUES ($1, $2, $3, 'building', $4, $5, $6) RETURNING id",
+        "INSERT INTO tidemark.reindexes (alias, target_index, previous_index, state, reason, chunk_size, docs_total, model)
+         VALUES ($1, $2, $3, 'building', $4, $5, $6, $7) RETURNING id",
     )
     .bind(alias)
     .bind(&target)
@@ -67,26 +69,30 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
     .bind(reason)
     .bind(chunk_size as i32)
     .bind(count)
+    .bind(&model.fingerprint)
     .fetch_one(&mut *tx)
     .await?;
-    // The chunks cover the whole id space, not just [min, max] as counted: the first is
-    // open below and the last open above (hi NULL), so a student inserted between the count
-    // and this commit — whose batch may not have seen the build yet, and wrote only to the
-    // live index — is still read by a chunk, which reads after this commit.
-    sqlx::query(
-        "INSERT INTO tidemark.reindex_chunks (reindex_id, lo, hi)
-         SELECT $1, CASE WHEN lo = $2 THEN -9223372036854775808 ELSE lo END,
-                CASE WHEN lo + $4 > $3 THEN NULL ELSE lo + $4 END
-           FROM generate_series($2::bigint, $3::bigint, $4::bigint) AS lo",
-    )
+    // Chunks of `chunk_size` rows, cut at every chunk_size-th key in the key's own order
+    // (any key type, sparse or not). They cover the whole key space, not just the keys
+    // counted: the first is open below and the last open above (NULL), so a row inserted
+    // between the count and this commit — whose batch may not have seen the build yet, and
+    // wrote only to the live index — is still read by a chunk, which reads after this commit.
+    sqlx::query(&format!(
+        "WITH cuts AS (
+             SELECT k::text AS k, row_number() OVER (ORDER BY k) AS n
+               FROM (SELECT k FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS rn FROM {table}) r
+                      WHERE rn > 1 AND (rn - 1) % $2 = 0) c)
+         INSERT INTO tidemark.reindex_chunks (reindex_id, n, lo, hi)
+         SELECT $1, n, lag(k) OVER (ORDER BY n), k FROM cuts
+         UNION ALL
+         SELECT $1, (SELECT count(*) FROM cuts) + 1, (SELECT k FROM cuts ORDER BY n DESC LIMIT 1), NULL"
+    ))
     .bind(id)
-    .bind(min.unwrap_or(0))
-    .bind(max.unwrap_or(0))
     .bind(i64::from(chunk_size))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::info!(id, index = %target, previous = ?previous, students = count, reason, "reindex started");
+    tracing::info!(id, index = %target, previous = ?previous, documents = count, reason, "reindex started");
     Ok(catalog::get(pool, id).await?)
 }
 

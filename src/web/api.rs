@@ -99,12 +99,12 @@ pub async fn student(State(app): State<App>, Path(raw): Path<String>) -> Result<
     };
     Ok(Json(json!({
         "id": id,
-        "first_name": doc.first_name,
-        "last_name": doc.last_name,
-        "age": doc.age,
-        "year_in_school": doc.year_in_school,
-        "university": doc.university,
-        "courses": doc.course_names,
+        "first_name": doc["first_name"],
+        "last_name": doc["last_name"],
+        "age": doc["age"],
+        "year_in_school": doc["year_in_school"],
+        "university": doc["university"],
+        "courses": doc["course_names"],
         "index": view.index,
         "pending_change_seconds": view.pending_change_seconds,
     }))

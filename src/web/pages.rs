@@ -446,11 +446,11 @@ pub async fn student(State(app): State<App>, Path(raw): Path<String>) -> Respons
     let page = StudentPage {
         chrome: chrome(&app, "", Vec::new()).await,
         id,
-        name: format!("{} {}", doc.first_name, doc.last_name),
-        age: doc.age,
-        year: doc.year_in_school.clone(),
-        university: doc.university.as_ref().map_or_else(|| "none".to_string(), |u| u.name.clone()),
-        courses: doc.course_names.clone(),
+        name: format!("{} {}", doc["first_name"].as_str().unwrap_or_default(), doc["last_name"].as_str().unwrap_or_default()),
+        age: doc["age"].as_i64().unwrap_or_default() as i32,
+        year: doc["year_in_school"].as_str().unwrap_or_default().to_string(),
+        university: doc["university"]["name"].as_str().map_or_else(|| "none".to_string(), str::to_string),
+        courses: doc["course_names"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_string)).collect(),
         notice: notice(&view),
     };
     render(StatusCode::OK, page)

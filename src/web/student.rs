@@ -7,14 +7,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{db, engine, Failure};
-use crate::{document::StudentDoc, pipeline::load::load, services::Services, verify};
+use crate::{document::Document, pipeline::load::load, services::Services, verify};
 
 /// What the student page shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct StudentView {
     pub id: i64,
     /// None: no such student in the database.
-    pub student: Option<StudentDoc>,
+    pub student: Option<Document>,
     pub index: IndexCopy,
     /// Seconds since this student's change was marked and not yet indexed, if one is.
     pub pending_change_seconds: Option<f64>,
@@ -49,8 +49,8 @@ pub struct FieldDiff {
 /// Fields a person reads; `name_complete` and `id` only follow the names and the id.
 const SHOWN: [&str; 6] = ["first_name", "last_name", "age", "year_in_school", "university", "course_names"];
 
-fn differences(built: &StudentDoc, indexed: &Value) -> Vec<FieldDiff> {
-    let built = serde_json::to_value(built).expect("a document always serialises");
+fn differences(built: &Document, indexed: &Value) -> Vec<FieldDiff> {
+    let built = built.clone();
     let mut out: Vec<FieldDiff> = SHOWN
         .iter()
         .filter(|f| built[**f] != indexed[**f])
@@ -69,11 +69,11 @@ fn differences(built: &StudentDoc, indexed: &Value) -> Vec<FieldDiff> {
 pub async fn view(services: &Services, id: i64) -> Result<StudentView, Failure> {
     let pool = &services.pool;
     let (rows, pending) = db(async {
-        let rows = load(pool, &[id]).await?;
+        let rows = load(pool, &services.model, &[id.to_string()]).await?;
         let pending: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM clock_timestamp() - min(marked_at))::float8 FROM tidemark.outstanding WHERE student_id = $1",
+            "SELECT extract(epoch FROM clock_timestamp() - min(marked_at))::float8 FROM tidemark.outstanding WHERE key = $1",
         )
-        .bind(id)
+        .bind(id.to_string())
         .fetch_one(pool)
         .await?;
         Ok((rows, pending))

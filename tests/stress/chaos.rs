@@ -108,7 +108,7 @@ impl Chaos {
             self.watch.look(fleet).await;
             self.operator.step(fleet).await;
             let (marks, parents, active): (i64, i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM tidemark.outstanding), (SELECT count(*) FROM tidemark.dirty_parents),
+                "SELECT (SELECT count(*) FROM tidemark.outstanding), (SELECT count(*) FROM tidemark.parents),
                         (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))",
             )
             .fetch_one(&env.pool)

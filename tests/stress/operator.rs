@@ -256,7 +256,7 @@ impl Operator {
             }
             Step::Rollback { ids, since, until } => {
                 let left: i64 =
-                    sqlx::query_scalar("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id = ANY($1)")
+                    sqlx::query_scalar("SELECT count(DISTINCT key) FROM tidemark.outstanding WHERE key = ANY($1::bigint[]::text[])")
                         .bind(&*ids)
                         .fetch_one(pool)
                         .await

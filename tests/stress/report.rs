@@ -45,7 +45,7 @@ impl Findings {
         // the test support (independent of tidemark's loader and document code).
         let check = if converged { Some(env.compare().await) } else { None };
         let dead_letters: Vec<(i64, Option<i32>, String, i32)> =
-            sqlx::query_as("SELECT student_id, status, error, attempts FROM tidemark.dead_letters ORDER BY student_id")
+            sqlx::query_as("SELECT key::bigint, status, error, attempts FROM tidemark.dead_letters ORDER BY key::bigint")
                 .fetch_all(&env.pool)
                 .await
                 .unwrap();

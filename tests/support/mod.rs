@@ -131,6 +131,14 @@ pub fn run_aside(what: &str, limit: Duration, work: impl Future<Output = ()> + S
     }
 }
 
+/// How a test database is set up.
+enum Setup {
+    /// The model's tables (this SQL), then tidemark's `migrate`.
+    Current(String),
+    /// An installation of tidemark 0.9, with its sqlx migrations below this number.
+    Before(u32),
+}
+
 pub struct Env {
     pub db_name: String,
     pub database_url: String,
@@ -153,7 +161,21 @@ impl Env {
     }
 
     pub async fn with_config(tweak: impl FnOnce(&mut Config)) -> Env {
-        Env::create(tweak, None).await
+        Env::create(tweak, Setup::Current(tidemark_seeds::STUDENTS_SCHEMA.to_string())).await
+    }
+
+    /// An environment for another model: `spec` (a shipped model's name or a model file),
+    /// its tables created by `schema` before `migrate` installs the capture.
+    pub async fn with_model(spec: &str, schema: &str, tweak: impl FnOnce(&mut Config)) -> Env {
+        let spec = spec.to_string();
+        Env::create(
+            move |c| {
+                c.set_model(spec);
+                tweak(c);
+            },
+            Setup::Current(schema.to_string()),
+        )
+        .await
     }
 
     /// With the [`small_directory`] (MIT and KPI, CS101 and MATH201) inserted.
@@ -166,7 +188,7 @@ impl Env {
     /// An environment whose database has only the migrations numbered below `first_new`
     /// (an installation of an earlier tidemark, to be upgraded by `tidemark::db::migrate`).
     pub async fn before_migration(first_new: u32) -> Env {
-        Env::create(|_| {}, Some(first_new)).await
+        Env::create(|_| {}, Setup::Before(first_new)).await
     }
 
     /// `students` seeded students (and the seed's universities, courses, enrollments), all
@@ -194,7 +216,7 @@ impl Env {
         (env, proxy)
     }
 
-    async fn create(tweak: impl FnOnce(&mut Config), before: Option<u32>) -> Env {
+    async fn create(tweak: impl FnOnce(&mut Config), setup: Setup) -> Env {
         let admin_url = service_url("DATABASE_URL");
         let redis_url = service_url("REDIS_URL");
         let es_url = service_url("ELASTICSEARCH_URL");
@@ -207,32 +229,13 @@ impl Env {
         std::fs::create_dir_all(&dir).unwrap();
         let database_url = with_db(&admin_url, &db_name);
         let pool = PgPoolOptions::new().max_connections(8).connect(&database_url).await.expect("connect to test database");
-        match before {
-            None => tidemark::db::migrate(&pool).await.expect("migrations"),
-            Some(first_new) => {
-                // The migration files numbered below `first_new`, applied by sqlx as an older
-                // tidemark's `migrate` did (same files, so the checksums match later).
-                let older = dir.join("migrations");
-                std::fs::create_dir_all(&older).unwrap();
-                for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
-                    let path = entry.unwrap().path();
-                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                    if name.split('_').next().unwrap().parse::<u32>().unwrap() < first_new {
-                        std::fs::copy(&path, older.join(&name)).unwrap();
-                    }
-                }
-                sqlx::migrate::Migrator::new(older.as_path()).await.unwrap().run(&pool).await.expect("older migrations");
-            }
-        }
         let alias = format!("{id}-students");
-        let mut config = Config {
-            database_url: Some(Secret::new(database_url.clone())),
-            redis_url: Some(Secret::new(redis_url.clone())),
-            elasticsearch_url: Some(Secret::new(es_url.clone())),
-            index_alias: alias.clone(),
-            queue_namespace: id.clone(),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.database_url = Some(Secret::new(database_url.clone()));
+        config.redis_url = Some(Secret::new(redis_url.clone()));
+        config.elasticsearch_url = Some(Secret::new(es_url.clone()));
+        config.index_alias = alias.clone();
+        config.queue_namespace = id.clone();
         // Small batches so tests exercise many batches; quick retries.
         config.sync.batch_size = 500;
         config.sync.backoff_base = "20ms".parse().unwrap();
@@ -242,6 +245,26 @@ impl Env {
         config.index.number_of_replicas = 0;
         tweak(&mut config);
         config.validate().expect("test config is valid");
+        match setup {
+            Setup::Current(schema) => {
+                sqlx::raw_sql(&schema).execute(&pool).await.expect("the model's tables");
+                tidemark::db::migrate(&pool, &config.model()).await.expect("migrations");
+            }
+            Setup::Before(first_new) => {
+                // The sqlx migrations of tidemark 0.9 numbered below `first_new` (the student
+                // directory's tables among them), applied as that version's `migrate` did.
+                let older = dir.join("migrations");
+                std::fs::create_dir_all(&older).unwrap();
+                for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/migrations-0.9")).unwrap() {
+                    let path = entry.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    if name.split('_').next().unwrap().parse::<u32>().unwrap() < first_new {
+                        std::fs::copy(&path, older.join(&name)).unwrap();
+                    }
+                }
+                sqlx::migrate::Migrator::new(older.as_path()).await.unwrap().run(&pool).await.expect("older migrations");
+            }
+        }
         let search = Search::new(&config).expect("search client");
         let http = reqwest::Client::new();
         Env { db_name, database_url, redis_url, es_url, alias, namespace: id, pool, config: Arc::new(config), search, dir, admin_url, http }
@@ -412,7 +435,7 @@ impl Env {
 
     /// Students with a change not yet acknowledged (marked or in the writers' log).
     pub async fn outstanding(&self) -> i64 {
-        self.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await
+        self.scalar_i64("SELECT count(DISTINCT key) FROM tidemark.outstanding").await
     }
 
     pub async fn dead_letters(&self) -> i64 {
@@ -423,7 +446,7 @@ impl Env {
     /// the alias exists.
     pub async fn synced(&self) -> bool {
         self.scalar_i64(
-            "SELECT (SELECT count(*) FROM tidemark.outstanding) + (SELECT count(*) FROM tidemark.dirty_parents)
+            "SELECT (SELECT count(*) FROM tidemark.outstanding) + (SELECT count(*) FROM tidemark.parents)
                   + (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))
                   + (SELECT count(*) FROM tidemark.resync_requests)",
         )

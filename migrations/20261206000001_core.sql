@@ -2,10 +2,10 @@
 -- marks, the parent marks, dead letters, reindexes, workers. Keys are text (tidemark casts
 -- them to the model's key type where it binds them): integer and uuid keys alike.
 --
--- On a database that an earlier tidemark (migrations 0001–0009, the student directory only)
--- set up, the same tables are converted in place, their rows kept, and the students capture
--- rewritten against the new names, so no write goes uncaptured until `tidemark migrate`
--- installs the model's own capture (in the transaction that drops this one).
+-- On a database that an earlier tidemark (sqlx migrations 0001–0009, the student directory
+-- only) set up, the same tables are converted in place, their rows kept. `tidemark migrate`
+-- runs this and installs the model's capture in one transaction, so no write goes
+-- uncaptured in between.
 --
 -- The application's tables are not created here: they are the user's (the shipped models'
 -- schemas are under seeds/<model>/schema.sql).
@@ -140,6 +140,8 @@ ELSE
         ALTER TABLE tidemark.changes ALTER COLUMN key TYPE text USING key::text;
     END IF;
 
+    ALTER TABLE tidemark.dirty_parents ADD COLUMN IF NOT EXISTS ids bigint[];
+    ALTER TABLE tidemark.dirty_parents ADD COLUMN IF NOT EXISTS expansion_seq bigint;
     ALTER TABLE tidemark.dirty_parents RENAME TO parents;
     ALTER TABLE tidemark.parents DROP CONSTRAINT IF EXISTS dirty_parents_kind;
     ALTER TABLE tidemark.parents DROP CONSTRAINT IF EXISTS dirty_parents_ids;
@@ -160,7 +162,16 @@ ELSE
     ALTER TABLE tidemark.dead_letters RENAME COLUMN student_id TO key;
     ALTER TABLE tidemark.dead_letters ALTER COLUMN key TYPE text USING key::text;
 
+    ALTER TABLE tidemark.reindexes ADD COLUMN IF NOT EXISTS retry_after timestamptz;
+    ALTER TABLE tidemark.reindexes ADD COLUMN IF NOT EXISTS verify_after timestamptz;
+    ALTER TABLE tidemark.reindexes ADD COLUMN IF NOT EXISTS verify_deadline timestamptz;
+    ALTER TABLE tidemark.reindexes ADD COLUMN IF NOT EXISTS build_alias_dropped boolean NOT NULL DEFAULT false;
     ALTER TABLE tidemark.reindexes ADD COLUMN model text;
+    CREATE TABLE IF NOT EXISTS tidemark.resync_requests (
+        id bigserial PRIMARY KEY, reason text NOT NULL, requested_at timestamptz NOT NULL DEFAULT now());
+    CREATE TABLE IF NOT EXISTS tidemark.workers (
+        identity text PRIMARY KEY, started_at timestamptz NOT NULL DEFAULT now(), seen_at timestamptz NOT NULL DEFAULT now(),
+        last_batch_at timestamptz, batches bigint NOT NULL DEFAULT 0);
     -- Chunks: numbered, bounds as text (a first chunk open below: lo NULL).
     ALTER TABLE tidemark.reindex_chunks DROP CONSTRAINT reindex_chunks_pkey;
     ALTER TABLE tidemark.reindex_chunks ADD COLUMN n integer;
@@ -185,6 +196,8 @@ ELSE
     DROP FUNCTION IF EXISTS tidemark.capture_enrollments_update();
     DROP FUNCTION IF EXISTS tidemark.capture_enrollments_delete();
     DROP FUNCTION IF EXISTS tidemark.capture_parent_rename();
+    DROP FUNCTION IF EXISTS tidemark.large_statement_settings();
+    DROP FUNCTION IF EXISTS tidemark.restore_settings(text[]);
 END IF;
 END $core$;
 
@@ -263,31 +276,3 @@ CREATE TABLE IF NOT EXISTS tidemark.model (
     fingerprint  text NOT NULL,
     installed_at timestamptz NOT NULL DEFAULT now()
 );
-
--- An earlier tidemark's installation keeps being captured until `migrate` installs the
--- model's capture: the students capture, rewritten against the new tables.
-DO $interim$
-BEGIN
-IF to_regclass('public.students') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tidemark.model)
-   AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname LIKE 'tidemark\_capture%' AND NOT tgisinternal) THEN
-    CREATE FUNCTION tidemark.capture_interim_students() RETURNS trigger LANGUAGE plpgsql AS $f$
-    DECLARE v bigint := nextval('tidemark.seq');
-    BEGIN
-        IF TG_OP = 'DELETE' THEN
-            INSERT INTO tidemark.changes (key, seq) SELECT o.id::text, v FROM old_rows o;
-        ELSE
-            INSERT INTO tidemark.changes (key, seq) SELECT n.id::text, v FROM new_rows n;
-            IF TG_OP = 'UPDATE' THEN
-                INSERT INTO tidemark.changes (key, seq) SELECT o.id::text, v FROM old_rows o;
-            END IF;
-        END IF;
-        RETURN NULL;
-    END $f$;
-    CREATE TRIGGER tidemark_capture_interim_insert AFTER INSERT ON students REFERENCING NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION tidemark.capture_interim_students();
-    CREATE TRIGGER tidemark_capture_interim_update AFTER UPDATE ON students REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION tidemark.capture_interim_students();
-    CREATE TRIGGER tidemark_capture_interim_delete AFTER DELETE ON students REFERENCING OLD TABLE AS old_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION tidemark.capture_interim_students();
-END IF;
-END $interim$;
