@@ -57,7 +57,8 @@ fn effects(model: &Model) -> BTreeMap<String, Vec<Effect>> {
     for place in places(model) {
         let r = place.path.last().expect("a place has a path");
         // The parent's kind: None for the root.
-        let parent = (place.path.len() > 1).then(|| place.path[..place.path.len() - 1].iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join("."));
+        let parent = (place.path.len() > 1)
+            .then(|| place.path[..place.path.len() - 1].iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join("."));
         match &r.link {
             Link::HasMany { foreign_key } => {
                 let mut cols = used(&r.node);
@@ -77,10 +78,18 @@ fn effects(model: &Model) -> BTreeMap<String, Vec<Effect>> {
                     this_key: this_key.clone(),
                     other_key: other_key.clone(),
                 });
-                out.entry(r.node.table.clone()).or_default().push(Effect::Node { kind: place.kind(), key: r.node.key.clone(), used: used(&r.node) });
+                out.entry(r.node.table.clone()).or_default().push(Effect::Node {
+                    kind: place.kind(),
+                    key: r.node.key.clone(),
+                    used: used(&r.node),
+                });
             }
             Link::BelongsTo { .. } => {
-                out.entry(r.node.table.clone()).or_default().push(Effect::Node { kind: place.kind(), key: r.node.key.clone(), used: used(&r.node) });
+                out.entry(r.node.table.clone()).or_default().push(Effect::Node {
+                    kind: place.kind(),
+                    key: r.node.key.clone(),
+                    used: used(&r.node),
+                });
             }
         }
     }
@@ -100,8 +109,13 @@ fn changed(cols: &[String], n: &str, o: &str) -> String {
 /// Appends `(key, v)` rows to the log, or marks parents, from a query of key values.
 fn write(parent: &Option<String>, keys_query: &str) -> String {
     match parent {
-        None => format!("    INSERT INTO tidemark.changes (key, seq) SELECT DISTINCT k::text, v FROM ({keys_query}) q(k) WHERE k IS NOT NULL;\n"),
-        Some(kind) => format!("    PERFORM tidemark.mark_parents({}, ARRAY(SELECT DISTINCT k::text FROM ({keys_query}) q(k) WHERE k IS NOT NULL));\n", literal(kind)),
+        None => format!(
+            "    INSERT INTO tidemark.changes (key, seq) SELECT DISTINCT k::text, v FROM ({keys_query}) q(k) WHERE k IS NOT NULL;\n"
+        ),
+        Some(kind) => format!(
+            "    PERFORM tidemark.mark_parents({}, ARRAY(SELECT DISTINCT k::text FROM ({keys_query}) q(k) WHERE k IS NOT NULL));\n",
+            literal(kind)
+        ),
     }
 }
 
