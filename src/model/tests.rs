@@ -43,10 +43,7 @@ fn each_kind_of_mistake_says_where_and_what_to_write() {
     assert!(e.message.contains("belongs_to, has_many or many_to_many"), "{e}");
     let e = error_of(&format!(
         "{MINIMAL}{}value = \"nmae\"\nforeign_key = \"author_id\"\n",
-        rel.replace("[[document.relations.fields]]", "[[document.relations.fields]]")
-            .split("[[document.relations.fields]]")
-            .next()
-            .unwrap()
+        rel.split("[[document.relations.fields]]").next().unwrap()
     ));
     assert!(e.message.contains("`nmae` names no field"), "{e}");
     let e = error_of(&MINIMAL.replace("key = \"id\"", "key = \"id\"\nkey_type = \"uuid\"\nnumber = \"n\""));
