@@ -145,6 +145,29 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub reindex: ReindexConfig,
     pub index: IndexConfig,
+    pub serve: ServeConfig,
+}
+
+/// `tidemark serve`: what it keeps of the engine's answers (README, "Search"; the argument
+/// is in `src/web/reuse.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// How long counts (facets, histogram, totals) and suggestions may be reused. Never
+    /// more than the index's refresh interval (`[index] refresh_interval`, and the index's
+    /// own setting as the engine reports it): the engine itself shows no write sooner.
+    /// `"0s"` turns reuse off (identical requests under way at once still share one
+    /// engine request).
+    pub cache_max_age: HumanDuration,
+    /// Most bytes of answers kept (keys and answers as the engine sent them, plus a fixed
+    /// overhead per entry); the least recently used go first.
+    pub cache_bytes: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { cache_max_age: HumanDuration(Duration::from_secs(1)), cache_bytes: 64 << 20 }
+    }
 }
 
 /// Settings of the physical indices tidemark creates (a build's own settings while it
@@ -276,6 +299,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             worker: WorkerConfig::default(),
             reindex: ReindexConfig::default(),
+            serve: ServeConfig::default(),
             index: IndexConfig::default(),
         }
     }

@@ -203,13 +203,10 @@ fn zipf_shapes() -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = vec![(String::new(), "landing page")];
     // Weighted interleaving: at each rank the kind furthest behind its share comes next.
     let mut taken = vec![0usize; kinds.len()];
-    loop {
-        let Some(k) = (0..kinds.len())
-            .filter(|&k| taken[k] < kinds[k].2.len())
-            .min_by(|&a, &b| (taken[a] as f64 / kinds[a].1).partial_cmp(&(taken[b] as f64 / kinds[b].1)).unwrap())
-        else {
-            break;
-        };
+    while let Some(k) = (0..kinds.len())
+        .filter(|&k| taken[k] < kinds[k].2.len())
+        .min_by(|&a, &b| (taken[a] as f64 / kinds[a].1).partial_cmp(&(taken[b] as f64 / kinds[b].1)).unwrap())
+    {
         let q = kinds[k].2[taken[k]].clone();
         taken[k] += 1;
         if !out.iter().any(|(o, _)| *o == q) {
@@ -479,7 +476,14 @@ async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app
     })
 }
 
-async fn one_size(plan: &Plan, services: &Services, n: u64, with_sql: bool, with_load: bool, reuse: Option<BenchEnv>) -> Result<SizeResult> {
+async fn one_size(
+    plan: &Plan,
+    services: &Services,
+    n: u64,
+    with_sql: bool,
+    with_load: bool,
+    reuse: Option<BenchEnv>,
+) -> Result<SizeResult> {
     let reused = reuse.is_some();
     let mut env = match reuse {
         Some(e) => e,
@@ -519,7 +523,8 @@ async fn one_size(plan: &Plan, services: &Services, n: u64, with_sql: bool, with
 pub async fn run(plan: &Plan, services: &Services, mut reuse: Option<BenchEnv>) -> Result<Outcome> {
     let mut sizes = Vec::new();
     let skip_sql = std::env::var("BENCH_SERVE_SKIP_SQL").is_ok_and(|v| v == "1");
-    let mut all: Vec<u64> = plan.serve_sizes.iter().chain(&plan.serve_load_sizes).copied().filter(|n| !skip_sql || plan.serve_load_sizes.contains(n)).collect();
+    let mut all: Vec<u64> =
+        plan.serve_sizes.iter().chain(&plan.serve_load_sizes).copied().filter(|n| !skip_sql || plan.serve_load_sizes.contains(n)).collect();
     all.sort_unstable();
     all.dedup();
     for &n in &all {
@@ -578,9 +583,17 @@ pub async fn run(plan: &Plan, services: &Services, mut reuse: Option<BenchEnv>) 
             out.rows.push(
                 Row::new(
                     BENCH,
-                    format!("`/api/search`, {} mix, {label} students, {} connections, {} writes/s: p50 / p99, throughput", cell.mix, cell.connections, plan.serve_write_rate),
+                    format!(
+                        "`/api/search`, {} mix, {label} students, {} connections, {} writes/s: p50 / p99, throughput",
+                        cell.mix, cell.connections, plan.serve_write_rate
+                    ),
                 )
-                .figure(format!("{} / {}, {}/s", stats::ms(cell.via.dist.p50), stats::ms(cell.via.dist.p99), stats::int(cell.via.per_sec.round() as u64)))
+                .figure(format!(
+                    "{} / {}, {}/s",
+                    stats::ms(cell.via.dist.p50),
+                    stats::ms(cell.via.dist.p99),
+                    stats::int(cell.via.per_sec.round() as u64)
+                ))
                 .baseline(format!(
                     "engine direct {} / {}, {}/s",
                     stats::ms(cell.direct.dist.p50),
@@ -596,11 +609,14 @@ pub async fn run(plan: &Plan, services: &Services, mut reuse: Option<BenchEnv>) 
         }
         for cell in l.cells.iter().filter(|c| c.connections == 1) {
             out.rows.push(
-                Row::new(BENCH, format!("`/api/search`, {} mix, {label} students, one connection (no load but the writes): median", cell.mix))
-                    .figure(stats::ms(cell.via.dist.p50))
-                    .baseline(format!("engine direct {}", stats::ms(cell.direct.dist.p50)))
-                    .ratio(stats::ratio(cell.via.dist.p50 / cell.direct.dist.p50.max(1e-9)))
-                    .target("at most the engine's own", Some(cell.via.dist.p50 <= cell.direct.dist.p50)),
+                Row::new(
+                    BENCH,
+                    format!("`/api/search`, {} mix, {label} students, one connection (no load but the writes): median", cell.mix),
+                )
+                .figure(stats::ms(cell.via.dist.p50))
+                .baseline(format!("engine direct {}", stats::ms(cell.direct.dist.p50)))
+                .ratio(stats::ratio(cell.via.dist.p50 / cell.direct.dist.p50.max(1e-9)))
+                .target("at most the engine's own", Some(cell.via.dist.p50 <= cell.direct.dist.p50)),
             );
         }
         out.rows.push(
@@ -646,7 +662,12 @@ pub async fn run(plan: &Plan, services: &Services, mut reuse: Option<BenchEnv>) 
         ZIPF_EXPONENT,
         ZIPF_SEED,
         by_kind.iter().map(|(k, p, n)| format!("{k} {:.0} % ({n} shapes)", p * 100.0)).collect::<Vec<_>>().join(", "),
-        zipf.iter().take(8).enumerate().map(|(k, (q, _))| format!("`{}` {:.1} %", if q.is_empty() { "(no filter)" } else { q }, share(k) * 100.0)).collect::<Vec<_>>().join(", "),
+        zipf.iter()
+            .take(8)
+            .enumerate()
+            .map(|(k, (q, _))| format!("`{}` {:.1} %", if q.is_empty() { "(no filter)" } else { q }, share(k) * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
         SEARCHES.len(),
         SEARCHES.iter().map(|q| format!("`{}`", if q.is_empty() { "(no filter)" } else { q })).collect::<Vec<_>>().join(", "),
         PREFIXES.len()
