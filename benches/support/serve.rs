@@ -354,6 +354,8 @@ struct Cell {
 
 #[derive(serde::Serialize)]
 struct LoadResult {
+    /// The engine's work per request, each change on its own.
+    work: Vec<Work>,
     cells: Vec<Cell>,
     suggest_connections: usize,
     suggest_direct: Side,
@@ -406,6 +408,173 @@ async fn refresh_total(env: &BenchEnv) -> u64 {
     }
 }
 
+/// One engine-work comparison: what, and the median time per request (seconds) of the
+/// old and the new way, over the requests it applies to.
+#[derive(serde::Serialize)]
+struct Work {
+    what: String,
+    old_label: &'static str,
+    new_label: &'static str,
+    /// (request, old median, new median)
+    per_request: Vec<(String, f64, f64)>,
+}
+
+/// Replaces every `precision_threshold` in a body.
+fn with_precision(v: &mut Value, p: u32) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if k == "precision_threshold" {
+                    *x = json!(p);
+                } else {
+                    with_precision(x, p);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| with_precision(x, p)),
+        _ => {}
+    }
+}
+
+/// Median seconds of `runs` sends of `bodies` at once (each to `path` on the engine).
+async fn time_engine(http: &reqwest::Client, es: &str, bodies: &[(String, Value)], runs: usize) -> Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..runs + 1 {
+        let t = Instant::now();
+        let sends = bodies.iter().map(|(path, b)| async move {
+            let resp = http.post(format!("{es}{path}")).json(b).send().await?;
+            let status = resp.status();
+            let bytes = resp.bytes().await?;
+            if !status.is_success() {
+                bail!("{path} answered {status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(300)]));
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        futures::future::try_join_all(sends).await?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    // The first run warms up, unless it is the only one (a cold measure: runs = 0).
+    if runs > 0 {
+        times.remove(0);
+    }
+    Ok(stats::median(&times))
+}
+
+/// The engine's work per request, each change measured on its own (one client, engine
+/// direct, with the writes running): one request vs counts + hits; the shard request
+/// cache; top-level vs `filter`-wrapped aggregations; hits that count vs hits that do not;
+/// distinct precision; eager global ordinals (the first search after a refresh).
+async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Result<Vec<Work>> {
+    let es = env.services.es_url.clone();
+    let search = format!("/{}/_search", env.alias);
+    let nocache = format!("/{}/_search?request_cache=false", env.alias);
+    let reqs: Vec<(String, SearchRequest)> = SEARCHES
+        .iter()
+        .map(|q| Ok((q.to_string(), SearchRequest::parse(Some(q)).map_err(|e| anyhow::anyhow!("{q}: {e}"))?)))
+        .collect::<Result<_>>()?;
+    let label = |q: &str| if q.is_empty() { "(no filter)".to_string() } else { q.to_string() };
+    let mut out = Vec::new();
+    let mut compare = |what: &str, old_label: &'static str, new_label: &'static str, rows: Vec<(String, f64, f64)>| {
+        progress!(
+            "serve: engine work, {what}: {old_label} {:.1} ms, {new_label} {:.1} ms (medians)",
+            stats::median(&rows.iter().map(|r| r.1).collect::<Vec<_>>()) * 1e3,
+            stats::median(&rows.iter().map(|r| r.2).collect::<Vec<_>>()) * 1e3
+        );
+        out.push(Work { what: what.to_string(), old_label, new_label, per_request: rows });
+    };
+
+    // 1. One request vs counts (engine cache off) and hits at once.
+    let mut rows = Vec::new();
+    for (q, r) in &reqs {
+        let one = time_engine(http, &es, &[(search.clone(), query::search_body(r))], runs).await?;
+        let split =
+            time_engine(http, &es, &[(nocache.clone(), query::counts_body(r)), (search.clone(), query::hits_body(r))], runs).await?;
+        rows.push((label(q), one, split));
+    }
+    compare("one request vs counts + hits at once (shard request cache off)", "one request", "counts + hits", rows);
+
+    // 2. The counts request with the shard request cache off and on.
+    let mut rows = Vec::new();
+    for (q, r) in &reqs {
+        let off = time_engine(http, &es, &[(nocache.clone(), query::counts_body(r))], runs).await?;
+        let on = time_engine(http, &es, &[(search.clone(), query::counts_body(r))], runs).await?;
+        rows.push((label(q), off, on));
+    }
+    compare("counts request: shard request cache off vs on (refreshed every second by the writes)", "cache off", "cache on", rows);
+
+    // 3. No selection: each facet inside a match-all `filter` aggregation vs top level.
+    let mut rows = Vec::new();
+    for (q, r) in reqs.iter().filter(|(_, r)| !r.has_filters()) {
+        let new = query::counts_body(r);
+        let mut old = new.clone();
+        if let Some(aggs) = old["aggs"].as_object_mut() {
+            for (_, a) in aggs.iter_mut() {
+                *a = json!({"filter": {"match_all": {}}, "aggs": {"top": a.clone()}});
+            }
+        }
+        let o = time_engine(http, &es, &[(nocache.clone(), old)], runs).await?;
+        let n = time_engine(http, &es, &[(nocache.clone(), new)], runs).await?;
+        rows.push((label(q), o, n));
+    }
+    compare("no selection: facets in `filter` aggregations vs top level (cache off)", "filter-wrapped", "top level", rows);
+
+    // 4. Hits that count to 10,000 (selections in post_filter) vs hits that count nothing.
+    let mut rows = Vec::new();
+    for (q, r) in &reqs {
+        let mut old = query::search_body(r);
+        if let Some(o) = old.as_object_mut() {
+            o.remove("aggs");
+        }
+        let o = time_engine(http, &es, &[(search.clone(), old)], runs).await?;
+        let n = time_engine(http, &es, &[(search.clone(), query::hits_body(r))], runs).await?;
+        rows.push((label(q), o, n));
+    }
+    compare("hits: counting to 10,000 with post_filter vs counting nothing, filters in the query", "counting", "not counting", rows);
+
+    // 5. Distinct counts: precision threshold 1,000 vs 100.
+    let mut rows = Vec::new();
+    for q in ["distinct=university", "year=SR&course=CHEM102&distinct=university", "distinct=course", "university=MIT&distinct=year"] {
+        let r = SearchRequest::parse(Some(q)).map_err(|e| anyhow::anyhow!("{q}: {e}"))?;
+        let new = query::counts_body(&r);
+        let mut old = new.clone();
+        with_precision(&mut old, 1000);
+        let o = time_engine(http, &es, &[(nocache.clone(), old)], runs).await?;
+        let n = time_engine(http, &es, &[(nocache.clone(), new)], runs).await?;
+        rows.push((q.to_string(), o, n));
+    }
+    compare("distinct counts: precision_threshold 1,000 vs 100 (cache off)", "1,000", "100", rows);
+
+    // 6. Eager global ordinals: the first counts request after a refresh, and the refresh.
+    let landing = query::counts_body(&SearchRequest::default());
+    let mut rows = Vec::new();
+    for eager in [false, true] {
+        let kw = json!({"type": "keyword", "eager_global_ordinals": eager});
+        env.es(
+            reqwest::Method::PUT,
+            &format!("/{}/_mapping", env.alias),
+            Some(&json!({"properties": {"year_in_school": kw, "course_names": kw, "university": {"properties": {"name": kw}}}})),
+        )
+        .await?;
+        let (mut refresh, mut first) = (Vec::new(), Vec::new());
+        for _ in 0..runs.max(5) {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let t = Instant::now();
+            env.es(reqwest::Method::POST, &format!("/{}/_refresh", env.alias), None).await?;
+            refresh.push(t.elapsed().as_secs_f64());
+            first.push(time_engine(http, &es, &[(nocache.clone(), landing.clone())], 0).await?);
+        }
+        rows.push((format!("eager {eager}: refresh"), stats::median(&refresh), f64::NAN));
+        rows.push((format!("eager {eager}: first landing-page counts after it"), stats::median(&first), f64::NAN));
+    }
+    // (old = eager off, new = on) per measure.
+    let rows = vec![
+        ("refresh".to_string(), rows[0].1, rows[2].1),
+        ("first landing-page counts after the refresh".to_string(), rows[1].1, rows[3].1),
+    ];
+    compare("eager global ordinals on the facet fields: off vs on", "off", "on", rows);
+    Ok(out)
+}
+
 /// The query mixes under load, with writes running: every mix at every connection count,
 /// then suggestions at the most connections.
 async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app: &str) -> Result<LoadResult> {
@@ -427,6 +596,7 @@ async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app
     let refreshes0 = refresh_total(env).await;
     let started = Instant::now();
     let r = async {
+        let work = engine_work(env, http, if env.students > 100_000 { 5 } else { 10 }).await.context("engine work")?;
         let zipf = zipf_shapes();
         let uniform: Vec<&str> = SEARCHES.to_vec();
         let mut cells = Vec::new();
@@ -455,17 +625,18 @@ async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app
         let (suggest_direct, suggest_via) =
             side_by_side(http, direct, via, Pick::RoundRobin, c, plan.serve_load_secs, 2).await.context("suggest load")?;
         progress!("serve: suggest at {c} connections: p99 {:.1} ms (engine {:.1} ms)", suggest_via.dist.p99 * 1e3, suggest_direct.dist.p99 * 1e3);
-        Ok::<_, anyhow::Error>((cells, c, suggest_direct, suggest_via))
+        Ok::<_, anyhow::Error>((cells, c, suggest_direct, suggest_via, work))
     }
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let wrote = writes.await??;
     let secs = started.elapsed().as_secs_f64();
     let refreshes = refresh_total(env).await.saturating_sub(refreshes0);
-    let (cells, suggest_connections, suggest_direct, suggest_via) = r?;
+    let (cells, suggest_connections, suggest_direct, suggest_via, work) = r?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let marks_left_after = env.marks_left().await?.0;
     Ok(LoadResult {
+        work,
         cells,
         suggest_connections,
         suggest_direct,
@@ -719,6 +890,39 @@ pub async fn run(plan: &Plan, services: &Services, mut reuse: Option<BenchEnv>) 
                 l.writes_per_sec,
                 l.refreshes,
                 l.marks_left_after
+            ));
+        }
+    }
+    sec.push_str(
+        "\n\n**Engine work per request, each change on its own** (engine direct, one client, the same writes running; \
+         per request the median of its runs, then the median over the requests; the JSON has every request):\n\n\
+         | students | change | old | new | new ÷ old |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for s in &sizes {
+        let Some(l) = &s.load else { continue };
+        for w in &l.work {
+            let eager = w.per_request.len() == 2 && w.what.starts_with("eager");
+            // Eager ordinals: the figure is the first search after a refresh (the detail has the refresh).
+            let (o, n) = if eager {
+                (w.per_request[1].1, w.per_request[1].2)
+            } else {
+                (
+                    stats::median(&w.per_request.iter().map(|r| r.1).collect::<Vec<_>>()),
+                    stats::median(&w.per_request.iter().map(|r| r.2).collect::<Vec<_>>()),
+                )
+            };
+            let detail = if eager {
+                w.per_request.iter().map(|(k, o, n)| format!("{k}: {} → {}", stats::ms(*o), stats::ms(*n))).collect::<Vec<_>>().join("; ")
+            } else {
+                format!("{} {} → {} {}", w.old_label, stats::ms(o), w.new_label, stats::ms(n))
+            };
+            sec.push_str(&format!(
+                "| {} | {} | {} | {} | {} ({detail}) |\n",
+                stats::int(s.students),
+                w.what,
+                stats::ms(o),
+                stats::ms(n),
+                stats::ratio(n / o)
             ));
         }
     }
