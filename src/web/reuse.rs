@@ -222,7 +222,9 @@ async fn search(services: &Services, index: &str, body: String) -> Result<Fetche
 /// refresh interval among them (0 when any has refresh off), in one cluster-state read.
 async fn look_up(services: &Services) -> Result<(String, Duration), Failure> {
     let alias = &services.config.index_alias;
-    let path = format!("/{alias}/_settings/index.refresh_interval?flat_settings=true&include_defaults=true");
+    // Only the one setting, as set: tidemark sets it on every index it creates; an index
+    // without it refreshes at the engine's default, 1 s.
+    let path = format!("/{alias}/_settings/index.refresh_interval?flat_settings=true");
     let reply = match tokio::time::timeout(SEARCH_TIMEOUT, services.search.request(Method::Get, &path, None, false)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(super::search_down(&e)),
@@ -242,12 +244,15 @@ async fn look_up(services: &Services) -> Result<(String, Duration), Failure> {
     names.sort();
     let mut refresh = Duration::MAX;
     for s in indices.values() {
-        let set = s["settings"]["index.refresh_interval"].as_str().or_else(|| s["defaults"]["index.refresh_interval"].as_str());
-        refresh = refresh.min(set.and_then(engine_duration).unwrap_or(Duration::ZERO));
+        let set = s["settings"]["index.refresh_interval"].as_str().unwrap_or(ENGINE_DEFAULT_REFRESH);
+        refresh = refresh.min(engine_duration(set).unwrap_or(Duration::ZERO));
     }
     telemetry::engine_request("alias", false);
     Ok((names.into_iter().map(String::as_str).collect::<Vec<_>>().join(","), refresh))
 }
+
+/// The engines' `index.refresh_interval` when an index does not set it.
+const ENGINE_DEFAULT_REFRESH: &str = "1s";
 
 /// A time value as the engine writes it (`1s`, `500ms`, `2m`, …); None for `-1` (off) or
 /// anything unreadable (then nothing is reused).
