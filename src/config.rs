@@ -153,7 +153,7 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
-    /// How long counts (facets, histogram, totals) and suggestions may be reused. Never
+    /// How long counts (facets, histogram, totals), hits and suggestions may be reused. Never
     /// more than the index's refresh interval (`[index] refresh_interval`, and the index's
     /// own setting as the engine reports it): the engine itself shows no write sooner.
     /// `"0s"` turns reuse off (identical requests under way at once still share one

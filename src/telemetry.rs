@@ -81,7 +81,7 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, Unit::Count, "serve's requests by route template and status class");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "serve's request latency");
     describe_gauge!(BUILD_INFO, "always 1; version is the binary's version");
-    describe_counter!(SEARCH_CACHE, Unit::Count, "serve's answer-cache look-ups by kind (counts, suggest) and result (hit, miss)");
+    describe_counter!(SEARCH_CACHE, Unit::Count, "serve's answer-cache look-ups by kind (counts, hits, suggest) and result (hit, miss)");
     describe_gauge!(SEARCH_CACHE_BYTES, Unit::Bytes, "bytes the answer cache holds (within [serve] cache_bytes)");
     describe_gauge!(SEARCH_CACHE_ENTRIES, Unit::Count, "answers the answer cache holds");
     describe_counter!(
@@ -141,7 +141,7 @@ pub fn status_class(status: Option<u16>) -> &'static str {
 
 /// One request `serve` answered: its route template (e.g. `/students/{id}`), never the path
 /// itself, so the label stays a small fixed set.
-/// An answer-cache look-up of `kind` (`counts`, `suggest`).
+/// An answer-cache look-up of `kind` (`counts`, `hits`, `suggest`).
 pub fn search_cache(kind: &'static str, hit: bool) {
     counter!(SEARCH_CACHE, "kind" => kind, "result" => if hit { "hit" } else { "miss" }).increment(1);
 }

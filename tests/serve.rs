@@ -1026,6 +1026,9 @@ async fn an_alias_move_is_never_answered_from_the_old_indexs_cache() {
     let back = api(&app, "/api/search").await;
     assert_eq!(back["total"]["value"], json!(3), "{back}");
     assert_eq!(counts(&back, "university"), BTreeMap::from([("MGU".into(), 1), ("MIT".into(), 2)]));
+    let mut found = ids(&back);
+    found.sort();
+    assert_eq!(found, vec![1, 2, 4], "the hits too are the index's as it is now");
     assert_eq!(back["counts"]["reused"], json!(false));
     env.cleanup().await;
 }
@@ -1135,6 +1138,7 @@ async fn under_continuous_writes_counts_are_never_older_than_the_bound_the_page_
         let (age, bound) = (v["counts"]["age_ms"].as_f64().unwrap() / 1e3, v["counts"]["max_age_ms"].as_f64().unwrap() / 1e3);
         assert!(bound > 0.0 && bound <= refresh.as_secs_f64(), "the stated bound is the refresh interval at most: {}", v["counts"]);
         assert!(age <= bound, "counts {age} s old, past the stated {bound} s");
+        assert!(v["hits_age_ms"].as_f64().unwrap() / 1e3 <= bound, "hits older than the stated {bound} s: {}", v["hits_age_ms"]);
         reused += usize::from(v["counts"]["reused"] == json!(true));
         // The engine answered these very counts at some moment within the bound before
         // the request was sent (up to the poller's resolution).
@@ -1144,7 +1148,7 @@ async fn under_continuous_writes_counts_are_never_older_than_the_bound_the_page_
     }
     assert!(reused > 0, "some counts were reused (else this test shows nothing)");
     for page in &pages {
-        assert!(page.contains("kept for at most 1.0 s"), "the page states the bound: {page}");
+        assert!(page.contains("s ago (kept for at most 1.0 s"), "the page states the ages and the bound: {page}");
     }
     env.cleanup().await;
 }

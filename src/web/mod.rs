@@ -269,8 +269,9 @@ fn engine_failure(status: u16, v: &Value, path: &str) -> Failure {
     Failure::SearchDown(format!("answered with an error (HTTP {status}{detail})"))
 }
 
-/// Runs a search on the engine it names. In the index: the counts (maybe reused) and the
-/// hits, two requests at once to the physical index the alias names (see [`reuse`]).
+/// Runs a search on the engine it names. In the index: the counts and the hits, two
+/// requests at once to the physical index the alias names, each maybe reused (see
+/// [`reuse`]).
 pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Failure> {
     let started = Instant::now();
     match req.engine {
@@ -281,7 +282,7 @@ pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Fa
                 let target = app.reuse.target(&app.services).await?;
                 let both = tokio::try_join!(
                     app.reuse.cached(&app.services, &target, "counts", &counts),
-                    app.reuse.shared(&app.services, &target, "hits", &hits)
+                    app.reuse.cached(&app.services, &target, "hits", &hits)
                 );
                 let (c, h) = match both {
                     Ok(v) => v,
@@ -299,6 +300,7 @@ pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Fa
                     max_age_ms: target.max_age.as_secs_f64() * 1e3,
                     reused: c.reused,
                 };
+                resp.hits_age_ms = (h.age.as_secs_f64() * 1e4).round() / 10.0;
                 return Ok(resp);
             }
         }

@@ -136,14 +136,19 @@ struct Notice {
     diffs: Vec<(String, String, String)>,
 }
 
-/// How old the counts are, as the page says it: "; counts as of 0.3 s ago (kept for at
-/// most 1.0 s: the index refreshes no more often)".
+/// How old the counts and hits are, as the page says it: "; counts as of 0.3 s ago,
+/// students as of 0.1 s ago (kept for at most 1.0 s: the index refreshes no more often)".
 fn counts_age(resp: &SearchResponse) -> String {
     let c = &resp.counts;
     if c.max_age_ms <= 0.0 {
         return String::new();
     }
-    format!("; counts as of {:.1} s ago (kept for at most {:.1} s: the index refreshes no more often)", c.age_ms / 1e3, c.max_age_ms / 1e3)
+    format!(
+        "; counts as of {:.1} s ago, students as of {:.1} s ago (kept for at most {:.1} s: the index refreshes no more often)",
+        c.age_ms / 1e3,
+        resp.hits_age_ms / 1e3,
+        c.max_age_ms / 1e3
+    )
 }
 
 /// 1234567 → "1,234,567".

@@ -8,7 +8,8 @@
 //!
 //! - **counts** (total, facets, histogram, distinct counts) do not depend on the page, the
 //!   sort or `after`: a `size: 0` request, which the engine's shard request cache can
-//!   answer until the next refresh, and which tidemark itself may reuse (`super::reuse`).
+//!   answer until the next refresh (tidemark itself may reuse it, as it may the hits:
+//!   `super::reuse`).
 //!   A facet whose other facets have no selection is a top-level aggregation, not one
 //!   inside a `filter` aggregation (with no selection at all, every one is); distinct
 //!   counts are asked only here, never of the hits, and not where the answer is known

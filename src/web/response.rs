@@ -40,11 +40,14 @@ pub struct SearchResponse {
     pub distinct: Option<DistinctInfo>,
     /// How old the counts (total, facets, histogram, distinct counts) are.
     pub counts: CountsAge,
+    /// How long ago the hits were asked of the engine (at most `counts.max_age_ms`: hits
+    /// are reused under the same bound).
+    pub hits_age_ms: f64,
 }
 
 /// How old the counts are: the engine's answer may be reused for up to `max_age_ms`
 /// (the index's refresh interval at most; 0 when nothing is reused), and this one was
-/// asked of the engine `age_ms` ago. The hits are always asked anew.
+/// asked of the engine `age_ms` ago.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct CountsAge {
     pub age_ms: f64,
@@ -231,6 +234,7 @@ impl SearchResponse {
         SearchResponse {
             engine,
             counts: CountsAge::default(),
+            hits_age_ms: 0.0,
             took_ms: (took_ms * 10.0).round() / 10.0,
             total: raw.total,
             hits,

@@ -1,6 +1,6 @@
 //! Asking the engine once for what cannot have changed: which physical index the alias
 //! names, single flight for identical requests, and the answer cache for requests whose
-//! answer depends only on the index's state (counts, suggestions). Generic over the
+//! answer depends only on the index's state (counts, hits, suggestions). Generic over the
 //! request: a body is opaque JSON, sent to the physical index the alias names; nothing here
 //! knows what the documents hold.
 //!
@@ -19,7 +19,7 @@
 //! A = min(`[serve] cache_max_age`, the index's own `refresh_interval` as read from the
 //! engine, `[index] refresh_interval`). So every answer is the engine's own answer for a
 //! state that was current less than A ≤ R ago, and the page and `/api/search` say how
-//! old (`counts.age_ms`, bounded by `counts.max_age_ms`). Asked directly, the engine may
+//! old (`counts.age_ms` and `hits_age_ms`, bounded by `counts.max_age_ms`). Asked directly, the engine may
 //! be up to R behind the writes; through the cache, up to R + A ≤ 2R — the reused answer is
 //! never older than one refresh interval *as the engine served it*. An index whose refresh
 //! is off (`-1`, e.g. one still being built) has no such bound: nothing is reused.
@@ -50,7 +50,7 @@
 //! # Single flight
 //!
 //! Identical requests (same index, same body) under way at once share one engine round
-//! trip, counts and hits alike ([`SingleFlight`]): a request that joins gets an answer
+//! trip ([`SingleFlight`]): a request that joins gets an answer
 //! fetched after the first of the group arrived and delivered after itself arrived, so no
 //! staler than one engine round trip; with the cache off (`cache_max_age = "0s"`) single
 //! flight still applies.
@@ -138,7 +138,7 @@ impl Reuse {
 
     /// The answer to `body` from `target`, reused if the cache holds one younger than the
     /// target's bound, else fetched (shared with identical requests under way) and kept.
-    /// `kind` labels the metrics (`counts`, `suggest`).
+    /// `kind` labels the metrics (`counts`, `hits`, `suggest`).
     pub async fn cached(&self, services: &Services, target: &Target, kind: &'static str, body: &Value) -> Result<Answer, Failure> {
         let key = body.to_string();
         if !target.max_age.is_zero() {
