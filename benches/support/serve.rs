@@ -350,6 +350,27 @@ struct Cell {
     connections: usize,
     direct: Side,
     via: Side,
+    /// What serve's metrics counted during the cell (warm-up included): (sample, increase).
+    serve: Vec<(String, f64)>,
+}
+
+/// serve's cache look-ups and engine requests so far: (`name{labels}`, value).
+async fn serve_counters(http: &reqwest::Client, admin: &str) -> Vec<(String, f64)> {
+    let Ok(resp) = http.get(format!("{admin}/metrics")).send().await else { return Vec::new() };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("tidemark_search_cache_lookups_total") || l.starts_with("tidemark_search_engine_requests_total"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse::<f64>().ok()?))))
+        .collect()
+}
+
+fn increase(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
+    after.iter().map(|(k, v)| (k.clone(), v - before.iter().find(|(b, _)| b == k).map_or(0.0, |(_, x)| *x))).collect()
+}
+
+/// The sum of the samples whose name and labels contain every one of `parts`.
+fn sum_of(samples: &[(String, f64)], parts: &[&str]) -> f64 {
+    samples.iter().filter(|(k, _)| parts.iter().all(|p| k.contains(p))).map(|(_, v)| v).sum()
 }
 
 #[derive(serde::Serialize)]
@@ -367,10 +388,13 @@ struct LoadResult {
     refreshes: u64,
 }
 
-async fn start_serve(env: &mut BenchEnv) -> Result<String> {
+/// Starts `tidemark serve`: its URL and its admin endpoint's.
+async fn start_serve(env: &mut BenchEnv) -> Result<(String, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
-    env.spawn(&["serve", "--addr", &addr], "serve")?;
+    let admin = format!("127.0.0.1:{admin_port}");
+    env.spawn(&["serve", "--addr", &addr, "--admin-addr", &admin], "serve")?;
     let url = format!("http://{addr}");
     let start = Instant::now();
     while env.http.get(format!("{url}/api/search?size=1")).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
@@ -379,7 +403,7 @@ async fn start_serve(env: &mut BenchEnv) -> Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(url)
+    Ok((url, format!("http://{admin}")))
 }
 
 /// Writes at `rate` per second until `stop`: one-row `UPDATE`s of a random student's age
@@ -577,7 +601,7 @@ async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Res
 
 /// The query mixes under load, with writes running: every mix at every connection count,
 /// then suggestions at the most connections.
-async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app: &str) -> Result<LoadResult> {
+async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app: &str, admin: &str) -> Result<LoadResult> {
     // A worker syncs the writes (it polls the change log by itself; no scheduler needed).
     env.spawn(&["worker"], "serve-worker")?;
     let t = Instant::now();
@@ -606,6 +630,7 @@ async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app
         ] {
             for &c in &plan.serve_load_connections {
                 let (via, direct) = searches(app, &env.services.es_url, &env.alias, queries.iter().copied())?;
+                let counters = serve_counters(http, admin).await;
                 let (d, v) = side_by_side(http, direct, via, pick, c, plan.serve_load_secs, 2).await.with_context(|| format!("{mix} mix, {c} connections"))?;
                 progress!(
                     "serve: {} students, {mix} mix, {c} connections: via p50 {:.1} ms p99 {:.1} ms {:.0}/s; engine p50 {:.1} ms p99 {:.1} ms {:.0}/s",
@@ -617,7 +642,8 @@ async fn under_load(plan: &Plan, env: &mut BenchEnv, http: &reqwest::Client, app
                     d.dist.p99 * 1e3,
                     d.per_sec
                 );
-                cells.push(Cell { mix, connections: c, direct: d, via: v });
+                let serve = increase(&counters, &serve_counters(http, admin).await);
+                cells.push(Cell { mix, connections: c, direct: d, via: v, serve });
             }
         }
         let c = plan.serve_load_connections.iter().copied().max().unwrap_or(plan.serve_connections);
@@ -665,7 +691,7 @@ async fn one_size(
             env.seed(n).await?;
             env.first_index(2).await?;
         }
-        let app = start_serve(&mut env).await?;
+        let (app, admin) = start_serve(&mut env).await?;
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).timeout(Duration::from_secs(300)).build()?;
         let runs = if n > 100_000 { plan.serve_sql_runs.min(5) } else { plan.serve_sql_runs };
         let (mut unavailable, mut capped) = (Vec::new(), Vec::new());
@@ -682,7 +708,7 @@ async fn one_size(
         } else {
             Vec::new()
         };
-        let load = if with_load { Some(under_load(plan, &mut env, &http, &app).await?) } else { None };
+        let load = if with_load { Some(under_load(plan, &mut env, &http, &app, &admin).await?) } else { None };
         Ok::<_, anyhow::Error>(SizeResult { students: n, facets, unavailable, capped, load })
     }
     .await;
@@ -880,6 +906,40 @@ pub async fn run(plan: &Plan, services: &Services, mut reuse: Option<BenchEnv>) 
             l.suggest_direct.per_sec,
             stats::ratio(l.suggest_via.per_sec / l.suggest_direct.per_sec.max(1e-9))
         ));
+    }
+    sec.push_str(
+        "\nWhat tidemark did meanwhile (its own metrics over each row, warm-up included): the share of counts and of \
+         hits reused from its cache, and what reached the engine per request answered (counts, hits and alias \
+         look-ups sent; single-flight joins are not sent).\n\n\
+         | students | mix | connections | counts reused | hits reused | engine requests per request: counts / hits / alias |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for s in &sizes {
+        let Some(l) = &s.load else { continue };
+        for c in &l.cells {
+            let share = |kind: &str| {
+                let hit = sum_of(&c.serve, &["lookups", &format!("kind=\"{kind}\""), "result=\"hit\""]);
+                let all = sum_of(&c.serve, &["lookups", &format!("kind=\"{kind}\"")]);
+                if all > 0.0 {
+                    format!("{:.0} %", hit / all * 100.0)
+                } else {
+                    "—".into()
+                }
+            };
+            let answered = (sum_of(&c.serve, &["lookups", "kind=\"hits\""])).max(1.0);
+            let sent = |kind: &str| sum_of(&c.serve, &["engine_requests", &format!("kind=\"{kind}\""), "outcome=\"sent\""]) / answered;
+            sec.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.2} / {:.2} / {:.2} |\n",
+                stats::int(s.students),
+                c.mix,
+                c.connections,
+                share("counts"),
+                share("hits"),
+                sent("counts"),
+                sent("hits"),
+                sent("alias")
+            ));
+        }
     }
     for s in &sizes {
         if let Some(l) = &s.load {
