@@ -88,15 +88,12 @@ pub fn build_body(index: &IndexConfig) -> serde_json::Value {
     body
 }
 
-/// The index body: facets as keywords (global ordinals built eagerly), a numeric age, names as text with a keyword
+/// The index body: facets as keywords, a numeric age, names as text with a keyword
 /// sub-field, a completion field for autocomplete, and the numeric id (search pages'
 /// tiebreaker). `dynamic: strict` so a document
 /// that drifts from this shape is refused (and dead-lettered) rather than silently remapped.
 pub fn index_body() -> serde_json::Value {
     let name = serde_json::json!({"type": "text", "fields": {"raw": {"type": "keyword"}}});
-    // Facet fields: their global ordinals (what a terms aggregation counts by) are built at
-    // each refresh, not by the first search after it, which would otherwise wait for them.
-    let facet = serde_json::json!({"type": "keyword", "eager_global_ordinals": true});
     serde_json::json!({
         "mappings": {
             "dynamic": "strict",
@@ -104,11 +101,11 @@ pub fn index_body() -> serde_json::Value {
                 "first_name": name,
                 "last_name": name,
                 "age": {"type": "integer"},
-                "year_in_school": facet,
+                "year_in_school": {"type": "keyword"},
                 "university": {
-                    "properties": {"id": {"type": "long"}, "name": facet}
+                    "properties": {"id": {"type": "long"}, "name": {"type": "keyword"}}
                 },
-                "course_names": facet,
+                "course_names": {"type": "keyword"},
                 "name_complete": {"type": "completion"},
                 "id": {"type": "long"}
             }

@@ -65,6 +65,7 @@ impl App {
         let settings = reuse::Settings {
             max_age: serve.cache_max_age.0.min(services.config.index.refresh_interval.0),
             bytes: usize::try_from(serve.cache_bytes).unwrap_or(usize::MAX),
+            engine_concurrency: serve.engine_concurrency as usize,
         };
         App { services, reuse: Arc::new(reuse::Reuse::new(settings)) }
     }

@@ -47,6 +47,15 @@
 //! shaped to hit) is shared by all of them and is invalidated by the engine at every
 //! refresh.
 //!
+//! # Under load
+//!
+//! Because an answer's age counts from when the engine was asked, an answer that waited in
+//! the engine's queue longer than the bound arrives too old to be reused; under load every
+//! answer would, and nothing would be reused just when it matters most. So serve keeps at
+//! most `[serve] engine_concurrency` searches under way at the engine (about as many as
+//! its search threads); the others wait in serve, where identical ones join them (single
+//! flight) and where, once an answer is kept, later ones are answered from it.
+//!
 //! # Single flight
 //!
 //! Identical requests (same index, same body) under way at once share one engine round
@@ -105,6 +114,9 @@ pub struct Settings {
     /// (`[serve] cache_max_age`, capped by `[index] refresh_interval`); 0 turns reuse off.
     pub max_age: Duration,
     pub bytes: usize,
+    /// Most searches serve has under way at the engine at once (`[serve]
+    /// engine_concurrency`); the others wait in serve, where identical ones join them.
+    pub engine_concurrency: usize,
 }
 
 pub struct Reuse {
@@ -112,11 +124,18 @@ pub struct Reuse {
     cache: Arc<AnswerCache>,
     flights: SingleFlight<(String, String), Result<Fetched, Failure>>,
     target: Fresh<Result<(String, Duration), Failure>>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reuse {
     pub fn new(settings: Settings) -> Reuse {
-        Reuse { settings, cache: Arc::new(AnswerCache::new(settings.bytes)), flights: SingleFlight::default(), target: Fresh::default() }
+        Reuse {
+            settings,
+            cache: Arc::new(AnswerCache::new(settings.bytes)),
+            flights: SingleFlight::default(),
+            target: Fresh::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.engine_concurrency.max(1))),
+        }
     }
 
     pub fn usage(&self) -> Usage {
@@ -177,8 +196,12 @@ impl Reuse {
         let (fetched, joined) = self
             .flights
             .run(flight_key, || {
-                let (services, index) = (services.clone(), target.index.clone());
+                let (services, index, slots) = (services.clone(), target.index.clone(), self.slots.clone());
                 async move {
+                    // Waits here, not in the engine's queue: an answer's age counts from
+                    // when the engine was asked, so one that queued there past the bound
+                    // could never be reused (and under load none would be).
+                    let Ok(_slot) = slots.acquire().await else { return Err(Failure::Internal) };
                     let fetched = search(&services, &index, key.clone()).await;
                     if let (Ok(f), Some((cache, target))) = (&fetched, keep) {
                         cache.insert(&target.index, target.lookup, key, f.bytes.clone(), f.sent);
