@@ -1192,3 +1192,29 @@ async fn split_requests_answer_exactly_what_the_one_request_answers() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_still_asked_for_is_renewed_before_it_expires() {
+    // Answers are kept up to 2 s here (the index refreshes every 2 s).
+    let env = Env::with_config(|c| {
+        c.index.refresh_interval = "2s".parse().unwrap();
+        c.serve.cache_max_age = "2s".parse().unwrap();
+    })
+    .await;
+    let app = directory(&env).await;
+    let first = api(&app, "/api/search?year=FR").await;
+    assert_eq!(first["counts"]["reused"], json!(false));
+    assert_eq!(first["counts"]["max_age_ms"], json!(2000.0));
+    // Past half its life, it is still answered from the cache, and asked again meanwhile.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let middle = api(&app, "/api/search?year=FR").await;
+    assert_eq!(middle["counts"]["reused"], json!(true));
+    // Past the first answer's bound: a renewed answer, younger than the bound, not a miss.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let last = api(&app, "/api/search?year=FR").await;
+    assert_eq!(last["counts"]["reused"], json!(true), "{}", last["counts"]);
+    assert!(last["counts"]["age_ms"].as_f64().unwrap() < 2000.0, "{}", last["counts"]);
+    assert!(last["hits_age_ms"].as_f64().unwrap() < 2000.0, "{}", last["hits_age_ms"]);
+    assert_eq!(counts_of(&last), counts_of(&first));
+    env.cleanup().await;
+}

@@ -47,6 +47,13 @@
 //! shaped to hit) is shared by all of them and is invalidated by the engine at every
 //! refresh.
 //!
+//! # Renewed ahead
+//!
+//! An answer still asked for past half its bound is asked of the engine again in the
+//! background (one such request per answer at a time), and the new answer replaces it:
+//! popular answers are renewed before they expire, so their readers never wait for a miss.
+//! The bound is unchanged (each answer's age still counts from when it was asked).
+//!
 //! # Under load
 //!
 //! Because an answer's age counts from when the engine was asked, an answer that waited in
@@ -122,17 +129,20 @@ pub struct Settings {
 pub struct Reuse {
     settings: Settings,
     cache: Arc<AnswerCache>,
-    flights: SingleFlight<(String, String), Result<Fetched, Failure>>,
+    flights: Arc<Flights>,
     target: Fresh<Result<(String, Duration), Failure>>,
     slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Engine searches under way, by (index, body).
+type Flights = SingleFlight<(String, String), Result<Fetched, Failure>>;
 
 impl Reuse {
     pub fn new(settings: Settings) -> Reuse {
         Reuse {
             settings,
             cache: Arc::new(AnswerCache::new(settings.bytes)),
-            flights: SingleFlight::default(),
+            flights: Arc::default(),
             target: Fresh::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(settings.engine_concurrency.max(1))),
         }
@@ -168,12 +178,23 @@ impl Reuse {
                     tracing::error!(error = %e, "a cached answer could not be read");
                     Failure::Internal
                 })?;
+                if hit.age * 2 >= target.max_age {
+                    // Past half its life and still asked for: ask the engine again now, in
+                    // the background, so the next request finds a younger answer rather
+                    // than a miss (an answer in use never has to expire before renewal).
+                    let (flights, slots, cache) = (self.flights.clone(), self.slots.clone(), self.cache.clone());
+                    let (services, target, key) = (services.clone(), target.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let keep = Some((cache, target.clone()));
+                        let _ = fetch(&flights, &slots, &services, &target, kind, key, keep).await;
+                    });
+                }
                 return Ok(Answer { json: Arc::new(json), age: hit.age, reused: true });
             }
             telemetry::search_cache(kind, false);
         }
         let keep = (!target.max_age.is_zero()).then(|| (self.cache.clone(), target.clone()));
-        let answer = self.fetch(services, target, kind, key, keep).await?;
+        let answer = fetch(&self.flights, &self.slots, services, target, kind, key, keep).await?;
         self.record_usage();
         Ok(answer)
     }
@@ -181,44 +202,46 @@ impl Reuse {
     /// The answer to `body` from `target`, fetched (shared with identical requests under
     /// way), never reused afterwards.
     pub async fn shared(&self, services: &Services, target: &Target, kind: &'static str, body: &Value) -> Result<Answer, Failure> {
-        self.fetch(services, target, kind, body.to_string(), None).await
-    }
-
-    async fn fetch(
-        &self,
-        services: &Services,
-        target: &Target,
-        kind: &'static str,
-        key: String,
-        keep: Option<(Arc<AnswerCache>, Target)>,
-    ) -> Result<Answer, Failure> {
-        let flight_key = (target.index.clone(), key.clone());
-        let (fetched, joined) = self
-            .flights
-            .run(flight_key, || {
-                let (services, index, slots) = (services.clone(), target.index.clone(), self.slots.clone());
-                async move {
-                    // Waits here, not in the engine's queue: an answer's age counts from
-                    // when the engine was asked, so one that queued there past the bound
-                    // could never be reused (and under load none would be).
-                    let Ok(_slot) = slots.acquire().await else { return Err(Failure::Internal) };
-                    let fetched = search(&services, &index, key.clone()).await;
-                    if let (Ok(f), Some((cache, target))) = (&fetched, keep) {
-                        cache.insert(&target.index, target.lookup, key, f.bytes.clone(), f.sent);
-                    }
-                    fetched
-                }
-            })
-            .await;
-        telemetry::engine_request(kind, joined);
-        let f = fetched?;
-        Ok(Answer { json: f.json, age: f.sent.elapsed(), reused: false })
+        fetch(&self.flights, &self.slots, services, target, kind, body.to_string(), None).await
     }
 
     fn record_usage(&self) {
         let u = self.cache.usage();
         telemetry::search_cache_usage(u.entries, u.bytes);
     }
+}
+
+/// The answer to `key` from `target`: the search under way for it, or a new one (waiting
+/// for one of the engine `slots`), kept in `keep` once answered.
+async fn fetch(
+    flights: &Flights,
+    slots: &Arc<tokio::sync::Semaphore>,
+    services: &Services,
+    target: &Target,
+    kind: &'static str,
+    key: String,
+    keep: Option<(Arc<AnswerCache>, Target)>,
+) -> Result<Answer, Failure> {
+    let flight_key = (target.index.clone(), key.clone());
+    let (fetched, joined) = flights
+        .run(flight_key, || {
+            let (services, index, slots) = (services.clone(), target.index.clone(), slots.clone());
+            async move {
+                // Waits here, not in the engine's queue: an answer's age counts from
+                // when the engine was asked, so one that queued there past the bound
+                // could never be reused (and under load none would be).
+                let Ok(_slot) = slots.acquire().await else { return Err(Failure::Internal) };
+                let fetched = search(&services, &index, key.clone()).await;
+                if let (Ok(f), Some((cache, target))) = (&fetched, keep) {
+                    cache.insert(&target.index, target.lookup, key, f.bytes.clone(), f.sent);
+                }
+                fetched
+            }
+        })
+        .await;
+    telemetry::engine_request(kind, joined);
+    let f = fetched?;
+    Ok(Answer { json: f.json, age: f.sent.elapsed(), reused: false })
 }
 
 /// `POST /<index>/_search` with `body`, bounded by [`SEARCH_TIMEOUT`].
