@@ -317,10 +317,16 @@ async fn pgbench(ctx: &Ctx, env: &BenchEnv, kind: usize, clients: usize, length:
         let out =
             tokio::time::timeout(limit, cmd.output()).await.with_context(|| format!("pgbench {tag}: timed out after {limit:?}"))??;
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        // The PostgreSQL server is shared: another test suite may hold the connections for a moment.
-        if !out.status.success() && attempt < 4 && (stderr.contains("too many clients") || stderr.contains("remaining connection slots")) {
-            progress!("writes: {tag}: no free connection for {clients} clients; again in 5 s");
+        // The PostgreSQL server is shared: other test suites and benchmarks may hold the
+        // connections for a while. Waited for (3 minutes at most), then the run is skipped.
+        if !out.status.success() && (stderr.contains("too many clients") || stderr.contains("remaining connection slots")) {
             remove_logs(&prefix);
+            if attempt >= NO_SLOT_ATTEMPTS {
+                return Err(NoFreeConnection.into());
+            }
+            if attempt == 1 || attempt % 6 == 0 {
+                progress!("writes: {tag}: no free connection for {clients} clients (try {attempt}); again in 5 s");
+            }
             tokio::time::sleep(Duration::from_secs(5)).await;
             continue;
         }
@@ -360,6 +366,21 @@ async fn pgbench(ctx: &Ctx, env: &BenchEnv, kind: usize, clients: usize, length:
     ensure!(!r.latencies.is_empty(), "pgbench {tag}: no per-transaction log under {}", prefix.display());
     Ok(r)
 }
+
+/// How many times a run is tried while the shared server has no free connection for it.
+const NO_SLOT_ATTEMPTS: u32 = 36;
+
+/// The server had no free connection for a run's clients, try after try: the run is skipped.
+#[derive(Debug)]
+struct NoFreeConnection;
+
+impl std::fmt::Display for NoFreeConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no free connection on the server, {NO_SLOT_ATTEMPTS} tries 5 s apart")
+    }
+}
+
+impl std::error::Error for NoFreeConnection {}
 
 #[derive(Clone, Copy)]
 enum Length {
@@ -647,6 +668,8 @@ async fn inner(plan: &Plan, env: &mut BenchEnv, pgbench_path: PathBuf) -> Result
     let mut index_secs = 0.0;
     let mut idle = Vec::new();
     let mut deployment: Vec<u32> = Vec::new();
+    // Runs the shared server had no connections for.
+    let mut skipped: Vec<String> = Vec::new();
     let server_pid: Vec<u32> = cpu::search_server_pid().into_iter().collect();
     for (phase, phase_name) in PHASES.iter().enumerate() {
         if phase == 1 {
@@ -693,7 +716,18 @@ async fn inner(plan: &Plan, env: &mut BenchEnv, pgbench_path: PathBuf) -> Result
                         let (workers_cpu, server_cpu) = (workers_cpu.spent().as_secs_f64(), server_cpu.spent().as_secs_f64());
                         stop.store(true, Ordering::Relaxed);
                         let sampled = sampler.await??;
-                        let r = r?;
+                        let r = match r {
+                            Err(e) if e.is::<NoFreeConnection>() => {
+                                progress!("writes: {tag}: skipped ({e})");
+                                skipped.push(tag);
+                                line.push(format!("{} skipped", v.label()));
+                                if kind.key == "insert" {
+                                    remove_inserted(env, ctx.base_max_id).await?;
+                                }
+                                continue;
+                            }
+                            r => r?,
+                        };
                         let busy = (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64;
                         let marks_at_end = {
                             let (s, p) = env.marks_left().await?;
@@ -791,6 +825,7 @@ async fn inner(plan: &Plan, env: &mut BenchEnv, pgbench_path: PathBuf) -> Result
         index_secs,
         &logged,
         &idle,
+        &skipped,
         elapsed,
     ))
 }
@@ -839,6 +874,7 @@ fn outcome(
     index_secs: f64,
     logged: &[(i64, i64, usize)],
     idle: &[Idle],
+    skipped: &[String],
     elapsed: f64,
 ) -> Outcome {
     let mut out = Outcome::default();
@@ -1119,12 +1155,21 @@ fn outcome(
     s.push_str(&format!(
         "Load average (1 min) at the start of each run: median {:.2}, min {:.2}, max {:.2}; before the section {load_before}, \
          after it {load_after} (2 cores, shared with other builds and tests: the interleaving is what keeps the ratios \
-         meaningful). The section took {:.0} s. PostgreSQL settings: {}.\n",
+         meaningful). The section took {:.0} s. PostgreSQL settings: {}.{}\n",
         stats::median(loads),
         sorted_loads.first().copied().unwrap_or(f64::NAN),
         sorted_loads.last().copied().unwrap_or(f64::NAN),
         elapsed,
         settings.iter().map(|(k, v)| format!("`{k}={v}`")).collect::<Vec<_>>().join(", "),
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Skipped, the shared server having no free connection for them for 3 minutes (their rounds' pairs are left \
+                 out of the ratios): {}.",
+                skipped.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
+            )
+        },
     ));
 
     let mut agg = Vec::new();
@@ -1143,7 +1188,7 @@ fn outcome(
     out.raw = json!({
         "students": env.students, "secs_per_run": plan.writes_secs, "rounds": plan.writes_rounds, "clients": plan.writes_clients,
         "pgbench": pgbench_version, "load_before": load_before, "load_after": load_after, "load1_per_run": loads,
-        "capture_check": logged, "idle": idle,
+        "capture_check": logged, "idle": idle, "skipped": skipped,
         "cells": agg, "runs": records, "elapsed_s": elapsed,
     });
     out
