@@ -1,4 +1,4 @@
-//! The benchmarks of BENCHMARKS.md: the DESIGN.md performance targets, each measured
+//! The benchmarks of BENCHMARKS.md: the docs/design.md performance targets, each measured
 //! against a baseline in the same run, on real services (PostgreSQL, Redis, an OpenSearch node) and
 //! real tidemark processes.
 //!

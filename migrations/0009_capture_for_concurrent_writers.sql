@@ -90,7 +90,7 @@ END $$;
 
 -- students ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION tidemark.capture_students_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v bigint := nextval('tidemark.seq');
 BEGIN
@@ -99,7 +99,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION tidemark.capture_students_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v bigint := nextval('tidemark.seq');
 BEGIN
@@ -107,38 +107,34 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Only rows whose indexed columns changed (a no-op UPDATE logs nothing). A row whose id
--- changed has no partner here; the row trigger below logs both of its ids.
+-- Only rows whose indexed columns changed (a no-op UPDATE logs nothing), and both sides of
+-- an id change (the old document must go, the new one come): one FULL JOIN.
+--
+-- A FULL JOIN on purpose, whose WHERE keeps it one (it tests a side for NULL): PL/pgSQL keeps
+-- the plan it made on a connection's first run, for that run's transition tables, and an
+-- inner join planned for one row is a nested loop — a 20,000-row UPDATE on that connection
+-- then ran for minutes (tests/capture.rs). A full join can only be a hash or merge join,
+-- whatever the size it was planned for. And no JIT: a plan made for a 100,000-row statement
+-- is costed high enough to be compiled, and was compiled again at every later one-row UPDATE
+-- on the connection (350 ms each). At 32 connections neither costs a one-row UPDATE anything
+-- measurable.
 CREATE OR REPLACE FUNCTION tidemark.capture_students_update() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v bigint := nextval('tidemark.seq');
 BEGIN
     INSERT INTO tidemark.changes (student_id, seq)
-    SELECT n.id, v
-      FROM new_rows n JOIN old_rows o ON o.id = n.id
-     WHERE (n.first_name, n.last_name, n.age, n.year_in_school, n.university_id)
+    SELECT coalesce(n.id, o.id), v
+      FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
+     WHERE n.id IS NULL OR o.id IS NULL
+        OR (n.first_name, n.last_name, n.age, n.year_in_school, n.university_id)
            IS DISTINCT FROM (o.first_name, o.last_name, o.age, o.year_in_school, o.university_id);
     RETURN NULL;
 END $$;
 
--- A student's id changed (rare): the old document must go, the new one come. A row trigger
--- whose WHEN is evaluated without calling any function, and only for `UPDATE … SET id`.
-CREATE FUNCTION tidemark.capture_students_id_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    v bigint := nextval('tidemark.seq');
-BEGIN
-    INSERT INTO tidemark.changes (student_id, seq) VALUES (OLD.id, v), (NEW.id, v);
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER tidemark_capture_id_change AFTER UPDATE OF id ON students
-    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION tidemark.capture_students_id_change();
-
 -- student_courses (enrollments) -------------------------------------------------------
 CREATE OR REPLACE FUNCTION tidemark.capture_enrollments_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v bigint := nextval('tidemark.seq');
 BEGIN
@@ -147,7 +143,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION tidemark.capture_enrollments_update() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v bigint := nextval('tidemark.seq');
 BEGIN
@@ -159,7 +155,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION tidemark.capture_enrollments_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     v bigint := nextval('tidemark.seq');
 BEGIN

@@ -22,7 +22,8 @@ pub struct Status {
     pub lag_seconds: f64,
     /// Universities and courses whose students are still being marked.
     pub pending_fanouts: i64,
-    /// Students changed by large statements (bulk writes) and not yet expanded into marks.
+    /// Students of sets (what `mark_students` writes for many, e.g. a rollback's) not yet
+    /// expanded into marks.
     pub pending_statement_students: i64,
     pub dead_letters: i64,
     pub alias: String,
@@ -54,7 +55,7 @@ pub struct Freshness {
     pub lag_seconds: f64,
     /// Universities and courses whose students are still being marked.
     pub pending_fanouts: i64,
-    /// Students changed by large statements and not yet expanded into marks.
+    /// Students of sets not yet expanded into marks.
     pub pending_statement_students: i64,
 }
 
@@ -186,7 +187,7 @@ impl Status {
             ("  in flight", self.in_flight.to_string()),
             ("freshness lag", format!("{:.1}s", self.lag_seconds)),
             ("pending fan-outs", self.pending_fanouts.to_string()),
-            ("bulk-write students", self.pending_statement_students.to_string()),
+            ("students in sets", self.pending_statement_students.to_string()),
             ("dead letters", self.dead_letters.to_string()),
             ("alias", self.alias.clone()),
             ("index", if self.indices.is_empty() { "(none yet)".to_string() } else { self.indices.join(", ") }),

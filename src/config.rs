@@ -74,6 +74,28 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// A message that may quote service URLs (an error from a client library): every URL in it
+/// shown as [`redact_url`] shows it, and the password of `secret_url` (the URL the client
+/// was given) replaced wherever it appears. With [`redact_url`], the one redactor of
+/// everything tidemark says.
+pub fn redact_message(message: &str, secret_url: Option<&str>) -> String {
+    let mut out = String::with_capacity(message.len());
+    for word in message.split_inclusive(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+        if word.contains("://") && word.contains('@') {
+            let trimmed = word.trim_end_matches(|c: char| c.is_whitespace() || c == ')' || c == '(');
+            out.push_str(&redact_url(trimmed));
+            out.push_str(&word[trimmed.len()..]);
+        } else {
+            out.push_str(word);
+        }
+    }
+    let password = secret_url.and_then(|u| Url::parse(u).ok()).and_then(|u| u.password().map(str::to_string));
+    match password {
+        Some(p) if !p.is_empty() => out.replace(&p, "***"),
+        _ => out,
+    }
+}
+
 /// The URLs of a comma-separated list (`ELASTICSEARCH_URL` may name several nodes), trimmed,
 /// empty ones left out.
 pub fn split_urls(list: &str) -> Vec<&str> {
@@ -163,7 +185,7 @@ pub struct IndexConfig {
     /// write with an older version that arrives later than this would bring a deleted
     /// student back, so it must exceed the longest a write can take to arrive:
     /// `sync.batch_timeout` + `sync.request_timeout` + however long the server may sit on a
-    /// request its client gave up on (DESIGN.md, "Delete tombstones").
+    /// request its client gave up on (docs/protocol.md, rule 9).
     pub gc_deletes: HumanDuration,
 }
 
@@ -564,6 +586,14 @@ fn scrub_toml_error(text: &str, e: &toml::de::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_message_quoting_a_url_or_its_password_is_redacted() {
+        let m = super::redact_message("error sending request for url (http://u:hunter2@h:9200/_bulk)", None);
+        assert!(!m.contains("hunter2") && m.contains("http://u:***@h:9200/_bulk)"), "{m}");
+        let m = super::redact_message("WRONGPASS invalid password hunter2 for user", Some("redis://u:hunter2@h:6379"));
+        assert_eq!(m, "WRONGPASS invalid password *** for user");
+    }
+
     use super::*;
 
     #[test]

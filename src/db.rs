@@ -20,8 +20,6 @@ pub enum DbError {
     Config(#[from] ConfigError),
 }
 
-/// Opens a pool of up to `max` connections and checks it works. sqlx's messages do not
-/// quote the URL; the URL in ours is redacted.
 /// PostgreSQL aborted the transaction to end a deadlock (40P01), a serialization failure
 /// (40001) or a wait past `lock_timeout` (55P03): nothing of it happened, and running it
 /// again is right.
@@ -29,6 +27,8 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
     e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "40P01" || c == "40001" || c == "55P03")
 }
 
+/// Opens a pool of up to `max` connections and checks it works. sqlx's messages do not
+/// quote the URL; the URL in ours is redacted.
 pub async fn connect(config: &Config, max: u32) -> Result<PgPool, DbError> {
     let url = config.database_url()?;
     PgPoolOptions::new()

@@ -1,4 +1,4 @@
-//! The search document of a student, exactly as DESIGN.md shows it, and the index mapping
+//! The search document of a student, exactly as docs/design.md shows it, and the index mapping
 //! that goes with it.
 
 use serde::Serialize;

@@ -29,6 +29,7 @@ pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod document;
+pub mod model;
 pub mod pipeline;
 pub mod process;
 pub mod reindex;

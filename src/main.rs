@@ -202,7 +202,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync => {
             let services = Services::connect(config.clone(), config.worker.concurrency + 4).await?;
             sync::check_sequence(&services).await?;
-            let r = Syncer::new(services, None).drain().await?;
+            let r = Syncer::new(services).drain().await?;
             println!(
                 "synced: {} indexed, {} deleted, {} dead-lettered, {} fanned out, in {} batches{}",
                 r.indexed,
@@ -220,9 +220,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let concurrency = concurrency.unwrap_or(config.worker.concurrency);
             let services = Services::connect(config, concurrency + 5).await?;
             let stop = process::on_signal();
-            let admin = cli
-                .admin_addr
-                .map(|addr| tokio::spawn(admin_endpoint::serve(addr, Admin::new(services.clone(), true), stop.clone().cancelled_owned())));
+            let admin = start_admin_endpoint(cli.admin_addr, &services, true, &stop);
             let result = process::worker::run(services, concurrency as usize, stop.clone().cancelled_owned()).await;
             stop.cancel();
             finish(result, admin).await?;
@@ -236,9 +234,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let services = Services::connect(Arc::new(config), 3).await?;
             let interval = services.config.scheduler.interval.0;
             let stop = process::on_signal();
-            let admin = cli
-                .admin_addr
-                .map(|addr| tokio::spawn(admin_endpoint::serve(addr, Admin::new(services.clone(), true), stop.clone().cancelled_owned())));
+            let admin = start_admin_endpoint(cli.admin_addr, &services, true, &stop);
             let result = process::scheduler::run(services, interval, stop.clone().cancelled_owned()).await;
             stop.cancel();
             finish(result, admin).await?;
@@ -248,9 +244,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             // serve a few of those side by side, and every other page needs one.
             let services = Services::connect(config, 16).await?;
             let stop = process::on_signal();
-            let admin = cli
-                .admin_addr
-                .map(|addr| tokio::spawn(admin_endpoint::serve(addr, Admin::new(services.clone(), false), stop.clone().cancelled_owned())));
+            let admin = start_admin_endpoint(cli.admin_addr, &services, false, &stop);
             let result = process::serve::run(services, addr, stop.clone().cancelled_owned()).await;
             stop.cancel();
             admin_and(result.map_err(anyhow::Error::from), admin).await?;
@@ -358,6 +352,17 @@ async fn finish(
     admin: Option<tokio::task::JoinHandle<Result<(), process::ProcessError>>>,
 ) -> Result<()> {
     admin_and(result.map_err(anyhow::Error::from), admin).await
+}
+
+/// Starts the admin endpoint (`/metrics`, `/healthz`, `/readyz`) of a long-running process
+/// on `addr`, if one was given, until `stop`.
+fn start_admin_endpoint(
+    addr: Option<std::net::SocketAddr>,
+    services: &Services,
+    uses_redis: bool,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<Result<(), process::ProcessError>>> {
+    addr.map(|addr| tokio::spawn(admin_endpoint::serve(addr, Admin::new(services.clone(), uses_redis), stop.clone().cancelled_owned())))
 }
 
 async fn admin_and(result: Result<()>, admin: Option<tokio::task::JoinHandle<Result<(), process::ProcessError>>>) -> Result<()> {

@@ -24,7 +24,7 @@ use elasticsearch::{
 use serde_json::{json, Value};
 use url::Url;
 
-use crate::config::{redact_url, redact_urls, split_urls, Config, ConfigError};
+use crate::config::{redact_message, redact_url, redact_urls, split_urls, Config, ConfigError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -218,7 +218,7 @@ impl Search {
             match sent {
                 Ok(response) => break (i, response),
                 Err(e) => {
-                    let reason = scrub(&root_cause(&e));
+                    let reason = redact_message(&root_cause(&e), None);
                     self.leave(i, &reason);
                     refused += 1;
                     if !never_sent(&e) || refused == n {
@@ -231,7 +231,7 @@ impl Search {
         };
         let status = response.status_code().as_u16();
         let body = response.bytes().await.map_err(|e| {
-            let reason = scrub(&root_cause(&e));
+            let reason = redact_message(&root_cause(&e), None);
             self.leave(i, &reason);
             SearchError::Unreachable { url: self.nodes[i].url.clone(), reason }
         })?;
@@ -476,29 +476,4 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
-}
-
-/// Transport errors quote the request URL; ours carries no credentials, but strip any
-/// `user:pass@` defensively in case a client library ever adds one back.
-fn scrub(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for word in message.split_inclusive(|c: char| c.is_whitespace() || c == '(' || c == ')') {
-        if word.contains("://") && word.contains('@') {
-            let trimmed = word.trim_end_matches(|c: char| c.is_whitespace() || c == ')' || c == '(');
-            out.push_str(&redact_url(trimmed));
-            out.push_str(&word[trimmed.len()..]);
-        } else {
-            out.push_str(word);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn scrub_removes_userinfo() {
-        let s = super::scrub("error sending request for url (http://u:hunter2@h:9200/_bulk)");
-        assert!(!s.contains("hunter2"), "{s}");
-    }
 }

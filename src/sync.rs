@@ -1,9 +1,12 @@
 //! A sync *step* (what one job does): expand at most one renamed university, course or
-//! large statement into marks, work on a running full reindex, then sync one batch; and a
+//! set of students into marks, work on a running full reindex, then sync one batch; and a
 //! *drain* (steps until nothing is left), for `tidemark sync` and tests.
 
 use std::{
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -17,10 +20,8 @@ use crate::{
         targets, PipelineError,
     },
     reindex::{self, Finish, ReindexError},
-    retry::Backoff,
     services::Services,
     telemetry,
-    workers::{Queue, RetryAfter, SyncJob, SyncRunner},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,19 @@ impl From<sqlx::Error> for SyncError {
     }
 }
 
+/// What a step left behind for the next one: the job handler decides from it whether to
+/// enqueue another step at once (the step itself knows nothing of the queue).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Left {
+    /// Nothing this step knows of waits (a build being verified is looked at again by the
+    /// scheduler's ticks and the steps of other changes).
+    #[default]
+    Nothing,
+    /// More work waits now: a full batch (probably more marks), marks left for later or
+    /// changed in flight, a rebuild just started, or a build just promoted or failed.
+    More(&'static str),
+}
+
 /// What one step did.
 #[derive(Debug, Default)]
 pub struct StepReport {
@@ -121,6 +135,8 @@ pub struct StepReport {
     /// A full reindex is still building or verifying.
     pub building: bool,
     pub batch: Option<BatchReport>,
+    /// What it left for the next step.
+    pub left: Left,
 }
 
 impl StepReport {
@@ -143,12 +159,15 @@ pub struct DrainReport {
     pub stalled: bool,
 }
 
-/// Runs steps for one process: its services, the queue to nudge when a step sees more work
-/// than it takes (None in `tidemark sync` and in tests that drain in-process), and the gate
-/// of natural batching.
+/// Runs steps for one process: its services, the gate of natural batching, and a signal for
+/// whoever runs the steps that work is waiting *while* a step still works on its part.
 pub struct Syncer {
     pub services: Services,
-    queue: std::sync::RwLock<Option<Queue>>,
+    /// Raised (coalescing) the moment a step sees more work than it takes — a reindex chunk
+    /// or a fan-out chunk claimed (others remain), a full batch claimed — so the process can
+    /// start another step alongside at once instead of after this one. The worker turns it
+    /// into a nudge; `tidemark sync` and tests ignore it.
+    spread: Arc<tokio::sync::Notify>,
     /// One partial batch of this process in flight at a time ("natural batching"): while it
     /// ships, new marks pile up and the next claim takes them all. A server that falls
     /// behind thus gets fewer, larger `_bulk` requests instead of many small ones (search
@@ -156,8 +175,6 @@ pub struct Syncer {
     /// each change at once. A full batch releases the gate as soon as it is claimed: the
     /// backlog is then large and parallel batches pay.
     batch_gate: tokio::sync::Semaphore,
-    /// Steps that failed in a row, for the retry backoff.
-    failed_in_a_row: AtomicU32,
     /// The lease owner of [`Syncer::claim`], [`Syncer::prepare`] and [`Syncer::deliver`].
     owner: String,
     /// Batches finished, and when the last one was (for the worker's heartbeat).
@@ -172,13 +189,12 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(services: Services, queue: Option<Queue>) -> Syncer {
+    pub fn new(services: Services) -> Syncer {
         let owner = services.identity.lease_owner();
         Syncer {
             services,
-            queue: std::sync::RwLock::new(queue),
+            spread: Arc::new(tokio::sync::Notify::new()),
             batch_gate: tokio::sync::Semaphore::new(1),
-            failed_in_a_row: AtomicU32::new(0),
             owner,
             batches: AtomicU64::new(0),
             last_batch_at: std::sync::Mutex::new(None),
@@ -245,12 +261,15 @@ impl Syncer {
         batch::deliver(&self.services, self.owner(), prepared).await
     }
 
-    /// Makes sure there is somewhere to write: with no alias and no build, starts a full
-    /// rebuild from the database (a first run, or a search server that lost its index).
-    async fn ensure_index(&self) -> Result<(), SyncError> {
-        if targets::decide(&self.services).await?.is_some() {
-            return Ok(());
-        }
+    /// Raised while a step works, when it sees more work than it takes (see the field).
+    pub fn spread(&self) -> Arc<tokio::sync::Notify> {
+        self.spread.clone()
+    }
+
+    /// There is nowhere to write (no alias, no build: a first run, or a search server that
+    /// lost its index): starts a full rebuild from the database, unless a failed one asks to
+    /// wait first.
+    async fn rebuild(&self) -> Result<(), SyncError> {
         let alias = &self.services.config.index_alias;
         if let Some(last) = crate::catalog::latest(&self.services.pool, alias).await? {
             let wait = last.retry_after.map(|t| (t - chrono::Utc::now()).num_seconds()).unwrap_or(0);
@@ -286,7 +305,7 @@ impl Syncer {
         let mut written = 0;
         if let Some(chunk) = reindex::claim_chunk(&services.pool, build.id, owner, services.lease()).await? {
             // More chunks likely wait: let idle workers join now.
-            self.nudge("reindex").await;
+            self.spread.notify_one();
             let span = tracing::info_span!("reindex_chunk", id = build.id, lo = chunk.lo, hi = chunk.hi);
             match reindex::process_chunk(services, owner, &build, &chunk).instrument(span).await? {
                 Some(n) => written = n.max(1),
@@ -298,10 +317,8 @@ impl Syncer {
             return Ok((written, Some(Finish::NotYet)));
         }
         let finish = reindex::finish(services, build.id).await?;
-        match &finish {
-            Finish::Promoted | Finish::Failed(_) => self.nudge("reindex-finished").await,
-            Finish::Waiting(why) => tracing::debug!(%why, "reindex verification waits"),
-            Finish::NotYet => {}
+        if let Finish::Waiting(why) = &finish {
+            tracing::debug!(%why, "reindex verification waits");
         }
         Ok((written, Some(finish)))
     }
@@ -325,7 +342,7 @@ impl Syncer {
                         telemetry::fanned_out(n);
                         total += n;
                         // Others can index what is marked while this expansion goes on.
-                        self.nudge("fanout").await;
+                        self.spread.notify_one();
                         if self.stopping() {
                             // The cursor is committed: whoever claims the parent next resumes here.
                             tracing::info!(students = total, "stop requested: fan-out left to resume at its cursor");
@@ -349,21 +366,8 @@ impl Syncer {
         .await
     }
 
-    /// The queue to nudge from now on (a worker reconnected to Redis).
-    pub fn set_queue(&self, queue: Option<Queue>) {
-        *self.queue.write().expect("never poisoned") = queue;
-    }
-
-    pub async fn nudge(&self, reason: &str) {
-        let queue = self.queue.read().expect("never poisoned").clone();
-        if let Some(q) = queue {
-            if let Err(e) = q.nudge(reason).await {
-                tracing::warn!(error = %e, "could not nudge the queue; the scheduler's next tick will");
-            }
-        }
-    }
-
-    /// One job's work: expand at most one university/course mark, then sync one batch.
+    /// One job's work: expand at most one university/course mark, work on a running build,
+    /// then sync one batch. Says in [`StepReport::left`] what it left for the next step.
     pub async fn step(&self) -> Result<StepReport, SyncError> {
         if let Some((index_version, sequence)) = *self.refused.lock().expect("never poisoned") {
             return Err(SyncError::SequenceBehind { index_version, sequence });
@@ -371,29 +375,44 @@ impl Syncer {
         if self.stopping() {
             return Ok(StepReport::default());
         }
-        self.ensure_index().await?;
         let owner = self.services.identity.lease_owner();
         let fanned_out = self.fan_out_one(&owner).await?;
         let (reindexed, finish) = self.reindex_step(&owner).await?;
         let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
+        // A build promoted or failed: the live index changed under the batches to come.
+        let finished = matches!(finish, Some(Finish::Promoted | Finish::Failed(_)));
+        let mut report = StepReport {
+            fanned_out,
+            reindexed,
+            building,
+            batch: None,
+            left: if finished { Left::More("reindex-finished") } else { Left::Nothing },
+        };
         let batch_size = self.services.config.sync.batch_size as usize;
         let gate = self.batch_gate.acquire().await.expect("the gate is never closed");
         // No claim starts after a stop request: the marks are left to the other workers.
         if self.stopping() {
-            return Ok(StepReport { fanned_out, reindexed, building, batch: None });
+            return Ok(report);
         }
         let marks = batch::claim(&self.services, &owner, batch_size).await?;
         let _gate = (marks.len() < batch_size).then_some(gate);
         if marks.is_empty() {
-            return Ok(StepReport { fanned_out, reindexed, building, batch: None });
+            // Nothing to write, but is there somewhere to write? (A first run on an empty
+            // database, or a server that lost its index: no batch would ever find out.)
+            if !building && finish.is_none() && targets::decide(&self.services).await?.is_none() {
+                self.rebuild().await?;
+                report.left = Left::More("rebuild");
+            }
+            return Ok(report);
         }
         if marks.len() == batch_size {
-            // Probably more waiting: let another worker start on it now.
-            self.nudge("more").await;
+            // Probably more waiting: let another step start on it now.
+            self.spread.notify_one();
         }
         // Stable field names for log pipelines: batch_id is the batch's version (unique).
         let span = tracing::info_span!("batch", batch_id = tracing::field::Empty, size = marks.len(), indices = tracing::field::Empty, owner = %owner);
-        let report = async {
+        let full = marks.len() == batch_size;
+        let delivered = async {
             let prepared = batch::prepare(&self.services, &owner, marks).await?;
             let span = tracing::Span::current();
             span.record("batch_id", prepared.version);
@@ -402,29 +421,43 @@ impl Syncer {
         }
         .instrument(span.clone())
         .await;
-        telemetry::batch(report.is_ok());
-        let report = report?;
+        let batch = match delivered {
+            // Nowhere to write (the targets are read once, by the batch): the claim went back,
+            // a rebuild starts, and the next step writes to it.
+            Err(PipelineError::NoIndex(_)) => {
+                self.rebuild().await?;
+                report.left = Left::More("rebuild");
+                return Ok(report);
+            }
+            other => {
+                telemetry::batch(other.is_ok());
+                other?
+            }
+        };
         span.in_scope(|| {
             tracing::info!(
-                indexed = report.indexed,
-                deleted = report.deleted,
-                cleared = report.acked.cleared,
-                changed_in_flight = report.acked.changed_in_flight,
-                dead = report.acked.dead,
-                later = report.acked.later,
-                requests = report.requests,
-                load_ms = report.load.as_millis() as u64,
-                ship_ms = report.ship.as_millis() as u64,
-                ack_ms = report.ack.as_millis() as u64,
+                indexed = batch.indexed,
+                deleted = batch.deleted,
+                cleared = batch.acked.cleared,
+                changed_in_flight = batch.acked.changed_in_flight,
+                dead = batch.acked.dead,
+                later = batch.acked.later,
+                requests = batch.requests,
+                load_ms = batch.load.as_millis() as u64,
+                ship_ms = batch.ship.as_millis() as u64,
+                ack_ms = batch.ack.as_millis() as u64,
                 "batch synced"
             )
         });
         self.batches.fetch_add(1, Ordering::Relaxed);
         *self.last_batch_at.lock().expect("never poisoned") = Some(chrono::Utc::now());
-        if report.acked.changed_in_flight > 0 || report.acked.later > 0 {
-            self.nudge("leftover").await;
+        if batch.acked.changed_in_flight > 0 || batch.acked.later > 0 {
+            report.left = Left::More("leftover");
+        } else if full {
+            report.left = Left::More("more");
         }
-        Ok(StepReport { fanned_out, reindexed, building, batch: Some(report) })
+        report.batch = Some(batch);
+        Ok(report)
     }
 
     /// Steps until a step finds nothing to do. Marks that keep failing transiently stop
@@ -434,7 +467,7 @@ impl Syncer {
         let mut stalled = 0;
         loop {
             let step = self.step().await?;
-            if step.idle() {
+            if step.idle() && step.left == Left::Nothing {
                 if !step.building {
                     if let Err(e) = reindex::drop_build_alias(&self.services).await {
                         tracing::debug!(error = %e, "could not remove the build alias yet");
@@ -462,36 +495,6 @@ impl Syncer {
                 } else {
                     stalled = 0;
                 }
-            }
-        }
-    }
-}
-
-/// After a failed step the queue is nudged again after a wait drawn from this policy, by the
-/// number of steps that failed in a row: soon after a blip, at most every 30 s while a
-/// service stays down (the scheduler's ticks keep coming meanwhile).
-const STEP_RETRY: Backoff = Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(30) };
-
-impl SyncRunner for Syncer {
-    async fn run(&self, job: SyncJob) -> Result<(), RetryAfter> {
-        let span = tracing::info_span!("sync_job", reason = %job.reason);
-        match self.step().instrument(span).await {
-            Ok(_) => {
-                self.failed_in_a_row.store(0, Ordering::Relaxed);
-                Ok(())
-            }
-            // Refused: the worker's periodic check nudges the queue once the sequence is
-            // repaired; retrying meanwhile would only fill the log.
-            Err(e @ SyncError::SequenceBehind { .. }) => {
-                tracing::debug!(error = %e, "sync step refused");
-                Ok(())
-            }
-            Err(e) => {
-                let failures = self.failed_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-                telemetry::retried("step", 1);
-                let wait = STEP_RETRY.delay(failures, &mut rand::thread_rng());
-                tracing::warn!(stage = "sync_step", error_type = e.kind(), error = %e, retry_in_ms = wait.as_millis() as u64, "sync step failed; marks stay and are retried");
-                Err(RetryAfter(wait))
             }
         }
     }

@@ -28,6 +28,16 @@ pub const HTTP_REQUESTS: &str = "tidemark_http_requests_total";
 pub const HTTP_DURATION: &str = "tidemark_http_request_duration_seconds";
 pub const BUILD_INFO: &str = "tidemark_build_info";
 pub const SYNC_REFUSED: &str = "tidemark_sync_refused";
+// The gauges read from PostgreSQL (`DbGauges`).
+pub const MARKS_OUTSTANDING: &str = "tidemark_marks_outstanding";
+pub const MARKS_IN_FLIGHT: &str = "tidemark_marks_in_flight";
+pub const OLDEST_MARK_AGE: &str = "tidemark_oldest_mark_age_seconds";
+pub const FANOUTS_PENDING: &str = "tidemark_fanouts_pending";
+pub const DEAD_LETTERS: &str = "tidemark_dead_letters";
+pub const QUEUE_DEPTH: &str = "tidemark_queue_depth";
+pub const WORKERS_LIVE: &str = "tidemark_workers_live";
+pub const REINDEX_ACTIVE: &str = "tidemark_reindex_active";
+pub const REINDEX_PROGRESS: &str = "tidemark_reindex_progress_ratio";
 
 /// The fixed label values of the counters (docs/metrics.md): a worker exports every one of
 /// them from its start, at 0, so a query on a counter sees 0 rather than "no data".
@@ -72,7 +82,7 @@ fn describe() {
     describe_histogram!(STAGE_DURATION, Unit::Seconds, "where a batch's time goes");
     describe_histogram!(FRESHNESS, Unit::Seconds, "per acknowledged document: database commit (mark) to acknowledged by the index");
     describe_counter!(BATCHES, Unit::Count, "sync batches");
-    describe_counter!(FANOUT_STUDENTS, Unit::Count, "students marked by expanding a university, course or large statement");
+    describe_counter!(FANOUT_STUDENTS, Unit::Count, "students marked by expanding a university, course or set of students");
     describe_counter!(REINDEX_DOCUMENTS, Unit::Count, "documents written by full-reindex chunks");
     describe_counter!(HTTP_REQUESTS, Unit::Count, "serve's requests by route template and status class");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "serve's request latency");
@@ -195,29 +205,29 @@ pub struct DbGauges {
 
 impl DbGauges {
     const HELP: &'static [(&'static str, &'static str)] = &[
-        ("tidemark_marks_outstanding", "students whose change is not yet in the index"),
-        ("tidemark_marks_in_flight", "of those, leased by a worker right now"),
-        ("tidemark_oldest_mark_age_seconds", "age of the oldest change not yet indexed: the freshness lag"),
-        ("tidemark_fanouts_pending", "renamed universities/courses and large statements not yet expanded"),
-        ("tidemark_dead_letters", "documents currently in the dead-letter table"),
-        ("tidemark_queue_depth", "sync jobs waiting in Redis"),
-        ("tidemark_workers_live", "worker processes with a recent heartbeat"),
-        ("tidemark_reindex_active", "1 while a full reindex builds or verifies"),
-        ("tidemark_reindex_progress_ratio", "documents written / total of the running build"),
+        (MARKS_OUTSTANDING, "students whose change is not yet in the index"),
+        (MARKS_IN_FLIGHT, "of those, leased by a worker right now"),
+        (OLDEST_MARK_AGE, "age of the oldest change not yet indexed: the freshness lag"),
+        (FANOUTS_PENDING, "renamed universities/courses not yet expanded"),
+        (DEAD_LETTERS, "documents currently in the dead-letter table"),
+        (QUEUE_DEPTH, "sync jobs waiting in Redis"),
+        (WORKERS_LIVE, "worker processes with a recent heartbeat"),
+        (REINDEX_ACTIVE, "1 while a full reindex builds or verifies"),
+        (REINDEX_PROGRESS, "documents written / total of the running build"),
     ];
 
     /// Publishes them on this process's registry.
     pub fn publish(&self) {
-        gauge!("tidemark_marks_outstanding").set(self.marks_outstanding as f64);
-        gauge!("tidemark_marks_in_flight").set(self.marks_in_flight as f64);
-        gauge!("tidemark_oldest_mark_age_seconds").set(self.oldest_mark_age_seconds);
-        gauge!("tidemark_fanouts_pending").set(self.fanouts_pending as f64);
-        gauge!("tidemark_dead_letters").set(self.dead_letters as f64);
+        gauge!(MARKS_OUTSTANDING).set(self.marks_outstanding as f64);
+        gauge!(MARKS_IN_FLIGHT).set(self.marks_in_flight as f64);
+        gauge!(OLDEST_MARK_AGE).set(self.oldest_mark_age_seconds);
+        gauge!(FANOUTS_PENDING).set(self.fanouts_pending as f64);
+        gauge!(DEAD_LETTERS).set(self.dead_letters as f64);
         if let Some(d) = self.queue_depth {
-            gauge!("tidemark_queue_depth").set(d as f64);
+            gauge!(QUEUE_DEPTH).set(d as f64);
         }
-        gauge!("tidemark_workers_live").set(self.workers_live as f64);
-        gauge!("tidemark_reindex_active").set(if self.reindex_active { 1.0 } else { 0.0 });
-        gauge!("tidemark_reindex_progress_ratio").set(self.reindex_progress_ratio);
+        gauge!(WORKERS_LIVE).set(self.workers_live as f64);
+        gauge!(REINDEX_ACTIVE).set(if self.reindex_active { 1.0 } else { 0.0 });
+        gauge!(REINDEX_PROGRESS).set(self.reindex_progress_ratio);
     }
 }

@@ -91,7 +91,7 @@ pub async fn compare(services: &Services, index: &str, ids: &[i64]) -> Result<Di
         let built = load(&services.pool, part).await?;
         let indexed = services.search.mget(index, part).await?;
         for (id, doc) in &built {
-            out.record(*id, indexed.get(id), doc.as_ref());
+            out.record(*id, indexed.get(id), doc.document());
         }
     }
     out.sort();
@@ -169,7 +169,7 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
                             continue;
                         }
                         report.checked += 1;
-                        let built = doc.map(|d| serde_json::to_value(d).expect("a document serialises"));
+                        let built = doc.document().map(|d| serde_json::to_value(d).expect("a document serialises"));
                         match (got, built) {
                             (None, _) => report.differences.missing.push(id),
                             (Some(h), Some(b)) if h != fingerprint(&b) => report.differences.differing.push(id),

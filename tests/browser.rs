@@ -81,7 +81,6 @@ async fn typing_two_letters_and_picking_by_keyboard_opens_the_student_page_from_
     b.screenshot(&screenshot_dir().join("student.png")).await;
     b.quit().await;
     server.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,5 +144,4 @@ async fn clicking_a_course_and_a_histogram_bar_changes_hits_counts_and_url_and_a
     assert_eq!(b.attr(&hits[0], "data-id").await.as_deref(), Some("900002"));
     b.quit().await;
     server.stop().await;
-    env.cleanup().await;
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::Connection;
-use support::{small_directory, Env};
+use support::{eventually, small_directory, Env};
 
 /// Every capture function, statically: none notifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +29,6 @@ async fn no_capture_function_notifies() {
     assert!(notifying.is_empty(), "capture functions that notify: {notifying:?}");
     let triggers: i64 = env.scalar_i64("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'tidemark_%'").await;
     assert!(triggers >= 10, "the capture is installed: {triggers} triggers");
-    env.cleanup().await;
 }
 
 /// Dynamically: a session listening on the channel the capture used to notify receives
@@ -38,8 +37,7 @@ async fn no_capture_function_notifies() {
 /// channel, so no writer takes the notification queue's lock at commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capturing_writes_send_no_notification() {
-    let env = Env::new().await;
-    small_directory(&env).await;
+    let env = Env::with_directory().await;
     let mut listener = sqlx::postgres::PgListener::connect(&env.database_url).await.unwrap();
     listener.listen("tidemark_sync").await.unwrap();
     env.sql(
@@ -57,14 +55,13 @@ async fn capturing_writes_send_no_notification() {
     for q in ["UPDATE students SET age = 23 WHERE id = 2", "DELETE FROM students WHERE id = 3", "TRUNCATE student_courses"] {
         env.sql(q).await;
     }
-    assert!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await > 0, "the writes were captured");
+    assert!(env.outstanding().await > 0, "the writes were captured");
     let got = tokio::time::timeout(Duration::from_millis(1500), listener.recv()).await;
     assert!(got.is_err(), "a capturing write notified: {got:?}");
     // The probe works: a real NOTIFY arrives.
     env.sql("NOTIFY tidemark_sync").await;
     let got = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
     assert!(matches!(got, Ok(Ok(_))), "a real NOTIFY is received: {got:?}");
-    env.cleanup().await;
 }
 
 /// With the scheduler ticking every 10 minutes, a worker picks a change up within a second:
@@ -72,8 +69,7 @@ async fn capturing_writes_send_no_notification() {
 /// picked up at its commit, not at the next tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
-    let env = Env::new().await;
-    small_directory(&env).await;
+    let env = Env::with_directory().await;
     env.create_index().await;
     let debug = |c: &mut std::process::Command| {
         c.env("RUST_LOG", "info,tidemark::process::wakeup=debug");
@@ -86,7 +82,7 @@ async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
         let start = Instant::now();
         env.sql(&format!("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES ({i}, 'Ann', 'Lee', 20, 'FR')"))
             .await;
-        env.eventually("the insert is indexed", Duration::from_secs(8), || async {
+        eventually("the insert is indexed", Duration::from_secs(8), || async {
             env.scalar_i64(&format!("SELECT count(DISTINCT student_id) FROM tidemark.outstanding WHERE student_id = {i}")).await == 0
         })
         .await;
@@ -98,17 +94,13 @@ async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     sqlx::raw_sql("COMMIT").execute(&mut long).await.unwrap();
     let committed = Instant::now();
-    env.eventually("the late commit is indexed", Duration::from_secs(8), || async {
-        env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await == 0
-    })
-    .await;
+    eventually("the late commit is indexed", Duration::from_secs(8), || async { env.outstanding().await == 0 }).await;
     let took = committed.elapsed();
     eprintln!("late commit acknowledged {took:?} after it committed");
     env.refresh().await;
     assert_eq!(env.doc(2).await.unwrap()["last_name"], json!("Late"));
     assert!(worker.terminate().success(), "{}", worker.output());
     assert!(scheduler.terminate().success(), "{}", scheduler.output());
-    env.cleanup().await;
 }
 
 /// `tidemark migrate` on a database with the capture of before issue 16 (which notified)
@@ -117,7 +109,7 @@ async fn changes_are_picked_up_at_once_without_a_notification_or_a_tick() {
 async fn an_installation_with_the_old_capture_and_outstanding_marks_upgrades_without_losing_one() {
     let env = Env::before_migration(9).await;
     small_directory(&env).await;
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) SELECT g, 'N' || g, 'L', 20, 'FR', 1 + g % 2 FROM generate_series(1, 3000) g").await;
+    env.add_students_at(3000, "1 + g % 2").await;
     env.sql("INSERT INTO student_courses SELECT g, 1 FROM generate_series(1, 3000, 3) g").await;
     env.sql("UPDATE universities SET name = 'MIT (old capture)' WHERE id = 1").await;
     env.sql("UPDATE students SET age = 30 WHERE id <= 10").await;
@@ -131,13 +123,37 @@ async fn an_installation_with_the_old_capture_and_outstanding_marks_upgrades_wit
     .await
     .unwrap();
     assert!(!old.is_empty(), "the old capture notifies");
-    let out = env.command().args(["migrate"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.run(&["migrate"]).expect_ok();
     // Writes after the upgrade, through the new capture.
     env.sql("UPDATE students SET last_name = 'After' WHERE id IN (5, 2500); DELETE FROM students WHERE id = 2999").await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     env.assert_converged().await;
     assert_eq!(env.doc(1).await.unwrap()["university"]["name"], json!("KPI"));
     assert_eq!(env.doc(2).await.unwrap()["university"]["name"], json!("MIT (old capture)"));
-    env.cleanup().await;
+}
+
+/// PL/pgSQL keeps the plan a capture function made on a connection's first run: planned for
+/// a one-row statement, a join of old and new rows must not become a nested loop that a
+/// 20,000-row UPDATE on the same connection then runs in quadratic time (it took minutes),
+/// nor a plan made for a large statement be compiled again at every later one-row UPDATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_update_after_small_ones_on_one_connection_is_not_quadratic() {
+    use sqlx::Connection;
+    let env = Env::with_directory().await;
+    env.add_students(20_000).await;
+    let mut app = sqlx::PgConnection::connect(&env.database_url).await.unwrap();
+    for id in 1..=20 {
+        sqlx::query("UPDATE students SET age = age % 90 + 2 WHERE id = $1").bind(id).execute(&mut app).await.unwrap();
+    }
+    // A bound far above the second it takes, far below what a nested loop takes.
+    sqlx::raw_sql("SET statement_timeout = '20s'").execute(&mut app).await.unwrap();
+    let r = sqlx::query("UPDATE students SET age = age % 90 + 1").execute(&mut app).await;
+    assert!(r.is_ok(), "a 20,000-row UPDATE after one-row ones on the same connection: {r:?}");
+    assert_eq!(env.outstanding().await, 20_000);
+    // And a one-row UPDATE after the large one is not compiled by JIT each time.
+    let jit: Vec<String> = sqlx::query_scalar("SELECT p.proconfig::text FROM pg_proc p WHERE p.proname = 'capture_students_update'")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(jit.iter().all(|c| c.contains("jit=off")), "the capture runs without JIT: {jit:?}");
 }

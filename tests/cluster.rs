@@ -24,7 +24,7 @@ use std::{
 
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
-use support::Env;
+use support::{eventually, Env};
 use tidemark::{config::Secret, search::Search, services::Services};
 
 /// Bounds for the cluster's steps: three JVMs start on two shared cores (the launcher's
@@ -90,30 +90,26 @@ impl Node {
     /// Waits for the node's JSON line; a launcher that exits first fails the test with the
     /// tail of its log.
     async fn wait_started(&mut self, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&self.json) {
-                if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
-                    return serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", self.json.display()));
-                }
+        eventually(&format!("node {} to start", self.name), timeout, || std::future::ready(self.started())).await
+    }
+
+    /// The node's JSON line, once it has printed it.
+    fn started(&mut self) -> Result<Value, String> {
+        if let Ok(text) = std::fs::read_to_string(&self.json) {
+            if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
+                return Ok(serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", self.json.display())));
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!(
-                    "OpenSearch node {} exited ({status}) before it served HTTP. The launcher needs Java 17 and Maven \
-                     (`deploy/opensearch/opensearch.sh --prepare` resolves and compiles it; see deploy/opensearch/README.md). \
-                     Its log ends with:\n{}",
-                    self.name,
-                    tail(&self.log)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not start within {timeout:?}; its log ends with:\n{}",
+        }
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!(
+                "OpenSearch node {} exited ({status}) before it served HTTP. The launcher needs Java 17 and Maven \
+                 (`deploy/opensearch/opensearch.sh --prepare` resolves and compiles it; see deploy/opensearch/README.md). \
+                 Its log ends with:\n{}",
                 self.name,
                 tail(&self.log)
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        Err(format!("its log ends with:\n{}", tail(&self.log)))
     }
 
     /// SIGKILL: no goodbye to the cluster.
@@ -188,14 +184,16 @@ impl Cluster {
 
     /// Waits (through `via`) until the cluster has `nodes` nodes and the status `status`.
     async fn wait_health(&self, via: usize, nodes: usize, status: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let h = self.get(via, &format!("/_cluster/health?wait_for_nodes={nodes}&wait_for_status={status}&timeout=10s")).await;
+        let path = format!("/_cluster/health?wait_for_nodes={nodes}&wait_for_status={status}&timeout=10s");
+        eventually(&format!("the cluster to reach {nodes} nodes and {status}"), timeout, || async {
+            let h = self.get(via, &path).await;
             if h["timed_out"] == json!(false) {
-                return h;
+                Ok(h)
+            } else {
+                Err(h.to_string())
             }
-            assert!(Instant::now() < deadline, "the cluster did not reach {nodes} nodes and {status} within {timeout:?}: {h}");
-        }
+        })
+        .await
     }
 
     /// The elected cluster-manager's node name.
@@ -303,7 +301,7 @@ async fn a_data_node_killed_mid_sync_and_restarted_loses_nothing_and_dead_letter
 
     // The first sync creates the index (three shards, a replica each).
     env.create_index().await;
-    let index = env.search.alias_targets(&env.alias).await.unwrap().remove(0);
+    let index = env.alias_targets().await.remove(0);
     let settings = cluster.get(0, &format!("/{index}/_settings")).await;
     assert_eq!(settings[&index]["settings"]["index"]["number_of_replicas"], json!("1"), "{settings}");
     // The lost node's copies wait for it (rather than being rebuilt on the others after the
@@ -337,15 +335,12 @@ async fn a_data_node_killed_mid_sync_and_restarted_loses_nothing_and_dead_letter
     let mut worker_config = (*env.config).clone();
     worker_config.elasticsearch_url = Some(Secret::new(worker_urls.join(",")));
     let worker_config = Arc::new(worker_config);
-    let stop_workers = tokio_util::sync::CancellationToken::new();
     let mut workers = Vec::new();
     for _ in 0..2 {
         let pool = PgPoolOptions::new().max_connections(6).connect(&env.database_url).await.unwrap();
-        let services = Services::new(pool, Search::new(&worker_config).unwrap(), worker_config.clone());
-        let stop = stop_workers.clone();
-        workers.push(tokio::spawn(async move { tidemark::process::worker::run(services, 2, stop.cancelled_owned()).await }));
+        workers.push(env.start_worker(Services::new(pool, Search::new(&worker_config).unwrap(), worker_config.clone()), 2));
     }
-    env.wait_synced("the workers index the directory", Duration::from_secs(90)).await;
+    eventually("the workers index the directory", Duration::from_secs(90), || env.synced()).await;
     log(format!("workers indexed the {STUDENTS} students"));
 
     let stop_writers = Arc::new(AtomicBool::new(false));
@@ -366,7 +361,7 @@ async fn a_data_node_killed_mid_sync_and_restarted_loses_nothing_and_dead_letter
     // Sync goes on through the surviving nodes: a change made now is searchable soon.
     env.sql(&format!("UPDATE students SET last_name = 'DuringOutage' WHERE id = {PROBE}")).await;
     let probe_written = Instant::now();
-    env.eventually("a change made while the node is down is searchable (through the surviving nodes)", Duration::from_secs(30), || async {
+    eventually("a change made while the node is down is searchable (through the surviving nodes)", Duration::from_secs(30), || async {
         env.refresh().await;
         env.doc(PROBE).await.is_some_and(|d| d["last_name"] == json!("DuringOutage"))
     })
@@ -401,12 +396,11 @@ async fn a_data_node_killed_mid_sync_and_restarted_loses_nothing_and_dead_letter
         restarted.elapsed().as_secs_f64()
     ));
 
-    env.wait_synced("the workers drain every mark", Duration::from_secs(90)).await;
-    stop_workers.cancel();
+    eventually("the workers drain every mark", Duration::from_secs(90), || env.synced()).await;
     for w in workers {
-        w.await.unwrap().unwrap();
+        w.stop().await;
     }
-    let last = env.engine().drain().await.unwrap();
+    let last = env.drain().await;
     log(format!("workers stopped; a last drain found {} batches", last.batches));
 
     let dead = tidemark::admin::failed(&env.pool, 20).await.unwrap();
@@ -415,6 +409,5 @@ async fn a_data_node_killed_mid_sync_and_restarted_loses_nothing_and_dead_letter
     env.assert_converged().await;
     let docs = env.count(json!({"match_all": {}})).await;
     log(format!("converged: {docs} documents equal the database field by field; nothing dead-lettered"));
-    env.cleanup().await;
     drop(cluster);
 }

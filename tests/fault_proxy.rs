@@ -1,48 +1,68 @@
-//! Self-test of the fault-injecting proxy, against a real search server (the OpenSearch node of `deploy/local/services.sh`).
-//!
-//! Needs `ELASTICSEARCH_URL` (start the services with `deploy/local/services.sh`).
+//! Self-test of the harness, against the real services (`deploy/local/test.sh`): the
+//! fault-injecting proxy in front of a real search server, and the cleanup of every test's
+//! environment.
 
-#[path = "support/fault_proxy.rs"]
-mod fault_proxy;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fault_proxy::{BulkAction, FaultProxy, FaultStats, Faults};
 use serde_json::{json, Value};
+use support::fault_proxy::{BulkAction, FaultProxy, FaultStats, Faults};
+use support::{eventually, run_aside, unique, Env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn es_url() -> String {
-    match std::env::var("ELASTICSEARCH_URL") {
-        Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_string(),
-        _ => panic!(
-            "ELASTICSEARCH_URL is not set: these tests need a real search server (the OpenSearch node). \
-             Run `deploy/local/services.sh` to start the test services and export the \
-             ELASTICSEARCH_URL it prints (e.g. http://127.0.0.1:9200)."
-        ),
-    }
+    support::service_url("ELASTICSEARCH_URL").trim().trim_end_matches('/').to_string()
 }
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
-fn unique_index(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    // Named after the suite run (deploy/local/test.sh), so a killed run's indices are swept.
-    let run = std::env::var("TIDEMARK_TEST_RUN").unwrap_or_else(|_| format!("r{:08x}", std::process::id()));
-    format!("{run}-fault_proxy_{tag}_{nanos}")
+/// A test index (`<run>-<6 hex>-fault_proxy_<tag>`, so a killed run's are swept), deleted
+/// when dropped.
+struct TestIndex(String);
+
+impl TestIndex {
+    /// Creates it through `base` (the server, or a proxy in front of it).
+    async fn create(c: &reqwest::Client, base: &str, tag: &str) -> TestIndex {
+        let index = TestIndex(format!("{}-fault_proxy_{tag}", unique()));
+        let r =
+            c.put(format!("{base}/{index}")).json(&json!({"mappings": {"properties": {"n": {"type": "integer"}}}})).send().await.unwrap();
+        assert!(r.status().is_success(), "create {index}: {} {}", r.status(), r.text().await.unwrap());
+        index
+    }
 }
 
-async fn create_index(c: &reqwest::Client, base: &str, index: &str) {
-    let r = c.put(format!("{base}/{index}")).json(&json!({"mappings": {"properties": {"n": {"type": "integer"}}}})).send().await.unwrap();
-    assert!(r.status().is_success(), "create {index}: {} {}", r.status(), r.text().await.unwrap());
+/// A proxy in front of the server, a client, and a test index created directly.
+async fn setup(tag: &str) -> (FaultProxy, reqwest::Client, TestIndex) {
+    let (proxy, c) = (FaultProxy::start(&es_url()).await, client());
+    let index = TestIndex::create(&c, &es_url(), tag).await;
+    (proxy, c, index)
 }
 
-async fn delete_index(c: &reqwest::Client, index: &str) {
-    let r = c.delete(format!("{}/{index}", es_url())).send().await.unwrap();
-    assert!(r.status().is_success(), "delete {index}: {}", r.status());
+impl std::ops::Deref for TestIndex {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TestIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for TestIndex {
+    fn drop(&mut self) {
+        let url = format!("{}/{}", es_url(), self.0);
+        run_aside("delete a test index", Duration::from_secs(30), async move {
+            let _ = reqwest::Client::new().delete(url).send().await;
+        });
+    }
 }
 
 async fn bulk(c: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
@@ -64,22 +84,23 @@ async fn existing(c: &reqwest::Client, index: &str, ids: &[String]) -> BTreeSet<
     docs.iter().filter(|d| d["found"] == json!(true)).map(|d| d["_id"].as_str().unwrap().to_string()).collect()
 }
 
-/// The proxy's stats once `done` holds for them, or after 10 s: what a request the client
+/// The proxy's stats once `done` holds for them (within 10 s): what a request the client
 /// gave up on does next happens in its own time.
-async fn stats_when(proxy: &FaultProxy, done: impl Fn(&FaultStats) -> bool) -> FaultStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+async fn stats_when(proxy: &FaultProxy, what: &str, done: impl Fn(&FaultStats) -> bool) -> FaultStats {
+    eventually(what, Duration::from_secs(10), || async {
         let stats = proxy.stats();
-        if done(&stats) || Instant::now() > deadline {
-            return stats;
+        if done(&stats) {
+            Ok(stats)
+        } else {
+            Err(format!("{stats:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 /// The proxy's stats once no request is in flight any more.
 async fn settled(proxy: &FaultProxy) -> FaultStats {
-    stats_when(proxy, |s| s.in_flight == 0).await
+    stats_when(proxy, "no request in flight", |s| s.in_flight == 0).await
 }
 
 fn assert_injected_429(item: &Value, op: &str, index: &str, id: &str) {
@@ -96,10 +117,9 @@ async fn bulk_item_429_rejects_exactly_the_reported_items() {
     let es = es_url();
     let proxy = FaultProxy::start(&es).await;
     let c = client();
-    let index = unique_index("bulk429");
-    create_index(&c, &proxy.url(), &index).await;
+    let index = TestIndex::create(&c, &proxy.url(), "bulk429").await;
 
-    proxy.set(Faults { bulk_item_429: 0.3, only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults { bulk_item_429: 0.3, ..Faults::on("_bulk") });
     let mut body = String::new();
     for i in 0..100 {
         body.push_str(&format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n{{\"n\":{i}}}\n"));
@@ -129,24 +149,18 @@ async fn bulk_item_429_rejects_exactly_the_reported_items() {
     let found = existing(&c, &index, &ids).await;
     let expected: BTreeSet<String> = ids.iter().filter(|id| !rejected.contains(*id)).cloned().collect();
     assert_eq!(found, expected);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
 async fn bulk_item_429_splits_deletes_and_other_ops_correctly() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("bulkmixed");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("bulkmixed").await;
 
     // 40 documents to delete, written directly.
     let mut seed = String::new();
     for i in 0..40 {
         seed.push_str(&format!("{{\"index\":{{\"_id\":\"d{i}\"}}}}\n{{\"n\":{i}}}\n"));
     }
-    let (status, resp) = bulk(&c, &format!("{es}/{index}/_bulk?refresh=true"), seed).await;
+    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", es_url()), seed).await;
     assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
 
     // Through the proxy, on `/_bulk` with `_index` in the metadata: delete d_i (no source
@@ -193,17 +207,11 @@ async fn bulk_item_429_splits_deletes_and_other_ops_correctly() {
     let found = existing(&c, &index, &ids).await;
     let expected: BTreeSet<String> = ids.iter().filter(|id| id.starts_with('d') == rejected.contains(*id)).cloned().collect();
     assert_eq!(found, expected);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
 async fn bulk_all_items_rejected_is_answered_without_forwarding() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("bulkall");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("bulkall").await;
 
     proxy.set(Faults { bulk_item_429: 1.0, ..Faults::default() });
     let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n{\"delete\":{\"_id\":\"b\"}}\n".to_string();
@@ -222,17 +230,11 @@ async fn bulk_all_items_rejected_is_answered_without_forwarding() {
     let (status, _) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), "{\"index\":{}}\n{}".into()).await;
     assert_eq!(status, 400);
     assert_eq!(proxy.stats().forwarded, 1);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
 async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("failnext");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("failnext").await;
     let count_url = format!("{}/{index}/_count", proxy.url());
 
     proxy.set(Faults { fail_next: 2, ..Faults::default() });
@@ -248,7 +250,7 @@ async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
     assert_eq!(proxy.stats(), FaultStats { forwarded: 1, unavailable: 2, ..FaultStats::default() });
 
     // only_path: fail_next and probabilities apply to matching paths only.
-    proxy.set(Faults { fail_next: 1, unavailable: 1.0, only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults { fail_next: 1, unavailable: 1.0, ..Faults::on("_bulk") });
     for _ in 0..3 {
         assert_eq!(c.get(&count_url).send().await.unwrap().status().as_u16(), 200);
     }
@@ -263,8 +265,6 @@ async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
     let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
     assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
     assert_eq!(count(&c, &index).await, 1);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
@@ -332,7 +332,7 @@ async fn slow_delays_requests() {
     // has fallen behind does with a request it has read.
     assert_eq!(settled(&proxy).await, FaultStats { forwarded: 2, slowed: 2, ..FaultStats::default() });
 
-    proxy.set(Faults { slow: 1.0, delay: Duration::from_secs(10), only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults { slow: 1.0, delay: Duration::from_secs(10), ..Faults::on("_bulk") });
     let started = Instant::now();
     assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
@@ -360,11 +360,7 @@ async fn raw_exchange_with(url: &str, request: &[u8], half_close: bool) -> Strin
 
 #[tokio::test]
 async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("raw");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("raw").await;
 
     // Three pipelined requests on one connection, the last one closing it.
     let req = format!(
@@ -433,8 +429,6 @@ async fn raw_http_keep_alive_pipelining_chunked_and_malformed_input() {
     let out = raw_exchange(&proxy.url(), b"GET / HTTP/1.0\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
     assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
@@ -506,11 +500,7 @@ async fn many_proxies_in_parallel_under_concurrent_load() {
 
 #[tokio::test]
 async fn max_body_answers_413_like_nginx_without_forwarding() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("toolarge");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("toolarge").await;
     proxy.set(Faults { max_body: Some(1000), ..Faults::default() });
 
     let doc = |i: usize| format!("{{\"index\":{{\"_id\":\"{i}\"}}}}\n{{\"n\":{i}}}\n");
@@ -540,19 +530,13 @@ async fn max_body_answers_413_like_nginx_without_forwarding() {
     assert_eq!(c.get(format!("{}/{index}/_count", proxy.url())).send().await.unwrap().status().as_u16(), 200);
     assert_eq!(proxy.stats(), FaultStats { forwarded: 2, too_large: 1, ..FaultStats::default() });
     assert_eq!(count(&c, &index).await, 10);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
 async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("delayanswer");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("delayanswer").await;
     let hold = Duration::from_millis(1500);
-    proxy.set(Faults { slow_answer: 1.0, delay_answer: hold, only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults { slow_answer: 1.0, delay_answer: hold, ..Faults::on("_bulk") });
 
     // The client gives up before the answer comes, yet the server has executed the bulk.
     let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n{\"index\":{\"_id\":\"b\"}}\n{\"n\":2}\n";
@@ -565,7 +549,7 @@ async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
         .await
         .expect_err("the client must time out");
     assert!(err.is_timeout(), "{err:?}");
-    let stats = stats_when(&proxy, |s| s.answers_delayed == 1).await;
+    let stats = stats_when(&proxy, "an answer held", |s| s.answers_delayed == 1).await;
     assert_eq!((stats.answers_delayed, stats.in_flight), (1, 1), "the answer is held, and so still in flight");
     assert_eq!(count(&c, &index).await, 2, "the server executed the bulk before the answer was held");
 
@@ -588,17 +572,11 @@ async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
     let log = proxy.bulk_log();
     assert_eq!(log.len(), 2);
     assert!(log.iter().all(|r| r.end - r.start >= hold && r.status == 200), "{log:?}");
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
 async fn write_block_answers_a_cluster_block_exception_without_forwarding() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("writeblock");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("writeblock").await;
     let body = "{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n".to_string();
 
     proxy.set(Faults { write_block: 1.0, ..Faults::default() });
@@ -627,17 +605,11 @@ async fn write_block_answers_a_cluster_block_exception_without_forwarding() {
     let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
     assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
     assert_eq!(count(&c, &index).await, 1);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
 async fn bulk_log_records_who_shipped_what_and_when() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
-    let index = unique_index("bulklog");
-    create_index(&c, &es, &index).await;
+    let (proxy, c, index) = setup("bulklog").await;
     let action = |op: &str, index: Option<&str>, id: &str, version: Option<u64>| BulkAction {
         op: op.into(),
         index: index.map(str::to_string),
@@ -686,8 +658,6 @@ async fn bulk_log_records_who_shipped_what_and_when() {
     let log = proxy.bulk_log();
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].actions, accepted);
-
-    delete_index(&c, &index).await;
 }
 
 #[tokio::test]
@@ -703,10 +673,59 @@ async fn in_flight_counts_the_requests_being_handled() {
             tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
         })
         .collect();
-    assert_eq!(stats_when(&proxy, |s| s.in_flight == 3).await.in_flight, 3);
+    assert_eq!(stats_when(&proxy, "three requests in flight", |s| s.in_flight == 3).await.in_flight, 3);
     for r in requests {
         assert_eq!(r.await.unwrap(), 200);
     }
     // Each request left the gauge before its answer was written.
     assert_eq!(proxy.stats(), FaultStats { forwarded: 3, slowed: 3, ..FaultStats::default() });
+}
+
+/// Makes an environment with something of every kind it cleans up — databases (its own and
+/// one it made), an index and its alias, an index template, Redis keys, a file — and drops
+/// it while its test panics. Then asserts that nothing is left.
+async fn an_env_dropped_by_a_panic_leaves_nothing() {
+    use futures::FutureExt;
+    let env = Env::new().await;
+    env.create_index().await;
+    env.sql(&format!("CREATE DATABASE {}_made", env.db_name)).await;
+    let template = json!({"index_patterns": [format!("{}_*", env.alias)], "template": {"settings": {"index": {}}}});
+    env.es_json(reqwest::Method::PUT, &format!("/_index_template/{}-t", env.alias), Some(template)).await;
+    redis::cmd("SET").arg(format!("{}:k", env.namespace)).arg(1).query_async::<()>(&mut env.redis().await).await.unwrap();
+    let file = env.file("f", "x");
+    let (db, alias, namespace) = (env.db_name.clone(), env.alias.clone(), env.namespace.clone());
+    let failed = std::panic::AssertUnwindSafe(async move {
+        let _env = env;
+        panic!("a failing test");
+    })
+    .catch_unwind()
+    .await;
+    assert!(failed.is_err());
+    let admin = sqlx::PgPool::connect(&support::service_url("DATABASE_URL")).await.unwrap();
+    let dbs: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1 || '%'").bind(&db).fetch_all(&admin).await.unwrap();
+    assert!(dbs.is_empty(), "databases left: {dbs:?}");
+    let c = client();
+    let indices: Value = c.get(format!("{}/_cat/indices/{alias}*?format=json", es_url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(indices, json!([]), "indices left");
+    let templates = c.get(format!("{}/_index_template/{alias}*", es_url())).send().await.unwrap().json::<Value>().await.unwrap();
+    assert!(templates["index_templates"].as_array().is_none_or(|t| t.is_empty()), "templates left: {templates}");
+    let redis = redis::Client::open(support::service_url("REDIS_URL")).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query_async(&mut redis.get_multiplexed_async_connection().await.unwrap())
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "Redis keys left: {keys:?}");
+    assert!(!file.exists(), "{} is left", file.display());
+}
+
+#[tokio::test]
+async fn an_env_cleans_up_when_its_test_panics_in_a_single_threaded_runtime() {
+    an_env_dropped_by_a_panic_leaves_nothing().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_cleans_up_when_its_test_panics_in_a_multi_threaded_runtime() {
+    an_env_dropped_by_a_panic_leaves_nothing().await;
 }

@@ -128,3 +128,27 @@ fn the_binary_parses_arguments_and_calls_the_library_without_loops() {
         assert!(!line.contains("sleep("), "src/main.rs waits ({line}): waits and retries belong in the library");
     }
 }
+
+#[test]
+fn the_sync_step_does_not_know_the_queue() {
+    // A step returns what it left (`sync::Left`); the worker process decides what to enqueue.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![root.join("sync.rs")];
+    rust_files(&root.join("pipeline"), &mut files);
+    rust_files(&root.join("reindex"), &mut files);
+    for file in files {
+        let text = code_only(&fs::read_to_string(&file).unwrap());
+        for needle in ["workers::", "Queue", ".nudge("] {
+            assert!(!text.contains(needle), "{} names {needle}: the step must not know the queue", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_workers_crate_takes_a_handler_and_calls_nothing_of_the_core() {
+    let text = code_only(&fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workers/src/lib.rs")).unwrap());
+    // No trait for the core to implement (the core hands the worker a closure), so the two
+    // crates no longer call each other.
+    assert!(!text.contains("pub trait"), "workers/src/lib.rs defines a trait for the core to implement");
+    assert!(!text.contains("tidemark::"), "workers/src/lib.rs names the core");
+}

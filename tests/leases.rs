@@ -1,7 +1,7 @@
 //! Leases and late writes: a batch renews its lease while it ships, stops once its lease is
 //! lost, and sends nothing after its deadline; and a write that reaches the engine late can
 //! never bring a deleted student back, because tidemark's indices remember a delete longer
-//! than any of its writes can take to arrive (`index.gc_deletes`, DESIGN.md).
+//! than any of its writes can take to arrive (`index.gc_deletes`, docs/design.md).
 
 mod support;
 
@@ -48,9 +48,7 @@ fn overlapping_batches(log: &[BulkRecord]) -> Vec<(u64, u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_stalled_longer_than_its_lease_is_never_shipped_by_a_second_step_meanwhile() {
-    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
-    let env = Env::with_config(|c| {
-        c.elasticsearch_url = Some(Secret::new(proxy.url()));
+    let (env, proxy) = Env::behind_proxy(|c| {
         c.sync.lease = "4s".parse().unwrap();
         c.sync.request_timeout = "3s".parse().unwrap();
         c.sync.batch_timeout = "1s".parse().unwrap();
@@ -62,15 +60,14 @@ async fn a_batch_stalled_longer_than_its_lease_is_never_shipped_by_a_second_step
     .await;
     env.create_index().await;
     small_directory(&env).await;
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 60) g")
-        .await;
+    env.add_students(60).await;
     proxy.clear_log();
-    proxy.set(Faults { slow_answer: 1.0, delay_answer: Duration::from_millis(2500), only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults { slow_answer: 1.0, delay_answer: Duration::from_millis(2500), ..Faults::on("_bulk") });
     // Two steps of one process (one Services: the same process identity), started 5 s
     // apart: by then the first one's lease would have run out had it not been renewed.
     let services = env.services();
-    let first = tidemark::sync::Syncer::new(services.clone(), None);
-    let second = tidemark::sync::Syncer::new(services, None);
+    let first = tidemark::sync::Syncer::new(services.clone());
+    let second = tidemark::sync::Syncer::new(services);
     let a = tokio::spawn(async move { first.step().await.map(|_| ()) });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let b = tokio::spawn(async move { second.step().await.map(|_| ()) });
@@ -80,33 +77,29 @@ async fn a_batch_stalled_longer_than_its_lease_is_never_shipped_by_a_second_step
     proxy.clear();
     let overlaps = overlapping_batches(&log);
     assert!(overlaps.is_empty(), "two batches shipped the same students at once: {:?}", &overlaps[..overlaps.len().min(5)]);
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_lease_was_lost_ships_nothing_and_the_owner_ships_it_once() {
-    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
-    let env = Env::with_config(|c| {
-        c.elasticsearch_url = Some(Secret::new(proxy.url()));
+    let (env, proxy) = Env::behind_proxy(|c| {
         c.sync.lease = "2s".parse().unwrap();
         c.sync.request_timeout = "1s".parse().unwrap();
         c.sync.batch_timeout = "1s".parse().unwrap();
     })
     .await;
     env.create_index().await;
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 20) g")
-        .await;
+    env.add_students(20).await;
     let services = env.services();
-    let paused = tidemark::sync::Syncer::new(services.clone(), None);
+    let paused = tidemark::sync::Syncer::new(services.clone());
     let marks = paused.claim(100).await.unwrap();
     let prepared = paused.prepare(marks).await.unwrap();
     let stale_version = prepared.version;
     // The process stalls (a long GC pause, a frozen VM) past its lease; a sibling step
     // takes the marks over and ships them.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let sibling = tidemark::sync::Syncer::new(services, None);
+    let sibling = tidemark::sync::Syncer::new(services);
     assert_eq!(sibling.claim(100).await.unwrap().len(), 20, "the lease ran out: the marks are claimable");
     proxy.clear_log();
     let report = paused.deliver(prepared).await.unwrap();
@@ -118,7 +111,6 @@ async fn a_batch_whose_lease_was_lost_ships_nothing_and_the_owner_ships_it_once(
         20,
         "the stalled step did not give back the sibling's leases"
     );
-    env.cleanup().await;
 }
 
 /// A student is updated and a batch ships it through `proxy`, whose first `_bulk` is held
@@ -126,9 +118,8 @@ async fn a_batch_whose_lease_was_lost_ships_nothing_and_the_owner_ships_it_once(
 /// deleted and the delete is indexed directly. Returns whether the student is back in the
 /// index once the late write has landed.
 async fn late_write_after_a_delete(env: &Env, proxy: &FaultProxy) -> bool {
-    let direct = env.engine();
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR'), (2, 'Bo', 'Ray', 21, 'SO')").await;
-    direct.drain().await.unwrap();
+    env.drain().await;
     env.sql("UPDATE students SET age = 30 WHERE id = 1").await;
     let late = env.engine_with(|c| {
         c.elasticsearch_url = Some(Secret::new(proxy.url()));
@@ -136,12 +127,12 @@ async fn late_write_after_a_delete(env: &Env, proxy: &FaultProxy) -> bool {
         c.sync.request_timeout = "1s".parse().unwrap();
         c.sync.batch_timeout = "1s".parse().unwrap();
     });
-    proxy.set(Faults { slow: 1.0, delay: Duration::from_secs(3), only_path: Some("_bulk".into()), ..Faults::default() });
+    proxy.set(Faults { slow: 1.0, delay: Duration::from_secs(3), ..Faults::on("_bulk") });
     let started = Instant::now();
     let report = late.step().await.unwrap().batch.expect("the update's batch");
     assert_eq!(report.acked.later, 1, "the held request timed out on the client");
     env.sql("DELETE FROM students WHERE id = 1").await;
-    direct.drain().await.unwrap();
+    env.drain().await;
     assert_eq!(env.doc(1).await, None, "the delete is indexed");
     // Let the held request land (3 s after it was sent), with refreshes meanwhile: a
     // refresh is when the engine forgets tombstones older than gc_deletes.
@@ -152,25 +143,24 @@ async fn late_write_after_a_delete(env: &Env, proxy: &FaultProxy) -> bool {
     proxy.clear();
     assert!(proxy.stats().slowed >= 1);
     env.refresh().await;
-    direct.drain().await.unwrap();
+    env.drain().await;
     env.doc(1).await.is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hazard_an_engine_that_forgets_deletes_early_lets_a_late_write_bring_a_student_back() {
-    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
     let env = Env::new().await;
+    let proxy = env.proxy().await;
     env.create_index().await;
     // An operator shortens the tombstone lifetime behind tidemark's back.
     env.es_json(reqwest::Method::PUT, &format!("/{}/_settings", env.alias), Some(json!({"index": {"gc_deletes": "1s"}}))).await;
     assert!(late_write_after_a_delete(&env, &proxy).await, "with gc_deletes 1s the late write resurrects the deleted student");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tidemarks_indices_remember_deletes_longer_than_a_write_can_arrive_late() {
-    let proxy = FaultProxy::start(&support::service_url("ELASTICSEARCH_URL")).await;
     let env = Env::new().await;
+    let proxy = env.proxy().await;
     // An index template that would give every new index of this alias a 1 s tombstone
     // lifetime: tidemark sets its own on the indices it creates.
     let template = format!("{}-short-gc", env.alias);
@@ -185,10 +175,8 @@ async fn tidemarks_indices_remember_deletes_longer_than_a_write_can_arrive_late(
     let gc = settings.as_object().unwrap().values().next().unwrap()["settings"]["index.gc_deletes"].clone();
     assert_eq!(gc, json!("600000ms"), "tidemark's own gc_deletes (index.gc_deletes, 10 minutes by default)");
     let back = late_write_after_a_delete(&env, &proxy).await;
-    env.es_json(reqwest::Method::DELETE, &format!("/_index_template/{template}"), None).await;
     assert!(!back, "the late write is refused (409): the deleted student stays deleted");
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,33 +11,23 @@ use std::{
 };
 
 use serde_json::json;
-use support::{small_directory, Env};
+use support::{eventually, foreign::ForeignIndex, Env};
 use tidemark::{catalog::BuildState, reindex};
-
-async fn seed(env: &Env, students: u64) {
-    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students, seed: 5 }).await.unwrap();
-}
-
-fn generation(env: &Env, g: u32) -> String {
-    format!("{}_{g}", env.alias)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reindex_under_concurrent_writes_equals_the_database_and_searches_never_see_less() {
-    let env = Env::with_config(|c| {
+    // The first run builds generation 1 from the database.
+    let env = Env::seeded_with(50_000, |c| {
         c.sync.batch_size = 2000;
         c.reindex.chunk_size = 2500;
     })
     .await;
-    seed(&env, 50_000).await;
-    // The first run builds generation 1 from the database.
-    env.engine().drain().await.unwrap();
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
+    assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
     let students = env.scalar_i64("SELECT count(*) FROM students").await as u64;
     assert_eq!(env.count(json!({"match_all": {}})).await, students);
 
-    let build = reindex::start(&env.services(), 2500, "test").await.unwrap();
-    assert_eq!(build.target_index, generation(&env, 2));
+    let build = env.start_reindex(2500).await;
+    assert_eq!(build.target_index, env.generation(2));
 
     // A reader polls the alias the whole time.
     let done = Arc::new(AtomicBool::new(false));
@@ -77,142 +67,112 @@ async fn a_reindex_under_concurrent_writes_equals_the_database_and_searches_neve
     let (ra, rb, ()) = tokio::join!(a.drain(), b.drain(), writer);
     ra.unwrap();
     rb.unwrap();
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     done.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     assert!(polls.load(Ordering::Relaxed) > 20, "the reader polled throughout");
 
-    let build = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
+    let build = env.build(build.id).await;
     assert_eq!(build.state, BuildState::Done, "{:?}", build.message);
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
-    assert!(env.search.index_exists(&generation(&env, 1)).await.unwrap(), "the previous index is kept for rollback");
+    assert_eq!(env.alias_targets().await, vec![env.generation(2)]);
+    assert!(env.search.index_exists(&env.generation(1)).await.unwrap(), "the previous index is kept for rollback");
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_reindex_and_a_redis_flush_then_resume_complete_the_build() {
-    let env = Env::new().await;
-    seed(&env, 20_000).await;
-    env.engine().drain().await.unwrap();
-    let out = env.command().args(["admin", "reindex", "--chunk-size", "500"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = Env::seeded(20_000).await;
+    env.run(&["admin", "reindex", "--chunk-size", "500"]).expect_ok();
     let build = tidemark::catalog::active(&env.pool, &env.alias).await.unwrap().expect("a build runs");
     assert_eq!(build.chunks_total, 40);
 
     let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
-    env.eventually("some chunks are done", Duration::from_secs(60), || async {
-        tidemark::catalog::get(&env.pool, build.id).await.unwrap().chunks_done >= 6
-    })
-    .await;
+    eventually("some chunks are done", Duration::from_secs(60), || async { env.build(build.id).await.chunks_done >= 6 }).await;
     worker.kill();
-    let before = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
+    let before = env.build(build.id).await;
     assert!(before.chunks_done < before.chunks_total, "killed mid-build");
     // The queue is lost too.
-    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", env.namespace)).query_async(&mut conn).await.unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
-    }
+    env.flush_redis().await;
 
-    let out = env.command().args(["admin", "reindex", "--resume"]).output().unwrap();
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("resumed"), "{out:?}");
-    let after = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
+    let out = env.run(&["admin", "reindex", "--resume"]);
+    assert!(out.ok() && out.stdout.contains("resumed"), "{out:?}");
+    let after = env.build(build.id).await;
     assert!(after.chunks_done >= before.chunks_done, "progress survived: no restart from zero");
     let mut worker = env.spawn(&["worker", "--concurrency", "2"], |_| {});
-    let out = env.command().args(["admin", "reindex", "--wait"]).output();
     // A second request is refused while one runs.
-    let out = out.unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
-    env.eventually("the build is promoted", Duration::from_secs(120), || async {
-        tidemark::catalog::get(&env.pool, build.id).await.unwrap().state == BuildState::Done
-    })
-    .await;
+    let out = env.run(&["admin", "reindex", "--wait"]);
+    assert!(!out.ok() && out.stderr.contains("already running"), "{out:?}");
+    eventually("the build is promoted", Duration::from_secs(120), || async { env.build(build.id).await.state == BuildState::Done }).await;
     worker.terminate();
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    assert_eq!(env.alias_targets().await, vec![env.generation(2)]);
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_wait_shows_progress_and_a_summary_and_rollback_restores_the_previous_index() {
-    let env = Env::new().await;
-    seed(&env, 3_000).await;
-    env.engine().drain().await.unwrap();
+    let env = Env::seeded(3_000).await;
     let mut worker = env.spawn(&["worker"], |_| {});
-    let out = env.command().args(["admin", "reindex", "--wait", "--chunk-size", "300"]).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
+    let out = env.run(&["admin", "reindex", "--wait", "--chunk-size", "300"]);
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert!(out.ok(), "{stderr}");
     assert!(stderr.contains("/3000 documents") && stderr.contains("docs/s") && stderr.contains("ETA"), "{stderr}");
-    assert!(stdout.contains("done") && stdout.contains(&generation(&env, 2)) && stdout.contains("kept for"), "{stdout}");
-    let status = env.command().args(["admin", "status"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&status.stdout).contains("done"), "{status:?}");
+    assert!(stdout.contains("done") && stdout.contains(&env.generation(2)) && stdout.contains("kept for"), "{stdout}");
+    let status = env.run(&["admin", "status"]);
+    assert!(status.stdout.contains("done"), "{status:?}");
 
     // A change after the swap, then roll back: the previous index serves again and
     // catches up with what changed while it was not live.
     env.sql("UPDATE students SET last_name = 'AfterSwap' WHERE id = 7").await;
-    env.eventually("the change is searchable", Duration::from_secs(20), || async {
+    eventually("the change is searchable", Duration::from_secs(20), || async {
         env.doc(7).await.is_some_and(|d| d["last_name"] == json!("AfterSwap"))
     })
     .await;
-    let out = env.command().args(["admin", "rollback"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
-    env.wait_synced("the restored index caught up", Duration::from_secs(60)).await;
+    env.run(&["admin", "rollback"]).expect_ok();
+    assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
+    eventually("the restored index caught up", Duration::from_secs(60), || env.synced()).await;
     env.refresh().await;
     assert_eq!(env.doc(7).await.unwrap()["last_name"], json!("AfterSwap"));
     worker.terminate();
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_abandons_a_build_and_deletes_its_index() {
-    let env = Env::new().await;
-    seed(&env, 1_000).await;
-    env.engine().drain().await.unwrap();
-    let build = reindex::start(&env.services(), 100, "test").await.unwrap();
+    let env = Env::seeded(1_000).await;
+    let build = env.start_reindex(100).await;
     assert!(env.search.index_exists(&build.target_index).await.unwrap());
-    let out = env.command().args(["admin", "reindex", "--cancel"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.run(&["admin", "reindex", "--cancel"]).expect_ok();
     assert!(!env.search.index_exists(&build.target_index).await.unwrap());
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
-    let out = env.command().args(["admin", "reindex", "--cancel"]).output().unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no reindex"), "{out:?}");
+    assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
+    let out = env.run(&["admin", "reindex", "--cancel"]);
+    assert!(!out.ok() && out.stderr.contains("no reindex"), "{out:?}");
     // Syncing goes on against the live index.
     env.sql("UPDATE students SET age = 42 WHERE id = 1").await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_that_fails_verification_leaves_the_alias_and_says_why() {
-    let env = Env::new().await;
-    small_directory(&env).await;
-    env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'N' || g, 'L', 20, 'FR' FROM generate_series(1, 20) g").await;
-    env.engine().drain().await.unwrap();
+    let env = Env::with_directory().await;
+    env.add_students(20).await;
+    env.drain().await;
     // A row edited to a value no index accepts (completion inputs refuse U+001F).
     env.sql("UPDATE students SET first_name = E'Bad\\x1Fname' WHERE id = 3").await;
-    env.engine().drain().await.unwrap();
-    let build = reindex::start(&env.services(), 5, "test").await.unwrap();
-    env.engine().drain().await.unwrap();
-    let build = tidemark::catalog::get(&env.pool, build.id).await.unwrap();
+    env.drain().await;
+    let build = env.start_reindex(5).await;
+    env.drain().await;
+    let build = env.build(build.id).await;
     assert_eq!(build.state, BuildState::Failed);
     let why = build.message.unwrap();
     assert!(why.contains("holds 19 documents, the database 20") && why.contains("admin failed"), "{why}");
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
-    env.cleanup().await;
+    assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_missing_edited_and_extra_documents_and_repair_fixes_them() {
-    let env = Env::new().await;
-    seed(&env, 500).await;
-    env.engine().drain().await.unwrap();
-    let index = generation(&env, 1);
+    let env = Env::seeded(500).await;
+    let index = env.generation(1);
     // Behind tidemark's back: one deleted, one edited, one extra.
     env.es_json(reqwest::Method::DELETE, &format!("/{index}/_doc/10"), None).await;
     let mut edited = env.doc(20).await.unwrap();
@@ -224,48 +184,41 @@ async fn verify_finds_missing_edited_and_extra_documents_and_repair_fixes_them()
     env.es_json(reqwest::Method::PUT, &format!("/{index}/_doc/999999"), Some(extra)).await;
     env.refresh().await;
 
-    let out = env.command().args(["admin", "verify", "--full", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "differences make verify exit 3: {out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = env.run(&["admin", "verify", "--full", "--json"]);
+    assert_eq!(out.code, Some(3), "differences make verify exit 3: {out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["missing"], json!([10]));
     assert_eq!(report["differing"], json!([20]));
     assert_eq!(report["extra"], json!([999999]));
     // A sample as large as the table finds them too.
-    let out = env.command().args(["admin", "verify", "--sample", "1000", "--json"]).output().unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = env.run(&["admin", "verify", "--sample", "1000", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         (report["missing"].clone(), report["differing"].clone(), report["extra"].clone()),
         (json!([10]), json!([20]), json!([999999]))
     );
 
-    let out = env.command().args(["admin", "verify", "--full", "--repair"]).output().unwrap();
+    let out = env.run(&["admin", "verify", "--full", "--repair"]);
     // Differences were found (and re-marked, not yet fixed): that is not a clean exit.
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("re-marked 3"), "{out:?}");
-    env.engine().drain().await.unwrap();
-    let out = env.command().args(["admin", "verify", "--full"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.stdout.contains("re-marked 3"), "{out:?}");
+    env.drain().await;
+    let out = env.run(&["admin", "verify", "--full"]);
+    assert!(out.ok(), "{}", out.stdout);
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_index_behind_tidemarks_back_leads_to_a_self_healing_rebuild() {
-    let env = Env::new().await;
-    seed(&env, 2_000).await;
-    env.engine().drain().await.unwrap();
+    let env = Env::seeded(2_000).await;
     let mut worker = env.spawn(&["worker"], |_| {});
     let mut scheduler = env.spawn(&["scheduler", "--interval", "1s"], |_| {});
-    env.es_json(reqwest::Method::DELETE, &format!("/{}", generation(&env, 1)), None).await;
-    env.eventually("the alias is back", Duration::from_secs(90), || async {
-        env.search.alias_targets(&env.alias).await.unwrap() == vec![generation(&env, 2)]
-    })
-    .await;
+    env.es_json(reqwest::Method::DELETE, &format!("/{}", env.generation(1)), None).await;
+    eventually("the alias is back", Duration::from_secs(90), || async { env.alias_targets().await == vec![env.generation(2)] }).await;
     assert!(worker.output().contains("does not exist"), "the worker says why it rebuilds:\n{}", worker.output());
     worker.terminate();
     scheduler.terminate();
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -275,46 +228,42 @@ async fn a_100k_student_university_renamed_while_a_reindex_runs() {
         c.reindex.chunk_size = 10_000;
     })
     .await;
-    seed(&env, 100_000).await;
+    env.seed(100_000).await;
     env.sql("UPDATE students SET university_id = 1").await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     assert_eq!(env.count(json!({"term": {"university.id": 1}})).await, 100_000);
 
-    let build = reindex::start(&env.services(), 10_000, "test").await.unwrap();
+    let build = env.start_reindex(10_000).await;
     let renamer = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let marks_before = env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await;
+        let marks_before = env.outstanding().await;
         env.sql("UPDATE universities SET name = 'Renamed Mid-Reindex' WHERE id = 1").await;
         // O(1) for the writer: one parent mark, no student marks.
         assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
-        assert!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await <= marks_before);
+        assert!(env.outstanding().await <= marks_before);
     };
     let (a, b) = (env.engine(), env.engine());
     let (ra, rb, ()) = tokio::join!(a.drain(), b.drain(), renamer);
     ra.unwrap();
     rb.unwrap();
-    env.engine().drain().await.unwrap();
-    assert_eq!(tidemark::catalog::get(&env.pool, build.id).await.unwrap().state, BuildState::Done);
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    env.drain().await;
+    assert_eq!(env.build(build.id).await.state, BuildState::Done);
+    assert_eq!(env.alias_targets().await, vec![env.generation(2)]);
     assert_eq!(env.count(json!({"term": {"university.name": "Renamed Mid-Reindex"}})).await, 100_000);
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_rebuilds_the_index_from_what_is_left() {
-    let env = Env::new().await;
-    seed(&env, 1_000).await;
-    env.engine().drain().await.unwrap();
+    let env = Env::seeded(1_000).await;
     assert_eq!(env.count(json!({"match_all": {}})).await, 1_000);
     // TRUNCATE fires no row triggers: it requests a rebuild instead.
     env.sql("TRUNCATE student_courses; TRUNCATE students CASCADE;").await;
     env.sql("INSERT INTO students (first_name, last_name, age, year_in_school) VALUES ('After', 'Truncate', 20, 'FR')").await;
-    env.engine().drain().await.unwrap();
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    env.drain().await;
+    assert_eq!(env.alias_targets().await, vec![env.generation(2)]);
     assert_eq!(env.count(json!({"match_all": {}})).await, 1);
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,10 +272,10 @@ async fn a_claim_leases_exactly_what_it_returns() {
     // per row and lease everything, stalling every other worker until the leases run out.
     let env = Env::new().await;
     env.create_index().await;
-    seed(&env, 1_000).await;
+    env.seed(1_000).await;
     // The seed is one large statement (one set row); mark its students one by one instead.
     env.sql("DELETE FROM tidemark.dirty_parents; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
-    let build = reindex::start(&env.services(), 100, "test").await.unwrap();
+    let build = env.start_reindex(100).await;
     let engine = env.engine();
     let chunk = reindex::claim_chunk(&env.pool, build.id, engine.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
     // The first chunk: open below (a student inserted with a smaller id is covered), 100 wide above the smallest id.
@@ -339,18 +288,14 @@ async fn a_claim_leases_exactly_what_it_returns() {
     env.sql("UPDATE universities SET name = name || '!' WHERE id IN (1, 2, 3)").await;
     assert!(tidemark::pipeline::fanout::claim_parent(&env.pool, engine.owner(), Duration::from_secs(60)).await.unwrap().is_some());
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents WHERE lease_owner IS NOT NULL").await, 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_leaves_the_restored_index_equal_to_the_database_deletes_and_inserts_included() {
-    let env = Env::new().await;
-    seed(&env, 1_000).await;
-    let syncer = env.engine();
-    syncer.drain().await.unwrap();
-    reindex::start(&env.services(), 300, "test").await.unwrap();
-    syncer.drain().await.unwrap();
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 2)]);
+    let env = Env::seeded(1_000).await;
+    env.start_reindex(300).await;
+    env.drain().await;
+    assert_eq!(env.alias_targets().await, vec![env.generation(2)]);
     // While the new index is live: five students deleted, two inserted, one changed.
     env.sql(
         "DELETE FROM student_courses WHERE student_id IN (11, 22, 33, 44, 55);
@@ -359,50 +304,41 @@ async fn rollback_leaves_the_restored_index_equal_to_the_database_deletes_and_in
          UPDATE students SET last_name = 'Changed' WHERE id = 66;",
     )
     .await;
-    syncer.drain().await.unwrap();
+    env.drain().await;
     env.assert_converged().await;
     let (from, to) = reindex::rollback(&env.services()).await.unwrap();
-    assert_eq!((from, to.clone()), (generation(&env, 2), generation(&env, 1)));
-    syncer.drain().await.unwrap();
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![to]);
+    assert_eq!((from, to.clone()), (env.generation(2), env.generation(1)));
+    env.drain().await;
+    assert_eq!(env.alias_targets().await, vec![to]);
     // The restored index had never heard of the deletes: they are gone from it too.
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_tidemark_did_not_create_is_never_numbered_pruned_or_touched_and_rollback_keeps_working() {
     let env = Env::new().await;
     // A yearly archive under a name like tidemark's generations, there before tidemark.
-    let archive = format!("{}_2024", env.alias);
-    env.es_json(reqwest::Method::PUT, &format!("/{archive}"), Some(json!({"settings": {"number_of_replicas": 0}}))).await;
-    env.es_json(reqwest::Method::PUT, &format!("/{archive}/_doc/1?refresh=true"), Some(json!({"archived": true}))).await;
-    seed(&env, 500).await;
-    let syncer = env.engine();
-    syncer.drain().await.unwrap();
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)], "the first index is generation 1");
+    let archive = ForeignIndex::create(&env).await;
+    env.seed(500).await;
+    env.drain().await;
+    assert_eq!(env.alias_targets().await, vec![env.generation(1)], "the first index is generation 1");
     for round in 0..2 {
-        reindex::start(&env.services(), 200, "test").await.unwrap();
-        syncer.drain().await.unwrap();
+        env.start_reindex(200).await;
+        env.drain().await;
         let (_, to) = reindex::rollback(&env.services()).await.unwrap_or_else(|e| panic!("rollback {round}: {e}"));
-        syncer.drain().await.unwrap();
-        assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![to]);
+        env.drain().await;
+        assert_eq!(env.alias_targets().await, vec![to]);
         env.assert_converged().await;
     }
-    // reindex → rollback → reindex → rollback: the rollback target was kept each time.
-    let archived = env.es_json(reqwest::Method::GET, &format!("/{archive}/_doc/1"), None).await;
-    assert_eq!(archived["_source"], json!({"archived": true}), "the archive is untouched");
-    let aliases = env.es_json(reqwest::Method::GET, &format!("/{archive}/_alias"), None).await;
-    assert_eq!(aliases[&archive]["aliases"], json!({}), "no alias of tidemark's was put on it");
-    env.es_json(reqwest::Method::DELETE, &format!("/{archive}"), None).await;
-    env.cleanup().await;
+    // reindex → rollback → reindex → rollback: the rollback target was kept each time, and
+    // the archive is untouched, without an alias of tidemark's.
+    let ours = [env.alias.as_str(), &tidemark::catalog::build_alias(&env.alias)];
+    assert_eq!(archive.problems(&env, &ours).await, Vec::<String>::new(), "the archive is untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn students_inserted_while_a_reindex_starts_all_reach_the_promoted_index() {
-    let env = Env::new().await;
-    seed(&env, 2_000).await;
-    env.engine().drain().await.unwrap();
+    let env = Env::seeded(2_000).await;
     for round in 0..4 {
         let stop = Arc::new(AtomicBool::new(false));
         // Inserts at full speed, each its own transaction, ids above any chunk's plan.
@@ -433,17 +369,16 @@ async fn students_inserted_while_a_reindex_starts_all_reach_the_promoted_index()
             })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
-        reindex::start(&env.services(), 700, "test").await.unwrap();
+        env.start_reindex(700).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
         stop.store(true, Ordering::Relaxed);
         inserter.await.unwrap();
         stepper.await.unwrap();
-        env.engine().drain().await.unwrap();
+        env.drain().await;
         let last = tidemark::catalog::latest(&env.pool, &env.alias).await.unwrap().unwrap();
         assert_eq!(last.state, BuildState::Done, "round {round}: {:?}", last.message);
         env.assert_converged().await;
     }
-    env.cleanup().await;
 }
 
 /// Writes every chunk of a running build, without finishing it.
@@ -456,15 +391,10 @@ async fn write_all_chunks(env: &Env, build: &tidemark::catalog::Build) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_document_is_not_excused_by_unrelated_outstanding_changes_and_verification_ends() {
-    let proxy = support::fault_proxy::FaultProxy::start(&env_url()).await;
-    let env = Env::with_config(|c| {
-        c.elasticsearch_url = Some(tidemark::config::Secret::new(proxy.url()));
-        c.reindex.verify_timeout = "15s".parse().unwrap();
-    })
-    .await;
-    seed(&env, 500).await;
-    env.engine().drain().await.unwrap();
-    let build = reindex::start(&env.services(), 100, "test").await.unwrap();
+    let (env, proxy) = Env::behind_proxy(|c| c.reindex.verify_timeout = "15s".parse().unwrap()).await;
+    env.seed(500).await;
+    env.drain().await;
+    let build = env.start_reindex(100).await;
     write_all_chunks(&env, &build).await;
     // One document goes missing from the new index; unrelated changes are outstanding.
     env.es_json(reqwest::Method::DELETE, &format!("/{}/_doc/42?refresh=true", build.target_index), None).await;
@@ -480,64 +410,51 @@ async fn a_missing_document_is_not_excused_by_unrelated_outstanding_changes_and_
     }
     assert!(proxy.stats().forwarded - mgets_before <= 4, "verification ran again and again: {:?}", proxy.stats());
     // The wait is bounded: the build fails, saying why, and the alias never moved.
-    let mut end = first;
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while !matches!(end, reindex::Finish::Failed(_)) && std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        end = reindex::finish(&services, build.id).await.unwrap();
-    }
-    let reindex::Finish::Failed(why) = end else { panic!("verification never ended: {end:?}") };
+    let why = eventually("verification ends", Duration::from_secs(60), || async {
+        match reindex::finish(&services, build.id).await.unwrap() {
+            reindex::Finish::Failed(why) => Ok(why),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     assert!(why.contains("holds 499 documents") && why.contains("verify_timeout"), "{why}");
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![generation(&env, 1)]);
+    assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
     // Live sync went on meanwhile and goes on: a build that fails never holds it up.
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     env.sql("UPDATE students SET last_name = 'StillLive' WHERE id = 7").await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     assert_eq!(env.doc(7).await.unwrap()["last_name"], json!("StillLive"));
     env.assert_converged().await;
-    env.cleanup().await;
-}
-
-fn env_url() -> String {
-    support::service_url("ELASTICSEARCH_URL")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_wait_with_no_worker_says_so_and_what_to_do() {
-    let env = Env::new().await;
-    seed(&env, 300).await;
-    env.engine().drain().await.unwrap();
-    let config = std::env::temp_dir().join(format!("{}-idle.toml", env.alias));
-    std::fs::write(&config, "[reindex]\nidle_wait = \"3s\"\n").unwrap();
+    let env = Env::seeded(300).await;
+    let config = env.file("idle.toml", "[reindex]\nidle_wait = \"3s\"\n");
     let started = std::time::Instant::now();
-    let out = env.command().args(["--config", config.to_str().unwrap(), "admin", "reindex", "--wait"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let out = env.run(&["--config", config.to_str().unwrap(), "admin", "reindex", "--wait"]);
+    let err = &out.stderr;
+    assert!(!out.ok(), "{err}");
     assert!(err.contains("no worker is alive") && err.contains("tidemark worker"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60), "it did not wait forever");
     // With a worker, --resume --wait follows the build to the end, with an honest rate.
     let mut worker = env.spawn(&["worker"], |_| {});
-    let out = env.command().args(["admin", "reindex", "--resume", "--wait"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.run(&["admin", "reindex", "--resume", "--wait"]).expect_ok();
     worker.terminate();
-    let _ = std::fs::remove_file(config);
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_replica_on_one_node_the_index_is_yellow_and_sync_and_reindex_work_without_waiting_for_green() {
-    let env = Env::with_config(|c| {
+    let env = Env::seeded_with(300, |c| {
         c.index.number_of_replicas = 1;
         c.index.refresh_interval = "500ms".parse().unwrap();
     })
     .await;
-    seed(&env, 300).await;
-    env.engine().drain().await.unwrap();
-    reindex::start(&env.services(), 100, "test").await.unwrap();
-    env.engine().drain().await.unwrap();
-    let index = generation(&env, 2);
-    assert_eq!(env.search.alias_targets(&env.alias).await.unwrap(), vec![index.clone()]);
+    env.start_reindex(100).await;
+    env.drain().await;
+    let index = env.generation(2);
+    assert_eq!(env.alias_targets().await, vec![index.clone()]);
     let health = env.es_json(reqwest::Method::GET, &format!("/_cluster/health/{index}"), None).await;
     assert_eq!(health["status"], json!("yellow"), "one node cannot hold the replica: {health}");
     // The build-time settings (no refresh, no replicas) were restored before the swap.
@@ -546,23 +463,13 @@ async fn with_a_replica_on_one_node_the_index_is_yellow_and_sync_and_reindex_wor
     assert_eq!((s["index.number_of_replicas"].clone(), s["index.refresh_interval"].clone()), (json!("1"), json!("500ms")), "{s}");
     // A change is searchable after the refresh interval, without anyone refreshing.
     env.sql("UPDATE students SET last_name = 'Yellow' WHERE id = 9").await;
-    env.engine().drain().await.unwrap();
-    let http = reqwest::Client::new();
-    env.eventually("searchable after the refresh interval", Duration::from_secs(10), || async {
-        let v: serde_json::Value = http
-            .post(format!("{}/{}/_count", env.es_url, env.alias))
-            .json(&json!({"query": {"term": {"last_name.raw": "Yellow"}}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["count"] == json!(1)
+    env.drain().await;
+    let (path, yellow) = (format!("/{}/_count", env.alias), json!({"query": {"term": {"last_name.raw": "Yellow"}}}));
+    eventually("searchable after the refresh interval", Duration::from_secs(10), || async {
+        env.es_json(reqwest::Method::POST, &path, Some(yellow.clone())).await["count"] == json!(1)
     })
     .await;
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 /// Issue 20, item 7: `<alias>_building` exists while a build runs, and for one batch's life
@@ -573,48 +480,43 @@ async fn with_a_replica_on_one_node_the_index_is_yellow_and_sync_and_reindex_wor
 async fn the_build_alias_exists_only_while_a_build_runs_and_one_batch_life_after() {
     let env = Env::with_config(|c| {
         c.sync.batch_timeout = "1s".parse().unwrap();
-        c.sync.request_timeout = "1s".parse().unwrap();
+        // Long enough for a loaded machine to create an index; the batch life is 1 s + 5 s.
+        c.sync.request_timeout = "5s".parse().unwrap();
     })
     .await;
     let building = tidemark::catalog::build_alias(&env.alias);
-    let batch_life = Duration::from_millis(2500);
-    seed(&env, 500).await;
+    let batch_life = Duration::from_millis(6500);
+    env.seed(500).await;
     // The automatic first build.
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     tokio::time::sleep(batch_life).await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     assert_eq!(env.search.alias_targets(&building).await.unwrap(), Vec::<String>::new(), "gone after the first build");
     // A build: the alias points at it while it runs.
-    let build = reindex::start(&env.services(), 200, "test").await.unwrap();
+    let build = env.start_reindex(200).await;
     assert_eq!(env.search.alias_targets(&building).await.unwrap(), vec![build.target_index.clone()]);
-    env.engine().drain().await.unwrap();
-    assert_eq!(tidemark::catalog::get(&env.pool, build.id).await.unwrap().state, BuildState::Done);
+    env.drain().await;
+    assert_eq!(env.build(build.id).await.state, BuildState::Done);
     tokio::time::sleep(batch_life).await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     assert_eq!(env.search.alias_targets(&building).await.unwrap(), Vec::<String>::new(), "gone after a promotion");
     // A cancelled build, with a worker running: its heartbeat removes the alias.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn({
-        let (services, stop) = (env.services(), stop.clone());
-        async move { tidemark::process::worker::run(services, 1, stop.cancelled_owned()).await }
-    });
-    let build = reindex::start(&env.services(), 200, "test").await.unwrap();
+    let worker = env.start_worker(env.services(), 1);
+    let build = env.start_reindex(200).await;
     reindex::cancel(&env.services()).await.unwrap();
     assert!(!env.search.index_exists(&build.target_index).await.unwrap());
-    env.eventually("the worker removes the build alias of the cancelled build", Duration::from_secs(20), || async {
+    eventually("the worker removes the build alias of the cancelled build", Duration::from_secs(20), || async {
         env.search.alias_targets(&building).await.unwrap().is_empty()
     })
     .await;
-    stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
     // A failed build (a document the index refuses makes the count differ).
     env.sql("UPDATE students SET first_name = E'Bad\\x1Fname' WHERE id = 3").await;
-    env.engine().drain().await.unwrap();
-    let build = reindex::start(&env.services(), 200, "test").await.unwrap();
-    env.engine().drain().await.unwrap();
-    assert_eq!(tidemark::catalog::get(&env.pool, build.id).await.unwrap().state, BuildState::Failed);
+    env.drain().await;
+    let build = env.start_reindex(200).await;
+    env.drain().await;
+    assert_eq!(env.build(build.id).await.state, BuildState::Failed);
     tokio::time::sleep(batch_life).await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     assert_eq!(env.search.alias_targets(&building).await.unwrap(), Vec::<String>::new(), "gone after a failed build");
-    env.cleanup().await;
 }

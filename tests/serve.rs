@@ -126,7 +126,6 @@ async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
         (hit["first_name"].clone(), hit["university"].clone(), hit["courses"].clone(), hit["year_in_school"].clone()),
         (json!("Anna"), json!("KPI"), json!(["MATH201"]), json!("FR"))
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +206,6 @@ async fn facets_are_disjunctive_and_agree_with_counts_from_the_database() {
     assert_eq!(math["facets"]["course"]["search"], "mAtH");
     // Regular-expression characters in the text are only text.
     assert_eq!(counts(&api(&app, "/api/search?course_q=.%2A").await, "course"), BTreeMap::new());
-    env.cleanup().await;
 }
 
 /// A facet's listed values and what it leaves out, from per-value counts (count
@@ -281,7 +279,6 @@ async fn what_is_left_out_never_counts_a_value_that_is_listed() {
     let v = api(&app, "/api/search?course=CS101&size=1").await;
     let listed: i64 = v["facets"]["course"]["buckets"].as_array().unwrap().iter().map(|b| b["doc_count"].as_i64().unwrap()).sum();
     assert_eq!(listed + v["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), enrollments);
-    env.cleanup().await;
 }
 
 /// The `<section>` of one facet on the search page.
@@ -361,7 +358,6 @@ async fn the_page_says_what_the_count_of_values_not_listed_counts() {
             .unwrap();
     let year = facet_section(&page.body, "year");
     assert!(year.contains(&format!(r#"<p class="other">+ {} more students in years not listed</p>"#, with_commas(years[3]))), "{year}");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +393,6 @@ async fn selected_values_stay_visible_at_zero_and_the_histogram_has_every_bucket
     assert_eq!(selected, vec![20]);
     // Other facets respect the age selection.
     assert_eq!(counts(&bar, "university"), BTreeMap::from([("KPI".to_string(), 1), ("MIT".to_string(), 2)]));
-    env.cleanup().await;
 }
 
 /// Follows `next` from the first page to the last; returns every hit's id and sort key.
@@ -443,7 +438,6 @@ async fn pages_follow_each_other_without_repeating_or_skipping_anyone() {
     let deep = get(&app, "/api/search?size=100&page=101").await;
     assert_eq!(deep.status, 400);
     assert!(deep.json()["error"]["message"].as_str().unwrap().contains("follow the `next` cursor"), "{}", deep.body);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +495,6 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
     let page = get(&app, "/?engine=sql").await;
     assert!(page.body.contains("answered by PostgreSQL (SQL GROUP BY) in"), "{}", page.body);
     assert!(get(&app, "/").await.body.contains("answered by the search index in"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,7 +524,6 @@ async fn suggestions_are_one_per_student_even_for_the_same_name() {
     assert_eq!(api(&app, "/api/suggest?q=lee").await.as_array().unwrap().len(), 2);
     assert_eq!(api(&app, "/api/suggest?q=an&size=1").await.as_array().unwrap().len(), 1);
     assert_eq!(api(&app, "/api/suggest?q=zzz").await, json!([]));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -569,7 +561,6 @@ async fn bad_input_gets_a_400_that_says_what_was_wrong() {
     assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(page.body.contains("more than the 100 hits a page may hold"));
     assert_eq!(get(&app, "/students/abc").await.status, 400);
-    env.cleanup().await;
 }
 
 /// Issue 20, defect 6: `/?q=%C3%28` answered 200 and searched for "\u{FFFD}(". A parameter
@@ -626,7 +617,6 @@ async fn parameters_that_are_not_utf8_get_a_400_that_says_so() {
     assert_eq!(get(&app, "/?q=%C3%A9l%C3%A8ve").await.status, 200);
     assert_eq!(get(&app, "/api/search?q=100%25").await.status, 200);
     assert_eq!(get(&app, "/api/search?q=100%").await.status, 200);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,7 +663,6 @@ async fn the_student_page_reads_the_database_and_says_when_the_index_lags() {
     assert_eq!(page.status, 404);
     assert!(page.body.contains("There is no student with id 999") && !page.body.contains("still holds"));
     assert_eq!(get(&app, "/no/such/page").await.status, 404);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,7 +685,6 @@ async fn every_value_from_the_index_or_database_is_escaped() {
     // The only script a page loads is the application's own file.
     assert_eq!(page.body.matches("<script").count(), 1);
     assert!(page.body.contains(r#"<script src="/assets/app.js" defer></script>"#));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,7 +703,6 @@ async fn every_answer_carries_security_headers() {
     // No inline style or script anywhere a CSP would have to allow.
     let page = get(&app, "/?course=CS101").await.body;
     assert!(!page.contains("style=") && !page.contains("onclick") && !page.contains("<style"), "{page}");
-    env.cleanup().await;
 }
 
 /// Services whose search server and/or database are addresses where nothing listens, with
@@ -755,7 +742,6 @@ async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
     }
     // engine=sql does not need the search server.
     assert_eq!(get(&app, "/api/search?engine=sql").await.status, 200);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,7 +762,6 @@ async fn a_database_down_gives_a_503_student_page_without_credentials() {
     for a in [&page, &sql, &search] {
         assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -798,7 +783,6 @@ async fn no_results_offer_to_remove_each_filter_or_clear_them_all() {
     let removed = get(&app, "/?q=ann&course=MATH201&university=KPI").await;
     assert!(removed.body.contains("Anna") || removed.body.contains("Ann"));
     assert!(!removed.body.contains("No students match"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,7 +801,6 @@ async fn the_page_works_without_script_and_its_url_is_its_state() {
     assert!(selected.contains(r#"<input type="hidden" name="course" value="CS101">"#));
     // The combobox markup the script enhances.
     assert!(selected.contains(r#"role="combobox" aria-autocomplete="list" aria-expanded="false" aria-controls="suggestions""#));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -833,7 +816,6 @@ async fn the_footer_shows_freshness_from_the_same_source_as_admin_status() {
     let lag = page.split("lag ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse::<f64>().ok()).unwrap();
     // Shown to a tenth of a second, read after the status.
     assert!(lag + 0.05 >= status.lag_seconds && status.lag_seconds > 0.0, "lag {lag} vs status {}", status.lag_seconds);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -850,7 +832,6 @@ async fn searches_go_through_the_alias_so_a_reindex_breaks_no_page() {
     assert_ne!(env.search.alias_targets(&env.alias).await.unwrap(), old, "the alias moved");
     assert_eq!(ids(&api(&app, "/api/search?sort=age").await), ids(&before));
     assert_eq!(api(&app, "/api/suggest?q=ann").await.as_array().unwrap().len(), 3);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,5 +861,4 @@ async fn tidemark_serve_answers_on_a_real_port_and_stops_on_sigterm() {
     let status = proc.terminate();
     assert!(status.success(), "exit status {status}; log:\n{}", proc.output());
     assert!(proc.output().contains("search application stopped"));
-    env.cleanup().await;
 }

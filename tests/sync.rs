@@ -1,4 +1,4 @@
-//! The core: every kind of write reaches the index as exactly the document DESIGN.md shows,
+//! The core: every kind of write reaches the index as exactly the document docs/design.md shows,
 //! against real PostgreSQL and OpenSearch.
 
 mod support;
@@ -10,10 +10,7 @@ use support::{small_directory, Env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_write_reaches_the_index_exactly() {
-    let env = Env::new().await;
-    small_directory(&env).await;
-    let engine = env.engine();
-
+    let env = Env::with_directory().await;
     // Insert, with enrollments.
     env.sql(
         "INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id)
@@ -21,7 +18,7 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
          INSERT INTO student_courses VALUES (1, 2), (1, 1), (2, 1);",
     )
     .await;
-    engine.drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     assert_eq!(
         env.doc(1).await.unwrap(),
@@ -35,7 +32,7 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
 
     // Update.
     env.sql("UPDATE students SET first_name = 'Anna', age = 21 WHERE id = 1").await;
-    engine.drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     let d = env.doc(1).await.unwrap();
     assert_eq!((d["first_name"].clone(), d["age"].clone()), (json!("Anna"), json!(21)));
@@ -43,7 +40,7 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
 
     // Enrollment added and removed.
     env.sql("INSERT INTO student_courses VALUES (3, 2); DELETE FROM student_courses WHERE student_id = 1 AND course_id = 1").await;
-    engine.drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     assert_eq!(env.doc(3).await.unwrap()["course_names"], json!(["MATH201"]));
     assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["MATH201"]));
@@ -51,54 +48,48 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
     // University renamed: one row for the writer, every student of it re-indexed.
     env.sql("UPDATE universities SET name = 'Massachusetts Institute of Technology' WHERE id = 1").await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 1);
-    assert_eq!(
-        env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await,
-        0,
-        "a rename marks only the university"
-    );
-    let r = engine.drain().await.unwrap();
+    assert_eq!(env.outstanding().await, 0, "a rename marks only the university");
+    let r = env.drain().await;
     assert_eq!(r.fanned_out, 1);
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["university"]["name"], json!("Massachusetts Institute of Technology"));
 
     // Course renamed.
     env.sql("UPDATE courses SET name = 'ALG201' WHERE id = 2").await;
-    engine.drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["ALG201"]));
     assert_eq!(env.doc(3).await.unwrap()["course_names"], json!(["ALG201"]));
 
     // University deleted: its students' university becomes null.
     env.sql("DELETE FROM universities WHERE id = 2").await;
-    engine.drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     assert_eq!(env.doc(2).await.unwrap()["university"], json!(null));
 
     // Course deleted: it leaves its students' course lists.
     env.sql("DELETE FROM courses WHERE id = 1").await;
-    engine.drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     assert_eq!(env.doc(2).await.unwrap()["course_names"], json!([]));
 
     // Student deleted: the document goes.
     env.sql("DELETE FROM students WHERE id = 3").await;
-    engine.drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     assert_eq!(env.doc(3).await, None);
 
     env.assert_converged().await;
-    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 0);
-    env.cleanup().await;
+    assert_eq!(env.outstanding().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
-    let env = Env::new().await;
-    small_directory(&env).await;
+    let env = Env::with_directory().await;
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR')").await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     env.sql("UPDATE students SET age = age, first_name = first_name").await;
-    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 0);
+    assert_eq!(env.outstanding().await, 0);
     env.sql("UPDATE universities SET name = name").await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
     for age in 21..71 {
@@ -107,58 +98,51 @@ async fn a_noop_update_marks_nothing_and_many_writes_coalesce() {
     // 50 writes are 50 rows of the writers' log, one student outstanding; moved into the
     // marks they coalesce into one.
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 50);
-    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 1);
-    tidemark::pipeline::claim::absorb(&env.pool, 10_000).await.unwrap();
+    assert_eq!(env.outstanding().await, 1);
+    env.absorb().await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students").await, 1, "50 writes, one mark");
-    let r = env.engine().drain().await.unwrap();
+    let r = env.drain().await;
     assert_eq!(r.indexed, 1, "50 writes, one index op");
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["age"], json!(70));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_row_updates_mark_what_changed_including_a_changed_id() {
     // What the capture logs for one-row updates, and how the log becomes marks: a later
     // write renumbers the mark, a changed id marks both sides.
-    let env = Env::new().await;
-    small_directory(&env).await;
+    let env = Env::with_directory().await;
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR'), (2, 'Bo', 'Kim', 21, 'SO')").await;
-    env.engine().drain().await.unwrap();
-    let absorb = || async { tidemark::pipeline::claim::absorb(&env.pool, 10_000).await.unwrap() };
+    env.drain().await;
     env.sql("UPDATE students SET last_name = 'Fast' WHERE id = 1").await;
-    assert_eq!(absorb().await, 1, "one log row");
+    assert_eq!(env.absorb().await, 1, "one log row");
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id = 1").await, 1);
     let seq_before: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
     // Twice in one transaction: two log rows, one mark, renumbered.
     env.sql("BEGIN; UPDATE students SET age = 30 WHERE id = 1; UPDATE students SET age = 31 WHERE id = 1; COMMIT;").await;
-    assert_eq!(absorb().await, 2);
+    assert_eq!(env.absorb().await, 2);
     let seq_after: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
     assert!(seq_after > seq_before, "a later write renumbers the mark");
     // A changed id: the old document must go and the new one come.
     env.sql("UPDATE students SET id = 2002 WHERE id = 2").await;
-    absorb().await;
+    env.absorb().await;
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM tidemark.dirty_students WHERE student_id IN (2, 2002)").await,
         2,
         "both sides of an id change are marked"
     );
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     env.refresh().await;
     assert!(env.doc(2).await.is_none());
     assert_eq!(env.doc(2002).await.unwrap()["last_name"], json!("Kim"));
     let one = env.doc(1).await.unwrap();
     assert_eq!((one["last_name"].clone(), one["age"].clone()), (json!("Fast"), json!(31)));
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
-    let env = Env::with_config(|c| c.sync.batch_size = 5000).await;
-    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 100_000, seed: 7 }).await.unwrap();
-    let engine = env.engine_with(|c| c.sync.batch_size = 5000);
-    engine.drain().await.unwrap();
+    let env = Env::seeded_with(100_000, |c| c.sync.batch_size = 5000).await;
     assert_eq!(env.count(json!({"match_all": {}})).await, 100_000);
 
     // One statement, 100k rows: one trigger run drawing one number, one narrow log row per
@@ -168,7 +152,7 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 100_000);
     assert_eq!(env.scalar_i64("SELECT count(DISTINCT seq) FROM tidemark.changes").await, 1, "one number for the statement");
-    let r = engine.drain().await.unwrap();
+    let r = env.drain().await;
     assert_eq!(r.indexed, 100_000);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 0);
     assert_eq!(env.count(json!({"term": {"age": 99}})).await, 100_000);
@@ -177,7 +161,6 @@ async fn a_bulk_update_of_100k_rows_is_fully_reflected() {
     for id in [1_i64, 777, 50_000, 99_999, 100_000] {
         assert_eq!(env.doc(id).await.as_ref(), expected.get(&id), "student {id}");
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,17 +170,13 @@ async fn a_set_of_students_expands_in_chunks_and_its_expansion_survives_a_crash(
     // at its cursor after a crash.
     let env = Env::with_config(|c| c.sync.fanout_chunk = 1000).await;
     small_directory(&env).await;
-    env.sql(
-        "INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id)
-         SELECT g, 'N' || g, 'L', 20, 'FR', 1 FROM generate_series(1, 2500) g",
-    )
-    .await;
-    env.engine().drain().await.unwrap();
+    env.add_students_at(2500, "1").await;
+    env.drain().await;
     env.assert_converged().await;
     env.sql("ALTER TABLE students DISABLE TRIGGER USER; UPDATE students SET age = 22; ALTER TABLE students ENABLE TRIGGER USER").await;
     env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE id > 100 ORDER BY id))").await;
     assert_eq!(env.scalar_i64("SELECT cardinality(ids)::int8 FROM tidemark.dirty_parents WHERE kind = 'students'").await, 2400);
-    let status = tidemark::admin::status(&env.services(), Err("not asked".into())).await.unwrap();
+    let status = env.status().await;
     assert_eq!((status.pending_statement_students, status.pending_fanouts), (2400, 0));
 
     // A worker expands one chunk, then dies: its lease runs out, another resumes at the cursor.
@@ -206,27 +185,25 @@ async fn a_set_of_students_expands_in_chunks_and_its_expansion_survives_a_crash(
     let step = tidemark::pipeline::fanout::expand_step(&env.pool, crashed.owner(), Duration::from_secs(60), &mut set, 1000).await.unwrap();
     assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(1000));
     assert_eq!(env.scalar_i64("SELECT cursor FROM tidemark.dirty_parents").await, 1000);
-    let status = tidemark::admin::status(&env.services(), Err("not asked".into())).await.unwrap();
+    let status = env.status().await;
     assert_eq!(status.pending_statement_students, 1400);
     // Meanwhile a small write lands on a student of the set.
     env.sql("UPDATE students SET last_name = 'Later' WHERE id = 2000").await;
     env.sql("UPDATE tidemark.dirty_parents SET lease_until = now() - interval '1 second'").await;
-    let r = env.engine().drain().await.unwrap();
+    let r = env.drain().await;
     assert_eq!(r.fanned_out, 1400, "the expansion resumed after the 1,000 already marked");
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.dirty_parents").await, 0);
     // The 100 students outside the set were not marked, so they still show age 20.
     assert_eq!(env.count(json!({"term": {"age": 22}})).await, 2400);
     assert_eq!(env.count(json!({"term": {"age": 20}})).await, 100);
     env.sql("SELECT tidemark.mark_students(ARRAY(SELECT id FROM students WHERE id <= 100))").await;
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_statements_and_multi_statement_transactions_index_each_student_once() {
-    let env = Env::new().await;
-    small_directory(&env).await;
+    let env = Env::with_directory().await;
     env.create_index().await;
     // A large INSERT, UPDATE and DELETE: one trigger run each, one number each.
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) SELECT g, 'M' || g, 'K', 30, 'SO' FROM generate_series(1, 3000) g").await;
@@ -234,7 +211,7 @@ async fn large_statements_and_multi_statement_transactions_index_each_student_on
     env.sql("DELETE FROM students WHERE id > 2500").await;
     assert_eq!(env.scalar_i64("SELECT count(DISTINCT seq) FROM tidemark.changes").await, 3);
     assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.changes").await, 3000);
-    let r = env.engine().drain().await.unwrap();
+    let r = env.drain().await;
     assert_eq!((r.indexed, r.deleted), (2500, 500), "each student once, however many of its changes were logged");
     env.assert_converged().await;
     // Students, then their enrollments, in one transaction: each student indexed once.
@@ -246,17 +223,16 @@ async fn large_statements_and_multi_statement_transactions_index_each_student_on
     )
     .await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.changes").await, 3000);
-    let r = env.engine().drain().await.unwrap();
+    let r = env.drain().await;
     assert_eq!(r.indexed, 1500, "each student once");
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_never_hold_the_same_mark_and_together_converge() {
     let env = Env::new().await;
     env.create_index().await;
-    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 3_000, seed: 3 }).await.unwrap();
+    env.seed(3_000).await;
     // Mark the seed's students directly (not through the writers' log, which the claims
     // would move into marks first), so the claims below have exactly these marks to take.
     env.sql("DELETE FROM tidemark.changes; SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await;
@@ -292,7 +268,6 @@ async fn two_workers_never_hold_the_same_mark_and_together_converge() {
     rb.unwrap();
     a.drain().await.unwrap();
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,14 +286,13 @@ async fn a_change_committed_while_its_batch_is_in_flight_is_indexed_afterwards()
     let report = engine.deliver(prepared).await.unwrap();
     // The change is in the writers' log: the batch's mark is cleared, the change is not.
     assert_eq!(report.acked.cleared, 1);
-    assert_eq!(env.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await, 1, "the change made in flight stays");
+    assert_eq!(env.outstanding().await, 1, "the change made in flight stays");
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["age"], json!(20), "the batch wrote what it read");
     engine.drain().await.unwrap();
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["age"], json!(33));
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +325,6 @@ async fn an_older_write_never_overwrites_a_newer_one() {
     assert_eq!((late.acked.cleared, late.requests), (0, 0), "{late:?}");
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["age"], json!(44));
-    env.cleanup().await;
 }
 
 /// A writer's transaction that marks students in an order the fan-out cannot follow (one
@@ -360,9 +333,7 @@ async fn an_older_write_never_overwrites_a_newer_one() {
 /// done again — it must not fail the step, let alone lose the rename.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_that_deadlocks_with_a_writer_is_done_again_not_failed() {
-    let env = Env::new().await;
-    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 400, seed: 3 }).await.unwrap();
-    env.engine().drain().await.unwrap();
+    let env = Env::seeded(400).await;
     let (lo, hi) = {
         let ids: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM students WHERE university_id = 1 ORDER BY id").fetch_all(&env.pool).await.unwrap();
@@ -382,12 +353,11 @@ async fn a_fan_out_that_deadlocks_with_a_writer_is_done_again_not_failed() {
     writer.commit().await.unwrap();
     let report = step.await.unwrap();
     assert!(report.is_ok(), "the step failed: {report:?}");
-    env.engine().drain().await.unwrap();
+    env.drain().await;
     let renamed = env.count(json!({"term": {"university.name": "Deadlock University"}})).await;
     let students = env.scalar_i64("SELECT count(*) FROM students WHERE university_id = 1").await as u64;
     assert_eq!(renamed, students);
     env.assert_converged().await;
-    env.cleanup().await;
 }
 
 /// Rule 17 (docs/protocol.md): a change moved from the writers' log into a mark that a batch
@@ -403,8 +373,7 @@ async fn a_change_moved_into_a_claimed_mark_is_indexed_afterwards_even_with_a_lo
     small_directory(&env).await;
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id) VALUES (1, 'Ann', 'Lee', 20, 'FR', 1)")
         .await;
-    env.engine().drain().await.unwrap();
-    let absorb = || async { tidemark::pipeline::claim::absorb(&env.pool, 10_000).await.unwrap() };
+    env.drain().await;
     // An enrollment drawn first, committed last.
     let mut late = sqlx::PgConnection::connect(&env.database_url).await.unwrap();
     sqlx::raw_sql("BEGIN; INSERT INTO student_courses VALUES (1, 1)").execute(&mut late).await.unwrap();
@@ -415,7 +384,7 @@ async fn a_change_moved_into_a_claimed_mark_is_indexed_afterwards_even_with_a_lo
     let claimed = marks[0].seq;
     let prepared = engine.prepare(marks).await.unwrap();
     sqlx::raw_sql("COMMIT").execute(&mut late).await.unwrap();
-    assert_eq!(absorb().await, 1, "another worker moves the late change into the claimed mark");
+    assert_eq!(env.absorb().await, 1, "another worker moves the late change into the claimed mark");
     let now: i64 = env.scalar_i64("SELECT seq FROM tidemark.dirty_students WHERE student_id = 1").await;
     assert!(now < claimed, "the late change carries the lower number ({now} < {claimed})");
     let report = engine.deliver(prepared).await.unwrap();
@@ -426,5 +395,4 @@ async fn a_change_moved_into_a_claimed_mark_is_indexed_afterwards_even_with_a_lo
     env.refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["CS101"]));
     env.assert_converged().await;
-    env.cleanup().await;
 }

@@ -124,7 +124,7 @@ impl BenchEnv {
 
     /// An in-process syncer (no queue) against `es_url`.
     pub fn engine(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Syncer {
-        Syncer::new(self.services(es_url, tweak), None)
+        Syncer::new(self.services(es_url, tweak))
     }
 
     pub fn search(&self, es_url: &str) -> Search {

@@ -121,7 +121,7 @@ async fn renamed_ids(env: &BenchEnv, limit: usize) -> Result<Vec<i64>> {
 async fn per_student(env: &BenchEnv, es_url: &str, index: &str, ids: &[i64]) -> Result<()> {
     for id in ids {
         let docs = tidemark::pipeline::load::load(&env.pool, &[*id]).await?;
-        let Some(doc) = &docs[0].1 else { continue };
+        let tidemark::pipeline::Op::Index(doc) = &docs[0].1 else { continue };
         let resp = env.http.put(format!("{es_url}/{index}/_doc/{id}")).json(doc).send().await?;
         if !resp.status().is_success() {
             bail!("baseline request for student {id} answered {}", resp.status());

@@ -355,7 +355,7 @@ async fn per_document(env: &BenchEnv, es_url: &str, index: &str, sample: usize) 
     for chunk in ids.chunks(1000) {
         let version = claim::draw_version(&env.pool).await?;
         for (id, doc) in load(&env.pool, chunk).await? {
-            let Some(doc) = doc else { continue };
+            let tidemark::pipeline::Op::Index(doc) = doc else { continue };
             let path = format!("/{index}/_doc/{id}?version={version}&version_type=external");
             let reply = search.request(Method::Put, &path, Some(serde_json::to_vec(&doc)?), false).await?;
             if !(200..300).contains(&reply.status) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks (BENCHMARKS.md): the DESIGN.md performance targets, each measured
+# The benchmarks (BENCHMARKS.md): the docs/design.md performance targets, each measured
 # side by side with a baseline in the same run, on real PostgreSQL, Redis and OpenSearch
 # and real tidemark processes.
 #
@@ -123,7 +123,7 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
 {
   echo "# Benchmarks"
   echo
-  echo "The performance targets of DESIGN.md (\"Performance targets\"), each measured against a"
+  echo "The performance targets of docs/design.md (\"Performance targets\"), each measured against a"
   echo "baseline in the same run on the same machine."
   echo "Reproduce with one command:"
   echo

@@ -12,18 +12,18 @@ use super::{
     load::load,
     ship::{ship, ShipLimits, Window},
     targets::{self, Targets},
-    Mark, PipelineError,
+    Mark, Op, PipelineError,
 };
-use crate::{document::StudentDoc, services::Services, telemetry};
+use crate::{services::Services, telemetry};
 
 /// A batch read and ready to ship: the claim, the version drawn before the read, and the
-/// documents read (None for a deleted student).
+/// ops read (a document, or a delete for a student that is gone).
 #[derive(Debug)]
 pub struct Prepared {
     pub marks: Vec<Mark>,
     pub targets: Targets,
     pub version: i64,
-    pub docs: Vec<(i64, Option<StudentDoc>)>,
+    pub docs: Vec<(i64, Op)>,
     /// How long the read took.
     pub load: Duration,
     /// How long the batch may send (from its claim: `sync.batch_timeout`).
@@ -50,7 +50,7 @@ pub struct BatchReport {
 pub async fn claim(services: &Services, owner: &str, limit: usize) -> Result<Vec<Mark>, PipelineError> {
     let started = Instant::now();
     // The writers' log first, so the claim sees every committed change (at least a batch's
-    // worth, and a fan-out chunk's: a large statement logs one row per student).
+    // worth, and a fan-out chunk's: a statement logs one row per student it changed).
     let absorb = (limit as i64).max(i64::from(services.config.sync.fanout_chunk));
     claim::absorb(&services.pool, absorb).await?;
     let marks = claim::claim_students(&services.pool, owner, services.lease(), limit as i64).await?;
@@ -121,7 +121,7 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
     if acked.later > 0 {
         tracing::warn!(students = acked.later, "some documents still failed after retries; their marks stay and a later sync retries them");
     }
-    let deleted = p.docs.iter().filter(|(_, d)| d.is_none()).count();
+    let deleted = p.docs.iter().filter(|(_, op)| *op == Op::Delete).count();
     Ok(BatchReport {
         claimed: p.marks.len(),
         indexed: p.docs.len() - deleted,

@@ -65,7 +65,7 @@ pub async fn claim_students(db: impl PgExecutor<'_>, owner: &str, lease: Duratio
 }
 
 /// Draws the version for one processing, from the marks' own sequence, *before* the
-/// snapshot the documents are read from (DESIGN.md, "Why the version is taken by the
+/// snapshot the documents are read from (docs/design.md, "Why the version is taken by the
 /// reader"). Must be called after the claim and before [`super::load`].
 pub async fn draw_version(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT nextval('tidemark.seq')").fetch_one(db).await

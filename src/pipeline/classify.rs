@@ -33,19 +33,79 @@ pub enum BulkOutcome {
     Refused { status: u16, reason: String },
 }
 
+/// A `_bulk` answer, as far as tidemark reads it. Typed, so that an answer of another shape
+/// is an error ("unreadable") rather than a default value.
 #[derive(Deserialize)]
 struct Response {
-    #[serde(default)]
-    items: Vec<std::collections::HashMap<String, Item>>,
+    items: Vec<BulkItem>,
+}
+
+/// One item of a `_bulk` answer: `{"<action>": {…}}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BulkItem {
+    Index(ItemResult),
+    Create(ItemResult),
+    Update(ItemResult),
+    Delete(ItemResult),
+}
+
+impl BulkItem {
+    fn into_parts(self) -> (&'static str, ItemResult) {
+        match self {
+            BulkItem::Index(r) => ("index", r),
+            BulkItem::Create(r) => ("create", r),
+            BulkItem::Update(r) => ("update", r),
+            BulkItem::Delete(r) => ("delete", r),
+        }
+    }
 }
 
 #[derive(Deserialize)]
-struct Item {
+struct ItemResult {
     status: u16,
     #[serde(default)]
     result: Option<String>,
     #[serde(default)]
-    error: Option<serde_json::Value>,
+    error: Option<EngineError>,
+}
+
+/// An error as the engine reports it: a type, a reason, and what caused it.
+#[derive(Deserialize)]
+struct EngineError {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    caused_by: Option<Box<EngineError>>,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reason {
+            Some(r) => write!(f, "{}: {r}", self.kind)?,
+            None => f.write_str(&self.kind)?,
+        }
+        if let Some(cause) = &self.caused_by {
+            write!(f, " (caused by {cause})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The body of an error answer to a whole request: `{"error": {…}}`, or (old servers,
+/// proxies) `{"error": "text"}`.
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: ErrorField,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Engine(EngineError),
+    Text(String),
 }
 
 /// Turns the status and body of a `_bulk` answer to `sent` ops into outcomes.
@@ -79,16 +139,16 @@ pub fn classify(status: u16, body: &[u8], sent: usize) -> BulkOutcome {
         parsed
             .items
             .into_iter()
-            .map(|m| match m.into_iter().next() {
-                Some((op, item)) => item_outcome(&op, item),
-                None => ItemOutcome::Transient("empty item in _bulk answer".into()),
+            .map(|item| {
+                let (op, result) = item.into_parts();
+                item_outcome(op, result)
             })
             .collect(),
     )
 }
 
-fn item_outcome(op: &str, item: Item) -> ItemOutcome {
-    let reason = || item.error.as_ref().map(describe).unwrap_or_else(|| format!("HTTP {}", item.status));
+fn item_outcome(op: &str, item: ItemResult) -> ItemOutcome {
+    let reason = || item.error.as_ref().map(ToString::to_string).unwrap_or_else(|| format!("HTTP {}", item.status));
     match item.status {
         200..=299 => ItemOutcome::Written,
         409 => ItemOutcome::Superseded,
@@ -101,37 +161,24 @@ fn item_outcome(op: &str, item: Item) -> ItemOutcome {
         408 | 429 | 500..=599 => ItemOutcome::Transient(reason()),
         // A write block (read-only index, flood-stage disk) lifts by itself or by an
         // operator: the document is fine, so it is retried, never dead-lettered.
-        _ if item.error.as_ref().is_some_and(|e| e["type"] == "cluster_block_exception") => ItemOutcome::Transient(reason()),
+        _ if item.error.as_ref().is_some_and(|e| e.kind == "cluster_block_exception") => ItemOutcome::Transient(reason()),
         status => ItemOutcome::Permanent { status, reason: reason() },
     }
 }
 
 /// Whether an error answer is a `cluster_block_exception` (a write block).
 pub fn is_write_block(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["error"]["type"] == "cluster_block_exception")
+    serde_json::from_slice::<ErrorAnswer>(body)
+        .is_ok_and(|a| matches!(a.error, ErrorField::Engine(e) if e.kind == "cluster_block_exception"))
 }
 
-fn describe(error: &serde_json::Value) -> String {
-    let ty = error["type"].as_str().unwrap_or("error");
-    let mut text = match error["reason"].as_str() {
-        Some(r) => format!("{ty}: {r}"),
-        None => ty.to_string(),
-    };
-    if let Some(cause) = error.get("caused_by").filter(|c| c.is_object()) {
-        text.push_str(" (caused by ");
-        text.push_str(&describe(cause));
-        text.push(')');
-    }
-    text
-}
-
+/// What an error answer says, for logs and dead letters: the engine's error, or the first
+/// 300 bytes of whatever else came back (a proxy's HTML page).
 fn error_text(body: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) if v.get("error").is_some() => match &v["error"] {
-            e @ serde_json::Value::Object(_) => describe(e),
-            other => other.to_string(),
-        },
-        _ => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+    match serde_json::from_slice::<ErrorAnswer>(body) {
+        Ok(ErrorAnswer { error: ErrorField::Engine(e) }) => e.to_string(),
+        Ok(ErrorAnswer { error: ErrorField::Text(t) }) => t,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{io::Write, ops::Range};
 
-use crate::document::StudentDoc;
+use super::{Action, Op};
 
 /// Where one op sits in [`Encoded::buf`], and what it is for.
 #[derive(Clone, Debug)]
@@ -13,8 +13,8 @@ pub struct OpMeta {
     /// Index into the targets the batch writes to (the live index, and a building one
     /// during a full reindex).
     pub target: usize,
-    /// A `delete` (the student is gone), else an `index`.
-    pub delete: bool,
+    /// `index` or `delete`.
+    pub action: Action,
     pub bytes: Range<usize>,
 }
 
@@ -25,22 +25,25 @@ pub struct Encoded {
 }
 
 /// Encodes one op per student per target.
-pub fn encode(docs: &[(i64, Option<StudentDoc>)], targets: &[String], version: i64) -> Encoded {
+pub fn encode(docs: &[(i64, Op)], targets: &[String], version: i64) -> Encoded {
     let mut out =
         Encoded { buf: Vec::with_capacity(docs.len() * 400 * targets.len()), ops: Vec::with_capacity(docs.len() * targets.len()) };
     for (target, index) in targets.iter().enumerate() {
-        for (id, doc) in docs {
+        for (id, op) in docs {
             let start = out.buf.len();
-            let action = if doc.is_some() { "index" } else { "delete" };
+            let action = match op {
+                Op::Index(_) => "index",
+                Op::Delete => "delete",
+            };
             // Index names and ids are plain ASCII here (validated alias, integer id), so
             // no JSON escaping is needed in the action line.
             let _ = write!(out.buf, r#"{{"{action}":{{"_index":"{index}","_id":"{id}","version":{version},"version_type":"external"}}}}"#);
             out.buf.push(b'\n');
-            if let Some(doc) = doc {
+            if let Op::Index(doc) = op {
                 serde_json::to_writer(&mut out.buf, doc).expect("a document always serialises");
                 out.buf.push(b'\n');
             }
-            out.ops.push(OpMeta { student_id: *id, target, delete: doc.is_none(), bytes: start..out.buf.len() });
+            out.ops.push(OpMeta { student_id: *id, target, action: op.action(), bytes: start..out.buf.len() });
         }
     }
     out
@@ -83,8 +86,8 @@ mod tests {
 
     #[test]
     fn ndjson_has_external_versions_and_deletes_have_no_source() {
-        let doc = StudentDoc::build(1, "Ann".into(), "Lee".into(), 20, "FR".into(), None, vec![]);
-        let e = encode(&[(1, Some(doc)), (2, None)], &["students_1".into()], 42);
+        let doc = crate::document::StudentDoc::build(1, "Ann".into(), "Lee".into(), 20, "FR".into(), None, vec![]);
+        let e = encode(&[(1, Op::Index(doc)), (2, Op::Delete)], &["students_1".into()], 42);
         let text = String::from_utf8(e.buf.clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
@@ -96,7 +99,7 @@ mod tests {
 
     #[test]
     fn split_respects_both_bounds() {
-        let ops: Vec<OpMeta> = (0..10).map(|i| OpMeta { student_id: i, target: 0, delete: false, bytes: 0..100 }).collect();
+        let ops: Vec<OpMeta> = (0..10).map(|i| OpMeta { student_id: i, target: 0, action: Action::Index, bytes: 0..100 }).collect();
         let all: Vec<usize> = (0..10).collect();
         assert_eq!(split(&ops, &all, 4, 10_000).iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert_eq!(split(&ops, &all, 100, 250).iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 2, 2, 2]);

@@ -1,4 +1,5 @@
-//! Fan-out: a renamed university or course, or a large statement's set of students,
+//! Fan-out: a renamed university or course, or a set of students (what `mark_students` writes
+//! for many students at once, e.g. a rollback's),
 //! becomes marks on its students, in bounded chunks that each commit with the expansion's
 //! cursor, so a crash resumes mid-way and a 100,000-student university never needs one
 //! huge transaction.
@@ -9,7 +10,7 @@
 //! | --- | --- | --- |
 //! | `university` | its name: every student of it | highest student id already marked |
 //! | `course` | its name: every student enrolled | highest student id already marked |
-//! | `students` | one large statement (migration 0005): the ids it holds | ids already marked |
+//! | `students` | a set of ids (migration 0005; `tidemark.mark_students`): the ids it holds | ids already marked |
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub enum ParentKind {
     University,
     /// A course whose name changed: every student enrolled.
     Course,
-    /// One large statement's set of student ids (migration 0005).
+    /// A set of student ids (migration 0005; what `tidemark.mark_students` writes for many).
     Students,
 }
 

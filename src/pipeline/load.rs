@@ -4,6 +4,7 @@
 
 use sqlx::PgExecutor;
 
+use super::Op;
 use crate::document::{StudentDoc, UniversityRef};
 
 type Row = (i64, String, String, i32, String, Option<i64>, Option<String>, Option<Vec<String>>);
@@ -32,16 +33,17 @@ fn build(row: Row) -> (i64, StudentDoc) {
     (id, StudentDoc::build(id, first, last, age, year, university, names.unwrap_or_default()))
 }
 
-/// Documents for `ids`, in the order of `ids`; `None` for a student that is gone.
-pub async fn load(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
+/// The op of each of `ids`, in the order of `ids`: its document, or a delete for a student
+/// that is gone.
+pub async fn load(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<(i64, Op)>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(&query("s.id = ANY($1)", "sc.student_id = ANY($1)")).bind(ids).fetch_all(db).await?;
     let mut found: std::collections::HashMap<i64, StudentDoc> = rows.into_iter().map(build).collect();
-    Ok(ids.iter().map(|id| (*id, found.remove(id))).collect())
+    Ok(ids.iter().map(|id| (*id, found.remove(id).map_or(Op::Delete, Op::Index))).collect())
 }
 
 /// Documents of every student with `lo <= id < hi` (no upper bound when `hi` is None), in
 /// id order.
-pub async fn load_range(db: impl PgExecutor<'_>, lo: i64, hi: Option<i64>) -> Result<Vec<(i64, Option<StudentDoc>)>, sqlx::Error> {
+pub async fn load_range(db: impl PgExecutor<'_>, lo: i64, hi: Option<i64>) -> Result<Vec<(i64, Op)>, sqlx::Error> {
     // Two statements rather than `$2 IS NULL OR id < $2`, which a generic plan would turn
     // into a scan of every id above `lo` for every chunk.
     let rows: Vec<Row> = match hi {
@@ -58,7 +60,7 @@ pub async fn load_range(db: impl PgExecutor<'_>, lo: i64, hi: Option<i64>) -> Re
         .into_iter()
         .map(|r| {
             let (id, doc) = build(r);
-            (id, Some(doc))
+            (id, Op::Index(doc))
         })
         .collect())
 }

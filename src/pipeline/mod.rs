@@ -19,7 +19,47 @@ pub mod load;
 pub mod ship;
 pub mod targets;
 
-use crate::search::SearchError;
+use crate::{document::StudentDoc, search::SearchError};
+
+/// What a batch (or a reindex chunk) writes for one student: the whole document as the
+/// database has it now, or its deletion (the student is gone).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Index(StudentDoc),
+    Delete,
+}
+
+impl Op {
+    /// The document, unless the student is gone.
+    pub fn document(&self) -> Option<&StudentDoc> {
+        match self {
+            Op::Index(doc) => Some(doc),
+            Op::Delete => None,
+        }
+    }
+
+    pub fn into_document(self) -> Option<StudentDoc> {
+        match self {
+            Op::Index(doc) => Some(doc),
+            Op::Delete => None,
+        }
+    }
+
+    /// The `_bulk` action it becomes.
+    pub fn action(&self) -> Action {
+        match self {
+            Op::Index(_) => Action::Index,
+            Op::Delete => Action::Delete,
+        }
+    }
+}
+
+/// An [`Op`] without its document: what an encoded op, and its answer, are about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Index,
+    Delete,
+}
 
 /// A dirty mark as claimed: the student and the sequence number the mark had at claim time.
 /// Acknowledging succeeds only if the mark still carries this number (protocol invariant 5).

@@ -22,9 +22,9 @@ use backon::Retryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{redact_url, Config, ConfigError},
+    config::{redact_message, redact_url, Config, ConfigError},
     retry::Backoff,
-    services::ServicesError,
+    services::{Services, ServicesError},
     workers::{Queue, QueueError},
 };
 
@@ -84,8 +84,7 @@ async fn pause(wait: Duration, stop: &CancellationToken) {
 /// `None` when `stop` comes first. Wrong credentials are not retried: waiting cannot mend them.
 async fn connect_queue(config: &Config, stop: &CancellationToken) -> Result<Option<Queue>, ProcessError> {
     let url = config.redis_url()?;
-    let redacted = redact_url(url.expose());
-    let attempt = (|| Queue::connect(url.expose(), &redacted, &config.queue_namespace))
+    let attempt = (|| Queue::connect(url.expose(), &config.queue_namespace, |m| redact_message(m, Some(url.expose()))))
         .retry(Backoff::RECONNECT)
         .when(|e| !matches!(e, QueueError::Unauthorized { .. }))
         .notify(|e, wait| tracing::warn!(error = %e, retry_in_s = wait.as_secs_f64(), "waiting for Redis"));
@@ -95,11 +94,52 @@ async fn connect_queue(config: &Config, stop: &CancellationToken) -> Result<Opti
     }
 }
 
+/// The loop of both queue processes (worker and scheduler): connect to Redis (retrying until
+/// it answers), start the database watch ([`wakeup`]) once, and run `body` with the queue
+/// until it ends. An end before `stop` (Redis lost) is said and followed, after a backoff,
+/// by a fresh connection and another `body`; the backoff starts over after a minute of
+/// running. Returns when `stop` comes, after the watch has ended.
+pub(crate) async fn supervise<F, Fut>(
+    services: Services,
+    stop: CancellationToken,
+    what: &'static str,
+    mut body: F,
+) -> Result<(), ProcessError>
+where
+    F: FnMut(Queue) -> Fut,
+    Fut: Future<Output = Result<(), QueueError>>,
+{
+    let mut watching = None;
+    let mut restarts = Backoff::RECONNECT.delays();
+    while !stop.is_cancelled() {
+        let Some(queue) = connect_queue(&services.config, &stop).await? else { break };
+        if watching.is_none() {
+            let (url, interval) = (services.config.database_url()?.clone(), services.config.sync.wakeup_interval.0);
+            watching = Some(tokio::spawn(wakeup::run(url, queue.clone(), interval, stop.clone().cancelled_owned())));
+        }
+        let started = std::time::Instant::now();
+        match body(queue).await {
+            Ok(()) if stop.is_cancelled() => break,
+            Ok(()) => tracing::warn!("{what} ended; restarting"),
+            Err(e) => tracing::warn!(error = %e, "{what} failed (Redis lost?); reconnecting"),
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            restarts = Backoff::RECONNECT.delays();
+        }
+        pause(restarts.next().expect("backoff delays never end"), &stop).await;
+    }
+    if let Some(w) = watching {
+        let _ = w.await;
+    }
+    Ok(())
+}
+
 /// One quick attempt at Redis, for commands that must not hang on it (admin).
 pub async fn connect_queue_once(config: &Config) -> Result<Queue, ProcessError> {
     let url = config.redis_url()?;
     let redacted = redact_url(url.expose());
-    match tokio::time::timeout(Duration::from_secs(5), Queue::connect(url.expose(), &redacted, &config.queue_namespace)).await {
+    let connect = Queue::connect(url.expose(), &config.queue_namespace, |m| redact_message(m, Some(url.expose())));
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(q) => Ok(q?),
         Err(_) => Err(QueueError::Unreachable { url: redacted, reason: "no answer within 5 s".into() }.into()),
     }

@@ -10,41 +10,25 @@ use std::{future::Future, time::Duration};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{connect_queue, stop_token, wakeup, ProcessError};
-use crate::{admin, retry::Backoff, services::Services, workers, workers::Queue};
+use super::{stop_token, ProcessError};
+use crate::{admin, services::Services, workers, workers::Queue};
 
 /// Runs until `shutdown` completes, reconnecting when Redis goes away.
 pub async fn run(services: Services, interval: Duration, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ProcessError> {
     let stop = stop_token(shutdown);
-    let mut listening = None;
-    let mut restarts = Backoff::RECONNECT.delays();
-    while !stop.is_cancelled() {
-        let Some(queue) = connect_queue(&services.config, &stop).await? else { break };
-        if listening.is_none() {
-            listening = Some(tokio::spawn(wakeup::run(
-                services.config.database_url()?.clone(),
-                queue.clone(),
-                services.config.sync.wakeup_interval.0,
-                stop.clone().cancelled_owned(),
-            )));
-        }
-        let gauges_stop = stop.child_token();
-        let gauges = tokio::spawn(publish_gauges(services.clone(), queue.clone(), interval, gauges_stop.clone()));
-        tracing::info!(interval = %humantime::format_duration(interval), "scheduler started");
-        let result = workers::run_scheduler(queue, interval, stop.clone().cancelled_owned()).await;
-        gauges_stop.cancel();
-        let _ = gauges.await;
-        match result {
-            Ok(()) if stop.is_cancelled() => break,
-            Ok(()) => tracing::warn!("scheduler ended; restarting"),
-            Err(e) => tracing::warn!(error = %e, "scheduler failed (Redis lost?); reconnecting"),
-        }
-        super::pause(restarts.next().expect("backoff delays never end"), &stop).await;
-    }
-    if let Some(l) = listening {
-        let _ = l.await;
-    }
-    Ok(())
+    super::supervise(services.clone(), stop.clone(), "scheduler", |queue| {
+        let (services, stop) = (services.clone(), stop.clone());
+        Box::pin(async move {
+            let gauges_stop = stop.child_token();
+            let gauges = tokio::spawn(publish_gauges(services, queue.clone(), interval, gauges_stop.clone()));
+            tracing::info!(interval = %humantime::format_duration(interval), "scheduler started");
+            let result = workers::run_scheduler(queue, interval, stop.cancelled_owned()).await;
+            gauges_stop.cancel();
+            let _ = gauges.await;
+            result
+        }) as futures::future::BoxFuture<'static, Result<(), crate::workers::QueueError>>
+    })
+    .await
 }
 
 /// Every `interval`: if this scheduler holds (or can take) the gauges lock, computes the

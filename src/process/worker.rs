@@ -8,21 +8,27 @@
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
+use tracing::Instrument;
+
 use tokio_util::sync::CancellationToken;
 
-use super::{connect_queue, stop_token, wakeup, ProcessError};
+use super::{stop_token, ProcessError};
 use crate::{
     catalog::{self, HEARTBEAT_EVERY},
     pipeline::claim,
     retry::Backoff,
     search::SearchError,
     services::{Services, ServicesError},
-    sync::Syncer,
-    telemetry, workers,
+    sync::{Left, SyncError, Syncer},
+    telemetry,
+    workers::{self, Queue, SyncJob},
 };
 
 /// How often a running worker checks that the sequence is not behind the index.
@@ -44,7 +50,7 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
     let identity = services.identity.as_str().to_string();
     let _ = telemetry::install();
     telemetry::worker_started();
-    let syncer = Arc::new(Syncer::new(services.clone(), None).stopping_on(stop.clone()));
+    let syncer = Arc::new(Syncer::new(services.clone()).stopping_on(stop.clone()));
     // A sequence behind the index (a database restored from an older backup) makes every
     // step refuse, without ending the process: the heartbeat checks again and sync resumes
     // once the operator has repaired it.
@@ -52,58 +58,12 @@ pub async fn run(services: Services, concurrency: usize, shutdown: impl Future<O
         tracing::warn!(error = %e, "could not compare the sequence with the index yet");
     }
     let heartbeat = tokio::spawn(heartbeat(syncer.clone(), stop.clone()));
-    let mut listening = None;
-    let mut restarts = Backoff::RECONNECT.delays();
-    while !stop.is_cancelled() {
-        let Some(queue) = connect_queue(&services.config, &stop).await? else { break };
-        tracing::info!(concurrency, queue = %services.config.queue_namespace, identity = %identity, "worker started");
-        if listening.is_none() {
-            listening = Some(tokio::spawn(wakeup::run(
-                services.config.database_url()?.clone(),
-                queue.clone(),
-                services.config.sync.wakeup_interval.0,
-                stop.clone().cancelled_owned(),
-            )));
-        }
-        syncer.set_queue(Some(queue.clone()));
-        // Whatever was left before this (re)start is looked for at once.
-        let _ = queue.nudge("worker-start").await;
-        let started = Instant::now();
-        let run = workers::run_worker(queue, syncer.clone(), &identity, concurrency, stop.clone().cancelled_owned());
-        // After a stop request, running jobs get `shutdown_timeout` to finish; then the
-        // process gives their marks back and exits anyway.
-        let timeout = services.config.worker.shutdown_timeout;
-        let grace = async {
-            stop.cancelled().await;
-            tokio::time::sleep(timeout.0).await;
-        };
-        let result = tokio::select! {
-            r = run => r,
-            () = grace => {
-                tracing::warn!(%timeout, "running jobs did not finish in time; giving their marks back");
-                Ok(())
-            }
-        };
-        match result {
-            Ok(()) if stop.is_cancelled() => break,
-            Ok(()) => tracing::warn!("queue worker ended; restarting"),
-            Err(e) => tracing::warn!(error = %e, "queue worker failed (Redis lost?); reconnecting"),
-        }
-        // Steps that were running are gone with the queue worker: give their marks back
-        // now rather than when their leases run out.
-        match claim::release_all(&services.pool, &identity).await {
-            Ok(n) if n > 0 => tracing::info!(released = n, "leases of interrupted steps given back"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not give back leases; they run out by themselves"),
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            restarts = Backoff::RECONNECT.delays();
-        }
-        super::pause(restarts.next().expect("backoff delays never end"), &stop).await;
-    }
-    if let Some(l) = listening {
-        let _ = l.await;
-    }
+    let failures = Arc::new(AtomicU32::new(0));
+    super::supervise(services.clone(), stop.clone(), "queue worker", |queue| {
+        let work = Work { services: services.clone(), syncer: syncer.clone(), stop: stop.clone(), failures: failures.clone(), concurrency };
+        Box::pin(work.run(queue)) as futures::future::BoxFuture<'static, Result<(), crate::workers::QueueError>>
+    })
+    .await?;
     let released = claim::release_all(&services.pool, &identity).await?;
     heartbeat.abort();
     if let Err(e) = catalog::worker_stopped(&services.pool, &identity).await {
@@ -132,7 +92,8 @@ async fn heartbeat(syncer: Arc<Syncer>, stop: CancellationToken) {
         if was_refused || checked.elapsed() >= SEQUENCE_CHECK_EVERY {
             checked = Instant::now();
             match syncer.check_sequence().await {
-                Ok(false) if was_refused => syncer.nudge("sequence-repaired").await,
+                // The marks that waited: a step at once (through the spread signal).
+                Ok(false) if was_refused => syncer.spread().notify_one(),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "could not compare the sequence with the index; trying again later"),
             }
@@ -141,5 +102,111 @@ async fn heartbeat(syncer: Arc<Syncer>, stop: CancellationToken) {
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
             () = stop.cancelled() => return,
         }
+    }
+}
+
+/// After a failed step the queue is nudged again after a wait drawn from this policy, by the
+/// number of steps that failed in a row: soon after a blip, at most every 30 s while a
+/// service stays down (the scheduler's ticks keep coming meanwhile).
+const STEP_RETRY: Backoff = Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(30) };
+
+/// What a worker does with a job: one step, then what the step left decides the queue —
+/// another job at once when more work waits, a delayed one after a failure (the marks stay
+/// in PostgreSQL either way), nothing when sync is refused (the heartbeat's check wakes the
+/// workers once the sequence is repaired).
+fn step_handler(syncer: Arc<Syncer>, queue: Queue, failures: Arc<AtomicU32>) -> workers::Handler {
+    workers::Handler::new(move |job: SyncJob| {
+        let (syncer, queue, failures) = (syncer.clone(), queue.clone(), failures.clone());
+        Box::pin(async move {
+            let span = tracing::info_span!("sync_job", reason = %job.reason);
+            match syncer.step().instrument(span).await {
+                Ok(report) => {
+                    failures.store(0, Ordering::Relaxed);
+                    if let Left::More(reason) = report.left {
+                        if let Err(e) = queue.nudge(reason).await {
+                            tracing::warn!(error = %e, "could not nudge the queue; the database watch or the scheduler's next tick will");
+                        }
+                    }
+                }
+                Err(e @ SyncError::SequenceBehind { .. }) => tracing::debug!(error = %e, "sync step refused"),
+                Err(e) => {
+                    let failed = failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    telemetry::retried("step", 1);
+                    let wait = STEP_RETRY.delay(failed, &mut rand::thread_rng());
+                    tracing::warn!(stage = "sync_step", error_type = e.kind(), error = %e, retry_in_ms = wait.as_millis() as u64, "sync step failed; marks stay and are retried");
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = queue.nudge("retry").await;
+                    });
+                }
+            }
+        })
+    })
+}
+
+/// What the worker runs on one connection to the queue.
+struct Work {
+    services: Services,
+    syncer: Arc<Syncer>,
+    stop: CancellationToken,
+    failures: Arc<AtomicU32>,
+    concurrency: usize,
+}
+
+impl Work {
+    /// Runs jobs from `queue` until the stop (then the running ones get their grace) or
+    /// until the queue fails.
+    async fn run(self, queue: Queue) -> Result<(), crate::workers::QueueError> {
+        let Work { services, syncer, stop, failures, concurrency } = self;
+        let identity = services.identity.as_str().to_string();
+        tracing::info!(concurrency, queue = %services.config.queue_namespace, identity = %identity, "worker started");
+        // A step that sees more work than it takes says so at once (`Syncer::spread`):
+        // another step starts alongside rather than after it.
+        let spread = syncer.spread();
+        let spreading = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                loop {
+                    spread.notified().await;
+                    if let Err(e) = queue.nudge("spread").await {
+                        tracing::debug!(error = %e, "could not nudge the queue");
+                    }
+                }
+            }
+        });
+        // Whatever was left before this (re)start is looked for at once.
+        let _ = queue.nudge("worker-start").await;
+        let run = workers::run_worker(
+            queue.clone(),
+            &identity,
+            concurrency,
+            step_handler(syncer, queue, failures),
+            stop.clone().cancelled_owned(),
+        );
+        // After a stop request, running jobs get `shutdown_timeout` to finish; then the
+        // process gives their marks back and exits anyway.
+        let timeout = services.config.worker.shutdown_timeout;
+        let grace = async {
+            stop.cancelled().await;
+            tokio::time::sleep(timeout.0).await;
+        };
+        let result = tokio::select! {
+            r = run => r,
+            () = grace => {
+                tracing::warn!(%timeout, "running jobs did not finish in time; giving their marks back");
+                Ok(())
+            }
+        };
+        spreading.abort();
+        if !stop.is_cancelled() {
+            // Steps that were running are gone with the queue worker: give their marks
+            // back now rather than when their leases run out.
+            match claim::release_all(&services.pool, &identity).await {
+                Ok(n) if n > 0 => tracing::info!(released = n, "leases of interrupted steps given back"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not give back leases; they run out by themselves"),
+            }
+        }
+        result
     }
 }

@@ -1,4 +1,4 @@
-//! Zero-downtime full reindex (DESIGN.md, protocol invariant 7), by what each part does:
+//! Zero-downtime full reindex (docs/design.md, protocol invariant 7), by what each part does:
 //!
 //! - [`start`](start()): create `<alias>_<next generation>` with build-time settings (no
 //!   refresh, no replicas) while the live index keeps serving, and split the student id

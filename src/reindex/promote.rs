@@ -181,7 +181,7 @@ enum Verification {
 }
 
 /// The students whose change is not in the index yet: marks, and the unexpanded ids of
-/// large statements (at most `limit`; `None` when there are more).
+/// sets of students (at most `limit`; `None` when there are more).
 async fn outstanding_ids(pool: &PgPool, limit: i64) -> Result<Option<Vec<i64>>, sqlx::Error> {
     let ids: Vec<i64> = sqlx::query_scalar(
         "(SELECT student_id FROM tidemark.outstanding LIMIT $1)

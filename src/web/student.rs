@@ -79,7 +79,7 @@ pub async fn view(services: &Services, id: i64) -> Result<StudentView, Failure> 
         Ok((rows, pending))
     })
     .await?;
-    let student = rows.into_iter().next().and_then(|(_, doc)| doc);
+    let student = rows.into_iter().next().and_then(|(_, op)| op.into_document());
     let path = format!("/{}/_doc/{id}", services.config.index_alias);
     let indexed = match engine(services, Method::Get, &path, None).await {
         Ok((200, v)) if v["found"] == true => Ok(Some(v["_source"].clone())),

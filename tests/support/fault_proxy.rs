@@ -1,7 +1,7 @@
 //! Fault-injecting HTTP/1.1 proxy for integration tests.
 //!
 //! Sits between tidemark (the `elasticsearch` crate over reqwest/hyper) and the search
-//! server, and injects the faults no server produces on demand (see DESIGN.md, protocol
+//! server, and injects the faults no server produces on demand (see docs/design.md, protocol
 //! invariant 6): whole-request 503s, item-level 429s inside `_bulk` answers, write blocks,
 //! 413s from a size-limiting front, slow requests, answers held back after the server
 //! executed the request, and connection resets. It also keeps a log of the `_bulk` traffic,
@@ -9,7 +9,7 @@
 //!
 //! ```ignore
 //! let proxy = FaultProxy::start(&es_url).await;
-//! proxy.set(Faults { bulk_item_429: 0.3, only_path: Some("_bulk".into()), ..Faults::default() });
+//! proxy.set(Faults { bulk_item_429: 0.3, ..Faults::on("_bulk") });
 //! // point tidemark at proxy.url() ...
 //! assert!(proxy.stats().items_429 > 0);
 //! ```
@@ -117,6 +117,14 @@ impl Default for Faults {
             fail_next: 0,
             require_authorization: None,
         }
+    }
+}
+
+impl Faults {
+    /// No faults yet, and only requests whose path contains `path` subject to those set:
+    /// `Faults { bulk_item_429: 0.3, ..Faults::on("_bulk") }`.
+    pub fn on(path: &str) -> Faults {
+        Faults { only_path: Some(path.into()), ..Faults::default() }
     }
 }
 

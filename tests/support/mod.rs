@@ -1,24 +1,134 @@
 //! Test support: every test gets its own database, Redis namespace and index alias on the
-//! real services that `deploy/local/test.sh` provides, and an *independent* oracle: the
-//! expected document of a student is built here in SQL, not with tidemark's own code.
+//! real services that `deploy/local/test.sh` provides, dropped with its [`Env`] (a panicking
+//! test's too), and an *independent* oracle: the expected document of a student is built
+//! here in SQL, not with tidemark's own code.
+//!
+//! Tests reach tidemark's library through these helpers where they can (`drain`, `services`,
+//! `build`, ...), so a change of the library's API touches few lines.
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod foreign;
+mod process;
+
+#[allow(unused_imports)]
+pub use process::{free_port, Proc, Ran, RedisServer, SlowLink};
 
 use std::{
-    process::{Child, Command, Stdio},
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    future::Future,
+    path::PathBuf,
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use fault_proxy::FaultProxy;
 use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool};
-use tidemark::{config::Config, search::Search, services::Services, sync::Syncer};
+use tidemark::{
+    catalog::Build,
+    config::{Config, Secret},
+    search::Search,
+    services::Services,
+    sync::{DrainReport, Syncer},
+};
 
 pub fn service_url(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the tests with `deploy/local/test.sh`, which starts PostgreSQL, Redis and the OpenSearch node and sets it")
     })
+}
+
+/// This suite run's id (`deploy/local/test.sh` sets `TIDEMARK_TEST_RUN`): every index,
+/// alias and Redis namespace a test creates starts with `<run>-`, every database with
+/// `tidemark_test_<run>_`, so test.sh can sweep what a killed run left, and only that.
+pub fn run_id() -> String {
+    std::env::var("TIDEMARK_TEST_RUN").unwrap_or_else(|_| format!("r{:08x}", std::process::id()))
+}
+
+/// A name of this run no other test of it uses: `<run>-<6 hex>`.
+pub fn unique() -> String {
+    format!("{}-{:06x}", run_id(), rand::random::<u32>() & 0xffffff)
+}
+
+/// The database URL with its path replaced by `db`.
+fn with_db(base: &str, db: &str) -> String {
+    let mut u = url::Url::parse(base).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// What a check given to [`eventually`] answers: `bool`, `Option<T>` (done, with a value) or
+/// `Result<T, String>` (not yet, and why: the last reason is in the timeout's message).
+pub trait Outcome {
+    type Value;
+    fn into_result(self) -> Result<Self::Value, String>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+    fn into_result(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    }
+}
+
+impl<T> Outcome for Option<T> {
+    type Value = T;
+    fn into_result(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T> Outcome for Result<T, String> {
+    type Value = T;
+    fn into_result(self) -> Result<T, String> {
+        self
+    }
+}
+
+/// Polls `check` (every 100 ms) until it is done, and returns its value; panics once
+/// `timeout` has passed. The one way the tests wait for something.
+pub async fn eventually<O, F, Fut>(what: &str, timeout: Duration, mut check: F) -> O::Value
+where
+    O: Outcome,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = O>,
+{
+    let start = Instant::now();
+    loop {
+        let why = match check().await.into_result() {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
+        if start.elapsed() >= timeout {
+            let why = if why.is_empty() { why } else { format!("; last: {why}") };
+            panic!("timed out after {timeout:?} waiting for: {what}{why}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `work` on a thread of its own, on a runtime of its own, and waits for it at most
+/// `limit`: what a `Drop` can do in every test (it cannot await, and blocking the test's
+/// runtime on its own tasks could hang a single-threaded one). Never panics.
+pub fn run_aside(what: &str, limit: Duration, work: impl Future<Output = ()> + Send + 'static) {
+    let (done, wait) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name(what.into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(work),
+            Err(e) => eprintln!("no runtime: {e}"),
+        }
+        let _ = done.send(());
+    });
+    if spawned.is_err() || wait.recv_timeout(limit).is_err() {
+        eprintln!("{what}: not done within {limit:?} (deploy/local/test.sh sweeps what is left)");
+    }
 }
 
 pub struct Env {
@@ -31,26 +141,10 @@ pub struct Env {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub search: Search,
+    /// Files of this test (config files, logs), removed with it.
+    pub dir: PathBuf,
+    admin_url: String,
     http: reqwest::Client,
-}
-
-/// This suite run's id (`deploy/local/test.sh` sets `TIDEMARK_TEST_RUN`): every index,
-/// alias and Redis namespace a test creates starts with `<run>-`, every database with
-/// `tidemark_test_<run>_`, so test.sh can sweep what a killed run left, and only that.
-pub fn run_id() -> String {
-    std::env::var("TIDEMARK_TEST_RUN").unwrap_or_else(|_| format!("r{:08x}", std::process::id()))
-}
-
-/// A name of this run no other test of it uses: `<run>-<6 hex>`.
-fn unique() -> String {
-    format!("{}-{:06x}", run_id(), rand::random::<u32>() & 0xffffff)
-}
-
-/// The database URL with its path replaced by `db`.
-fn with_db(base: &str, db: &str) -> String {
-    let mut u = url::Url::parse(base).expect("DATABASE_URL is a URL");
-    u.set_path(&format!("/{db}"));
-    u.to_string()
 }
 
 impl Env {
@@ -59,52 +153,86 @@ impl Env {
     }
 
     pub async fn with_config(tweak: impl FnOnce(&mut Config)) -> Env {
-        Env::build(tweak, None).await
+        Env::create(tweak, None).await
+    }
+
+    /// With the [`small_directory`] (MIT and KPI, CS101 and MATH201) inserted.
+    pub async fn with_directory() -> Env {
+        let env = Env::new().await;
+        small_directory(&env).await;
+        env
     }
 
     /// An environment whose database has only the migrations numbered below `first_new`
     /// (an installation of an earlier tidemark, to be upgraded by `tidemark::db::migrate`).
     pub async fn before_migration(first_new: u32) -> Env {
-        Env::build(|_| {}, Some(first_new)).await
+        Env::create(|_| {}, Some(first_new)).await
     }
 
-    async fn build(tweak: impl FnOnce(&mut Config), before: Option<u32>) -> Env {
-        let base = service_url("DATABASE_URL");
+    /// `students` seeded students (and the seed's universities, courses, enrollments), all
+    /// indexed by a first drain.
+    pub async fn seeded(students: u64) -> Env {
+        Env::seeded_with(students, |_| {}).await
+    }
+
+    pub async fn seeded_with(students: u64, tweak: impl FnOnce(&mut Config)) -> Env {
+        let env = Env::with_config(tweak).await;
+        env.seed(students).await;
+        env.drain().await;
+        env
+    }
+
+    /// An environment whose engine (`engine`, `services`; not `command`) reaches the search
+    /// server through a fault proxy, with no faults set yet.
+    pub async fn behind_proxy(tweak: impl FnOnce(&mut Config)) -> (Env, FaultProxy) {
+        let proxy = FaultProxy::start(&service_url("ELASTICSEARCH_URL")).await;
+        let env = Env::with_config(|c| {
+            c.elasticsearch_url = Some(Secret::new(proxy.url()));
+            tweak(c);
+        })
+        .await;
+        (env, proxy)
+    }
+
+    async fn create(tweak: impl FnOnce(&mut Config), before: Option<u32>) -> Env {
+        let admin_url = service_url("DATABASE_URL");
         let redis_url = service_url("REDIS_URL");
         let es_url = service_url("ELASTICSEARCH_URL");
         let id = unique();
         let db_name = format!("tidemark_test_{}", id.replace('-', "_"));
-        let admin = PgPoolOptions::new().max_connections(1).connect(&base).await.expect("connect to DATABASE_URL");
+        let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.expect("connect to DATABASE_URL");
         sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await.expect("create test database");
         admin.close().await;
-        let database_url = with_db(&base, &db_name);
+        let dir = std::env::temp_dir().join(&db_name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let database_url = with_db(&admin_url, &db_name);
         let pool = PgPoolOptions::new().max_connections(8).connect(&database_url).await.expect("connect to test database");
         match before {
             None => tidemark::db::migrate(&pool).await.expect("migrations"),
             Some(first_new) => {
                 // The migration files numbered below `first_new`, applied by sqlx as an older
                 // tidemark's `migrate` did (same files, so the checksums match later).
-                let dir = std::env::temp_dir().join(format!("{db_name}-migrations"));
-                std::fs::create_dir_all(&dir).unwrap();
+                let older = dir.join("migrations");
+                std::fs::create_dir_all(&older).unwrap();
                 for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
                     let path = entry.unwrap().path();
                     let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                    let number: u32 = name.split('_').next().unwrap().parse().unwrap();
-                    if number < first_new {
-                        std::fs::copy(&path, dir.join(&name)).unwrap();
+                    if name.split('_').next().unwrap().parse::<u32>().unwrap() < first_new {
+                        std::fs::copy(&path, older.join(&name)).unwrap();
                     }
                 }
-                sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap().run(&pool).await.expect("older migrations");
-                let _ = std::fs::remove_dir_all(&dir);
+                sqlx::migrate::Migrator::new(older.as_path()).await.unwrap().run(&pool).await.expect("older migrations");
             }
         }
         let alias = format!("{id}-students");
-        let mut config = Config::default();
-        config.database_url = Some(tidemark::config::Secret::new(database_url.clone()));
-        config.redis_url = Some(tidemark::config::Secret::new(redis_url.clone()));
-        config.elasticsearch_url = Some(tidemark::config::Secret::new(es_url.clone()));
-        config.index_alias = alias.clone();
-        config.queue_namespace = id.clone();
+        let mut config = Config {
+            database_url: Some(Secret::new(database_url.clone())),
+            redis_url: Some(Secret::new(redis_url.clone())),
+            elasticsearch_url: Some(Secret::new(es_url.clone())),
+            index_alias: alias.clone(),
+            queue_namespace: id.clone(),
+            ..Config::default()
+        };
         // Small batches so tests exercise many batches; quick retries.
         config.sync.batch_size = 500;
         config.sync.backoff_base = "20ms".parse().unwrap();
@@ -115,52 +243,105 @@ impl Env {
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let search = Search::new(&config).expect("search client");
-        Env {
-            db_name,
-            database_url,
-            redis_url,
-            es_url,
-            alias,
-            namespace: id,
-            pool,
-            config: Arc::new(config),
-            search,
-            http: reqwest::Client::new(),
-        }
+        let http = reqwest::Client::new();
+        Env { db_name, database_url, redis_url, es_url, alias, namespace: id, pool, config: Arc::new(config), search, dir, admin_url, http }
     }
+
+    // -----------------------------------------------------------------------------------
+    // tidemark, in process and as processes
 
     /// This test's services, as a process would build them (a new identity each call).
     pub fn services(&self) -> Services {
         Services::new(self.pool.clone(), self.search.clone(), self.config.clone())
     }
 
+    pub fn services_with(&self, tweak: impl FnOnce(&mut Config)) -> Services {
+        let mut c = (*self.config).clone();
+        tweak(&mut c);
+        Services::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c))
+    }
+
+    /// Services that reach the search server through `proxy`.
+    pub fn services_via(&self, proxy: &FaultProxy) -> Services {
+        self.services_with(|c| c.elasticsearch_url = Some(Secret::new(proxy.url())))
+    }
+
     /// An in-process syncer without a queue (drains directly).
     pub fn engine(&self) -> Syncer {
-        Syncer::new(self.services(), None)
+        Syncer::new(self.services())
     }
 
     pub fn engine_with(&self, tweak: impl FnOnce(&mut Config)) -> Syncer {
-        let mut c = (*self.config).clone();
-        tweak(&mut c);
-        Syncer::new(Services::new(self.pool.clone(), Search::new(&c).unwrap(), Arc::new(c)), None)
+        Syncer::new(self.services_with(tweak))
+    }
+
+    /// Syncs everything outstanding, in process.
+    pub async fn drain(&self) -> DrainReport {
+        self.engine().drain().await.expect("drain")
+    }
+
+    /// A worker running in this process (`tidemark::process::worker`) with `services`.
+    pub fn start_worker(&self, services: Services, concurrency: usize) -> Worker {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task =
+            tokio::spawn(async move { tidemark::process::worker::run(services, concurrency, shutdown).await.map_err(|e| e.to_string()) });
+        Worker { stop, task }
+    }
+
+    /// This test's queue (the Redis namespace).
+    pub async fn queue(&self) -> tidemark::workers::Queue {
+        tidemark::workers::Queue::connect(&self.redis_url, &self.namespace, str::to_string).await.expect("the queue")
+    }
+
+    /// What `admin status` reports (without a queue).
+    pub async fn status(&self) -> tidemark::admin::Status {
+        tidemark::admin::status(&self.services(), Err("not asked".into())).await.expect("status")
+    }
+
+    /// Moves the writers' log into marks, as every claim does first; the rows moved.
+    pub async fn absorb(&self) -> u64 {
+        tidemark::pipeline::claim::absorb(&self.pool, 10_000).await.expect("absorb")
+    }
+
+    /// A fault proxy in front of this test's search server (for the processes and engines
+    /// told to use it).
+    pub async fn proxy(&self) -> FaultProxy {
+        FaultProxy::start(&self.es_url).await
     }
 
     /// Creates the (empty) index behind the alias, as the first sync on an empty database
     /// does: a build with nothing to copy, promoted at once.
     pub async fn create_index(&self) {
-        self.engine().drain().await.expect("first sync");
-        assert_eq!(self.search.alias_targets(&self.alias).await.unwrap().len(), 1, "the alias exists");
+        self.drain().await;
+        assert_eq!(self.alias_targets().await.len(), 1, "the alias exists");
+    }
+
+    /// Starts a full reindex (as `admin reindex` does) in chunks of `chunk_size` students.
+    pub async fn start_reindex(&self, chunk_size: u32) -> Build {
+        tidemark::reindex::start(&self.services(), chunk_size, "test").await.expect("start a reindex")
+    }
+
+    /// The build `id` as `tidemark.reindexes` records it.
+    pub async fn build(&self, id: i64) -> Build {
+        tidemark::catalog::get(&self.pool, id).await.expect("the build's row")
     }
 
     /// The `tidemark` binary with this test's services in its environment.
     pub fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        self.command_of(env!("CARGO_BIN_EXE_tidemark"))
+    }
+
+    /// `binary` (e.g. a private copy of tidemark) with this test's services in its environment.
+    pub fn command_of(&self, binary: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(binary);
         c.env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", &self.redis_url)
             .env("ELASTICSEARCH_URL", &self.es_url)
             .env("TIDEMARK_INDEX_ALIAS", &self.alias)
             .env("TIDEMARK_QUEUE_NAMESPACE", &self.namespace)
             .env("RUST_LOG", "info");
+        process::die_with_parent(&mut c);
         c
     }
 
@@ -169,8 +350,37 @@ impl Env {
         let mut c = self.command();
         c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
         tweak(&mut c);
-        Proc::start(c)
+        Proc::spawn(c)
     }
+
+    /// Runs a command to its end.
+    pub fn run(&self, args: &[&str]) -> Ran {
+        self.run_with(args, &[])
+    }
+
+    /// Runs a command to its end with these environment variables set.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Ran {
+        let mut c = self.command();
+        c.args(args).envs(vars.iter().copied());
+        Ran::from(c.output().expect("run tidemark"))
+    }
+
+    /// `admin status --json`, which must succeed.
+    pub async fn status_json(&self) -> Value {
+        let out = self.run(&["admin", "status", "--json"]);
+        assert!(out.ok(), "{out:?}");
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("admin status --json: {e}: {out:?}"))
+    }
+
+    /// Writes a file into this test's directory (removed with it) and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The database
 
     pub async fn sql(&self, q: &str) {
         sqlx::raw_sql(q).execute(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"));
@@ -180,9 +390,51 @@ impl Env {
         sqlx::query_scalar(q).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"))
     }
 
+    /// Seeds `students` students with the seeds crate (a fixed seed).
+    pub async fn seed(&self, students: u64) -> tidemark_seeds::SeedReport {
+        tidemark_seeds::seed(&self.pool, &tidemark_seeds::SeedOptions { students, seed: 7 }).await.expect("seed")
+    }
+
+    /// Inserts students 1..=n (`N<id>`, `L`, 20, `FR`), without a university.
+    pub async fn add_students(&self, n: i64) {
+        self.add_students_at(n, "NULL").await;
+    }
+
+    /// Inserts students 1..=n (`N<id>`, `L`, 20, `FR`) at `university`, SQL over the id `g`
+    /// (`1`, `1 + g % 2`).
+    pub async fn add_students_at(&self, n: i64, university: &str) {
+        self.sql(&format!(
+            "INSERT INTO students (id, first_name, last_name, age, year_in_school, university_id)
+             SELECT g, 'N' || g, 'L', 20, 'FR', {university} FROM generate_series(1, {n}) g"
+        ))
+        .await;
+    }
+
+    /// Students with a change not yet acknowledged (marked or in the writers' log).
+    pub async fn outstanding(&self) -> i64 {
+        self.scalar_i64("SELECT count(DISTINCT student_id) FROM tidemark.outstanding").await
+    }
+
+    pub async fn dead_letters(&self) -> i64 {
+        self.scalar_i64("SELECT count(*) FROM tidemark.dead_letters").await
+    }
+
+    /// Whether everything is in the index: no marks, no fan-outs, no build under way, and
+    /// the alias exists.
+    pub async fn synced(&self) -> bool {
+        self.scalar_i64(
+            "SELECT (SELECT count(*) FROM tidemark.outstanding) + (SELECT count(*) FROM tidemark.dirty_parents)
+                  + (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))
+                  + (SELECT count(*) FROM tidemark.resync_requests)",
+        )
+        .await
+            == 0
+            && !self.search.alias_targets(&self.alias).await.unwrap_or_default().is_empty()
+    }
+
     /// The document tidemark must have indexed for each existing student, built in SQL
     /// independently of tidemark's loader.
-    pub async fn expected_docs(&self) -> std::collections::BTreeMap<i64, Value> {
+    pub async fn expected_docs(&self) -> BTreeMap<i64, Value> {
         let rows: Vec<(i64, Value)> = sqlx::query_as(
             r#"SELECT s.id, json_build_object(
                    'first_name', s.first_name,
@@ -205,14 +457,28 @@ impl Env {
         rows.into_iter().collect()
     }
 
-    async fn es(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    // -----------------------------------------------------------------------------------
+    // The search server, directly
+
+    /// A request to the search server (directly, not through any proxy); status 0 with the
+    /// error when it cannot be sent.
+    pub async fn es_try(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut r = self.http.request(method, format!("{}{path}", self.es_url));
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r.send().await.expect("search server answers");
-        let status = resp.status().as_u16();
-        let v = resp.json().await.unwrap_or(Value::Null);
+        match r.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    }
+
+    async fn es(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, v) = self.es_try(method, path, body).await;
+        assert_ne!(status, 0, "the search server answers {path}: {v}");
         (status, v)
     }
 
@@ -222,6 +488,16 @@ impl Env {
         v
     }
 
+    /// The indices the alias points at.
+    pub async fn alias_targets(&self) -> Vec<String> {
+        self.search.alias_targets(&self.alias).await.expect("the alias's indices")
+    }
+
+    /// The name of tidemark's index of generation `g`: `<alias>_<g>`.
+    pub fn generation(&self, g: u32) -> String {
+        format!("{}_{g}", self.alias)
+    }
+
     /// One document as the index holds it (after a refresh), or None.
     pub async fn doc(&self, id: i64) -> Option<Value> {
         let (status, v) = self.es(reqwest::Method::GET, &format!("/{}/_doc/{id}", self.alias), None).await;
@@ -229,16 +505,11 @@ impl Env {
     }
 
     /// Every document behind the alias, by id (scrolls, so any size works).
-    pub async fn indexed_docs(&self) -> std::collections::BTreeMap<i64, Value> {
+    pub async fn indexed_docs(&self) -> BTreeMap<i64, Value> {
         self.refresh().await;
-        let mut out = std::collections::BTreeMap::new();
-        let mut page = self
-            .es_json(
-                reqwest::Method::POST,
-                &format!("/{}/_search?scroll=1m", self.alias),
-                Some(json!({"size": 5000, "query": {"match_all": {}}})),
-            )
-            .await;
+        let mut out = BTreeMap::new();
+        let search = json!({"size": 5000, "query": {"match_all": {}}});
+        let mut page = self.es_json(reqwest::Method::POST, &format!("/{}/_search?scroll=1m", self.alias), Some(search)).await;
         loop {
             let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
             if hits.is_empty() {
@@ -263,87 +534,102 @@ impl Env {
         v["count"].as_u64().unwrap()
     }
 
-    /// Asserts the index equals the database, document by document, and prints the first
-    /// differences when it does not.
+    /// The index against the database, document by document and field by field.
+    pub async fn compare(&self) -> Comparison {
+        Comparison::of(self.expected_docs().await, self.indexed_docs().await)
+    }
+
+    /// Asserts the index equals the database, and shows the differences when it does not.
     pub async fn assert_converged(&self) {
-        let expected = self.expected_docs().await;
-        let actual = self.indexed_docs().await;
-        let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(k)).take(5).collect();
-        let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(k)).take(5).collect();
-        let differing: Vec<_> = expected
-            .iter()
-            .filter(|(k, v)| actual.get(k).is_some_and(|a| a != *v))
-            .take(3)
-            .map(|(k, v)| format!("{k}: expected {v}, index has {}", actual[k]))
-            .collect();
-        assert!(
-            missing.is_empty() && extra.is_empty() && differing.is_empty(),
-            "index differs from database ({} expected, {} indexed): missing {missing:?}, extra {extra:?}, differing {differing:#?}",
-            expected.len(),
-            actual.len()
-        );
+        let c = self.compare().await;
+        assert!(c.is_clean(), "index differs from database:\n{}", c.render());
     }
 
-    /// Polls `check` until it holds or `timeout` passes.
-    pub async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if check().await {
-                return;
+    // -----------------------------------------------------------------------------------
+    // Redis
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.redis_url.as_str()).unwrap();
+        client.get_multiplexed_async_connection().await.expect("connect to Redis")
+    }
+
+    /// This test's Redis keys matching `<namespace>:<pattern>`.
+    pub async fn redis_keys(&self, pattern: &str) -> Vec<String> {
+        redis::cmd("KEYS").arg(format!("{}:{pattern}", self.namespace)).query_async(&mut self.redis().await).await.unwrap()
+    }
+
+    /// Deletes every Redis key of this test (the queue is lost).
+    pub async fn flush_redis(&self) {
+        let keys = self.redis_keys("*").await;
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(keys).query_async::<()>(&mut self.redis().await).await.unwrap();
+        }
+    }
+}
+
+/// Drops the test's indices (its alias's family: `<alias>*`), index templates, Redis keys,
+/// databases (its own and any `<db_name>_*` it made) and files, when the test ends, passes
+/// or panics. Bounded, and silent on failure: test.sh sweeps what a dead run left.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let (es, alias, namespace) = (self.es_url.clone(), self.alias.clone(), self.namespace.clone());
+        let (redis_url, admin_url, db) = (self.redis_url.clone(), self.admin_url.clone(), self.db_name.clone());
+        let _ = std::fs::remove_dir_all(&self.dir);
+        run_aside(&format!("cleanup of {namespace}"), Duration::from_secs(60), async move {
+            let bounded = Duration::from_secs(20);
+            let http = reqwest::Client::builder().timeout(bounded).build().unwrap();
+            let get = |url: String| {
+                let http = http.clone();
+                async move { http.get(url).send().await.ok()?.json::<Value>().await.ok() }
+            };
+            // Each by its name: a wildcard delete may be forbidden (destructive_requires_name).
+            let indices = get(format!("{es}/_cat/indices/{alias}*?format=json&h=index&expand_wildcards=all")).await.unwrap_or_default();
+            for index in indices.as_array().into_iter().flatten().filter_map(|i| i["index"].as_str()) {
+                let _ = http.delete(format!("{es}/{index}")).send().await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out after {timeout:?} waiting for: {what}");
-    }
-
-    /// Whether everything is in the index: no marks, no fan-outs, no build under way, and
-    /// the alias exists.
-    pub async fn synced(&self) -> bool {
-        self.scalar_i64(
-            "SELECT (SELECT count(*) FROM tidemark.outstanding) + (SELECT count(*) FROM tidemark.dirty_parents)
-                  + (SELECT count(*) FROM tidemark.reindexes WHERE state IN ('building', 'verifying'))
-                  + (SELECT count(*) FROM tidemark.resync_requests)",
-        )
-        .await
-            == 0
-            && !self.search.alias_targets(&self.alias).await.unwrap_or_default().is_empty()
-    }
-
-    /// Waits (bounded) until [`Env::synced`].
-    pub async fn wait_synced(&self, what: &str, timeout: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.synced().await {
-                return;
+            let templates = get(format!("{es}/_index_template/{alias}*")).await.unwrap_or_default();
+            for template in templates["index_templates"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()) {
+                let _ = http.delete(format!("{es}/_index_template/{template}")).send().await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out after {timeout:?} waiting for: {what}");
-    }
-
-    /// Drops the index and database (best effort; test.sh also sweeps leftovers).
-    pub async fn cleanup(self) {
-        for index in self.search.alias_targets(&self.alias).await.unwrap_or_default() {
-            let _ = self.es(reqwest::Method::DELETE, &format!("/{index}"), None).await;
-        }
-        let _ = self.es(reqwest::Method::DELETE, &format!("/{}_*", self.alias), None).await;
-        self.pool.close().await;
-        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> =
-                    redis::cmd("KEYS").arg(format!("{}:*", self.namespace)).query_async(&mut conn).await.unwrap_or_default();
+            let _ = tokio::time::timeout(bounded, async {
+                let mut conn = redis::Client::open(redis_url.as_str()).ok()?.get_multiplexed_async_connection().await.ok()?;
+                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut conn).await.ok()?;
                 if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await.ok()?;
                 }
-            }
-        }
-        if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&service_url("DATABASE_URL")).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).execute(&admin).await;
-        }
+                Some(())
+            })
+            .await;
+            let _ = tokio::time::timeout(bounded, async {
+                let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.ok()?;
+                let dbs: Vec<String> =
+                    sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $1 || '\\_%'")
+                        .bind(&db)
+                        .fetch_all(&admin)
+                        .await
+                        .ok()?;
+                for db in dbs {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&admin).await;
+                }
+                admin.close().await;
+                Some(())
+            })
+            .await;
+        });
+    }
+}
+
+/// A worker running in the test's process ([`Env::start_worker`]).
+pub struct Worker {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Worker {
+    /// Asks it to stop, as a SIGTERM does, and waits until it has; it must end well.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("the worker's task").expect("the worker ends well");
     }
 }
 
@@ -358,148 +644,81 @@ pub async fn small_directory(env: &Env) {
     .await;
 }
 
-/// A child process whose stderr is collected in the background.
-pub struct Proc {
-    pub child: Child,
-    pub stderr: Arc<std::sync::Mutex<String>>,
+/// A field that differs: its name, the expected value, the indexed value.
+pub type FieldDiff = (String, Value, Value);
+
+/// The index against the database ([`Env::compare`]).
+pub struct Comparison {
+    pub missing: Vec<i64>,
+    pub extra: Vec<i64>,
+    /// Student, then (field, expected, indexed) for each field that differs.
+    pub differing: Vec<(i64, Vec<FieldDiff>)>,
+    pub expected_docs: BTreeMap<i64, Value>,
+    pub indexed_docs: BTreeMap<i64, Value>,
 }
 
-impl Proc {
-    /// Starts any command (e.g. a private copy of the binary) with its stderr collected.
-    pub fn spawn(mut c: Command) -> Proc {
-        c.stdout(Stdio::null()).stderr(Stdio::piped());
-        Proc::start(c)
+impl Comparison {
+    pub fn of(expected: BTreeMap<i64, Value>, indexed: BTreeMap<i64, Value>) -> Comparison {
+        let missing = expected.keys().filter(|k| !indexed.contains_key(k)).copied().collect();
+        let extra = indexed.keys().filter(|k| !expected.contains_key(k)).copied().collect();
+        let mut differing = Vec::new();
+        for (id, e) in &expected {
+            let Some(a) = indexed.get(id).filter(|a| *a != e) else { continue };
+            let fields: BTreeSet<&String> = e.as_object().into_iter().chain(a.as_object()).flat_map(|o| o.keys()).collect();
+            let diffs = fields
+                .into_iter()
+                .filter_map(|f| {
+                    let (ev, av) = (e.get(f).cloned().unwrap_or(Value::Null), a.get(f).cloned().unwrap_or(Value::Null));
+                    // A field absent on one side and null on the other still differs as JSON.
+                    (ev != av || e.get(f).is_some() != a.get(f).is_some()).then(|| (f.clone(), ev, av))
+                })
+                .collect();
+            differing.push((*id, diffs));
+        }
+        Comparison { missing, extra, differing, expected_docs: expected, indexed_docs: indexed }
     }
 
-    fn start(mut c: Command) -> Proc {
-        let mut child = c.spawn().expect("spawn tidemark");
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.differing.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "checker: {} students in the database, {} documents behind the alias: {} missing, {} extra, {} differing",
+            self.expected_docs.len(),
+            self.indexed_docs.len(),
+            self.missing.len(),
+            self.extra.len(),
+            self.differing.len(),
+        );
+        if !self.missing.is_empty() {
+            let _ = writeln!(out, "  missing (first 20): {:?}", &self.missing[..self.missing.len().min(20)]);
+            for id in self.missing.iter().take(3) {
+                let _ = writeln!(out, "    {id} expected {}", self.expected_docs[id]);
+            }
+        }
+        if !self.extra.is_empty() {
+            let _ = writeln!(out, "  extra (first 20): {:?}", &self.extra[..self.extra.len().min(20)]);
+            for id in self.extra.iter().take(3) {
+                let _ = writeln!(out, "    {id} indexed {}", self.indexed_docs[id]);
+            }
+        }
+        if !self.differing.is_empty() {
+            let mut by_field: BTreeMap<&str, usize> = BTreeMap::new();
+            for (f, _, _) in self.differing.iter().flat_map(|(_, fields)| fields) {
+                *by_field.entry(f.as_str()).or_default() += 1;
+            }
+            let ids: Vec<i64> = self.differing.iter().map(|(id, _)| *id).take(20).collect();
+            let _ = writeln!(out, "  differing by field: {by_field:?}\n  differing (first 20): {ids:?}");
+            for (id, fields) in self.differing.iter().take(5) {
+                for (f, e, a) in fields {
+                    let _ = writeln!(out, "    {id}.{f}: expected {e}, index has {a}");
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                let _ = writeln!(out, "    {id} expected {}\n    {id} indexed  {}", self.expected_docs[id], self.indexed_docs[id]);
             }
-        });
-        Proc { child, stderr }
-    }
-
-    pub fn output(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// SIGTERM, then wait (bounded) for a clean exit; returns the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe_kill(self.child.id(), "TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if start.elapsed() > Duration::from_secs(40) {
-                let _ = self.child.kill();
-                panic!("process did not stop within 40s of SIGTERM; output:\n{}", self.output());
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // A failing test shows what its processes said (the last 20,000 characters).
-        if std::thread::panicking() {
-            let out = self.output();
-            let from = out.len().saturating_sub(20_000);
-            let from = (from..out.len()).find(|&i| out.is_char_boundary(i)).unwrap_or(out.len());
-            let tail = &out[from..];
-            eprintln!("--- stderr of tidemark process {} (tail) ---\n{tail}\n--- end ---", self.child.id());
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn unsafe_kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
-}
-
-/// A TCP proxy that delays everything the upstream sends by `delay` (a far-away or
-/// overloaded server, e.g. Redis). Stops when dropped.
-pub struct SlowLink {
-    pub addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SlowLink {
-    /// `upstream` is a service URL (`redis://host:port/...`); the link forwards to its host
-    /// and port.
-    pub async fn start(upstream: &str, delay: Duration) -> SlowLink {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let u = url::Url::parse(upstream).expect("upstream is a URL");
-        let target = format!("{}:{}", u.host_str().expect("upstream host"), u.port().unwrap_or(6379));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind slow link");
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
-                let (mut client_rx, mut client_tx) = client.into_split();
-                let (mut server_rx, mut server_tx) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
-                });
-                // Upstream → client: each chunk leaves `delay` after it arrived (latency,
-                // not a throughput limit).
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n) = server_rx.read(&mut buf).await {
-                        if n == 0 || tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
-                            break;
-                        }
-                    }
-                });
-                tokio::spawn(async move {
-                    while let Some((due, bytes)) = rx.recv().await {
-                        tokio::time::sleep_until(due.into()).await;
-                        if client_tx.write_all(&bytes).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        SlowLink { addr, task }
-    }
-
-    /// `upstream` with its host and port replaced by the link's.
-    pub fn url_for(&self, upstream: &str) -> String {
-        let mut u = url::Url::parse(upstream).expect("upstream is a URL");
-        u.set_host(Some("127.0.0.1")).unwrap();
-        u.set_port(Some(self.addr.port())).unwrap();
-        u.to_string()
-    }
-}
-
-impl Drop for SlowLink {
-    fn drop(&mut self) {
-        self.task.abort();
+        out
     }
 }

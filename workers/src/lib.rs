@@ -30,18 +30,6 @@ pub struct SyncJob {
     pub reason: String,
 }
 
-/// What a worker runs for each [`SyncJob`]. Implemented by the core's `Syncer`; kept as a
-/// trait so this crate knows nothing of PostgreSQL or the search server.
-pub trait SyncRunner: Send + Sync + 'static {
-    /// Runs one step. A failed step says how long to wait before the queue is nudged again
-    /// (the runner owns the backoff policy).
-    fn run(&self, job: SyncJob) -> impl Future<Output = Result<(), RetryAfter>> + Send;
-}
-
-/// How long to wait before trying a failed step again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
-
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("Redis at {url} is unreachable ({reason}); check REDIS_URL and that Redis is up")]
@@ -73,10 +61,12 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Connects once. `redacted_url` is what messages show (the caller strips the password).
-    pub async fn connect(url: &str, redacted_url: &str, namespace: &str) -> Result<Queue, QueueError> {
+    /// Connects once. Every message says what `redact` makes of the URL and of the client's
+    /// errors (the caller's one redactor strips the password).
+    pub async fn connect(url: &str, namespace: &str, redact: impl Fn(&str) -> String) -> Result<Queue, QueueError> {
+        let redacted_url = redact(url);
         let unreachable = |e: &redis::RedisError| {
-            let (url, reason) = (redacted_url.to_string(), scrub(&e.to_string(), url));
+            let (url, reason) = (redacted_url.clone(), redact(&e.to_string()));
             if e.kind() == redis::ErrorKind::AuthenticationFailed || reason.contains("AUTH") || reason.contains("WRONGPASS") {
                 QueueError::Unauthorized { url, reason }
             } else {
@@ -109,7 +99,7 @@ impl Queue {
         let waiting_list = config.active_jobs_list();
         let scheduled_set = config.scheduled_jobs_set();
         let storage = RedisStorage::new(conn.clone()).with_config(config);
-        let mut q = Queue { conn, storage, waiting_list, scheduled_set, url: redacted_url.to_string() };
+        let mut q = Queue { conn, storage, waiting_list, scheduled_set, url: redacted_url.clone() };
         q.ping().await?;
         Ok(q)
     }
@@ -161,17 +151,32 @@ impl Queue {
     }
 }
 
-/// Never fails the job: a failed sync keeps its marks in PostgreSQL and is retried by a
-/// delayed nudge (and by the next tick), so apalis's own job retries would only pile up
-/// duplicate jobs.
-async fn handle_sync<R: SyncRunner>(job: SyncJob, runner: Data<Arc<R>>, queue: Data<Queue>) -> Result<(), BoxDynError> {
-    if let Err(RetryAfter(wait)) = runner.run(job).await {
-        let queue = (*queue).clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let _ = queue.nudge("retry").await;
-        });
+/// What a worker does with each job: the core's worker process runs a step and decides what
+/// to enqueue next. This crate knows nothing of what a job does.
+///
+/// A named type (not a generic closure parameter): apalis needs its handler's arguments to be
+/// `Send` for every lifetime, which a boxed trait object in a type alias does not satisfy.
+#[derive(Clone)]
+pub struct Handler(Arc<dyn Fn(SyncJob) -> JobFuture + Send + Sync>);
+
+/// What a [`Handler`] returns for one job.
+pub type JobFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Handler {
+    pub fn new(f: impl Fn(SyncJob) -> JobFuture + Send + Sync + 'static) -> Handler {
+        Handler(Arc::new(f))
     }
+
+    fn call(&self, job: SyncJob) -> JobFuture {
+        (self.0)(job)
+    }
+}
+
+/// Runs the job with the worker's handler. Never fails the job: what a failed step means for
+/// the queue (a delayed nudge) is the handler's decision, and apalis's own retries would only
+/// pile up duplicate jobs.
+async fn handle_sync(job: SyncJob, handler: Data<Handler>) -> Result<(), BoxDynError> {
+    handler.call(job).await;
     Ok(())
 }
 
@@ -256,22 +261,21 @@ impl<B: WireFormatBackend> WireFormatBackend for Awake<B> {
     }
 }
 
-/// Runs sync jobs, `concurrency` at a time, until `shutdown` completes; then stops taking
-/// jobs and lets the running ones finish.
-pub async fn run_worker<R: SyncRunner>(
+/// Runs sync jobs, `concurrency` at a time, each by `handler`, until `shutdown` completes;
+/// then stops taking jobs and lets the running ones finish.
+pub async fn run_worker(
     queue: Queue,
-    runner: Arc<R>,
     name: &str,
     concurrency: usize,
+    handler: Handler,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), QueueError> {
     let every = queue.storage.get_config().heartbeat_interval;
     let worker = WorkerBuilder::new(name)
         .backend(Awake::new(queue.storage.clone(), every))
         .concurrency(concurrency)
-        .data(runner)
-        .data(queue.clone())
-        .build(handle_sync::<R>);
+        .data(handler)
+        .build(handle_sync);
     worker
         .run_until(async move {
             shutdown.await;
@@ -324,20 +328,4 @@ pub async fn run_scheduler(
         })
         .await
         .map_err(|e| QueueError::Worker(e.to_string()))
-}
-
-/// Redis errors may quote the URL they were given; never let its password through.
-fn scrub(message: &str, url: &str) -> String {
-    let mut m = message.to_string();
-    if let Some(at) = url.find('@') {
-        if let Some(scheme_end) = url.find("://") {
-            let userinfo = &url[scheme_end + 3..at];
-            if let Some((_, pass)) = userinfo.split_once(':') {
-                if !pass.is_empty() {
-                    m = m.replace(pass, "***");
-                }
-            }
-        }
-    }
-    m
 }

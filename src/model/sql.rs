@@ -1,0 +1,258 @@
+//! The SQL a model reads with: the query that builds documents (one statement per batch,
+//! whatever the depth: every related table is a subquery of it, never a query per row),
+//! and the fan-out queries that find the documents a related row is part of.
+//!
+//! tidemark holds keys as text and casts them to the key's type where it binds them, so a
+//! query's key comparisons use the table's own index whatever the type.
+
+use super::{Field, FieldType, Link, Model, Node, Piece, Relation, Template};
+
+/// Double-quotes an identifier (`schema.table` becomes `"schema"."table"`).
+pub fn ident(name: &str) -> String {
+    name.split('.').map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(".")
+}
+
+/// A string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// How a document query picks its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// `$1`: the keys (text).
+    Keys,
+    /// `$1 <= key < $2` (keys as text), or `$1 <= key` when `open` (the last chunk).
+    Range { open: bool },
+}
+
+/// The statement that returns `(key text, document json)` for the rows `rows` picks, in key
+/// order. Keys that have no row come back as no row (a delete).
+pub fn document_query(model: &Model, rows: Rows) -> String {
+    let root = &model.root;
+    let key = format!("t0.{}", ident(&root.key));
+    let cast = root.key_type.sql();
+    let filter = match rows {
+        Rows::Keys => format!("{key} = ANY($1::{cast}[])"),
+        Rows::Range { open: false } => format!("{key} >= $1::{cast} AND {key} < $2::{cast}"),
+        Rows::Range { open: true } => format!("{key} >= $1::{cast}"),
+    };
+    format!(
+        "SELECT {key}::text, {doc} FROM {table} t0 WHERE {filter} ORDER BY {key}",
+        doc = document_expr(model),
+        table = ident(&root.table),
+    )
+}
+
+/// The JSON of one document of the root row `t0`, its fields in declared order.
+fn document_expr(model: &Model) -> String {
+    let root = &model.root;
+    let mut pairs = node_pairs(root, "t0", 1);
+    if let Some(c) = &model.completion {
+        let inputs: Vec<String> = c.inputs.iter().map(|t| template_sql(t, root, "t0")).collect();
+        pairs.push(format!(
+            "{}, json_build_object('input', to_json(array_remove(ARRAY[{}]::text[], NULL)))",
+            literal(&c.name),
+            inputs.join(", ")
+        ));
+    }
+    if let Some(n) = &model.number {
+        pairs.push(format!("{}, t0.{}", literal(n), ident(&root.key)));
+    }
+    build_object(&pairs)
+}
+
+/// `json_build_object` takes at most 100 arguments: longer lists are built in parts and
+/// concatenated (as jsonb would reorder keys, the parts stay json and are joined as text).
+fn build_object(pairs: &[String]) -> String {
+    if pairs.len() <= 50 {
+        return format!("json_build_object({})", pairs.join(", "));
+    }
+    let parts: Vec<String> = pairs.chunks(50).map(|c| format!("json_build_object({})", c.join(", "))).collect();
+    // Each part is `{...}`: strip the braces of all but the ends and join with a comma.
+    let inner: Vec<String> = parts.iter().map(|p| format!("trim(both '{{}}' from ({p})::text)")).collect();
+    format!("('{{' || concat_ws(',', {}) || '}}')::json", inner.join(", "))
+}
+
+/// `'name', expression` for each field and relation of `node` (a row aliased `alias`).
+fn node_pairs(node: &Node, alias: &str, depth: usize) -> Vec<String> {
+    let mut pairs: Vec<String> = node.fields.iter().map(|f| format!("{}, {}", literal(&f.name), column_sql(f, alias))).collect();
+    for r in &node.relations {
+        pairs.push(format!("{}, {}", literal(&r.name), relation_expr(r, alias, &node.key, depth)));
+    }
+    pairs
+}
+
+/// A column as its field's JSON value: text is cast to `text` (a `char(n)` comes back
+/// unpadded, an enum as its label), numbers and booleans as they are.
+fn column_sql(f: &Field, alias: &str) -> String {
+    let col = format!("{alias}.{}", ident(&f.column));
+    match f.kind {
+        FieldType::Keyword | FieldType::Text => format!("{col}::text"),
+        FieldType::Date => format!("to_json({col})"),
+        _ => col,
+    }
+}
+
+/// The SQL text of a template over a row's columns (null if any field is null).
+fn template_sql(t: &Template, node: &Node, alias: &str) -> String {
+    let parts: Vec<String> =
+        t.0.iter()
+            .map(|p| match p {
+                Piece::Text(s) => literal(s),
+                Piece::Field(name) => {
+                    let f = node.fields.iter().find(|f| &f.name == name).expect("validated: a template names fields of its table");
+                    format!("{alias}.{}::text", ident(&f.column))
+                }
+            })
+            .collect();
+    if parts.is_empty() {
+        "''".into()
+    } else {
+        format!("({})", parts.join(" || "))
+    }
+}
+
+/// The join from a parent row (`parent`) to the related rows (`child`) of `r`, as a FROM
+/// list with its condition: (from, condition).
+fn hop(r: &Relation, parent: &str, child: &str, parent_node_key: &str) -> (String, String) {
+    let table = ident(&r.node.table);
+    let ckey = format!("{child}.{}", ident(&r.node.key));
+    match &r.link {
+        Link::BelongsTo { foreign_key } => (format!("{table} {child}"), format!("{ckey} = {parent}.{}", ident(foreign_key))),
+        Link::HasMany { foreign_key } => {
+            (format!("{table} {child}"), format!("{child}.{} = {parent}.{}", ident(foreign_key), ident(parent_node_key)))
+        }
+        Link::ManyToMany { through, this_key, other_key } => {
+            let j = format!("{child}j");
+            (
+                format!("{} {j} JOIN {table} {child} ON {ckey} = {j}.{}", ident(through), ident(other_key)),
+                format!("{j}.{} = {parent}.{}", ident(this_key), ident(parent_node_key)),
+            )
+        }
+    }
+}
+
+/// The JSON of relation `r` of the row `parent`: an object or null (belongs_to), an array
+/// of objects in key order, or an array of scalars sorted and deduplicated (`value`).
+fn relation_expr(r: &Relation, parent: &str, parent_key: &str, depth: usize) -> String {
+    let child = format!("t{depth}");
+    let (from, on) = hop(r, parent, &child, parent_key);
+    match &r.value {
+        None => {
+            let obj = build_object(&node_pairs(&r.node, &child, depth + 1));
+            if r.link.is_many() {
+                format!(
+                    "coalesce((SELECT json_agg({obj} ORDER BY {child}.{key}) FROM {from} WHERE {on}), '[]'::json)",
+                    key = ident(&r.node.key)
+                )
+            } else {
+                format!("(SELECT {obj} FROM {from} WHERE {on})")
+            }
+        }
+        Some(path) => {
+            let (joins, value, kind) = value_chain(&r.node, &child, path, depth + 1);
+            let many = r.link.is_many() || joins_many(&r.node, path);
+            if many {
+                let collate = if matches!(kind, FieldType::Keyword | FieldType::Text) { " COLLATE \"C\"" } else { "" };
+                format!(
+                    "coalesce((SELECT json_agg(DISTINCT v{collate} ORDER BY v{collate}) FROM (SELECT {value} AS v FROM {from}{joins} WHERE {on}) x WHERE v IS NOT NULL), '[]'::json)"
+                )
+            } else {
+                format!("(SELECT to_json({value}) FROM {from}{joins} WHERE {on})")
+            }
+        }
+    }
+}
+
+/// The joins from `node` (aliased `alias`) along `path` to the value, the value's SQL, and
+/// its type.
+fn value_chain(node: &Node, alias: &str, path: &[String], depth: usize) -> (String, String, FieldType) {
+    let (first, rest) = path.split_first().expect("validated: a value path is not empty");
+    if rest.is_empty() {
+        let f = node.fields.iter().find(|f| &f.name == first).expect("validated: the value is a field");
+        return (String::new(), column_sql(f, alias), f.kind);
+    }
+    let r = node.relations.iter().find(|r| &r.name == first).expect("validated: the path follows relations");
+    let child = format!("t{depth}");
+    let (from, on) = hop(r, alias, &child, &node.key);
+    let (more, value, kind) = value_chain(&r.node, &child, rest, depth + 1);
+    (format!(" JOIN {from} ON {on}{more}"), value, kind)
+}
+
+fn joins_many(node: &Node, path: &[String]) -> bool {
+    let Some((first, rest)) = path.split_first() else { return false };
+    match node.relations.iter().find(|r| &r.name == first) {
+        Some(r) => r.link.is_many() || joins_many(&r.node, rest),
+        None => false,
+    }
+}
+
+/// A table occurrence in the model: where it hangs (the relation names from the root) and
+/// its node.
+pub struct Place<'a> {
+    pub path: Vec<&'a Relation>,
+    pub node: &'a Node,
+}
+
+impl Place<'_> {
+    /// The path's name, as `tidemark.parents.kind` stores it: relation names joined by `.`.
+    pub fn kind(&self) -> String {
+        self.path.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(".")
+    }
+}
+
+/// Every related table occurrence below the root, depth first.
+pub fn places(model: &Model) -> Vec<Place<'_>> {
+    fn walk<'a>(node: &'a Node, path: &mut Vec<&'a Relation>, out: &mut Vec<Place<'a>>) {
+        for r in &node.relations {
+            path.push(r);
+            out.push(Place { path: path.clone(), node: &r.node });
+            walk(&r.node, path, out);
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(&model.root, &mut Vec::new(), &mut out);
+    out
+}
+
+/// The place whose kind is `kind`.
+pub fn place<'a>(model: &'a Model, kind: &str) -> Option<Place<'a>> {
+    places(model).into_iter().find(|p| p.kind() == kind)
+}
+
+/// The fan-out query of a place: the keys (text) of the documents that contain the row of
+/// that place whose key is `$1` (text), after `$2` (text; NULL: from the start), in key
+/// order, at most `$3`.
+pub fn fanout_query(model: &Model, place: &Place<'_>) -> String {
+    let root = &model.root;
+    let rkey = format!("t0.{}", ident(&root.key));
+    let mut from = format!("{} t0", ident(&root.table));
+    let mut parent = "t0".to_string();
+    let mut parent_key = root.key.clone();
+    for (i, r) in place.path.iter().enumerate() {
+        let child = format!("t{}", i + 1);
+        let (f, on) = hop(r, &parent, &child, &parent_key);
+        from.push_str(&format!(" JOIN {f} ON {on}"));
+        parent = child;
+        parent_key = r.node.key.clone();
+    }
+    let cast = root.key_type.sql();
+    let last = format!("{parent}.{}", ident(&place.node.key));
+    format!(
+        "SELECT k::text FROM (SELECT DISTINCT {rkey} AS k FROM {from} WHERE {last} = $1::{node_cast} AND ($2::text IS NULL OR {rkey} > $2::{cast})) x ORDER BY k LIMIT $3",
+        node_cast = place.node.key_type.sql(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(ident("app.students"), "\"app\".\"students\"");
+        assert_eq!(literal("O'Brien"), "'O''Brien'");
+    }
+}

@@ -1,0 +1,93 @@
+use super::*;
+
+#[test]
+fn the_shipped_models_are_valid() {
+    let students = Model::students();
+    assert_eq!(students.root.table, "students");
+    assert_eq!(
+        students.root.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["first_name", "last_name", "age", "year_in_school"]
+    );
+    let course = students.resolve("course_names").unwrap();
+    assert!(course.multi && course.kind == FieldType::Keyword);
+    assert_eq!(students.resolve("first_name").unwrap().exact.as_deref(), Some("first_name.raw"));
+    assert!(!students.resolve("university.name").unwrap().multi);
+    assert!(students.resolve("nope").is_none());
+    let refinebio = Model::load("refinebio").unwrap();
+    let organisms = refinebio.resolve("organism_names").unwrap();
+    assert!(organisms.multi && organisms.kind == FieldType::Keyword);
+    assert_eq!(refinebio.search.as_ref().unwrap().distinct[0].field, "sample_ids");
+}
+
+fn error_of(text: &str) -> ModelError {
+    Model::parse(text, "test.toml").unwrap_err()
+}
+
+const MINIMAL: &str = "name = \"m\"\n[document]\ntable = \"books\"\nkey = \"id\"\n[[document.fields]]\nname = \"title\"\ntype = \"text\"\n";
+
+#[test]
+fn each_kind_of_mistake_says_where_and_what_to_write() {
+    assert!(Model::parse(MINIMAL, "t").is_ok());
+    let e = error_of(&MINIMAL.replace("type = \"text\"", "type = \"string\""));
+    assert!(e.at.contains("document.fields[0] (title).type") && e.message.contains("keyword, text, integer"), "{e}");
+    let e = error_of(&format!("{MINIMAL}colour = \"red\"\n"));
+    assert!(e.message.contains("unknown field `colour`"), "{e}");
+    let e = error_of(&MINIMAL.replace("key = \"id\"", "key = \"a, b\""));
+    assert!(e.message.contains("composite key is not supported"), "{e}");
+    let e = error_of(&MINIMAL.replace("table = \"books\"", "table = \"Books; DROP\""));
+    assert!(e.message.contains("not a plain lower-case SQL name"), "{e}");
+    let rel = "[[document.relations]]\nname = \"author\"\nkind = \"belongs_to\"\ntable = \"authors\"\n[[document.relations.fields]]\nname = \"name\"\ntype = \"keyword\"\n";
+    let e = error_of(&format!("{MINIMAL}{rel}"));
+    assert!(e.at.contains("document.relations[0] (author)") && e.message.contains("needs `foreign_key`"), "{e}");
+    let e = error_of(&format!("{MINIMAL}{}", rel.replace("belongs_to", "belongs_too")));
+    assert!(e.message.contains("belongs_to, has_many or many_to_many"), "{e}");
+    let e = error_of(&format!(
+        "{MINIMAL}{}value = \"nmae\"\nforeign_key = \"author_id\"\n",
+        rel.split("[[document.relations.fields]]").next().unwrap()
+    ));
+    assert!(e.message.contains("`nmae` names no field"), "{e}");
+    let e = error_of(&MINIMAL.replace("key = \"id\"", "key = \"id\"\nkey_type = \"uuid\"\nnumber = \"n\""));
+    assert!(e.message.contains("only an integer key"), "{e}");
+    let e = error_of(&format!("{MINIMAL}[document.completion]\nname = \"c\"\ninputs = [\"{{titel}}\"]\n"));
+    assert!(e.message.contains("`{titel}` is not a field") && e.message.contains("title"), "{e}");
+    let e = error_of(&format!("{MINIMAL}[search]\nnoun = \"book\"\nplural = \"books\"\ntitle = \"{{title}}\"\n[[search.facets]]\nparam = \"t\"\nfield = \"title\"\nlabel = \"T\"\n"));
+    assert!(
+        e.message.contains("without a keyword sub-field") && e.message.contains("keyword = \\\"raw\\\"")
+            || e.message.contains("keyword = \"raw\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_document_query_reads_every_level_in_one_statement() {
+    let m = Model::load("refinebio").unwrap();
+    let q = sql::document_query(&m, sql::Rows::Keys);
+    assert!(q.starts_with("SELECT t0.\"id\"::text, json_build_object('accession_code', t0.\"accession_code\"::text"), "{q}");
+    assert!(q.contains("JOIN \"organisms\" t2 ON t2.\"id\" = t1.\"organism_id\""), "{q}");
+    assert!(q.contains("json_agg(DISTINCT v COLLATE \"C\" ORDER BY v COLLATE \"C\")"), "{q}");
+    assert!(q.contains("WHERE t0.\"id\" = ANY($1::bigint[]) ORDER BY t0.\"id\""), "{q}");
+    let place = sql::place(&m, "organism_names.organism").unwrap();
+    let f = sql::fanout_query(&m, &place);
+    assert!(f.contains("FROM \"experiments\" t0 JOIN \"experiment_samples\" t1j JOIN \"samples\" t1"), "{f}");
+    assert!(f.contains("t2.\"id\" = $1::bigint"), "{f}");
+}
+
+#[test]
+fn the_capture_marks_the_root_directly_and_other_tables_as_parents() {
+    let sql = capture::capture_sql(&Model::students());
+    // The hot path: a one-row UPDATE of a student is one INSERT into the log.
+    assert!(sql.contains("CREATE TRIGGER tidemark_capture_update AFTER UPDATE ON \"students\""), "{sql}");
+    assert!(sql.contains("SELECT n.\"id\"::text, v FROM new_rows n JOIN old_rows o ON o.\"id\" = n.\"id\""), "{sql}");
+    // Enrollments name the student: logged directly; a course renamed: one parent mark.
+    assert!(sql.contains("-- student_courses"), "{sql}");
+    assert!(sql.contains("tidemark.mark_parents('course_names'"), "{sql}");
+    assert!(sql.contains("tidemark.mark_parents('university'"), "{sql}");
+    assert!(!sql.to_lowercase().contains("notify"), "no notification");
+}
+
+#[test]
+#[ignore = "prints the generated SQL"]
+fn print_sql() {
+    let m = Model::load(&std::env::var("MODEL").unwrap_or("students".into())).unwrap();
+    println!("{}\n\n{}", sql::document_query(&m, sql::Rows::Keys), capture::capture_sql(&m));
+}
