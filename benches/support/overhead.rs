@@ -26,15 +26,13 @@ const MEDIUM: &str = "UPDATE students SET age = CASE WHEN age >= 100 THEN 1 ELSE
 /// The bound on the mid-sized statement (it runs in ~0.3 s on a fresh connection).
 const MEDIUM_TIMEOUT_S: u64 = 120;
 
-/// The capture triggers that fire for an `UPDATE` of `students`: the statement trigger, and
-/// the row trigger for an id change (migration 0009; it does not fire for `SET age`, but the
-/// side without capture has it off too).
-const CAPTURE_TRIGGERS: [&str; 2] = ["tidemark_capture_update", "tidemark_capture_id_change"];
+/// The capture trigger that fires for an `UPDATE` of `students`: one statement trigger, which
+/// also logs both sides of an id change (migration 0009; there is no row trigger).
+const CAPTURE_TRIGGER: &str = "tidemark_capture_update";
 
 async fn set_capture(env: &BenchEnv, on: bool) -> Result<()> {
     let verb = if on { "ENABLE" } else { "DISABLE" };
-    let list: Vec<String> = CAPTURE_TRIGGERS.iter().map(|t| format!("{verb} TRIGGER {t}")).collect();
-    env.sql(&format!("ALTER TABLE students {}", list.join(", "))).await
+    env.sql(&format!("ALTER TABLE students {verb} TRIGGER {CAPTURE_TRIGGER}")).await
 }
 
 /// Experimental capture variants, created in the benchmark's own database only, to see
@@ -167,7 +165,7 @@ const VARIANTS: [(&str, &str); 7] = [
     ("", "no trigger"),
     ("bench_noop", "statement trigger with transition tables that does nothing"),
     (
-        "tidemark_capture_update",
+        CAPTURE_TRIGGER,
         "**tidemark's capture** (as shipped, migration 0009: one `tidemark.changes` row per changed student at any size, no `NOTIFY`)",
     ),
     ("bench_before_16", "the capture before issue 16 (0005/0006: upserted marks below 1,000 rows, one set row from 1,000 up, `NOTIFY`)"),
@@ -178,10 +176,9 @@ const VARIANTS: [(&str, &str); 7] = [
 
 async fn only_trigger(env: &BenchEnv, name: &str) -> Result<()> {
     let mut sql = String::from("ALTER TABLE students");
-    let names = VARIANTS.iter().map(|(t, _)| *t).filter(|t| !t.is_empty()).chain([CAPTURE_TRIGGERS[1]]);
+    let names = VARIANTS.iter().map(|(t, _)| *t).filter(|t| !t.is_empty());
     for (i, t) in names.enumerate() {
-        // tidemark's capture is its statement trigger and its id-change row trigger.
-        let on = t == name || (name == CAPTURE_TRIGGERS[0] && CAPTURE_TRIGGERS.contains(&t));
+        let on = t == name;
         sql.push_str(if i == 0 { " " } else { ", " });
         sql.push_str(if on { "ENABLE TRIGGER " } else { "DISABLE TRIGGER " });
         sql.push_str(t);
@@ -288,7 +285,7 @@ async fn variants(plan: &Plan, env: &BenchEnv) -> Result<String> {
         only_trigger(env, t).await?;
         bulk.push(bulk_once(env).await?);
     }
-    only_trigger(env, "tidemark_capture_update").await?;
+    only_trigger(env, CAPTURE_TRIGGER).await?;
     env.sql("DROP SCHEMA bench CASCADE").await?;
     let base = stats::dist(&single[0]);
     let mut s = format!(
@@ -470,8 +467,8 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     );
     let s = &mut out.section;
     s.push_str(&format!(
-        "{} students seeded. The capture triggers on `students` for an `UPDATE` (`tidemark_capture_update`, statement-level, \
-         transition tables; and `tidemark_capture_id_change`, a row trigger that fires only for `UPDATE … SET id`) are switched with `ALTER TABLE … ENABLE/DISABLE TRIGGER` between measurements on the same table; sides \
+        "{} students seeded. The capture trigger on `students` for an `UPDATE` (`tidemark_capture_update`, statement-level, \
+         transition tables; it also logs both sides of an id change: there is no row trigger) is switched with `ALTER TABLE … ENABLE/DISABLE TRIGGER` between measurements on the same table; sides \
          alternate in order from round to round. No workers run, so the change log accumulates as it would between two \
          syncs (the log and the marks are emptied before each measurement).\n\n\
          **Single row**: `{SINGLE}` with a random id, one connection, autocommit (so every statement includes its \

@@ -524,9 +524,9 @@ struct Idle {
     processes_cpu_ms_per_s: f64,
     /// 1-minute load average at the end.
     load1: f64,
-    /// Transactions holding an xid on the whole server (any database) at the start and at the
-    /// end, and the longest open at the end (s): the wake-up watches those running when the
-    /// sequence last moved, with a second query per poll until they have ended.
+    /// Transactions holding an xid in this database at the start and at the end, and the
+    /// longest open at the end (s): the wake-up watches this database's transactions running
+    /// when the sequence last moved, with a second query per poll until they have ended.
     open_xids: (i64, i64),
     longest_open_s: f64,
 }
@@ -559,14 +559,15 @@ async fn idle_cost(plan: &Plan, env: &mut BenchEnv, interval: &str) -> Result<Id
     let wake_cpu0: Vec<Duration> = wakeups.iter().map(|p| cpu::pid_cpu(*p as u32).unwrap_or_default()).collect();
     let procs = ProcCpu::start(&pids);
     let pg = PgCpu::start(&env.pool, &env.db_name).await;
-    let open0 = env.scalar("SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL").await?;
+    let open0 = env.scalar("SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database()").await?;
     let x0 = db_xacts(env).await?;
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs(plan.writes_idle_secs)).await;
     let x1 = db_xacts(env).await?;
     let secs = t.elapsed().as_secs_f64();
     let (open1, longest): (i64, f64) = sqlx::query_as(
-        "SELECT count(*), coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 FROM pg_stat_activity WHERE backend_xid IS NOT NULL",
+        "SELECT count(*), coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 FROM pg_stat_activity \
+         WHERE backend_xid IS NOT NULL AND datname = current_database()",
     )
     .fetch_one(&env.pool)
     .await?;
@@ -1115,10 +1116,11 @@ fn outcome(
              utime + stime from `/proc/<pid>/stat` of the backends whose `application_name` is `tidemark wakeup` (one per \
              process), of every backend of the database, and of the two tidemark processes; ms of CPU per second of wall \
              time.\n\n\
-             *Open elsewhere*: transactions holding a transaction id on the whole server (any database: the \
-             server is shared) at the start and the end, and the longest open at the end — the wake-up watches \
-             those that were running when the sequence last moved, with a second query at every poll until they end.\n\n\
-             | `wakeup_interval` | transactions/s (database) | wake-up backends: CPU ms/s (both) | all backends: CPU ms/s | worker + scheduler processes: CPU ms/s | open elsewhere (start → end; longest) | load (1 min) |\n\
+             *Open in the database*: transactions holding a transaction id in the benchmark's database (the wake-up \
+             watches this database's transactions only; others on the shared server are none of its business) at the \
+             start and the end, and the longest open at the end — the wake-up watches those that were running when the \
+             sequence last moved, with a second query at every poll until they end.\n\n\
+             | `wakeup_interval` | transactions/s (database) | wake-up backends: CPU ms/s (both) | all backends: CPU ms/s | worker + scheduler processes: CPU ms/s | open in the database (start → end; longest) | load (1 min) |\n\
              | --- | --- | --- | --- | --- | --- | --- |\n",
             plan.writes_idle_secs as f64
         ));
