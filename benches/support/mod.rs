@@ -69,6 +69,10 @@ pub struct Plan {
     pub writes_secs: u64,
     pub writes_rounds: usize,
     pub writes_drain_secs: f64,
+    /// The wake-up's idle cost: seconds per measurement, and rounds (each round measures the
+    /// default 50 ms interval and a 60 s one).
+    pub writes_idle_secs: u64,
+    pub writes_idle_rounds: usize,
     pub out_dir: PathBuf,
 }
 
@@ -124,6 +128,8 @@ impl Plan {
                 writes_secs: 2,
                 writes_rounds: 2,
                 writes_drain_secs: 10.0,
+                writes_idle_secs: 10,
+                writes_idle_rounds: 1,
                 out_dir,
             }
         } else {
@@ -166,6 +172,8 @@ impl Plan {
                 writes_secs: 3,
                 writes_rounds: 3,
                 writes_drain_secs: 15.0,
+                writes_idle_secs: 60,
+                writes_idle_rounds: 2,
                 out_dir,
             }
         }

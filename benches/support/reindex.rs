@@ -324,7 +324,7 @@ fn split_table(sp: &Splits) -> String {
         }
         _ => {
             rows.push(("acknowledge (conditional delete of the marks, lease release)", sp.acknowledge));
-            rows.push(("claim (`UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`)", sp.claim));
+            rows.push(("claim (absorb the change log into marks, then `UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`)", sp.claim));
         }
     }
     rows.push(("`targets::decide` (build lookup + `GET /_alias`)", sp.targets));
