@@ -930,7 +930,6 @@ async fn concurrent_identical_searches_make_one_engine_request() {
     assert_ne!(ids(&differ[0]), ids(&differ[1]));
     assert_eq!(counts_of(&differ[0]), counts_of(&differ[1]));
     assert_eq!(alone["total"]["value"], json!(3));
-    env.cleanup().await;
 }
 
 /// A student's document by hand: (id, first, last, age, year, university, courses).
@@ -1010,7 +1009,6 @@ async fn an_alias_move_is_never_answered_from_the_old_indexs_cache() {
     found.sort();
     assert_eq!(found, vec![1, 2, 4], "the hits too are the index's as it is now");
     assert_eq!(back["counts"]["reused"], json!(false));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1037,7 +1035,6 @@ async fn the_answer_cache_stays_within_its_size_in_bytes() {
     assert_eq!(api(&app, "/api/search?course_q=C59").await["counts"]["reused"], json!(true));
     assert_eq!(api(&app, "/api/search?course_q=C0").await["counts"]["reused"], json!(false));
     assert!(state.cache_usage().bytes <= budget);
-    env.cleanup().await;
 }
 
 /// The counts of `/api/search?<query>` as the engine computes them, from the same counts
@@ -1130,7 +1127,6 @@ async fn under_continuous_writes_counts_are_never_older_than_the_bound_the_page_
     for page in &pages {
         assert!(page.contains("s ago (kept for at most 1.0 s"), "the page states the ages and the bound: {page}");
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1170,7 +1166,6 @@ async fn split_requests_answer_exactly_what_the_one_request_answers() {
         assert_eq!(via["next"], direct["next"], "{q}: next page");
         assert_eq!(via["distinct"], direct["distinct"], "{q}");
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1196,5 +1191,4 @@ async fn an_answer_still_asked_for_is_renewed_before_it_expires() {
     assert!(last["counts"]["age_ms"].as_f64().unwrap() < 2000.0, "{}", last["counts"]);
     assert!(last["hits_age_ms"].as_f64().unwrap() < 2000.0, "{}", last["hits_age_ms"]);
     assert_eq!(counts_of(&last), counts_of(&first));
-    env.cleanup().await;
 }
