@@ -22,7 +22,7 @@ pub struct Status {
     pub lag_seconds: f64,
     /// Universities and courses whose students are still being marked.
     pub pending_fanouts: i64,
-    /// Students of sets (what `mark_students` writes for many, e.g. a rollback's) not yet
+    /// Students of sets (what `mark_keys` writes for many, e.g. a rollback's) not yet
     /// expanded into marks.
     pub pending_statement_students: i64,
     pub dead_letters: i64,

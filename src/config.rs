@@ -175,6 +175,34 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub reindex: ReindexConfig,
     pub index: IndexConfig,
+    pub serve: ServeConfig,
+}
+
+/// `tidemark serve`: what it keeps of the engine's answers (README, "Search"; the argument
+/// is in `src/web/reuse.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// How long counts (facets, histogram, totals), hits and suggestions may be reused. Never
+    /// more than the index's refresh interval (`[index] refresh_interval`, and the index's
+    /// own setting as the engine reports it): the engine itself shows no write sooner.
+    /// `"0s"` turns reuse off (identical requests under way at once still share one
+    /// engine request).
+    pub cache_max_age: HumanDuration,
+    /// Most bytes of answers kept (keys and answers as the engine sent them, plus a fixed
+    /// overhead per entry); the least recently used go first.
+    pub cache_bytes: u64,
+    /// Most searches serve has under way at the engine at once; more wait in serve (where
+    /// identical ones share one). About the engine's search threads: a node's is
+    /// 1.5 × its cores + 1. An answer that queued in the engine past `cache_max_age` could
+    /// not be reused.
+    pub engine_concurrency: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { cache_max_age: HumanDuration(Duration::from_secs(1)), cache_bytes: 64 << 20, engine_concurrency: 4 }
+    }
 }
 
 /// Settings of the physical indices tidemark creates (a build's own settings while it
@@ -308,6 +336,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             worker: WorkerConfig::default(),
             reindex: ReindexConfig::default(),
+            serve: ServeConfig::default(),
             index: IndexConfig::default(),
         }
     }
@@ -548,6 +577,13 @@ impl Config {
                 name: "index.number_of_replicas",
                 value: self.index.number_of_replicas.to_string(),
                 reason: "must be between 0 and 16".into(),
+            });
+        }
+        if self.serve.engine_concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                name: "serve.engine_concurrency",
+                value: "0".into(),
+                reason: "must be at least 1 (searches under way at the engine at once)".into(),
             });
         }
         if self.index.refresh_interval.0 < Duration::from_millis(100) {

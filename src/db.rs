@@ -60,8 +60,10 @@ pub async fn migrate(pool: &PgPool, model: &Model) -> Result<(), DbError> {
     .execute(&mut *tx)
     .await?;
     for (version, sql) in CORE {
-        let applied: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tidemark.core_migrations WHERE version = $1)").bind(version).fetch_one(&mut *tx).await?;
+        let applied: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tidemark.core_migrations WHERE version = $1)")
+            .bind(version)
+            .fetch_one(&mut *tx)
+            .await?;
         if !applied {
             sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(|e| DbError::Migrate(format!("tidemark's schema ({version}): {e}")))?;
             sqlx::query("INSERT INTO tidemark.core_migrations (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;

@@ -38,6 +38,10 @@ pub const QUEUE_DEPTH: &str = "tidemark_queue_depth";
 pub const WORKERS_LIVE: &str = "tidemark_workers_live";
 pub const REINDEX_ACTIVE: &str = "tidemark_reindex_active";
 pub const REINDEX_PROGRESS: &str = "tidemark_reindex_progress_ratio";
+pub const SEARCH_CACHE: &str = "tidemark_search_cache_lookups_total";
+pub const SEARCH_CACHE_BYTES: &str = "tidemark_search_cache_bytes";
+pub const SEARCH_CACHE_ENTRIES: &str = "tidemark_search_cache_entries";
+pub const SEARCH_ENGINE_REQUESTS: &str = "tidemark_search_engine_requests_total";
 
 /// The fixed label values of the counters (docs/metrics.md): a worker exports every one of
 /// them from its start, at 0, so a query on a counter sees 0 rather than "no data".
@@ -87,6 +91,14 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, Unit::Count, "serve's requests by route template and status class");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "serve's request latency");
     describe_gauge!(BUILD_INFO, "always 1; version is the binary's version");
+    describe_counter!(SEARCH_CACHE, Unit::Count, "serve's answer-cache look-ups by kind (counts, hits, suggest) and result (hit, miss)");
+    describe_gauge!(SEARCH_CACHE_BYTES, Unit::Bytes, "bytes the answer cache holds (within [serve] cache_bytes)");
+    describe_gauge!(SEARCH_CACHE_ENTRIES, Unit::Count, "answers the answer cache holds");
+    describe_counter!(
+        SEARCH_ENGINE_REQUESTS,
+        Unit::Count,
+        "serve's requests to the engine by kind (alias, counts, hits, suggest): sent, or joined (single flight)"
+    );
     describe_gauge!(SYNC_REFUSED, "1 while this worker refuses to sync because tidemark.seq is behind the index (see admin status)");
     for (name, help) in DbGauges::HELP {
         describe_gauge!(*name, *help);
@@ -139,6 +151,22 @@ pub fn status_class(status: Option<u16>) -> &'static str {
 
 /// One request `serve` answered: its route template (e.g. `/students/{id}`), never the path
 /// itself, so the label stays a small fixed set.
+/// An answer-cache look-up of `kind` (`counts`, `hits`, `suggest`).
+pub fn search_cache(kind: &'static str, hit: bool) {
+    counter!(SEARCH_CACHE, "kind" => kind, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+pub fn search_cache_usage(entries: usize, bytes: usize) {
+    gauge!(SEARCH_CACHE_ENTRIES).set(entries as f64);
+    gauge!(SEARCH_CACHE_BYTES).set(bytes as f64);
+}
+
+/// A request of `kind` that serve needed from the engine: sent, or joined to an identical
+/// one under way.
+pub fn engine_request(kind: &'static str, joined: bool) {
+    counter!(SEARCH_ENGINE_REQUESTS, "kind" => kind, "outcome" => if joined { "joined" } else { "sent" }).increment(1);
+}
+
 pub fn http_request(route: &str, status: u16, took: Duration) {
     let class = match status {
         200..=299 => "2xx",

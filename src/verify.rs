@@ -183,8 +183,7 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
             }
         }
         Mode::Sample(n) => {
-            let ids: Vec<String> =
-                sqlx::query_scalar(&services.model.keys().sample).bind(i64::from(n)).fetch_all(&services.pool).await?;
+            let ids: Vec<String> = sqlx::query_scalar(&services.model.keys().sample).bind(i64::from(n)).fetch_all(&services.pool).await?;
             // Extra documents can only be found from the index side: sample it too.
             let v = services
                 .search

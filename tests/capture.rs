@@ -113,8 +113,7 @@ async fn an_installation_with_the_old_capture_and_outstanding_marks_upgrades_wit
     env.sql("INSERT INTO student_courses SELECT g, 1 FROM generate_series(1, 3000, 3) g").await;
     env.sql("UPDATE universities SET name = 'MIT (old capture)' WHERE id = 1").await;
     env.sql("UPDATE students SET age = 30 WHERE id <= 10").await;
-    let outstanding =
-        env.scalar_i64("SELECT (SELECT count(*) FROM tidemark.marks) + (SELECT count(*) FROM tidemark.parents)").await;
+    let outstanding = env.scalar_i64("SELECT (SELECT count(*) FROM tidemark.marks) + (SELECT count(*) FROM tidemark.parents)").await;
     assert!(outstanding > 0, "marks wait from the old capture");
     let old: Vec<String> = sqlx::query_scalar(
         "SELECT proname::text FROM pg_proc WHERE pronamespace = 'tidemark'::regnamespace AND prosrc ILIKE '%pg_notify%'",
@@ -130,4 +129,30 @@ async fn an_installation_with_the_old_capture_and_outstanding_marks_upgrades_wit
     env.assert_converged().await;
     assert_eq!(env.doc(1).await.unwrap()["university"]["name"], json!("KPI"));
     assert_eq!(env.doc(2).await.unwrap()["university"]["name"], json!("MIT (old capture)"));
+}
+
+/// PL/pgSQL keeps the plan a capture function made on a connection's first run: planned for
+/// a one-row statement, a join of old and new rows must not become a nested loop that a
+/// 20,000-row UPDATE on the same connection then runs in quadratic time (it took minutes),
+/// nor a plan made for a large statement be compiled again at every later one-row UPDATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_update_after_small_ones_on_one_connection_is_not_quadratic() {
+    use sqlx::Connection;
+    let env = Env::with_directory().await;
+    env.add_students(20_000).await;
+    let mut app = sqlx::PgConnection::connect(&env.database_url).await.unwrap();
+    for id in 1..=20 {
+        sqlx::query("UPDATE students SET age = age % 90 + 2 WHERE id = $1").bind(id).execute(&mut app).await.unwrap();
+    }
+    // A bound far above the second it takes, far below what a nested loop takes.
+    sqlx::raw_sql("SET statement_timeout = '20s'").execute(&mut app).await.unwrap();
+    let r = sqlx::query("UPDATE students SET age = age % 90 + 1").execute(&mut app).await;
+    assert!(r.is_ok(), "a 20,000-row UPDATE after one-row ones on the same connection: {r:?}");
+    assert_eq!(env.outstanding().await, 20_000);
+    // And a one-row UPDATE after the large one is not compiled by JIT each time.
+    let jit: Vec<String> = sqlx::query_scalar("SELECT p.proconfig::text FROM pg_proc p WHERE p.proname = 'capture_students_update'")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(jit.iter().all(|c| c.contains("jit=off")), "the capture runs without JIT: {jit:?}");
 }

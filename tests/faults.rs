@@ -82,8 +82,7 @@ async fn a_value_the_mapping_rejects_is_dead_lettered_and_fixing_the_row_brings_
     let env = Env::with_directory().await;
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, E'An\\x1Fn', 'Lee', 20, 'FR'), (2, 'Bo', 'Ray', 20, 'FR')").await;
     assert_eq!(env.drain().await.dead, 1);
-    let reason: String =
-        sqlx::query_scalar("SELECT error FROM tidemark.dead_letters WHERE key = '1'").fetch_one(&env.pool).await.unwrap();
+    let reason: String = sqlx::query_scalar("SELECT error FROM tidemark.dead_letters WHERE key = '1'").fetch_one(&env.pool).await.unwrap();
     assert!(reason.contains("reserved character"), "{reason}");
     env.sql("UPDATE students SET first_name = 'Ann' WHERE id = 1").await;
     env.drain().await;

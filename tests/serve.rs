@@ -862,3 +862,335 @@ async fn tidemark_serve_answers_on_a_real_port_and_stops_on_sigterm() {
     assert!(status.success(), "exit status {status}; log:\n{}", proc.output());
     assert!(proc.output().contains("search application stopped"));
 }
+
+// ------------------------------------------------------------------ asking the engine once
+// (issue 19: single flight, the answer cache, the alias, the counts' age)
+
+/// The router with the application state kept, so a test can read its cache's usage.
+fn app_of(services: Services) -> (web::App, Router) {
+    let app = web::App::new(services);
+    (app.clone(), web::router_for(app))
+}
+
+/// The counts a reader sees: total, every facet's buckets and what is left out, the
+/// histogram.
+fn counts_of(v: &Value) -> Value {
+    let facets: Vec<Value> = ["course", "university", "year"]
+        .iter()
+        .map(|f| json!([v["facets"][f]["buckets"], v["facets"][f]["sum_other_doc_count"]]))
+        .collect();
+    json!({"total": v["total"], "facets": facets, "age": v["age"]["buckets"]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_searches_make_one_engine_request() {
+    let env = Env::new().await;
+    let _ = directory(&env).await;
+    let proxy = support::fault_proxy::FaultProxy::start(&env.es_url).await;
+    let app = web::router(services_with(&env, Some(proxy.url()), None));
+    // Every search the engine receives is held 300 ms: requests sent at once overlap.
+    proxy.set(support::fault_proxy::Faults {
+        slow: 1.0,
+        delay: Duration::from_millis(300),
+        only_path: Some("_search".into()),
+        ..Default::default()
+    });
+    let searches = || proxy.stats().slowed;
+
+    // What one search costs the engine alone.
+    let before = searches();
+    let alone = api(&app, "/api/search?course=CS101").await;
+    let one = searches() - before;
+    assert!(one >= 1, "a search reaches the engine");
+
+    // Twenty identical searches at once, of a request not asked before, cost the same.
+    let before = searches();
+    let answers = futures::future::join_all((0..20).map(|_| api(&app, "/api/search?course=MATH201"))).await;
+    assert_eq!(searches() - before, one, "20 identical searches at once cost the engine what one costs");
+    for a in &answers {
+        assert_eq!(ids(a), ids(&answers[0]));
+        assert_eq!(counts_of(a), counts_of(&answers[0]));
+    }
+    let mut found = ids(&answers[0]);
+    found.sort();
+    assert_eq!(found, vec![1, 3, 5], "the students taking MATH201");
+    assert_eq!(counts(&answers[0], "course"), BTreeMap::from([("CS101".into(), 3), ("MATH201".into(), 3)]));
+
+    // Twenty identical suggestions at once: one engine request.
+    let before = searches();
+    let suggestions = futures::future::join_all((0..20).map(|_| api(&app, "/api/suggest?q=bo"))).await;
+    assert_eq!(searches() - before, 1, "20 identical suggestions at once make one engine request");
+    assert!(suggestions.iter().all(|s| s == &suggestions[0] && s.as_array().unwrap().len() == 1), "{suggestions:?}");
+
+    // Two orders of the same search at once: their counts are the same request (asked
+    // once), their hits are not (asked twice).
+    let before = searches();
+    let differ = futures::future::join_all(["/api/search?sort=age", "/api/search?sort=-age"].map(|u| api(&app, u))).await;
+    assert_eq!(searches() - before, 3, "one counts request shared, two hits requests");
+    assert_ne!(ids(&differ[0]), ids(&differ[1]));
+    assert_eq!(counts_of(&differ[0]), counts_of(&differ[1]));
+    assert_eq!(alone["total"]["value"], json!(3));
+}
+
+/// A student's document by hand: (id, first, last, age, year, university, courses).
+type Student<'a> = (i64, &'a str, &'a str, i32, &'a str, &'a str, &'a [&'a str]);
+
+/// An index with these students' documents only, created by hand with tidemark's mapping
+/// and a refresh interval of a minute.
+async fn hand_made_index(env: &Env, name: &str, students: &[Student<'_>]) {
+    let mut body = tidemark::document::build_body(&Default::default(), &tidemark::model::Model::students());
+    body["settings"] = json!({"index": {"number_of_replicas": 0, "refresh_interval": "60s"}});
+    env.es_json(reqwest::Method::PUT, &format!("/{name}"), Some(body)).await;
+    for s in students {
+        add_document(env, name, *s).await;
+    }
+    env.es_json(reqwest::Method::POST, &format!("/{name}/_refresh"), None).await;
+}
+
+async fn add_document(env: &Env, index: &str, s: Student<'_>) {
+    let (id, first, last, age, year, university, courses) = s;
+    // The students model's document (seeds/students/model.toml), fields in declared order.
+    let mut courses: Vec<String> = courses.iter().map(|c| c.to_string()).collect();
+    courses.sort();
+    courses.dedup();
+    let doc = json!({
+        "first_name": first, "last_name": last, "age": age, "year_in_school": year,
+        "university": {"id": 1, "name": university},
+        "course_names": courses,
+        "name_complete": {"input": [first, last, format!("{first} {last}")]},
+        "id": id,
+    });
+    env.es_json(reqwest::Method::PUT, &format!("/{index}/_doc/{id}"), Some(doc)).await;
+}
+
+async fn point_alias(env: &Env, to: &str) {
+    let from = env.search.alias_targets(&env.alias).await.unwrap();
+    env.search.move_alias(&env.alias, &from, &[to.to_string()]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_move_is_never_answered_from_the_old_indexs_cache() {
+    // Answers may be kept for a minute here (the indices refresh every minute), so only
+    // the alias can tell a reused answer is from the wrong index.
+    let env = Env::with_config(|c| {
+        c.index.refresh_interval = "60s".parse().unwrap();
+        c.serve.cache_max_age = "60s".parse().unwrap();
+    })
+    .await;
+    let (a, b) = (format!("{}-hand-a", env.alias), format!("{}-hand-b", env.alias));
+    hand_made_index(&env, &a, &[(1, "Ann", "Lee", 20, "FR", "MIT", &["CS101"]), (2, "Bob", "Ray", 21, "SO", "MIT", &["CS101"])]).await;
+    hand_made_index(&env, &b, &[(3, "Cy", "Oz", 30, "SR", "KPI", &["MATH201"])]).await;
+    point_alias(&env, &a).await;
+    let (_, app) = app_of(env.services());
+
+    let first = api(&app, "/api/search").await;
+    assert_eq!(first["total"]["value"], json!(2));
+    let again = api(&app, "/api/search").await;
+    assert_eq!(again["counts"]["reused"], json!(true), "within the bound the counts are reused: {again}");
+    assert_eq!(counts_of(&again), counts_of(&first));
+    assert_eq!(api(&app, "/api/suggest?q=an").await.as_array().unwrap().len(), 1);
+
+    // A reindex's swap: the very next search answers from the new index.
+    point_alias(&env, &b).await;
+    let moved = api(&app, "/api/search").await;
+    assert_eq!(moved["total"]["value"], json!(1), "{moved}");
+    assert_eq!(counts(&moved, "university"), BTreeMap::from([("KPI".into(), 1)]));
+    assert_eq!(ids(&moved), vec![3]);
+    assert_eq!(moved["counts"]["reused"], json!(false));
+    assert_eq!(api(&app, "/api/suggest?q=an").await.as_array().unwrap().len(), 0, "no Ann in the new index");
+
+    // Meanwhile the old index changes (as the index a rollback returns to may have), and
+    // the alias goes back to it: its answers from before are not reused either.
+    add_document(&env, &a, (4, "Dee", "New", 40, "JR", "MGU", &["CS101"])).await;
+    env.es_json(reqwest::Method::POST, &format!("/{a}/_refresh"), None).await;
+    point_alias(&env, &a).await;
+    let back = api(&app, "/api/search").await;
+    assert_eq!(back["total"]["value"], json!(3), "{back}");
+    assert_eq!(counts(&back, "university"), BTreeMap::from([("MGU".into(), 1), ("MIT".into(), 2)]));
+    let mut found = ids(&back);
+    found.sort();
+    assert_eq!(found, vec![1, 2, 4], "the hits too are the index's as it is now");
+    assert_eq!(back["counts"]["reused"], json!(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_cache_stays_within_its_size_in_bytes() {
+    let budget = 48 * 1024;
+    let env = Env::with_config(|c| {
+        c.serve.cache_bytes = budget as u64;
+        c.index.refresh_interval = "60s".parse().unwrap();
+        c.serve.cache_max_age = "60s".parse().unwrap();
+    })
+    .await;
+    let _ = directory(&env).await;
+    let (state, app) = app_of(env.services());
+    // Sixty different counts requests (each facet-value search is another request).
+    for i in 0..60 {
+        let v = api(&app, &format!("/api/search?course_q=C{i}")).await;
+        assert_eq!(v["counts"]["reused"], json!(false));
+        let usage = state.cache_usage();
+        assert!(usage.bytes <= budget, "after {i} requests the cache holds {usage:?}");
+    }
+    let usage = state.cache_usage();
+    assert!(usage.entries > 3 && usage.entries < 60, "some kept, the oldest evicted: {usage:?}");
+    // The latest is reused; the first was evicted and is asked again.
+    assert_eq!(api(&app, "/api/search?course_q=C59").await["counts"]["reused"], json!(true));
+    assert_eq!(api(&app, "/api/search?course_q=C0").await["counts"]["reused"], json!(false));
+    assert!(state.cache_usage().bytes <= budget);
+}
+
+/// The counts of `/api/search?<query>` as the engine computes them, from the same counts
+/// request tidemark sends (the engine's shard request cache is invalidated at each refresh,
+/// so this is the current state).
+async fn engine_counts(env: &Env, query: &str) -> Value {
+    let req = web::SearchRequest::parse(Some(query)).unwrap();
+    let v = env.es_json(reqwest::Method::POST, &format!("/{}/_search", env.alias), Some(web::query::counts_body(&req))).await;
+    let raw = web::query::read_split(&req, &v, &json!({}));
+    counts_of(&serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_continuous_writes_counts_are_never_older_than_the_bound_the_page_states() {
+    let env = Env::new().await;
+    let app = seeded(&env, 2_000).await;
+    let refresh = env.config.index.refresh_interval.0;
+    let query = "year=FR&university=MIT";
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+
+    // Writes change ages, years and universities all the time; a syncer ships them; the
+    // engine refreshes on its own schedule (nothing here forces a refresh).
+    let writer = async {
+        let mut k = 0i64;
+        while !stopped() {
+            env.sql(&format!(
+                "UPDATE students SET year_in_school = (ARRAY['FR','SO','JR','SR'])[1 + ({k} % 4)], age = 18 + ({k} % 7), \
+                 university_id = CASE WHEN {k} % 3 = 0 THEN 1 ELSE university_id END WHERE id = 1 + ({k} * 7919) % 2000"
+            ))
+            .await;
+            k += 1;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        k
+    };
+    let syncer = async {
+        let engine = env.engine();
+        while !stopped() {
+            engine.drain().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // The engine's own counts, polled without pause: (sent, received, counts), seconds since t0.
+    let poller = async {
+        let mut seen: Vec<(f64, f64, Value)> = Vec::new();
+        while !stopped() {
+            let sent = t0.elapsed().as_secs_f64();
+            let c = engine_counts(&env, query).await;
+            seen.push((sent, t0.elapsed().as_secs_f64(), c));
+        }
+        seen
+    };
+    // A reader: the API and the page, again and again.
+    let reader = async {
+        let mut answers: Vec<(f64, f64, Value)> = Vec::new();
+        let mut pages = Vec::new();
+        for i in 0..80 {
+            let sent = t0.elapsed().as_secs_f64();
+            let v = api(&app, &format!("/api/search?{query}")).await;
+            answers.push((sent, t0.elapsed().as_secs_f64(), v));
+            if i % 20 == 0 {
+                pages.push(get(&app, &format!("/?{query}")).await.body);
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (answers, pages)
+    };
+    let (writes, (), seen, (answers, pages)) = tokio::join!(writer, syncer, poller, reader);
+
+    let states: std::collections::BTreeSet<String> = seen.iter().map(|(_, _, c)| c.to_string()).collect();
+    assert!(states.len() >= 3, "the counts changed under {writes} writes ({} states seen)", states.len());
+    let gap = seen.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);
+    let mut reused = 0;
+    for (sent, received, v) in &answers {
+        let (age, bound) = (v["counts"]["age_ms"].as_f64().unwrap() / 1e3, v["counts"]["max_age_ms"].as_f64().unwrap() / 1e3);
+        assert!(bound > 0.0 && bound <= refresh.as_secs_f64(), "the stated bound is the refresh interval at most: {}", v["counts"]);
+        assert!(age <= bound, "counts {age} s old, past the stated {bound} s");
+        assert!(v["hits_age_ms"].as_f64().unwrap() / 1e3 <= bound, "hits older than the stated {bound} s: {}", v["hits_age_ms"]);
+        reused += usize::from(v["counts"]["reused"] == json!(true));
+        // The engine answered these very counts at some moment within the bound before
+        // the request was sent (up to the poller's resolution).
+        let mine = counts_of(v);
+        let matched = seen.iter().any(|(s, r, c)| *c == mine && *r >= sent - bound - gap && *s <= received + gap);
+        assert!(matched, "an answer sent at {sent:.3} s has counts the engine never showed within {bound} s before it: {mine}");
+    }
+    assert!(reused > 0, "some counts were reused (else this test shows nothing)");
+    for page in &pages {
+        assert!(page.contains("s ago (kept for at most 1.0 s"), "the page states the ages and the bound: {page}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_requests_answer_exactly_what_the_one_request_answers() {
+    let env = Env::new().await;
+    let app = seeded(&env, 3_000).await;
+    let page1 = api(&app, "/api/search?sort=last_name&course=CS101").await;
+    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    let after = enc(page1["next"].as_str().unwrap());
+    let page1_rel = api(&app, "/api/search").await;
+    let after_rel = enc(page1_rel["next"].as_str().unwrap());
+    let requests = [
+        String::new(),
+        "course=CS101".into(),
+        "university=MIT&year=FR".into(),
+        "q=anna&course=MATH101".into(),
+        "course=CS101&course=PHYS102&age_gte=18&age_lt=22".into(),
+        "university=KPI&university=MGU&sort=last_name".into(),
+        "year=SR&course=CHEM102&distinct=university".into(),
+        "distinct=year&university=MIT".into(),
+        "distinct=course".into(),
+        "q=maria+lopez&sort=-age".into(),
+        "course_q=cs&university_q=m&facet_size=5&course=CS101".into(),
+        "page=3&size=7".into(),
+        format!("sort=last_name&course=CS101&after={after}"),
+        format!("after={after_rel}"),
+    ];
+    for q in &requests {
+        let via = api(&app, &format!("/api/search?{q}")).await;
+        let req = web::SearchRequest::parse(Some(q)).unwrap();
+        let one = env.es_json(reqwest::Method::POST, &format!("/{}/_search", env.alias), Some(web::query::search_body(&req))).await;
+        let direct =
+            serde_json::to_value(web::SearchResponse::assemble(&req, web::query::read_answer(&req, &one), web::params::Engine::Index, 0.0))
+                .unwrap();
+        assert_eq!(counts_of(&via), counts_of(&direct), "{q}: counts");
+        assert_eq!(via["hits"], direct["hits"], "{q}: hits");
+        assert_eq!(via["next"], direct["next"], "{q}: next page");
+        assert_eq!(via["distinct"], direct["distinct"], "{q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_still_asked_for_is_renewed_before_it_expires() {
+    // Answers are kept up to 2 s here (the index refreshes every 2 s).
+    let env = Env::with_config(|c| {
+        c.index.refresh_interval = "2s".parse().unwrap();
+        c.serve.cache_max_age = "2s".parse().unwrap();
+    })
+    .await;
+    let app = directory(&env).await;
+    let first = api(&app, "/api/search?year=FR").await;
+    assert_eq!(first["counts"]["reused"], json!(false));
+    assert_eq!(first["counts"]["max_age_ms"], json!(2000.0));
+    // Past half its life, it is still answered from the cache, and asked again meanwhile.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let middle = api(&app, "/api/search?year=FR").await;
+    assert_eq!(middle["counts"]["reused"], json!(true));
+    // Past the first answer's bound: a renewed answer, younger than the bound, not a miss.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let last = api(&app, "/api/search?year=FR").await;
+    assert_eq!(last["counts"]["reused"], json!(true), "{}", last["counts"]);
+    assert!(last["counts"]["age_ms"].as_f64().unwrap() < 2000.0, "{}", last["counts"]);
+    assert!(last["hits_age_ms"].as_f64().unwrap() < 2000.0, "{}", last["hits_age_ms"]);
+    assert_eq!(counts_of(&last), counts_of(&first));
+}

@@ -82,7 +82,7 @@ impl BenchEnv {
             .connect(&database_url)
             .await
             .context("connect to the benchmark database")?;
-        tidemark::db::migrate(&pool).await.context("migrations")?;
+        tidemark::db::migrate(&pool, &tidemark::model::Model::students()).await.context("migrations")?;
         std::fs::create_dir_all(&log_dir)?;
         Ok(BenchEnv {
             kind: kind.to_string(),
@@ -102,14 +102,12 @@ impl BenchEnv {
 
     /// The configuration tidemark would build from this environment, pointed at `es_url`.
     pub fn config(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Arc<Config> {
-        let mut c = Config {
-            database_url: Some(Secret::new(self.database_url.clone())),
-            redis_url: Some(Secret::new(self.services.redis_url.clone())),
-            elasticsearch_url: Some(Secret::new(es_url.to_string())),
-            index_alias: self.alias.clone(),
-            queue_namespace: self.namespace.clone(),
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.database_url = Some(Secret::new(self.database_url.clone()));
+        c.redis_url = Some(Secret::new(self.services.redis_url.clone()));
+        c.elasticsearch_url = Some(Secret::new(es_url.to_string()));
+        c.index_alias = self.alias.clone();
+        c.queue_namespace = self.namespace.clone();
         tweak(&mut c);
         c.validate().expect("benchmark configuration is valid");
         Arc::new(c)
@@ -164,15 +162,17 @@ impl BenchEnv {
         sqlx::query_as(q).fetch_one(&self.pool).await.with_context(|| q.to_string())
     }
 
-    /// Empties what the capture writes: student marks and university/course/statement-set
-    /// marks.
+    /// Empties what the capture writes: the writers' change log, student marks and
+    /// university/course/set marks.
     pub async fn clear_marks(&self) -> Result<()> {
-        self.sql("TRUNCATE tidemark.dirty_students, tidemark.dirty_parents").await
+        self.sql("TRUNCATE tidemark.changes, tidemark.marks, tidemark.parents").await
     }
 
-    /// (student marks, university/course/statement-set marks) still waiting.
+    /// (changes outstanding for students — marks and log rows not yet absorbed, as
+    /// `tidemark.outstanding` lists them; a student may count twice —, university/course/set
+    /// marks) still waiting. (0, 0): every change synced.
     pub async fn marks_left(&self) -> Result<(i64, i64)> {
-        Ok(sqlx::query_as("SELECT (SELECT count(*) FROM tidemark.dirty_students), (SELECT count(*) FROM tidemark.dirty_parents)")
+        Ok(sqlx::query_as("SELECT (SELECT count(*) FROM tidemark.outstanding), (SELECT count(*) FROM tidemark.parents)")
             .fetch_one(&self.pool)
             .await?)
     }
@@ -183,7 +183,7 @@ impl BenchEnv {
     pub async fn create_index_unmarked(&self, es_url: &str) -> Result<String> {
         let search = self.search(es_url);
         let name = format!("{}_1", self.alias);
-        let body = serde_json::to_vec(&tidemark::document::index_body())?;
+        let body = serde_json::to_vec(&tidemark::document::build_body(&Default::default(), &tidemark::model::Model::students()))?;
         let reply = search.request(elasticsearch::http::Method::Put, &format!("/{name}"), Some(body), false).await?;
         if !(200..300).contains(&reply.status) {
             bail!("creating {name}: HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
@@ -342,13 +342,15 @@ impl BenchEnv {
             self.spawn(&b.iter().map(String::as_str).collect::<Vec<_>>(), "worker-1")?,
             self.spawn(&c.iter().map(String::as_str).collect::<Vec<_>>(), "worker-2")?,
         ];
-        // Ready when all three LISTEN for change notifications and both workers say so.
+        // Ready when all three watch the mark sequence (each has its `tidemark wakeup`
+        // connection, src/process/wakeup.rs) and both workers say they started.
         let start = Instant::now();
         loop {
-            let listening: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
-                    .fetch_one(&self.pool)
-                    .await?;
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tidemark wakeup'",
+            )
+            .fetch_one(&self.pool)
+            .await?;
             let started = self.procs.iter().filter(|p| std::fs::read_to_string(&p.log).is_ok_and(|l| l.contains("worker started"))).count();
             if listening >= 3 && started >= 2 {
                 break;
@@ -360,7 +362,7 @@ impl BenchEnv {
             }
             if start.elapsed() > Duration::from_secs(60) {
                 bail!(
-                    "scheduler and workers not ready within 60 s (listening: {listening}, started: {started}); see {}",
+                    "scheduler and workers not ready within 60 s (watching the sequence: {listening}, started: {started}); see {}",
                     self.log_dir.display()
                 );
             }

@@ -95,8 +95,9 @@ async fn server_alone(env: &BenchEnv, n: u64) -> Result<f64> {
     let index = env.index_name().await?;
     let ids = renamed_ids(env, n as usize).await?;
     let mut docs = Vec::with_capacity(ids.len());
+    let model = tidemark::model::Model::students();
     for chunk in ids.chunks(10_000) {
-        docs.extend(tidemark::pipeline::load::load(&env.pool, chunk).await?);
+        docs.extend(tidemark::pipeline::load::load(&env.pool, &model, chunk).await?);
     }
     // A version above every write so far: these are accepted as updates, not 409s.
     let version = tidemark::pipeline::claim::draw_version(&env.pool).await?;
@@ -109,8 +110,8 @@ async fn server_alone(env: &BenchEnv, n: u64) -> Result<f64> {
 }
 
 /// The first `limit` students of the renamed university, in id order.
-async fn renamed_ids(env: &BenchEnv, limit: usize) -> Result<Vec<i64>> {
-    Ok(sqlx::query_scalar("SELECT id FROM students WHERE university_id = 1 ORDER BY id LIMIT $1")
+async fn renamed_ids(env: &BenchEnv, limit: usize) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT id::text FROM students WHERE university_id = 1 ORDER BY id LIMIT $1")
         .bind(limit as i64)
         .fetch_all(&env.pool)
         .await?)
@@ -118,9 +119,10 @@ async fn renamed_ids(env: &BenchEnv, limit: usize) -> Result<Vec<i64>> {
 
 /// The tutorial's way: for each student, read it (one query, as an ORM `save()` does) and
 /// send one `PUT /<index>/_doc/<id>` with its document, in order.
-async fn per_student(env: &BenchEnv, es_url: &str, index: &str, ids: &[i64]) -> Result<()> {
+async fn per_student(env: &BenchEnv, es_url: &str, index: &str, ids: &[String]) -> Result<()> {
+    let model = tidemark::model::Model::students();
     for id in ids {
-        let docs = tidemark::pipeline::load::load(&env.pool, &[*id]).await?;
+        let docs = tidemark::pipeline::load::load(&env.pool, &model, std::slice::from_ref(id)).await?;
         let tidemark::pipeline::Op::Index(doc) = &docs[0].1 else { continue };
         let resp = env.http.put(format!("{es_url}/{index}/_doc/{id}")).json(doc).send().await?;
         if !resp.status().is_success() {
@@ -222,7 +224,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let (indexed, initial_what, initial) = if case.index_only_renamed {
         env.clear_marks().await?;
         env.create_index_unmarked(&es).await?;
-        env.sql("SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students WHERE university_id = 1))").await?;
+        env.sql("SELECT tidemark.mark_now(ARRAY(SELECT id::text FROM students WHERE university_id = 1))").await?;
         progress!("{}: indexing the {label} students of the university to be renamed", env.kind);
         let t = Instant::now();
         env.drain(&es, 2, |_| {}).await?;

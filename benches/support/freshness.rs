@@ -3,8 +3,9 @@
 //!    became searchable is recorded. Scheduler and two workers run.
 //!
 //! Twice: into the OpenSearch node, observed by a poller searching the index for stamps
-//! (searchable) and another polling tidemark's marks (acknowledged: the `_bulk` answered and
-//! the mark cleared); and into the discarding endpoint, which records when each stamp
+//! (searchable) and another polling what tidemark still has outstanding — marks and the
+//! writers' change log, `tidemark.outstanding` — (acknowledged: the `_bulk` answered and the
+//! mark cleared); and into the discarding endpoint, which records when each stamp
 //! arrives in a `_bulk` body — the same deployment and load with the search server's
 //! indexing taken out, so tidemark's own latency shows.
 
@@ -137,14 +138,15 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     let mut s = format!(
         "{} students seeded and indexed; `tidemark scheduler --interval 5s` and two `tidemark worker` (default \
          configuration). {WRITERS} writer connections commit `UPDATE students SET last_name = 'F<k>' WHERE id = <k mod N + 1>` \
-         for k = 0, 1, 2, …, write k due at k / {} s after the start (each its own transaction, so each sends its \
-         notification). The commit time is taken when the `UPDATE` returns.\n\n\
+         for k = 0, 1, 2, …, write k due at k / {} s after the start (each its own transaction; the capture appends one \
+         row to `tidemark.changes` and sends no notification: the workers and the scheduler notice the change by \
+         polling the mark sequence every 50 ms, `sync.wakeup_interval`). The commit time is taken when the `UPDATE` returns.\n\n\
          - **A, OpenSearch**: a poller searches the alias (`range` on `last_name.raw` from the lowest stamp not yet seen, \
            oldest first, every ~25 ms plus the query's own time; no refresh is requested, so a stamp shows after the \
            node's next periodic refresh, every 1 s) and records when each stamp — or a later stamp of the same student — \
-           is first returned: *searchable*. Another poller reads `tidemark.dirty_students` every ~25 ms: a write whose \
-           commit preceded the read and whose student has no mark left is *acknowledged* (its `_bulk` item answered and \
-           the mark cleared).\n\
+           is first returned: *searchable*. Another poller reads `tidemark.outstanding` (the marks and the writers' change \
+           log not yet absorbed into marks) every ~25 ms: a write whose commit preceded the read and whose student is \
+           no longer in it is *acknowledged* (its log row absorbed, its `_bulk` item answered and the mark cleared).\n\
          - **B, tidemark's own part**: the same processes and load, with `ELASTICSEARCH_URL` pointing at the \
            discarding endpoint, which records when each stamp arrives in a `_bulk` body (no indexing, no polling).\n\n\
          | | A: OpenSearch, searchable | B: discarding endpoint, received |\n| --- | --- | --- |\n",
@@ -186,7 +188,11 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     ));
     s.push_str(&row("seen before the writer had its commit acknowledged (counted as 0)", engine.early.to_string(), own.early.to_string()));
     s.push_str(&row("polls", format!("{} ({:.0} ms per cycle)", engine.polls, engine.poll_cycle_ms), "—".into()));
-    s.push_str(&row("marks waiting (sampled each second): max", engine.max_backlog.to_string(), own.max_backlog.to_string()));
+    s.push_str(&row(
+        "students outstanding (marks or log rows, sampled each second): max",
+        engine.max_backlog.to_string(),
+        own.max_backlog.to_string(),
+    ));
     s.push_str(&row(
         "CPU: workers + scheduler / search server / PostgreSQL",
         format!("{:.1} s / {:.1} s / {:.1} s", engine.cpu_workers, engine.cpu_server, engine.cpu_postgres),
@@ -195,7 +201,7 @@ async fn inner(plan: &Plan, env: &mut BenchEnv) -> Result<Outcome> {
     let win = |l: &Load| l.windows_p99_ms.iter().map(|w| w.map_or("–".into(), |v| format!("{v:.0}"))).collect::<Vec<_>>().join(", ");
     s.push_str(&row("p99 per 5-second window (ms)", win(&engine), win(&own)));
     s.push_str(&format!(
-        "\nMarks waiting, sampled each second — A: {}; B: {}.\n",
+        "\nStudents outstanding (a mark or a log row), sampled each second — A: {}; B: {}.\n",
         engine.backlog.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
         own.backlog.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" ")
     ));
@@ -294,7 +300,8 @@ async fn run_load(plan: &Plan, env: &mut BenchEnv, observe: Observe<'_>, offset:
     let backlog = async {
         let mut samples = Vec::new();
         while !done.load(Ordering::Relaxed) {
-            let b: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.dirty_students").fetch_one(&env.pool).await.unwrap_or(0);
+            // Students with a change outstanding: a mark, or a log row not yet absorbed.
+            let b: i64 = sqlx::query_scalar("SELECT count(DISTINCT key) FROM tidemark.outstanding").fetch_one(&env.pool).await.unwrap_or(0);
             samples.push(b);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -377,8 +384,10 @@ async fn run_load(plan: &Plan, env: &mut BenchEnv, observe: Observe<'_>, offset:
         Ok::<_, anyhow::Error>((seen, polls))
     };
 
-    // Acknowledgements (search server run only): a write whose commit preceded a read of the
-    // marks, and whose student has no mark in it, has been acknowledged by then.
+    // Acknowledgements (search server run only): a write whose commit preceded a read of
+    // what is outstanding, and whose student is not in it (no mark, no log row: one
+    // snapshot sees both, and an absorb moves a row from one to the other in one
+    // transaction), has been acknowledged by then.
     let acker = async {
         let mut acked = vec![f64::NAN; total as usize];
         if !matches!(observe, Observe::Poll) {
@@ -394,7 +403,7 @@ async fn run_load(plan: &Plan, env: &mut BenchEnv, observe: Observe<'_>, offset:
                 }
             }
             let before = start.elapsed().as_secs_f64();
-            let marked: HashSet<i64> = sqlx::query_scalar::<_, i64>("SELECT student_id FROM tidemark.dirty_students")
+            let marked: HashSet<i64> = sqlx::query_scalar::<_, i64>("SELECT key::bigint FROM tidemark.outstanding")
                 .fetch_all(&env.pool)
                 .await?
                 .into_iter()

@@ -56,6 +56,11 @@ pub struct Plan {
     pub serve_connections: usize,
     pub serve_load_secs: f64,
     pub serve_sql_runs: usize,
+    /// Latency under load (the query mixes): sizes, connection counts, and the writes per
+    /// second running meanwhile (so the index really refreshes).
+    pub serve_load_sizes: Vec<u64>,
+    pub serve_load_connections: Vec<usize>,
+    pub serve_write_rate: u32,
     /// Write throughput under concurrency (pgbench): students seeded, client counts, seconds
     /// per run, rounds (each side once per round, interleaved), and how long to wait for
     /// the workers to drain after a run with capture.
@@ -64,6 +69,10 @@ pub struct Plan {
     pub writes_secs: u64,
     pub writes_rounds: usize,
     pub writes_drain_secs: f64,
+    /// The wake-up's idle cost: seconds per measurement, and rounds (each round measures the
+    /// default 50 ms interval and a 60 s one).
+    pub writes_idle_secs: u64,
+    pub writes_idle_rounds: usize,
     pub out_dir: PathBuf,
 }
 
@@ -109,13 +118,18 @@ impl Plan {
                 facets_runs: 15,
                 serve_sizes: vec![10_000],
                 serve_connections: 32,
-                serve_load_secs: 6.0,
+                serve_load_secs: 4.0,
                 serve_sql_runs: 5,
+                serve_load_sizes: vec![10_000],
+                serve_load_connections: vec![1, 32],
+                serve_write_rate: 100,
                 writes_students: 100_000,
                 writes_clients: vec![1, 32],
                 writes_secs: 2,
                 writes_rounds: 2,
                 writes_drain_secs: 10.0,
+                writes_idle_secs: 10,
+                writes_idle_rounds: 1,
                 out_dir,
             }
         } else {
@@ -148,13 +162,18 @@ impl Plan {
                 facets_runs: 30,
                 serve_sizes: vec![10_000, 1_000_000],
                 serve_connections: 32,
-                serve_load_secs: 30.0,
+                serve_load_secs: 12.0,
                 serve_sql_runs: 15,
+                serve_load_sizes: vec![100_000, 1_000_000],
+                serve_load_connections: vec![1, 8, 32],
+                serve_write_rate: 100,
                 writes_students: 100_000,
                 writes_clients: vec![1, 8, 32, 64],
                 writes_secs: 3,
                 writes_rounds: 3,
                 writes_drain_secs: 15.0,
+                writes_idle_secs: 60,
+                writes_idle_rounds: 2,
                 out_dir,
             }
         }

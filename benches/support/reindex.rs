@@ -66,8 +66,8 @@ pub async fn sync_all(env: &BenchEnv, es_url: &str, parallel: usize) -> Result<u
 }
 
 async fn mark_all(env: &BenchEnv) -> Result<()> {
-    env.sql("SELECT tidemark.mark_students_now(ARRAY(SELECT id FROM students))").await?;
-    env.sql("VACUUM ANALYZE tidemark.dirty_students").await
+    env.sql("SELECT tidemark.mark_now(ARRAY(SELECT id::text FROM students))").await?;
+    env.sql("VACUUM ANALYZE tidemark.marks").await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -234,7 +234,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
                 let version = claim::draw_version(&env.pool).await?;
                 sp.draw_version += since(t);
                 let t = Instant::now();
-                let docs = load_range(&env.pool, chunk.lo, chunk.hi).await?;
+                let docs = load_range(&env.pool, &services.model, chunk.lo.as_deref(), chunk.hi.as_deref()).await?;
                 sp.load += since(t);
                 let t = Instant::now();
                 let encoded = encode(&docs, &[catalog::build_alias(&build.alias)], version);
@@ -244,15 +244,15 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
                     ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync), &Window::of(cfg.sync.batch_timeout.0)).await?;
                 sp.ship += since(t);
                 let t = Instant::now();
-                let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
+                let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.key.clone(), o)));
                 ensure!(v.values().all(|v| *v == tidemark::pipeline::acknowledge::Verdict::Done), "chunk items failed");
                 sqlx::query(
                     "UPDATE tidemark.reindex_chunks
                         SET done = $4, docs = CASE WHEN $4 THEN $5 ELSE docs END, lease_owner = NULL, lease_until = NULL
-                      WHERE reindex_id = $1 AND lo = $2 AND lease_owner = $3",
+                      WHERE reindex_id = $1 AND n = $2 AND lease_owner = $3",
                 )
                 .bind(build.id)
-                .bind(chunk.lo)
+                .bind(chunk.n)
                 .bind(engine.owner())
                 .bind(true)
                 .bind(docs.len() as i32)
@@ -279,7 +279,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
             if marks.is_empty() {
                 break;
             }
-            let ids: Vec<i64> = marks.iter().map(|m| m.student_id).collect();
+            let ids: Vec<String> = marks.iter().map(|m| m.key.clone()).collect();
             let t = Instant::now();
             let targets = targets::decide(&services).await?.context("no index to write to")?;
             sp.targets += since(t);
@@ -287,7 +287,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
             let version = claim::draw_version(&env.pool).await?;
             sp.draw_version += since(t);
             let t = Instant::now();
-            let docs = load(&env.pool, &ids).await?;
+            let docs = load(&env.pool, &services.model, &ids).await?;
             sp.load += since(t);
             let t = Instant::now();
             let encoded = encode(&docs, &targets.indices, version);
@@ -297,7 +297,7 @@ async fn split_run(env: &BenchEnv, es_url: &str, path: Path) -> Result<Splits> {
                 ship(&services.search, &encoded, ShipLimits::from_config(&cfg.sync), &Window::of(cfg.sync.batch_timeout.0)).await?;
             sp.ship += since(t);
             let t = Instant::now();
-            let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.student_id, o)));
+            let v = verdicts(encoded.ops.iter().zip(shipped.outcomes).map(|(op, o)| (op.key.clone(), o)));
             let acked = acknowledge(&env.pool, engine.owner(), &marks, &v).await?;
             sp.acknowledge += since(t);
             sp.docs += acked.cleared;
@@ -324,7 +324,7 @@ fn split_table(sp: &Splits) -> String {
         }
         _ => {
             rows.push(("acknowledge (conditional delete of the marks, lease release)", sp.acknowledge));
-            rows.push(("claim (`UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`)", sp.claim));
+            rows.push(("claim (absorb the change log into marks, then `UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`)", sp.claim));
         }
     }
     rows.push(("`targets::decide` (build lookup + `GET /_alias`)", sp.targets));
@@ -349,12 +349,13 @@ fn split_table(sp: &Splits) -> String {
 /// (documents, seconds).
 async fn per_document(env: &BenchEnv, es_url: &str, index: &str, sample: usize) -> Result<(u64, f64)> {
     let search = env.search(es_url);
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY id LIMIT $1").bind(sample as i64).fetch_all(&env.pool).await?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM students ORDER BY id LIMIT $1").bind(sample as i64).fetch_all(&env.pool).await?;
     let t = Instant::now();
     let mut n = 0;
     for chunk in ids.chunks(1000) {
         let version = claim::draw_version(&env.pool).await?;
-        for (id, doc) in load(&env.pool, chunk).await? {
+        for (id, doc) in load(&env.pool, &tidemark::model::Model::students(), chunk).await? {
             let tidemark::pipeline::Op::Index(doc) = doc else { continue };
             let path = format!("/{index}/_doc/{id}?version={version}&version_type=external");
             let reply = search.request(Method::Put, &path, Some(serde_json::to_vec(&doc)?), false).await?;
@@ -370,10 +371,11 @@ async fn per_document(env: &BenchEnv, es_url: &str, index: &str, sample: usize) 
 /// The search server's own ingest rate: pre-encoded `_bulk` bodies of `per_request` ops,
 /// `parallel` senders, no database and no tidemark in the loop. Returns docs/s.
 async fn raw_bulk(env: &BenchEnv, scratch: &str, sample: usize, per_request: usize, parallel: usize) -> Result<f64> {
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM students ORDER BY id LIMIT $1").bind(sample as i64).fetch_all(&env.pool).await?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM students ORDER BY id LIMIT $1").bind(sample as i64).fetch_all(&env.pool).await?;
     let mut docs = Vec::new();
     for chunk in ids.chunks(5000) {
-        docs.extend(load(&env.pool, chunk).await?);
+        docs.extend(load(&env.pool, &tidemark::model::Model::students(), chunk).await?);
     }
     let encoded = encode(&docs, &[scratch.to_string()], 1);
     let all: Vec<usize> = (0..encoded.ops.len()).collect();
@@ -591,7 +593,7 @@ async fn discard_part(
 
 /// Creates an index with tidemark's mapping and a build's settings.
 async fn create_scratch(env: &BenchEnv, name: &str) -> Result<()> {
-    let mut body = tidemark::document::index_body();
+    let mut body = tidemark::document::build_body(&Default::default(), &tidemark::model::Model::students());
     body["settings"] = json!({"index": {"refresh_interval": "-1", "number_of_replicas": 0}});
     env.es(reqwest::Method::PUT, &format!("/{name}"), Some(&body)).await?;
     Ok(())

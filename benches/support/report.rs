@@ -87,7 +87,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "## Summary\n");
-        let _ = writeln!(s, "| benchmark | what | measured | baseline (same run) | ratio | DESIGN target | met |");
+        let _ = writeln!(s, "| benchmark | what | measured | baseline (same run) | ratio | target (docs/design.md) | met |");
         let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
         for r in &self.rows {
             let met = match r.met {

@@ -6,7 +6,7 @@
 #   deploy/local/bench.sh            # full run (~45 min on 2 cores)
 #   deploy/local/bench.sh --quick    # small sizes (~5-6 min), for regression checks
 #   deploy/local/bench.sh --only fanout,facets [--quick]
-#   deploy/local/bench.sh --only writes   # write throughput under concurrency (~12 min; pgbench)
+#   deploy/local/bench.sh --only writes   # write throughput under concurrency and the wake-up's idle cost (~25 min; pgbench)
 #
 # Starts the services where missing (deploy/local/services.sh), builds in release mode,
 # runs the harness (benches/tidemark.rs), and writes BENCHMARKS.md at the repository root

@@ -33,13 +33,32 @@ const ORGANISMS: &[(&str, u32)] = &[
 ];
 
 /// Platforms, by technology.
-const RNA_SEQ: &[&str] = &["Illumina HiSeq 2000", "Illumina HiSeq 2500", "Illumina NovaSeq 6000", "Illumina NextSeq 500", "Ion Torrent Proton"];
-const MICROARRAY: &[&str] = &["Affymetrix HG-U133 Plus 2.0", "Affymetrix Mouse 430 2.0", "Illumina HumanHT-12 V4", "Agilent 4x44K", "Affymetrix HuGene 1.0 ST"];
+const RNA_SEQ: &[&str] =
+    &["Illumina HiSeq 2000", "Illumina HiSeq 2500", "Illumina NovaSeq 6000", "Illumina NextSeq 500", "Ion Torrent Proton"];
+const MICROARRAY: &[&str] =
+    &["Affymetrix HG-U133 Plus 2.0", "Affymetrix Mouse 430 2.0", "Illumina HumanHT-12 V4", "Agilent 4x44K", "Affymetrix HuGene 1.0 ST"];
 
 const TOPICS: &[&str] = &[
-    "breast cancer", "T cell activation", "liver regeneration", "hypoxia response", "circadian rhythm", "embryonic development",
-    "insulin resistance", "neuronal differentiation", "heat shock", "drought stress", "aging", "inflammation", "stem cell renewal",
-    "viral infection", "muscle atrophy", "kidney injury", "lung fibrosis", "obesity", "sleep deprivation", "memory formation",
+    "breast cancer",
+    "T cell activation",
+    "liver regeneration",
+    "hypoxia response",
+    "circadian rhythm",
+    "embryonic development",
+    "insulin resistance",
+    "neuronal differentiation",
+    "heat shock",
+    "drought stress",
+    "aging",
+    "inflammation",
+    "stem cell renewal",
+    "viral infection",
+    "muscle atrophy",
+    "kidney injury",
+    "lung fibrosis",
+    "obesity",
+    "sleep deprivation",
+    "memory formation",
 ];
 const ASSAYS: &[&str] = &["Transcriptome profiling of", "Gene expression in", "RNA-seq of", "Time course of", "Single-cell atlas of"];
 
@@ -66,7 +85,8 @@ pub async fn seed(pool: &PgPool, opts: &Options) -> Result<Report, SeedError> {
     sqlx::raw_sql(SCHEMA).execute(pool).await.map_err(|e| SeedError::Database { step: "creating refinebio's tables", source: e })?;
     let mut tx = pool.begin().await.map_err(|e| SeedError::Database { step: "opening a transaction", source: e })?;
     let db = |step: &'static str| move |e: sqlx::Error| SeedError::Database { step, source: e };
-    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM experiments").fetch_one(&mut *tx).await.map_err(db("counting experiments"))?;
+    let existing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM experiments").fetch_one(&mut *tx).await.map_err(db("counting experiments"))?;
     if existing > 0 {
         return Err(SeedError::NotEmptyRefinebio { rows: existing as u64 });
     }
@@ -100,7 +120,8 @@ pub async fn seed(pool: &PgPool, opts: &Options) -> Result<Report, SeedError> {
         e_public.push(rng.gen_bool(0.9));
         let organisms = [organism.sample(&mut rng) as i64 + 1, organism.sample(&mut rng) as i64 + 1];
         let platform_offset = if rna { 0 } else { RNA_SEQ.len() as i64 };
-        let plats = [platform_offset + rng.gen_range(0..pool_of.len()) as i64 + 1, platform_offset + rng.gen_range(0..pool_of.len()) as i64 + 1];
+        let plats =
+            [platform_offset + rng.gen_range(0..pool_of.len()) as i64 + 1, platform_offset + rng.gen_range(0..pool_of.len()) as i64 + 1];
         let n = rng.gen_range(2..=24);
         for _ in 0..n {
             // One time in ten, a sample an earlier experiment already has.
@@ -148,7 +169,9 @@ pub async fn seed(pool: &PgPool, opts: &Options) -> Result<Report, SeedError> {
         .execute(&mut *tx)
         .await
         .map_err(db("inserting experiment samples"))?;
-    for (table, n) in [("organisms", ORGANISMS.len()), ("platforms", platforms.len()), ("experiments", e_ids.len()), ("samples", s_ids.len())] {
+    for (table, n) in
+        [("organisms", ORGANISMS.len()), ("platforms", platforms.len()), ("experiments", e_ids.len()), ("samples", s_ids.len())]
+    {
         sqlx::query(&format!("SELECT setval(pg_get_serial_sequence('{table}', 'id'), {})", n.max(1)))
             .execute(&mut *tx)
             .await

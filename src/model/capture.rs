@@ -58,7 +58,8 @@ fn effects(model: &Model, protected: &BTreeSet<String>) -> BTreeMap<String, Vec<
     for place in places(model) {
         let r = place.path.last().expect("a place has a path");
         // The parent's kind: None for the root.
-        let parent = (place.path.len() > 1).then(|| place.path[..place.path.len() - 1].iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join("."));
+        let parent = (place.path.len() > 1)
+            .then(|| place.path[..place.path.len() - 1].iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join("."));
         match &r.link {
             Link::HasMany { foreign_key } => {
                 let mut cols = used(&r.node);
@@ -79,11 +80,21 @@ fn effects(model: &Model, protected: &BTreeSet<String>) -> BTreeMap<String, Vec<
                     other_key: other_key.clone(),
                 });
                 let updates_only = protected.contains(&place.kind());
-                out.entry(r.node.table.clone()).or_default().push(Effect::Node { kind: place.kind(), key: r.node.key.clone(), used: used(&r.node), updates_only });
+                out.entry(r.node.table.clone()).or_default().push(Effect::Node {
+                    kind: place.kind(),
+                    key: r.node.key.clone(),
+                    used: used(&r.node),
+                    updates_only,
+                });
             }
             Link::BelongsTo { .. } => {
                 let updates_only = protected.contains(&place.kind());
-                out.entry(r.node.table.clone()).or_default().push(Effect::Node { kind: place.kind(), key: r.node.key.clone(), used: used(&r.node), updates_only });
+                out.entry(r.node.table.clone()).or_default().push(Effect::Node {
+                    kind: place.kind(),
+                    key: r.node.key.clone(),
+                    used: used(&r.node),
+                    updates_only,
+                });
             }
         }
     }
@@ -103,8 +114,13 @@ fn changed(cols: &[String], n: &str, o: &str) -> String {
 /// Appends `(key, v)` rows to the log, or marks parents, from a query of key values.
 fn write(parent: &Option<String>, keys_query: &str) -> String {
     match parent {
-        None => format!("    INSERT INTO tidemark.changes (key, seq) SELECT DISTINCT k::text, v FROM ({keys_query}) q(k) WHERE k IS NOT NULL;\n"),
-        Some(kind) => format!("    PERFORM tidemark.mark_parents({}, ARRAY(SELECT DISTINCT k::text FROM ({keys_query}) q(k) WHERE k IS NOT NULL));\n", literal(kind)),
+        None => format!(
+            "    INSERT INTO tidemark.changes (key, seq) SELECT DISTINCT k::text, v FROM ({keys_query}) q(k) WHERE k IS NOT NULL;\n"
+        ),
+        Some(kind) => format!(
+            "    PERFORM tidemark.mark_parents({}, ARRAY(SELECT DISTINCT k::text FROM ({keys_query}) q(k) WHERE k IS NOT NULL));\n",
+            literal(kind)
+        ),
     }
 }
 
@@ -114,9 +130,14 @@ fn statement(effect: &Effect, op: &str) -> String {
         (Effect::Root { key, .. }, "insert") => format!("    INSERT INTO tidemark.changes (key, seq) SELECT n.{}::text, v FROM new_rows n;\n", ident(key)),
         (Effect::Root { key, .. }, "delete") => format!("    INSERT INTO tidemark.changes (key, seq) SELECT o.{}::text, v FROM old_rows o;\n", ident(key)),
         // The hot path (a one-row UPDATE of a document's own row): one query, pairing old and
-        // new rows by key. A changed key has no partner here: the row trigger logs both.
+        // new rows by key; a changed key has no partner, so both of its keys are logged. A FULL
+        // JOIN whose WHERE keeps it one (it tests a side for NULL) on purpose: PL/pgSQL keeps
+        // the plan of a connection's first run, made for that run's transition tables, and an
+        // inner join planned for one row is a nested loop that made a later 20,000-row UPDATE
+        // on the connection run for minutes; a full join is a hash or merge join at any size
+        // (tests/capture.rs, a_large_update_after_small_ones…).
         (Effect::Root { key, used }, _) => format!(
-            "    INSERT INTO tidemark.changes (key, seq)\n    SELECT n.{k}::text, v FROM new_rows n JOIN old_rows o ON o.{k} = n.{k}\n     WHERE {};\n",
+            "    INSERT INTO tidemark.changes (key, seq)\n    SELECT coalesce(n.{k}, o.{k})::text, v FROM new_rows n FULL JOIN old_rows o ON o.{k} = n.{k}\n     WHERE n.{k} IS NULL OR o.{k} IS NULL OR {};\n",
             changed(used, "n", "o"),
             k = ident(key)
         ),
@@ -189,7 +210,9 @@ pub fn capture_sql(model: &Model, protected: &BTreeSet<String>) -> String {
             }
             let decl = if draws_number(&effects) { "DECLARE\n    v bigint := nextval('tidemark.seq');\n" } else { "" };
             out.push_str(&format!(
-                "CREATE FUNCTION {name}() RETURNS trigger\nLANGUAGE plpgsql AS $$\n{decl}BEGIN\n{body}    RETURN NULL;\nEND $$;\n"
+                // No JIT: a plan cached for a 100,000-row statement is costed high enough to be
+                // compiled, and was compiled again at every later one-row statement (350 ms each).
+                "CREATE FUNCTION {name}() RETURNS trigger\nLANGUAGE plpgsql SET jit = off AS $$\n{decl}BEGIN\n{body}    RETURN NULL;\nEND $$;\n"
             ));
             let refs = match op {
                 "insert" => "REFERENCING NEW TABLE AS new_rows",
@@ -200,19 +223,6 @@ pub fn capture_sql(model: &Model, protected: &BTreeSet<String>) -> String {
                 "CREATE TRIGGER tidemark_capture_{op} AFTER {} ON {} {refs} FOR EACH STATEMENT EXECUTE FUNCTION {name}();\n",
                 op.to_uppercase(),
                 ident(&table)
-            ));
-        }
-        // The root's key changed (rare): both the old and the new document.
-        if let Some(Effect::Root { key, .. }) = effects.iter().find(|e| matches!(e, Effect::Root { .. })) {
-            let name = function(&table, "key_change");
-            out.push_str(&format!(
-                "CREATE FUNCTION {name}() RETURNS trigger\nLANGUAGE plpgsql AS $$\nDECLARE\n    v bigint := nextval('tidemark.seq');\nBEGIN\n    INSERT INTO tidemark.changes (key, seq) VALUES (OLD.{k}::text, v), (NEW.{k}::text, v);\n    RETURN NULL;\nEND $$;\n",
-                k = ident(key)
-            ));
-            out.push_str(&format!(
-                "CREATE TRIGGER tidemark_capture_key_change AFTER UPDATE OF {k} ON {t} FOR EACH ROW WHEN (OLD.{k} IS DISTINCT FROM NEW.{k}) EXECUTE FUNCTION {name}();\n",
-                k = ident(key),
-                t = ident(&table)
             ));
         }
         out.push_str(&format!(

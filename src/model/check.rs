@@ -189,7 +189,9 @@ fn node<'a>(
                         pk.join(", ")
                     ));
                 } else if !unique(db, &n.table, &n.key).await? {
-                    report.errors.push(format!("{what}: {}.{} is not unique; make it the primary key or give it a unique index", n.table, n.key));
+                    report
+                        .errors
+                        .push(format!("{what}: {}.{} is not unique; make it the primary key or give it a unique index", n.table, n.key));
                 }
             }
         }

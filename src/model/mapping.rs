@@ -10,8 +10,7 @@ use super::{FieldType, Model, Node};
 /// The `mappings` of an index of `model`; `facets` are the fields the search application
 /// aggregates on (their ordinals are built at refresh, not at the first search after it).
 pub fn mappings(model: &Model) -> Value {
-    let facets: Vec<&str> =
-        model.search.as_ref().map(|s| s.facets.iter().map(|f| f.field.as_str()).collect()).unwrap_or_default();
+    let facets: Vec<&str> = model.search.as_ref().map(|s| s.facets.iter().map(|f| f.field.as_str()).collect()).unwrap_or_default();
     let mut properties = node_properties(&model.root, "", &facets);
     if let Some(c) = &model.completion {
         properties.insert(c.name.clone(), json!({"type": "completion"}));

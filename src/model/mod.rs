@@ -369,7 +369,10 @@ impl Model {
                     let t = Template::parse(t).map_err(|m| err(&at, m))?;
                     for f in t.fields() {
                         if !root.fields.iter().any(|x| x.name == f) {
-                            return Err(err(&at, format!("`{{{f}}}` is not a field of the document's own table; use one of: {}", field_list(&root))));
+                            return Err(err(
+                                &at,
+                                format!("`{{{f}}}` is not a field of the document's own table; use one of: {}", field_list(&root)),
+                            ));
                         }
                     }
                     inputs.push(t);
@@ -446,7 +449,9 @@ fn resolve_in(node: &Node, parts: &[&str], multi: bool, full: &str) -> Option<Re
                     _ => Some(full.to_string()),
                 },
             }),
-            [sub] if f.keyword.as_deref() == Some(*sub) => Some(Resolved { kind: FieldType::Keyword, multi, exact: Some(full.to_string()) }),
+            [sub] if f.keyword.as_deref() == Some(*sub) => {
+                Some(Resolved { kind: FieldType::Keyword, multi, exact: Some(full.to_string()) })
+            }
             _ => None,
         };
     }
@@ -457,7 +462,11 @@ fn resolve_in(node: &Node, parts: &[&str], multi: bool, full: &str) -> Option<Re
         Some(value) => {
             let kind = value_type(&r.node, value)?;
             let many_inside = value_is_many(&r.node, value);
-            rest.is_empty().then(|| Resolved { kind, multi: multi || many_inside, exact: (kind != FieldType::Text).then(|| full.to_string()) })
+            rest.is_empty().then(|| Resolved {
+                kind,
+                multi: multi || many_inside,
+                exact: (kind != FieldType::Text).then(|| full.to_string()),
+            })
         }
         None => resolve_in(&r.node, rest, multi, full),
     }
@@ -548,7 +557,10 @@ impl Validator<'_> {
             let kind = FieldType::parse(&f.kind)
                 .ok_or_else(|| self.err(&format!("{at}.type"), format!("`{}` is not a type: use one of {TYPES}", f.kind)))?;
             if f.keyword.is_some() && kind != FieldType::Text {
-                return Err(self.err(&format!("{at}.keyword"), format!("only a text field has a keyword sub-field; `{}` is {}: remove `keyword`", f.name, kind.name())));
+                return Err(self.err(
+                    &format!("{at}.keyword"),
+                    format!("only a text field has a keyword sub-field; `{}` is {}: remove `keyword`", f.name, kind.name()),
+                ));
             }
             if let Some(k) = &f.keyword {
                 self.name(k, &format!("{at}.keyword"))?;
@@ -603,7 +615,9 @@ impl Validator<'_> {
                 }
             }
             other => {
-                return Err(self.err(&format!("{at}.kind"), format!("`{other}` is not a relation kind: use belongs_to, has_many or many_to_many")))
+                return Err(
+                    self.err(&format!("{at}.kind"), format!("`{other}` is not a relation kind: use belongs_to, has_many or many_to_many"))
+                )
             }
         };
         let _ = parent;
@@ -627,7 +641,10 @@ impl Validator<'_> {
                 if value_type(&node, &path).is_none() {
                     return Err(self.err(
                         &format!("{at}.value"),
-                        format!("`{v}` names no field of `{}`; declare it under this relation's `fields` (or a nested relation's)", r.table),
+                        format!(
+                            "`{v}` names no field of `{}`; declare it under this relation's `fields` (or a nested relation's)",
+                            r.table
+                        ),
                     ));
                 }
                 Some(path)
@@ -671,7 +688,10 @@ impl Validator<'_> {
             param(&f.param, &at)?;
             let r = doc_field(&f.field, &format!("{at}.field"))?;
             let exact = r.exact.clone().ok_or_else(|| {
-                self.err(&format!("{at}.field"), format!("`{}` is text without a keyword sub-field: add `keyword = \"raw\"` to it", f.field))
+                self.err(
+                    &format!("{at}.field"),
+                    format!("`{}` is text without a keyword sub-field: add `keyword = \"raw\"` to it", f.field),
+                )
             })?;
             facets.push(Facet {
                 param: f.param.clone(),
@@ -687,7 +707,9 @@ impl Validator<'_> {
             param(&h.param, &at)?;
             let r = doc_field(&h.field, &format!("{at}.field"))?;
             if !r.kind.is_numeric() {
-                return Err(self.err(&format!("{at}.field"), format!("`{}` is {}: a histogram needs a numeric field", h.field, r.kind.name())));
+                return Err(
+                    self.err(&format!("{at}.field"), format!("`{}` is {}: a histogram needs a numeric field", h.field, r.kind.name()))
+                );
             }
             if h.interval == 0 {
                 return Err(self.err(&format!("{at}.interval"), "must be at least 1"));
@@ -711,7 +733,10 @@ impl Validator<'_> {
             let mut fields = Vec::new();
             for f in &so.fields {
                 let r = doc_field(f, &at)?;
-                let exact = r.exact.clone().ok_or_else(|| self.err(&at, format!("`{f}` is text without a keyword sub-field: sort on a keyword")))?;
+                let exact = r
+                    .exact
+                    .clone()
+                    .ok_or_else(|| self.err(&at, format!("`{f}` is text without a keyword sub-field: sort on a keyword")))?;
                 if r.multi {
                     return Err(self.err(&at, format!("`{f}` holds several values per document: sort on a single-valued field")));
                 }
@@ -722,7 +747,10 @@ impl Validator<'_> {
         let suggest = match &s.suggest {
             Some(sg) => {
                 if model.completion.as_ref().map(|c| c.name.as_str()) != Some(sg.field.as_str()) {
-                    return Err(self.err("search.suggest.field", format!("`{}` is not the document's completion field (`document.completion.name`)", sg.field)));
+                    return Err(self.err(
+                        "search.suggest.field",
+                        format!("`{}` is not the document's completion field (`document.completion.name`)", sg.field),
+                    ));
                 }
                 let label = Template::parse(&sg.label).map_err(|m| self.err("search.suggest.label", m))?;
                 for f in label.fields() {
@@ -737,7 +765,10 @@ impl Validator<'_> {
             let at = format!("search.distinct[{i}] ({})", d.param);
             let r = doc_field(&d.field, &format!("{at}.field"))?;
             if r.exact.is_none() {
-                return Err(self.err(&format!("{at}.field"), format!("`{}` is text without a keyword sub-field: count a keyword or a number", d.field)));
+                return Err(self.err(
+                    &format!("{at}.field"),
+                    format!("`{}` is text without a keyword sub-field: count a keyword or a number", d.field),
+                ));
             }
             distinct.push(Distinct { param: d.param.clone(), field: r.exact.unwrap_or_else(|| d.field.clone()), label: d.label.clone() });
         }

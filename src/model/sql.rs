@@ -98,17 +98,16 @@ fn column_sql(f: &Field, alias: &str) -> String {
 
 /// The SQL text of a template over a row's columns (null if any field is null).
 fn template_sql(t: &Template, node: &Node, alias: &str) -> String {
-    let parts: Vec<String> = t
-        .0
-        .iter()
-        .map(|p| match p {
-            Piece::Text(s) => literal(s),
-            Piece::Field(name) => {
-                let f = node.fields.iter().find(|f| &f.name == name).expect("validated: a template names fields of its table");
-                format!("{alias}.{}::text", ident(&f.column))
-            }
-        })
-        .collect();
+    let parts: Vec<String> =
+        t.0.iter()
+            .map(|p| match p {
+                Piece::Text(s) => literal(s),
+                Piece::Field(name) => {
+                    let f = node.fields.iter().find(|f| &f.name == name).expect("validated: a template names fields of its table");
+                    format!("{alias}.{}::text", ident(&f.column))
+                }
+            })
+            .collect();
     if parts.is_empty() {
         "''".into()
     } else {
@@ -123,7 +122,9 @@ fn hop(r: &Relation, parent: &str, child: &str, parent_node_key: &str) -> (Strin
     let ckey = format!("{child}.{}", ident(&r.node.key));
     match &r.link {
         Link::BelongsTo { foreign_key } => (format!("{table} {child}"), format!("{ckey} = {parent}.{}", ident(foreign_key))),
-        Link::HasMany { foreign_key } => (format!("{table} {child}"), format!("{child}.{} = {parent}.{}", ident(foreign_key), ident(parent_node_key))),
+        Link::HasMany { foreign_key } => {
+            (format!("{table} {child}"), format!("{child}.{} = {parent}.{}", ident(foreign_key), ident(parent_node_key)))
+        }
         Link::ManyToMany { through, this_key, other_key } => {
             let j = format!("{child}j");
             (

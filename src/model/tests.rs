@@ -4,7 +4,10 @@ use super::*;
 fn the_shipped_models_are_valid() {
     let students = Model::students();
     assert_eq!(students.root.table, "students");
-    assert_eq!(students.root.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["first_name", "last_name", "age", "year_in_school"]);
+    assert_eq!(
+        students.root.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["first_name", "last_name", "age", "year_in_school"]
+    );
     let course = students.resolve("course_names").unwrap();
     assert!(course.multi && course.kind == FieldType::Keyword);
     assert_eq!(students.resolve("first_name").unwrap().exact.as_deref(), Some("first_name.raw"));
@@ -38,14 +41,21 @@ fn each_kind_of_mistake_says_where_and_what_to_write() {
     assert!(e.at.contains("document.relations[0] (author)") && e.message.contains("needs `foreign_key`"), "{e}");
     let e = error_of(&format!("{MINIMAL}{}", rel.replace("belongs_to", "belongs_too")));
     assert!(e.message.contains("belongs_to, has_many or many_to_many"), "{e}");
-    let e = error_of(&format!("{MINIMAL}{}value = \"nmae\"\nforeign_key = \"author_id\"\n", rel.replace("[[document.relations.fields]]", "[[document.relations.fields]]").split("[[document.relations.fields]]").next().unwrap()));
+    let e = error_of(&format!(
+        "{MINIMAL}{}value = \"nmae\"\nforeign_key = \"author_id\"\n",
+        rel.split("[[document.relations.fields]]").next().unwrap()
+    ));
     assert!(e.message.contains("`nmae` names no field"), "{e}");
     let e = error_of(&MINIMAL.replace("key = \"id\"", "key = \"id\"\nkey_type = \"uuid\"\nnumber = \"n\""));
     assert!(e.message.contains("only an integer key"), "{e}");
     let e = error_of(&format!("{MINIMAL}[document.completion]\nname = \"c\"\ninputs = [\"{{titel}}\"]\n"));
     assert!(e.message.contains("`{titel}` is not a field") && e.message.contains("title"), "{e}");
     let e = error_of(&format!("{MINIMAL}[search]\nnoun = \"book\"\nplural = \"books\"\ntitle = \"{{title}}\"\n[[search.facets]]\nparam = \"t\"\nfield = \"title\"\nlabel = \"T\"\n"));
-    assert!(e.message.contains("without a keyword sub-field") && e.message.contains("keyword = \\\"raw\\\"") || e.message.contains("keyword = \"raw\""), "{e}");
+    assert!(
+        e.message.contains("without a keyword sub-field") && e.message.contains("keyword = \\\"raw\\\"")
+            || e.message.contains("keyword = \"raw\""),
+        "{e}"
+    );
 }
 
 #[test]

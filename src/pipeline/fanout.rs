@@ -86,7 +86,11 @@ pub async fn expand_step(
 ) -> Result<Step, sqlx::Error> {
     if parent.kind != SET && model.fanout(&parent.kind).is_none() {
         let mut tx = pool.begin().await?;
-        sqlx::query("DELETE FROM tidemark.parents WHERE kind = $1 AND key = $2").bind(&parent.kind).bind(&parent.key).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM tidemark.parents WHERE kind = $1 AND key = $2")
+            .bind(&parent.kind)
+            .bind(&parent.key)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO tidemark.resync_requests (reason) VALUES ($1)")
             .bind(format!("a change at `{}`, which model {} does not have", parent.kind, model.name))
             .execute(&mut *tx)

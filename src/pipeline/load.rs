@@ -22,7 +22,12 @@ pub async fn load(db: impl PgExecutor<'_>, model: &Model, keys: &[String]) -> Re
 }
 
 /// Documents of every row with `lo <= key < hi` (`None`: no bound), in key order.
-pub async fn load_range(db: impl PgExecutor<'_>, model: &Model, lo: Option<&str>, hi: Option<&str>) -> Result<Vec<(String, Op)>, sqlx::Error> {
+pub async fn load_range(
+    db: impl PgExecutor<'_>,
+    model: &Model,
+    lo: Option<&str>,
+    hi: Option<&str>,
+) -> Result<Vec<(String, Op)>, sqlx::Error> {
     let q = sqlx::query_as(model.query(Rows::Range { lo: lo.is_some(), hi: hi.is_some() }));
     let q = match (lo, hi) {
         (Some(lo), Some(hi)) => q.bind(lo).bind(hi),

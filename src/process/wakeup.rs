@@ -16,8 +16,10 @@
 //! either committed or listed) and nudges again as soon as one of them has ended. A transaction that marks students and commits a minute later is picked
 //! up at its commit, as a notification was, and not at the scheduler's next tick.
 //!
-//! Idle, it costs the database one trivial query per interval per process (20 a second at
-//! 50 ms: a read of one shared buffer); docs/operating.md has the measured figures.
+//! Idle, it costs the database one trivial query per interval per process: 20 a second at
+//! 50 ms, about 2.7 ms of database CPU a second (BENCHMARKS.md, section 7; docs/operating.md).
+//! Only this database's transactions are watched (a long one elsewhere on the server is
+//! none of its business).
 
 use std::{collections::BTreeSet, future::Future, time::Duration};
 
@@ -104,8 +106,9 @@ impl Watch {
         // newer than the last one completed — just the writers in question.) Prepared
         // transactions count too: their marks appear at `COMMIT PREPARED`.
         let now_running: Vec<i64> = sqlx::query_scalar(
-            "SELECT backend_xid::text::bigint FROM pg_stat_get_activity(NULL) WHERE backend_xid IS NOT NULL
-             UNION ALL SELECT transaction::text::bigint FROM pg_prepared_xacts",
+            "SELECT backend_xid::text::bigint FROM pg_stat_get_activity(NULL)
+              WHERE backend_xid IS NOT NULL AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+             UNION ALL SELECT transaction::text::bigint FROM pg_prepared_xacts WHERE database = current_database()",
         )
         .fetch_all(&mut *conn)
         .await?;

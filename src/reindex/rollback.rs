@@ -41,8 +41,8 @@ pub async fn rollback(services: &Services) -> Result<(String, String), ReindexEr
         table = crate::model::sql::ident(&model.root.table)
     ))
     .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     tracing::info!(from = %from, to = %to, "rolled back; every student is marked so the restored index catches up");
     if let Err(e) = super::prune(services).await {

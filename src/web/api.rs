@@ -79,11 +79,11 @@ impl<S: Send + Sync> FromRequestParts<S> for SuggestParams {
 }
 
 pub async fn search(State(app): State<App>, req: SearchRequest) -> Result<Response, ApiError> {
-    Ok(Json(super::search(&app.services, &req).await?).into_response())
+    Ok(Json(super::search(&app, &req).await?).into_response())
 }
 
 pub async fn suggest(State(app): State<App>, p: SuggestParams) -> Result<Response, ApiError> {
-    Ok(Json(super::suggest(&app.services, &p.q, p.size).await?).into_response())
+    Ok(Json(super::suggest(&app, &p.q, p.size).await?).into_response())
 }
 
 pub async fn student(State(app): State<App>, Path(raw): Path<String>) -> Result<Response, ApiError> {

@@ -7,7 +7,9 @@
 //! | module | holds |
 //! | --- | --- |
 //! | `params` | the parse-and-validate edge: query string ⇄ [`SearchRequest`], 400s that say what to do |
-//! | `query` | the one query builder (request → `_search` body) and the reading of its answer |
+//! | `query` | the one query builder (request → `_search` bodies: counts and hits) and the reading of the answers |
+//! | `reuse` | asking the engine once: which index the alias names, single flight, the answer cache (generic) |
+//! | `flight`, `cache` | single flight and the byte-bounded answer cache under `reuse` (generic) |
 //! | `sql` | `engine=sql`: the same request by `GROUP BY`, same semantics |
 //! | `response` | the one response type, whichever engine answered |
 //! | `student` | a student from the database, compared with the index's copy |
@@ -15,14 +17,17 @@
 
 mod api;
 mod assets;
+pub mod cache;
+pub mod flight;
 mod pages;
 pub mod params;
 pub mod query;
 pub mod response;
+pub mod reuse;
 pub mod sql;
 pub mod student;
 
-use std::{future::Future, time::Duration, time::Instant};
+use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 
 use axum::{
     extract::State,
@@ -46,16 +51,39 @@ use crate::{search::SearchError, services::Services};
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
 const DB_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The application's state: the process's services (cheap to clone).
+/// The application's state: the process's services and what it keeps of the engine's
+/// answers (cheap to clone).
 #[derive(Clone)]
 pub struct App {
     services: Services,
+    reuse: Arc<reuse::Reuse>,
+}
+
+impl App {
+    pub fn new(services: Services) -> App {
+        let serve = &services.config.serve;
+        let settings = reuse::Settings {
+            max_age: serve.cache_max_age.0.min(services.config.index.refresh_interval.0),
+            bytes: usize::try_from(serve.cache_bytes).unwrap_or(usize::MAX),
+            engine_concurrency: serve.engine_concurrency as usize,
+        };
+        App { services, reuse: Arc::new(reuse::Reuse::new(settings)) }
+    }
+
+    /// What the answer cache holds (entries, bytes, budget).
+    pub fn cache_usage(&self) -> cache::Usage {
+        self.reuse.usage()
+    }
 }
 
 /// The router of `tidemark serve`, for the server and for tests (which call it without a
 /// socket).
 pub fn router(services: Services) -> Router {
-    let app = App { services };
+    router_for(App::new(services))
+}
+
+/// The router of an application state the caller keeps (tests read its cache's usage).
+pub fn router_for(app: App) -> Router {
     Router::new()
         .route("/", get(pages::search))
         .route("/students/{id}", get(pages::student))
@@ -242,21 +270,46 @@ fn engine_failure(status: u16, v: &Value, path: &str) -> Failure {
     Failure::SearchDown(format!("answered with an error (HTTP {status}{detail})"))
 }
 
-/// Runs a search on the engine it names.
-pub async fn search(services: &Services, req: &SearchRequest) -> Result<SearchResponse, Failure> {
+/// Runs a search on the engine it names. In the index: the counts and the hits, two
+/// requests at once to the physical index the alias names, each maybe reused (see
+/// [`reuse`]).
+pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Failure> {
     let started = Instant::now();
-    let raw = match req.engine {
+    match req.engine {
         params::Engine::Index => {
-            let path = format!("/{}/_search", services.config.index_alias);
-            let (status, v) = engine(services, Method::Post, &path, Some(&query::search_body(req))).await?;
-            if status != 200 {
-                return Err(engine_failure(status, &v, &path));
+            let (counts, hits) = (query::counts_body(req), query::hits_body(req));
+            let mut tries = 0;
+            loop {
+                let target = app.reuse.target(&app.services).await?;
+                let both = tokio::try_join!(
+                    app.reuse.cached(&app.services, &target, "counts", &counts),
+                    app.reuse.cached(&app.services, &target, "hits", &hits)
+                );
+                let (c, h) = match both {
+                    Ok(v) => v,
+                    // The index the alias named is gone (a reindex dropped it meanwhile): look again.
+                    Err(Failure::IndexMissing) if tries == 0 => {
+                        tries += 1;
+                        continue;
+                    }
+                    Err(f) => return Err(f),
+                };
+                let raw = query::read_split(req, &c.json, &h.json);
+                let mut resp = SearchResponse::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3);
+                resp.counts = response::CountsAge {
+                    age_ms: (c.age.as_secs_f64() * 1e4).round() / 10.0,
+                    max_age_ms: target.max_age.as_secs_f64() * 1e3,
+                    reused: c.reused,
+                };
+                resp.hits_age_ms = (h.age.as_secs_f64() * 1e4).round() / 10.0;
+                return Ok(resp);
             }
-            query::read_answer(req, &v)
         }
-        params::Engine::Sql => db(sql::search(&services.pool, req)).await?,
-    };
-    Ok(SearchResponse::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3))
+        params::Engine::Sql => {
+            let raw = db(sql::search(&app.services.pool, req)).await?;
+            Ok(SearchResponse::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3))
+        }
+    }
 }
 
 /// One autocomplete entry: a student, by id (two students named alike are two entries).
@@ -272,13 +325,19 @@ pub const MAX_SUGGEST_CHARS: usize = 100;
 pub const DEFAULT_SUGGESTIONS: u32 = 8;
 pub const MAX_SUGGESTIONS: u32 = 20;
 
-/// Students whose name starts with `prefix`, one entry per student.
-pub async fn suggest(services: &Services, prefix: &str, size: u32) -> Result<Vec<Suggestion>, Failure> {
-    let path = format!("/{}/_search", services.config.index_alias);
-    let (status, v) = engine(services, Method::Post, &path, Some(&query::suggest_body(prefix, size))).await?;
-    if status != 200 {
-        return Err(engine_failure(status, &v, &path));
-    }
+/// Students whose name starts with `prefix`, one entry per student. The answer depends
+/// only on the index's state: reused like counts (see [`reuse`]).
+pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestion>, Failure> {
+    let body = query::suggest_body(prefix, size);
+    let mut tries = 0;
+    let answer = loop {
+        let target = app.reuse.target(&app.services).await?;
+        match app.reuse.cached(&app.services, &target, "suggest", &body).await {
+            Err(Failure::IndexMissing) if tries == 0 => tries += 1,
+            other => break other?,
+        }
+    };
+    let v = &answer.json;
     let mut out: Vec<Suggestion> = Vec::new();
     for o in v["suggest"]["s"][0]["options"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let Some(id) = o["_id"].as_str().and_then(|s| s.parse::<i64>().ok()) else { continue };

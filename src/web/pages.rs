@@ -136,6 +136,21 @@ struct Notice {
     diffs: Vec<(String, String, String)>,
 }
 
+/// How old the counts and hits are, as the page says it: "; counts as of 0.3 s ago,
+/// students as of 0.1 s ago (kept for at most 1.0 s: the index refreshes no more often)".
+fn counts_age(resp: &SearchResponse) -> String {
+    let c = &resp.counts;
+    if c.max_age_ms <= 0.0 {
+        return String::new();
+    }
+    format!(
+        "; counts as of {:.1} s ago, students as of {:.1} s ago (kept for at most {:.1} s: the index refreshes no more often)",
+        c.age_ms / 1e3,
+        resp.hits_age_ms / 1e3,
+        c.max_age_ms / 1e3
+    )
+}
+
 /// 1234567 → "1,234,567".
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();
@@ -209,7 +224,7 @@ pub async fn search(State(app): State<App>, req: Result<SearchRequest, ApiError>
         Ok(r) => r,
         Err(ApiError(f)) => return error_page(&app, &f, None).await,
     };
-    let (answer, chrome) = tokio::join!(super::search(&app.services, &req), chrome(&app, &req.q, pairs(&req.first_page(), "q")));
+    let (answer, chrome) = tokio::join!(super::search(&app, &req), chrome(&app, &req.q, pairs(&req.first_page(), "q")));
     match answer {
         Ok(resp) => render(StatusCode::OK, SearchPage { chrome, v: search_view(&req, &resp) }),
         Err(f) => error_page(&app, &f, None).await,
@@ -337,12 +352,13 @@ fn search_view(req: &SearchRequest, resp: &SearchResponse) -> SearchView {
         q: req.q.clone(),
         summary,
         engine_info: format!(
-            "answered by {} in {:.1} ms",
+            "answered by {} in {:.1} ms{}",
             match resp.engine {
                 Engine::Index => "the search index",
                 Engine::Sql => "PostgreSQL (SQL GROUP BY)",
             },
-            resp.took_ms
+            resp.took_ms,
+            counts_age(resp)
         ),
         sort_links,
         engine_links,

@@ -194,6 +194,15 @@ impl Facet {
         }
     }
 
+    /// Whether a student has at most one value of this field (a university, a year; but
+    /// many courses).
+    pub fn single_valued(self) -> bool {
+        match self {
+            Facet::Course => false,
+            Facet::University | Facet::Year => true,
+        }
+    }
+
     fn from_param(s: &str) -> Option<Facet> {
         Facet::ALL.into_iter().find(|f| f.param() == s)
     }

@@ -1,7 +1,27 @@
-//! The one query builder: a [`SearchRequest`] becomes one `_search` body (hits, facets,
-//! histogram and distinct counts in a single round trip), and the engine's answer becomes
-//! a [`Raw`] for [`super::response`]. User text only ever appears here as a JSON string
-//! value (a match query, a term, an escaped regular expression), never as query JSON.
+//! The one query builder: a [`SearchRequest`] becomes `_search` bodies, and the engine's
+//! answers become a [`Raw`] for [`super::response`]. User text only ever appears here as a
+//! JSON string value (a match query, a term, an escaped regular expression), never as
+//! query JSON.
+//!
+//! `tidemark serve` splits a search in two requests, each asking the engine only for what
+//! it needs ([`counts_body`], [`hits_body`]):
+//!
+//! - **counts** (total, facets, histogram, distinct counts) do not depend on the page, the
+//!   sort or `after`: a `size: 0` request, which the engine's shard request cache can
+//!   answer until the next refresh (tidemark itself may reuse it, as it may the hits:
+//!   `super::reuse`).
+//!   A facet whose other facets have no selection is a top-level aggregation, not one
+//!   inside a `filter` aggregation (with no selection at all, every one is); distinct
+//!   counts are asked only here, never of the hits, and not where the answer is known
+//!   without counting (a single-valued field's own facet: one per non-empty bucket);
+//! - **hits** counts nothing (`track_total_hits: false`: the total comes with the counts),
+//!   puts the selections in the query's filter (no aggregation needs them left out), and
+//!   without a text query orders by the id alone (every score is the same), which the
+//!   engine answers without visiting every match.
+//!
+//! Both answer exactly what [`search_body`], the same search in one request, answers
+//! ([`read_answer`] and [`read_split`] give the same [`Raw`]); `search_body` is kept for
+//! `engine=sql`'s tests and the benchmarks' engine-direct baseline.
 //!
 //! Facets are disjunctive, as faceted-search tools build them: every selection goes into
 //! `post_filter` (it narrows the hits, not the aggregations), and each facet's aggregation
@@ -205,6 +225,111 @@ pub fn search_body(req: &SearchRequest) -> Value {
     body
 }
 
+/// The counts of a search: total (up to [`MAX_RESULT_WINDOW`]), facets, histogram and any
+/// distinct counts, without hits. Depends only on the text query, the selections, the
+/// facet-value searches, `facet_size` and `distinct`.
+pub fn counts_body(req: &SearchRequest) -> Value {
+    let mut aggs = Map::new();
+    for facet in Facet::ALL {
+        let size = req.facet_size;
+        let mut terms = json!({
+            "field": facet.field(),
+            "size": size,
+            "shard_size": size * 3 / 2 + 10,
+            "order": [{"_count": "desc"}, {"_key": "asc"}],
+        });
+        if let Some(text) = req.facet_search(facet) {
+            terms["include"] = json!(contains_regex(text));
+        }
+        let counted = |agg: Value| if counts_itself(req, facet) { agg } else { with_distinct(agg, req) };
+        let top = counted(json!({ "terms": terms }));
+        let selected = req.selected(facet);
+        let selected = (!selected.is_empty())
+            .then(|| counted(json!({"terms": {"field": facet.field(), "include": selected, "size": selected.len(), "min_doc_count": 0}})));
+        match other_selections(req, Some(facet), false) {
+            None => {
+                aggs.insert(facet.param().into(), top);
+                if let Some(s) = selected {
+                    aggs.insert(format!("{}_selected", facet.param()), s);
+                }
+            }
+            Some(filter) => {
+                let mut inner = Map::new();
+                inner.insert("top".into(), top);
+                if let Some(s) = selected {
+                    inner.insert("selected".into(), s);
+                }
+                aggs.insert(facet.param().into(), json!({"filter": filter, "aggs": inner}));
+            }
+        }
+    }
+    let histogram = with_distinct(json!({"histogram": {"field": "age", "interval": AGE_INTERVAL, "min_doc_count": 0}}), req);
+    match other_selections(req, None, true) {
+        None => aggs.insert("age".into(), histogram),
+        Some(filter) => aggs.insert("age".into(), json!({"filter": filter, "aggs": {"histogram": histogram}})),
+    };
+    let mut body = json!({
+        "size": 0,
+        "query": text_query(req),
+        "track_total_hits": MAX_RESULT_WINDOW,
+        "aggs": aggs,
+    });
+    if req.has_filters() {
+        body["post_filter"] = filters_except(req, None, false);
+    }
+    body
+}
+
+/// Whether the distinct count asked for is of this facet's own field, a field each student
+/// has at most one value of: every non-empty bucket then has exactly one distinct value,
+/// and nothing needs counting.
+fn counts_itself(req: &SearchRequest, facet: Facet) -> bool {
+    req.distinct == Some(facet) && facet.single_valued()
+}
+
+/// The selections of every facet but `except` as one filter; None when there are none.
+fn other_selections(req: &SearchRequest, except: Option<Facet>, except_age: bool) -> Option<Value> {
+    let f = filters_except(req, except, except_age);
+    (f.get("match_all").is_none()).then_some(f)
+}
+
+/// Orders by the id alone: no text query, so every score is the same and relevance order
+/// is id order; the engine can then skip matches that cannot make the page.
+fn by_id_alone(req: &SearchRequest) -> bool {
+    req.q.is_empty() && req.sort.key == SortKey::Relevance
+}
+
+/// The hits of a search: one page (and one more hit, to know whether another follows),
+/// counting nothing.
+pub fn hits_body(req: &SearchRequest) -> Value {
+    let query = match other_selections(req, None, false) {
+        None => text_query(req),
+        Some(filter) => json!({"bool": {"must": [text_query(req)], "filter": [filter]}}),
+    };
+    let mut body = json!({
+        "query": query,
+        "size": fetch_size(req),
+        "track_total_hits": false,
+        "_source": SOURCE,
+        "sort": if by_id_alone(req) { json!([{"id": {"order": "asc", "unmapped_type": "long"}}]) } else { sort(req) },
+    });
+    if let Some(after) = &req.after {
+        body["search_after"] = if by_id_alone(req) { json!([after.id]) } else { after.search_after() };
+    } else if req.page > 1 {
+        body["from"] = json!((req.page - 1) * req.size);
+    }
+    if !req.q.is_empty() {
+        body["highlight"] = json!({
+            "pre_tags": [PRE.to_string()],
+            "post_tags": [POST.to_string()],
+            "number_of_fragments": 0,
+            "fields": {"first_name": {}, "last_name": {}}
+        });
+        body["track_scores"] = json!(true);
+    }
+    body
+}
+
 /// The completion suggester inside `_search` (the old `_suggest` endpoint is gone): the
 /// first `size` students whose first name, last name or full name starts with `prefix`,
 /// with only what a suggestion shows from `_source`.
@@ -224,16 +349,19 @@ fn distinct_of(b: &Value, req: &SearchRequest) -> Option<u64> {
     req.distinct.map(|_| u64_of(&b["distinct"]["value"]))
 }
 
-fn terms_buckets(agg: &Value, req: &SearchRequest) -> Vec<RawBucket<String>> {
+/// `own`: the distinct count is of this facet's own single-valued field and was not asked
+/// of the engine: one per non-empty bucket.
+fn terms_buckets(agg: &Value, req: &SearchRequest, own: bool) -> Vec<RawBucket<String>> {
     agg["buckets"]
         .as_array()
         .map(|bs| {
             bs.iter()
                 .filter_map(|b| {
+                    let doc_count = u64_of(&b["doc_count"]);
                     Some(RawBucket {
                         key: b["key"].as_str()?.to_string(),
-                        doc_count: u64_of(&b["doc_count"]),
-                        distinct: distinct_of(b, req),
+                        doc_count,
+                        distinct: if own { Some(u64::from(doc_count > 0)) } else { distinct_of(b, req) },
                     })
                 })
                 .collect()
@@ -273,15 +401,26 @@ fn hit(h: &Value, with_highlight: bool) -> Option<Hit> {
     })
 }
 
-/// Reads the engine's answer to [`search_body`].
-pub fn read_answer(req: &SearchRequest, v: &Value) -> Raw {
+fn read_total(v: &Value) -> Total {
     let total = &v["hits"]["total"];
-    let total = Total { value: u64_of(&total["value"]), relation: if total["relation"] == "gte" { Relation::Gte } else { Relation::Eq } };
-    let hits = v["hits"]["hits"].as_array().map(|hs| hs.iter().filter_map(|h| hit(h, !req.q.is_empty())).collect()).unwrap_or_default();
-    let aggs = &v["aggregations"];
+    Total { value: u64_of(&total["value"]), relation: if total["relation"] == "gte" { Relation::Gte } else { Relation::Eq } }
+}
+
+fn read_hits(req: &SearchRequest, v: &Value) -> Vec<Hit> {
+    v["hits"]["hits"].as_array().map(|hs| hs.iter().filter_map(|h| hit(h, !req.q.is_empty())).collect()).unwrap_or_default()
+}
+
+/// A facet's `top` and `selected` aggregations and the histogram, wherever the body that
+/// asked for them put them (inside a `filter` aggregation, or at the top level).
+fn read_counts(req: &SearchRequest, aggs: &Value, split: bool) -> ([RawFacet; 3], Vec<RawBucket<i32>>) {
     let facets = Facet::ALL.map(|f| {
-        let a = &aggs[f.param()];
-        let (top, selected) = (terms_buckets(&a["top"], req), terms_buckets(&a["selected"], req));
+        let (top, selected) = if split && other_selections(req, Some(f), false).is_none() {
+            (&aggs[f.param()], &aggs[format!("{}_selected", f.param())])
+        } else {
+            (&aggs[f.param()]["top"], &aggs[f.param()]["selected"])
+        };
+        let own = split && counts_itself(req, f);
+        let (top, selected) = (terms_buckets(top, req, own), terms_buckets(selected, req, own));
         // The engine's `sum_other_doc_count` counts every value outside the top, selected
         // ones too (those the facet-value search lets in); but a selected value is listed
         // after the top, so it is not left out.
@@ -291,9 +430,15 @@ pub fn read_answer(req: &SearchRequest, v: &Value) -> Raw {
             .filter(|s| req.facet_search(f).is_none_or(|text| contains_ignoring_case(&s.key, text)))
             .map(|s| s.doc_count)
             .sum();
-        RawFacet { sum_other: u64_of(&a["top"]["sum_other_doc_count"]).saturating_sub(pinned), top, selected }
+        let sum_other = if split && other_selections(req, Some(f), false).is_none() {
+            u64_of(&aggs[f.param()]["sum_other_doc_count"])
+        } else {
+            u64_of(&aggs[f.param()]["top"]["sum_other_doc_count"])
+        };
+        RawFacet { sum_other: sum_other.saturating_sub(pinned), top, selected }
     });
-    let age = aggs["age"]["histogram"]["buckets"]
+    let histogram = if split && other_selections(req, None, true).is_none() { &aggs["age"] } else { &aggs["age"]["histogram"] };
+    let age = histogram["buckets"]
         .as_array()
         .map(|bs| {
             bs.iter()
@@ -303,7 +448,19 @@ pub fn read_answer(req: &SearchRequest, v: &Value) -> Raw {
                 .collect()
         })
         .unwrap_or_default();
-    Raw { total, hits, facets, age }
+    (facets, age)
+}
+
+/// Reads the engine's answer to [`search_body`].
+pub fn read_answer(req: &SearchRequest, v: &Value) -> Raw {
+    let (facets, age) = read_counts(req, &v["aggregations"], false);
+    Raw { total: read_total(v), hits: read_hits(req, v), facets, age }
+}
+
+/// Reads the engine's answers to [`counts_body`] and [`hits_body`] of the same request.
+pub fn read_split(req: &SearchRequest, counts: &Value, hits: &Value) -> Raw {
+    let (facets, age) = read_counts(req, &counts["aggregations"], true);
+    Raw { total: read_total(counts), hits: read_hits(req, hits), facets, age }
 }
 
 #[cfg(test)]
