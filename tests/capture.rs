@@ -113,7 +113,8 @@ async fn an_installation_with_the_old_capture_and_outstanding_marks_upgrades_wit
     env.sql("INSERT INTO student_courses SELECT g, 1 FROM generate_series(1, 3000, 3) g").await;
     env.sql("UPDATE universities SET name = 'MIT (old capture)' WHERE id = 1").await;
     env.sql("UPDATE students SET age = 30 WHERE id <= 10").await;
-    let outstanding = env.scalar_i64("SELECT (SELECT count(*) FROM tidemark.marks) + (SELECT count(*) FROM tidemark.parents)").await;
+    let outstanding =
+        env.scalar_i64("SELECT (SELECT count(*) FROM tidemark.dirty_students) + (SELECT count(*) FROM tidemark.dirty_parents)").await;
     assert!(outstanding > 0, "marks wait from the old capture");
     let old: Vec<String> = sqlx::query_scalar(
         "SELECT proname::text FROM pg_proc WHERE pronamespace = 'tidemark'::regnamespace AND prosrc ILIKE '%pg_notify%'",

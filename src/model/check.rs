@@ -152,6 +152,32 @@ async fn column(db: &mut PgConnection, table: &str, column: &str, what: &str, re
     Ok(t)
 }
 
+/// A column that references `target.key` (of type `key_type`): it exists and has the key's
+/// type (a `text` column naming a `bigint` key makes every document query fail).
+#[allow(clippy::too_many_arguments)]
+async fn reference(
+    db: &mut PgConnection,
+    table: &str,
+    col: &str,
+    target: &str,
+    key: &str,
+    key_type: KeyType,
+    what: &str,
+    report: &mut Report,
+) -> Result<(), sqlx::Error> {
+    if let Some(t) = column(db, table, col, what, report).await? {
+        if key_type_of(&t) != Some(key_type) {
+            report.errors.push(format!(
+                "{what}: {table}.{col} is {t} but references {target}.{key}, a {key_type} key; give it the key's type (ALTER TABLE {} ALTER COLUMN {} TYPE {})",
+                ident(table),
+                ident(col),
+                key_type.sql()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn node<'a>(
     db: &'a mut PgConnection,
     n: &'a Node,
@@ -206,7 +232,8 @@ fn node<'a>(
             }
             match &r.link {
                 Link::BelongsTo { foreign_key } => {
-                    column(db, &n.table, foreign_key, &format!("{here}'s foreign_key"), report).await?;
+                    let what = format!("{here}'s foreign_key");
+                    reference(db, &n.table, foreign_key, &r.node.table, &r.node.key, r.node.key_type, &what, report).await?;
                     if full && !indexed(db, &n.table, foreign_key).await? {
                         report.warnings.push(format!(
                             "{here}: a changed {} row finds its {} rows by {}.{}, which has no index, so every such fan-out scans {}. Run: CREATE INDEX ON {} ({}, {});",
@@ -222,7 +249,8 @@ fn node<'a>(
                     }
                 }
                 Link::HasMany { foreign_key } => {
-                    column(db, &r.node.table, foreign_key, &format!("{here}'s foreign_key"), report).await?;
+                    let what = format!("{here}'s foreign_key");
+                    reference(db, &r.node.table, foreign_key, &n.table, &n.key, n.key_type, &what, report).await?;
                     if full && !indexed(db, &r.node.table, foreign_key).await? {
                         report.warnings.push(format!(
                             "{here}: every document reads its {} rows by {}.{}, which has no index, so every batch scans {}. Run: CREATE INDEX ON {} ({});",
@@ -240,8 +268,9 @@ fn node<'a>(
                         report.errors.push(format!("{here}: join table {through} does not exist; create it first"));
                         continue;
                     }
-                    column(db, through, this_key, &format!("{here}'s this_key"), report).await?;
-                    column(db, through, other_key, &format!("{here}'s other_key"), report).await?;
+                    reference(db, through, this_key, &n.table, &n.key, n.key_type, &format!("{here}'s this_key"), report).await?;
+                    let what = format!("{here}'s other_key");
+                    reference(db, through, other_key, &r.node.table, &r.node.key, r.node.key_type, &what, report).await?;
                     if full {
                         for (col, other, why) in [
                             (this_key, other_key, "every document reads its rows"),

@@ -256,17 +256,36 @@ pub fn fanout_query(model: &Model, place: &Place<'_>) -> String {
     let mut from = format!("{} t0", ident(&root.table));
     let mut parent = "t0".to_string();
     let mut parent_key = root.key.clone();
-    for (i, r) in place.path.iter().enumerate() {
+    let (last, path) = place.path.split_last().expect("a place has a path");
+    for (i, r) in path.iter().enumerate() {
         let child = format!("t{}", i + 1);
         let (f, on) = hop(r, &parent, &child, &parent_key);
         from.push_str(&format!(" JOIN {f} ON {on}"));
         parent = child;
         parent_key = r.node.key.clone();
     }
+    // The last step is matched on the column that references the changed row, not on the
+    // row itself: a deleted row (no foreign key protects it) or a key's old value is gone
+    // from its table, yet the documents that still name it must be found.
+    let target = match &last.link {
+        Link::BelongsTo { foreign_key } => format!("{parent}.{}", ident(foreign_key)),
+        Link::ManyToMany { through, this_key, other_key } => {
+            let j = format!("t{}j", path.len() + 1);
+            from.push_str(&format!(" JOIN {} {j} ON {j}.{} = {parent}.{}", ident(through), ident(this_key), ident(&parent_key)));
+            format!("{j}.{}", ident(other_key))
+        }
+        Link::HasMany { .. } => {
+            // A has-many row names its parent itself (its deletion marks the parent): it is
+            // found through its own row.
+            let child = format!("t{}", path.len() + 1);
+            let (f, on) = hop(last, &parent, &child, &parent_key);
+            from.push_str(&format!(" JOIN {f} ON {on}"));
+            format!("{child}.{}", ident(&last.node.key))
+        }
+    };
     let cast = root.key_type.sql();
-    let last = format!("{parent}.{}", ident(&place.node.key));
     format!(
-        "SELECT k::text FROM (SELECT DISTINCT {rkey} AS k FROM {from} WHERE {last} = $1::{node_cast} AND ($2::text IS NULL OR {rkey} > $2::{cast})) x ORDER BY k LIMIT $3",
+        "SELECT k::text FROM (SELECT DISTINCT {rkey} AS k FROM {from} WHERE {target} = $1::{node_cast} AND ($2::text IS NULL OR {rkey} > $2::{cast})) x ORDER BY k LIMIT $3",
         node_cast = place.node.key_type.sql(),
     )
 }
