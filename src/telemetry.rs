@@ -49,6 +49,8 @@ pub const OUTCOMES: [&str; 5] = ["written", "superseded", "deleted", "transient"
 pub const STATUS_CLASSES: [&str; 5] = ["2xx", "4xx", "429", "5xx", "error"];
 pub const RETRY_STAGES: [&str; 2] = ["ship", "step"];
 pub const BATCH_RESULTS: [&str; 2] = ["ok", "error"];
+pub const CACHE_KINDS: [&str; 3] = ["counts", "hits", "suggest"];
+pub const ENGINE_REQUEST_KINDS: [&str; 4] = ["alias", "counts", "hits", "suggest"];
 
 const DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const FRESHNESS_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
@@ -126,6 +128,22 @@ pub fn worker_started() {
     sync_refused(false);
 }
 
+/// Exports every counter `serve` keeps, with each of its fixed label values, at 0, and the
+/// cache's gauges at 0 (an empty cache).
+pub fn serve_started() {
+    for kind in CACHE_KINDS {
+        for result in ["hit", "miss"] {
+            counter!(SEARCH_CACHE, "kind" => kind, "result" => result).increment(0);
+        }
+    }
+    for kind in ENGINE_REQUEST_KINDS {
+        for outcome in ["sent", "joined"] {
+            counter!(SEARCH_ENGINE_REQUESTS, "kind" => kind, "outcome" => outcome).increment(0);
+        }
+    }
+    search_cache_usage(0, 0);
+}
+
 /// Whether this worker refuses to sync (the sequence is behind the index).
 pub fn sync_refused(refused: bool) {
     gauge!(SYNC_REFUSED).set(if refused { 1.0 } else { 0.0 });
@@ -149,8 +167,6 @@ pub fn status_class(status: Option<u16>) -> &'static str {
     }
 }
 
-/// One request `serve` answered: its route template (e.g. `/students/{id}`), never the path
-/// itself, so the label stays a small fixed set.
 /// An answer-cache look-up of `kind` (`counts`, `hits`, `suggest`).
 pub fn search_cache(kind: &'static str, hit: bool) {
     counter!(SEARCH_CACHE, "kind" => kind, "result" => if hit { "hit" } else { "miss" }).increment(1);
@@ -167,6 +183,8 @@ pub fn engine_request(kind: &'static str, joined: bool) {
     counter!(SEARCH_ENGINE_REQUESTS, "kind" => kind, "outcome" => if joined { "joined" } else { "sent" }).increment(1);
 }
 
+/// One request `serve` answered: its route template (e.g. `/students/{id}`), never the path
+/// itself, so the label stays a small fixed set.
 pub fn http_request(route: &str, status: u16, took: Duration) {
     let class = match status {
         200..=299 => "2xx",

@@ -29,6 +29,7 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    crate::telemetry::serve_started();
     web::check_index(&services).await;
     tracing::info!(%addr, url = %format!("http://{addr}/"), alias = %services.config.index_alias, "serving the search application");
     axum::serve(listener, web::router(services)).with_graceful_shutdown(shutdown).await.map_err(ServeError::Serve)?;
