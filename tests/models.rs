@@ -475,8 +475,8 @@ async fn refinebio_every_kind_of_write_reaches_the_index_exactly() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 3. A model defined in the tests only: books (uuid keys) → author → city → country, and
-//    each book's tags.
+// 3. A model defined in the tests only: books (uuid keys) → author → city → country, the
+//    author's name again as one value, and each book's tags.
 
 const LIBRARY_MODEL: &str = r#"
 name = "library"
@@ -529,6 +529,17 @@ type = "keyword"
 
 [[document.relations.relations.relations.fields]]
 name = "code"
+type = "keyword"
+
+[[document.relations]]
+name = "author_name"
+kind = "belongs_to"
+table = "authors"
+foreign_key = "author_id"
+value = "name"
+
+[[document.relations.fields]]
+name = "name"
 type = "keyword"
 
 [[document.relations]]
@@ -629,9 +640,9 @@ async fn library_expected(pool: &PgPool) -> BTreeMap<String, Value> {
                 Some((name, c)) => json!({"name": name, "country": country(c)}),
                 None => Value::Null,
             };
-            let author = match author.and_then(|id| authors.get(&id)) {
-                Some((name, c)) => json!({"name": name, "city": city(*c)}),
-                None => Value::Null,
+            let (author, author_name) = match author.and_then(|id| authors.get(&id)) {
+                Some((name, c)) => (json!({"name": name, "city": city(*c)}), json!(name)),
+                None => (Value::Null, Value::Null),
             };
             let mut inputs = vec![title.clone()];
             if let Some(y) = year {
@@ -641,6 +652,7 @@ async fn library_expected(pool: &PgPool) -> BTreeMap<String, Value> {
                 "title": title,
                 "year": year,
                 "author": author,
+                "author_name": author_name,
                 "tags": tags.remove(&id).unwrap_or_default(),
                 "suggest": {"input": inputs},
             });
@@ -679,7 +691,7 @@ async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_i
         docs[&book7],
         json!({"title": "Book 7", "year": null,
                "author": {"name": "Author 1", "city": {"name": "City 1", "country": {"name": "Country 1", "code": "C1"}}},
-               "tags": ["tag1", "tag2"], "suggest": {"input": ["Book 7"]}})
+               "author_name": "Author 1", "tags": ["tag1", "tag2"], "suggest": {"input": ["Book 7"]}})
     );
 
     // A country renamed: every book of every author of every city in it (200 books), in
@@ -820,6 +832,141 @@ async fn related_rows_without_a_foreign_key_reach_their_documents_when_deleted_o
     converge(&env, expected().await, "a country without a foreign key deleted").await;
     env.sql("DELETE FROM cities WHERE id = 1").await;
     converge(&env, expected().await, "a city without a foreign key deleted").await;
+}
+
+/// The same through a join table: refinebio's tables without their foreign keys. A sample
+/// deleted (its join rows left behind) must leave its experiments' `sample_ids`, and an
+/// organism deleted their `organism_names`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refinebio_without_foreign_keys_a_deleted_sample_or_organism_leaves_its_experiments() {
+    let mut schema = tidemark_seeds::refinebio::SCHEMA.to_string();
+    for fk in [
+        "REFERENCES organisms (id) ON DELETE SET NULL",
+        "REFERENCES platforms (id) ON DELETE SET NULL",
+        "REFERENCES experiments (id) ON DELETE CASCADE",
+        "REFERENCES samples (id) ON DELETE CASCADE",
+    ] {
+        assert!(schema.contains(fk), "refinebio's schema has `{fk}`");
+        schema = schema.replace(fk, "");
+    }
+    let env = Env::with_model("refinebio", &schema, |_| {}).await;
+    let expected = || refinebio_expected(&env.pool);
+    env.sql(
+        "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus');
+         INSERT INTO platforms (id, name) VALUES (1, 'Illumina');
+         INSERT INTO samples (id, accession_code, organism_id, platform_id) VALUES (1, 'GSM1', 1, 1), (2, 'GSM2', 2, 1), (3, 'GSM3', 1, 1);
+         INSERT INTO experiments (id, accession_code, title, technology) VALUES (1, 'GSE1', 'One', 'RNA-SEQ'), (2, 'GSE2', 'Two', 'RNA-SEQ');
+         INSERT INTO experiment_samples VALUES (1, 1), (1, 2), (2, 2), (2, 3);",
+    )
+    .await;
+    converge(&env, expected().await, "first sync").await;
+    env.sql("DELETE FROM samples WHERE id = 2").await;
+    converge(&env, expected().await, "a sample without a foreign key deleted").await;
+    env.sql("DELETE FROM organisms WHERE id = 1").await;
+    converge(&env, expected().await, "an organism without a foreign key deleted").await;
+}
+
+/// One table in three places of its own model: the root (people), a belongs_to of it (each
+/// person's manager) and a has-many of it (the names of each person's reports). A write to
+/// one row changes up to three kinds of documents: its own, its reports' and its manager's.
+const PEOPLE_MODEL: &str = r#"
+name = "people"
+
+[document]
+table = "people"
+key = "id"
+number = "id"
+
+[[document.fields]]
+name = "name"
+type = "keyword"
+
+[[document.relations]]
+name = "manager"
+kind = "belongs_to"
+table = "people"
+foreign_key = "manager_id"
+
+[[document.relations.fields]]
+name = "name"
+type = "keyword"
+
+[[document.relations]]
+name = "reports"
+kind = "has_many"
+table = "people"
+foreign_key = "manager_id"
+value = "name"
+
+[[document.relations.fields]]
+name = "name"
+type = "keyword"
+"#;
+
+async fn people_expected(pool: &PgPool) -> BTreeMap<String, Value> {
+    let people: Vec<(i64, String, Option<i64>)> = sqlx::query_as("SELECT id, name, manager_id FROM people").fetch_all(pool).await.unwrap();
+    let names: HashMap<i64, String> = people.iter().map(|(id, name, _)| (*id, name.clone())).collect();
+    let mut reports: HashMap<i64, BTreeSet<String>> = HashMap::new();
+    for (_, name, manager) in &people {
+        if let Some(m) = manager {
+            reports.entry(*m).or_default().insert(name.clone());
+        }
+    }
+    people
+        .iter()
+        .map(|(id, name, manager)| {
+            let manager = match manager.and_then(|m| names.get(&m)) {
+                Some(n) => json!({"name": n}),
+                None => Value::Null,
+            };
+            let doc = json!({"name": name, "manager": manager, "reports": reports.remove(id).unwrap_or_default(), "id": id});
+            (id.to_string(), doc)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_is_its_own_parent_and_child_stays_in_step() {
+    let model = TempModel::new(PEOPLE_MODEL);
+    let schema = "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL,
+                                      manager_id bigint REFERENCES people (id) ON DELETE SET NULL);
+                  CREATE INDEX people_manager_id ON people (manager_id, id);";
+    let env = Env::with_model(&model.spec(), schema, |c| c.sync.fanout_chunk = 3).await;
+    let expected = || people_expected(&env.pool);
+    env.sql(
+        "INSERT INTO people (id, name, manager_id) VALUES (1, 'Chief', NULL);
+         INSERT INTO people (id, name, manager_id) SELECT g, 'Manager ' || g, 1 FROM generate_series(2, 4) g;
+         INSERT INTO people (id, name, manager_id) SELECT g, 'Staff ' || g, 2 + g % 3 FROM generate_series(5, 16) g;",
+    )
+    .await;
+    converge(&env, expected().await, "first sync").await;
+    assert_eq!(
+        index_sources(&env).await["2"],
+        json!({"name": "Manager 2", "manager": {"name": "Chief"}, "reports": ["Staff 12", "Staff 15", "Staff 6", "Staff 9"], "id": 2})
+    );
+    // A manager renamed: their own document, their reports' (`manager.name`) and their
+    // manager's (`reports`).
+    env.sql("UPDATE people SET name = 'Boss Two' WHERE id = 2").await;
+    converge(&env, expected().await, "a manager renamed").await;
+    assert_eq!(env.count(json!({"term": {"manager.name": "Boss Two"}})).await, 4);
+    // Moves: a person to another manager, a manager under another manager, to no manager.
+    env.sql("UPDATE people SET manager_id = 3 WHERE id = 6").await;
+    env.sql("UPDATE people SET manager_id = 2 WHERE id = 4").await;
+    env.sql("UPDATE people SET manager_id = NULL WHERE id = 7").await;
+    converge(&env, expected().await, "moves").await;
+    // Inserts and a key change (a person without reports).
+    env.sql("INSERT INTO people (id, name, manager_id) VALUES (17, 'New', 4), (18, 'Newer', 17)").await;
+    converge(&env, expected().await, "inserts").await;
+    env.sql("UPDATE people SET id = 180 WHERE id = 18").await;
+    converge(&env, expected().await, "a key changed").await;
+    // Deletes: a manager (their reports lose them), a leaf.
+    env.sql("DELETE FROM people WHERE id = 2").await;
+    converge(&env, expected().await, "a manager deleted").await;
+    env.sql("DELETE FROM people WHERE id = 180").await;
+    converge(&env, expected().await, "a leaf deleted").await;
+    // Everyone renamed in one statement.
+    env.sql("UPDATE people SET name = name || '!'").await;
+    converge(&env, expected().await, "everyone renamed").await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1039,4 +1186,51 @@ type = "keyword"
     assert!(err.to_string().contains("table experiments does not exist"), "{err}");
     env.sql("INSERT INTO students (id, first_name, last_name, age, year_in_school) VALUES (1, 'Ann', 'Lee', 20, 'FR')").await;
     assert_eq!(env.outstanding().await, 1, "the students capture is still installed");
+}
+
+/// A reference column whose type is not its key's (`items.shelf_id` text, `shelves.id`
+/// bigint): the document query compares them (`shelves.id = items.shelf_id`), which
+/// PostgreSQL refuses, so every batch of the model would fail. `model check` must say so
+/// before `migrate` installs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_check_refuses_a_reference_column_whose_type_is_not_its_keys() {
+    let env = Env::new().await;
+    env.sql(
+        "CREATE TABLE shelves (id bigserial PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE items (id bigserial PRIMARY KEY, label text NOT NULL, shelf_id text);
+         CREATE INDEX items_shelf_id ON items (shelf_id, id);",
+    )
+    .await;
+    let items = model_file(
+        &env,
+        "items.toml",
+        r#"
+name = "items"
+[document]
+table = "items"
+key = "id"
+[[document.fields]]
+name = "label"
+type = "keyword"
+[[document.relations]]
+name = "shelf"
+kind = "belongs_to"
+table = "shelves"
+foreign_key = "shelf_id"
+[[document.relations.fields]]
+name = "name"
+type = "keyword"
+"#,
+    );
+    // What the mismatch does: the model's document query cannot run on these tables.
+    let model = Model::load(&items).unwrap();
+    let load = load::load(&env.pool, &model, &["1".to_string()]).await;
+    let err = load.expect_err("text = bigint is refused").to_string();
+    assert!(err.contains("operator does not exist"), "{err}");
+    // `migrate` installs it all the same (its own check finds every table and column).
+    tidemark::db::migrate(&env.pool, &model).await.expect("migrate accepts the model");
+    // What `model check` says about it.
+    let out = env.run(&["model", "check", "--model", &items]);
+    assert_eq!(out.code, Some(3), "the mismatch is an error:\n{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("items.shelf_id") && out.stdout.contains("text"), "{out:?}");
 }
