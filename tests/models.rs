@@ -1234,3 +1234,95 @@ type = "keyword"
     assert_eq!(out.code, Some(3), "the mismatch is an error:\n{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("items.shelf_id") && out.stdout.contains("text"), "{out:?}");
 }
+
+/// The binary with a model file, given by `--model` or `TIDEMARK_MODEL`: `migrate`, `sync`
+/// (a fan-out three levels down included) and `admin status`, which says when the model it
+/// is given is not the one whose capture is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_migrates_and_syncs_a_model_file() {
+    let model = TempModel::new(LIBRARY_MODEL);
+    let spec = model.spec();
+    let env = Env::with_model(&spec, &library_schema(true), |_| {}).await;
+    let out = env.run(&["--model", &spec, "migrate"]);
+    assert!(out.ok(), "migrate again: {out:?}");
+    env.sql(LIBRARY_DATA).await;
+    let out = env.run(&["--model", &spec, "sync"]);
+    assert!(out.ok() && out.stdout.contains("synced: "), "{out:?}");
+    let diff = differences(&library_expected(&env.pool).await, &index_sources(&env).await);
+    assert!(diff.is_empty(), "after `tidemark sync`:\n{diff}");
+    let country2 = md5_uuid(&env, "country2").await;
+    env.sql(&format!("UPDATE countries SET code = 'C2b' WHERE id = '{country2}'")).await;
+    let out = env.run_with(&["sync"], &[("TIDEMARK_MODEL", spec.as_str())]);
+    assert!(out.ok() && out.stdout.contains("200 fanned out"), "{out:?}");
+    let diff = differences(&library_expected(&env.pool).await, &index_sources(&env).await);
+    assert!(diff.is_empty(), "after the country's code changed:\n{diff}");
+    assert_eq!(env.count(json!({"term": {"author.city.country.code": "C2b"}})).await, 200);
+
+    let status = |vars: &[(&str, &str)]| {
+        let out = env.run_with(&["admin", "status", "--json"], vars);
+        assert!(out.ok(), "{out:?}");
+        serde_json::from_str::<Value>(&out.stdout).unwrap()
+    };
+    let ok = status(&[("TIDEMARK_MODEL", spec.as_str())]);
+    assert_eq!(ok["problems"], json!([]), "{ok}");
+    let other = status(&[]);
+    let problems = other["problems"].to_string();
+    assert!(
+        problems.contains("the capture installed in the database is of model library") && problems.contains("run `tidemark migrate`"),
+        "admin status with the default model on the library's database: {problems}"
+    );
+}
+
+/// uuid keys under concurrency: a country renamed again while its fan-out is half done starts
+/// over (its cursor reset), and two workers draining while a writer keeps moving books,
+/// authors and cities end with the index equal to the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn library_renamed_again_mid_fan_out_and_drained_by_two_workers_under_writes() {
+    let model = TempModel::new(LIBRARY_MODEL);
+    let env = Env::with_model(&model.spec(), &library_schema(true), |c| {
+        c.sync.fanout_chunk = 50;
+        c.sync.batch_size = 100;
+    })
+    .await;
+    env.sql(LIBRARY_DATA).await;
+    converge(&env, library_expected(&env.pool).await, "first sync").await;
+
+    let country1 = md5_uuid(&env, "country1").await;
+    env.sql(&format!("UPDATE countries SET name = 'First' WHERE id = '{country1}'")).await;
+    let a = env.engine();
+    let lease = Duration::from_secs(60);
+    let mut parent = tidemark::pipeline::fanout::claim_parent(&env.pool, a.owner(), lease).await.unwrap().unwrap();
+    let model_a = a.services.model.clone();
+    let step = tidemark::pipeline::fanout::expand_step(&env.pool, &model_a, a.owner(), lease, &mut parent, 50).await.unwrap();
+    assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(50));
+    env.sql(&format!("UPDATE countries SET name = 'Second' WHERE id = '{country1}'")).await;
+    let cursor: Option<String> = sqlx::query_scalar("SELECT cursor FROM tidemark.parents").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(cursor, None, "renamed again: the expansion starts over");
+    let step = tidemark::pipeline::fanout::expand_step(&env.pool, &model_a, a.owner(), lease, &mut parent, 50).await.unwrap();
+    assert_eq!(step, tidemark::pipeline::fanout::Step::Restarted);
+    let r = env.drain().await;
+    assert_eq!(r.fanned_out, 200, "all of the country's books again, from the start");
+    converge(&env, library_expected(&env.pool).await, "renamed twice").await;
+    assert_eq!(env.count(json!({"term": {"author.city.country.name": "Second"}})).await, 200);
+
+    // Two workers and a writer.
+    let b = env.engine();
+    let country2 = md5_uuid(&env, "country2").await;
+    let writer = async {
+        for i in 0..15 {
+            let q = match i % 5 {
+                0 => format!("UPDATE countries SET name = 'Name {i}' WHERE id = '{country2}'"),
+                1 => format!("UPDATE authors SET city_id = 1 + (id + {i}) % 6 WHERE id % 7 = {}", i % 7),
+                2 => format!("UPDATE cities SET name = 'City {i}' || id WHERE id % 2 = {}", i % 2),
+                3 => format!("UPDATE books SET author_id = 1 + (author_id + {i}) % 30 WHERE published_year % 13 = {}", i % 13),
+                _ => format!("INSERT INTO book_tags (book_id, tag) SELECT id, 'w{i}' FROM books WHERE published_year % 17 = {}", i % 17),
+            };
+            env.sql(&q).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    };
+    let (ra, rb, ()) = tokio::join!(a.drain(), b.drain(), writer);
+    ra.unwrap();
+    rb.unwrap();
+    converge(&env, library_expected(&env.pool).await, "two workers under writes").await;
+}
