@@ -1227,12 +1227,13 @@ type = "keyword"
     let load = load::load(&env.pool, &model, &["1".to_string()]).await;
     let err = load.expect_err("text = bigint is refused").to_string();
     assert!(err.contains("operator does not exist"), "{err}");
-    // `migrate` installs it all the same (its own check finds every table and column).
-    tidemark::db::migrate(&env.pool, &model).await.expect("migrate accepts the model");
-    // What `model check` says about it.
+    // `migrate` refuses it, saying which column and what to run.
+    let err = tidemark::db::migrate(&env.pool, &model).await.expect_err("migrate refuses the model").to_string();
+    assert!(err.contains("items.shelf_id is text but references shelves.id, a bigint key") && err.contains("ALTER TABLE"), "{err}");
+    // And so does `model check`.
     let out = env.run(&["model", "check", "--model", &items]);
     assert_eq!(out.code, Some(3), "the mismatch is an error:\n{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("items.shelf_id") && out.stdout.contains("text"), "{out:?}");
+    assert!(out.stdout.contains("items.shelf_id is text") && out.stdout.contains("TYPE bigint"), "{out:?}");
 }
 
 /// The binary with a model file, given by `--model` or `TIDEMARK_MODEL`: `migrate`, `sync`

@@ -187,15 +187,15 @@ async fn verify_finds_missing_edited_and_extra_documents_and_repair_fixes_them()
     let out = env.run(&["admin", "verify", "--full", "--json"]);
     assert_eq!(out.code, Some(3), "differences make verify exit 3: {out:?}");
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(report["missing"], json!([10]));
-    assert_eq!(report["differing"], json!([20]));
-    assert_eq!(report["extra"], json!([999999]));
+    assert_eq!(report["missing"], json!(["10"]));
+    assert_eq!(report["differing"], json!(["20"]));
+    assert_eq!(report["extra"], json!(["999999"]));
     // A sample as large as the table finds them too.
     let out = env.run(&["admin", "verify", "--sample", "1000", "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         (report["missing"].clone(), report["differing"].clone(), report["extra"].clone()),
-        (json!([10]), json!([20]), json!([999999]))
+        (json!(["10"]), json!(["20"]), json!(["999999"]))
     );
 
     let out = env.run(&["admin", "verify", "--full", "--repair"]);

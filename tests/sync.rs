@@ -406,3 +406,23 @@ async fn a_change_moved_into_a_claimed_mark_is_indexed_afterwards_even_with_a_lo
     assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["CS101"]));
     env.assert_converged().await;
 }
+
+/// Keys travel as text, but a fan-out pages through a university's students in the order
+/// of their ids, not of their text (`"10" < "9"`): with chunks of 7 over ids of one, two and
+/// three digits, every student of a renamed university is reached exactly once, and
+/// `admin verify --full` pages through the table without counting a row twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_and_a_full_verify_page_in_key_order_across_digit_lengths() {
+    let env = Env::with_config(|c| c.sync.fanout_chunk = 7).await;
+    small_directory(&env).await;
+    env.add_students_at(250, "1 + (g % 2)").await;
+    env.drain().await;
+    env.sql("UPDATE universities SET name = 'Renamed' WHERE id = 1").await;
+    env.drain().await;
+    assert_eq!(env.count(json!({"term": {"university.name": "Renamed"}})).await, 125);
+    env.assert_converged().await;
+    let out = env.run(&["admin", "verify", "--full", "--json"]);
+    assert!(out.ok(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["checked"], json!(250), "{report}");
+}

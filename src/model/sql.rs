@@ -207,7 +207,9 @@ pub fn key_queries(model: &Model) -> KeyQueries {
     let (table, key, cast) = (ident(&model.root.table), ident(&model.root.key), model.root.key_type.sql());
     KeyQueries {
         count: format!("SELECT count(*) FROM {table}"),
-        after: format!("SELECT {key}::text FROM {table} WHERE $1::text IS NULL OR {key} > $1::{cast} ORDER BY {key} LIMIT $2"),
+        // Ordered by the key itself (`t.`): an unqualified name in ORDER BY is the output
+        // column, here the key as text, whose order is not the key's (`10` < `9`).
+        after: format!("SELECT t.{key}::text FROM {table} t WHERE $1::text IS NULL OR t.{key} > $1::{cast} ORDER BY t.{key} LIMIT $2"),
         sample: format!("SELECT {key}::text FROM {table} ORDER BY random() LIMIT $1"),
         existing: format!("SELECT {key}::text FROM {table} WHERE {key} = ANY($1::{cast}[])"),
     }
@@ -285,7 +287,7 @@ pub fn fanout_query(model: &Model, place: &Place<'_>) -> String {
     };
     let cast = root.key_type.sql();
     format!(
-        "SELECT k::text FROM (SELECT DISTINCT {rkey} AS k FROM {from} WHERE {target} = $1::{node_cast} AND ($2::text IS NULL OR {rkey} > $2::{cast})) x ORDER BY k LIMIT $3",
+        "SELECT k::text FROM (SELECT DISTINCT {rkey} AS k FROM {from} WHERE {target} = $1::{node_cast} AND ($2::text IS NULL OR {rkey} > $2::{cast})) x ORDER BY x.k LIMIT $3",
         node_cast = place.node.key_type.sql(),
     )
 }

@@ -79,7 +79,7 @@ pub async fn start(services: &Services, chunk_size: u32, reason: &str) -> Result
     // wrote only to the live index — is still read by a chunk, which reads after this commit.
     sqlx::query(&format!(
         "WITH cuts AS (
-             SELECT k::text AS k, row_number() OVER (ORDER BY k) AS n
+             SELECT c.k::text AS k, row_number() OVER (ORDER BY c.k) AS n
                FROM (SELECT k FROM (SELECT {key} AS k, row_number() OVER (ORDER BY {key}) AS rn FROM {table}) r
                       WHERE rn > 1 AND (rn - 1) % $2 = 0) c)
          INSERT INTO tidemark.reindex_chunks (reindex_id, n, lo, hi)
