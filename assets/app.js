@@ -41,7 +41,13 @@
 
   function choose(i) {
     if (items[i]) {
-      window.location.assign('/students/' + encodeURIComponent(String(items[i].id)));
+      // A model's own pages name the document's page (`href`: a path on this origin).
+      var href = items[i].href;
+      if (typeof href === 'string' && href.charAt(0) === '/' && href.charAt(1) !== '/') {
+        window.location.assign(href);
+      } else {
+        window.location.assign('/students/' + encodeURIComponent(String(items[i].id)));
+      }
     }
   }
 

@@ -19,6 +19,7 @@ mod api;
 mod assets;
 pub mod cache;
 pub mod flight;
+pub mod generic;
 mod pages;
 pub mod params;
 pub mod query;
@@ -83,13 +84,29 @@ pub fn router(services: Services) -> Router {
 }
 
 /// The router of an application state the caller keeps (tests read its cache's usage).
+///
+/// The shipped student directory is served by its own pages (`pages`, `api`); any other
+/// model by the pages its `[search]` view drives (`generic`), its documents at
+/// `/{plural}/{id}` (and `/api/{plural}/{id}`).
 pub fn router_for(app: App) -> Router {
-    Router::new()
-        .route("/", get(pages::search))
-        .route("/students/{id}", get(pages::student))
-        .route("/api/search", get(api::search))
-        .route("/api/suggest", get(api::suggest))
-        .route("/api/students/{id}", get(api::student))
+    let model = app.services.model.clone();
+    let routes = if generic::is_shipped_students(&model) {
+        Router::new()
+            .route("/", get(pages::search))
+            .route("/students/{id}", get(pages::student))
+            .route("/api/search", get(api::search))
+            .route("/api/suggest", get(api::suggest))
+            .route("/api/students/{id}", get(api::student))
+    } else {
+        let plural = generic::Request::new(&model).view.plural.clone();
+        Router::new()
+            .route("/", get(generic::pages::search))
+            .route(&format!("/{plural}/{{id}}"), get(generic::pages::document))
+            .route("/api/search", get(generic::pages::api_search))
+            .route("/api/suggest", get(generic::pages::api_suggest))
+            .route(&format!("/api/{plural}/{{id}}"), get(generic::pages::api_document))
+    };
+    routes
         .route("/assets/{name}", get(assets::asset))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), utf8_parameters))
