@@ -58,6 +58,8 @@ const DB_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct App {
     services: Services,
     reuse: Arc<reuse::Reuse>,
+    /// Whether the loaded model is the shipped student directory (served by its own pages).
+    students: bool,
 }
 
 impl App {
@@ -68,7 +70,8 @@ impl App {
             bytes: usize::try_from(serve.cache_bytes).unwrap_or(usize::MAX),
             engine_concurrency: serve.engine_concurrency as usize,
         };
-        App { services, reuse: Arc::new(reuse::Reuse::new(settings)) }
+        let students = generic::is_shipped_students(&services.model);
+        App { services, reuse: Arc::new(reuse::Reuse::new(settings)), students }
     }
 
     /// What the answer cache holds (entries, bytes, budget).
@@ -90,7 +93,7 @@ pub fn router(services: Services) -> Router {
 /// `/{plural}/{id}` (and `/api/{plural}/{id}`).
 pub fn router_for(app: App) -> Router {
     let model = app.services.model.clone();
-    let routes = if generic::is_shipped_students(&model) {
+    let routes = if app.students {
         Router::new()
             .route("/", get(pages::search))
             .route("/students/{id}", get(pages::student))

@@ -201,9 +201,7 @@ async fn footer(app: &App) -> String {
 
 pub(super) async fn chrome(app: &App, q: &str, hidden: Vec<(String, String)>) -> Chrome {
     let (plural, search_label) = match &app.services.model.search {
-        Some(v) if !super::generic::is_shipped_students(&app.services.model) => {
-            (v.plural.clone(), format!("Search {} by {}", v.plural, v.query.join(", ").replace('_', " ")))
-        }
+        Some(v) if !app.students => (v.plural.clone(), format!("Search {} by {}", v.plural, v.query.join(", ").replace('_', " "))),
         _ => ("students".to_string(), "Search students by name".to_string()),
     };
     Chrome { q: q.to_string(), hidden, footer: footer(app).await, suggest_label: format!("Matching {plural}"), plural, search_label }

@@ -1,0 +1,312 @@
+//! The search application serving another model than the students (issue 18, item 5):
+//! refine.bio's experiments (seeds/refinebio/model.toml), against real PostgreSQL and
+//! OpenSearch. The page, `/api/search`, `/api/suggest` and the experiment page are driven by
+//! the model's `[search]` view; counts are checked against counts computed here,
+//! independently, in SQL.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use axum::{body::Body, http::Request, Router};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use support::Env;
+use tidemark::web;
+use tower::ServiceExt;
+
+struct Answer {
+    status: u16,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+async fn get(app: &Router, uri: &str) -> Answer {
+    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+async fn api(app: &Router, uri: &str) -> Value {
+    let a = get(app, uri).await;
+    assert_eq!(a.status, 200, "{uri}: {}", a.body);
+    a.json()
+}
+
+async fn page(app: &Router, uri: &str) -> String {
+    let a = get(app, uri).await;
+    assert_eq!(a.status, 200, "{uri}: {}", a.body);
+    assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
+    a.body
+}
+
+/// An environment with the refinebio model loaded and its tables created.
+async fn refinebio() -> Env {
+    Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |_| {}).await
+}
+
+/// Four experiments over eight samples of three organisms on two platforms. Samples 1 and
+/// 3 are each in two experiments, so a facet value's unique samples are not the sum of its
+/// experiments' samples. Experiment 4's title is an attack.
+async fn experiments(env: &Env) -> Router {
+    env.sql(
+        "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus'), (3, 'Danio rerio');
+         INSERT INTO platforms (id, name) VALUES (1, 'Illumina HiSeq 2500'), (2, 'Affymetrix HG-U133');
+         INSERT INTO samples (id, accession_code, organism_id, platform_id) VALUES
+           (1, 'GSM1', 1, 1), (2, 'GSM2', 1, 1), (3, 'GSM3', 2, 1), (4, 'GSM4', 2, 2), (5, 'GSM5', 2, 2),
+           (6, 'GSM6', 3, 1), (7, 'GSM7', 3, 1), (8, 'GSM8', 1, 2);
+         INSERT INTO experiments (id, accession_code, title, description, technology) VALUES
+           (1, 'GSE1', 'Human liver expression', 'RNA of human livers', 'RNA-SEQ'),
+           (2, 'GSE2', 'Mouse brain arrays', 'Arrays of mouse brains', 'MICROARRAY'),
+           (3, 'GSE3', 'Zebrafish development', 'Embryos over time', 'RNA-SEQ'),
+           (4, 'GSE4', '<script>alert(1)</script> human', 'An attack in a title', 'MICROARRAY');
+         INSERT INTO experiment_samples VALUES (1, 1), (1, 2), (1, 3), (2, 3), (2, 4), (2, 5), (3, 6), (3, 7), (4, 1), (4, 8);",
+    )
+    .await;
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    web::router(env.services())
+}
+
+/// (experiments, unique samples) per value of a facet, computed here in SQL: `values` is a
+/// query of (experiment id, value) rows; `filter` restricts the experiments.
+async fn sql_counts(env: &Env, values: &str, filter: &str) -> BTreeMap<String, (i64, i64)> {
+    let q = format!(
+        "WITH v AS ({values}), e AS (SELECT id FROM experiments WHERE {filter})
+         SELECT v.value, count(DISTINCT v.eid)::int8, count(DISTINCT es.sample_id)::int8
+           FROM v JOIN e ON e.id = v.eid LEFT JOIN experiment_samples es ON es.experiment_id = v.eid
+          GROUP BY v.value"
+    );
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&q).fetch_all(&env.pool).await.unwrap();
+    rows.into_iter().map(|(k, n, d)| (k, (n, d))).collect()
+}
+
+const TECHNOLOGY: &str = "SELECT id AS eid, technology AS value FROM experiments";
+const ORGANISM: &str = "SELECT es.experiment_id AS eid, o.name AS value FROM experiment_samples es
+                          JOIN samples s ON s.id = es.sample_id JOIN organisms o ON o.id = s.organism_id";
+const PLATFORM: &str = "SELECT es.experiment_id AS eid, p.name AS value FROM experiment_samples es
+                          JOIN samples s ON s.id = es.sample_id JOIN platforms p ON p.id = s.platform_id";
+
+/// (doc_count, distinct) per bucket of a facet of an answer.
+fn facet_counts(v: &Value, facet: &str) -> BTreeMap<String, (i64, i64)> {
+    v["facets"][facet]["buckets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no facet {facet}: {v}"))
+        .iter()
+        .map(|b| (b["key"].as_str().unwrap().to_string(), (b["doc_count"].as_i64().unwrap(), b["distinct"].as_i64().unwrap_or(-1))))
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facets_show_each_values_unique_samples_as_sql_counts_them() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    let v = api(&app, "/api/search?distinct=samples").await;
+    assert_eq!(v["total"], json!({"value": 4, "relation": "eq"}));
+    let facets: Vec<&String> = v["facets"].as_object().unwrap().keys().collect();
+    assert_eq!(facets.len(), 3, "{facets:?}");
+    assert_eq!(v["facets"]["organism"]["label"], "Organism");
+    assert_eq!(v["distinct"]["param"], "samples");
+    assert_eq!(v["distinct"]["label"], "unique samples");
+    for (facet, values) in [("technology", TECHNOLOGY), ("organism", ORGANISM), ("platform", PLATFORM)] {
+        assert_eq!(facet_counts(&v, facet), sql_counts(&env, values, "true").await, "{facet}");
+    }
+    // Homo sapiens: experiments 1 and 4, whose samples are 1, 2, 3 and 1, 8: four unique.
+    assert_eq!(facet_counts(&v, "organism")["Homo sapiens"], (2, 4));
+    assert_eq!(facet_counts(&v, "organism")["Mus musculus"], (2, 5));
+
+    // The page shows the same facets, each value with its unique samples.
+    let html = page(&app, "/?distinct=samples").await;
+    for id in ["facet-technology", "facet-organism", "facet-platform"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id}: {html}");
+    }
+    assert!(html.contains("<span class=\"distinct\">~4 unique samples</span>"), "{html}");
+    assert!(html.contains("4 experiments"), "{html}");
+    assert!(html.contains("href=\"/experiments/1\""), "{html}");
+    assert!(!html.contains("students"), "nothing of the students' page: {html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picking_an_organism_filters_the_experiments_and_changes_the_other_counts() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    let all = api(&app, "/api/search?distinct=samples").await;
+    let mouse = api(&app, "/api/search?distinct=samples&organism=Mus+musculus").await;
+    assert_eq!(mouse["total"]["value"], json!(2));
+    let mut hits = ids(&mouse);
+    hits.sort();
+    assert_eq!(hits, [1, 2], "the experiments with a mouse sample");
+    // Disjunctive: the organism facet is counted without its own selection.
+    assert_eq!(facet_counts(&mouse, "organism"), facet_counts(&all, "organism"));
+    let selected = mouse["facets"]["organism"]["buckets"].as_array().unwrap().iter().find(|b| b["key"] == "Mus musculus").unwrap();
+    assert_eq!(selected["selected"], json!(true));
+    // The other facets count only the mouse experiments.
+    let mouse_filter = format!("id IN (SELECT eid FROM ({ORGANISM}) o WHERE value = 'Mus musculus')");
+    for (facet, values) in [("technology", TECHNOLOGY), ("platform", PLATFORM)] {
+        let want = sql_counts(&env, values, &mouse_filter).await;
+        assert_eq!(facet_counts(&mouse, facet), want, "{facet}");
+        assert_ne!(facet_counts(&mouse, facet), facet_counts(&all, facet), "{facet} changes");
+    }
+    // Two organisms: OR within the facet; with a technology: AND across.
+    let two = api(&app, "/api/search?organism=Mus+musculus&organism=Danio+rerio&technology=RNA-SEQ").await;
+    let mut hits = ids(&two);
+    hits.sort();
+    assert_eq!(hits, [1, 3]);
+
+    // The page: the chosen value is marked, a chip removes it, counts are the filtered ones.
+    let html = page(&app, "/?distinct=samples&organism=Mus+musculus").await;
+    assert!(html.contains("2 experiments"), "{html}");
+    assert!(html.contains("Organism: Mus musculus"), "{html}");
+    assert!(html.contains("class=\"value selected\" data-value=\"Mus musculus\""), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_come_from_the_model_and_others_get_a_400_naming_them() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    for (uri, says) in [
+        ("/api/search?course=CS101", "unknown parameter `course`"),
+        ("/api/search?age_gte=20", "unknown parameter `age_gte`"),
+        ("/api/search?colour=red", "unknown parameter `colour`"),
+        ("/api/search?distinct=university", "`distinct` must be samples"),
+        ("/api/search?sort=last_name", "`sort` must be one of relevance, accession, -accession"),
+        ("/api/search?size=101", "more than the 100 hits"),
+        ("/api/search?engine=solr", "`engine` must be"),
+        ("/api/search?after=[1]&sort=accession", "not a page cursor"),
+        ("/api/search?q=a&q=b", "more than once"),
+        ("/api/search?page=501", "first 10000 results"),
+        ("/api/search?organism=%C3%28", "`organism` is not valid UTF-8"),
+    ] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.status, 400, "{uri}: {}", a.body);
+        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{uri}: {message}");
+    }
+    let known = get(&app, "/api/search?course=CS101").await.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(known.contains("organism") && known.contains("platform") && known.contains("technology"), "{known}");
+    let html = get(&app, "/?year=FR").await;
+    assert_eq!(html.status, 400);
+    assert!(html.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.body.contains("unknown parameter `year`"), "{}", html.body);
+    // Security headers on every answer of this model too.
+    for uri in ["/", "/api/search", "/experiments/1", "/api/suggest?q=gs", "/nope", "/api/search?x=1"] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.headers["content-security-policy"], web::CSP, "{uri}");
+        assert_eq!(a.headers["x-content-type-options"], "nosniff", "{uri}");
+        assert_eq!(a.headers["x-frame-options"], "DENY", "{uri}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_experiment_page_reads_the_database_and_says_when_the_index_lags() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    let html = page(&app, "/experiments/2").await;
+    assert!(html.contains("<h1 id=\"document-title\">GSE2: Mouse brain arrays</h1>"), "{html}");
+    assert!(html.contains("<li>Mus musculus</li>"), "{html}");
+    assert!(html.contains("MICROARRAY"), "{html}");
+    assert!(html.contains("data-state=\"in_sync\""), "{html}");
+    let v = api(&app, "/api/experiments/2").await;
+    assert_eq!(v["title"], "GSE2: Mouse brain arrays");
+    assert_eq!(v["document"]["organism_names"], json!(["Mus musculus"]));
+    assert_eq!(v["index"]["state"], "in_sync");
+
+    // The database moves on; the page shows it and says the index is behind.
+    env.sql("UPDATE experiments SET title = 'Mouse brain arrays, revised' WHERE id = 2").await;
+    let html = page(&app, "/experiments/2").await;
+    assert!(html.contains("GSE2: Mouse brain arrays, revised"), "{html}");
+    assert!(html.contains("data-state=\"differs\""), "{html}");
+    assert!(html.contains("an older version of this experiment"), "{html}");
+    let v = api(&app, "/api/experiments/2").await;
+    assert_eq!(
+        v["index"]["differences"],
+        json!([{"field": "title", "database": "Mouse brain arrays, revised", "index": "Mouse brain arrays"}])
+    );
+
+    let missing = get(&app, "/experiments/99").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("There is no experiment with id 99 in the database."), "{}", missing.body);
+    let bad = get(&app, "/api/experiments/abc").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("is not an experiment id"), "{}", bad.body);
+    assert_eq!(get(&app, "/students/1").await.status, 404, "no student pages for this model");
+
+    // Escaped everywhere.
+    for uri in ["/", "/experiments/4", "/?q=human", "/?organism=%3Cscript%3Ealert(3)%3C/script%3E"] {
+        let body = get(&app, uri).await.body;
+        assert!(!body.contains("<script>alert"), "{uri}: {body}");
+    }
+    // askama escapes with numeric character references (&#60; is <).
+    let html = page(&app, "/experiments/4").await;
+    assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62; human"), "{html}");
+    assert_eq!(html.matches("<script").count(), 1, "only the application's own script");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_engine_gives_the_same_counts_as_the_index() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    for q in [
+        "",
+        "distinct=samples",
+        "organism=Mus+musculus&distinct=samples",
+        "organism=Homo+sapiens&organism=Danio+rerio&technology=RNA-SEQ",
+        "platform=Illumina+HiSeq+2500&distinct=samples",
+        "q=mouse",
+        "organism_q=mus&facet_size=1",
+        "technology=MICROARRAY&sort=-accession",
+        "sort=accession&size=2",
+        "organism=Nothing+here",
+    ] {
+        let index = api(&app, &format!("/api/search?{q}")).await;
+        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
+        assert_eq!(sql["engine"], "sql");
+        assert_eq!(index["total"], sql["total"], "{q}");
+        assert_eq!(index["facets"], sql["facets"], "{q}");
+        assert_eq!(index["distinct"], sql["distinct"], "{q}");
+        assert_eq!(ids(&index), ids(&sql), "{q}: the same hits in the same order");
+        assert_eq!(index["next"].is_null(), sql["next"].is_null(), "{q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_follow_each_other_and_suggestions_open_experiments() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    for engine in ["index", "sql"] {
+        for sort in ["accession", "-accession", "relevance"] {
+            let mut seen = Vec::new();
+            let mut uri = format!("/api/search?sort={sort}&size=1&engine={engine}");
+            loop {
+                let v = api(&app, &uri).await;
+                seen.extend(ids(&v));
+                match v["next"].as_str() {
+                    Some(n) => {
+                        let n: String = url::form_urlencoded::byte_serialize(n.as_bytes()).collect();
+                        uri = format!("/api/search?sort={sort}&size=1&engine={engine}&after={n}");
+                    }
+                    None => break,
+                }
+                assert!(seen.len() <= 4, "{engine} {sort}: {seen:?}");
+            }
+            let want: Vec<i64> = if sort == "-accession" { vec![4, 3, 2, 1] } else { vec![1, 2, 3, 4] };
+            assert_eq!(seen, want, "{engine} sort={sort}");
+        }
+    }
+    let s = api(&app, "/api/suggest?q=mouse").await;
+    assert_eq!(s, json!([{"id": 2, "name": "GSE2: Mouse brain arrays", "href": "/experiments/2"}]));
+    let s = api(&app, "/api/suggest?q=zebra").await;
+    assert_eq!(s[0]["href"], "/experiments/3");
+}
