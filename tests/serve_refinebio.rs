@@ -6,13 +6,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{body::Body, http::Request, Router};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use support::Env;
-use tidemark::web;
+use support::{free_port, Env};
+use tidemark::{config::Secret, search::Search, services::Services, web};
 use tower::ServiceExt;
 
 struct Answer {
@@ -366,5 +366,58 @@ async fn the_generic_application_counts_the_students_model_as_the_students_pages
             assert_eq!(ids(&own), ids(&generic), "{q}: the same hits in the same order");
             assert_eq!(own["next"].is_null(), generic["next"].is_null(), "{q}");
         }
+    }
+}
+
+/// Services whose search server and/or database are addresses where nothing listens, with
+/// credentials in the URLs that must never be shown.
+fn services_with(env: &Env, es: Option<String>, db: Option<String>) -> Services {
+    let mut config = (*env.config).clone();
+    if let Some(es) = es {
+        config.elasticsearch_url = Some(Secret::new(es));
+    }
+    let pool = match db {
+        Some(url) => sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy(&url).unwrap(),
+        None => env.pool.clone(),
+    };
+    Services::new(pool, Search::new(&config).unwrap(), Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_database() {
+    let env = refinebio().await;
+    let _ = experiments(&env).await;
+    let port = free_port();
+    let app = web::router(services_with(&env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None));
+    let page = get(&app, "/?organism=Mus+musculus").await;
+    assert_eq!(page.status, 503);
+    assert!(
+        page.body.contains("The search server cannot be reached") && page.body.contains("Experiment pages still work"),
+        "{}",
+        page.body
+    );
+    let answer = get(&app, "/api/search").await;
+    assert_eq!(answer.status, 503);
+    assert!(answer.json()["error"]["message"].as_str().unwrap().contains("Experiment pages still work"), "{}", answer.body);
+    assert_eq!(get(&app, "/api/suggest?q=mo").await.status, 503);
+    let experiment = get(&app, "/experiments/1").await;
+    assert_eq!(experiment.status, 200);
+    assert!(experiment.body.contains("GSE1: Human liver expression") && experiment.body.contains(r#"data-state="unavailable""#));
+    for a in [&page, &answer, &experiment] {
+        assert!(!a.body.contains("hunter2") && !a.body.contains(&port.to_string()), "{}", a.body);
+    }
+    // engine=sql does not need the search server.
+    assert_eq!(api(&app, "/api/search?engine=sql&organism=Mus+musculus").await["total"]["value"], json!(2));
+
+    let app = web::router(services_with(&env, None, Some(format!("postgres://tidemark:s3cret@127.0.0.1:{port}/tidemark"))));
+    let experiment = get(&app, "/experiments/1").await;
+    assert_eq!(experiment.status, 503);
+    assert!(experiment.body.contains("The database is not answering"), "{}", experiment.body);
+    assert_eq!(get(&app, "/api/experiments/1").await.status, 503);
+    assert_eq!(get(&app, "/api/search?engine=sql").await.status, 503);
+    let search = get(&app, "/?organism=Mus+musculus").await;
+    assert_eq!(search.status, 200, "searching the index still works");
+    for a in [&experiment, &search] {
+        assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
     }
 }

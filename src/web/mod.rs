@@ -74,6 +74,14 @@ impl App {
         App { services, reuse: Arc::new(reuse::Reuse::new(settings)), students }
     }
 
+    /// What one document is called: "student", or the loaded model's noun.
+    pub fn noun(&self) -> String {
+        match &self.services.model.search {
+            Some(v) if !self.students => v.noun.clone(),
+            _ => "student".into(),
+        }
+    }
+
     /// What the answer cache holds (entries, bytes, budget).
     pub fn cache_usage(&self) -> cache::Usage {
         self.reuse.usage()
@@ -195,15 +203,25 @@ impl Failure {
     }
 
     pub fn message(&self) -> String {
+        self.message_about("student")
+    }
+
+    /// The message, naming the documents whose pages read the database (`noun`: "student").
+    pub fn message_about(&self, noun: &str) -> String {
+        let pages = {
+            let mut c = noun.chars();
+            c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
+        };
         match self {
             Failure::BadRequest(m) | Failure::NotFound(m) => m.clone(),
             Failure::SearchDown(why) => format!(
-                "The search server {why}, so searching is unavailable right now. Student pages still work: they read the \
+                "The search server {why}, so searching is unavailable right now. {pages} pages still work: they read the \
                  database. Try again in a moment; if it persists, check that the search server is up (`tidemark admin status`)."
             ),
-            Failure::IndexMissing => "The search index has not been built yet: tidemark builds it when the first worker runs \
-                                      (`tidemark worker`). Student pages already work: they read the database."
-                .into(),
+            Failure::IndexMissing => format!(
+                "The search index has not been built yet: tidemark builds it when the first worker runs (`tidemark worker`). \
+                 {pages} pages already work: they read the database."
+            ),
             Failure::DatabaseDown => "The database is not answering, so this page cannot be shown right now. Try again in a \
                                       moment; if it persists, check that PostgreSQL is up (`tidemark admin status`)."
                 .into(),

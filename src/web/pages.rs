@@ -222,7 +222,7 @@ pub(super) async fn error_page(app: &App, failure: &Failure, note: Option<String
         chrome: chrome(app, "", Vec::new()).await,
         status: failure.status().as_u16(),
         title: failure.title().into(),
-        message: failure.message(),
+        message: failure.message_about(&app.noun()),
         note,
     };
     render(failure.status(), page)

@@ -17,7 +17,6 @@ use super::{Range, Request};
 use crate::{
     model::{KeyType, Model, SearchView},
     web::{
-        api::ApiError,
         pages::{chrome, error_page, json_text, notice_of, plural, render, thousands, Chrome, Link, Notice},
         params::Engine,
         response::{Relation, Segment},
@@ -141,13 +140,27 @@ pub async fn search(State(app): State<App>, uri: axum::http::Uri) -> Response {
     }
 }
 
-pub async fn api_search(State(app): State<App>, uri: axum::http::Uri) -> Result<Response, ApiError> {
-    let req = parse(&app.services.model, uri.query())?;
-    Ok(Json(super::search(&app, &req).await?).into_response())
+/// A failure answered as JSON, its message naming the model's documents.
+pub struct ModelApiError(Failure, String);
+
+impl IntoResponse for ModelApiError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        (status, Json(json!({"error": {"status": status.as_u16(), "message": self.0.message_about(&self.1)}}))).into_response()
+    }
 }
 
-pub async fn api_suggest(State(app): State<App>, p: crate::web::api::SuggestParams) -> Result<Response, ApiError> {
-    Ok(Json(super::suggest(&app, &p.q, p.size).await?).into_response())
+fn api_error(app: &App) -> impl Fn(Failure) -> ModelApiError + '_ {
+    move |f| ModelApiError(f, app.noun())
+}
+
+pub async fn api_search(State(app): State<App>, uri: axum::http::Uri) -> Result<Response, ModelApiError> {
+    let req = parse(&app.services.model, uri.query()).map_err(api_error(&app))?;
+    Ok(Json(super::search(&app, &req).await.map_err(api_error(&app))?).into_response())
+}
+
+pub async fn api_suggest(State(app): State<App>, p: crate::web::api::SuggestParams) -> Result<Response, ModelApiError> {
+    Ok(Json(super::suggest(&app, &p.q, p.size).await.map_err(api_error(&app))?).into_response())
 }
 
 fn page_view(req: &Request, resp: &super::Response) -> PageView {
@@ -423,13 +436,13 @@ pub async fn document(State(app): State<App>, Path(raw): Path<String>) -> Respon
     render(StatusCode::OK, page)
 }
 
-pub async fn api_document(State(app): State<App>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn api_document(State(app): State<App>, Path(raw): Path<String>) -> Result<Response, ModelApiError> {
     let view = super::Request::new(&app.services.model).view;
-    let (key, doc, index, pending) = read(&app, &raw).await?;
+    let (key, doc, index, pending) = read(&app, &raw).await.map_err(api_error(&app))?;
     let Some(doc) = doc else {
         let note =
             if index == IndexCopy::Stale { " (the search index still holds a copy: the delete reaches it at the next sync)" } else { "" };
-        return Err(Failure::NotFound(format!("no {} with id {key} in the database{note}", view.noun)).into());
+        return Err(api_error(&app)(Failure::NotFound(format!("no {} with id {key} in the database{note}", view.noun))));
     };
     Ok(Json(json!({
         "id": key,
