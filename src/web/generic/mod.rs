@@ -795,3 +795,58 @@ pub fn is_shipped_students(model: &Model) -> bool {
         && model.number == students.number
         && model.completion == students.completion
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refinebio() -> Model {
+        Model::load("refinebio").unwrap()
+    }
+
+    #[test]
+    fn parameters_come_from_the_view_and_round_trip() {
+        let m = refinebio();
+        let r = Request::parse(
+            &m,
+            Some("q=liver&organism=Mus+musculus&organism=Homo+sapiens&platform_q=illu&sort=-accession&distinct=samples"),
+        )
+        .unwrap();
+        assert_eq!(r.selected[1], ["Mus musculus", "Homo sapiens"]);
+        assert_eq!(r.facet_search(2), Some("illu"));
+        assert_eq!(r.order, Order { sort: Some(0), descending: true });
+        assert_eq!(r.distinct, Some(0));
+        assert_eq!(Request::parse(&m, Some(&r.to_query())).unwrap(), r);
+        let after = Request { after: Some(vec![json!("GSE2"), json!(2)]), ..r.clone() };
+        assert_eq!(Request::parse(&m, Some(&after.to_query())).unwrap(), after);
+        assert_eq!(r.toggled(1, "Mus musculus").selected[1], ["Homo sapiens"]);
+    }
+
+    #[test]
+    fn refuses_what_the_view_does_not_declare() {
+        let m = refinebio();
+        for (q, says) in [
+            ("course=CS101", "unknown parameter `course`; the known ones are q, technology, organism, platform"),
+            ("age_gte=3", "unknown parameter `age_gte`"),
+            ("distinct=university", "`distinct` must be samples"),
+            ("sort=age", "`sort` must be one of relevance, accession, -accession"),
+            ("after=[1]&sort=accession", "not a page cursor"),
+            ("q=a&q=b", "more than once"),
+        ] {
+            let e = Request::parse(&m, Some(q)).unwrap_err();
+            assert!(e.0.contains(says), "{q}: {e}");
+        }
+        let students = Model::students();
+        let e = Request::parse(&students, Some("age_gte=30&age_lt=20")).unwrap_err();
+        assert!(e.0.contains("`age_gte` (30) must be less than `age_lt` (20)"), "{e}");
+        assert_eq!(Request::parse(&students, Some("age_gte=18&age_lt=20")).unwrap().ranges[0], Range { gte: Some(18), lt: Some(20) });
+    }
+
+    #[test]
+    fn only_the_shipped_students_model_is_served_by_the_students_pages() {
+        assert!(is_shipped_students(&Model::students()));
+        assert!(!is_shipped_students(&refinebio()));
+    }
+}
