@@ -421,3 +421,47 @@ async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_da
         assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_experiments_count_the_same_unique_samples_in_the_index_and_in_sql() {
+    // The seeder's refine.bio (as `tidemark seed --model refinebio` makes it): shared
+    // samples, ten organisms, ten platforms.
+    let env = refinebio().await;
+    tidemark_seeds::refinebio::seed(&env.pool, &tidemark_seeds::refinebio::Options { experiments: 300, seed: 5 }).await.unwrap();
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    let app = web::router(env.services());
+    for q in [
+        "distinct=samples&facet_size=20",
+        "distinct=samples&facet_size=20&organism=MUS_MUSCULUS",
+        "distinct=samples&technology=RNA-SEQ&facet_size=20",
+    ] {
+        let index = api(&app, &format!("/api/search?{q}")).await;
+        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
+        assert_eq!(index["total"], sql["total"], "{q}");
+        let filter = if q.contains("MUS_MUSCULUS") {
+            format!("id IN (SELECT eid FROM ({ORGANISM}) o WHERE value = 'MUS_MUSCULUS')")
+        } else if q.contains("RNA-SEQ") {
+            "technology = 'RNA-SEQ'".to_string()
+        } else {
+            "true".to_string()
+        };
+        for (facet, values) in [("technology", TECHNOLOGY), ("organism", ORGANISM), ("platform", PLATFORM)] {
+            // Each facet is counted under every selection but its own.
+            let own = match facet {
+                "organism" if q.contains("MUS_MUSCULUS") => "true",
+                "technology" if q.contains("RNA-SEQ") => "true",
+                _ => filter.as_str(),
+            };
+            let want = sql_counts(&env, values, own).await;
+            let (from_index, from_sql) = (facet_counts(&index, facet), facet_counts(&sql, facet));
+            assert_eq!(from_sql, want, "{q}: {facet} by engine=sql, exact");
+            assert_eq!(from_index.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{q}: {facet}");
+            for (k, (n, d)) in &from_index {
+                let (wn, wd) = want[k];
+                assert_eq!(*n, wn, "{q}: {facet} {k}: experiments");
+                assert!((d - wd).abs() as f64 <= 0.05 * wd as f64, "{q}: {facet} {k}: ~{d} unique samples, {wd} in fact");
+            }
+        }
+    }
+}

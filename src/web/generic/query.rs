@@ -6,13 +6,13 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{Hit, Raw, RawBucket, RawFacet, Request};
+use super::{Hit, Raw, RawBucket, RawFacet, Request, PRECISION_THRESHOLD};
 use crate::{
     model::{Model, Piece},
     web::{
         params::MAX_RESULT_WINDOW,
         query::{contains_ignoring_case, contains_regex},
-        response::{segments, Relation, Segment, Total, PRECISION_THRESHOLD},
+        response::{segments, Relation, Segment, Total},
     },
 };
 
