@@ -465,3 +465,40 @@ async fn seeded_experiments_count_the_same_unique_samples_in_the_index_and_in_sq
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_searches_of_a_model_make_one_engine_request_and_answers_are_reused() {
+    // Answers may be kept 5 s (the index refreshes every 5 s): a slow machine still reuses.
+    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |c| {
+        c.index.refresh_interval = "5s".parse().unwrap();
+        c.serve.cache_max_age = "5s".parse().unwrap();
+    })
+    .await;
+    let _ = experiments(&env).await;
+    let proxy = support::fault_proxy::FaultProxy::start(&env.es_url).await;
+    let app = web::router(services_with(&env, Some(proxy.url()), None));
+    proxy.set(support::fault_proxy::Faults {
+        slow: 1.0,
+        delay: Duration::from_millis(300),
+        only_path: Some("_search".into()),
+        ..Default::default()
+    });
+    let searches = || proxy.stats().slowed;
+    let before = searches();
+    let alone = api(&app, "/api/search?organism=Danio+rerio&distinct=samples").await;
+    let one = searches() - before;
+    assert!(one >= 1);
+    assert_eq!(alone["counts"]["reused"], json!(false));
+    let before = searches();
+    let answers = futures::future::join_all((0..20).map(|_| api(&app, "/api/search?organism=Mus+musculus&distinct=samples"))).await;
+    assert_eq!(searches() - before, one, "20 identical searches at once cost the engine what one costs");
+    assert!(answers.iter().all(|a| ids(a) == ids(&answers[0]) && a["facets"] == answers[0]["facets"]));
+    // Asked again within the bound: reused, as old as it says.
+    let again = api(&app, "/api/search?organism=Mus+musculus&distinct=samples").await;
+    assert_eq!(again["counts"]["reused"], json!(true), "{}", again["counts"]);
+    assert!(again["counts"]["age_ms"].as_f64().unwrap() <= again["counts"]["max_age_ms"].as_f64().unwrap());
+    let before = searches();
+    let suggestions = futures::future::join_all((0..20).map(|_| api(&app, "/api/suggest?q=zeb"))).await;
+    assert_eq!(searches() - before, 1, "20 identical suggestions at once make one engine request");
+    assert!(suggestions.iter().all(|s| s == &suggestions[0]));
+}
