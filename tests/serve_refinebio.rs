@@ -242,6 +242,9 @@ async fn the_experiment_page_reads_the_database_and_says_when_the_index_lags() {
     assert_eq!(bad.status, 400);
     assert!(bad.json()["error"]["message"].as_str().unwrap().contains("is not an experiment id"), "{}", bad.body);
     assert_eq!(get(&app, "/students/1").await.status, 404, "no student pages for this model");
+    let not_utf8 = get(&app, "/experiments/%C3%28").await;
+    assert_eq!(not_utf8.status, 400);
+    assert!(not_utf8.body.contains("an experiment id is a positive whole number, as in /experiments/42"), "{}", not_utf8.body);
 
     // Escaped everywhere.
     for uri in ["/", "/experiments/4", "/?q=human", "/?organism=%3Cscript%3Ealert(3)%3C/script%3E"] {

@@ -132,7 +132,8 @@ pub fn router_for(app: App) -> Router {
 async fn utf8_parameters(State(app): State<App>, request: axum::extract::Request, next: middleware::Next) -> Response {
     let uri = request.uri();
     let checked = params::query_pairs(uri.query()).and_then(|_| match request.extensions().get::<axum::extract::MatchedPath>() {
-        Some(route) => params::check_path_params(route.as_str(), uri.path()),
+        Some(route) if app.students => params::check_path_params(route.as_str(), uri.path()),
+        Some(route) => params::check_path_params_of(route.as_str(), uri.path(), &generic::pages::id_how(&app.services.model)),
         None => Ok(()),
     });
     match checked {

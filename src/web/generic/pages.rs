@@ -368,6 +368,16 @@ fn parse_key(model: &Model, noun: &str, plural: &str, raw: &str) -> Result<Strin
     }
 }
 
+/// What an id of the model's documents looks like, for messages: "an experiment id is a
+/// positive whole number, as in /experiments/42".
+pub fn id_how(model: &Model) -> String {
+    let view = super::Request::new(model).view;
+    match model.root.key_type {
+        KeyType::Integer => format!("{} id is a positive whole number, as in /{}/42", article(&view.noun), view.plural),
+        KeyType::Uuid => format!("{} id is a uuid, as in /{}/0b6f0c4e-5b1a-4c1e-9a0e-8f4c2b7d1e3a", article(&view.noun), view.plural),
+    }
+}
+
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.chars().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
 }
