@@ -188,6 +188,8 @@ async fn parameters_come_from_the_model_and_others_get_a_400_naming_them() {
         ("/api/search?q=a&q=b", "more than once"),
         ("/api/search?page=501", "first 10000 results"),
         ("/api/search?organism=%C3%28", "`organism` is not valid UTF-8"),
+        ("/api/suggest", "`q` is required: the first letters of an experiment's accession code or title"),
+        ("/api/suggest?q=ab&colour=red", "unknown parameter `colour`; /api/suggest takes q and size"),
     ] {
         let a = get(&app, uri).await;
         assert_eq!(a.status, 400, "{uri}: {}", a.body);

@@ -159,7 +159,12 @@ pub async fn api_search(State(app): State<App>, uri: axum::http::Uri) -> Result<
     Ok(Json(super::search(&app, &req).await.map_err(api_error(&app))?).into_response())
 }
 
-pub async fn api_suggest(State(app): State<App>, p: crate::web::api::SuggestParams) -> Result<Response, ModelApiError> {
+pub async fn api_suggest(State(app): State<App>, uri: axum::http::Uri) -> Result<Response, ModelApiError> {
+    let view = super::Request::new(&app.services.model).view;
+    let fields: Vec<String> = view.suggest.iter().flat_map(|s| s.label.fields().map(field_label)).collect();
+    let what = format!("{}'s {}", article(&view.noun), if fields.is_empty() { "name".into() } else { fields.join(" or ") });
+    let short = format!("{}'s {}", article(&view.noun), fields.first().map_or("name", String::as_str));
+    let p = crate::web::api::SuggestParams::parse(uri.query(), [&what, &short, "ab"]).map_err(api_error(&app))?;
     Ok(Json(super::suggest(&app, &p.q, p.size).await.map_err(api_error(&app))?).into_response())
 }
 
