@@ -206,6 +206,18 @@ async fn refinebio_picking_an_organism_changes_the_unique_sample_counts_and_an_e
     b.wait_for_url("the experiment's page", |u| u.ends_with("/experiments/1")).await;
     assert_eq!(b.text(&b.wait_for("#document-title").await[0]).await, "GSE1: Human liver expression");
     assert_eq!(b.attr(&b.find("#index-state").await, "data-state").await.as_deref(), Some("in_sync"));
+
+    // Autocomplete by the model's completion field: pick by keyboard, open the experiment.
+    let input = b.find("#q").await;
+    b.type_keys(&input, "zebra").await;
+    let options = b.wait_for("#suggestions [role=option]").await;
+    assert_eq!(options.len(), 1);
+    assert_eq!(b.text(&options[0]).await, "GSE3: Zebrafish development");
+    assert_eq!(b.text(&b.find("#suggest-status").await).await, "1 experiment found; use the arrow keys to choose");
+    b.type_keys(&input, ARROW_DOWN).await;
+    b.type_keys(&input, ENTER).await;
+    b.wait_for_url("the suggested experiment", |u| u.ends_with("/experiments/3")).await;
+    assert_eq!(b.text(&b.wait_for("#document-title").await[0]).await, "GSE3: Zebrafish development");
     b.quit().await;
     server.stop().await;
 }

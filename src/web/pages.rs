@@ -32,6 +32,8 @@ pub(super) struct Chrome {
     pub(super) plural: String,
     pub(super) search_label: String,
     pub(super) suggest_label: String,
+    /// Another model's noun and plural, for the script's messages (None: the students').
+    pub(super) nouns: Option<(String, String)>,
 }
 
 #[derive(Template)]
@@ -190,7 +192,11 @@ async fn footer(app: &App) -> String {
             if f.pending_fanouts > 0 {
                 s.push_str(&format!(
                     " {} still being expanded.",
-                    plural(f.pending_fanouts as u64, "renamed university or course", "renamed universities or courses")
+                    if app.students {
+                        plural(f.pending_fanouts as u64, "renamed university or course", "renamed universities or courses")
+                    } else {
+                        plural(f.pending_fanouts as u64, "change to a related row", "changes to related rows")
+                    }
                 ));
             }
             s
@@ -204,7 +210,8 @@ pub(super) async fn chrome(app: &App, q: &str, hidden: Vec<(String, String)>) ->
         Some(v) if !app.students => (v.plural.clone(), format!("Search {} by {}", v.plural, v.query.join(", ").replace('_', " "))),
         _ => ("students".to_string(), "Search students by name".to_string()),
     };
-    Chrome { q: q.to_string(), hidden, footer: footer(app).await, suggest_label: format!("Matching {plural}"), plural, search_label }
+    let nouns = app.services.model.search.as_ref().filter(|_| !app.students).map(|v| (v.noun.clone(), v.plural.clone()));
+    Chrome { q: q.to_string(), hidden, footer: footer(app).await, suggest_label: format!("Matching {plural}"), plural, search_label, nouns }
 }
 
 pub(super) fn render(status: StatusCode, t: impl Template) -> Response {
