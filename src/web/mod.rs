@@ -400,7 +400,8 @@ pub async fn check_index(services: &Services) {
     let alias = &services.config.index_alias;
     match services.search.json(Method::Get, &format!("/{alias}/_mapping"), None).await {
         Ok(v) => {
-            let has_id = v.as_object().is_some_and(|o| o.values().all(|m| m["mappings"]["properties"]["id"]["type"] == "long"));
+            let number = services.model.number.as_deref().unwrap_or("id");
+            let has_id = v.as_object().is_some_and(|o| o.values().all(|m| m["mappings"]["properties"][number]["type"] == "long"));
             if !has_id {
                 tracing::warn!(
                     alias = %alias,
