@@ -14,6 +14,12 @@
 //! | `response` | the one response type, whichever engine answered |
 //! | `student` | a student from the database, compared with the index's copy |
 //! | `pages`, `api`, `assets` | HTTP: HTML pages (askama), JSON, embedded CSS and JS |
+//! | `generic` | any other model: the same application driven by the model's `[search]` view (its own request, bodies, `engine=sql` over the model's document query, pages, and the detail page at `/{plural}/{id}`) |
+//!
+//! `params`, `query`, `sql`, `response` and the student routes of `pages` and `api` are the
+//! shipped student directory's own (their answers and pages are pinned by the tests): they
+//! serve while the loaded model is exactly it. `reuse`, `flight`, `cache`, the failures,
+//! the security headers and `student::compare` serve every model.
 
 mod api;
 mod assets;
