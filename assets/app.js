@@ -41,7 +41,13 @@
 
   function choose(i) {
     if (items[i]) {
-      window.location.assign('/students/' + encodeURIComponent(String(items[i].id)));
+      // A model's own pages name the document's page (`href`: a path on this origin).
+      var href = items[i].href;
+      if (typeof href === 'string' && href.charAt(0) === '/' && href.charAt(1) !== '/') {
+        window.location.assign(href);
+      } else {
+        window.location.assign('/students/' + encodeURIComponent(String(items[i].id)));
+      }
     }
   }
 
@@ -73,8 +79,11 @@
     setActive(-1);
     setExpanded(items.length > 0);
     if (status) {
-      status.textContent = items.length === 0 ? 'No students found' :
-        items.length + (items.length === 1 ? ' student' : ' students') + ' found; use the arrow keys to choose';
+      // Another model's page names its documents on the list (data-noun, data-plural).
+      var noun = list.getAttribute('data-noun') || 'student';
+      var plural = list.getAttribute('data-plural') || 'students';
+      status.textContent = items.length === 0 ? 'No ' + plural + ' found' :
+        items.length + ' ' + (items.length === 1 ? noun : plural) + ' found; use the arrow keys to choose';
     }
   }
 

@@ -145,3 +145,79 @@ async fn clicking_a_course_and_a_histogram_bar_changes_hits_counts_and_url_and_a
     b.quit().await;
     server.stop().await;
 }
+
+/// The texts of the elements `css` finds, in order.
+async fn texts(b: &Browser, css: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in b.find_all(css).await {
+        out.push(b.text(&e).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refinebio_picking_an_organism_changes_the_unique_sample_counts_and_an_experiment_opens_from_the_database() {
+    // Another model (issue 18): refine.bio's experiments, the page driven by its [search] view.
+    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |_| {}).await;
+    env.sql(
+        "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus'), (3, 'Danio rerio');
+         INSERT INTO platforms (id, name) VALUES (1, 'Illumina HiSeq 2500'), (2, 'Affymetrix HG-U133');
+         INSERT INTO samples (id, accession_code, organism_id, platform_id) VALUES
+           (1, 'GSM1', 1, 1), (2, 'GSM2', 1, 1), (3, 'GSM3', 2, 1), (4, 'GSM4', 2, 2), (5, 'GSM5', 2, 2),
+           (6, 'GSM6', 3, 1), (7, 'GSM7', 3, 1), (8, 'GSM8', 1, 2);
+         INSERT INTO experiments (id, accession_code, title, description, technology) VALUES
+           (1, 'GSE1', 'Human liver expression', 'RNA of human livers', 'RNA-SEQ'),
+           (2, 'GSE2', 'Mouse brain arrays', 'Arrays of mouse brains', 'MICROARRAY'),
+           (3, 'GSE3', 'Zebrafish development', 'Embryos over time', 'RNA-SEQ'),
+           (4, 'GSE4', 'Human blood', 'Blood of humans', 'MICROARRAY');
+         INSERT INTO experiment_samples VALUES (1, 1), (1, 2), (1, 3), (2, 3), (2, 4), (2, 5), (3, 6), (3, 7), (4, 1), (4, 8);",
+    )
+    .await;
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    let server = Server::start(env.services()).await;
+    let b = Browser::start(1280, 1200).await;
+    b.goto(&format!("{}/?distinct=samples", server.url)).await;
+    assert_eq!(leading_number(&b.text(&b.wait_for("#summary").await[0]).await), 4);
+    let platforms_before = texts(&b, "#facet-platform a.value .distinct").await;
+    assert_eq!(platforms_before, ["~8 unique samples", "~5 unique samples"]);
+    b.screenshot(&screenshot_dir().join("refinebio.png")).await;
+
+    // Pick an organism: the experiments with a mouse sample, the platforms' unique samples
+    // counted among them.
+    let mut mouse = None;
+    for e in b.find_all("#facet-organism a.value").await {
+        if b.attr(&e, "data-value").await.as_deref() == Some("Mus musculus") {
+            mouse = Some(e);
+        }
+    }
+    b.click(&mouse.expect("a Mus musculus value")).await;
+    let url = b.wait_for_url("an organism filter", |u| u.contains("organism=Mus+musculus")).await;
+    assert!(url.contains("distinct=samples"), "{url}");
+    assert_eq!(leading_number(&b.text(&b.find("#summary").await).await), 2);
+    assert_eq!(texts(&b, "#facet-platform a.value .distinct").await, ["~5 unique samples", "~3 unique samples"]);
+    let selected = b.find("#facet-organism a.value.selected").await;
+    assert_eq!(b.attr(&selected, "data-value").await.as_deref(), Some("Mus musculus"));
+    b.screenshot(&screenshot_dir().join("refinebio-mouse.png")).await;
+
+    // Open an experiment: its page is read from the database.
+    let first = b.find("#hits li h2 a").await;
+    b.click(&first).await;
+    b.wait_for_url("the experiment's page", |u| u.ends_with("/experiments/1")).await;
+    assert_eq!(b.text(&b.wait_for("#document-title").await[0]).await, "GSE1: Human liver expression");
+    assert_eq!(b.attr(&b.find("#index-state").await, "data-state").await.as_deref(), Some("in_sync"));
+
+    // Autocomplete by the model's completion field: pick by keyboard, open the experiment.
+    let input = b.find("#q").await;
+    b.type_keys(&input, "zebra").await;
+    let options = b.wait_for("#suggestions [role=option]").await;
+    assert_eq!(options.len(), 1);
+    assert_eq!(b.text(&options[0]).await, "GSE3: Zebrafish development");
+    assert_eq!(b.text(&b.find("#suggest-status").await).await, "1 experiment found; use the arrow keys to choose");
+    b.type_keys(&input, ARROW_DOWN).await;
+    b.type_keys(&input, ENTER).await;
+    b.wait_for_url("the suggested experiment", |u| u.ends_with("/experiments/3")).await;
+    assert_eq!(b.text(&b.wait_for("#document-title").await[0]).await, "GSE3: Zebrafish development");
+    b.quit().await;
+    server.stop().await;
+}

@@ -49,9 +49,17 @@ impl<S: Send + Sync> FromRequestParts<S> for SuggestParams {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let bad = |m: String| ApiError(Failure::BadRequest(m));
+        SuggestParams::parse(parts.uri.query(), ["a first or last name", "a name", "an"]).map_err(ApiError)
+    }
+}
+
+impl SuggestParams {
+    /// `/api/suggest`'s parameters; `[what, short, example]` say what `q` starts ("a first
+    /// or last name", in short "a name") and give a prefix to show ("an").
+    pub fn parse(query: Option<&str>, [what, short, example]: [&str; 3]) -> Result<SuggestParams, Failure> {
+        let bad = |m: String| Failure::BadRequest(m);
         let (mut q, mut size) = (None, DEFAULT_SUGGESTIONS);
-        for (k, v) in query_pairs(parts.uri.query()).map_err(|e| ApiError(e.into()))? {
+        for (k, v) in query_pairs(query).map_err(Failure::from)? {
             match k.as_str() {
                 "q" if q.is_none() => q = Some(v.trim().to_string()),
                 "size" => {
@@ -66,10 +74,10 @@ impl<S: Send + Sync> FromRequestParts<S> for SuggestParams {
         }
         let q = q.unwrap_or_default();
         if q.is_empty() {
-            return Err(bad("`q` is required: the first letters of a first or last name, e.g. /api/suggest?q=an".into()));
+            return Err(bad(format!("`q` is required: the first letters of {what}, e.g. /api/suggest?q={example}")));
         }
         if q.chars().count() > MAX_SUGGEST_CHARS {
-            return Err(bad(format!("`q` is longer than {MAX_SUGGEST_CHARS} characters; type the start of a name")));
+            return Err(bad(format!("`q` is longer than {MAX_SUGGEST_CHARS} characters; type the start of {short}")));
         }
         if q.chars().any(char::is_control) {
             return Err(bad("`q` contains control characters; remove them".into()));

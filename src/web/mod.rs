@@ -14,11 +14,18 @@
 //! | `response` | the one response type, whichever engine answered |
 //! | `student` | a student from the database, compared with the index's copy |
 //! | `pages`, `api`, `assets` | HTTP: HTML pages (askama), JSON, embedded CSS and JS |
+//! | `generic` | any other model: the same application driven by the model's `[search]` view (its own request, bodies, `engine=sql` over the model's document query, pages, and the detail page at `/{plural}/{id}`) |
+//!
+//! `params`, `query`, `sql`, `response` and the student routes of `pages` and `api` are the
+//! shipped student directory's own (their answers and pages are pinned by the tests): they
+//! serve while the loaded model is exactly it. `reuse`, `flight`, `cache`, the failures,
+//! the security headers and `student::compare` serve every model.
 
 mod api;
 mod assets;
 pub mod cache;
 pub mod flight;
+pub mod generic;
 mod pages;
 pub mod params;
 pub mod query;
@@ -57,6 +64,8 @@ const DB_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct App {
     services: Services,
     reuse: Arc<reuse::Reuse>,
+    /// Whether the loaded model is the shipped student directory (served by its own pages).
+    students: bool,
 }
 
 impl App {
@@ -67,7 +76,16 @@ impl App {
             bytes: usize::try_from(serve.cache_bytes).unwrap_or(usize::MAX),
             engine_concurrency: serve.engine_concurrency as usize,
         };
-        App { services, reuse: Arc::new(reuse::Reuse::new(settings)) }
+        let students = generic::is_shipped_students(&services.model);
+        App { services, reuse: Arc::new(reuse::Reuse::new(settings)), students }
+    }
+
+    /// What one document is called: "student", or the loaded model's noun.
+    pub fn noun(&self) -> String {
+        match &self.services.model.search {
+            Some(v) if !self.students => v.noun.clone(),
+            _ => "student".into(),
+        }
     }
 
     /// What the answer cache holds (entries, bytes, budget).
@@ -83,13 +101,29 @@ pub fn router(services: Services) -> Router {
 }
 
 /// The router of an application state the caller keeps (tests read its cache's usage).
+///
+/// The shipped student directory is served by its own pages (`pages`, `api`); any other
+/// model by the pages its `[search]` view drives (`generic`), its documents at
+/// `/{plural}/{id}` (and `/api/{plural}/{id}`).
 pub fn router_for(app: App) -> Router {
-    Router::new()
-        .route("/", get(pages::search))
-        .route("/students/{id}", get(pages::student))
-        .route("/api/search", get(api::search))
-        .route("/api/suggest", get(api::suggest))
-        .route("/api/students/{id}", get(api::student))
+    let model = app.services.model.clone();
+    let routes = if app.students {
+        Router::new()
+            .route("/", get(pages::search))
+            .route("/students/{id}", get(pages::student))
+            .route("/api/search", get(api::search))
+            .route("/api/suggest", get(api::suggest))
+            .route("/api/students/{id}", get(api::student))
+    } else {
+        let plural = generic::Request::new(&model).view.plural.clone();
+        Router::new()
+            .route("/", get(generic::pages::search))
+            .route(&format!("/{plural}/{{id}}"), get(generic::pages::document))
+            .route("/api/search", get(generic::pages::api_search))
+            .route("/api/suggest", get(generic::pages::api_suggest))
+            .route(&format!("/api/{plural}/{{id}}"), get(generic::pages::api_document))
+    };
+    routes
         .route("/assets/{name}", get(assets::asset))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), utf8_parameters))
@@ -104,7 +138,8 @@ pub fn router_for(app: App) -> Router {
 async fn utf8_parameters(State(app): State<App>, request: axum::extract::Request, next: middleware::Next) -> Response {
     let uri = request.uri();
     let checked = params::query_pairs(uri.query()).and_then(|_| match request.extensions().get::<axum::extract::MatchedPath>() {
-        Some(route) => params::check_path_params(route.as_str(), uri.path()),
+        Some(route) if app.students => params::check_path_params(route.as_str(), uri.path()),
+        Some(route) => params::check_path_params_of(route.as_str(), uri.path(), &generic::pages::id_how(&app.services.model)),
         None => Ok(()),
     });
     match checked {
@@ -175,15 +210,25 @@ impl Failure {
     }
 
     pub fn message(&self) -> String {
+        self.message_about("student")
+    }
+
+    /// The message, naming the documents whose pages read the database (`noun`: "student").
+    pub fn message_about(&self, noun: &str) -> String {
+        let pages = {
+            let mut c = noun.chars();
+            c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
+        };
         match self {
             Failure::BadRequest(m) | Failure::NotFound(m) => m.clone(),
             Failure::SearchDown(why) => format!(
-                "The search server {why}, so searching is unavailable right now. Student pages still work: they read the \
+                "The search server {why}, so searching is unavailable right now. {pages} pages still work: they read the \
                  database. Try again in a moment; if it persists, check that the search server is up (`tidemark admin status`)."
             ),
-            Failure::IndexMissing => "The search index has not been built yet: tidemark builds it when the first worker runs \
-                                      (`tidemark worker`). Student pages already work: they read the database."
-                .into(),
+            Failure::IndexMissing => format!(
+                "The search index has not been built yet: tidemark builds it when the first worker runs (`tidemark worker`). \
+                 {pages} pages already work: they read the database."
+            ),
             Failure::DatabaseDown => "The database is not answering, so this page cannot be shown right now. Try again in a \
                                       moment; if it persists, check that PostgreSQL is up (`tidemark admin status`)."
                 .into(),
@@ -361,7 +406,8 @@ pub async fn check_index(services: &Services) {
     let alias = &services.config.index_alias;
     match services.search.json(Method::Get, &format!("/{alias}/_mapping"), None).await {
         Ok(v) => {
-            let has_id = v.as_object().is_some_and(|o| o.values().all(|m| m["mappings"]["properties"]["id"]["type"] == "long"));
+            let number = services.model.number.as_deref().unwrap_or("id");
+            let has_id = v.as_object().is_some_and(|o| o.values().all(|m| m["mappings"]["properties"][number]["type"] == "long"));
             if !has_id {
                 tracing::warn!(
                     alias = %alias,

@@ -22,11 +22,18 @@ use super::{
 use crate::admin;
 
 /// What every page shows around its content: the search box and the footer.
-struct Chrome {
-    q: String,
+pub(super) struct Chrome {
+    pub(super) q: String,
     /// The state the search box carries along (filters, sort, engine, …).
-    hidden: Vec<(String, String)>,
-    footer: String,
+    pub(super) hidden: Vec<(String, String)>,
+    pub(super) footer: String,
+    /// What the documents are called ("students"), the search box's label and the
+    /// suggestions' label.
+    pub(super) plural: String,
+    pub(super) search_label: String,
+    pub(super) suggest_label: String,
+    /// Another model's noun and plural, for the script's messages (None: the students').
+    pub(super) nouns: Option<(String, String)>,
 }
 
 #[derive(Template)]
@@ -59,10 +66,10 @@ struct ErrorPage {
     note: Option<String>,
 }
 
-struct Link {
-    label: String,
-    href: String,
-    current: bool,
+pub(super) struct Link {
+    pub(super) label: String,
+    pub(super) href: String,
+    pub(super) current: bool,
 }
 
 struct BucketView {
@@ -128,12 +135,12 @@ struct SearchView {
     next_href: Option<String>,
 }
 
-struct Notice {
-    state: &'static str,
-    class: &'static str,
-    headline: String,
-    text: String,
-    diffs: Vec<(String, String, String)>,
+pub(super) struct Notice {
+    pub(super) state: &'static str,
+    pub(super) class: &'static str,
+    pub(super) headline: String,
+    pub(super) text: String,
+    pub(super) diffs: Vec<(String, String, String)>,
 }
 
 /// How old the counts and hits are, as the page says it: "; counts as of 0.3 s ago,
@@ -164,7 +171,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
+pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
@@ -185,7 +192,11 @@ async fn footer(app: &App) -> String {
             if f.pending_fanouts > 0 {
                 s.push_str(&format!(
                     " {} still being expanded.",
-                    plural(f.pending_fanouts as u64, "renamed university or course", "renamed universities or courses")
+                    if app.students {
+                        plural(f.pending_fanouts as u64, "renamed university or course", "renamed universities or courses")
+                    } else {
+                        plural(f.pending_fanouts as u64, "change to a related row", "changes to related rows")
+                    }
                 ));
             }
             s
@@ -194,11 +205,16 @@ async fn footer(app: &App) -> String {
     }
 }
 
-async fn chrome(app: &App, q: &str, hidden: Vec<(String, String)>) -> Chrome {
-    Chrome { q: q.to_string(), hidden, footer: footer(app).await }
+pub(super) async fn chrome(app: &App, q: &str, hidden: Vec<(String, String)>) -> Chrome {
+    let (plural, search_label) = match &app.services.model.search {
+        Some(v) if !app.students => (v.plural.clone(), format!("Search {} by {}", v.plural, v.query.join(", ").replace('_', " "))),
+        _ => ("students".to_string(), "Search students by name".to_string()),
+    };
+    let nouns = app.services.model.search.as_ref().filter(|_| !app.students).map(|v| (v.noun.clone(), v.plural.clone()));
+    Chrome { q: q.to_string(), hidden, footer: footer(app).await, suggest_label: format!("Matching {plural}"), plural, search_label, nouns }
 }
 
-fn render(status: StatusCode, t: impl Template) -> Response {
+pub(super) fn render(status: StatusCode, t: impl Template) -> Response {
     match t.render() {
         Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
         Err(e) => {
@@ -213,7 +229,7 @@ pub(super) async fn error_page(app: &App, failure: &Failure, note: Option<String
         chrome: chrome(app, "", Vec::new()).await,
         status: failure.status().as_u16(),
         title: failure.title().into(),
-        message: failure.message(),
+        message: failure.message_about(&app.noun()),
         note,
     };
     render(failure.status(), page)
@@ -392,7 +408,7 @@ fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn json_text(v: &serde_json::Value) -> String {
+pub(super) fn json_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => "none".into(),
         serde_json::Value::String(s) => s.clone(),
@@ -403,11 +419,13 @@ fn json_text(v: &serde_json::Value) -> String {
 }
 
 fn notice(view: &StudentView) -> Notice {
-    let pending = view
-        .pending_change_seconds
-        .map(|s| format!(" A change to this student is waiting to be indexed (marked {s:.1} s ago)."))
-        .unwrap_or_default();
-    match &view.index {
+    notice_of(&view.index, view.pending_change_seconds, "student")
+}
+
+/// What the detail page of a `noun` says of the index's copy.
+pub(super) fn notice_of(index: &IndexCopy, pending: Option<f64>, noun: &str) -> Notice {
+    let pending = pending.map(|s| format!(" A change to this {noun} is waiting to be indexed (marked {s:.1} s ago).")).unwrap_or_default();
+    match index {
         IndexCopy::InSync => Notice {
             state: "in_sync",
             class: "ok",
@@ -418,21 +436,21 @@ fn notice(view: &StudentView) -> Notice {
         IndexCopy::Differs { differences } => Notice {
             state: "differs",
             class: "warn",
-            headline: "The search index still shows an older version of this student.".into(),
+            headline: format!("The search index still shows an older version of this {noun}."),
             text: format!("Search results show the index's copy until the next sync writes the database's.{pending}"),
             diffs: differences.iter().map(|d| (d.field.clone(), json_text(&d.database), json_text(&d.index))).collect(),
         },
         IndexCopy::Missing => Notice {
             state: "missing",
             class: "warn",
-            headline: "This student is not in the search index yet.".into(),
+            headline: format!("This {noun} is not in the search index yet."),
             text: format!("They will appear in search results after the next sync.{pending}"),
             diffs: vec![],
         },
         IndexCopy::Unavailable { reason } => Notice {
             state: "unavailable",
             class: "bad",
-            headline: "The search index could not be asked about this student.".into(),
+            headline: format!("The search index could not be asked about this {noun}."),
             text: format!("{reason}. The details above come from the database and are current."),
             diffs: vec![],
         },

@@ -98,10 +98,15 @@ pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, BadRequ
 /// `template` names them) the way [`query_pairs`] checks the query string: one whose
 /// percent-decoded bytes are not UTF-8 is refused, naming it.
 pub fn check_path_params(template: &str, path: &str) -> Result<(), BadRequest> {
+    check_path_params_of(template, path, "a student id is a positive whole number, as in /students/42")
+}
+
+/// [`check_path_params`], saying `id_how` of an `id` (what a document id looks like).
+pub fn check_path_params_of(template: &str, path: &str, id_how: &str) -> Result<(), BadRequest> {
     for (part, raw) in template.split('/').zip(path.split('/')) {
         let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) else { continue };
         if percent_encoding::percent_decode_str(raw).decode_utf8().is_err() {
-            let how = if name == "id" { "a student id is a positive whole number, as in /students/42" } else { UTF8_HOW };
+            let how = if name == "id" { id_how } else { UTF8_HOW };
             return Err(bad(format!(
                 "`{name}` in the path is not valid UTF-8: `{}` decodes to bytes that are not UTF-8 text; {how}",
                 quoted(raw)

@@ -49,9 +49,9 @@ pub struct FieldDiff {
 /// Fields a person reads; `name_complete` and `id` only follow the names and the id.
 const SHOWN: [&str; 6] = ["first_name", "last_name", "age", "year_in_school", "university", "course_names"];
 
-fn differences(built: &Document, indexed: &Value) -> Vec<FieldDiff> {
+fn differences(built: &Document, indexed: &Value, shown: &[&str]) -> Vec<FieldDiff> {
     let built = built.clone();
-    let mut out: Vec<FieldDiff> = SHOWN
+    let mut out: Vec<FieldDiff> = shown
         .iter()
         .filter(|f| built[**f] != indexed[**f])
         .map(|f| FieldDiff { field: f.to_string(), database: built[*f].clone(), index: indexed[*f].clone() })
@@ -67,20 +67,29 @@ fn differences(built: &Document, indexed: &Value) -> Vec<FieldDiff> {
 /// being down is an error (the page cannot be shown); the search server being down is not
 /// (the page shows the database's row and says the index could not be asked).
 pub async fn view(services: &Services, id: i64) -> Result<StudentView, Failure> {
+    let (student, index, pending) = compare(services, &id.to_string(), &SHOWN).await?;
+    Ok(StudentView { id, student, index, pending_change_seconds: pending })
+}
+
+/// The document of `key` from the database (None: no such row), how the index's copy
+/// compares (on the fields `shown`), and how long a change to it has waited, if one has.
+pub async fn compare(services: &Services, key: &str, shown: &[&str]) -> Result<(Option<Document>, IndexCopy, Option<f64>), Failure> {
     let pool = &services.pool;
+    let id = key;
     let (rows, pending) = db(async {
-        let rows = load(pool, &services.model, &[id.to_string()]).await?;
+        let rows = load(pool, &services.model, &[key.to_string()]).await?;
         let pending: Option<f64> = sqlx::query_scalar(
             "SELECT extract(epoch FROM clock_timestamp() - min(marked_at))::float8 FROM tidemark.outstanding WHERE key = $1",
         )
-        .bind(id.to_string())
+        .bind(key)
         .fetch_one(pool)
         .await?;
         Ok((rows, pending))
     })
     .await?;
     let student = rows.into_iter().next().and_then(|(_, op)| op.into_document());
-    let path = format!("/{}/_doc/{id}", services.config.index_alias);
+    let path =
+        format!("/{}/_doc/{}", services.config.index_alias, percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC));
     let indexed = match engine(services, Method::Get, &path, None).await {
         Ok((200, v)) if v["found"] == true => Ok(Some(v["_source"].clone())),
         Ok((404, _)) => Ok(None),
@@ -96,9 +105,9 @@ pub async fn view(services: &Services, id: i64) -> Result<StudentView, Failure> 
         (Ok(None), Some(_)) => IndexCopy::Missing,
         (Ok(Some(_)), None) => IndexCopy::Stale,
         (Ok(Some(v)), Some(doc)) if verify::same(&v, doc) => IndexCopy::InSync,
-        (Ok(Some(v)), Some(doc)) => IndexCopy::Differs { differences: differences(doc, &v) },
+        (Ok(Some(v)), Some(doc)) => IndexCopy::Differs { differences: differences(doc, &v, shown) },
     };
-    Ok(StudentView { id, student, index, pending_change_seconds: pending })
+    Ok((student, index, pending))
 }
 
 /// A student id from the path: a positive whole number.

@@ -1,0 +1,859 @@
+//! The search application of any declared model, driven by its `[search]` view
+//! ([`SearchView`]): the request its parameters make ([`Request`], parameter names from the
+//! view), the engine bodies ([`query`]), `engine=sql` by SQL built from the model
+//! ([`sql`]), the one response ([`Response`]) and the pages ([`pages`]).
+//!
+//! The shipped student directory keeps its own, older pages (`super::pages`): while the
+//! loaded model is exactly the shipped students model, those answer (their answers and
+//! pages are pinned by the tests); any other model is served from here. Everything generic
+//! of those (parameter reading, the reuse and single flight of engine answers, the
+//! failures, the security headers) is shared.
+
+pub mod pages;
+pub mod query;
+pub mod sql;
+
+use std::{sync::Arc, time::Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use url::form_urlencoded;
+
+use super::{
+    params::{query_pairs, BadRequest, Engine, MAX_QUERY_CHARS, MAX_QUERY_WORDS, MAX_RESULT_WINDOW},
+    response::{CountsAge, Segment, Total, DISTINCT_MAX_ERROR},
+    App, Failure,
+};
+use crate::model::{FieldType, Model, SearchView};
+
+/// Hits per page: default and cap; values per facet: default and cap.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+pub const MAX_PAGE_SIZE: u32 = 100;
+pub const DEFAULT_FACET_SIZE: u32 = 10;
+pub const MAX_FACET_SIZE: u32 = 100;
+/// `cardinality`'s `precision_threshold` for a model's distinct counts. A model's distinct
+/// field may hold far more values than the students' (refine.bio's samples: thousands per
+/// value), where the students' 100 (2^10 registers, a relative standard error of 3.3 %)
+/// would miss the stated 5 % for one bucket in seven. 3,000 gives the engines' precision
+/// 14 (2^14 registers, 16 KiB per bucket): counts up to 3,000 close to exact, and above it
+/// a standard error of 0.8 %, so the stated 5 % is six standard errors.
+pub const PRECISION_THRESHOLD: u32 = 3_000;
+/// Values selected in one facet, and the longest value.
+pub const MAX_VALUES_PER_FACET: usize = 20;
+pub const MAX_VALUE_CHARS: usize = 200;
+
+fn bad(m: impl Into<String>) -> BadRequest {
+    BadRequest(m.into())
+}
+
+/// A histogram's filter: `gte <= value < lt`, either bound optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Range {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gte: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lt: Option<i64>,
+}
+
+impl Range {
+    pub fn is_empty(&self) -> bool {
+        self.gte.is_none() && self.lt.is_none()
+    }
+
+    pub fn overlaps(&self, from: i64, to: i64) -> bool {
+        !self.is_empty() && self.gte.is_none_or(|g| to > g) && self.lt.is_none_or(|l| from < l)
+    }
+
+    /// "18–19", "18 and over", "under 20", with the histogram's label.
+    pub fn label(&self, what: &str) -> String {
+        match (self.gte, self.lt) {
+            (Some(g), Some(l)) if l == g + 1 => format!("{what} {g}"),
+            (Some(g), Some(l)) => format!("{what} {g}–{}", l - 1),
+            (Some(g), None) => format!("{what} {g} and over"),
+            (None, Some(l)) => format!("{what} under {l}"),
+            (None, None) => format!("any {what}"),
+        }
+    }
+}
+
+/// What hits are ordered by: relevance (best first), or a declared sort.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Order {
+    /// Index into the view's sorts; None: relevance.
+    pub sort: Option<usize>,
+    pub descending: bool,
+}
+
+/// One search of a model, as both engines take it and as the page's links carry it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub view: Arc<SearchView>,
+    /// The field holding the key as a number (ties are broken by it).
+    pub number: String,
+    pub q: String,
+    /// Selected values per facet, in the view's order.
+    pub selected: Vec<Vec<String>>,
+    /// A range per histogram, in the view's order.
+    pub ranges: Vec<Range>,
+    /// A facet-value search per facet.
+    pub facet_search: Vec<Option<String>>,
+    pub order: Order,
+    pub size: u32,
+    pub page: u32,
+    /// The sort values of the last hit of the page before (the `next` it gave).
+    pub after: Option<Vec<Value>>,
+    /// Index into the view's distinct counts.
+    pub distinct: Option<usize>,
+    pub engine: Engine,
+    pub facet_size: u32,
+}
+
+/// The names a request takes, for error messages.
+fn known(view: &SearchView) -> String {
+    let mut k = vec!["q".to_string()];
+    k.extend(view.facets.iter().map(|f| f.param.clone()));
+    for h in &view.histograms {
+        k.push(format!("{}_gte", h.param));
+        k.push(format!("{}_lt", h.param));
+    }
+    k.extend(view.facets.iter().map(|f| format!("{}_q", f.param)));
+    k.extend(["sort", "size", "page", "after"].map(String::from));
+    if !view.distinct.is_empty() {
+        k.push("distinct".into());
+    }
+    k.extend(["engine", "facet_size"].map(String::from));
+    k.join(", ")
+}
+
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(key: &str, v: &str, lo: T, hi: T) -> Result<T, BadRequest> {
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= lo && n <= hi => Ok(n),
+        _ => Err(bad(format!("`{key}` must be a whole number from {lo} to {hi}, not {v:?}"))),
+    }
+}
+
+fn text(key: &str, v: &str, max: usize) -> Result<String, BadRequest> {
+    let t = v.trim();
+    if t.chars().count() > max {
+        return Err(bad(format!("`{key}` is longer than {max} characters; shorten it")));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(bad(format!("`{key}` contains control characters; remove them")));
+    }
+    Ok(t.to_string())
+}
+
+impl Request {
+    /// The request with nothing asked: every document, first page.
+    pub fn new(model: &Model) -> Request {
+        let view = Arc::new(model.search.clone().unwrap_or_else(|| empty_view(model)));
+        Request {
+            number: model.number.clone().unwrap_or_else(|| "id".into()),
+            q: String::new(),
+            selected: vec![Vec::new(); view.facets.len()],
+            ranges: vec![Range::default(); view.histograms.len()],
+            facet_search: vec![None; view.facets.len()],
+            order: Order::default(),
+            size: DEFAULT_PAGE_SIZE,
+            page: 1,
+            after: None,
+            distinct: None,
+            engine: Engine::Index,
+            facet_size: DEFAULT_FACET_SIZE,
+            view,
+        }
+    }
+
+    /// The sorts a request may name, for messages.
+    fn sort_choices(&self) -> String {
+        let mut c = vec!["relevance".to_string()];
+        for s in &self.view.sorts {
+            c.push(s.param.clone());
+            c.push(format!("-{}", s.param));
+        }
+        c.join(", ")
+    }
+
+    /// Parses a query string against the model's view. Every parameter is known (the
+    /// view names the filters), given at most once (filters may repeat) and within bounds;
+    /// empty values count as absent, as an HTML form sends them.
+    pub fn parse(model: &Model, query: Option<&str>) -> Result<Request, BadRequest> {
+        let mut r = Request::new(model);
+        let view = r.view.clone();
+        let mut seen: Vec<String> = Vec::new();
+        let mut after: Option<String> = None;
+        let mut page_given = false;
+        for (key, value) in query_pairs(query)? {
+            let (key, value) = (key.as_str(), value.as_str());
+            if let Some(i) = view.facets.iter().position(|f| f.param == key) {
+                let v = text(key, value, MAX_VALUE_CHARS)?;
+                if v.is_empty() {
+                    continue;
+                }
+                let list = &mut r.selected[i];
+                if !list.contains(&v) {
+                    if list.len() == MAX_VALUES_PER_FACET {
+                        return Err(bad(format!("at most {MAX_VALUES_PER_FACET} values of `{key}` can be selected at once")));
+                    }
+                    list.push(v);
+                }
+                continue;
+            }
+            let is_known = |k: &str| known(&view).split(", ").any(|x| x == k);
+            if !is_known(key) {
+                return Err(bad(format!("unknown parameter `{key}`; the known ones are {}", known(&view))));
+            }
+            if value.trim().is_empty() && key != "q" {
+                continue;
+            }
+            if seen.iter().any(|k| k == key) {
+                return Err(bad(format!("`{key}` is given more than once; give it once")));
+            }
+            seen.push(key.to_string());
+            if let Some((i, h)) = view.histograms.iter().enumerate().find(|(_, h)| key == format!("{}_gte", h.param)) {
+                r.ranges[i].gte = Some(number(key, value, h.min, h.max)?);
+                continue;
+            }
+            if let Some((i, h)) = view.histograms.iter().enumerate().find(|(_, h)| key == format!("{}_lt", h.param)) {
+                r.ranges[i].lt = Some(number(key, value, h.min, h.max)?);
+                continue;
+            }
+            if let Some(i) = view.facets.iter().position(|f| key == format!("{}_q", f.param)) {
+                r.facet_search[i] = Some(text(key, value, MAX_VALUE_CHARS)?);
+                continue;
+            }
+            match key {
+                "q" => {
+                    let q = text("q", value, MAX_QUERY_CHARS)?;
+                    if q.split_whitespace().count() > MAX_QUERY_WORDS {
+                        return Err(bad(format!("`q` has more than {MAX_QUERY_WORDS} words; search for fewer")));
+                    }
+                    r.q = q.split_whitespace().collect::<Vec<_>>().join(" ");
+                }
+                "sort" => {
+                    let v = value.trim();
+                    let (descending, name) = match v.strip_prefix('-') {
+                        Some(rest) => (true, rest),
+                        None => (false, v),
+                    };
+                    r.order = match name {
+                        "relevance" if !descending => Order::default(),
+                        _ => match view.sorts.iter().position(|s| s.param == name) {
+                            Some(i) => Order { sort: Some(i), descending },
+                            None => return Err(bad(format!("`sort` must be one of {}, not {value:?}", r.sort_choices()))),
+                        },
+                    };
+                }
+                "size" => {
+                    r.size = match value.trim().parse::<u64>() {
+                        Ok(n) if (1..=MAX_PAGE_SIZE as u64).contains(&n) => n as u32,
+                        Ok(n) if n > MAX_PAGE_SIZE as u64 => {
+                            return Err(bad(format!(
+                                "`size` {n} is more than the {MAX_PAGE_SIZE} hits a page may hold; ask for {MAX_PAGE_SIZE} or fewer and \
+                                 follow `next` for more"
+                            )))
+                        }
+                        _ => return Err(bad(format!("`size` must be a whole number from 1 to {MAX_PAGE_SIZE}, not {value:?}"))),
+                    }
+                }
+                "facet_size" => r.facet_size = number(key, value, 1, MAX_FACET_SIZE)?,
+                "page" => {
+                    r.page = number(key, value, 1u32, u32::MAX)?;
+                    page_given = true;
+                }
+                "after" => after = Some(value.to_string()),
+                "distinct" => {
+                    r.distinct = Some(view.distinct.iter().position(|d| d.param == value.trim()).ok_or_else(|| {
+                        let names: Vec<&str> = view.distinct.iter().map(|d| d.param.as_str()).collect();
+                        bad(format!(
+                            "`distinct` must be {} (what each bucket counts the distinct values of), not {value:?}",
+                            names.join(" or ")
+                        ))
+                    })?)
+                }
+                "engine" => {
+                    r.engine = match value.trim() {
+                        "index" => Engine::Index,
+                        "sql" => Engine::Sql,
+                        _ => return Err(bad(format!("`engine` must be index or sql, not {value:?}"))),
+                    }
+                }
+                _ => return Err(bad(format!("unknown parameter `{key}`; the known ones are {}", known(&view)))),
+            }
+        }
+        for (h, range) in view.histograms.iter().zip(&r.ranges) {
+            if let (Some(g), Some(l)) = (range.gte, range.lt) {
+                if g >= l {
+                    let p = &h.param;
+                    return Err(bad(format!("`{p}_gte` ({g}) must be less than `{p}_lt` ({l}): the range is {p}_gte <= {p} < {p}_lt")));
+                }
+            }
+        }
+        if let Some(a) = after {
+            if page_given {
+                return Err(bad(
+                    "give either `page` or `after`, not both: `after` (the `next` of the page before) already says where the page starts",
+                ));
+            }
+            r.after = Some(r.parse_cursor(&a)?);
+        }
+        let end = r.page as u64 * r.size as u64;
+        if end > MAX_RESULT_WINDOW {
+            return Err(bad(format!(
+                "page {} of {} hits reaches past the first {MAX_RESULT_WINDOW} results, which is as deep as a page number goes; to go \
+                 deeper, follow the `next` cursor from page to page (after=…), which works at any depth",
+                r.page, r.size
+            )));
+        }
+        Ok(r)
+    }
+
+    /// A cursor: the sort values of a hit (the score for relevance) and its number.
+    fn parse_cursor(&self, s: &str) -> Result<Vec<Value>, BadRequest> {
+        let what = || {
+            bad(format!(
+                "`after` is not a page cursor for sort={}: use the `next` value of the page before; to start over, leave `after` out",
+                self.sort_param()
+            ))
+        };
+        let v: Vec<Value> = serde_json::from_str(s).map_err(|_| what())?;
+        let keys = self.order.sort.map_or(1, |i| self.view.sorts[i].fields.len());
+        if v.len() != keys + 1 || !v.last().is_some_and(Value::is_i64) {
+            return Err(what());
+        }
+        for k in &v[..keys] {
+            let ok = match k {
+                Value::Number(n) => n.as_f64().is_some_and(f64::is_finite),
+                Value::String(t) => t.chars().count() <= MAX_VALUE_CHARS,
+                Value::Null | Value::Bool(_) => self.order.sort.is_some(),
+                _ => false,
+            };
+            if !ok {
+                return Err(what());
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn sort_param(&self) -> String {
+        match self.order.sort {
+            None => "relevance".into(),
+            Some(i) => format!("{}{}", if self.order.descending { "-" } else { "" }, self.view.sorts[i].param),
+        }
+    }
+
+    pub fn facet_search(&self, facet: usize) -> Option<&str> {
+        self.facet_search[facet].as_deref().filter(|s| !s.is_empty())
+    }
+
+    pub fn has_filters(&self) -> bool {
+        self.selected.iter().any(|s| !s.is_empty()) || self.ranges.iter().any(|r| !r.is_empty())
+    }
+
+    pub fn words(&self) -> Vec<&str> {
+        self.q.split_whitespace().collect()
+    }
+
+    /// The query string of this request, canonical (only what differs from the defaults).
+    pub fn to_query(&self) -> String {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        if !self.q.is_empty() {
+            s.append_pair("q", &self.q);
+        }
+        for (f, values) in self.view.facets.iter().zip(&self.selected) {
+            for v in values {
+                s.append_pair(&f.param, v);
+            }
+        }
+        for (h, r) in self.view.histograms.iter().zip(&self.ranges) {
+            if let Some(g) = r.gte {
+                s.append_pair(&format!("{}_gte", h.param), &g.to_string());
+            }
+            if let Some(l) = r.lt {
+                s.append_pair(&format!("{}_lt", h.param), &l.to_string());
+            }
+        }
+        for (i, f) in self.view.facets.iter().enumerate() {
+            if let Some(v) = self.facet_search(i) {
+                s.append_pair(&format!("{}_q", f.param), v);
+            }
+        }
+        if self.order != Order::default() {
+            s.append_pair("sort", &self.sort_param());
+        }
+        if self.size != DEFAULT_PAGE_SIZE {
+            s.append_pair("size", &self.size.to_string());
+        }
+        if self.facet_size != DEFAULT_FACET_SIZE {
+            s.append_pair("facet_size", &self.facet_size.to_string());
+        }
+        if let Some(d) = self.distinct {
+            s.append_pair("distinct", &self.view.distinct[d].param);
+        }
+        if self.engine != Engine::Index {
+            s.append_pair("engine", self.engine.param());
+        }
+        if self.page > 1 {
+            s.append_pair("page", &self.page.to_string());
+        }
+        if let Some(a) = &self.after {
+            s.append_pair("after", &Value::Array(a.clone()).to_string());
+        }
+        s.finish()
+    }
+
+    pub fn href(&self) -> String {
+        let q = self.to_query();
+        if q.is_empty() {
+            "/".into()
+        } else {
+            format!("/?{q}")
+        }
+    }
+
+    pub fn first_page(&self) -> Request {
+        Request { page: 1, after: None, ..self.clone() }
+    }
+
+    pub fn toggled(&self, facet: usize, value: &str) -> Request {
+        let mut r = self.first_page();
+        let list = &mut r.selected[facet];
+        if let Some(at) = list.iter().position(|v| v == value) {
+            list.remove(at);
+        } else {
+            list.push(value.to_string());
+        }
+        r
+    }
+
+    pub fn with_range(&self, histogram: usize, range: Range) -> Request {
+        let mut r = self.first_page();
+        r.ranges[histogram] = range;
+        r
+    }
+
+    pub fn with_order(&self, order: Order) -> Request {
+        Request { order, ..self.first_page() }
+    }
+
+    pub fn with_engine(&self, engine: Engine) -> Request {
+        Request { engine, ..self.first_page() }
+    }
+
+    pub fn with_distinct(&self, distinct: Option<usize>) -> Request {
+        Request { distinct, ..self.first_page() }
+    }
+
+    pub fn cleared(&self) -> Request {
+        Request {
+            selected: vec![Vec::new(); self.view.facets.len()],
+            ranges: vec![Range::default(); self.view.histograms.len()],
+            ..self.first_page()
+        }
+    }
+}
+
+/// A model without a `[search]` section: text search over its root's text fields, nothing
+/// else (the page still lists and opens documents).
+fn empty_view(model: &Model) -> SearchView {
+    let query = model
+        .root
+        .fields
+        .iter()
+        .filter(|f| matches!(f.kind, FieldType::Text | FieldType::Keyword))
+        .map(|f| f.name.clone())
+        .collect::<Vec<_>>();
+    let title = crate::model::Template(vec![crate::model::Piece::Field(model.root.key.clone())]);
+    SearchView {
+        noun: "document".into(),
+        plural: "documents".into(),
+        query,
+        facets: vec![],
+        histograms: vec![],
+        sorts: vec![],
+        suggest: None,
+        distinct: vec![],
+        title,
+        show: model.root.fields.iter().map(|f| f.name.clone()).collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The response
+
+/// The answer to a search, whichever engine answered: `/api/search`'s JSON and what the
+/// page renders.
+#[derive(Clone, Debug, Serialize)]
+pub struct Response {
+    pub engine: Engine,
+    pub took_ms: f64,
+    pub total: Total,
+    pub hits: Vec<Hit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// By parameter, in the view's order.
+    pub facets: Ordered<TermsFacet>,
+    /// By parameter, in the view's order.
+    pub histograms: Ordered<Histogram>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<DistinctInfo>,
+    pub counts: CountsAge,
+    pub hits_age_ms: f64,
+}
+
+/// A JSON object whose keys keep their order.
+#[derive(Clone, Debug)]
+pub struct Ordered<T>(pub Vec<(String, T)>);
+
+impl<T: Serialize> Serialize for Ordered<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Hit {
+    /// The document's number (its key).
+    pub id: i64,
+    /// Relevance (index engine with a text query; 1 otherwise).
+    pub score: f64,
+    /// The view's title of the document.
+    pub title: String,
+    /// The title with the parts the query matched marked; absent without a text query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highlight: Option<Vec<Segment>>,
+    /// The fields the view shows, by path.
+    pub fields: Ordered<Value>,
+    /// Where the page after this hit starts (its sort values).
+    #[serde(skip)]
+    pub cursor: Vec<Value>,
+}
+
+impl PartialEq for Ordered<Value> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TermsFacet {
+    pub label: String,
+    pub buckets: Vec<Bucket>,
+    /// The counts of the values not listed, summed.
+    pub sum_other_doc_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Bucket {
+    pub key: String,
+    pub doc_count: u64,
+    pub selected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Histogram {
+    pub label: String,
+    pub interval: i64,
+    pub buckets: Vec<RangeBucket>,
+    #[serde(skip_serializing_if = "Range::is_empty")]
+    pub selected: Range,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RangeBucket {
+    pub from: i64,
+    pub to: i64,
+    pub doc_count: u64,
+    pub selected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DistinctInfo {
+    /// The `distinct` parameter's value, and what it counts.
+    pub param: String,
+    pub label: String,
+    pub approximate: bool,
+    pub precision_threshold: u32,
+    pub max_error: f64,
+    pub note: &'static str,
+}
+
+/// One value's counts, as an engine reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawBucket<K> {
+    pub key: K,
+    pub doc_count: u64,
+    pub distinct: Option<u64>,
+}
+
+/// A facet as an engine reports it (see `super::response::RawFacet`).
+#[derive(Clone, Debug, Default)]
+pub struct RawFacet {
+    pub top: Vec<RawBucket<String>>,
+    pub sum_other: u64,
+    pub selected: Vec<RawBucket<String>>,
+}
+
+/// What an engine found.
+#[derive(Clone, Debug)]
+pub struct Raw {
+    pub total: Total,
+    /// Up to `size + 1` hits.
+    pub hits: Vec<Hit>,
+    pub facets: Vec<RawFacet>,
+    /// Per histogram: buckets by lower bound, any order, empty ones possibly missing.
+    pub histograms: Vec<Vec<RawBucket<i64>>>,
+}
+
+pub fn bucket_order<K: Ord>(a: &RawBucket<K>, b: &RawBucket<K>) -> std::cmp::Ordering {
+    b.doc_count.cmp(&a.doc_count).then_with(|| a.key.cmp(&b.key))
+}
+
+impl Response {
+    pub fn assemble(req: &Request, raw: Raw, engine: Engine, took_ms: f64) -> Response {
+        let mut hits = raw.hits;
+        let window_end = req.page as u64 * req.size as u64;
+        let more = hits.len() > req.size as usize
+            || (req.after.is_none()
+                && window_end >= MAX_RESULT_WINDOW
+                && hits.len() == req.size as usize
+                && (raw.total.relation == super::response::Relation::Gte || raw.total.value > window_end));
+        hits.truncate(req.size as usize);
+        let next = if more { hits.last().map(|h| Value::Array(h.cursor.clone()).to_string()) } else { None };
+        let facets =
+            req.view.facets.iter().enumerate().zip(raw.facets).map(|((i, f), raw)| (f.param.clone(), terms_facet(req, i, raw))).collect();
+        let histograms = req
+            .view
+            .histograms
+            .iter()
+            .enumerate()
+            .zip(raw.histograms)
+            .map(|((i, h), raw)| (h.param.clone(), histogram(req, i, raw)))
+            .collect();
+        Response {
+            engine,
+            took_ms: (took_ms * 10.0).round() / 10.0,
+            total: raw.total,
+            hits,
+            next,
+            facets: Ordered(facets),
+            histograms: Ordered(histograms),
+            distinct: req.distinct.map(|d| DistinctInfo {
+                param: req.view.distinct[d].param.clone(),
+                label: req.view.distinct[d].label.clone(),
+                approximate: true,
+                precision_threshold: PRECISION_THRESHOLD,
+                max_error: DISTINCT_MAX_ERROR,
+                note: "approximate (HyperLogLog++ `cardinality` in the index; exact in SQL): below the precision threshold \
+                       counts are expected to be close to exact, and within 5 % of the true count above it",
+            }),
+            counts: CountsAge::default(),
+            hits_age_ms: 0.0,
+        }
+    }
+}
+
+fn terms_facet(req: &Request, i: usize, raw: RawFacet) -> TermsFacet {
+    let selected = &req.selected[i];
+    let mut buckets: Vec<Bucket> = raw
+        .top
+        .iter()
+        .map(|b| Bucket { key: b.key.clone(), doc_count: b.doc_count, selected: selected.contains(&b.key), distinct: b.distinct })
+        .collect();
+    for v in selected {
+        if !buckets.iter().any(|b| &b.key == v) {
+            let (doc_count, distinct) = match raw.selected.iter().find(|b| &b.key == v) {
+                Some(b) => (b.doc_count, b.distinct),
+                None => (0, req.distinct.map(|_| 0)),
+            };
+            buckets.push(Bucket { key: v.clone(), doc_count, selected: true, distinct });
+        }
+    }
+    TermsFacet {
+        label: req.view.facets[i].label.clone(),
+        buckets,
+        sum_other_doc_count: raw.sum_other,
+        search: req.facet_search(i).map(str::to_string),
+    }
+}
+
+fn histogram(req: &Request, i: usize, raw: Vec<RawBucket<i64>>) -> Histogram {
+    let interval = i64::from(req.view.histograms[i].interval.max(1));
+    let present: Vec<&RawBucket<i64>> = raw.iter().filter(|b| b.doc_count > 0).collect();
+    let mut buckets = Vec::new();
+    if let (Some(lo), Some(hi)) = (present.iter().map(|b| b.key).min(), present.iter().map(|b| b.key).max()) {
+        let mut k = lo;
+        while k <= hi {
+            let (doc_count, distinct) = match present.iter().find(|b| b.key == k) {
+                Some(b) => (b.doc_count, b.distinct),
+                None => (0, req.distinct.map(|_| 0)),
+            };
+            buckets.push(RangeBucket { from: k, to: k + interval, doc_count, selected: req.ranges[i].overlaps(k, k + interval), distinct });
+            k += interval;
+        }
+    }
+    Histogram { label: req.view.histograms[i].label.clone(), interval, buckets, selected: req.ranges[i] }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running a search
+
+/// Runs a search of the loaded model on the engine it names: in the index, the counts and
+/// the hits as two requests, each maybe reused (`super::reuse`), as for the students.
+pub async fn search(app: &App, req: &Request) -> Result<Response, Failure> {
+    let started = Instant::now();
+    match req.engine {
+        Engine::Index => {
+            let model = &app.services.model;
+            let (counts, hits) = (query::counts_body(req), query::hits_body(model, req));
+            let mut tries = 0;
+            loop {
+                let target = app.reuse.target(&app.services).await?;
+                let both = tokio::try_join!(
+                    app.reuse.cached(&app.services, &target, "counts", &counts),
+                    app.reuse.cached(&app.services, &target, "hits", &hits)
+                );
+                let (c, h) = match both {
+                    Ok(v) => v,
+                    Err(Failure::IndexMissing) if tries == 0 => {
+                        tries += 1;
+                        continue;
+                    }
+                    Err(f) => return Err(f),
+                };
+                let raw = query::read(req, &c.json, &h.json);
+                let mut resp = Response::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3);
+                resp.counts = CountsAge {
+                    age_ms: (c.age.as_secs_f64() * 1e4).round() / 10.0,
+                    max_age_ms: target.max_age.as_secs_f64() * 1e3,
+                    reused: c.reused,
+                };
+                resp.hits_age_ms = (h.age.as_secs_f64() * 1e4).round() / 10.0;
+                return Ok(resp);
+            }
+        }
+        Engine::Sql => {
+            let raw = super::db(sql::search(&app.services.pool, &app.services.model, req)).await?;
+            Ok(Response::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3))
+        }
+    }
+}
+
+/// One autocomplete entry: a document, by id, labelled by the view's suggest label.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Suggestion {
+    pub id: i64,
+    pub name: String,
+    /// The document's page.
+    pub href: String,
+}
+
+/// Documents whose completion inputs start with `prefix`, one entry per document.
+pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestion>, Failure> {
+    let model = &app.services.model;
+    let Some(view) = &model.search else { return Ok(Vec::new()) };
+    let Some(sg) = &view.suggest else { return Ok(Vec::new()) };
+    let number = model.number.clone().unwrap_or_else(|| "id".into());
+    let mut source: Vec<String> = sg.label.fields().map(str::to_string).collect();
+    source.push(number.clone());
+    let body = serde_json::json!({
+        "size": 0,
+        "_source": source,
+        "suggest": {"s": {"prefix": prefix, "completion": {"field": sg.field, "skip_duplicates": false, "size": size}}}
+    });
+    let mut tries = 0;
+    let answer = loop {
+        let target = app.reuse.target(&app.services).await?;
+        match app.reuse.cached(&app.services, &target, "suggest", &body).await {
+            Err(Failure::IndexMissing) if tries == 0 => tries += 1,
+            other => break other?,
+        }
+    };
+    let mut out: Vec<Suggestion> = Vec::new();
+    for o in answer.json["suggest"]["s"][0]["options"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(id) = o["_source"][number.as_str()].as_i64().or_else(|| o["_id"].as_str().and_then(|s| s.parse().ok())) else {
+            continue;
+        };
+        if out.iter().any(|s| s.id == id) {
+            continue;
+        }
+        out.push(Suggestion { id, name: sg.label.render(&o["_source"]), href: format!("/{}/{id}", view.plural) });
+    }
+    Ok(out)
+}
+
+/// Whether the loaded model is exactly the shipped student directory (its tables, its
+/// document and its view), which the students' own pages serve.
+pub fn is_shipped_students(model: &Model) -> bool {
+    let students = Model::students();
+    model.root == students.root
+        && model.search == students.search
+        && model.number == students.number
+        && model.completion == students.completion
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refinebio() -> Model {
+        Model::load("refinebio").unwrap()
+    }
+
+    #[test]
+    fn parameters_come_from_the_view_and_round_trip() {
+        let m = refinebio();
+        let r = Request::parse(
+            &m,
+            Some("q=liver&organism=Mus+musculus&organism=Homo+sapiens&platform_q=illu&sort=-accession&distinct=samples"),
+        )
+        .unwrap();
+        assert_eq!(r.selected[1], ["Mus musculus", "Homo sapiens"]);
+        assert_eq!(r.facet_search(2), Some("illu"));
+        assert_eq!(r.order, Order { sort: Some(0), descending: true });
+        assert_eq!(r.distinct, Some(0));
+        assert_eq!(Request::parse(&m, Some(&r.to_query())).unwrap(), r);
+        let after = Request { after: Some(vec![json!("GSE2"), json!(2)]), ..r.clone() };
+        assert_eq!(Request::parse(&m, Some(&after.to_query())).unwrap(), after);
+        assert_eq!(r.toggled(1, "Mus musculus").selected[1], ["Homo sapiens"]);
+    }
+
+    #[test]
+    fn refuses_what_the_view_does_not_declare() {
+        let m = refinebio();
+        for (q, says) in [
+            ("course=CS101", "unknown parameter `course`; the known ones are q, technology, organism, platform"),
+            ("age_gte=3", "unknown parameter `age_gte`"),
+            ("distinct=university", "`distinct` must be samples"),
+            ("sort=age", "`sort` must be one of relevance, accession, -accession"),
+            ("after=[1]&sort=accession", "not a page cursor"),
+            ("q=a&q=b", "more than once"),
+        ] {
+            let e = Request::parse(&m, Some(q)).unwrap_err();
+            assert!(e.0.contains(says), "{q}: {e}");
+        }
+        let students = Model::students();
+        let e = Request::parse(&students, Some("age_gte=30&age_lt=20")).unwrap_err();
+        assert!(e.0.contains("`age_gte` (30) must be less than `age_lt` (20)"), "{e}");
+        assert_eq!(Request::parse(&students, Some("age_gte=18&age_lt=20")).unwrap().ranges[0], Range { gte: Some(18), lt: Some(20) });
+    }
+
+    #[test]
+    fn only_the_shipped_students_model_is_served_by_the_students_pages() {
+        assert!(is_shipped_students(&Model::students()));
+        assert!(!is_shipped_students(&refinebio()));
+    }
+}

@@ -1,0 +1,509 @@
+//! The search application serving another model than the students (issue 18, item 5):
+//! refine.bio's experiments (seeds/refinebio/model.toml), against real PostgreSQL and
+//! OpenSearch. The page, `/api/search`, `/api/suggest` and the experiment page are driven by
+//! the model's `[search]` view; counts are checked against counts computed here,
+//! independently, in SQL.
+
+mod support;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use axum::{body::Body, http::Request, Router};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use support::{free_port, Env};
+use tidemark::{config::Secret, search::Search, services::Services, web};
+use tower::ServiceExt;
+
+struct Answer {
+    status: u16,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+async fn get(app: &Router, uri: &str) -> Answer {
+    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+async fn api(app: &Router, uri: &str) -> Value {
+    let a = get(app, uri).await;
+    assert_eq!(a.status, 200, "{uri}: {}", a.body);
+    a.json()
+}
+
+async fn page(app: &Router, uri: &str) -> String {
+    let a = get(app, uri).await;
+    assert_eq!(a.status, 200, "{uri}: {}", a.body);
+    assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
+    a.body
+}
+
+/// An environment with the refinebio model loaded and its tables created.
+async fn refinebio() -> Env {
+    Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |_| {}).await
+}
+
+/// Four experiments over eight samples of three organisms on two platforms. Samples 1 and
+/// 3 are each in two experiments, so a facet value's unique samples are not the sum of its
+/// experiments' samples. Experiment 4's title is an attack.
+async fn experiments(env: &Env) -> Router {
+    env.sql(
+        "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus'), (3, 'Danio rerio');
+         INSERT INTO platforms (id, name) VALUES (1, 'Illumina HiSeq 2500'), (2, 'Affymetrix HG-U133');
+         INSERT INTO samples (id, accession_code, organism_id, platform_id) VALUES
+           (1, 'GSM1', 1, 1), (2, 'GSM2', 1, 1), (3, 'GSM3', 2, 1), (4, 'GSM4', 2, 2), (5, 'GSM5', 2, 2),
+           (6, 'GSM6', 3, 1), (7, 'GSM7', 3, 1), (8, 'GSM8', 1, 2);
+         INSERT INTO experiments (id, accession_code, title, description, technology) VALUES
+           (1, 'GSE1', 'Human liver expression', 'RNA of human livers', 'RNA-SEQ'),
+           (2, 'GSE2', 'Mouse brain arrays', 'Arrays of mouse brains', 'MICROARRAY'),
+           (3, 'GSE3', 'Zebrafish development', 'Embryos over time', 'RNA-SEQ'),
+           (4, 'GSE4', '<script>alert(1)</script> human', 'An attack in a title', 'MICROARRAY');
+         INSERT INTO experiment_samples VALUES (1, 1), (1, 2), (1, 3), (2, 3), (2, 4), (2, 5), (3, 6), (3, 7), (4, 1), (4, 8);",
+    )
+    .await;
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    web::router(env.services())
+}
+
+/// (experiments, unique samples) per value of a facet, computed here in SQL: `values` is a
+/// query of (experiment id, value) rows; `filter` restricts the experiments.
+async fn sql_counts(env: &Env, values: &str, filter: &str) -> BTreeMap<String, (i64, i64)> {
+    let q = format!(
+        "WITH v AS ({values}), e AS (SELECT id FROM experiments WHERE {filter})
+         SELECT v.value, count(DISTINCT v.eid)::int8, count(DISTINCT es.sample_id)::int8
+           FROM v JOIN e ON e.id = v.eid LEFT JOIN experiment_samples es ON es.experiment_id = v.eid
+          GROUP BY v.value"
+    );
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&q).fetch_all(&env.pool).await.unwrap();
+    rows.into_iter().map(|(k, n, d)| (k, (n, d))).collect()
+}
+
+const TECHNOLOGY: &str = "SELECT id AS eid, technology AS value FROM experiments";
+const ORGANISM: &str = "SELECT es.experiment_id AS eid, o.name AS value FROM experiment_samples es
+                          JOIN samples s ON s.id = es.sample_id JOIN organisms o ON o.id = s.organism_id";
+const PLATFORM: &str = "SELECT es.experiment_id AS eid, p.name AS value FROM experiment_samples es
+                          JOIN samples s ON s.id = es.sample_id JOIN platforms p ON p.id = s.platform_id";
+
+/// (doc_count, distinct) per bucket of a facet of an answer.
+fn facet_counts(v: &Value, facet: &str) -> BTreeMap<String, (i64, i64)> {
+    v["facets"][facet]["buckets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no facet {facet}: {v}"))
+        .iter()
+        .map(|b| (b["key"].as_str().unwrap().to_string(), (b["doc_count"].as_i64().unwrap(), b["distinct"].as_i64().unwrap_or(-1))))
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facets_show_each_values_unique_samples_as_sql_counts_them() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    let v = api(&app, "/api/search?distinct=samples").await;
+    assert_eq!(v["total"], json!({"value": 4, "relation": "eq"}));
+    let facets: Vec<&String> = v["facets"].as_object().unwrap().keys().collect();
+    assert_eq!(facets.len(), 3, "{facets:?}");
+    assert_eq!(v["facets"]["organism"]["label"], "Organism");
+    assert_eq!(v["distinct"]["param"], "samples");
+    assert_eq!(v["distinct"]["label"], "unique samples");
+    for (facet, values) in [("technology", TECHNOLOGY), ("organism", ORGANISM), ("platform", PLATFORM)] {
+        assert_eq!(facet_counts(&v, facet), sql_counts(&env, values, "true").await, "{facet}");
+    }
+    // Homo sapiens: experiments 1 and 4, whose samples are 1, 2, 3 and 1, 8: four unique.
+    assert_eq!(facet_counts(&v, "organism")["Homo sapiens"], (2, 4));
+    assert_eq!(facet_counts(&v, "organism")["Mus musculus"], (2, 5));
+
+    // The page shows the same facets, each value with its unique samples.
+    let html = page(&app, "/?distinct=samples").await;
+    for id in ["facet-technology", "facet-organism", "facet-platform"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id}: {html}");
+    }
+    assert!(html.contains("<span class=\"distinct\">~4 unique samples</span>"), "{html}");
+    assert!(html.contains("4 experiments"), "{html}");
+    assert!(html.contains("href=\"/experiments/1\""), "{html}");
+    assert!(!html.contains("students"), "nothing of the students' page: {html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picking_an_organism_filters_the_experiments_and_changes_the_other_counts() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    let all = api(&app, "/api/search?distinct=samples").await;
+    let mouse = api(&app, "/api/search?distinct=samples&organism=Mus+musculus").await;
+    assert_eq!(mouse["total"]["value"], json!(2));
+    let mut hits = ids(&mouse);
+    hits.sort();
+    assert_eq!(hits, [1, 2], "the experiments with a mouse sample");
+    // Disjunctive: the organism facet is counted without its own selection.
+    assert_eq!(facet_counts(&mouse, "organism"), facet_counts(&all, "organism"));
+    let selected = mouse["facets"]["organism"]["buckets"].as_array().unwrap().iter().find(|b| b["key"] == "Mus musculus").unwrap();
+    assert_eq!(selected["selected"], json!(true));
+    // The other facets count only the mouse experiments.
+    let mouse_filter = format!("id IN (SELECT eid FROM ({ORGANISM}) o WHERE value = 'Mus musculus')");
+    for (facet, values) in [("technology", TECHNOLOGY), ("platform", PLATFORM)] {
+        let want = sql_counts(&env, values, &mouse_filter).await;
+        assert_eq!(facet_counts(&mouse, facet), want, "{facet}");
+        assert_ne!(facet_counts(&mouse, facet), facet_counts(&all, facet), "{facet} changes");
+    }
+    // Two organisms: OR within the facet; with a technology: AND across.
+    let two = api(&app, "/api/search?organism=Mus+musculus&organism=Danio+rerio&technology=RNA-SEQ").await;
+    let mut hits = ids(&two);
+    hits.sort();
+    assert_eq!(hits, [1, 3]);
+
+    // The page: the chosen value is marked, a chip removes it, counts are the filtered ones.
+    let html = page(&app, "/?distinct=samples&organism=Mus+musculus").await;
+    assert!(html.contains("2 experiments"), "{html}");
+    assert!(html.contains("Organism: Mus musculus"), "{html}");
+    assert!(html.contains("class=\"value selected\" data-value=\"Mus musculus\""), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_come_from_the_model_and_others_get_a_400_naming_them() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    for (uri, says) in [
+        ("/api/search?course=CS101", "unknown parameter `course`"),
+        ("/api/search?age_gte=20", "unknown parameter `age_gte`"),
+        ("/api/search?colour=red", "unknown parameter `colour`"),
+        ("/api/search?distinct=university", "`distinct` must be samples"),
+        ("/api/search?sort=last_name", "`sort` must be one of relevance, accession, -accession"),
+        ("/api/search?size=101", "more than the 100 hits"),
+        ("/api/search?engine=solr", "`engine` must be"),
+        ("/api/search?after=[1]&sort=accession", "not a page cursor"),
+        ("/api/search?q=a&q=b", "more than once"),
+        ("/api/search?page=501", "first 10000 results"),
+        ("/api/search?organism=%C3%28", "`organism` is not valid UTF-8"),
+        ("/api/suggest", "`q` is required: the first letters of an experiment's accession code or title"),
+        ("/api/suggest?q=ab&colour=red", "unknown parameter `colour`; /api/suggest takes q and size"),
+    ] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.status, 400, "{uri}: {}", a.body);
+        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{uri}: {message}");
+    }
+    let known = get(&app, "/api/search?course=CS101").await.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(known.contains("organism") && known.contains("platform") && known.contains("technology"), "{known}");
+    let html = get(&app, "/?year=FR").await;
+    assert_eq!(html.status, 400);
+    assert!(html.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.body.contains("unknown parameter `year`"), "{}", html.body);
+    // Security headers on every answer of this model too.
+    for uri in ["/", "/api/search", "/experiments/1", "/api/suggest?q=gs", "/nope", "/api/search?x=1"] {
+        let a = get(&app, uri).await;
+        assert_eq!(a.headers["content-security-policy"], web::CSP, "{uri}");
+        assert_eq!(a.headers["x-content-type-options"], "nosniff", "{uri}");
+        assert_eq!(a.headers["x-frame-options"], "DENY", "{uri}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_experiment_page_reads_the_database_and_says_when_the_index_lags() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    let html = page(&app, "/experiments/2").await;
+    assert!(html.contains("<h1 id=\"document-title\">GSE2: Mouse brain arrays</h1>"), "{html}");
+    assert!(html.contains("<li>Mus musculus</li>"), "{html}");
+    assert!(html.contains("MICROARRAY"), "{html}");
+    assert!(html.contains("data-state=\"in_sync\""), "{html}");
+    let v = api(&app, "/api/experiments/2").await;
+    assert_eq!(v["title"], "GSE2: Mouse brain arrays");
+    assert_eq!(v["document"]["organism_names"], json!(["Mus musculus"]));
+    assert_eq!(v["index"]["state"], "in_sync");
+
+    // The database moves on; the page shows it and says the index is behind.
+    env.sql("UPDATE experiments SET title = 'Mouse brain arrays, revised' WHERE id = 2").await;
+    let html = page(&app, "/experiments/2").await;
+    assert!(html.contains("GSE2: Mouse brain arrays, revised"), "{html}");
+    assert!(html.contains("data-state=\"differs\""), "{html}");
+    assert!(html.contains("an older version of this experiment"), "{html}");
+    let v = api(&app, "/api/experiments/2").await;
+    assert_eq!(
+        v["index"]["differences"],
+        json!([{"field": "title", "database": "Mouse brain arrays, revised", "index": "Mouse brain arrays"}])
+    );
+
+    let missing = get(&app, "/experiments/99").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("There is no experiment with id 99 in the database."), "{}", missing.body);
+    let bad = get(&app, "/api/experiments/abc").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("is not an experiment id"), "{}", bad.body);
+    assert_eq!(get(&app, "/students/1").await.status, 404, "no student pages for this model");
+    let not_utf8 = get(&app, "/experiments/%C3%28").await;
+    assert_eq!(not_utf8.status, 400);
+    assert!(not_utf8.body.contains("an experiment id is a positive whole number, as in /experiments/42"), "{}", not_utf8.body);
+
+    // Escaped everywhere.
+    for uri in ["/", "/experiments/4", "/?q=human", "/?organism=%3Cscript%3Ealert(3)%3C/script%3E"] {
+        let body = get(&app, uri).await.body;
+        assert!(!body.contains("<script>alert"), "{uri}: {body}");
+    }
+    // askama escapes with numeric character references (&#60; is <).
+    let html = page(&app, "/experiments/4").await;
+    assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62; human"), "{html}");
+    assert_eq!(html.matches("<script").count(), 1, "only the application's own script");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_engine_gives_the_same_counts_as_the_index() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    for q in [
+        "",
+        "distinct=samples",
+        "organism=Mus+musculus&distinct=samples",
+        "organism=Homo+sapiens&organism=Danio+rerio&technology=RNA-SEQ",
+        "platform=Illumina+HiSeq+2500&distinct=samples",
+        "q=mouse",
+        "organism_q=mus&facet_size=1",
+        "technology=MICROARRAY&sort=-accession",
+        "sort=accession&size=2",
+        "organism=Nothing+here",
+    ] {
+        let index = api(&app, &format!("/api/search?{q}")).await;
+        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
+        assert_eq!(sql["engine"], "sql");
+        assert_eq!(index["total"], sql["total"], "{q}");
+        assert_eq!(index["facets"], sql["facets"], "{q}");
+        assert_eq!(index["distinct"], sql["distinct"], "{q}");
+        assert_eq!(ids(&index), ids(&sql), "{q}: the same hits in the same order");
+        assert_eq!(index["next"].is_null(), sql["next"].is_null(), "{q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_follow_each_other_and_suggestions_open_experiments() {
+    let env = refinebio().await;
+    let app = experiments(&env).await;
+    for engine in ["index", "sql"] {
+        for sort in ["accession", "-accession", "relevance"] {
+            let mut seen = Vec::new();
+            let mut uri = format!("/api/search?sort={sort}&size=1&engine={engine}");
+            loop {
+                let v = api(&app, &uri).await;
+                seen.extend(ids(&v));
+                match v["next"].as_str() {
+                    Some(n) => {
+                        let n: String = url::form_urlencoded::byte_serialize(n.as_bytes()).collect();
+                        uri = format!("/api/search?sort={sort}&size=1&engine={engine}&after={n}");
+                    }
+                    None => break,
+                }
+                assert!(seen.len() <= 4, "{engine} {sort}: {seen:?}");
+            }
+            let want: Vec<i64> = if sort == "-accession" { vec![4, 3, 2, 1] } else { vec![1, 2, 3, 4] };
+            assert_eq!(seen, want, "{engine} sort={sort}");
+        }
+    }
+    let s = api(&app, "/api/suggest?q=mouse").await;
+    assert_eq!(s, json!([{"id": 2, "name": "GSE2: Mouse brain arrays", "href": "/experiments/2"}]));
+    let s = api(&app, "/api/suggest?q=zebra").await;
+    assert_eq!(s[0]["href"], "/experiments/3");
+}
+
+/// What two answers must agree on: the total, every facet's buckets and what is left out,
+/// the histogram `age` (the students' pages answer it at the top level, the generic ones
+/// under `histograms`).
+fn counts_of(v: &Value, histogram: &Value) -> Value {
+    let facets: Vec<Value> = ["course", "university", "year"]
+        .iter()
+        .map(|f| {
+            let buckets: Vec<Value> = v["facets"][f]["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| json!([b["key"], b["doc_count"], b["selected"], b["distinct"]]))
+                .collect();
+            json!([buckets, v["facets"][f]["sum_other_doc_count"]])
+        })
+        .collect();
+    json!({"total": v["total"], "facets": facets, "age": histogram["buckets"]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generic_application_counts_the_students_model_as_the_students_pages_do() {
+    // The students' own pages serve the shipped model; the generic application, driven by
+    // the same model's [search] view, must count exactly as they do (on both engines).
+    let env = Env::new().await;
+    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 2000, seed: 11 }).await.unwrap();
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    let services = env.services();
+    let model = services.model.clone();
+    let app = web::App::new(services);
+    let students = web::router_for(app.clone());
+    for q in [
+        "",
+        "course=CS101",
+        "university=MIT&year=FR",
+        "course=CS101&course=PHYS102&age_gte=18&age_lt=22",
+        "year=SR&course=CHEM102&distinct=university",
+        "distinct=university&university=MIT",
+        "course_q=cs&university_q=m&facet_size=5&course=CS101",
+        "q=anna&course=MATH101",
+        "sort=age&size=7",
+        "sort=-age&year=JR&page=2&size=5",
+    ] {
+        for engine in ["index", "sql"] {
+            if engine == "sql" && q.contains("q=anna") {
+                continue; // whole-word matching differs on purpose (names with hyphens)
+            }
+            let q = if engine == "sql" { format!("{q}&engine=sql") } else { q.to_string() };
+            let own = api(&students, &format!("/api/search?{q}")).await;
+            let req = web::generic::Request::parse(&model, Some(&q)).unwrap_or_else(|e| panic!("{q}: {e}"));
+            let generic = serde_json::to_value(web::generic::search(&app, &req).await.unwrap()).unwrap();
+            assert_eq!(counts_of(&own, &own["age"]), counts_of(&generic, &generic["histograms"]["age"]), "{q}");
+            assert_eq!(ids(&own), ids(&generic), "{q}: the same hits in the same order");
+            assert_eq!(own["next"].is_null(), generic["next"].is_null(), "{q}");
+        }
+    }
+}
+
+/// Services whose search server and/or database are addresses where nothing listens, with
+/// credentials in the URLs that must never be shown.
+fn services_with(env: &Env, es: Option<String>, db: Option<String>) -> Services {
+    let mut config = (*env.config).clone();
+    if let Some(es) = es {
+        config.elasticsearch_url = Some(Secret::new(es));
+    }
+    let pool = match db {
+        Some(url) => sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy(&url).unwrap(),
+        None => env.pool.clone(),
+    };
+    Services::new(pool, Search::new(&config).unwrap(), Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_database() {
+    let env = refinebio().await;
+    let _ = experiments(&env).await;
+    let port = free_port();
+    let app = web::router(services_with(&env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None));
+    let page = get(&app, "/?organism=Mus+musculus").await;
+    assert_eq!(page.status, 503);
+    assert!(
+        page.body.contains("The search server cannot be reached") && page.body.contains("Experiment pages still work"),
+        "{}",
+        page.body
+    );
+    let answer = get(&app, "/api/search").await;
+    assert_eq!(answer.status, 503);
+    assert!(answer.json()["error"]["message"].as_str().unwrap().contains("Experiment pages still work"), "{}", answer.body);
+    assert_eq!(get(&app, "/api/suggest?q=mo").await.status, 503);
+    let experiment = get(&app, "/experiments/1").await;
+    assert_eq!(experiment.status, 200);
+    assert!(experiment.body.contains("GSE1: Human liver expression") && experiment.body.contains(r#"data-state="unavailable""#));
+    for a in [&page, &answer, &experiment] {
+        assert!(!a.body.contains("hunter2") && !a.body.contains(&port.to_string()), "{}", a.body);
+    }
+    // engine=sql does not need the search server.
+    assert_eq!(api(&app, "/api/search?engine=sql&organism=Mus+musculus").await["total"]["value"], json!(2));
+
+    let app = web::router(services_with(&env, None, Some(format!("postgres://tidemark:s3cret@127.0.0.1:{port}/tidemark"))));
+    let experiment = get(&app, "/experiments/1").await;
+    assert_eq!(experiment.status, 503);
+    assert!(experiment.body.contains("The database is not answering"), "{}", experiment.body);
+    assert_eq!(get(&app, "/api/experiments/1").await.status, 503);
+    assert_eq!(get(&app, "/api/search?engine=sql").await.status, 503);
+    let search = get(&app, "/?organism=Mus+musculus").await;
+    assert_eq!(search.status, 200, "searching the index still works");
+    for a in [&experiment, &search] {
+        assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_experiments_count_the_same_unique_samples_in_the_index_and_in_sql() {
+    // The seeder's refine.bio (as `tidemark seed --model refinebio` makes it): shared
+    // samples, ten organisms, ten platforms.
+    let env = refinebio().await;
+    tidemark_seeds::refinebio::seed(&env.pool, &tidemark_seeds::refinebio::Options { experiments: 300, seed: 5 }).await.unwrap();
+    env.engine().drain().await.unwrap();
+    env.refresh().await;
+    let app = web::router(env.services());
+    for q in [
+        "distinct=samples&facet_size=20",
+        "distinct=samples&facet_size=20&organism=MUS_MUSCULUS",
+        "distinct=samples&technology=RNA-SEQ&facet_size=20",
+    ] {
+        let index = api(&app, &format!("/api/search?{q}")).await;
+        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
+        assert_eq!(index["total"], sql["total"], "{q}");
+        let filter = if q.contains("MUS_MUSCULUS") {
+            format!("id IN (SELECT eid FROM ({ORGANISM}) o WHERE value = 'MUS_MUSCULUS')")
+        } else if q.contains("RNA-SEQ") {
+            "technology = 'RNA-SEQ'".to_string()
+        } else {
+            "true".to_string()
+        };
+        for (facet, values) in [("technology", TECHNOLOGY), ("organism", ORGANISM), ("platform", PLATFORM)] {
+            // Each facet is counted under every selection but its own.
+            let own = match facet {
+                "organism" if q.contains("MUS_MUSCULUS") => "true",
+                "technology" if q.contains("RNA-SEQ") => "true",
+                _ => filter.as_str(),
+            };
+            let want = sql_counts(&env, values, own).await;
+            let (from_index, from_sql) = (facet_counts(&index, facet), facet_counts(&sql, facet));
+            assert_eq!(from_sql, want, "{q}: {facet} by engine=sql, exact");
+            assert_eq!(from_index.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{q}: {facet}");
+            for (k, (n, d)) in &from_index {
+                let (wn, wd) = want[k];
+                assert_eq!(*n, wn, "{q}: {facet} {k}: experiments");
+                assert!((d - wd).abs() as f64 <= 0.05 * wd as f64, "{q}: {facet} {k}: ~{d} unique samples, {wd} in fact");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_searches_of_a_model_make_one_engine_request_and_answers_are_reused() {
+    // Answers may be kept 5 s (the index refreshes every 5 s): a slow machine still reuses.
+    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |c| {
+        c.index.refresh_interval = "5s".parse().unwrap();
+        c.serve.cache_max_age = "5s".parse().unwrap();
+    })
+    .await;
+    let _ = experiments(&env).await;
+    let proxy = support::fault_proxy::FaultProxy::start(&env.es_url).await;
+    let app = web::router(services_with(&env, Some(proxy.url()), None));
+    proxy.set(support::fault_proxy::Faults {
+        slow: 1.0,
+        delay: Duration::from_millis(300),
+        only_path: Some("_search".into()),
+        ..Default::default()
+    });
+    let searches = || proxy.stats().slowed;
+    let before = searches();
+    let alone = api(&app, "/api/search?organism=Danio+rerio&distinct=samples").await;
+    let one = searches() - before;
+    assert!(one >= 1);
+    assert_eq!(alone["counts"]["reused"], json!(false));
+    let before = searches();
+    let answers = futures::future::join_all((0..20).map(|_| api(&app, "/api/search?organism=Mus+musculus&distinct=samples"))).await;
+    assert_eq!(searches() - before, one, "20 identical searches at once cost the engine what one costs");
+    assert!(answers.iter().all(|a| ids(a) == ids(&answers[0]) && a["facets"] == answers[0]["facets"]));
+    // Asked again within the bound: reused, as old as it says.
+    let again = api(&app, "/api/search?organism=Mus+musculus&distinct=samples").await;
+    assert_eq!(again["counts"]["reused"], json!(true), "{}", again["counts"]);
+    assert!(again["counts"]["age_ms"].as_f64().unwrap() <= again["counts"]["max_age_ms"].as_f64().unwrap());
+    let before = searches();
+    let suggestions = futures::future::join_all((0..20).map(|_| api(&app, "/api/suggest?q=zeb"))).await;
+    assert_eq!(searches() - before, 1, "20 identical suggestions at once make one engine request");
+    assert!(suggestions.iter().all(|s| s == &suggestions[0]));
+}
