@@ -197,7 +197,14 @@ async fn readyz_names_redis_when_it_is_down_while_healthz_stays_ok() {
         c.env("REDIS_URL", redis.url());
     });
     wait_for_admin(&addr).await;
-    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    // Ready once its checks have answered (each is bounded; a loaded machine may take a
+    // moment after the endpoint comes up).
+    let url = format!("http://{addr}/readyz");
+    eventually("the worker is ready", Duration::from_secs(30), || async {
+        reqwest::get(&url).await.map(|r| r.status() == 200).unwrap_or(false)
+    })
+    .await;
+    let ready = reqwest::get(&url).await.unwrap();
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     for check in ["postgres", "search", "redis"] {

@@ -57,6 +57,9 @@ use crate::{search::SearchError, services::Services};
 /// answering (the sync's own request timeout is meant for large `_bulk` writes).
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
 const DB_TIMEOUT: Duration = Duration::from_secs(5);
+/// `engine=sql` reads every row the request matches (a yardstick, not a way to serve): it
+/// may take longer than a page's own reads before the database counts as not answering.
+const SQL_ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The application's state: the process's services and what it keeps of the engine's
 /// answers (cheap to clone).
@@ -278,11 +281,16 @@ fn database_down(e: &sqlx::Error) -> Failure {
 
 /// A database call bounded by [`DB_TIMEOUT`].
 async fn db<T>(f: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, Failure> {
-    match tokio::time::timeout(DB_TIMEOUT, f).await {
+    db_within(DB_TIMEOUT, f).await
+}
+
+/// A database call bounded by `timeout`.
+async fn db_within<T>(timeout: Duration, f: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(database_down(&e)),
         Err(_) => {
-            tracing::warn!(timeout = ?DB_TIMEOUT, "database did not answer in time");
+            tracing::warn!(?timeout, "database did not answer in time");
             Err(Failure::DatabaseDown)
         }
     }
@@ -351,7 +359,7 @@ pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Fa
             }
         }
         params::Engine::Sql => {
-            let raw = db(sql::search(&app.services.pool, req)).await?;
+            let raw = db_within(SQL_ENGINE_TIMEOUT, sql::search(&app.services.pool, req)).await?;
             Ok(SearchResponse::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3))
         }
     }

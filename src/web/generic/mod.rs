@@ -744,7 +744,7 @@ pub async fn search(app: &App, req: &Request) -> Result<Response, Failure> {
             }
         }
         Engine::Sql => {
-            let raw = super::db(sql::search(&app.services.pool, &app.services.model, req)).await?;
+            let raw = super::db_within(super::SQL_ENGINE_TIMEOUT, sql::search(&app.services.pool, &app.services.model, req)).await?;
             Ok(Response::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3))
         }
     }
