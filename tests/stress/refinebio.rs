@@ -114,18 +114,22 @@ pub enum Op {
     NoopBulkUpdate,
 }
 
-/// Every operation, with its weight in the choice and its name in the summary.
+/// Every operation, with its weight in the choice and its name in the summary. A sample
+/// whose organism or platform changes is a parent mark (of each place whose columns
+/// changed), and tidemark expands one parent mark per worker step (a few dozen a second
+/// here): sample changes are kept to a couple of thousand parent marks a run, so the drain
+/// stays within a minute or two.
 const OPS: &[(Op, u32, &str)] = &[
     (Op::UpdateExperiment, 200, "update experiment"),
     (Op::InsertExperiment, 60, "insert experiment (+ samples linked, new and old)"),
     (Op::DeleteExperiment, 40, "delete experiment"),
-    (Op::InsertSample, 50, "insert sample (+ linked to experiments)"),
-    (Op::DeleteSample, 40, "delete sample"),
+    (Op::InsertSample, 30, "insert sample (+ linked to experiments)"),
+    (Op::DeleteSample, 25, "delete sample"),
     (Op::Link, 100, "add an experiment-sample row"),
     (Op::Unlink, 70, "remove an experiment-sample row"),
     (Op::RepointLink, 30, "repoint an experiment-sample row"),
-    (Op::MoveSampleOrganism, 60, "move a sample to another organism"),
-    (Op::MoveSamplePlatform, 40, "move a sample to another platform"),
+    (Op::MoveSampleOrganism, 35, "move a sample to another organism"),
+    (Op::MoveSamplePlatform, 25, "move a sample to another platform"),
     (Op::RenameOrganism, 12, "rename organism"),
     (Op::RenamePlatform, 12, "rename platform"),
     (Op::InsertOrganism, 6, "insert organism (+ samples moved in)"),
@@ -336,7 +340,7 @@ async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64
             let new = "WITH s AS (INSERT INTO samples (accession_code, organism_id, platform_id)
                                   SELECT $2 || g, $3, $4 FROM generate_series(1, $5) g RETURNING id)
                        INSERT INTO experiment_samples (experiment_id, sample_id) SELECT $1, id FROM s";
-            rows += exec(&mut tx, q(new).bind(id).bind(format!("S{w}-{n}-")).bind(organism).bind(platform).bind(rng.gen_range(0..5i64)))
+            rows += exec(&mut tx, q(new).bind(id).bind(format!("S{w}-{n}-")).bind(organism).bind(platform).bind(rng.gen_range(0..3i64)))
                 .await?;
             tx.commit().await?;
             Ok(rows)
@@ -424,10 +428,11 @@ async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64
                 .bind(name_of(rng, words, w, n))
                 .fetch_one(&mut *tx)
                 .await?;
-            // A few dozen samples move in: every changed sample is a fan-out of its own.
+            // A few samples move in: every changed sample is a fan-out of its own (tidemark
+            // fans them out at a few dozen a second on a busy 2-core machine).
             let moved =
                 format!("UPDATE samples SET {column} = $1 WHERE id IN (SELECT id FROM samples WHERE id >= $2 ORDER BY id LIMIT $3)");
-            let rows = exec(&mut tx, q(&moved).bind(id).bind(from).bind(rng.gen_range(5..60i64))).await?;
+            let rows = exec(&mut tx, q(&moved).bind(id).bind(from).bind(rng.gen_range(3..25i64))).await?;
             tx.commit().await?;
             Ok(1 + rows)
         }
@@ -582,8 +587,8 @@ async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64
                 c,
                 q("UPDATE samples SET organism_id = $1 WHERE id % $2 = $3")
                     .bind(organism)
-                    .bind(rng.gen_range(40..80i64))
-                    .bind(rng.gen_range(0..40i64)),
+                    .bind(rng.gen_range(80..160i64))
+                    .bind(rng.gen_range(0..80i64)),
             )
             .await
         }
