@@ -1,4 +1,5 @@
-//! Insert bursts: students born while a build takes its count and cuts its chunks.
+//! Insert bursts: documents (students, experiments) born while a build takes its count and
+//! cuts its chunks.
 
 use std::{
     collections::BTreeMap,
@@ -13,14 +14,13 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use sqlx::{Connection, PgConnection};
 
 use crate::{
+    model::Model,
     ops::{age, first, last, year},
     writers::{cause, connect_writer},
 };
 
 /// How long a burst runs at most.
 pub const BURST_MAX: Duration = Duration::from_secs(6);
-/// Inserts per burst connection at most.
-const BURST_MAX_ROWS: usize = 2_000;
 const BURST_CONNECTIONS: u64 = 2;
 
 /// Single-row inserts at full speed, each its own transaction, on connections of their own
@@ -76,12 +76,13 @@ impl BurstReport {
 
 impl InsertBurst {
     /// `at` is now on the timeline's clock.
-    pub async fn start(pool: &sqlx::PgPool, url: &str, seed: u64, at: Duration) -> InsertBurst {
-        let max_before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM students").fetch_one(pool).await.unwrap_or(0);
+    pub async fn start(model: Model, pool: &sqlx::PgPool, url: &str, seed: u64, at: Duration) -> InsertBurst {
+        let max_before: i64 =
+            sqlx::query_scalar(&format!("SELECT coalesce(max(id), 0) FROM {}", model.table())).fetch_one(pool).await.unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
         let until = Instant::now() + BURST_MAX;
         let tasks = (0..BURST_CONNECTIONS)
-            .map(|i| tokio::spawn(burst_inserts(url.to_string(), seed.wrapping_add(i), stop.clone(), until)))
+            .map(|i| tokio::spawn(burst_inserts(model, url.to_string(), seed.wrapping_add(i), stop.clone(), until)))
             .collect();
         InsertBurst { stop, tasks, started: Instant::now(), at, max_before, stop_at: None }
     }
@@ -107,7 +108,7 @@ impl InsertBurst {
     }
 }
 
-async fn burst_inserts(url: String, seed: u64, stop: Arc<AtomicBool>, until: Instant) -> BurstTally {
+async fn burst_inserts(model: Model, url: String, seed: u64, stop: Arc<AtomicBool>, until: Instant) -> BurstTally {
     let mut tally = BurstTally::default();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut conn = match connect_writer(&url).await {
@@ -117,8 +118,8 @@ async fn burst_inserts(url: String, seed: u64, stop: Arc<AtomicBool>, until: Ins
             return tally;
         }
     };
-    while !stop.load(Ordering::Relaxed) && Instant::now() < until && tally.ids.len() < BURST_MAX_ROWS {
-        match insert_one(&mut conn, &mut rng).await {
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until && tally.ids.len() < model.burst_max_rows() {
+        match model.insert_one(&mut conn, &mut rng).await {
             Ok(id) => tally.ids.push(id),
             Err(e) => {
                 let (what, _, reconnect) = cause(&e);
@@ -134,8 +135,8 @@ async fn burst_inserts(url: String, seed: u64, stop: Arc<AtomicBool>, until: Ins
 }
 
 /// One student, one transaction (autocommit). Boxed as `Send` for `tokio::spawn` (see
-/// [`run_op`]).
-fn insert_one<'a>(c: &'a mut PgConnection, rng: &mut StdRng) -> futures::future::BoxFuture<'a, Result<i64, sqlx::Error>> {
+/// [`crate::writers::Ops::run`]).
+pub fn insert_student<'a>(c: &'a mut PgConnection, rng: &mut StdRng) -> futures::future::BoxFuture<'a, Result<i64, sqlx::Error>> {
     let (f, l, a, y, u) = (first(rng), last(rng), age(rng), year(rng), rng.gen_range(0..150i64));
     Box::pin(async move {
         sqlx::query_scalar(

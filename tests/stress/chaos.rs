@@ -38,7 +38,7 @@ impl Chaos {
         // The first reindex early enough that the build usually completes, is verified and
         // promoted while the chaos goes on; then a rollback and another reindex (see
         // [`Operator`]); a soak rebuilds again every two minutes.
-        let operator = Operator::new(s.seed, start + s.chaos / 6, with_app_name(database_url, "tidemark_stress_burst"));
+        let operator = Operator::new(s.model, s.seed, start + s.chaos / 6, with_app_name(database_url, "tidemark_stress_burst"));
         Chaos {
             rng: StdRng::seed_from_u64(s.seed ^ 0x5eed_c4a0),
             operator,
@@ -75,7 +75,11 @@ impl Chaos {
                 next_action = Instant::now() + Duration::from_millis(self.rng.gen_range(1500..4000));
                 // In the calm windows only terminated connections (and the search faults,
                 // which never stop) go on.
-                let roll = if calm { self.rng.gen_range(45..65) } else { self.rng.gen_range(0..100) };
+                let roll = if calm {
+                    self.rng.gen_range(45..65)
+                } else {
+                    must_hit_redis(self.start.elapsed(), fleet).unwrap_or_else(|| self.rng.gen_range(0..100))
+                };
                 fleet.act(roll, &mut self.rng).await;
             }
         }
@@ -127,7 +131,7 @@ impl Chaos {
             if last_report.elapsed() > Duration::from_secs(5) {
                 let build = tidemark::catalog::active(&env.pool, &env.alias).await.unwrap();
                 say(&format!(
-                    "draining: {marks} student marks, {parents} parent marks{}",
+                    "draining: {marks} marks, {parents} parent marks{}",
                     build.map(|b| format!(", build #{} {} {}/{} chunks", b.id, b.state, b.chunks_done, b.chunks_total)).unwrap_or_default()
                 ));
                 last_report = Instant::now();
@@ -140,6 +144,21 @@ impl Chaos {
         self.watch.look(fleet).await;
         fleet.event(&format!("drain ended after {:.1}s (converged: {converged})", took.as_secs_f64()));
         Drained { converged, took }
+    }
+}
+
+/// Every run flushes Redis and kills it at least once, whatever its dice say: in the second
+/// wave of chaos, a FLUSHALL (a roll of 70, see [`Fleet::act`]) if none happened yet, then
+/// a SIGKILL of redis-server (85).
+fn must_hit_redis(since_start: Duration, fleet: &Fleet<'_>) -> Option<u32> {
+    if since_start < Duration::from_secs(20) {
+        None
+    } else if fleet.counts.redis_flushes == 0 {
+        Some(70)
+    } else if fleet.counts.redis_restarts == 0 {
+        Some(85)
+    } else {
+        None
     }
 }
 

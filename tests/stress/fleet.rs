@@ -40,7 +40,7 @@ pub struct ChaosCounts {
 impl ChaosCounts {
     pub fn render(&self) -> String {
         format!(
-            "chaos: {} worker SIGKILLs ({} of them all workers at once), {} scheduler SIGKILLs, {} process restarts, {} processes exited by themselves;\n       {} pg_terminate_backend rounds ({} connections, {} of them writers'), {} Redis FLUSHALLs, {} Redis SIGKILL+restarts, {} `admin reindex --resume`;\n       {} windows of a {} KiB body limit (413), {} `admin reindex` requests with {} insert bursts ({} single-row inserts), {} `admin rollback` ({} students deleted from the newer index just before)\n",
+            "chaos: {} worker SIGKILLs ({} of them all workers at once), {} scheduler SIGKILLs, {} process restarts, {} processes exited by themselves;\n       {} pg_terminate_backend rounds ({} connections, {} of them writers'), {} Redis FLUSHALLs, {} Redis SIGKILL+restarts, {} `admin reindex --resume`;\n       {} windows of a {} KiB body limit (413), {} `admin reindex` requests with {} insert bursts ({} single-row inserts), {} `admin rollback` ({} documents' rows deleted from the newer index just before)\n",
             self.worker_kills,
             self.kill_all,
             self.scheduler_kills,
@@ -146,10 +146,11 @@ impl<'a> Fleet<'a> {
         self.events.push(line);
     }
 
-    /// The binary with this test's services in its environment (as [`Env::command`]).
+    /// The binary with this test's services and model in its environment (as
+    /// [`Env::command`]).
     pub fn command(&self) -> Command {
         let mut c = self.env.command_of(&self.binary);
-        c.env("REDIS_URL", self.redis.url());
+        c.env("REDIS_URL", self.redis.url()).env("TIDEMARK_MODEL", &self.env.config.model);
         c
     }
 

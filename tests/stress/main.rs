@@ -32,16 +32,31 @@
 //! index as it was. It prints what it did; the processes' logs and the chaos timeline go to
 //! a directory under the temp dir, kept when the test fails.
 //!
-//! Knobs (environment): `STRESS_SECONDS` (chaos duration, default 60; a soak is the same
-//! test with a bigger number), `STRESS_SEED` (default: random, printed), `STRESS_STUDENTS`
-//! (seeded students, default 6000), `STRESS_WRITERS` (4), `STRESS_WORKERS` (3),
+//! The same harness runs on the shipped refinebio model
+//! ([`refinebio_converges_after_crashes_concurrency_and_faults`]): seeded experiments,
+//! samples, organisms and platforms; writers insert, update and delete experiments and
+//! samples, rename, insert, merge and delete organisms and platforms, add, remove and
+//! repoint experiment-sample rows, move samples to other organisms and platforms, change
+//! an experiment's id, run bulk statements and transactions that roll back; the operator
+//! deletes experiments before its rollback, the bursts insert experiments (with samples);
+//! the checker builds each experiment's document from the tables in Rust ([`refinebio`]).
+//! Only [`model::Model`] and the writers' operations know the model; the fleet, the chaos,
+//! the faults, the operator and the report are shared. The two tests run one after the
+//! other (each loads two cores by itself).
+//!
+//! Knobs (environment): `STRESS_SECONDS` (chaos duration, default 60 for students, 45 for
+//! refinebio; a soak is the same test with a bigger number), `STRESS_SEED` (default:
+//! random, printed), `STRESS_STUDENTS` (seeded students, default 6000),
+//! `STRESS_EXPERIMENTS` (seeded refinebio experiments, default 500), `STRESS_WRITERS` (4),
+//! `STRESS_WORKERS` (3),
 //! `STRESS_CONVERGE_SECONDS` (bound on the final drain, default 300), `STRESS_FAULT_PATH`
 //! (fault only requests whose path contains this, e.g. `_bulk`; default: every request),
 //! `STRESS_KEEP_LOGS=1` (keep the process logs even when the test passes).
 //!
-//! The harness's parts: [`settings`] (these knobs, the workers' config, the fault plan and
-//! the waves), [`fleet`] (the processes and what is done to them), [`writers`] and [`ops`]
-//! (the writers and their operations), [`operator`] and [`burst`] (reindexes, rollbacks and
+//! The harness's parts: [`model`] (what differs between models), [`settings`] (these
+//! knobs, the workers' config, the fault plan and the waves), [`fleet`] (the processes and what is done to them), [`writers`] and [`ops`]
+//! (the writers and the students' operations), [`refinebio`] (refinebio's operations and
+//! expected documents), [`operator`] and [`burst`] (reindexes, rollbacks and
 //! the insert bursts around them), [`chaos`] (the loop and the drain) and [`report`] (what
 //! is checked, and the summary).
 
@@ -51,8 +66,10 @@ mod support;
 mod burst;
 mod chaos;
 mod fleet;
+mod model;
 mod operator;
 mod ops;
+mod refinebio;
 mod report;
 mod settings;
 mod writers;
@@ -61,17 +78,32 @@ use std::{path::PathBuf, time::Instant};
 
 use chaos::Chaos;
 use fleet::Fleet;
+use model::Model;
 use report::{Findings, Summary};
 use settings::{chaos_faults, Settings, WORKER_CONFIG};
 use support::{foreign::ForeignIndex, Env, RedisServer};
 use writers::Writers;
 
+/// One stress run at a time in this binary: each one loads two cores by itself.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_index_converges_to_the_database_after_crashes_concurrency_and_faults() {
-    let s = Settings::from_env();
+    let _one = ONE_AT_A_TIME.lock().await;
+    stress(Model::Students).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refinebio_converges_after_crashes_concurrency_and_faults() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    stress(Model::Refinebio).await;
+}
+
+async fn stress(model: Model) {
+    let s = Settings::from_env(model);
     let t0 = Instant::now();
     say(&s.describe());
-    let env = Env::new().await;
+    let env = model.env().await;
     let files = Files::prepare(&env);
     // A private Redis, so flushing and restarting it disturbs no other test.
     let redis = RedisServer::start();
@@ -96,7 +128,7 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     let faults = chaos.stop(&mut fleet, &proxy).await;
     let drained = chaos.drain(&mut fleet, s.converge).await;
 
-    let findings = Findings::collect(&env, &foreign, drained.converged).await;
+    let findings = Findings::collect(model, &env, &foreign, drained.converged).await;
     // Stop the processes (SIGTERM, bounded) and keep their logs.
     let stopped = fleet.stop_all();
     let _ = std::fs::remove_file(&files.binary);
@@ -111,22 +143,25 @@ async fn the_index_converges_to_the_database_after_crashes_concurrency_and_fault
     if failures.is_empty() && !s.keep_logs {
         let _ = std::fs::remove_dir_all(&files.log_dir);
     }
-    assert!(failures.is_empty(), "stress test failed (seed {}, rerun with STRESS_SEED={}):\n- {}", s.seed, s.seed, failures.join("\n- "));
+    assert!(
+        failures.is_empty(),
+        "stress test of the {} model failed (seed {}, rerun with STRESS_SEED={}):\n- {}",
+        model.name(),
+        s.seed,
+        s.seed,
+        failures.join("\n- ")
+    );
 }
 
-/// The starting point: an index, then seeded students indexed by a first drain (direct, no
-/// faults). The index comes first so the seeded students are written once.
+/// The starting point: an index, then seeded data indexed by a first drain (direct, no
+/// faults). The index comes first so the seeded documents are written once.
 async fn starting_point(env: &Env, s: &Settings, t0: Instant) {
     env.create_index().await;
-    let seeded = tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: s.students, seed: s.seed }).await.expect("seed");
+    let seeded = s.model.seed(env, s.rows, s.seed).await;
     let drained = env.drain().await;
     assert!(!drained.stalled);
     say(&format!(
-        "seeded {} students, {} universities, {} courses, {} enrollments; first drain indexed {} into {:?} ({:.1}s)",
-        seeded.students,
-        seeded.universities,
-        seeded.courses,
-        seeded.enrollments,
+        "seeded {seeded}; first drain indexed {} into {:?} ({:.1}s)",
         drained.indexed + drained.reindexed,
         env.alias_targets().await,
         t0.elapsed().as_secs_f64()

@@ -14,6 +14,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::{
     burst::{BurstReport, InsertBurst, BURST_MAX},
     fleet::Fleet,
+    model::Model,
     plain, say,
     support::Comparison,
 };
@@ -39,8 +40,8 @@ impl AdminRequest {
         AdminRequest { what, at, handle: Some(tokio::task::spawn_blocking(move || c.output())), outcome: None, id: None, ok: false }
     }
 
-    fn reindex(c: Command, at: Duration) -> AdminRequest {
-        AdminRequest::start(c, "reindex", &["reindex", "--chunk-size", "500"], at)
+    fn reindex(c: Command, chunk_size: u32, at: Duration) -> AdminRequest {
+        AdminRequest::start(c, "reindex", &["reindex", "--chunk-size", &chunk_size.to_string()], at)
     }
 
     fn rollback(c: Command, at: Duration) -> AdminRequest {
@@ -97,6 +98,7 @@ const DELETE_BEFORE_ROLLBACK: i64 = 20;
 /// every odd promotion is rolled back, every even one followed by a reindex two minutes
 /// later. Every reindex request is surrounded by an [`InsertBurst`].
 pub struct Operator {
+    model: Model,
     step: Step,
     rng: StdRng,
     burst_url: String,
@@ -115,8 +117,9 @@ pub struct Operator {
 }
 
 impl Operator {
-    pub fn new(seed: u64, first_reindex: Instant, burst_url: String) -> Operator {
+    pub fn new(model: Model, seed: u64, first_reindex: Instant, burst_url: String) -> Operator {
         Operator {
+            model,
             step: Step::Reindex(first_reindex),
             rng: StdRng::seed_from_u64(seed ^ 0x0be7_a7e5),
             burst_url,
@@ -150,7 +153,7 @@ impl Operator {
         let step = match &self.step {
             Step::Reindex(_) => "is about to request a reindex",
             Step::Build => "waits for its build to end",
-            Step::Delete(_) => "is about to delete students before a rollback",
+            Step::Delete(_) => "is about to delete documents' rows before a rollback",
             Step::Rollback { .. } => "waits for deletes to be indexed before rolling back",
             Step::RollingBack => "waits for `admin rollback`",
         };
@@ -165,7 +168,7 @@ impl Operator {
         let now = Instant::now();
         let (idle, cycle_complete) = (self.idle(), self.cycle_complete());
         let env = fleet.env;
-        let (pool, alias) = (&env.pool, &env.alias);
+        let (pool, alias, table) = (&env.pool, &env.alias, self.model.table());
         match &mut self.step {
             Step::Reindex(at) => {
                 if self.winding_down {
@@ -184,13 +187,14 @@ impl Operator {
                 }
                 // The burst first, so that it runs at full speed when the build takes its
                 // count and cuts its chunks.
-                self.burst = Some(InsertBurst::start(pool, &self.burst_url, self.rng.gen(), fleet.started.elapsed()).await);
+                self.burst = Some(InsertBurst::start(self.model, pool, &self.burst_url, self.rng.gen(), fleet.started.elapsed()).await);
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                fleet.event(
-                    "requesting a full reindex: tidemark admin reindex --chunk-size 500 (inside a burst of single-row inserts on 2 connections)",
-                );
+                let chunk_size = self.model.chunk_size();
+                fleet.event(&format!(
+                    "requesting a full reindex: tidemark admin reindex --chunk-size {chunk_size} (inside a burst of single-row inserts on 2 connections)"
+                ));
                 fleet.counts.reindex_requests += 1;
-                self.reindexes.push(AdminRequest::reindex(fleet.command(), fleet.started.elapsed()));
+                self.reindexes.push(AdminRequest::reindex(fleet.command(), chunk_size, fleet.started.elapsed()));
                 self.step = Step::Build;
             }
             Step::Build => {
@@ -214,7 +218,7 @@ impl Operator {
                     if self.promotions % 2 == 1 && !(self.winding_down && self.cycle_complete()) {
                         let wait = Duration::from_millis(self.rng.gen_range(1000..4000));
                         fleet.event(&format!(
-                            "operator: build #{id} ({}) is live; in {} ms some students are deleted from it, then it is rolled back",
+                            "operator: build #{id} ({}) is live; in {} ms some {table} are deleted from it, then it is rolled back",
                             b.target_index,
                             wait.as_millis()
                         ));
@@ -235,22 +239,22 @@ impl Operator {
                     return;
                 }
                 let live = env.search.alias_targets(alias).await.unwrap_or_default();
-                let deleted: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(
-                    "DELETE FROM students WHERE id IN (SELECT id FROM students ORDER BY random() LIMIT $1) RETURNING id",
-                )
+                let deleted: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(&format!(
+                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY random() LIMIT $1) RETURNING id"
+                ))
                 .bind(DELETE_BEFORE_ROLLBACK)
                 .fetch_all(pool)
                 .await;
                 let mut ids = match deleted {
                     Ok(ids) => ids,
                     Err(e) => {
-                        fleet.event(&format!("operator: deleting students before the rollback failed: {e}"));
+                        fleet.event(&format!("operator: deleting {table} before the rollback failed: {e}"));
                         Vec::new()
                     }
                 };
                 ids.sort_unstable();
                 fleet.counts.deleted_before_rollback += ids.len() as u64;
-                fleet.event(&format!("operator: deleted {} students while {live:?} is live: {ids:?}", ids.len()));
+                fleet.event(&format!("operator: deleted {} {table} while {live:?} is live: {ids:?}", ids.len()));
                 self.deleted_before_rollback.extend(&ids);
                 self.step = Step::Rollback { ids, since: now, until: now + Duration::from_secs(15) };
             }
@@ -334,14 +338,16 @@ impl Operator {
             let unindexed = living.iter().filter(|id| !c.indexed_docs.contains_key(id)).count();
             let _ = writeln!(
                 out,
-                "students of the insert bursts: {} inserted, {} of them still in the database at the end, {unindexed} of those not in the index",
+                "{} of the insert bursts: {} inserted, {} of them still in the database at the end, {unindexed} of those not in the index",
+                self.model.table(),
                 burst_ids.len(),
                 living.len()
             );
             let resurrected = self.deleted_before_rollback.iter().filter(|id| c.indexed_docs.contains_key(id)).count();
             let _ = writeln!(
                 out,
-                "students deleted while a newer index was live, just before a rollback from it: {}; in the index at the end: {resurrected}",
+                "{} deleted while a newer index was live, just before a rollback from it: {}; in the index at the end: {resurrected}",
+                self.model.table(),
                 self.deleted_before_rollback.len()
             );
         }
@@ -368,7 +374,10 @@ impl Operator {
         if let Some(c) = check {
             let back: Vec<i64> = self.deleted_before_rollback.iter().copied().filter(|id| c.indexed_docs.contains_key(id)).collect();
             if !back.is_empty() {
-                out.push(format!("students deleted while the newer index was live are in the index after the rollback: {back:?}"));
+                out.push(format!(
+                    "{} deleted while the newer index was live are in the index after the rollback: {back:?}",
+                    self.model.table()
+                ));
             }
         }
         out

@@ -2,8 +2,11 @@
 //! universities and courses — single rows, transactions (committed, rolled back, to a
 //! savepoint), statements over thousands of rows — and the SQL of each.
 
+use futures::future::BoxFuture;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng};
 use sqlx::{postgres::PgArguments, query::Query, Connection, PgConnection, Postgres};
+
+use crate::writers::Ops;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
@@ -59,9 +62,10 @@ const OPS: &[(Op, u32, &str)] = &[
     (Op::NoopBulkUpdate, 4, "no-op bulk update"),
 ];
 
-impl Op {
-    /// Weighted choice of the next operation.
-    pub fn pick(rng: &mut StdRng) -> Op {
+impl Ops for Op {
+    const SMALL: Op = Op::UpdateStudent;
+
+    fn pick(rng: &mut StdRng) -> Op {
         let total: u32 = OPS.iter().map(|(_, w, _)| w).sum();
         let mut x = rng.gen_range(0..total);
         for (op, w, _) in OPS {
@@ -73,21 +77,33 @@ impl Op {
         unreachable!()
     }
 
-    /// Operations of the calm windows: a trickle of single-student changes that leaves the
-    /// number of students alone.
-    pub fn is_calm(self) -> bool {
+    /// A trickle of single-student changes that leaves the number of students alone.
+    fn is_calm(self) -> bool {
         matches!(self, Op::UpdateStudent | Op::Enroll | Op::Unenroll | Op::ChangeUniversity | Op::SavepointRollback | Op::RolledBackTx)
     }
 
-    /// Operations that touch hundreds or thousands of rows; a writer runs at most one every
-    /// few seconds so the index can keep up at all.
-    pub fn is_bulk(self) -> bool {
+    fn is_bulk(self) -> bool {
         use Op::*;
         matches!(self, BulkUpdate | BulkEnroll | BulkUnenroll | BulkInsert | BulkDelete | MergeUniversities | NoopBulkUpdate)
     }
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         OPS.iter().find(|(op, _, _)| *op == self).expect("every operation is in OPS").2
+    }
+
+    fn rebalance(c: &mut PgConnection, op: Op) -> BoxFuture<'_, Result<Op, sqlx::Error>> {
+        rebalance(c, op)
+    }
+
+    fn run<'a>(
+        c: &'a mut PgConnection,
+        rng: &'a mut StdRng,
+        op: Op,
+        w: usize,
+        n: u64,
+        target: i64,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        run_op(c, rng, op, w, n, target)
     }
 }
 
@@ -171,7 +187,7 @@ async fn update_one(c: &mut PgConnection, rng: &mut StdRng, id: i64) -> Result<u
 
 /// Keeps the number of universities and courses within bounds: an insert past the upper
 /// bound becomes a delete, a delete under the lower bound an insert.
-pub fn rebalance(c: &mut PgConnection, op: Op) -> futures::future::BoxFuture<'_, Result<Op, sqlx::Error>> {
+fn rebalance(c: &mut PgConnection, op: Op) -> BoxFuture<'_, Result<Op, sqlx::Error>> {
     Box::pin(async move {
         Ok(match op {
             Op::InsertUniversity if count(c, "universities").await? > 120 => Op::DeleteUniversity,
@@ -183,16 +199,15 @@ pub fn rebalance(c: &mut PgConnection, op: Op) -> futures::future::BoxFuture<'_,
     })
 }
 
-/// One operation. Boxed as `Send` here, where every lifetime is concrete: left to infer
-/// it through `tokio::spawn`, rustc cannot prove sqlx's executor bounds for all lifetimes.
-pub fn run_op<'a>(
+/// One operation (see [`Ops::run`]).
+fn run_op<'a>(
     c: &'a mut PgConnection,
     rng: &'a mut StdRng,
     op: Op,
     w: usize,
     n: u64,
     target: i64,
-) -> futures::future::BoxFuture<'a, Result<u64, sqlx::Error>> {
+) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
     Box::pin(run_op_inner(c, rng, op, w, n, target))
 }
 

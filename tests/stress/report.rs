@@ -8,6 +8,7 @@ use std::{fmt::Write as _, time::Duration};
 use crate::{
     chaos::Drained,
     fleet::Fleet,
+    model::Model,
     operator::Operator,
     say,
     settings::{Settings, BODY_LIMIT},
@@ -24,7 +25,7 @@ type BuildRow = (i64, String, String, Option<String>, String, Option<String>);
 pub struct Findings {
     /// The checker (only when the drain converged).
     check: Option<Comparison>,
-    /// Student, status, error, attempts.
+    /// Document key, status, error, attempts.
     dead_letters: Vec<(i64, Option<i32>, String, i32)>,
     dead_413: usize,
     builds: Vec<BuildRow>,
@@ -40,10 +41,10 @@ pub struct Findings {
 }
 
 impl Findings {
-    pub async fn collect(env: &Env, foreign: &ForeignIndex, converged: bool) -> Findings {
-        // The checker: every document, field by field, against documents built in SQL by
-        // the test support (independent of tidemark's loader and document code).
-        let check = if converged { Some(env.compare().await) } else { None };
+    pub async fn collect(model: Model, env: &Env, foreign: &ForeignIndex, converged: bool) -> Findings {
+        // The checker: every document, field by field, against documents built by the test
+        // from the tables (independent of tidemark's loader and document code).
+        let check = if converged { Some(Comparison::of(model.expected_docs(env).await, env.indexed_docs().await)) } else { None };
         let dead_letters: Vec<(i64, Option<i32>, String, i32)> =
             sqlx::query_as("SELECT key::bigint, status, error, attempts FROM tidemark.dead_letters ORDER BY key::bigint")
                 .fetch_all(&env.pool)

@@ -3,12 +3,14 @@
 
 use std::{str::FromStr, time::Duration};
 
-use crate::support::fault_proxy::Faults;
+use crate::{model::Model, support::fault_proxy::Faults};
 
 pub struct Settings {
+    pub model: Model,
     pub seed: u64,
     pub chaos: Duration,
-    pub students: u64,
+    /// Documents seeded: students, or experiments for refinebio.
+    pub rows: u64,
     pub writers: usize,
     pub workers: usize,
     pub converge: Duration,
@@ -24,12 +26,14 @@ fn knob<T: FromStr>(name: &str, default: T) -> T {
 }
 
 impl Settings {
-    pub fn from_env() -> Settings {
+    pub fn from_env(model: Model) -> Settings {
+        let (rows, default_rows) = model.rows_knob();
         let random_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000;
         Settings {
+            model,
             seed: knob("STRESS_SEED", random_seed),
-            chaos: Duration::from_secs(knob("STRESS_SECONDS", 60u64).max(5)),
-            students: knob("STRESS_STUDENTS", 6_000u64).max(100),
+            chaos: Duration::from_secs(knob("STRESS_SECONDS", model.default_seconds()).max(5)),
+            rows: knob(rows, default_rows).max(100),
             writers: knob("STRESS_WRITERS", 4usize).max(1),
             workers: knob("STRESS_WORKERS", 3usize).max(1),
             converge: Duration::from_secs(knob("STRESS_CONVERGE_SECONDS", 300u64)),
@@ -40,10 +44,13 @@ impl Settings {
 
     pub fn describe(&self) -> String {
         format!(
-            "seed {} (STRESS_SEED), {}s of chaos (STRESS_SECONDS), {} students, {} writers, {} workers",
+            "model {}, seed {} (STRESS_SEED), {}s of chaos (STRESS_SECONDS), {} {} ({}), {} writers, {} workers",
+            self.model.name(),
             self.seed,
             self.chaos.as_secs(),
-            self.students,
+            self.rows,
+            self.model.table(),
+            self.model.rows_knob().0,
             self.writers,
             self.workers
         )

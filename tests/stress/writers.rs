@@ -1,5 +1,6 @@
-//! The writers: random operations ([`crate::ops`]) on connections of their own, at full
-//! speed or, in the calm windows, a trickle; and what they did.
+//! The writers: random operations ([`crate::ops`] on students, [`crate::refinebio`] on
+//! refinebio's tables) on connections of their own, at full speed or, in the calm windows,
+//! a trickle; and what they did.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,16 +13,45 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::future::BoxFuture;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use sqlx::{Connection, PgConnection};
 
 use crate::{
     fleet::Fleet,
-    ops::{rebalance, run_op, Op},
+    model::Model,
     settings::{is_calm, Settings},
     support::Env,
     with_app_name,
 };
+
+/// A model's writer operations.
+pub trait Ops: Copy + Send + 'static {
+    /// What a writer does when the moment does not allow the operation it picked (a calm
+    /// window, a bulk statement too soon after the last): a single-row update.
+    const SMALL: Self;
+    /// Weighted choice of the next operation.
+    fn pick(rng: &mut StdRng) -> Self;
+    /// Operations of the calm windows: a trickle of single-row changes.
+    fn is_calm(self) -> bool;
+    /// Operations over hundreds or thousands of rows: at most one every few seconds.
+    fn is_bulk(self) -> bool;
+    fn name(self) -> &'static str;
+    /// Keeps the related tables within bounds: an insert past the upper bound becomes a
+    /// delete, a delete under the lower bound an insert.
+    fn rebalance(c: &mut PgConnection, op: Self) -> BoxFuture<'_, Result<Self, sqlx::Error>>;
+    /// Runs the operation (writer `w`, its `n`th; keep about `target` documents); the rows
+    /// it touched. Boxed as `Send` where every lifetime is concrete: left to infer it
+    /// through `tokio::spawn`, rustc cannot prove sqlx's executor bounds for all lifetimes.
+    fn run<'a>(
+        c: &'a mut PgConnection,
+        rng: &'a mut StdRng,
+        op: Self,
+        w: usize,
+        n: u64,
+        target: i64,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+}
 
 /// The running writers: the chaos's clock starts with them.
 pub struct Writers {
@@ -44,8 +74,11 @@ impl Writers {
             .map(|w| {
                 let (url, stop, stats) = (url.clone(), stop.clone(), stats.clone());
                 let seed = s.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
-                let target_students = s.students as i64;
-                tokio::spawn(async move { writer(Writer { w, seed, url, target_students, stop, start, deadline, stats }).await })
+                let plan = Writer { w, seed, url, target: s.rows as i64, stop, start, deadline, stats };
+                match s.model {
+                    Model::Students => tokio::spawn(writer::<crate::ops::Op>(plan)),
+                    Model::Refinebio => tokio::spawn(writer::<crate::refinebio::Op>(plan)),
+                }
             })
             .collect();
         Writers { start, deadline, stop, stats, tasks }
@@ -130,21 +163,21 @@ pub fn connect_writer(url: &str) -> futures::future::BoxFuture<'_, Result<PgConn
     })
 }
 
-/// One writer task: its number and seed, the database, how many students to keep around,
+/// One writer task: its number and seed, the database, how many documents to keep around,
 /// and when to stop.
 struct Writer {
     w: usize,
     seed: u64,
     url: String,
-    target_students: i64,
+    target: i64,
     stop: Arc<AtomicBool>,
     start: Instant,
     deadline: Instant,
     stats: Arc<Mutex<WriterStats>>,
 }
 
-async fn writer(plan: Writer) {
-    let Writer { w, seed, url, target_students, stop, start, deadline, stats } = plan;
+async fn writer<O: Ops>(plan: Writer) {
+    let Writer { w, seed, url, target, stop, start, deadline, stats } = plan;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut conn: Option<PgConnection> = None;
     let mut last_bulk = Instant::now() - Duration::from_secs(60);
@@ -165,21 +198,21 @@ async fn writer(plan: Writer) {
             },
         };
         let calm = is_calm(start.elapsed());
-        let mut op = Op::pick(&mut rng);
+        let mut op = O::pick(&mut rng);
         if calm && !op.is_calm() {
-            op = Op::UpdateStudent;
+            op = O::SMALL;
         }
         if op.is_bulk() {
             if last_bulk.elapsed() < Duration::from_secs(5) {
-                op = Op::UpdateStudent;
+                op = O::SMALL;
             } else {
                 last_bulk = Instant::now();
             }
         }
-        let result = match rebalance(c, op).await {
+        let result = match O::rebalance(c, op).await {
             Ok(o) => {
                 op = o;
-                run_op(c, &mut rng, op, w, n, target_students).await
+                O::run(c, &mut rng, op, w, n, target).await
             }
             Err(e) => Err(e),
         };
