@@ -212,7 +212,7 @@ impl Status {
             ("  in flight", self.in_flight.to_string()),
             ("freshness lag", format!("{:.1}s", self.lag_seconds)),
             ("pending fan-outs", self.pending_fanouts.to_string()),
-            ("students in sets", self.pending_statement_students.to_string()),
+            ("documents in sets", self.pending_statement_students.to_string()),
             ("dead letters", self.dead_letters.to_string()),
             ("alias", self.alias.clone()),
             ("index", if self.indices.is_empty() { "(none yet)".to_string() } else { self.indices.join(", ") }),

@@ -356,10 +356,11 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
                 let size = chunk_size.unwrap_or(config.reindex.chunk_size);
                 let b = reindex::start(&services, size, "requested with `tidemark admin reindex`").await?;
                 println!(
-                    "reindex #{} started: building {} ({} students in {} chunks){}",
+                    "reindex #{} started: building {} ({} {} in {} chunks){}",
                     b.id,
                     b.target_index,
                     b.docs_total,
+                    services.model.plural(),
                     b.chunks_total,
                     b.previous_index.as_ref().map(|p| format!("; {p} keeps serving meanwhile")).unwrap_or_default()
                 );
@@ -373,7 +374,10 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
         AdminCommand::Rollback => {
             let (from, to) = reindex::rollback(&services).await?;
             nudge("rollback").await;
-            println!("alias {alias} points at {to} again (was {from}); every student is marked so {to} catches up");
+            println!(
+                "alias {alias} points at {to} again (was {from}); every one of the {} is marked so {to} catches up",
+                services.model.plural()
+            );
         }
         AdminCommand::Verify { sample, full, repair, json } => {
             let mode = if full { verify::Mode::Full } else { verify::Mode::Sample(sample) };
@@ -389,7 +393,7 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
             if repair {
                 let n = verify::repair(&services, &report).await?;
                 nudge("repair").await;
-                println!("repair: re-marked {n} students; the next sync rewrites them");
+                println!("repair: re-marked {n} {}; the next sync rewrites them", services.model.plural());
             } else {
                 eprintln!("run again with --repair to re-mark them");
             }

@@ -407,6 +407,12 @@ impl Model {
     }
 
     /// Statements on the root table's keys.
+    /// What the model's documents are called in messages: the search view's plural
+    /// ("students", "experiments"), or "documents".
+    pub fn plural(&self) -> &str {
+        self.search.as_ref().map_or("documents", |s| s.plural.as_str())
+    }
+
     pub fn keys(&self) -> &sql::KeyQueries {
         self.key_queries.get_or_init(|| sql::key_queries(self))
     }

@@ -119,7 +119,10 @@ pub async fn deliver(services: &Services, owner: &str, p: Prepared) -> Result<Ba
     telemetry::freshness(&acked.waited);
     telemetry::dead_lettered(acked.dead);
     if acked.later > 0 {
-        tracing::warn!(students = acked.later, "some documents still failed after retries; their marks stay and a later sync retries them");
+        tracing::warn!(
+            documents = acked.later,
+            "some documents still failed after retries; their marks stay and a later sync retries them"
+        );
     }
     let deleted = p.docs.iter().filter(|(_, op)| *op == Op::Delete).count();
     Ok(BatchReport {

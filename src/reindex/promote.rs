@@ -265,7 +265,7 @@ async fn verify_build(services: &Services, index: &str) -> Result<Verification, 
         )));
     }
     Ok(Verification::Failed(format!(
-        "{} of {} sampled documents differ from the database (students {:?})",
+        "{} of {} sampled documents differ from the database (keys {:?})",
         differing.len(),
         ids.len(),
         &differing[..differing.len().min(10)]

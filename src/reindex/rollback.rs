@@ -44,7 +44,7 @@ pub async fn rollback(services: &Services) -> Result<(String, String), ReindexEr
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    tracing::info!(from = %from, to = %to, "rolled back; every student is marked so the restored index catches up");
+    tracing::info!(from = %from, to = %to, "rolled back; every document is marked so the restored index catches up");
     if let Err(e) = super::prune(services).await {
         tracing::warn!(error = %e, "could not delete old generations yet");
     }
