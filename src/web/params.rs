@@ -42,7 +42,7 @@ impl fmt::Display for BadRequest {
     }
 }
 
-fn bad(message: impl Into<String>) -> BadRequest {
+pub(crate) fn bad(message: impl Into<String>) -> BadRequest {
     BadRequest(message.into())
 }
 
@@ -421,15 +421,26 @@ impl Default for SearchRequest {
 const KNOWN: &str =
     "q, course, university, year, age_gte, age_lt, course_q, university_q, sort, size, page, after, distinct, engine, facet_size";
 
-fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(key: &str, v: &str, lo: T, hi: T) -> Result<T, BadRequest> {
+pub(crate) fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(key: &str, v: &str, lo: T, hi: T) -> Result<T, BadRequest> {
     match v.trim().parse::<T>() {
         Ok(n) if n >= lo && n <= hi => Ok(n),
         _ => Err(bad(format!("`{key}` must be a whole number from {lo} to {hi}, not {v:?}"))),
     }
 }
 
+/// `size`: the hits a page holds, 1 to [`MAX_PAGE_SIZE`].
+pub(crate) fn page_size(value: &str) -> Result<u32, BadRequest> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_PAGE_SIZE as u64).contains(&n) => Ok(n as u32),
+        Ok(n) if n > MAX_PAGE_SIZE as u64 => Err(bad(format!(
+            "`size` {n} is more than the {MAX_PAGE_SIZE} hits a page may hold; ask for {MAX_PAGE_SIZE} or fewer and follow `next` for more"
+        ))),
+        _ => Err(bad(format!("`size` must be a whole number from 1 to {MAX_PAGE_SIZE}, not {value:?}"))),
+    }
+}
+
 /// A bounded, printable text value.
-fn text(key: &str, v: &str, max: usize) -> Result<String, BadRequest> {
+pub(crate) fn text(key: &str, v: &str, max: usize) -> Result<String, BadRequest> {
     let t = v.trim();
     if t.chars().count() > max {
         return Err(bad(format!("`{key}` is longer than {max} characters; shorten it")));
@@ -500,18 +511,7 @@ impl SearchRequest {
                     r.sort =
                         Sort::parse(value.trim()).ok_or_else(|| bad(format!("`sort` must be one of {}, not {value:?}", Sort::CHOICES)))?;
                 }
-                "size" => {
-                    r.size = match value.trim().parse::<u64>() {
-                        Ok(n) if (1..=MAX_PAGE_SIZE as u64).contains(&n) => n as u32,
-                        Ok(n) if n > MAX_PAGE_SIZE as u64 => {
-                            return Err(bad(format!(
-                                "`size` {n} is more than the {MAX_PAGE_SIZE} hits a page may hold; ask for {MAX_PAGE_SIZE} or fewer and \
-                                 follow `next` for more"
-                            )))
-                        }
-                        _ => return Err(bad(format!("`size` must be a whole number from 1 to {MAX_PAGE_SIZE}, not {value:?}"))),
-                    }
-                }
+                "size" => r.size = page_size(value)?,
                 "facet_size" => r.facet_size = number(key, value, 1, MAX_FACET_SIZE)?,
                 "page" => {
                     r.page = number(key, value, 1u32, u32::MAX)?;

@@ -20,7 +20,7 @@ use serde_json::Value;
 use url::form_urlencoded;
 
 use super::{
-    params::{query_pairs, BadRequest, Engine, MAX_QUERY_CHARS, MAX_QUERY_WORDS, MAX_RESULT_WINDOW},
+    params::{bad, number, page_size, query_pairs, text, BadRequest, Engine, MAX_QUERY_CHARS, MAX_QUERY_WORDS, MAX_RESULT_WINDOW},
     response::{CountsAge, Segment, Total, DISTINCT_MAX_ERROR},
     App, Failure,
 };
@@ -41,10 +41,6 @@ pub const PRECISION_THRESHOLD: u32 = 3_000;
 /// Values selected in one facet, and the longest value.
 pub const MAX_VALUES_PER_FACET: usize = 20;
 pub const MAX_VALUE_CHARS: usize = 200;
-
-fn bad(m: impl Into<String>) -> BadRequest {
-    BadRequest(m.into())
-}
 
 /// A histogram's filter: `gte <= value < lt`, either bound optional.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -123,24 +119,6 @@ fn known(view: &SearchView) -> String {
     }
     k.extend(["engine", "facet_size"].map(String::from));
     k.join(", ")
-}
-
-fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(key: &str, v: &str, lo: T, hi: T) -> Result<T, BadRequest> {
-    match v.trim().parse::<T>() {
-        Ok(n) if n >= lo && n <= hi => Ok(n),
-        _ => Err(bad(format!("`{key}` must be a whole number from {lo} to {hi}, not {v:?}"))),
-    }
-}
-
-fn text(key: &str, v: &str, max: usize) -> Result<String, BadRequest> {
-    let t = v.trim();
-    if t.chars().count() > max {
-        return Err(bad(format!("`{key}` is longer than {max} characters; shorten it")));
-    }
-    if t.chars().any(char::is_control) {
-        return Err(bad(format!("`{key}` contains control characters; remove them")));
-    }
-    Ok(t.to_string())
 }
 
 impl Request {
@@ -244,18 +222,7 @@ impl Request {
                         },
                     };
                 }
-                "size" => {
-                    r.size = match value.trim().parse::<u64>() {
-                        Ok(n) if (1..=MAX_PAGE_SIZE as u64).contains(&n) => n as u32,
-                        Ok(n) if n > MAX_PAGE_SIZE as u64 => {
-                            return Err(bad(format!(
-                                "`size` {n} is more than the {MAX_PAGE_SIZE} hits a page may hold; ask for {MAX_PAGE_SIZE} or fewer and \
-                                 follow `next` for more"
-                            )))
-                        }
-                        _ => return Err(bad(format!("`size` must be a whole number from 1 to {MAX_PAGE_SIZE}, not {value:?}"))),
-                    }
-                }
+                "size" => r.size = page_size(value)?,
                 "facet_size" => r.facet_size = number(key, value, 1, MAX_FACET_SIZE)?,
                 "page" => {
                     r.page = number(key, value, 1u32, u32::MAX)?;
