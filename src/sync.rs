@@ -125,6 +125,10 @@ pub enum Left {
     More(&'static str),
 }
 
+/// Most parent marks one step expands (each is bounded by its own chunks; a step also stops
+/// once a batch's worth of documents is marked).
+pub const MAX_PARENTS_PER_STEP: u64 = 100;
+
 /// What one step did.
 #[derive(Debug, Default)]
 pub struct StepReport {
@@ -369,7 +373,26 @@ impl Syncer {
         .await
     }
 
-    /// One job's work: expand at most one university/course mark, work on a running build,
+    /// Expands parent marks one after the other until a batch's worth of documents is
+    /// marked or [`MAX_PARENTS_PER_STEP`] were expanded (many small parents — samples moved
+    /// between organisms — would otherwise drain at one a step): how many parents, and how
+    /// many documents they marked.
+    async fn fan_out(&self, owner: &str) -> Result<(u64, u64), SyncError> {
+        let batch_size = u64::from(self.services.config.sync.batch_size);
+        let (mut parents, mut documents) = (0, 0);
+        while parents < MAX_PARENTS_PER_STEP && documents < batch_size {
+            match self.fan_out_one(owner).await? {
+                Some(n) => {
+                    parents += 1;
+                    documents += n;
+                }
+                None => break,
+            }
+        }
+        Ok((parents, documents))
+    }
+
+    /// One job's work: expand parent marks (a batch's worth at most), work on a running build,
     /// then sync one batch. Says in [`StepReport::left`] what it left for the next step.
     pub async fn step(&self) -> Result<StepReport, SyncError> {
         if let Some((index_version, sequence)) = *self.refused.lock().expect("never poisoned") {
@@ -379,14 +402,13 @@ impl Syncer {
             return Ok(StepReport::default());
         }
         let owner = self.services.identity.lease_owner();
-        let expanded = self.fan_out_one(&owner).await?;
-        let fanned_out = expanded.unwrap_or(0);
+        let (expanded, fanned_out) = self.fan_out(&owner).await?;
         let (reindexed, finish) = self.reindex_step(&owner).await?;
         let building = matches!(finish, Some(Finish::NotYet | Finish::Waiting(_)));
         // A build promoted or failed: the live index changed under the batches to come.
         let finished = matches!(finish, Some(Finish::Promoted | Finish::Failed(_)));
         let mut report = StepReport {
-            expanded: u64::from(expanded.is_some()),
+            expanded,
             fanned_out,
             reindexed,
             building,

@@ -426,3 +426,22 @@ async fn a_fan_out_and_a_full_verify_page_in_key_order_across_digit_lengths() {
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["checked"], json!(250), "{report}");
 }
+
+/// Many small parent changes (here 150 universities' marks, as many moved samples make for
+/// refinebio) are expanded a hundred to a step, not one: a step that marks few documents
+/// goes on to the next parent, so they drain in a few steps rather than 150.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_expands_many_small_parents_not_one() {
+    let env = Env::with_directory().await;
+    env.add_students_at(10, "1").await;
+    env.drain().await;
+    env.sql("SELECT tidemark.mark_parents('university', ARRAY(SELECT g::text FROM generate_series(1, 150) g))").await;
+    let engine = env.engine();
+    let first = engine.step().await.unwrap();
+    assert_eq!(first.expanded, tidemark::sync::MAX_PARENTS_PER_STEP, "{first:?}");
+    let second = engine.step().await.unwrap();
+    assert_eq!(second.expanded, 50, "{second:?}");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tidemark.parents").await, 0);
+    env.drain().await;
+    env.assert_converged().await;
+}
