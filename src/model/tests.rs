@@ -92,13 +92,6 @@ fn the_capture_marks_the_root_directly_and_other_tables_as_parents() {
     assert!(!sql.to_lowercase().contains("notify"), "no notification");
 }
 
-#[test]
-#[ignore = "prints the generated SQL"]
-fn print_sql() {
-    let m = Model::load(&std::env::var("MODEL").unwrap_or("students".into())).unwrap();
-    println!("{}\n\n{}", sql::document_query(&m, sql::Rows::Keys), capture::capture_sql(&m, &Default::default()));
-}
-
 /// The README's "Your own schema" example is a valid model, and means what the README says.
 #[test]
 fn the_readme_example_model_is_valid() {
