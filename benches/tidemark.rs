@@ -6,7 +6,7 @@
 //! this harness and writes BENCHMARKS.md. Directly:
 //!
 //! ```text
-//! cargo bench --bench tidemark -- [--quick] [--only fanout,reindex,overhead,freshness,facets,serve,writes] [--out DIR]
+//! cargo bench --bench tidemark -- [--quick] [--only fanout,reindex,overhead,freshness,facets,serve,writes,refinebio] [--out DIR]
 //! ```
 //!
 //! with DATABASE_URL, REDIS_URL and ELASTICSEARCH_URL set. Results go to DIR
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use support::{env::Services, report::Report, Plan};
 
-const ALL: [&str; 7] = ["fanout", "reindex", "overhead", "freshness", "facets", "serve", "writes"];
+const ALL: [&str; 8] = ["fanout", "reindex", "overhead", "freshness", "facets", "serve", "writes", "refinebio"];
 
 struct Args {
     quick: bool,
@@ -222,6 +222,17 @@ async fn run(args: Args) -> Result<bool> {
                 ok = false;
                 progress!("write throughput failed: {e:#}");
                 report.failed("7. Write throughput", "writes", &e);
+            }
+        }
+        report.write(&plan.out_dir)?;
+    }
+    if wants("refinebio") {
+        match support::refinebio::run(&plan, &services).await {
+            Ok(o) => report.add("8. The refinebio model: an organism renamed, and the full reindex", "refinebio", o),
+            Err(e) => {
+                ok = false;
+                progress!("refinebio failed: {e:#}");
+                report.failed("8. refinebio", "refinebio", &e);
             }
         }
         report.write(&plan.out_dir)?;

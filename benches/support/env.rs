@@ -61,8 +61,10 @@ pub struct BenchEnv {
     pub services: Services,
     pub http: reqwest::Client,
     pub log_dir: PathBuf,
-    /// Students seeded.
+    /// Documents seeded: students, or another model's root rows (experiments).
     pub students: u64,
+    /// The model its tidemark runs (`students`, or a shipped model's name).
+    pub model: String,
     /// The search server given to the tidemark processes, when not the real one.
     pub proc_es_url: Option<String>,
     procs: Vec<Proc>,
@@ -70,6 +72,12 @@ pub struct BenchEnv {
 
 impl BenchEnv {
     pub async fn new(services: &Services, kind: &str, log_dir: PathBuf) -> Result<BenchEnv> {
+        BenchEnv::with_model(services, kind, log_dir, "students").await
+    }
+
+    /// Same, for a shipped model (`students`, `refinebio`): its tables (the seeder's
+    /// schema) are created before the migration installs their capture.
+    pub async fn with_model(services: &Services, kind: &str, log_dir: PathBuf, model: &str) -> Result<BenchEnv> {
         let id = format!("{:x}{:04x}", std::process::id() & 0xffff, rand::random::<u16>());
         let db_name = format!("tidemark_bench_{kind}_{id}");
         let admin = PgPoolOptions::new().max_connections(1).connect(&services.database_url).await.context("connect to DATABASE_URL")?;
@@ -82,7 +90,15 @@ impl BenchEnv {
             .connect(&database_url)
             .await
             .context("connect to the benchmark database")?;
-        tidemark::db::migrate(&pool, &tidemark::model::Model::students()).await.context("migrations")?;
+        match model {
+            "students" => tidemark_seeds::students_schema(&pool).await.context("the students' tables")?,
+            "refinebio" => {
+                sqlx::raw_sql(tidemark_seeds::refinebio::SCHEMA).execute(&pool).await.context("refinebio's tables")?;
+            }
+            other => bail!("no schema for model {other:?} in the benchmarks"),
+        }
+        let loaded = tidemark::model::Model::load(model).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tidemark::db::migrate(&pool, &loaded).await.context("migrations")?;
         std::fs::create_dir_all(&log_dir)?;
         Ok(BenchEnv {
             kind: kind.to_string(),
@@ -95,6 +111,7 @@ impl BenchEnv {
             http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
             log_dir,
             students: 0,
+            model: model.to_string(),
             proc_es_url: None,
             procs: Vec::new(),
         })
@@ -108,6 +125,7 @@ impl BenchEnv {
         c.elasticsearch_url = Some(Secret::new(es_url.to_string()));
         c.index_alias = self.alias.clone();
         c.queue_namespace = self.namespace.clone();
+        c.set_model(self.model.clone());
         tweak(&mut c);
         c.validate().expect("benchmark configuration is valid");
         Arc::new(c)
@@ -144,6 +162,25 @@ impl BenchEnv {
             r.enrollments,
             seeded.as_secs_f64(),
             (t.elapsed() - seeded).as_secs_f64()
+        );
+        Ok(seeded)
+    }
+
+    /// Seeds `n` refine.bio experiments (tidemark_seeds::refinebio; the capture logs every
+    /// one), then VACUUM ANALYZE.
+    pub async fn seed_refinebio(&mut self, n: u64) -> Result<Duration> {
+        let t = Instant::now();
+        let r = tidemark_seeds::refinebio::seed(&self.pool, &tidemark_seeds::refinebio::Options { experiments: n, seed: 1 }).await?;
+        let seeded = t.elapsed();
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&self.pool).await?;
+        self.students = r.experiments;
+        progress!(
+            "{}: seeded {} experiments ({} samples, {} experiment-sample pairs) in {:.1}s",
+            self.kind,
+            r.experiments,
+            r.samples,
+            r.pairs,
+            seeded.as_secs_f64()
         );
         Ok(seeded)
     }
@@ -306,6 +343,7 @@ impl BenchEnv {
             .env("ELASTICSEARCH_URL", self.proc_es_url.as_ref().unwrap_or(&self.services.es_url))
             .env("TIDEMARK_INDEX_ALIAS", &self.alias)
             .env("TIDEMARK_QUEUE_NAMESPACE", &self.namespace)
+            .env("TIDEMARK_MODEL", &self.model)
             // BENCH_PROCESS_LOG overrides the processes' log filter (e.g. `debug` to trace a slow run).
             .env(
                 "RUST_LOG",

@@ -27,20 +27,20 @@ type Event = (f64, String, String);
 /// When the renamed documents were acknowledged and became searchable, seconds after the
 /// rename was sent.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-struct Milestones {
+pub struct Milestones {
     /// Every mark gone (the university's and its students'): every `_bulk` answered and
     /// acknowledged. For the per-document baseline: the last request answered.
-    acked: f64,
-    first: f64,
-    half: f64,
-    all: f64,
-    polls: u64,
+    pub acked: f64,
+    pub first: f64,
+    pub half: f64,
+    pub all: f64,
+    pub polls: u64,
 }
 
 /// Polls the index until `want` documents match `query`; times are from `t0`. With
 /// `marks`, each poll also checks tidemark's marks (university and students, one
 /// statement) until none is left: the time everything was acknowledged.
-async fn wait_searchable(
+pub async fn wait_searchable(
     env: &BenchEnv,
     query: serde_json::Value,
     want: u64,

@@ -2,7 +2,7 @@
 //! benchmark on the real services, a discarding `_bulk` endpoint, process and CPU
 //! accounting, statistics, and the report.
 //!
-//! One file per benchmark (`fanout`, `reindex`, `overhead`, `freshness`, `facets`, `serve`, `writes`); each
+//! One file per benchmark (`fanout`, `reindex`, `overhead`, `freshness`, `facets`, `serve`, `writes`, `refinebio`); each
 //! returns an [`report::Outcome`] (summary rows, a detail section, raw numbers).
 #![allow(dead_code)]
 
@@ -16,6 +16,7 @@ pub mod facets;
 pub mod fanout;
 pub mod freshness;
 pub mod overhead;
+pub mod refinebio;
 pub mod reindex;
 pub mod serve;
 pub mod writes;
@@ -73,6 +74,11 @@ pub struct Plan {
     /// default 50 ms interval and a 60 s one).
     pub writes_idle_secs: u64,
     pub writes_idle_rounds: usize,
+    /// The refinebio model: experiments seeded, rounds (reindex: each model once per round;
+    /// fan-out: renames per organism), per-document baseline sample.
+    pub refinebio_experiments: u64,
+    pub refinebio_repeats: usize,
+    pub refinebio_baseline_sample: usize,
     pub out_dir: PathBuf,
 }
 
@@ -130,6 +136,9 @@ impl Plan {
                 writes_drain_secs: 10.0,
                 writes_idle_secs: 10,
                 writes_idle_rounds: 1,
+                refinebio_experiments: 5_000,
+                refinebio_repeats: 2,
+                refinebio_baseline_sample: 500,
                 out_dir,
             }
         } else {
@@ -174,6 +183,9 @@ impl Plan {
                 writes_drain_secs: 15.0,
                 writes_idle_secs: 60,
                 writes_idle_rounds: 2,
+                refinebio_experiments: 100_000,
+                refinebio_repeats: 3,
+                refinebio_baseline_sample: 2_000,
                 out_dir,
             }
         }

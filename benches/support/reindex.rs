@@ -71,29 +71,29 @@ async fn mark_all(env: &BenchEnv) -> Result<()> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-enum Path {
+pub enum Path {
     Reindex,
     Sync,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-struct Run {
-    path: Path,
-    parallel: usize,
-    docs: u64,
-    secs: f64,
-    docs_per_s: f64,
+pub struct Run {
+    pub path: Path,
+    pub parallel: usize,
+    pub docs: u64,
+    pub secs: f64,
+    pub docs_per_s: f64,
     /// CPU seconds: the harness process (tidemark's engines) minus the endpoint's thread,
     /// the endpoint's thread (or the search server), PostgreSQL backends.
-    cpu_tidemark: f64,
-    cpu_server: f64,
-    cpu_postgres: f64,
+    pub cpu_tidemark: f64,
+    pub cpu_server: f64,
+    pub cpu_postgres: f64,
     /// Into the search server: seconds until every chunk was done (its `_bulk` answered and
     /// recorded), before the promotion (refresh, verification, alias swap).
-    acked_secs: Option<f64>,
+    pub acked_secs: Option<f64>,
 }
 
-async fn measured_run(env: &BenchEnv, es_url: &str, path: Path, parallel: usize, discard: Option<&Discard>) -> Result<Run> {
+pub async fn measured_run(env: &BenchEnv, es_url: &str, path: Path, parallel: usize, discard: Option<&Discard>) -> Result<Run> {
     match path {
         Path::Reindex => env.clear_marks().await?,
         Path::Sync => mark_all(env).await?,
