@@ -7,7 +7,7 @@
 mod browser;
 mod support;
 
-use browser::{screenshot_dir, Browser, Server, ARROW_DOWN, ENTER};
+use browser::{screenshot_dir, Browser, Key, Server};
 use support::Env;
 
 /// Seeded students plus two named Xyla (a first name the seed lists do not have).
@@ -26,15 +26,6 @@ async fn students(env: &Env) {
 /// The number a summary like "2,951 students" starts with.
 fn leading_number(text: &str) -> u64 {
     text.split_whitespace().next().unwrap_or_default().replace(',', "").parse().unwrap_or_else(|_| panic!("no number in {text:?}"))
-}
-
-/// The counts the year facet shows, in order.
-async fn year_counts(b: &Browser) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in b.find_all("#facet-year a.value .count").await {
-        out.push(b.text(&e).await);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,15 +50,15 @@ async fn typing_two_letters_and_picking_by_keyboard_opens_the_student_page_from_
     b.screenshot(&screenshot_dir().join("autocomplete.png")).await;
 
     // ArrowDown twice: the second suggestion is active, focus stays in the box.
-    b.type_keys(&input, ARROW_DOWN).await;
-    b.type_keys(&input, ARROW_DOWN).await;
+    b.type_keys(&input, &Key::Down).await;
+    b.type_keys(&input, &Key::Down).await;
     assert_eq!(b.attr(&input, "aria-activedescendant").await.as_deref(), Some("suggestion-1"));
     assert_eq!(b.attr(&options[1], "aria-selected").await.as_deref(), Some("true"));
     assert_eq!(b.attr(&options[0], "aria-selected").await.as_deref(), Some("false"));
     assert_eq!(b.active_id().await.as_deref(), Some("q"));
     let chosen = b.text(&options[1]).await;
     let id = if chosen.contains("Zimmer") { 900002 } else { 900001 };
-    b.type_keys(&input, ENTER).await;
+    b.type_keys(&input, &Key::Enter).await;
     b.wait_for_url("the student's page", |u| u.ends_with(&format!("/students/{id}"))).await;
     let name = b.text(&b.wait_for("#student-name").await[0]).await;
     let state = b.attr(&b.find("#index-state").await, "data-state").await.unwrap();
@@ -93,7 +84,7 @@ async fn clicking_a_course_and_a_histogram_bar_changes_hits_counts_and_url_and_a
     let summary = b.text(&b.wait_for("#summary").await[0]).await;
     assert_eq!(leading_number(&summary), 3002, "{summary}");
     b.screenshot(&screenshot_dir().join("main.png")).await;
-    let years_before = year_counts(&b).await;
+    let years_before = b.texts("#facet-year a.value .count").await;
 
     // A course facet value: the hits become its students, the URL carries it, the other
     // facets count within it, and the value shows as selected.
@@ -106,17 +97,10 @@ async fn clicking_a_course_and_a_histogram_bar_changes_hits_counts_and_url_and_a
     assert_eq!(leading_number(&b.text(&b.find("#summary").await).await), count);
     let selected = b.find("#facet-course a.value.selected").await;
     assert_eq!(b.attr(&selected, "data-value").await.as_deref(), Some(value.as_str()));
-    assert_ne!(year_counts(&b).await, years_before, "the year counts now count within {value}");
+    assert_ne!(b.texts("#facet-year a.value .count").await, years_before, "the year counts now count within {value}");
 
     // A histogram bar: a range filter on top.
-    let bars = b.find_all("#facet-age a").await;
-    let mut bar = None;
-    for e in &bars {
-        if b.attr(e, "data-from").await.as_deref() == Some("20") {
-            bar = Some(e.clone());
-        }
-    }
-    let bar = bar.expect("a bar for ages 20-21");
+    let bar = b.find(r#"#facet-age a[data-from="20"]"#).await; // ages 20-21
     let title = b.attr(&bar, "title").await.unwrap();
     let in_bar: u64 = title.split(": ").nth(1).map(leading_number).unwrap();
     b.click(&bar).await;
@@ -146,15 +130,6 @@ async fn clicking_a_course_and_a_histogram_bar_changes_hits_counts_and_url_and_a
     server.stop().await;
 }
 
-/// The texts of the elements `css` finds, in order.
-async fn texts(b: &Browser, css: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in b.find_all(css).await {
-        out.push(b.text(&e).await);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refinebio_picking_an_organism_changes_the_unique_sample_counts_and_an_experiment_opens_from_the_database() {
     // Another model (issue 18): refine.bio's experiments, the page driven by its [search] view.
@@ -179,23 +154,17 @@ async fn refinebio_picking_an_organism_changes_the_unique_sample_counts_and_an_e
     let b = Browser::start(1280, 1200).await;
     b.goto(&format!("{}/?distinct=samples", server.url)).await;
     assert_eq!(leading_number(&b.text(&b.wait_for("#summary").await[0]).await), 4);
-    let platforms_before = texts(&b, "#facet-platform a.value .distinct").await;
+    let platforms_before = b.texts("#facet-platform a.value .distinct").await;
     assert_eq!(platforms_before, ["~8 unique samples", "~5 unique samples"]);
     b.screenshot(&screenshot_dir().join("refinebio.png")).await;
 
     // Pick an organism: the experiments with a mouse sample, the platforms' unique samples
     // counted among them.
-    let mut mouse = None;
-    for e in b.find_all("#facet-organism a.value").await {
-        if b.attr(&e, "data-value").await.as_deref() == Some("Mus musculus") {
-            mouse = Some(e);
-        }
-    }
-    b.click(&mouse.expect("a Mus musculus value")).await;
+    b.click(&b.find(r#"#facet-organism a.value[data-value="Mus musculus"]"#).await).await;
     let url = b.wait_for_url("an organism filter", |u| u.contains("organism=Mus+musculus")).await;
     assert!(url.contains("distinct=samples"), "{url}");
     assert_eq!(leading_number(&b.text(&b.find("#summary").await).await), 2);
-    assert_eq!(texts(&b, "#facet-platform a.value .distinct").await, ["~5 unique samples", "~3 unique samples"]);
+    assert_eq!(b.texts("#facet-platform a.value .distinct").await, ["~5 unique samples", "~3 unique samples"]);
     let selected = b.find("#facet-organism a.value.selected").await;
     assert_eq!(b.attr(&selected, "data-value").await.as_deref(), Some("Mus musculus"));
     b.screenshot(&screenshot_dir().join("refinebio-mouse.png")).await;
@@ -214,8 +183,8 @@ async fn refinebio_picking_an_organism_changes_the_unique_sample_counts_and_an_e
     assert_eq!(options.len(), 1);
     assert_eq!(b.text(&options[0]).await, "GSE3: Zebrafish development");
     assert_eq!(b.text(&b.find("#suggest-status").await).await, "1 experiment found; use the arrow keys to choose");
-    b.type_keys(&input, ARROW_DOWN).await;
-    b.type_keys(&input, ENTER).await;
+    b.type_keys(&input, &Key::Down).await;
+    b.type_keys(&input, &Key::Enter).await;
     b.wait_for_url("the suggested experiment", |u| u.ends_with("/experiments/3")).await;
     assert_eq!(b.text(&b.wait_for("#document-title").await[0]).await, "GSE3: Zebrafish development");
     b.quit().await;
