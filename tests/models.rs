@@ -808,6 +808,182 @@ async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_i
     assert!(index_sources(&env).await.values().all(|d| d["tags"] == json!([])));
 }
 
+/// The library's model with a search view: its uuid key again as the keyword `id` (the
+/// search pages' tie-break and cursor), facets, two sorts and suggestions.
+fn library_search_model() -> String {
+    let model = LIBRARY_MODEL.replacen("key_type = \"uuid\"\n", "key_type = \"uuid\"\nkey_field = \"id\"\n", 1);
+    format!(
+        r#"{model}
+[search]
+noun = "book"
+plural = "books"
+query = ["title"]
+title = "{{title}}"
+show = ["year", "author.name", "author.city.country.name", "tags"]
+
+[[search.facets]]
+param = "country"
+field = "author.city.country.name"
+label = "Country"
+
+[[search.facets]]
+param = "tag"
+field = "tags"
+label = "Tags"
+
+[[search.sorts]]
+param = "year"
+label = "Year"
+fields = ["year"]
+
+[[search.sorts]]
+param = "author"
+label = "Author"
+fields = ["author.name"]
+
+[search.suggest]
+field = "suggest"
+label = "{{title}}"
+"#
+    )
+}
+
+/// (status, body) of a GET to the search application.
+async fn get(app: &axum::Router, uri: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let resp = app.clone().oneshot(axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn get_json(app: &axum::Router, uri: &str) -> Value {
+    let (status, body) = get(app, uri).await;
+    assert_eq!(status, 200, "{uri}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body}"))
+}
+
+/// The ids of every hit of `query`, page after page of 100 following `next`, asserting that
+/// each page's ids are uuids.
+async fn walk(app: &axum::Router, query: &str) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut uri = format!("/api/search?size=100&{query}");
+    loop {
+        let v = get_json(app, &uri).await;
+        for h in v["hits"].as_array().unwrap() {
+            seen.push(h["id"].as_str().unwrap_or_else(|| panic!("{uri}: a hit's id is not a uuid string: {h}")).to_string());
+        }
+        assert!(seen.len() <= 700, "{query}: the cursors go round in circles");
+        match v["next"].as_str() {
+            Some(n) => {
+                uri =
+                    format!("/api/search?size=100&{query}&after={}", url::form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>())
+            }
+            None => return seen,
+        }
+    }
+}
+
+/// A model whose root key is a uuid is served as fully as an integer one: hits with uuid ids
+/// in every order, `after` cursors that walk every book exactly once in order (ties broken
+/// by the key), `page`, `engine=sql` equal to the index, the page linking to each book's
+/// page, and suggestions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uuid_keyed_model_is_searched_paged_and_opened_like_an_integer_one() {
+    let model = TempModel::new(&library_search_model());
+    let env = Env::with_model(&model.spec(), &library_schema(true), |_| {}).await;
+    env.sql(LIBRARY_DATA).await;
+    let report = env.drain().await;
+    assert!(!report.stalled && env.synced().await && env.dead_letters().await == 0, "{report:?}");
+    let book7 = md5_uuid(&env, "book7").await;
+    assert_eq!(index_sources(&env).await[&book7]["id"], json!(book7), "the key again, as a keyword");
+    let app = tidemark::web::router(env.services());
+
+    // Each order, as PostgreSQL gives it with the key as the last sort key.
+    let order = |by: &str, filter: &str| {
+        format!(
+            "SELECT b.id::text FROM books b LEFT JOIN authors a ON a.id = b.author_id LEFT JOIN cities c ON c.id = a.city_id
+               LEFT JOIN countries k ON k.id = c.country_id WHERE {filter} ORDER BY {by}b.id"
+        )
+    };
+    let rows = |q: String| {
+        let pool = env.pool.clone();
+        async move { sqlx::query_scalar::<_, String>(&q).fetch_all(&pool).await.unwrap() }
+    };
+    let cases = [
+        ("", order("", "true")),
+        ("sort=year", order("b.published_year ASC NULLS LAST, ", "true")),
+        ("sort=-year", order("b.published_year DESC NULLS LAST, ", "true")),
+        ("sort=author", order("a.name COLLATE \"C\" ASC, ", "true")),
+        ("sort=-author&country=Country+2", order("a.name COLLATE \"C\" DESC, ", "k.name = 'Country 2'")),
+        ("q=7", order("", "b.title = 'Book 7'")),
+    ];
+    for (query, sql) in cases {
+        let want = rows(sql).await;
+        assert_eq!(walk(&app, query).await, want, "index, {query}");
+        assert_eq!(walk(&app, &format!("{query}&engine=sql")).await, want, "sql, {query}");
+    }
+    // Relevance with every score tied: every book once.
+    let mut all = walk(&app, "q=book").await;
+    assert_eq!(all.len(), 600, "q=book");
+    all.sort();
+    all.dedup();
+    assert_eq!(all, rows(order("", "true")).await, "q=book: every book exactly once");
+
+    // Page numbers.
+    let by_year = rows(order("b.published_year DESC NULLS LAST, ", "true")).await;
+    for engine in ["index", "sql"] {
+        let v = get_json(&app, &format!("/api/search?sort=-year&size=100&page=3&engine={engine}")).await;
+        let ids: Vec<&str> = v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, by_year[200..300], "{engine}: page 3");
+        assert_eq!(v["total"], json!({"value": 600, "relation": "eq"}), "{engine}");
+    }
+
+    // A cursor is validated and a malformed one says what is wrong.
+    for (uri, says) in [
+        ("/api/search?after=garbage", "not a page cursor"),
+        ("/api/search?after=[1.0,5]", "uuid"),
+        ("/api/search?sort=year&after=[1900,%22nope%22]", "uuid"),
+        ("/api/search?sort=year&after=[1900]", "takes 2 values"),
+    ] {
+        let (status, body) = get(&app, uri).await;
+        assert_eq!(status, 400, "{uri}: {body}");
+        assert!(body.contains(says), "{uri}: {body}");
+    }
+
+    // The page lists hits linking to each book's page, and its next page follows on.
+    let html = {
+        let (status, body) = get(&app, "/?sort=year").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let by_year = rows(order("b.published_year ASC NULLS LAST, ", "true")).await;
+    for id in &by_year[..20] {
+        assert!(html.contains(&format!("href=\"/books/{id}\"")), "{id}: {html}");
+    }
+    let next = html.split("id=\"next-page\" href=\"").nth(1).and_then(|s| s.split('"').next()).expect("a next page link");
+    let (status, second) = get(&app, &next.replace("&#38;", "&").replace("&amp;", "&")).await;
+    assert_eq!(status, 200, "{next}: {second}");
+    assert!(
+        second.contains(&format!("href=\"/books/{}\"", by_year[20])) && !second.contains(&format!("/books/{}\"", by_year[19])),
+        "{next}: {second}"
+    );
+    let (status, detail) = get(&app, &format!("/books/{book7}")).await;
+    assert_eq!(status, 200, "{detail}");
+    assert!(detail.contains("Book 7") && detail.contains("Author 1"), "{detail}");
+    let v = get_json(&app, &format!("/api/books/{book7}")).await;
+    assert_eq!((v["id"].as_str(), v["title"].as_str()), (Some(book7.as_str()), Some("Book 7")));
+
+    // Suggestions name the book's page (every other title starts with "Book", which is all
+    // that the completion field's analyzer keeps of "Book 7").
+    env.sql(&format!("UPDATE books SET title = 'Zebra tales' WHERE id = '{book7}'")).await;
+    env.drain().await;
+    env.refresh().await;
+    let s = get_json(&app, "/api/suggest?q=zeb").await;
+    assert_eq!(s, json!([{"id": book7, "name": "Zebra tales", "href": format!("/books/{book7}")}]));
+}
+
 /// A related row whose references no foreign key constraint protects (the capture then marks
 /// its inserts and deletes too): deleting it must reach the documents that named it, and
 /// inserting a row that existing references already name must too.

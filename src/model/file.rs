@@ -27,6 +27,10 @@ pub struct Root {
     /// pages page with it (`search_after` needs a numeric tiebreaker).
     #[serde(default)]
     pub number: Option<String>,
+    /// The key again, as a keyword, under this document field (uuid keys only): what
+    /// `number` is to an integer key.
+    #[serde(default)]
+    pub key_field: Option<String>,
     #[serde(default)]
     pub fields: Vec<Field>,
     #[serde(default)]

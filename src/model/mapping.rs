@@ -1,11 +1,11 @@
 //! The index mapping of a model: `dynamic: strict` (a document that drifts from the model is
 //! refused and dead-lettered, never silently remapped), each field with its declared type,
 //! a text field's keyword sub-field, related tables as objects, the completion field, and
-//! the key as a number.
+//! the key again (a number, or a uuid as a keyword).
 
 use serde_json::{json, Map, Value};
 
-use super::{FieldType, Model, Node};
+use super::{FieldType, KeyType, Model, Node};
 
 /// The `mappings` of an index of `model`; `facets` are the fields the search application
 /// aggregates on (their ordinals are built at refresh, not at the first search after it).
@@ -15,8 +15,12 @@ pub fn mappings(model: &Model) -> Value {
     if let Some(c) = &model.completion {
         properties.insert(c.name.clone(), json!({"type": "completion"}));
     }
-    if let Some(n) = &model.number {
-        properties.insert(n.clone(), json!({"type": "long"}));
+    if let Some(n) = &model.key_field {
+        let kind = match model.root.key_type {
+            KeyType::Integer => "long",
+            KeyType::Uuid => "keyword",
+        };
+        properties.insert(n.clone(), json!({ "type": kind }));
     }
     json!({"dynamic": "strict", "properties": properties})
 }

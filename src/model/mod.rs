@@ -264,8 +264,12 @@ pub struct Distinct {
 pub struct Model {
     pub name: String,
     pub root: Node,
-    /// The document field holding the key as a number.
-    pub number: Option<String>,
+    /// The document field holding the key again, the search pages' last sort key and
+    /// cursor: a `long` for an integer key (`number` in the file), a `keyword` for a uuid
+    /// key (`key_field`). It is declared, not added by itself: a field added to a model
+    /// whose text did not change would meet an index built without it (`dynamic: strict`)
+    /// that the model's fingerprint does not flag for a rebuild.
+    pub key_field: Option<String>,
     pub completion: Option<Completion>,
     pub search: Option<SearchView>,
     /// A fingerprint of the declaration (an index built from another model is rebuilt).
@@ -341,19 +345,28 @@ impl Model {
                 return Err(err("document.relations", format!("two fields are named `{}`: rename one", r.name)));
             }
         }
-        let number = match raw.document.number {
-            Some(n) if key_type == KeyType::Uuid => {
-                return Err(err("document.number", format!("`{n}`: only an integer key can be repeated as a number; remove `number`")))
+        let key_field = match (raw.document.number, raw.document.key_field) {
+            (Some(n), _) if key_type == KeyType::Uuid => {
+                return Err(err(
+                    "document.number",
+                    format!("`{n}`: only an integer key can be repeated as a number; for a uuid key write key_field = \"{n}\""),
+                ));
             }
-            Some(n) => {
-                v.name(&n, "document.number")?;
-                if !names.insert(n.clone()) {
-                    return Err(err("document.number", format!("`{n}` is already a field: choose another name")));
-                }
-                Some(n)
+            (_, Some(n)) if key_type == KeyType::Integer => {
+                return Err(err(
+                    "document.key_field",
+                    format!("`{n}`: an integer key is repeated as a number; write number = \"{n}\" instead"),
+                ));
             }
-            None => None,
+            (number, key_field) => number.or(key_field),
         };
+        if let Some(n) = &key_field {
+            let at = if key_type == KeyType::Uuid { "document.key_field" } else { "document.number" };
+            v.name(n, at)?;
+            if !names.insert(n.clone()) {
+                return Err(err(at, format!("`{n}` is already a field: choose another name")));
+            }
+        }
         let completion = match &raw.document.completion {
             Some(c) => {
                 v.name(&c.name, "document.completion.name")?;
@@ -384,7 +397,7 @@ impl Model {
         let mut model = Model {
             name: raw.name.clone(),
             root,
-            number,
+            key_field,
             completion,
             search: None,
             fingerprint: format!("{:016x}", fnv1a(text.as_bytes())),
@@ -436,8 +449,12 @@ impl Model {
     /// holds, or None if the document has no such field.
     pub fn resolve(&self, path: &str) -> Option<Resolved> {
         let parts: Vec<&str> = path.split('.').collect();
-        if parts.len() == 1 && (self.number.as_deref() == Some(path)) {
-            return Some(Resolved { kind: FieldType::Long, multi: false, exact: Some(path.to_string()) });
+        if parts.len() == 1 && (self.key_field.as_deref() == Some(path)) {
+            let kind = match self.root.key_type {
+                KeyType::Integer => FieldType::Long,
+                KeyType::Uuid => FieldType::Keyword,
+            };
+            return Some(Resolved { kind, multi: false, exact: Some(path.to_string()) });
         }
         resolve_in(&self.root, &parts, false, path)
     }

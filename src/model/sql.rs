@@ -58,7 +58,7 @@ fn document_expr(model: &Model) -> String {
             inputs.join(", ")
         ));
     }
-    if let Some(n) = &model.number {
+    if let Some(n) = &model.key_field {
         pairs.push(format!("{}, t0.{}", literal(n), ident(&root.key)));
     }
     build_object(&pairs)

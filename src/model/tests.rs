@@ -47,7 +47,11 @@ fn each_kind_of_mistake_says_where_and_what_to_write() {
     ));
     assert!(e.message.contains("`nmae` names no field"), "{e}");
     let e = error_of(&MINIMAL.replace("key = \"id\"", "key = \"id\"\nkey_type = \"uuid\"\nnumber = \"n\""));
-    assert!(e.message.contains("only an integer key"), "{e}");
+    assert!(e.message.contains("only an integer key") && e.message.contains("write key_field = \"n\""), "{e}");
+    let e = error_of(&MINIMAL.replace("key = \"id\"", "key = \"id\"\nkey_field = \"n\""));
+    assert!(e.at == "document.key_field" && e.message.contains("write number = \"n\""), "{e}");
+    let e = error_of(&MINIMAL.replace("key = \"id\"", "key = \"id\"\nkey_type = \"uuid\"\nkey_field = \"title\""));
+    assert!(e.at == "document.key_field" && e.message.contains("already a field"), "{e}");
     let e = error_of(&format!("{MINIMAL}[document.completion]\nname = \"c\"\ninputs = [\"{{titel}}\"]\n"));
     assert!(e.message.contains("`{titel}` is not a field") && e.message.contains("title"), "{e}");
     let e = error_of(&format!("{MINIMAL}[search]\nnoun = \"book\"\nplural = \"books\"\ntitle = \"{{title}}\"\n[[search.facets]]\nparam = \"t\"\nfield = \"title\"\nlabel = \"T\"\n"));
@@ -90,6 +94,18 @@ fn the_capture_marks_the_root_directly_and_other_tables_as_parents() {
     assert!(sql.contains("tidemark.mark_parents('course_names'"), "{sql}");
     assert!(sql.contains("tidemark.mark_parents('university'"), "{sql}");
     assert!(!sql.to_lowercase().contains("notify"), "no notification");
+}
+
+/// A uuid key repeated as `key_field` is a keyword of the document: mapped, built and
+/// sortable like `number` is for an integer key.
+#[test]
+fn a_uuid_key_is_repeated_as_a_keyword() {
+    let m = Model::parse(&MINIMAL.replace("key = \"id\"", "key = \"id\"\nkey_type = \"uuid\"\nkey_field = \"key\""), "t").unwrap();
+    assert_eq!(m.key_field.as_deref(), Some("key"));
+    assert_eq!(m.resolve("key"), Some(Resolved { kind: FieldType::Keyword, multi: false, exact: Some("key".into()) }));
+    assert_eq!(mapping::mappings(&m)["properties"]["key"], serde_json::json!({"type": "keyword"}));
+    assert!(sql::document_query(&m, sql::Rows::Keys).contains("'key', t0.\"id\")"));
+    assert_eq!(mapping::mappings(&Model::students())["properties"]["id"], serde_json::json!({"type": "long"}));
 }
 
 /// The README's "Your own schema" example is a valid model, and means what the README says.

@@ -408,19 +408,33 @@ pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestio
 }
 
 /// Warns at start when the index behind the alias lacks what the pages need: the alias
-/// itself, or the numeric `id` (an index built before it existed; `tidemark admin reindex`
+/// itself, or the key again (`number`, a uuid key's `key_field`), the pages' tie-break: a
+/// model that declares none, or an index built before it existed (`tidemark admin reindex`
 /// adds it).
 pub async fn check_index(services: &Services) {
     let alias = &services.config.index_alias;
+    let model = &services.model;
+    let plural = model.plural();
+    if model.key_field.is_none() {
+        tracing::warn!(
+            model = %model.name,
+            "the model repeats its key in no document field (`number`, or `key_field` for a uuid key): `next` cursors may \
+             repeat or skip {plural} with equal sort values; declare one and run `tidemark admin reindex`"
+        );
+    }
+    let kind = match model.root.key_type {
+        crate::model::KeyType::Integer => "long",
+        crate::model::KeyType::Uuid => "keyword",
+    };
     match services.search.json(Method::Get, &format!("/{alias}/_mapping"), None).await {
         Ok(v) => {
-            let number = services.model.number.as_deref().unwrap_or("id");
-            let has_id = v.as_object().is_some_and(|o| o.values().all(|m| m["mappings"]["properties"][number]["type"] == "long"));
+            let Some(field) = model.key_field.as_deref() else { return };
+            let has_id = v.as_object().is_some_and(|o| o.values().all(|m| m["mappings"]["properties"][field]["type"] == kind));
             if !has_id {
                 tracing::warn!(
                     alias = %alias,
-                    "the index has no numeric `id` field (built by an older tidemark): deep pages may repeat or skip students \
-                     with equal sort values; run `tidemark admin reindex` to rebuild it with the current mapping"
+                    "the index has no `{field}` field of type {kind} (built before the model declared it): deep pages may repeat \
+                     or skip {plural} with equal sort values; run `tidemark admin reindex` to rebuild it with the current mapping"
                 );
             }
         }

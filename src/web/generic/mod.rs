@@ -24,7 +24,7 @@ use super::{
     response::{CountsAge, Segment, Total, DISTINCT_MAX_ERROR},
     App, Failure,
 };
-use crate::model::{FieldType, Model, SearchView};
+use crate::model::{FieldType, KeyType, Model, SearchView};
 
 /// Hits per page: default and cap; values per facet: default and cap.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -80,12 +80,65 @@ pub struct Order {
     pub descending: bool,
 }
 
+/// A document's key as the API shows it: a number for an integer key, a string for a uuid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Id {
+    Integer(i64),
+    Uuid(String),
+}
+
+impl Id {
+    /// The key whose text is `text` (an `_id`, a cursor's last value), if it is one of
+    /// `key_type`: a uuid only in the form PostgreSQL writes it (lower-case hex), whose
+    /// order as text is the uuids' own, in the index as in SQL.
+    pub fn parse(key_type: KeyType, text: &str) -> Option<Id> {
+        match key_type {
+            KeyType::Integer => text.parse().ok().map(Id::Integer),
+            KeyType::Uuid => (text.len() == 36
+                && text
+                    .char_indices()
+                    .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { matches!(c, '0'..='9' | 'a'..='f') }))
+            .then(|| Id::Uuid(text.to_string())),
+        }
+    }
+
+    /// A cursor's last value (the tie-break's).
+    pub fn of_cursor(key_type: KeyType, v: &Value) -> Option<Id> {
+        match v {
+            Value::Number(n) if key_type == KeyType::Integer => n.as_i64().map(Id::Integer),
+            Value::String(s) if key_type == KeyType::Uuid => Id::parse(key_type, s),
+            _ => None,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        match self {
+            Id::Integer(n) => Value::from(*n),
+            Id::Uuid(s) => Value::from(s.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Id::Integer(n) => n.fmt(f),
+            Id::Uuid(s) => f.write_str(s),
+        }
+    }
+}
+
 /// One search of a model, as both engines take it and as the page's links carry it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
     pub view: Arc<SearchView>,
-    /// The field holding the key as a number (ties are broken by it).
-    pub number: String,
+    /// The field holding the key again (`number`, or a uuid key's `key_field`): every order
+    /// ends with it, ascending, so that no two documents tie and a cursor (`after`) names
+    /// one place. A uuid's is a keyword, sorted as text: PostgreSQL's lower-case text of
+    /// uuids sorts as the uuids do, so `engine=sql` (ordering by the key itself) agrees.
+    pub key_field: String,
+    pub key_type: KeyType,
     pub q: String,
     /// Selected values per facet, in the view's order.
     pub selected: Vec<Vec<String>>,
@@ -126,7 +179,8 @@ impl Request {
     pub fn new(model: &Model) -> Request {
         let view = Arc::new(model.search.clone().unwrap_or_else(|| empty_view(model)));
         Request {
-            number: model.number.clone().unwrap_or_else(|| "id".into()),
+            key_field: model.key_field.clone().unwrap_or_else(|| "id".into()),
+            key_type: model.root.key_type,
             q: String::new(),
             selected: vec![Vec::new(); view.facets.len()],
             ranges: vec![Range::default(); view.histograms.len()],
@@ -275,18 +329,25 @@ impl Request {
         Ok(r)
     }
 
-    /// A cursor: the sort values of a hit (the score for relevance) and its number.
+    /// A cursor: the sort values of a hit (the score for relevance) and its key.
     fn parse_cursor(&self, s: &str) -> Result<Vec<Value>, BadRequest> {
-        let what = || {
+        let what = |why: String| {
             bad(format!(
-                "`after` is not a page cursor for sort={}: use the `next` value of the page before; to start over, leave `after` out",
+                "`after` is not a page cursor for sort={} ({why}): use the `next` value of the page before; to start over, leave \
+                 `after` out",
                 self.sort_param()
             ))
         };
-        let v: Vec<Value> = serde_json::from_str(s).map_err(|_| what())?;
+        let v: Vec<Value> = serde_json::from_str(s).map_err(|_| what("not a JSON array".into()))?;
         let keys = self.order.sort.map_or(1, |i| self.view.sorts[i].fields.len());
-        if v.len() != keys + 1 || !v.last().is_some_and(Value::is_i64) {
-            return Err(what());
+        if v.len() != keys + 1 {
+            return Err(what(format!("it takes {} values, a hit's sort values and its key, not {}", keys + 1, v.len())));
+        }
+        if v.last().and_then(|k| Id::of_cursor(self.key_type, k)).is_none() {
+            return Err(what(match self.key_type {
+                KeyType::Integer => "its last value is not a key: a whole number".into(),
+                KeyType::Uuid => "its last value is not a key: a uuid in lower case".into(),
+            }));
         }
         for k in &v[..keys] {
             let ok = match k {
@@ -296,7 +357,7 @@ impl Request {
                 _ => false,
             };
             if !ok {
-                return Err(what());
+                return Err(what(format!("{k} is not a sort value")));
             }
         }
         Ok(v)
@@ -485,8 +546,8 @@ impl<T: Serialize> Serialize for Ordered<T> {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hit {
-    /// The document's number (its key).
-    pub id: i64,
+    /// The document's key.
+    pub id: Id,
     /// Relevance (index engine with a text query; 1 otherwise).
     pub score: f64,
     /// The view's title of the document.
@@ -720,7 +781,7 @@ pub async fn search(app: &App, req: &Request) -> Result<Response, Failure> {
 /// One autocomplete entry: a document, by id, labelled by the view's suggest label.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Suggestion {
-    pub id: i64,
+    pub id: Id,
     pub name: String,
     /// The document's page.
     pub href: String,
@@ -731,9 +792,7 @@ pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestio
     let model = &app.services.model;
     let Some(view) = &model.search else { return Ok(Vec::new()) };
     let Some(sg) = &view.suggest else { return Ok(Vec::new()) };
-    let number = model.number.clone().unwrap_or_else(|| "id".into());
-    let mut source: Vec<String> = sg.label.fields().map(str::to_string).collect();
-    source.push(number.clone());
+    let source: Vec<String> = sg.label.fields().map(str::to_string).collect();
     let body = serde_json::json!({
         "size": 0,
         "_source": source,
@@ -749,13 +808,12 @@ pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestio
     };
     let mut out: Vec<Suggestion> = Vec::new();
     for o in answer.json["suggest"]["s"][0]["options"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let Some(id) = o["_source"][number.as_str()].as_i64().or_else(|| o["_id"].as_str().and_then(|s| s.parse().ok())) else {
-            continue;
-        };
+        let Some(id) = o["_id"].as_str().and_then(|s| Id::parse(model.root.key_type, s)) else { continue };
         if out.iter().any(|s| s.id == id) {
             continue;
         }
-        out.push(Suggestion { id, name: sg.label.render(&o["_source"]), href: format!("/{}/{id}", view.plural) });
+        let href = format!("/{}/{id}", view.plural);
+        out.push(Suggestion { id, name: sg.label.render(&o["_source"]), href });
     }
     Ok(out)
 }
@@ -766,7 +824,7 @@ pub fn is_shipped_students(model: &Model) -> bool {
     let students = Model::students();
     model.root == students.root
         && model.search == students.search
-        && model.number == students.number
+        && model.key_field == students.key_field
         && model.completion == students.completion
 }
 

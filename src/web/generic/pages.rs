@@ -84,7 +84,7 @@ struct HistogramView {
 }
 
 struct HitView {
-    id: i64,
+    id: String,
     href: String,
     title: Vec<Segment>,
     meta: String,
@@ -284,7 +284,7 @@ fn page_view(req: &Request, resp: &super::Response) -> PageView {
         .hits
         .iter()
         .map(|h| HitView {
-            id: h.id,
+            id: h.id.to_string(),
             href: format!("/{}/{}", view.plural, h.id),
             title: h.highlight.clone().unwrap_or_else(|| Segment::plain(&h.title)),
             meta: h

@@ -6,9 +6,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{Hit, Raw, RawBucket, RawFacet, Request, PRECISION_THRESHOLD};
+use super::{Hit, Id, Raw, RawBucket, RawFacet, Request, PRECISION_THRESHOLD};
 use crate::{
-    model::{Model, Piece},
+    model::{KeyType, Model, Piece},
     web::{
         params::MAX_RESULT_WINDOW,
         query::{contains_ignoring_case, contains_regex},
@@ -114,30 +114,36 @@ pub fn counts_body(req: &Request) -> Value {
     body
 }
 
-/// Relevance without a text query: every score is the same, hits are in number order.
-fn by_number_alone(req: &Request) -> bool {
+/// Relevance without a text query: every score is the same, hits are in key order.
+fn by_key_alone(req: &Request) -> bool {
     req.q.is_empty() && req.order.sort.is_none()
 }
 
 fn sort(req: &Request) -> Value {
-    let number = json!({req.number.as_str(): {"order": "asc", "unmapped_type": "long"}});
+    // The tie-break: the key again (`Request::key_field`), a long or a keyword. Not `_id`,
+    // which newer engines refuse to sort on (its fielddata is off by default).
+    let unmapped = match req.key_type {
+        KeyType::Integer => "long",
+        KeyType::Uuid => "keyword",
+    };
+    let key = json!({req.key_field.as_str(): {"order": "asc", "unmapped_type": unmapped}});
     match req.order.sort {
-        None if by_number_alone(req) => json!([number]),
-        None => json!([{"_score": {"order": "desc"}}, number]),
+        None if by_key_alone(req) => json!([key]),
+        None => json!([{"_score": {"order": "desc"}}, key]),
         Some(i) => {
             let order = if req.order.descending { "desc" } else { "asc" };
             let mut keys: Vec<Value> =
                 req.view.sorts[i].fields.iter().map(|f| json!({f.as_str(): {"order": order, "missing": "_last"}})).collect();
-            keys.push(number);
+            keys.push(key);
             Value::Array(keys)
         }
     }
 }
 
-/// What a hit needs from `_source`: the number, the title's fields, the fields shown.
+/// What a hit needs from `_source`: the title's fields and the fields shown (its key is
+/// its `_id`).
 pub fn source(model: &Model, req: &Request) -> Vec<String> {
-    let mut s = vec![req.number.clone()];
-    s.extend(req.view.title.fields().map(str::to_string));
+    let mut s: Vec<String> = req.view.title.fields().map(str::to_string).collect();
     s.extend(req.view.show.iter().cloned());
     let _ = model;
     s.dedup();
@@ -160,7 +166,7 @@ pub fn hits_body(model: &Model, req: &Request) -> Value {
         "sort": sort(req),
     });
     if let Some(after) = &req.after {
-        body["search_after"] = if by_number_alone(req) { json!([after.last()]) } else { Value::Array(after.clone()) };
+        body["search_after"] = if by_key_alone(req) { json!([after.last()]) } else { Value::Array(after.clone()) };
     } else if req.page > 1 {
         body["from"] = json!((req.page - 1) * req.size);
     }
@@ -213,7 +219,7 @@ pub fn value_at(doc: &Value, path: &str) -> Value {
 }
 
 /// A hit as the page and the API show it, from a document's source (and highlight).
-pub fn hit(req: &Request, id: i64, source: &Value, score: f64, highlight: Option<&Value>, cursor: Vec<Value>) -> Hit {
+pub fn hit(req: &Request, id: Id, source: &Value, score: f64, highlight: Option<&Value>, cursor: Vec<Value>) -> Hit {
     let title = req.view.title.render(source);
     let highlight = highlight.map(|h| {
         let mut out: Vec<Segment> = Vec::new();
@@ -276,12 +282,18 @@ pub fn read(req: &Request, counts: &Value, hits: &Value) -> Raw {
             hs.iter()
                 .filter_map(|h| {
                     let s = &h["_source"];
-                    let id = s[req.number.as_str()].as_i64().or_else(|| h["_id"].as_str()?.parse().ok())?;
+                    let id = Id::parse(req.key_type, h["_id"].as_str()?)?;
                     let score = h["_score"].as_f64().unwrap_or(1.0);
-                    let cursor = match req.order.sort {
-                        None => vec![json!(score), json!(id)],
-                        Some(_) => h["sort"].as_array().cloned().unwrap_or_default(),
+                    // The sort values, the key last (as the key field gives it, and as `_id`
+                    // does where a model declares none).
+                    let mut cursor = match req.order.sort {
+                        None => vec![json!(score)],
+                        Some(i) => h["sort"]
+                            .as_array()
+                            .map(|s| s.iter().take(req.view.sorts[i].fields.len()).cloned().collect())
+                            .unwrap_or_default(),
                     };
+                    cursor.push(id.json());
                     Some(hit(req, id, s, score, with_highlight.then_some(&h["highlight"]), cursor))
                 })
                 .collect()

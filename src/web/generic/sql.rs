@@ -9,7 +9,7 @@
 //! It builds every document of the table for each request: a yardstick to compare the
 //! index with, not a way to serve a large table. Where it differs from the index, on
 //! purpose: a text query matches whole words of the query fields, case-insensitively,
-//! without typo tolerance, and every hit scores 1 (relevance order is number order).
+//! without typo tolerance, and every hit scores 1 (relevance order is key order).
 //!
 //! Statements are built from the model (validated names, quoted) and fixed fragments;
 //! every value from the request is a bind parameter.
@@ -19,11 +19,11 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 use sqlx::{postgres::PgArguments, types::Json, Arguments, PgPool, Row};
 
-use super::{bucket_order, Raw, RawBucket, RawFacet, Request};
+use super::{bucket_order, Id, Raw, RawBucket, RawFacet, Request};
 use crate::{
     model::{
         sql::{literal, Rows},
-        FieldType, Model,
+        FieldType, KeyType, Model,
     },
     web::{
         params::MAX_RESULT_WINDOW,
@@ -179,18 +179,25 @@ fn sort_expr(model: &Model, path: &str) -> String {
     }
 }
 
-fn number_expr(req: &Request) -> String {
-    format!("(d.doc ->> {})::int8", literal(&req.number))
+/// The document's key, typed: the last sort key, as the index's key field is.
+fn key_expr(req: &Request) -> &'static str {
+    match req.key_type {
+        KeyType::Integer => "d.key::int8",
+        KeyType::Uuid => "d.key::uuid",
+    }
 }
 
-/// Strictly after the cursor in the order `ORDER BY k1, …, number` (keys NULLS LAST).
+/// Strictly after the cursor in the order `ORDER BY k1, …, key` (keys NULLS LAST).
 fn after_condition(st: &mut Stmt, model: &Model, req: &Request) -> Option<String> {
     let after = req.after.as_ref()?;
-    let id = st.bind(after.last()?.as_i64()?);
-    let number = number_expr(req);
-    let Some(i) = req.order.sort else { return Some(format!("{number} > {id}")) };
+    let id = match Id::of_cursor(req.key_type, after.last()?)? {
+        Id::Integer(n) => st.bind(n),
+        Id::Uuid(u) => format!("{}::uuid", st.bind(u)),
+    };
+    let key = key_expr(req);
+    let Some(i) = req.order.sort else { return Some(format!("{key} > {id}")) };
     let cmp = if req.order.descending { "<" } else { ">" };
-    let mut cond = format!("{number} > {id}");
+    let mut cond = format!("{key} > {id}");
     for (f, v) in req.view.sorts[i].fields.iter().zip(after).rev() {
         let e = sort_expr(model, f);
         let k = kind(model, f);
@@ -219,20 +226,20 @@ fn hits_sql(st: &mut Stmt, model: &Model, req: &Request) -> String {
     if let Some(a) = after_condition(st, model, req) {
         cond = format!("{cond} AND {a}");
     }
-    let number = number_expr(req);
+    let key = key_expr(req);
     let order = match req.order.sort {
-        None => number.clone(),
+        None => key.to_string(),
         Some(i) => {
             let dir = if req.order.descending { "DESC" } else { "ASC" };
             let mut keys: Vec<String> =
                 req.view.sorts[i].fields.iter().map(|f| format!("{} {dir} NULLS LAST", sort_expr(model, f))).collect();
-            keys.push(number.clone());
+            keys.push(key.to_string());
             keys.join(", ")
         }
     };
     let limit = st.bind(req.size as i64 + 1);
     let offset = st.bind(if req.after.is_some() { 0 } else { (req.page as i64 - 1) * req.size as i64 });
-    format!("WITH {} SELECT d.doc FROM d WHERE {cond} ORDER BY {order} LIMIT {limit} OFFSET {offset}", documents(model))
+    format!("WITH {} SELECT d.key, d.doc FROM d WHERE {cond} ORDER BY {order} LIMIT {limit} OFFSET {offset}", documents(model))
 }
 
 fn terms(req: &Request, i: usize, rows: Vec<RawBucket<String>>) -> RawFacet {
@@ -288,10 +295,10 @@ pub async fn search(pool: &PgPool, model: &Model, req: &Request) -> Result<Raw, 
         .collect();
     let mut out = Vec::with_capacity(hit_rows.len());
     for r in hit_rows {
-        let Json(doc): Json<Value> = r.try_get(0)?;
-        let Some(id) = doc[req.number.as_str()].as_i64() else { continue };
+        let Json(doc): Json<Value> = r.try_get(1)?;
+        let Some(id) = Id::parse(req.key_type, r.try_get(0)?) else { continue };
         let cursor = match req.order.sort {
-            None => vec![json!(1.0), json!(id)],
+            None => vec![json!(1.0), id.json()],
             Some(i) => {
                 let mut c: Vec<Value> = req.view.sorts[i]
                     .fields
@@ -301,7 +308,7 @@ pub async fn search(pool: &PgPool, model: &Model, req: &Request) -> Result<Raw, 
                         v => v,
                     })
                     .collect();
-                c.push(json!(id));
+                c.push(id.json());
                 c
             }
         };
