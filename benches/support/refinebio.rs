@@ -97,8 +97,11 @@ async fn reindex_part(
         for round in 0..plan.refinebio_repeats.max(1) {
             // Alternate which model goes first.
             for model in if round % 2 == 0 { ["refinebio", "students"] } else { ["students", "refinebio"] } {
-                let (env, d, runs, b) =
-                    if model == "refinebio" { (&*rb, &d_rb, &mut runs_rb, &mut bytes_rb) } else { (&st, &d_st, &mut runs_st, &mut bytes_st) };
+                let (env, d, runs, b) = if model == "refinebio" {
+                    (&*rb, &d_rb, &mut runs_rb, &mut bytes_rb)
+                } else {
+                    (&st, &d_st, &mut runs_st, &mut bytes_st)
+                };
                 let b0 = bytes(d);
                 runs.push(measured_run(env, &d.url, Path::Reindex, 2, Some(d)).await?);
                 *b = bytes(d) - b0;
@@ -151,7 +154,10 @@ async fn reindex_part(
         }
     }
     s.push('\n');
-    raw.insert("reindex".into(), json!({"documents": n, "refinebio": runs_rb, "students": runs_st, "bytes_refinebio": bytes_rb, "bytes_students": bytes_st}));
+    raw.insert(
+        "reindex".into(),
+        json!({"documents": n, "refinebio": runs_rb, "students": runs_st, "bytes_refinebio": bytes_rb, "bytes_students": bytes_st}),
+    );
     Ok(())
 }
 
@@ -249,7 +255,11 @@ async fn fanout_part(
         let discard = Discard::start(&[(env.alias.clone(), index.clone())]);
         let cpu0 = (cpu::self_cpu(), discard.cpu());
         let t0 = Instant::now();
-        sqlx::query("UPDATE organisms SET name = $1 WHERE id = $2").bind(format!("{original} (discard)")).bind(id).execute(&env.pool).await?;
+        sqlx::query("UPDATE organisms SET name = $1 WHERE id = $2")
+            .bind(format!("{original} (discard)"))
+            .bind(id)
+            .execute(&env.pool)
+            .await?;
         env.drain(&discard.url, 2, |_| {}).await?;
         let own = t0.elapsed().as_secs_f64();
         let own_cpu = (cpu::self_cpu() - cpu0.0).saturating_sub(discard.cpu() - cpu0.1);
