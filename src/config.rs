@@ -192,8 +192,9 @@ pub struct ServeConfig {
     /// Most bytes of answers kept (keys and answers as the engine sent them, plus a fixed
     /// overhead per entry); the least recently used go first.
     pub cache_bytes: u64,
-    /// Most searches serve has under way at the engine at once; more wait in serve (where
-    /// identical ones share one). About the engine's search threads: a node's is
+    /// Most searches serve has under way at the engine at once, renewals of popular answers
+    /// included; more wait in serve (where identical ones share one, and renewals are
+    /// handed a slot before misses). About the engine's search threads: a node's is
     /// 1.5 × its cores + 1. An answer that queued in the engine past `cache_max_age` could
     /// not be reused.
     pub engine_concurrency: u32,

@@ -42,6 +42,7 @@ pub const SEARCH_CACHE: &str = "tidemark_search_cache_lookups_total";
 pub const SEARCH_CACHE_BYTES: &str = "tidemark_search_cache_bytes";
 pub const SEARCH_CACHE_ENTRIES: &str = "tidemark_search_cache_entries";
 pub const SEARCH_ENGINE_REQUESTS: &str = "tidemark_search_engine_requests_total";
+pub const SEARCH_RENEWALS: &str = "tidemark_search_renewals_total";
 
 /// The fixed label values of the counters (docs/metrics.md): a worker exports every one of
 /// them from its start, at 0, so a query on a counter sees 0 rather than "no data".
@@ -101,6 +102,11 @@ fn describe() {
         Unit::Count,
         "serve's requests to the engine by kind (alias, counts, hits, suggest): sent, or joined (single flight)"
     );
+    describe_counter!(
+        SEARCH_RENEWALS,
+        Unit::Count,
+        "serve's reused answers asked of the engine again before they expire, by kind (counts, hits, suggest)"
+    );
     describe_gauge!(SYNC_REFUSED, "1 while this worker refuses to sync because tidemark.seq is behind the index (see admin status)");
     for (name, help) in DbGauges::HELP {
         describe_gauge!(*name, *help);
@@ -140,6 +146,9 @@ pub fn serve_started() {
         for outcome in ["sent", "joined"] {
             counter!(SEARCH_ENGINE_REQUESTS, "kind" => kind, "outcome" => outcome).increment(0);
         }
+    }
+    for kind in CACHE_KINDS {
+        counter!(SEARCH_RENEWALS, "kind" => kind).increment(0);
     }
     search_cache_usage(0, 0);
 }
@@ -181,6 +190,11 @@ pub fn search_cache_usage(entries: usize, bytes: usize) {
 /// one under way.
 pub fn engine_request(kind: &'static str, joined: bool) {
     counter!(SEARCH_ENGINE_REQUESTS, "kind" => kind, "outcome" => if joined { "joined" } else { "sent" }).increment(1);
+}
+
+/// A reused answer of `kind` sent to the engine again before it expires (renewed ahead).
+pub fn search_renewal(kind: &'static str) {
+    counter!(SEARCH_RENEWALS, "kind" => kind).increment(1);
 }
 
 /// One request `serve` answered: its route template (e.g. `/students/{id}`), never the path

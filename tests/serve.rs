@@ -1194,3 +1194,100 @@ async fn an_answer_still_asked_for_is_renewed_before_it_expires() {
     assert!(last["hits_age_ms"].as_f64().unwrap() < 2000.0, "{}", last["hits_age_ms"]);
     assert_eq!(counts_of(&last), counts_of(&first));
 }
+
+/// Issue 19, under load: a renewal is handed an engine slot ahead of the misses waiting for
+/// one. Were slots handed out in arrival order, P's renewal would wait behind every miss
+/// queued before it, P would expire first, and its readers would wait behind them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_popular_answer_is_renewed_ahead_of_misses_queued_for_the_engine() {
+    // Two searches at once at the engine, the default 1 s bound.
+    let env = Env::with_config(|c| c.serve.engine_concurrency = 2).await;
+    let _ = directory(&env).await;
+    let proxy = env.proxy().await;
+    let app = web::router(env.services_via(&proxy));
+    let popular = "/api/search?year=FR";
+    let ms = |v: &Value| v.as_f64().unwrap();
+
+    // P, asked of an engine with nothing else to do.
+    let first = api(&app, popular).await;
+    let answered = std::time::Instant::now();
+    assert_eq!(first["counts"]["reused"], json!(false));
+    let bound = Duration::from_secs_f64(ms(&first["counts"]["max_age_ms"]) / 1e3);
+    assert_eq!(bound, Duration::from_secs(1), "the default bound");
+
+    // Then the engine slows down (every search held 250 ms) and sixteen searches nobody
+    // asked before arrive at once: 32 engine requests, two at a time, that keep misses
+    // waiting in serve for seconds, far past the bound.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set(support::fault_proxy::Faults {
+        slow: 1.0,
+        delay: Duration::from_millis(250),
+        only_path: Some("_search".into()),
+        ..Default::default()
+    });
+    let burst_done = std::sync::atomic::AtomicBool::new(false);
+    let burst = async {
+        let app = &app;
+        let answers = futures::future::join_all((0..16).map(|i| async move {
+            let v = api(app, &format!("/api/search?q=nobody{i}")).await;
+            (std::time::Instant::now(), v)
+        }))
+        .await;
+        burst_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        answers
+    };
+    // A reader of P, once P is past half its bound (so the first reuse starts its
+    // renewal, after the misses above queued) and until the misses are all answered:
+    // (asked, answered, answer).
+    let reader = async {
+        tokio::time::sleep((answered + bound / 2 + Duration::from_millis(50)).saturating_duration_since(std::time::Instant::now())).await;
+        let mut seen = Vec::new();
+        while !burst_done.load(std::sync::atomic::Ordering::SeqCst) {
+            let asked = std::time::Instant::now();
+            let v = api(&app, popular).await;
+            seen.push((asked, std::time::Instant::now(), v));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    };
+    let (burst, seen) = tokio::join!(burst, reader);
+
+    // The misses did wait far past the bound (else this test shows nothing).
+    let mut done: Vec<std::time::Instant> = burst.iter().map(|(at, _)| *at).collect();
+    done.sort();
+    let expired = answered + bound;
+    assert!(done[done.len() - 1] > expired + bound, "the misses were all answered within the bound: nothing queued");
+    assert!(burst.iter().all(|(_, v)| v["total"]["value"] == json!(0)), "nobody is called nobody");
+    // The reader's first request was a reuse past half the bound: it started the renewal.
+    let (_, _, middle) = &seen[0];
+    assert_eq!(middle["counts"]["reused"], json!(true), "P is still reused at first: {}", middle["counts"]);
+    assert!(ms(&middle["counts"]["age_ms"]) * 2.0 >= ms(&middle["counts"]["max_age_ms"]), "past half its bound: {}", middle["counts"]);
+
+    // Every answer of P is within the bound it states, and the same counts.
+    for (_, _, v) in &seen {
+        assert!(ms(&v["counts"]["age_ms"]) <= ms(&v["counts"]["max_age_ms"]), "{}", v["counts"]);
+        assert!(ms(&v["hits_age_ms"]) <= ms(&v["counts"]["max_age_ms"]), "{}", v["hits_age_ms"]);
+        assert_eq!(counts_of(v), counts_of(&first));
+    }
+    // Asked after the first answer had expired, while most of the misses asked before it
+    // still waited for the engine, P was answered from a renewed answer.
+    let half = done[done.len() / 2];
+    let renewed = seen.iter().find(|(asked, got, v)| *asked >= expired && *got < half && v["counts"]["reused"] == json!(true));
+    let after: Vec<String> = seen
+        .iter()
+        .filter(|(asked, _, _)| *asked >= expired)
+        .map(|(asked, got, v)| {
+            format!(
+                "asked {:.2} s after the first answer, answered {:.2} s later, {}",
+                (*asked - answered).as_secs_f64(),
+                (*got - *asked).as_secs_f64(),
+                v["counts"]
+            )
+        })
+        .collect();
+    assert!(
+        renewed.is_some(),
+        "no renewed answer of P before half the misses (asked before it) were answered ({:.2} s after the first answer): {after:#?}",
+        (half - answered).as_secs_f64()
+    );
+}

@@ -86,6 +86,11 @@ where
         (call.await, joined)
     }
 
+    /// Whether a fetch of `key` is under way (a caller of [`run`](Self::run) would join it).
+    pub fn running(&self, key: &K) -> bool {
+        self.calls.lock().expect("single-flight table").contains_key(key)
+    }
+
     /// Fetches under way (for tests and metrics).
     pub fn in_flight(&self) -> usize {
         self.calls.lock().expect("single-flight table").len()

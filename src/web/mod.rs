@@ -9,7 +9,7 @@
 //! | `params` | the parse-and-validate edge: query string ⇄ [`SearchRequest`], 400s that say what to do |
 //! | `query` | the one query builder (request → `_search` bodies: counts and hits) and the reading of the answers |
 //! | `reuse` | asking the engine once: which index the alias names, single flight, the answer cache (generic) |
-//! | `flight`, `cache` | single flight and the byte-bounded answer cache under `reuse` (generic) |
+//! | `flight`, `cache`, `gate` | single flight, the byte-bounded answer cache and the engine gate (renewals first) under `reuse` (generic) |
 //! | `sql` | `engine=sql`: the same request by `GROUP BY`, same semantics |
 //! | `response` | the one response type, whichever engine answered |
 //! | `student` | a student from the database, compared with the index's copy |
@@ -18,13 +18,14 @@
 //!
 //! `params`, `query`, `sql`, `response` and the student routes of `pages` and `api` are the
 //! shipped student directory's own (their answers and pages are pinned by the tests): they
-//! serve while the loaded model is exactly it. `reuse`, `flight`, `cache`, the failures,
+//! serve while the loaded model is exactly it. `reuse`, `flight`, `cache`, `gate`, the failures,
 //! the security headers and `student::compare` serve every model.
 
 mod api;
 mod assets;
 pub mod cache;
 pub mod flight;
+pub mod gate;
 pub mod generic;
 mod pages;
 pub mod params;

@@ -50,9 +50,14 @@
 //! # Renewed ahead
 //!
 //! An answer still asked for past half its bound is asked of the engine again in the
-//! background (one such request per answer at a time), and the new answer replaces it:
-//! popular answers are renewed before they expire, so their readers never wait for a miss.
-//! The bound is unchanged (each answer's age still counts from when it was asked).
+//! background, and the new answer replaces it: popular answers are renewed before they
+//! expire, so their readers never wait for a miss. The bound is unchanged (each answer's
+//! age still counts from when it was asked). At most one search per answer is under way:
+//! no renewal is started while a search for the same answer is (its answer replaces the
+//! old one anyway), and a reader that finds the answer expired while its renewal is under
+//! way joins it (single flight), renewal's place in the queue included. Only a reuse
+//! starts a renewal: an answer asked less often than once per bound is a miss each time.
+//! `tidemark_search_renewals_total` counts the renewals sent.
 //!
 //! # Under load
 //!
@@ -62,6 +67,23 @@
 //! most `[serve] engine_concurrency` searches under way at the engine (about as many as
 //! its search threads); the others wait in serve, where identical ones join them (single
 //! flight) and where, once an answer is kept, later ones are answered from it.
+//!
+//! Waiting in arrival order is not enough: a renewal would queue behind every miss that
+//! arrived before it, and once misses wait longer than the bound (an overloaded engine),
+//! it would be sent only after the answer it renews had expired — its readers would miss
+//! too, and reuse would collapse just when it matters (BENCHMARKS.md, section 6). So the
+//! slots are handed out by a [`Gate`]: a freed slot goes to a waiting renewal before a
+//! waiting miss, and while both wait they take turns. A renewal waits for the next slot to
+//! come free, or the one after (besides renewals ahead of it), however long the misses'
+//! queue: started at half the bound, it is normally answered before the answer it renews
+//! expires. Misses still get at least every other freed slot, so renewals never starve
+//! them; and there are few renewals: at most one per popular answer per half bound, where
+//! without renewal its readers would make one miss per bound.
+//!
+//! Renewals share the `engine_concurrency` slots rather than having slots of their own:
+//! serve never has more than that many searches at the engine, renewals or not. A lane of
+//! their own would either add searches past the bound chosen for the engine, or take
+//! slots from the misses even when no renewal needs them.
 //!
 //! # Single flight
 //!
@@ -83,6 +105,7 @@ use serde_json::Value;
 use super::{
     cache::{AnswerCache, Usage},
     flight::{Fresh, SingleFlight},
+    gate::{Gate, Lane},
     Failure, SEARCH_TIMEOUT,
 };
 use crate::{services::Services, telemetry};
@@ -121,8 +144,9 @@ pub struct Settings {
     /// (`[serve] cache_max_age`, capped by `[index] refresh_interval`); 0 turns reuse off.
     pub max_age: Duration,
     pub bytes: usize,
-    /// Most searches serve has under way at the engine at once (`[serve]
-    /// engine_concurrency`); the others wait in serve, where identical ones join them.
+    /// Most searches serve has under way at the engine at once, renewals included (`[serve]
+    /// engine_concurrency`); the others wait in serve (renewals first), where identical
+    /// ones join them.
     pub engine_concurrency: usize,
 }
 
@@ -131,7 +155,7 @@ pub struct Reuse {
     cache: Arc<AnswerCache>,
     flights: Arc<Flights>,
     target: Fresh<Result<(String, Duration), Failure>>,
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<Gate>,
 }
 
 /// Engine searches under way, by (index, body).
@@ -144,7 +168,7 @@ impl Reuse {
             cache: Arc::new(AnswerCache::new(settings.bytes)),
             flights: Arc::default(),
             target: Fresh::default(),
-            slots: Arc::new(tokio::sync::Semaphore::new(settings.engine_concurrency.max(1))),
+            slots: Gate::new(settings.engine_concurrency),
         }
     }
 
@@ -178,15 +202,16 @@ impl Reuse {
                     tracing::error!(error = %e, "a cached answer could not be read");
                     Failure::Internal
                 })?;
-                if hit.age * 2 >= target.max_age {
+                if hit.age * 2 >= target.max_age && !self.flights.running(&(target.index.clone(), key.clone())) {
                     // Past half its life and still asked for: ask the engine again now, in
-                    // the background, so the next request finds a younger answer rather
-                    // than a miss (an answer in use never has to expire before renewal).
+                    // the background and ahead of waiting misses, so the next request finds
+                    // a younger answer rather than a miss (an answer in use never has to
+                    // expire before renewal).
                     let (flights, slots, cache) = (self.flights.clone(), self.slots.clone(), self.cache.clone());
                     let (services, target, key) = (services.clone(), target.clone(), key.clone());
                     tokio::spawn(async move {
                         let keep = Some((cache, target.clone()));
-                        let _ = fetch(&flights, &slots, &services, &target, kind, key, keep).await;
+                        let _ = fetch(&flights, &slots, &services, &target, kind, key, Lane::Renewal, keep).await;
                     });
                 }
                 return Ok(Answer { json: Arc::new(json), age: hit.age, reused: true });
@@ -194,7 +219,7 @@ impl Reuse {
             telemetry::search_cache(kind, false);
         }
         let keep = (!target.max_age.is_zero()).then(|| (self.cache.clone(), target.clone()));
-        let answer = fetch(&self.flights, &self.slots, services, target, kind, key, keep).await?;
+        let answer = fetch(&self.flights, &self.slots, services, target, kind, key, Lane::Miss, keep).await?;
         self.record_usage();
         Ok(answer)
     }
@@ -202,7 +227,7 @@ impl Reuse {
     /// The answer to `body` from `target`, fetched (shared with identical requests under
     /// way), never reused afterwards.
     pub async fn shared(&self, services: &Services, target: &Target, kind: &'static str, body: &Value) -> Result<Answer, Failure> {
-        fetch(&self.flights, &self.slots, services, target, kind, body.to_string(), None).await
+        fetch(&self.flights, &self.slots, services, target, kind, body.to_string(), Lane::Miss, None).await
     }
 
     fn record_usage(&self) {
@@ -212,14 +237,16 @@ impl Reuse {
 }
 
 /// The answer to `key` from `target`: the search under way for it, or a new one (waiting
-/// for one of the engine `slots`), kept in `keep` once answered.
+/// in `lane` for one of the engine `slots`), kept in `keep` once answered.
+#[allow(clippy::too_many_arguments)]
 async fn fetch(
     flights: &Flights,
-    slots: &Arc<tokio::sync::Semaphore>,
+    slots: &Arc<Gate>,
     services: &Services,
     target: &Target,
     kind: &'static str,
     key: String,
+    lane: Lane,
     keep: Option<(Arc<AnswerCache>, Target)>,
 ) -> Result<Answer, Failure> {
     let flight_key = (target.index.clone(), key.clone());
@@ -230,7 +257,10 @@ async fn fetch(
                 // Waits here, not in the engine's queue: an answer's age counts from
                 // when the engine was asked, so one that queued there past the bound
                 // could never be reused (and under load none would be).
-                let Ok(_slot) = slots.acquire().await else { return Err(Failure::Internal) };
+                let _slot = slots.acquire(lane).await;
+                if lane == Lane::Renewal {
+                    telemetry::search_renewal(kind);
+                }
                 let fetched = search(&services, &index, key.clone()).await;
                 if let (Ok(f), Some((cache, target))) = (&fetched, keep) {
                     cache.insert(&target.index, target.lookup, key, f.bytes.clone(), f.sent);
