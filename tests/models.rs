@@ -984,6 +984,187 @@ async fn a_uuid_keyed_model_is_searched_paged_and_opened_like_an_integer_one() {
     assert_eq!(s, json!([{"id": book7, "name": "Zebra tales", "href": format!("/books/{book7}")}]));
 }
 
+/// The library's model with the same search view but no copy of its key (neither `number`
+/// nor `key_field`): nothing breaks ties between books of equal sort values.
+fn library_keyless_search_model() -> String {
+    let model = library_search_model().replacen("key_field = \"id\"\n", "", 1);
+    assert!(!model.contains("key_field"));
+    model
+}
+
+/// Every hit of `query` as (id, title), page after page of 100 by number (`page=N`) for as
+/// long as an answer names the page after it (`next_page`); no answer offers a `next` cursor.
+async fn walk_pages(app: &axum::Router, query: &str) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    let mut page = 1;
+    loop {
+        let uri = format!("/api/search?size=100&page={page}&{query}");
+        let v = get_json(app, &uri).await;
+        assert!(v.get("next").is_none(), "{uri}: a `next` cursor, which cannot tell tied hits apart: {}", v["next"]);
+        for h in v["hits"].as_array().unwrap() {
+            let id = h["id"].as_str().unwrap_or_else(|| panic!("{uri}: a hit's id is not a uuid string: {h}"));
+            seen.push((id.to_string(), h["title"].as_str().unwrap_or_default().to_string()));
+        }
+        assert!(page <= 7, "{query}: more pages than 600 books fill");
+        match v["next_page"].as_u64() {
+            Some(n) => {
+                assert_eq!(n, page + 1, "{uri}");
+                page = n;
+            }
+            None => return seen,
+        }
+    }
+}
+
+/// The message of a 400 from /api/search.
+async fn refusal(app: &axum::Router, uri: &str) -> String {
+    let (status, body) = get(app, uri).await;
+    assert_eq!(status, 400, "{uri}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body}"));
+    v["error"]["message"].as_str().unwrap_or_else(|| panic!("{uri}: no message: {body}")).to_string()
+}
+
+/// A model that repeats its key in no document field (no `number`, no `key_field`) has
+/// nothing to break ties between hits of equal sort values, so no cursor can name a place
+/// among them: it pages by number only. Served with and without a `[search]` section, on
+/// both engines: `page=N` walks every book exactly once (in relevance with every score tied,
+/// and in a declared sort), answers name the next page's number instead of a `next` cursor,
+/// `after` is a 400 that says what to add to the model file, the page links numbered pages,
+/// and `model check` and `serve` say so. Without a `[search]` section a hit is titled by the
+/// document's first text field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_a_key_field_pages_by_number_and_refuses_cursors() {
+    let model = TempModel::new(LIBRARY_MODEL);
+    let env = Env::with_model(&model.spec(), &library_schema(true), |_| {}).await;
+    env.sql(LIBRARY_DATA).await;
+    let report = env.drain().await;
+    assert!(!report.stalled && env.synced().await && env.dead_letters().await == 0, "{report:?}");
+    // Page numbers (`from`) page the index as one search sees it: the drain's last writes
+    // become visible now, not between two pages.
+    env.refresh().await;
+    let books: BTreeMap<String, (String, Option<i32>)> =
+        sqlx::query_as::<_, (String, String, Option<i32>)>("SELECT id::text, title, published_year FROM books")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, title, year)| (id, (title, year)))
+            .collect();
+    assert_eq!(books.len(), 600);
+    let plain = tidemark::web::router(env.services());
+    let with_view = TempModel::new(&library_keyless_search_model());
+    let spec = with_view.spec();
+    let searched = tidemark::web::router(env.services_with(|c| c.set_model(spec)));
+
+    // Every book exactly once, by page number, on both engines; each hit titled as the book
+    // is (without a `[search]` section: its first text field, the title).
+    for (app, view, query) in [
+        (&plain, "no [search]", ""),
+        (&plain, "no [search]", "q=book"),
+        (&searched, "[search]", ""),
+        (&searched, "[search]", "q=book"),
+        (&searched, "[search]", "sort=year"),
+        (&searched, "[search]", "sort=-author"),
+    ] {
+        for engine in ["index", "sql"] {
+            let what = format!("{view}, {query}, engine={engine}");
+            let hits = walk_pages(app, &format!("{query}&engine={engine}")).await;
+            assert_eq!(hits.len(), 600, "{what}");
+            let ids: BTreeSet<&String> = hits.iter().map(|(id, _)| id).collect();
+            assert_eq!(ids.len(), 600, "{what}: some book came twice");
+            for (id, title) in &hits {
+                let want = &books.get(id).unwrap_or_else(|| panic!("{what}: {id} is no book")).0;
+                assert_eq!(title, want, "{what}: the title of {id}");
+            }
+            if query == "sort=year" {
+                let years: Vec<Option<i32>> = hits.iter().map(|(id, _)| books[id].1).collect();
+                let key = |y: &Option<i32>| (y.is_none(), *y);
+                assert!(years.windows(2).all(|w| key(&w[0]) <= key(&w[1])), "{what}: not by year, books without one last: {years:?}");
+            }
+        }
+    }
+    let v = get_json(&plain, "/api/search?size=100&page=6").await;
+    assert_eq!((v["hits"].as_array().unwrap().len(), v.get("next_page")), (100, None), "the last page names none after it");
+    assert_eq!(v["total"], json!({"value": 600, "relation": "eq"}));
+
+    // A cursor is refused, saying why and what to add to the model file; so is a page past
+    // the result window, without pointing to cursors this model does not have.
+    let book7 = md5_uuid(&env, "book7").await;
+    for (app, uri) in [
+        (&plain, format!("/api/search?after=%5B1.0%2C%22{book7}%22%5D")),
+        (&plain, format!("/api/search?engine=sql&after=%5B1.0%2C%22{book7}%22%5D")),
+        (&searched, format!("/api/search?sort=year&after=%5B1907%2C%22{book7}%22%5D")),
+        (&searched, "/api/search?after=garbage".to_string()),
+    ] {
+        let message = refusal(app, &uri).await;
+        assert!(message.contains("`after`") && message.contains("page=") && message.contains("key_field = \"id\""), "{uri}: {message}");
+    }
+    let message = refusal(&plain, "/api/search?size=100&page=101").await;
+    assert!(message.contains("10000") && message.contains("key_field = \"id\"") && !message.contains("`next`"), "{message}");
+    let (status, html) = get(&searched, &format!("/?after=%5B1.0%2C%22{book7}%22%5D")).await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("key_field = &#34;id&#34;") || html.contains("key_field = &quot;id&quot;"), "{html}");
+
+    // The page: books titled and linked, numbered pages (no cursor), each following on.
+    let first = walk_pages(&plain, "").await;
+    let (status, html) = get(&plain, "/").await;
+    assert_eq!(status, 200, "{html}");
+    for (id, title) in &first[..20] {
+        assert!(html.contains(&format!("<a href=\"/documents/{id}\">{title}</a>")), "{id} {title}: {html}");
+    }
+    assert!(!html.contains("after="), "{html}");
+    let link = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\" href=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .map(|h| h.replace("&#38;", "&").replace("&amp;", "&"))
+    };
+    let next = link(&html, "next-page").expect("a next page link");
+    assert_eq!(next, "/?page=2");
+    let (status, second) = get(&plain, &next).await;
+    assert_eq!(status, 200, "{second}");
+    assert!(
+        second.contains(&format!("/documents/{}\"", first[20].0)) && !second.contains(&format!("/documents/{}\"", first[19].0)),
+        "{second}"
+    );
+    assert_eq!(link(&second, "previous-page").as_deref(), Some("/"), "{second}");
+    assert_eq!(link(&second, "next-page").as_deref(), Some("/?page=3"), "{second}");
+    let (status, last) = get(&plain, "/?size=100&page=6").await;
+    assert_eq!(status, 200, "{last}");
+    assert!(link(&last, "next-page").is_none(), "{last}");
+    let (status, sorted) = get(&searched, "/?sort=year&engine=sql").await;
+    assert_eq!(status, 200, "{sorted}");
+    assert_eq!(link(&sorted, "next-page").as_deref(), Some("/?sort=year&engine=sql&page=2"), "{sorted}");
+
+    // The document's own page and JSON are titled the same way.
+    let (status, detail) = get(&plain, &format!("/documents/{book7}")).await;
+    assert_eq!(status, 200, "{detail}");
+    assert!(detail.contains("<h1 id=\"document-title\">Book 7</h1>"), "{detail}");
+    let v = get_json(&plain, &format!("/api/documents/{book7}")).await;
+    assert_eq!(v["title"], json!("Book 7"));
+
+    // `model check` and `serve` say what the model lacks, and what to add.
+    let check = env.run(&["model", "check", "--model", &model.spec()]);
+    assert!(check.ok(), "{check:?}");
+    let notes: Vec<&str> = check.stdout.lines().filter(|l| l.starts_with("note: ")).collect();
+    assert!(notes.len() == 1 && notes[0].contains("`next`") && notes[0].contains("key_field = \"id\""), "{check:?}");
+    assert!(check.stdout.contains("ok: every table"), "a note about the model file is not a problem of the database: {check:?}");
+    let port = support::free_port();
+    let mut serve = env.spawn(&["serve", "--addr", &format!("127.0.0.1:{port}")], |c| {
+        c.env("TIDEMARK_MODEL", model.spec());
+    });
+    for _ in 0..300 {
+        if serve.output().contains("serving the search application") || !serve.is_running() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = serve.output();
+    assert!(serve.is_running() && log.contains("serving the search application"), "{log}");
+    assert!(log.contains("no `next` cursor") && log.contains("key_field = \"id\""), "{log}");
+    assert!(serve.terminate().success(), "{}", serve.output());
+}
+
 /// A related row whose references no foreign key constraint protects (the capture then marks
 /// its inserts and deletes too): deleting it must reach the documents that named it, and
 /// inserting a row that existing references already name must too.
@@ -1162,6 +1343,7 @@ async fn model_check_says_what_is_missing_or_wrong_and_what_to_run() {
     let ok = check("students");
     assert_eq!(ok.code, Some(0), "{ok:?}");
     assert!(ok.stdout.contains("ok: every table, column, key and index the model needs is there"), "{ok:?}");
+    assert!(!ok.stdout.contains("note: "), "the students model repeats its key (`number`): {ok:?}");
 
     // Another model's tables are missing: the root table, with how to create them.
     let out = check("refinebio");
@@ -1321,6 +1503,10 @@ type = "keyword"
     );
     let out = check(&items);
     assert_eq!(out.code, Some(0), "warnings alone exit 0: {out:?}");
+    // The model repeats its integer key in no field: a note says what that costs the search
+    // pages and what to add.
+    let notes: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("note: ")).collect();
+    assert!(notes.len() == 1 && notes[0].contains("`next`") && notes[0].contains("number = \"id\""), "{}", out.stdout);
     let warnings: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("warning: ")).collect();
     assert_eq!(warnings.len(), 4, "{}", out.stdout);
     for expected in [

@@ -14,6 +14,9 @@ pub struct Report {
     pub errors: Vec<String>,
     /// It can, but something will be slow.
     pub warnings: Vec<String>,
+    /// What the model file itself costs (not a problem of the database): e.g. search pages
+    /// without `next` cursors.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -24,6 +27,9 @@ impl Report {
         }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
         }
         if self.errors.is_empty() && self.warnings.is_empty() {
             out.push_str("ok: every table, column, key and index the model needs is there\n");
@@ -141,6 +147,7 @@ pub async fn tables_exist(db: &mut PgConnection, model: &Model) -> Result<Option
 pub async fn check(db: &mut PgConnection, model: &Model) -> Result<Report, sqlx::Error> {
     let mut report = Report::default();
     node(db, &model.root, "the document", &mut report, true, true).await?;
+    report.notes.extend(model.paging_note());
     Ok(report)
 }
 

@@ -426,6 +426,41 @@ impl Model {
         self.search.as_ref().map_or("documents", |s| s.plural.as_str())
     }
 
+    /// What to add under `[document]` so that the document carries its key again (the
+    /// search pages' tie-break and cursor): `number = "id"` for an integer key,
+    /// `key_field = "id"` for a uuid key, under a name no field of the document has yet.
+    /// None when the model declares one.
+    pub fn key_field_hint(&self) -> Option<String> {
+        if self.key_field.is_some() {
+            return None;
+        }
+        let taken = |n: &str| {
+            self.root.fields.iter().any(|f| f.name == n)
+                || self.root.relations.iter().any(|r| r.name == n)
+                || self.completion.as_ref().is_some_and(|c| c.name == n)
+        };
+        let name = ["id", "key", "key_id", "doc_key"].into_iter().find(|n| !taken(n)).unwrap_or("tidemark_key");
+        Some(match self.root.key_type {
+            KeyType::Integer => format!("number = \"{name}\""),
+            KeyType::Uuid => format!("key_field = \"{name}\""),
+        })
+    }
+
+    /// What a model that repeats its key in no document field costs its search pages, and
+    /// what to add (`tidemark serve` warns with it at start, `model check` notes it); None
+    /// when the model declares the field.
+    pub fn paging_note(&self) -> Option<String> {
+        let add = self.key_field_hint()?;
+        Some(format!(
+            "the document repeats its key in no field (`number` for an integer key, `key_field` for a uuid key), so the search \
+             pages cannot tell {plural} of equal sort values apart: they offer no `next` cursor, page by number only (`page=N`, \
+             within the first {window} results) and refuse `after`; add {add} under [document] and run `tidemark admin \
+             reindex` to page at any depth",
+            plural = self.plural(),
+            window = crate::web::params::MAX_RESULT_WINDOW,
+        ))
+    }
+
     pub fn keys(&self) -> &sql::KeyQueries {
         self.key_queries.get_or_init(|| sql::key_queries(self))
     }

@@ -410,18 +410,14 @@ pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestio
 
 /// Warns at start when the index behind the alias lacks what the pages need: the alias
 /// itself, or the key again (`number`, a uuid key's `key_field`), the pages' tie-break: a
-/// model that declares none, or an index built before it existed (`tidemark admin reindex`
-/// adds it).
+/// model that declares none (its pages then page by number only, without `next` cursors),
+/// or an index built before it existed (`tidemark admin reindex` adds it).
 pub async fn check_index(services: &Services) {
     let alias = &services.config.index_alias;
     let model = &services.model;
     let plural = model.plural();
-    if model.key_field.is_none() {
-        tracing::warn!(
-            model = %model.name,
-            "the model repeats its key in no document field (`number`, or `key_field` for a uuid key): `next` cursors may \
-             repeat or skip {plural} with equal sort values; declare one and run `tidemark admin reindex`"
-        );
+    if let Some(note) = model.paging_note() {
+        tracing::warn!(model = %model.name, "{note}");
     }
     let kind = match model.root.key_type {
         crate::model::KeyType::Integer => "long",

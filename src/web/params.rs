@@ -428,12 +428,13 @@ pub(crate) fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(ke
     }
 }
 
-/// `size`: the hits a page holds, 1 to [`MAX_PAGE_SIZE`].
-pub(crate) fn page_size(value: &str) -> Result<u32, BadRequest> {
+/// `size`: the hits a page holds, 1 to [`MAX_PAGE_SIZE`]; `more` says how to get the hits
+/// after a page ("follow `next` for more").
+pub(crate) fn page_size(value: &str, more: &str) -> Result<u32, BadRequest> {
     match value.trim().parse::<u64>() {
         Ok(n) if (1..=MAX_PAGE_SIZE as u64).contains(&n) => Ok(n as u32),
         Ok(n) if n > MAX_PAGE_SIZE as u64 => Err(bad(format!(
-            "`size` {n} is more than the {MAX_PAGE_SIZE} hits a page may hold; ask for {MAX_PAGE_SIZE} or fewer and follow `next` for more"
+            "`size` {n} is more than the {MAX_PAGE_SIZE} hits a page may hold; ask for {MAX_PAGE_SIZE} or fewer and {more}"
         ))),
         _ => Err(bad(format!("`size` must be a whole number from 1 to {MAX_PAGE_SIZE}, not {value:?}"))),
     }
@@ -511,7 +512,7 @@ impl SearchRequest {
                     r.sort =
                         Sort::parse(value.trim()).ok_or_else(|| bad(format!("`sort` must be one of {}, not {value:?}", Sort::CHOICES)))?;
                 }
-                "size" => r.size = page_size(value)?,
+                "size" => r.size = page_size(value, "follow `next` for more")?,
                 "facet_size" => r.facet_size = number(key, value, 1, MAX_FACET_SIZE)?,
                 "page" => {
                     r.page = number(key, value, 1u32, u32::MAX)?;

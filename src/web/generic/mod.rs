@@ -137,7 +137,12 @@ pub struct Request {
     /// ends with it, ascending, so that no two documents tie and a cursor (`after`) names
     /// one place. A uuid's is a keyword, sorted as text: PostgreSQL's lower-case text of
     /// uuids sorts as the uuids do, so `engine=sql` (ordering by the key itself) agrees.
-    pub key_field: String,
+    ///
+    /// None when the model declares none: nothing then tells hits of equal sort values
+    /// apart in the index, so no cursor can say where a page ends among them. Such a model
+    /// pages by number only (`page`, within the result window; answers name the next
+    /// page's number, `next_page`) and `after` is refused, on both engines alike.
+    pub key_field: Option<String>,
     pub key_type: KeyType,
     pub q: String,
     /// Selected values per facet, in the view's order.
@@ -179,7 +184,7 @@ impl Request {
     pub fn new(model: &Model) -> Request {
         let view = Arc::new(model.search.clone().unwrap_or_else(|| empty_view(model)));
         Request {
-            key_field: model.key_field.clone().unwrap_or_else(|| "id".into()),
+            key_field: model.key_field.clone(),
             key_type: model.root.key_type,
             q: String::new(),
             selected: vec![Vec::new(); view.facets.len()],
@@ -276,7 +281,10 @@ impl Request {
                         },
                     };
                 }
-                "size" => r.size = page_size(value)?,
+                "size" => {
+                    r.size =
+                        page_size(value, if r.key_field.is_some() { "follow `next` for more" } else { "ask for the next `page` for more" })?
+                }
                 "facet_size" => r.facet_size = number(key, value, 1, MAX_FACET_SIZE)?,
                 "page" => {
                     r.page = number(key, value, 1u32, u32::MAX)?;
@@ -310,6 +318,15 @@ impl Request {
                 }
             }
         }
+        if let (Some(_), Some(add)) = (&after, model.key_field_hint()) {
+            return Err(bad(format!(
+                "`after` (a page cursor) cannot be used with this model: its {plural} repeat their key in no field, so nothing \
+                 tells {plural} of equal sort values apart and no cursor can say where a page ends among them; page with \
+                 `page=N` instead (within the first {MAX_RESULT_WINDOW} results), or add {add} under [document] in the model \
+                 file and run `tidemark admin reindex` to page at any depth with `next` cursors",
+                plural = model.plural()
+            )));
+        }
         if let Some(a) = after {
             if page_given {
                 return Err(bad(
@@ -319,6 +336,16 @@ impl Request {
             r.after = Some(r.parse_cursor(&a)?);
         }
         let end = r.page as u64 * r.size as u64;
+        if let (true, Some(add)) = (end > MAX_RESULT_WINDOW, model.key_field_hint()) {
+            return Err(bad(format!(
+                "page {} of {} hits reaches past the first {MAX_RESULT_WINDOW} results, which is as deep as a page number goes, and \
+                 this model's {plural} are paged by number only: narrow the search (`q` or a filter) to reach the rest, or add \
+                 {add} under [document] in the model file and run `tidemark admin reindex` to page at any depth",
+                r.page,
+                r.size,
+                plural = model.plural()
+            )));
+        }
         if end > MAX_RESULT_WINDOW {
             return Err(bad(format!(
                 "page {} of {} hits reaches past the first {MAX_RESULT_WINDOW} results, which is as deep as a page number goes; to go \
@@ -481,8 +508,9 @@ impl Request {
     }
 }
 
-/// A model without a `[search]` section: text search over its root's text fields, nothing
-/// else (the page still lists and opens documents).
+/// A model without a `[search]` section: text search over its root's text and keyword
+/// fields, nothing else (the page still lists and opens documents), each titled by the
+/// first of those fields.
 fn empty_view(model: &Model) -> SearchView {
     let query = model
         .root
@@ -491,7 +519,9 @@ fn empty_view(model: &Model) -> SearchView {
         .filter(|f| matches!(f.kind, FieldType::Text | FieldType::Keyword))
         .map(|f| f.name.clone())
         .collect::<Vec<_>>();
-    let title = crate::model::Template(vec![crate::model::Piece::Field(model.root.key.clone())]);
+    // Its title: the first of those fields (a hit whose value is empty shows its key, see
+    // [`title`]); none: the key.
+    let title = crate::model::Template(query.first().map(|f| crate::model::Piece::Field(f.clone())).into_iter().collect());
     SearchView {
         noun: "document".into(),
         plural: "documents".into(),
@@ -503,6 +533,18 @@ fn empty_view(model: &Model) -> SearchView {
         distinct: vec![],
         title,
         show: model.root.fields.iter().map(|f| f.name.clone()).collect(),
+    }
+}
+
+/// A document's title by the view: its template, or the document's key where that comes
+/// out blank (a view without title fields, or a document whose fields are empty), so that
+/// no hit or page has an empty title.
+pub fn title(view: &SearchView, doc: &Value, key: &dyn std::fmt::Display) -> String {
+    let t = view.title.render(doc);
+    if t.trim().is_empty() {
+        key.to_string()
+    } else {
+        t
     }
 }
 
@@ -519,6 +561,10 @@ pub struct Response {
     pub hits: Vec<Hit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// A model without a key field (no cursors): the number of the page after this one,
+    /// when more hits follow and it is within the result window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<u32>,
     /// By parameter, in the view's order.
     pub facets: Ordered<TermsFacet>,
     /// By parameter, in the view's order.
@@ -657,8 +703,14 @@ impl Response {
                 && window_end >= MAX_RESULT_WINDOW
                 && hits.len() == req.size as usize
                 && (raw.total.relation == super::response::Relation::Gte || raw.total.value > window_end));
+        let next_page =
+            (req.key_field.is_none() && hits.len() > req.size as usize && (req.page as u64 + 1) * req.size as u64 <= MAX_RESULT_WINDOW)
+                .then(|| req.page + 1);
         hits.truncate(req.size as usize);
-        let next = if more { hits.last().map(|h| Value::Array(h.cursor.clone()).to_string()) } else { None };
+        let next = match req.key_field {
+            Some(_) if more => hits.last().map(|h| Value::Array(h.cursor.clone()).to_string()),
+            _ => None,
+        };
         let facets =
             req.view.facets.iter().enumerate().zip(raw.facets).map(|((i, f), raw)| (f.param.clone(), terms_facet(req, i, raw))).collect();
         let histograms = req
@@ -675,6 +727,7 @@ impl Response {
             total: raw.total,
             hits,
             next,
+            next_page,
             facets: Ordered(facets),
             histograms: Ordered(histograms),
             distinct: req.distinct.map(|d| DistinctInfo {
@@ -874,6 +927,119 @@ mod tests {
         let e = Request::parse(&students, Some("age_gte=30&age_lt=20")).unwrap_err();
         assert!(e.0.contains("`age_gte` (30) must be less than `age_lt` (20)"), "{e}");
         assert_eq!(Request::parse(&students, Some("age_gte=18&age_lt=20")).unwrap().ranges[0], Range { gte: Some(18), lt: Some(20) });
+    }
+
+    /// A model repeating its key in no field (no `number`, no `key_field`): an integer
+    /// year before its text title.
+    const KEYLESS: &str = "name = \"m\"\n[document]\ntable = \"books\"\nkey = \"id\"\n[[document.fields]]\nname = \"year\"\n\
+                           type = \"integer\"\n[[document.fields]]\nname = \"title\"\ntype = \"text\"\n";
+
+    fn keyless(patch: impl Fn(String) -> String) -> Model {
+        Model::parse(&patch(KEYLESS.to_string()), "t").unwrap()
+    }
+
+    fn uuid_keys(m: String) -> String {
+        m.replace("key = \"id\"", "key = \"id\"\nkey_type = \"uuid\"")
+    }
+
+    #[test]
+    fn a_model_without_a_key_field_refuses_cursors_saying_what_to_add() {
+        let (integer, uuid) = (keyless(|m| m), keyless(uuid_keys));
+        for (m, add) in [(&integer, "add number = \"id\" under [document]"), (&uuid, "add key_field = \"id\" under [document]")] {
+            for q in ["after=[1.0,5]", "after=garbage", "engine=sql&after=[1.0,5]", "page=2&after=[1.0,5]"] {
+                let e = Request::parse(m, Some(q)).unwrap_err();
+                assert!(e.0.starts_with("`after` (a page cursor) cannot be used with this model") && e.0.contains("`page=N`"), "{q}: {e}");
+                assert!(e.0.contains(add), "{q}: {e}");
+            }
+            let e = Request::parse(m, Some("size=100&page=101")).unwrap_err();
+            assert!(e.0.contains("past the first 10000 results") && e.0.contains(add) && !e.0.contains("follow the `next`"), "{e}");
+            let e = Request::parse(m, Some("size=1000")).unwrap_err();
+            assert!(e.0.contains("ask for the next `page`"), "{e}");
+            let r = Request::parse(m, Some("page=3&size=50")).unwrap();
+            assert_eq!((r.page, r.size, r.key_field.as_deref()), (3, 50, None));
+        }
+        // A name the document already uses is not suggested.
+        let taken = keyless(|m| m.replace("name = \"year\"", "name = \"id\""));
+        assert_eq!(taken.key_field_hint().as_deref(), Some("number = \"key\""));
+        // A model that declares the field takes cursors, and has nothing to add.
+        let keyed = keyless(|m| m.replace("key = \"id\"", "key = \"id\"\nnumber = \"id\""));
+        assert_eq!((keyed.key_field_hint(), keyed.paging_note()), (None, None));
+        assert!(Request::parse(&keyed, Some("after=[1.0,5]")).unwrap().after.is_some());
+        let e = Request::parse(&keyed, Some("size=100&page=101")).unwrap_err();
+        assert!(e.0.contains("follow the `next` cursor"), "{e}");
+        let note = uuid.paging_note().unwrap();
+        assert!(note.contains("no `next` cursor") && note.contains("key_field = \"id\""), "{note}");
+    }
+
+    fn hits(n: usize, key_type: KeyType) -> Vec<Hit> {
+        (0..n)
+            .map(|i| Hit {
+                id: Id::parse(key_type, &(i + 1).to_string()).unwrap(),
+                score: 1.0,
+                title: format!("t{i}"),
+                highlight: None,
+                fields: Ordered(Vec::new()),
+                cursor: vec![json!(1.0), json!(i + 1)],
+            })
+            .collect()
+    }
+
+    fn raw(n: usize, total: u64) -> Raw {
+        Raw {
+            total: Total { value: total, relation: super::super::response::Relation::Eq },
+            hits: hits(n, KeyType::Integer),
+            facets: vec![],
+            histograms: vec![],
+        }
+    }
+
+    #[test]
+    fn answers_without_a_key_field_name_the_next_page_instead_of_a_cursor() {
+        let m = keyless(|m| m);
+        let r = Request::parse(&m, Some("size=10&page=2")).unwrap();
+        let a = Response::assemble(&r, raw(11, 50), Engine::Index, 1.0);
+        assert_eq!((a.hits.len(), a.next.as_deref(), a.next_page), (10, None, Some(3)));
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!((v.get("next"), &v["next_page"]), (None, &json!(3)));
+        // The last page; the last page a number reaches.
+        assert_eq!(Response::assemble(&r, raw(10, 20), Engine::Sql, 1.0).next_page, None);
+        let deep = Request::parse(&m, Some("size=100&page=100")).unwrap();
+        assert_eq!(Response::assemble(&deep, raw(101, 10_000), Engine::Sql, 1.0).next_page, None);
+        // A model with the field: a cursor, no page number.
+        let keyed = keyless(|m| m.replace("key = \"id\"", "key = \"id\"\nnumber = \"id\""));
+        let r = Request::parse(&keyed, Some("size=10&page=2")).unwrap();
+        let a = Response::assemble(&r, raw(11, 50), Engine::Index, 1.0);
+        assert_eq!((a.next.as_deref(), a.next_page), (Some("[1.0,10]"), None));
+    }
+
+    #[test]
+    fn without_a_key_field_the_index_breaks_ties_in_the_order_documents_were_written() {
+        let m = keyless(|m| m);
+        let body = query::hits_body(&m, &Request::parse(&m, None).unwrap());
+        assert_eq!(body["sort"], json!([{"_score": {"order": "desc"}}, {"_seq_no": {"order": "asc"}}]));
+        let students = Model::students();
+        let body = query::hits_body(&students, &Request::parse(&students, Some("sort=-age")).unwrap());
+        assert_eq!(body["sort"][1], json!({"id": {"order": "asc", "unmapped_type": "long"}}), "{body}");
+    }
+
+    #[test]
+    fn without_a_search_section_hits_are_titled_by_the_first_text_field_or_the_key() {
+        let m = keyless(|m| m);
+        let r = Request::parse(&m, None).unwrap();
+        assert_eq!(r.view.title, crate::model::Template(vec![crate::model::Piece::Field("title".into())]));
+        let hit = |doc: Value| query::hit(&r, Id::Integer(7), &doc, 1.0, None, vec![]);
+        assert_eq!(hit(json!({"year": 1999, "title": "Dune"})).title, "Dune");
+        assert_eq!(hit(json!({"year": 1999, "title": null})).title, "7", "an empty title: the key");
+        let q = Request::parse(&m, Some("q=dune")).unwrap();
+        let h = query::hit(&q, Id::Integer(7), &json!({"title": ""}), 1.0, Some(&json!({})), vec![]);
+        assert_eq!((h.title.as_str(), h.highlight), ("7", Some(Segment::plain("7"))));
+        // No text or keyword field at all: the key (here a uuid).
+        let m = keyless(|m| uuid_keys(m).replace("type = \"text\"", "type = \"integer\""));
+        let r = Request::parse(&m, None).unwrap();
+        let id = "0b6f0c4e-5b1a-4c1e-9a0e-8f4c2b7d1e3a";
+        let h = query::hit(&r, Id::parse(KeyType::Uuid, id).unwrap(), &json!({"year": 1, "title": 2}), 1.0, None, vec![]);
+        assert_eq!(h.title, id);
+        assert_eq!(title(&r.view, &json!({}), &id), id);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{
     model::{KeyType, Model, SearchView},
     web::{
         pages::{chrome, error_page, json_text, notice_of, plural, render, thousands, Chrome, Link, Notice},
-        params::Engine,
+        params::{Engine, MAX_RESULT_WINDOW},
         response::{Relation, Segment},
         student::{compare, IndexCopy},
         App, Failure,
@@ -107,6 +107,11 @@ struct PageView {
     histograms: Vec<HistogramView>,
     hits: Vec<HitView>,
     first_href: Option<String>,
+    /// Numbered paging (a model without a key field): the page before, this page's number,
+    /// and a note when more hits lie past the last page a number reaches.
+    previous_href: Option<String>,
+    page_label: Option<String>,
+    window_note: Option<String>,
     next_href: Option<String>,
 }
 
@@ -297,6 +302,18 @@ fn page_view(req: &Request, resp: &super::Response) -> PageView {
         })
         .collect();
     let deeper = req.page > 1 || req.after.is_some();
+    let numbered = req.key_field.is_none();
+    let at_page = |page: u32| Request { page, after: None, ..req.clone() }.href();
+    let next_href = match (&resp.next, resp.next_page) {
+        (Some(n), _) => Some(match req.first_page().to_query() {
+            q if q.is_empty() => format!("/?after={}", enc(n)),
+            q => format!("/?{q}&after={}", enc(n)),
+        }),
+        (None, Some(page)) => Some(at_page(page)),
+        (None, None) => None,
+    };
+    let shown_to = req.page as u64 * req.size as u64;
+    let beyond = resp.total.relation == Relation::Gte || resp.total.value > shown_to;
     let plural_title = {
         let mut c = view.plural.chars();
         c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
@@ -343,11 +360,18 @@ fn page_view(req: &Request, resp: &super::Response) -> PageView {
         facets,
         histograms,
         hits,
-        first_href: deeper.then(|| req.first_page().href()),
-        next_href: resp.next.as_ref().map(|n| match req.first_page().to_query() {
-            q if q.is_empty() => format!("/?after={}", enc(n)),
-            q => format!("/?{q}&after={}", enc(n)),
+        first_href: if numbered { (req.page > 2).then(|| req.first_page().href()) } else { deeper.then(|| req.first_page().href()) },
+        previous_href: (numbered && req.page > 1).then(|| at_page(req.page - 1)),
+        page_label: (numbered && (req.page > 1 || next_href.is_some())).then(|| format!("Page {}", thousands(req.page.into()))),
+        window_note: (numbered && next_href.is_none() && beyond && !resp.hits.is_empty()).then(|| {
+            format!(
+                "Page numbers reach the first {} {} only (the model repeats their key in no field, which deeper pages \
+                 need): narrow the search to see the rest.",
+                thousands(MAX_RESULT_WINDOW),
+                view.plural
+            )
         }),
+        next_href,
     }
 }
 
@@ -443,7 +467,7 @@ pub async fn document(State(app): State<App>, Path(raw): Path<String>) -> Respon
     let page = DocumentPage {
         chrome: chrome(&app, "", Vec::new()).await,
         noun: view.noun.clone(),
-        title: view.title.render(&doc),
+        title: super::title(&view, &doc, &key),
         id: key,
         fields,
         notice: notice_of(&index, pending, &view.noun),
@@ -461,7 +485,7 @@ pub async fn api_document(State(app): State<App>, Path(raw): Path<String>) -> Re
     };
     Ok(Json(json!({
         "id": key,
-        "title": view.title.render(&doc),
+        "title": super::title(&view, &doc, &key),
         "document": doc,
         "index": index,
         "pending_change_seconds": pending,

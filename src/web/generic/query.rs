@@ -126,7 +126,26 @@ fn sort(req: &Request) -> Value {
         KeyType::Integer => "long",
         KeyType::Uuid => "keyword",
     };
-    let key = json!({req.key_field.as_str(): {"order": "asc", "unmapped_type": unmapped}});
+    let Some(key_field) = &req.key_field else {
+        // None declared: ties go by `_seq_no`, the order the shard received the documents
+        // in. It is unique within a shard only and a rewritten document moves to the end,
+        // so no cursor can rest on it; but unlike the engine's own order of ties (a
+        // document's position among the segments, which a merge of segments that are not
+        // neighbours changes) it holds while nothing is written, which is what `page=N`
+        // (`from`) needs.
+        let written = json!({"_seq_no": {"order": "asc"}});
+        return match req.order.sort {
+            None => json!([{"_score": {"order": "desc"}}, written]),
+            Some(i) => {
+                let order = if req.order.descending { "desc" } else { "asc" };
+                let mut keys: Vec<Value> =
+                    req.view.sorts[i].fields.iter().map(|f| json!({f.as_str(): {"order": order, "missing": "_last"}})).collect();
+                keys.push(written);
+                Value::Array(keys)
+            }
+        };
+    };
+    let key = json!({key_field.as_str(): {"order": "asc", "unmapped_type": unmapped}});
     match req.order.sort {
         None if by_key_alone(req) => json!([key]),
         None => json!([{"_score": {"order": "desc"}}, key]),
@@ -220,8 +239,13 @@ pub fn value_at(doc: &Value, path: &str) -> Value {
 
 /// A hit as the page and the API show it, from a document's source (and highlight).
 pub fn hit(req: &Request, id: Id, source: &Value, score: f64, highlight: Option<&Value>, cursor: Vec<Value>) -> Hit {
-    let title = req.view.title.render(source);
+    let title = super::title(&req.view, source, &id);
+    let blank = req.view.title.render(source).trim().is_empty();
     let highlight = highlight.map(|h| {
+        if blank {
+            // Titled by its key (see `super::title`), which no query matches.
+            return Segment::plain(&title);
+        }
         let mut out: Vec<Segment> = Vec::new();
         for p in &req.view.title.0 {
             match p {
