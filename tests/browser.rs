@@ -8,7 +8,7 @@ mod browser;
 mod support;
 
 use browser::{screenshot_dir, Browser, Key, Server};
-use support::Env;
+use support::{web::four_experiments, Env};
 
 /// Seeded students plus two named Xyla (a first name the seed lists do not have).
 async fn students(env: &Env) {
@@ -19,8 +19,7 @@ async fn students(env: &Env) {
          INSERT INTO student_courses SELECT 900001, id FROM courses WHERE name = 'CS101';",
     )
     .await;
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
+    env.drain_and_refresh().await;
 }
 
 /// The number a summary like "2,951 students" starts with.
@@ -133,23 +132,9 @@ async fn clicking_a_course_and_a_histogram_bar_changes_hits_counts_and_url_and_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refinebio_picking_an_organism_changes_the_unique_sample_counts_and_an_experiment_opens_from_the_database() {
     // Another model (issue 18): refine.bio's experiments, the page driven by its [search] view.
-    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |_| {}).await;
-    env.sql(
-        "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus'), (3, 'Danio rerio');
-         INSERT INTO platforms (id, name) VALUES (1, 'Illumina HiSeq 2500'), (2, 'Affymetrix HG-U133');
-         INSERT INTO samples (id, accession_code, organism_id, platform_id) VALUES
-           (1, 'GSM1', 1, 1), (2, 'GSM2', 1, 1), (3, 'GSM3', 2, 1), (4, 'GSM4', 2, 2), (5, 'GSM5', 2, 2),
-           (6, 'GSM6', 3, 1), (7, 'GSM7', 3, 1), (8, 'GSM8', 1, 2);
-         INSERT INTO experiments (id, accession_code, title, description, technology) VALUES
-           (1, 'GSE1', 'Human liver expression', 'RNA of human livers', 'RNA-SEQ'),
-           (2, 'GSE2', 'Mouse brain arrays', 'Arrays of mouse brains', 'MICROARRAY'),
-           (3, 'GSE3', 'Zebrafish development', 'Embryos over time', 'RNA-SEQ'),
-           (4, 'GSE4', 'Human blood', 'Blood of humans', 'MICROARRAY');
-         INSERT INTO experiment_samples VALUES (1, 1), (1, 2), (1, 3), (2, 3), (2, 4), (2, 5), (3, 6), (3, 7), (4, 1), (4, 8);",
-    )
-    .await;
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
+    let env = Env::refinebio().await;
+    four_experiments(&env).await;
+    env.drain_and_refresh().await;
     let server = Server::start(env.services()).await;
     let b = Browser::start(1280, 1200).await;
     b.goto(&format!("{}/?distinct=samples", server.url)).await;

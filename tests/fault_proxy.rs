@@ -36,9 +36,14 @@ impl TestIndex {
     }
 }
 
+/// A proxy in front of the server, and a client.
+async fn proxy_and_client() -> (FaultProxy, reqwest::Client) {
+    (FaultProxy::start(&es_url()).await, client())
+}
+
 /// A proxy in front of the server, a client, and a test index created directly.
 async fn setup(tag: &str) -> (FaultProxy, reqwest::Client, TestIndex) {
-    let (proxy, c) = (FaultProxy::start(&es_url()).await, client());
+    let (proxy, c) = proxy_and_client().await;
     let index = TestIndex::create(&c, &es_url(), tag).await;
     (proxy, c, index)
 }
@@ -69,6 +74,12 @@ async fn bulk(c: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
     let r = c.post(url).header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
+}
+
+/// A `_bulk` request that must succeed, every item with it.
+async fn bulk_ok(c: &reqwest::Client, url: &str, body: String) {
+    let (status, resp) = bulk(c, url, body).await;
+    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
 }
 
 async fn count(c: &reqwest::Client, index: &str) -> u64 {
@@ -114,9 +125,7 @@ fn assert_injected_429(item: &Value, op: &str, index: &str, id: &str) {
 
 #[tokio::test]
 async fn bulk_item_429_rejects_exactly_the_reported_items() {
-    let es = es_url();
-    let proxy = FaultProxy::start(&es).await;
-    let c = client();
+    let (proxy, c) = proxy_and_client().await;
     let index = TestIndex::create(&c, &proxy.url(), "bulk429").await;
 
     proxy.set(Faults { bulk_item_429: 0.3, ..Faults::on("_bulk") });
@@ -160,8 +169,7 @@ async fn bulk_item_429_splits_deletes_and_other_ops_correctly() {
     for i in 0..40 {
         seed.push_str(&format!("{{\"index\":{{\"_id\":\"d{i}\"}}}}\n{{\"n\":{i}}}\n"));
     }
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", es_url()), seed).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    bulk_ok(&c, &format!("{}/{index}/_bulk?refresh=true", es_url()), seed).await;
 
     // Through the proxy, on `/_bulk` with `_index` in the metadata: delete d_i (no source
     // line), then index / create / update (with source lines), interleaved.
@@ -262,15 +270,13 @@ async fn fail_next_gives_503s_then_passes_and_only_path_filters() {
     assert_eq!(proxy.stats(), FaultStats { forwarded: 4, unavailable: 4, ..FaultStats::default() });
 
     proxy.clear();
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    bulk_ok(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
     assert_eq!(count(&c, &index).await, 1);
 }
 
 #[tokio::test]
 async fn unavailable_probability_is_applied_per_request() {
-    let proxy = FaultProxy::start(&es_url()).await;
-    let c = client();
+    let (proxy, c) = proxy_and_client().await;
     proxy.set(Faults { unavailable: 0.5, ..Faults::default() });
     let (mut ok, mut failed) = (0u64, 0u64);
     for _ in 0..200 {
@@ -286,8 +292,7 @@ async fn unavailable_probability_is_applied_per_request() {
 
 #[tokio::test]
 async fn reset_is_a_connection_error_and_the_client_recovers() {
-    let proxy = FaultProxy::start(&es_url()).await;
-    let c = client();
+    let (proxy, c) = proxy_and_client().await;
     // A first request leaves a pooled keep-alive connection behind.
     assert_eq!(c.get(proxy.url()).send().await.unwrap().status().as_u16(), 200);
 
@@ -316,8 +321,7 @@ async fn reset_is_a_connection_error_and_the_client_recovers() {
 
 #[tokio::test]
 async fn slow_delays_requests() {
-    let proxy = FaultProxy::start(&es_url()).await;
-    let c = client();
+    let (proxy, c) = proxy_and_client().await;
     let delay = Duration::from_millis(400);
     proxy.set(Faults { slow: 1.0, delay, ..Faults::default() });
     let started = Instant::now();
@@ -525,8 +529,7 @@ async fn max_body_answers_413_like_nginx_without_forwarding() {
     // At the limit and below, requests pass (on any path: the limit is not `only_path`'s).
     let small: String = (0..10).map(doc).collect();
     assert!(small.len() <= 1000);
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), small).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    bulk_ok(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), small).await;
     assert_eq!(c.get(format!("{}/{index}/_count", proxy.url())).send().await.unwrap().status().as_u16(), 200);
     assert_eq!(proxy.stats(), FaultStats { forwarded: 2, too_large: 1, ..FaultStats::default() });
     assert_eq!(count(&c, &index).await, 10);
@@ -555,8 +558,7 @@ async fn delay_answer_holds_the_answer_of_an_executed_bulk() {
 
     // A patient client gets the answer, late.
     let started = Instant::now();
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk", proxy.url()), body.to_string()).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    bulk_ok(&c, &format!("{}/{index}/_bulk", proxy.url()), body.to_string()).await;
     assert!(started.elapsed() >= hold, "{:?}", started.elapsed());
 
     // Other paths are not held (only_path).
@@ -602,8 +604,7 @@ async fn write_block_answers_a_cluster_block_exception_without_forwarding() {
     assert_eq!(count(&c, &index).await, 0);
 
     proxy.clear();
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    bulk_ok(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body).await;
     assert_eq!(count(&c, &index).await, 1);
 }
 
@@ -621,11 +622,9 @@ async fn bulk_log_records_who_shipped_what_and_when() {
     let before = Instant::now();
     let body = "{\"index\":{\"_id\":\"a\",\"version\":5,\"version_type\":\"external\"}}\n{\"n\":1}\n\
                 {\"index\":{\"_id\":\"b\",\"version\":7,\"version_type\":\"external\"}}\n{\"n\":2}\n";
-    let (status, resp) = bulk(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body.into()).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    bulk_ok(&c, &format!("{}/{index}/_bulk?refresh=true", proxy.url()), body.into()).await;
     let body = format!("{{\"delete\":{{\"_index\":\"{index}\",\"_id\":\"a\",\"version\":6,\"version_type\":\"external\"}}}}\n");
-    let (status, resp) = bulk(&c, &format!("{}/_bulk?refresh=true", proxy.url()), body).await;
-    assert_eq!((status, resp["errors"].clone()), (200, json!(false)), "{resp}");
+    bulk_ok(&c, &format!("{}/_bulk?refresh=true", proxy.url()), body).await;
     // Not `_bulk`: not logged.
     assert_eq!(c.get(format!("{}/{index}/_count", proxy.url())).send().await.unwrap().status().as_u16(), 200);
     let after = Instant::now();
@@ -662,8 +661,7 @@ async fn bulk_log_records_who_shipped_what_and_when() {
 
 #[tokio::test]
 async fn in_flight_counts_the_requests_being_handled() {
-    let proxy = FaultProxy::start(&es_url()).await;
-    let c = client();
+    let (proxy, c) = proxy_and_client().await;
     let delay = Duration::from_secs(2);
     proxy.set(Faults { slow: 1.0, delay, ..Faults::default() });
     assert_eq!(proxy.stats().in_flight, 0);

@@ -68,8 +68,7 @@ async fn a_rejected_document_is_dead_lettered_the_rest_indexed_and_retry_failed_
     env.es_json(reqwest::Method::PUT, &format!("/{index}/_mapping"), Some(field)).await;
     let out = env.run(&["admin", "retry-failed"]);
     assert!(out.stdout.contains("re-marked 1"), "{out:?}");
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_eq!(env.doc(3).await.unwrap()["university"], json!({"id": 1, "name": "MIT"}));
     assert_eq!(env.dead_letters().await, 0);
     env.assert_converged().await;
@@ -445,8 +444,7 @@ async fn writes_made_while_the_sequence_checks_search_waits_are_not_a_restored_b
     let env = Env::with_directory().await;
     let proxy = env.proxy().await;
     env.add_students(50).await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     // The checking worker reaches the engine through the proxy, which holds every search
     // (the check's "highest version" query) for 3 s, as a busy engine's queue does.
     let held = Duration::from_secs(3);
@@ -458,8 +456,7 @@ async fn writes_made_while_the_sequence_checks_search_waits_are_not_a_restored_b
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.sql("UPDATE students SET age = age + 1").await;
     env.sql("UPDATE students SET age = age + 1 WHERE id <= 10").await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert!(started.elapsed() < held, "the other worker's writes landed while the check's search was held ({:?})", started.elapsed());
     let found = check.await.unwrap().expect("the check answers");
     assert!(proxy.stats().slowed >= 1, "the check's search was held: {:?}", proxy.stats());

@@ -32,22 +32,7 @@ use tidemark::{
 
 /// Every document behind the alias, by `_id` (any key type), as the index returns it.
 async fn index_sources(env: &Env) -> BTreeMap<String, Value> {
-    env.refresh().await;
-    let mut out = BTreeMap::new();
-    let search = json!({"size": 5000, "query": {"match_all": {}}});
-    let mut page = env.es_json(reqwest::Method::POST, &format!("/{}/_search?scroll=1m", env.alias), Some(search)).await;
-    loop {
-        let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-        if hits.is_empty() {
-            break;
-        }
-        for h in hits {
-            out.insert(h["_id"].as_str().expect("an _id").to_string(), h["_source"].clone());
-        }
-        let scroll_id = page["_scroll_id"].as_str().expect("scroll id").to_string();
-        page = env.es_json(reqwest::Method::POST, "/_search/scroll", Some(json!({"scroll": "1m", "scroll_id": scroll_id}))).await;
-    }
-    out
+    env.indexed_sources().await
 }
 
 /// What differs between the documents expected and those indexed (empty: nothing), each

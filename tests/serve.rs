@@ -7,39 +7,14 @@ mod support;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::{body::Body, http::Request, Router};
-use http_body_util::BodyExt;
+use axum::Router;
 use serde_json::{json, Value};
-use support::{free_port, small_directory, Env};
-use tidemark::{config::Secret, search::Search, services::Services, web};
-use tower::ServiceExt;
-
-struct Answer {
-    status: u16,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-async fn get(app: &Router, uri: &str) -> Answer {
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
-}
-
-/// `GET` expecting 200 JSON.
-async fn api(app: &Router, uri: &str) -> Value {
-    let a = get(app, uri).await;
-    assert_eq!(a.status, 200, "{uri}: {}", a.body);
-    a.json()
-}
+use support::{
+    free_port, small_directory,
+    web::{api, encode, error_message, every_hit, get, ids, page, searchable, services_with, with_slow_searches},
+    Env,
+};
+use tidemark::{services::Services, web};
 
 /// The six students of the small directory (MIT = 1, KPI = 2; CS101 = 1, MATH201 = 2),
 /// synced and searchable. Student 6 is named like an attack.
@@ -54,9 +29,7 @@ async fn directory(env: &Env) -> Router {
          INSERT INTO student_courses VALUES (1, 1), (1, 2), (2, 1), (3, 2), (5, 2), (6, 1);",
     )
     .await;
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
-    web::router(env.services())
+    searchable(env).await
 }
 
 /// `n` seeded students (the demo's generator), synced and searchable.
@@ -68,13 +41,7 @@ async fn seeded(env: &Env, n: u64) -> Router {
 /// searchable.
 async fn seeded_with(env: &Env, n: u64, seed: u64) -> Router {
     tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: n, seed }).await.unwrap();
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
-    web::router(env.services())
-}
-
-fn ids(v: &Value) -> Vec<i64> {
-    v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect()
+    searchable(env).await
 }
 
 /// A facet's buckets as value → count.
@@ -208,6 +175,15 @@ async fn facets_are_disjunctive_and_agree_with_counts_from_the_database() {
     assert_eq!(counts(&api(&app, "/api/search?course_q=.%2A").await, "course"), BTreeMap::new());
 }
 
+/// (value, count) rows of `sql`, in the facets' order (count descending, then value).
+async fn per_value(env: &Env, sql: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(sql).fetch_all(&env.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Enrollments per course, in the facets' order.
+const COURSE_COUNTS: &str = "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id
+                              GROUP BY c.name ORDER BY count(*) DESC, c.name COLLATE \"C\"";
+
 /// A facet's listed values and what it leaves out, from per-value counts (count
 /// descending, then value): the top `size` of the values containing `search` (ignoring
 /// case), plus the selected values not among them; the rest is the "other" count.
@@ -233,20 +209,13 @@ async fn what_is_left_out_never_counts_a_value_that_is_listed() {
     let app = seeded_with(&env, 5000, 31).await;
     // The database's own counts per value, in the facets' order (no other selection, so
     // each facet counts everyone: a facet ignores its own selection).
-    let courses: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id
-          GROUP BY c.name ORDER BY count(*) DESC, c.name COLLATE \"C\"",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
-    let universities: Vec<(String, i64)> = sqlx::query_as(
+    let courses = per_value(&env, COURSE_COUNTS).await;
+    let universities = per_value(
+        &env,
         "SELECT u.name, count(*) FROM students s JOIN universities u ON u.id = s.university_id
           GROUP BY u.name ORDER BY count(*) DESC, u.name COLLATE \"C\"",
     )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    .await;
     let enrollments: i64 = courses.iter().map(|(_, n)| n).sum();
     let rank = |all: &[(String, i64)], v: &str| all.iter().position(|(k, _)| k == v).unwrap();
     assert!(rank(&courses, "CS101") >= 10, "CS101 must fall outside the top 10 for this test: {courses:?}");
@@ -254,11 +223,10 @@ async fn what_is_left_out_never_counts_a_value_that_is_listed() {
     let maths: Vec<&String> = courses.iter().map(|(k, _)| k).filter(|k| k.contains("MATH")).collect();
     let math = maths[maths.len() - 1].clone();
     let university = universities[15].0.clone();
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
 
     for (query, facet, all, search, size, selected) in [
         ("course=CS101&size=1".to_string(), "course", &courses, None, 10, vec!["CS101"]),
-        (format!("university={}&size=1", enc(&university)), "university", &universities, None, 10, vec![university.as_str()]),
+        (format!("university={}&size=1", encode(&university)), "university", &universities, None, 10, vec![university.as_str()]),
         // Outside the facet-value search, a pinned value was never in the other count.
         ("course=CS101&course_q=math&facet_size=2&size=1".to_string(), "course", &courses, Some("math"), 2, vec!["CS101"]),
         (format!("course={math}&course_q=math&facet_size=2&size=1"), "course", &courses, Some("math"), 2, vec![math.as_str()]),
@@ -308,46 +276,38 @@ async fn the_page_says_what_the_count_of_values_not_listed_counts() {
     let env = Env::new().await;
     let app = seeded_with(&env, 5000, 31).await;
     let students: i64 = env.scalar_i64("SELECT count(*) FROM students").await;
-    let courses: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT c.name, count(*) FROM student_courses sc JOIN courses c ON c.id = sc.course_id
-          GROUP BY c.name ORDER BY count(*) DESC, c.name COLLATE \"C\"",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let courses = per_value(&env, COURSE_COUNTS).await;
     // Universities of the students taking CS101 (the university facet counts under the
     // course selection).
-    let universities: Vec<(String, i64)> = sqlx::query_as(
+    let universities = per_value(
+        &env,
         "SELECT u.name, count(*) FROM students s JOIN universities u ON u.id = s.university_id
           WHERE EXISTS (SELECT 1 FROM student_courses x JOIN courses c ON c.id = x.course_id WHERE x.student_id = s.id AND c.name = 'CS101')
           GROUP BY u.name ORDER BY count(*) DESC, u.name COLLATE \"C\"",
     )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    .await;
     let (_, enrollments_left_out) = listed_and_left_out(&courses, None, 10, &["CS101"]);
     let (_, students_left_out) = listed_and_left_out(&universities, None, 10, &[]);
     assert!(enrollments_left_out > students, "{enrollments_left_out} enrollments left out, {students} students");
     assert!(students_left_out > 0);
 
     for engine in ["index", "sql"] {
-        let page = get(&app, &format!("/?course=CS101&size=1&engine={engine}")).await;
-        assert_eq!(page.status, 200);
-        assert!(!page.body.contains("students in values not listed"), "engine={engine}:\n{}", page.body);
-        let course = facet_section(&page.body, "course");
+        let html = page(&app, &format!("/?course=CS101&size=1&engine={engine}")).await;
+        assert!(!html.contains("students in values not listed"), "engine={engine}:\n{html}");
+        let course = facet_section(&html, "course");
         let want = format!(
             r#"<p class="other">+ {} more enrollments in courses not listed; find one above</p>"#,
             with_commas(enrollments_left_out)
         );
         assert!(course.contains(&want), "engine={engine}: want {want}\n{course}");
-        let university = facet_section(&page.body, "university");
+        let university = facet_section(&html, "university");
         let want = format!(
             r#"<p class="other">+ {} more students at universities not listed; find one above</p>"#,
             with_commas(students_left_out)
         );
         assert!(university.contains(&want), "engine={engine}: want {want}\n{university}");
         // Four years, all listed: nothing is left out, and nothing says so.
-        assert!(!facet_section(&page.body, "year").contains(r#"class="other""#), "engine={engine}");
+        assert!(!facet_section(&html, "year").contains(r#"class="other""#), "engine={engine}");
     }
     // A year left out counts students (each has one year).
     let page = get(&app, "/?facet_size=3&size=1").await;
@@ -397,19 +357,7 @@ async fn selected_values_stay_visible_at_zero_and_the_histogram_has_every_bucket
 
 /// Follows `next` from the first page to the last; returns every hit's id and sort key.
 async fn walk(app: &Router, base: &str, key: &str) -> Vec<(Value, i64)> {
-    let mut out = Vec::new();
-    let mut uri = base.to_string();
-    for _ in 0..1000 {
-        let v = api(app, &uri).await;
-        for h in v["hits"].as_array().unwrap() {
-            out.push((h[key].clone(), h["id"].as_i64().unwrap()));
-        }
-        match v["next"].as_str() {
-            Some(next) => uri = format!("{base}&after={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()),
-            None => return out,
-        }
-    }
-    panic!("more than 1000 pages");
+    every_hit(app, base).await.iter().map(|h| (h[key].clone(), h["id"].as_i64().unwrap())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,9 +383,8 @@ async fn pages_follow_each_other_without_repeating_or_skipping_anyone() {
     }
     // Page numbers reach the first 10,000 results; past them, a 400 says what to use.
     assert_eq!(get(&app, "/api/search?size=100&page=100").await.status, 200);
-    let deep = get(&app, "/api/search?size=100&page=101").await;
-    assert_eq!(deep.status, 400);
-    assert!(deep.json()["error"]["message"].as_str().unwrap().contains("follow the `next` cursor"), "{}", deep.body);
+    let deep = error_message(&app, "/api/search?size=100&page=101", 400).await;
+    assert!(deep.contains("follow the `next` cursor"), "{deep}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,9 +497,7 @@ async fn bad_input_gets_a_400_that_says_what_was_wrong() {
         ("/api/students/abc", "not a student id"),
         ("/api/students/0", "not a student id"),
     ] {
-        let a = get(&app, uri).await;
-        assert_eq!(a.status, 400, "{uri}: {}", a.body);
-        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        let message = error_message(&app, uri, 400).await;
         assert!(message.contains(says), "{uri}: {message}");
     }
     // The page says it too, as a page.
@@ -582,10 +527,7 @@ async fn parameters_that_are_not_utf8_get_a_400_that_says_so() {
         ("/api/students/1?x=%C3%28", ["`x`", value, "%C3%28", how]),
         ("/api/students/%C3%28", ["`id`", value, "%C3%28", "as in /students/42"]),
     ] {
-        let a = get(&app, uri).await;
-        assert_eq!(a.status, 400, "{uri}: {}", a.body);
-        assert!(a.headers["content-type"].to_str().unwrap().starts_with("application/json"), "{uri}");
-        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        let message = error_message(&app, uri, 400).await;
         for s in says {
             assert!(message.contains(s), "{uri}: {message:?} should say {s:?}");
         }
@@ -670,13 +612,11 @@ async fn every_value_from_the_index_or_database_is_escaped() {
     let env = Env::new().await;
     let app = directory(&env).await;
     env.sql("UPDATE universities SET name = '<img src=x onerror=alert(2)>' WHERE id = 2").await;
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
+    env.drain_and_refresh().await;
     for uri in ["/", "/?q=evil", "/?q=%3Cscript%3E", "/students/6", "/students/2", "/?course=%3Cscript%3Ealert(3)%3C/script%3E"] {
-        let page = get(&app, uri).await;
-        assert_eq!(page.status, 200, "{uri}");
-        assert!(!page.body.contains("<script>alert"), "{uri} renders markup from data:\n{}", page.body);
-        assert!(!page.body.contains("<img src=x"), "{uri} renders markup from data");
+        let html = page(&app, uri).await;
+        assert!(!html.contains("<script>alert"), "{uri} renders markup from data:\n{html}");
+        assert!(!html.contains("<img src=x"), "{uri} renders markup from data");
     }
     let page = get(&app, "/?q=evil").await;
     // askama escapes with numeric character references (&#60; is <).
@@ -703,21 +643,6 @@ async fn every_answer_carries_security_headers() {
     // No inline style or script anywhere a CSP would have to allow.
     let page = get(&app, "/?course=CS101").await.body;
     assert!(!page.contains("style=") && !page.contains("onclick") && !page.contains("<style"), "{page}");
-}
-
-/// Services whose search server and/or database are addresses where nothing listens, with
-/// credentials in the URLs that must never be shown.
-fn services_with(env: &Env, es: Option<String>, db: Option<String>) -> Services {
-    let mut config = (*env.config).clone();
-    if let Some(es) = es {
-        config.elasticsearch_url = Some(Secret::new(es));
-    }
-    let pool = match db {
-        Some(url) => sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy(&url).unwrap(),
-        None => env.pool.clone(),
-    };
-    let search = Search::new(&config).unwrap();
-    Services::new(pool, search, Arc::new(config))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,17 +693,16 @@ async fn a_database_down_gives_a_503_student_page_without_credentials() {
 async fn no_results_offer_to_remove_each_filter_or_clear_them_all() {
     let env = Env::new().await;
     let app = directory(&env).await;
-    let page = get(&app, "/?q=ann&course=MATH201&university=KPI&year=SO").await;
-    assert_eq!(page.status, 200);
-    assert!(page.body.contains("No students match"), "{}", page.body);
+    let html = page(&app, "/?q=ann&course=MATH201&university=KPI&year=SO").await;
+    assert!(html.contains("No students match"), "{html}");
     for (label, href) in [
         ("Remove Courses: MATH201", "/?q=ann&#38;university=KPI&#38;year=SO"),
         ("Remove University: KPI", "/?q=ann&#38;course=MATH201&#38;year=SO"),
         ("Remove Year in school: SO", "/?q=ann&#38;course=MATH201&#38;university=KPI"),
     ] {
-        assert!(page.body.contains(&format!(r#"<a class="remove-filter" href="{href}">{label}</a>"#)), "{label}: {}", page.body);
+        assert!(html.contains(&format!(r#"<a class="remove-filter" href="{href}">{label}</a>"#)), "{label}: {html}");
     }
-    assert!(page.body.contains(r#"<a id="clear-all" href="/?q=ann">Clear all filters</a>"#));
+    assert!(html.contains(r#"<a id="clear-all" href="/?q=ann">Clear all filters</a>"#));
     // Following one of them finds students again.
     let removed = get(&app, "/?q=ann&course=MATH201&university=KPI").await;
     assert!(removed.body.contains("Anna") || removed.body.contains("Ann"));
@@ -827,8 +751,7 @@ async fn searches_go_through_the_alias_so_a_reindex_breaks_no_page() {
     tidemark::reindex::start(&env.services(), 2, "test").await.unwrap();
     // While the new index is built, pages keep answering from the live one.
     assert_eq!(ids(&api(&app, "/api/search?sort=age").await), ids(&before));
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_ne!(env.search.alias_targets(&env.alias).await.unwrap(), old, "the alias moved");
     assert_eq!(ids(&api(&app, "/api/search?sort=age").await), ids(&before));
     assert_eq!(api(&app, "/api/suggest?q=ann").await.as_array().unwrap().len(), 3);
@@ -886,15 +809,8 @@ fn counts_of(v: &Value) -> Value {
 async fn concurrent_identical_searches_make_one_engine_request() {
     let env = Env::new().await;
     let _ = directory(&env).await;
-    let proxy = support::fault_proxy::FaultProxy::start(&env.es_url).await;
-    let app = web::router(services_with(&env, Some(proxy.url()), None));
     // Every search the engine receives is held 300 ms: requests sent at once overlap.
-    proxy.set(support::fault_proxy::Faults {
-        slow: 1.0,
-        delay: Duration::from_millis(300),
-        only_path: Some("_search".into()),
-        ..Default::default()
-    });
+    let (proxy, app) = with_slow_searches(&env).await;
     let searches = || proxy.stats().slowed;
 
     // What one search costs the engine alone.
@@ -1136,10 +1052,9 @@ async fn split_requests_answer_exactly_what_the_one_request_answers() {
     let env = Env::new().await;
     let app = seeded(&env, 3_000).await;
     let page1 = api(&app, "/api/search?sort=last_name&course=CS101").await;
-    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
-    let after = enc(page1["next"].as_str().unwrap());
+    let after = encode(page1["next"].as_str().unwrap());
     let page1_rel = api(&app, "/api/search").await;
-    let after_rel = enc(page1_rel["next"].as_str().unwrap());
+    let after_rel = encode(page1_rel["next"].as_str().unwrap());
     let requests = [
         String::new(),
         "course=CS101".into(),

@@ -6,74 +6,21 @@
 
 mod support;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::collections::BTreeMap;
 
-use axum::{body::Body, http::Request, Router};
-use http_body_util::BodyExt;
+use axum::Router;
 use serde_json::{json, Value};
-use support::{free_port, Env};
-use tidemark::{config::Secret, search::Search, services::Services, web};
-use tower::ServiceExt;
+use support::{
+    free_port,
+    web::{api, error_message, every_hit, four_experiments, get, ids, page, searchable, services_with, with_slow_searches},
+    Env,
+};
+use tidemark::web;
 
-struct Answer {
-    status: u16,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-async fn get(app: &Router, uri: &str) -> Answer {
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
-}
-
-async fn api(app: &Router, uri: &str) -> Value {
-    let a = get(app, uri).await;
-    assert_eq!(a.status, 200, "{uri}: {}", a.body);
-    a.json()
-}
-
-async fn page(app: &Router, uri: &str) -> String {
-    let a = get(app, uri).await;
-    assert_eq!(a.status, 200, "{uri}: {}", a.body);
-    assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
-    a.body
-}
-
-/// An environment with the refinebio model loaded and its tables created.
-async fn refinebio() -> Env {
-    Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |_| {}).await
-}
-
-/// Four experiments over eight samples of three organisms on two platforms. Samples 1 and
-/// 3 are each in two experiments, so a facet value's unique samples are not the sum of its
-/// experiments' samples. Experiment 4's title is an attack.
+/// The [`four_experiments`], synced and searchable.
 async fn experiments(env: &Env) -> Router {
-    env.sql(
-        "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus'), (3, 'Danio rerio');
-         INSERT INTO platforms (id, name) VALUES (1, 'Illumina HiSeq 2500'), (2, 'Affymetrix HG-U133');
-         INSERT INTO samples (id, accession_code, organism_id, platform_id) VALUES
-           (1, 'GSM1', 1, 1), (2, 'GSM2', 1, 1), (3, 'GSM3', 2, 1), (4, 'GSM4', 2, 2), (5, 'GSM5', 2, 2),
-           (6, 'GSM6', 3, 1), (7, 'GSM7', 3, 1), (8, 'GSM8', 1, 2);
-         INSERT INTO experiments (id, accession_code, title, description, technology) VALUES
-           (1, 'GSE1', 'Human liver expression', 'RNA of human livers', 'RNA-SEQ'),
-           (2, 'GSE2', 'Mouse brain arrays', 'Arrays of mouse brains', 'MICROARRAY'),
-           (3, 'GSE3', 'Zebrafish development', 'Embryos over time', 'RNA-SEQ'),
-           (4, 'GSE4', '<script>alert(1)</script> human', 'An attack in a title', 'MICROARRAY');
-         INSERT INTO experiment_samples VALUES (1, 1), (1, 2), (1, 3), (2, 3), (2, 4), (2, 5), (3, 6), (3, 7), (4, 1), (4, 8);",
-    )
-    .await;
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
-    web::router(env.services())
+    four_experiments(env).await;
+    searchable(env).await
 }
 
 /// (experiments, unique samples) per value of a facet, computed here in SQL: `values` is a
@@ -105,13 +52,9 @@ fn facet_counts(v: &Value, facet: &str) -> BTreeMap<String, (i64, i64)> {
         .collect()
 }
 
-fn ids(v: &Value) -> Vec<i64> {
-    v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facets_show_each_values_unique_samples_as_sql_counts_them() {
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     let app = experiments(&env).await;
     let v = api(&app, "/api/search?distinct=samples").await;
     assert_eq!(v["total"], json!({"value": 4, "relation": "eq"}));
@@ -140,7 +83,7 @@ async fn facets_show_each_values_unique_samples_as_sql_counts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn picking_an_organism_filters_the_experiments_and_changes_the_other_counts() {
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     let app = experiments(&env).await;
     let all = api(&app, "/api/search?distinct=samples").await;
     let mouse = api(&app, "/api/search?distinct=samples&organism=Mus+musculus").await;
@@ -174,7 +117,7 @@ async fn picking_an_organism_filters_the_experiments_and_changes_the_other_count
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_come_from_the_model_and_others_get_a_400_naming_them() {
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     let app = experiments(&env).await;
     for (uri, says) in [
         ("/api/search?course=CS101", "unknown parameter `course`"),
@@ -191,12 +134,10 @@ async fn parameters_come_from_the_model_and_others_get_a_400_naming_them() {
         ("/api/suggest", "`q` is required: the first letters of an experiment's accession code or title"),
         ("/api/suggest?q=ab&colour=red", "unknown parameter `colour`; /api/suggest takes q and size"),
     ] {
-        let a = get(&app, uri).await;
-        assert_eq!(a.status, 400, "{uri}: {}", a.body);
-        let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+        let message = error_message(&app, uri, 400).await;
         assert!(message.contains(says), "{uri}: {message}");
     }
-    let known = get(&app, "/api/search?course=CS101").await.json()["error"]["message"].as_str().unwrap().to_string();
+    let known = error_message(&app, "/api/search?course=CS101", 400).await;
     assert!(known.contains("organism") && known.contains("platform") && known.contains("technology"), "{known}");
     let html = get(&app, "/?year=FR").await;
     assert_eq!(html.status, 400);
@@ -213,7 +154,7 @@ async fn parameters_come_from_the_model_and_others_get_a_400_naming_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_experiment_page_reads_the_database_and_says_when_the_index_lags() {
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     let app = experiments(&env).await;
     let html = page(&app, "/experiments/2").await;
     assert!(html.contains("<h1 id=\"document-title\">GSE2: Mouse brain arrays</h1>"), "{html}");
@@ -240,9 +181,8 @@ async fn the_experiment_page_reads_the_database_and_says_when_the_index_lags() {
     let missing = get(&app, "/experiments/99").await;
     assert_eq!(missing.status, 404);
     assert!(missing.body.contains("There is no experiment with id 99 in the database."), "{}", missing.body);
-    let bad = get(&app, "/api/experiments/abc").await;
-    assert_eq!(bad.status, 400);
-    assert!(bad.json()["error"]["message"].as_str().unwrap().contains("is not an experiment id"), "{}", bad.body);
+    let bad = error_message(&app, "/api/experiments/abc", 400).await;
+    assert!(bad.contains("is not an experiment id"), "{bad}");
     assert_eq!(get(&app, "/students/1").await.status, 404, "no student pages for this model");
     let not_utf8 = get(&app, "/experiments/%C3%28").await;
     assert_eq!(not_utf8.status, 400);
@@ -261,7 +201,7 @@ async fn the_experiment_page_reads_the_database_and_says_when_the_index_lags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sql_engine_gives_the_same_counts_as_the_index() {
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     let app = experiments(&env).await;
     for q in [
         "",
@@ -288,24 +228,12 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_follow_each_other_and_suggestions_open_experiments() {
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     let app = experiments(&env).await;
     for engine in ["index", "sql"] {
         for sort in ["accession", "-accession", "relevance"] {
-            let mut seen = Vec::new();
-            let mut uri = format!("/api/search?sort={sort}&size=1&engine={engine}");
-            loop {
-                let v = api(&app, &uri).await;
-                seen.extend(ids(&v));
-                match v["next"].as_str() {
-                    Some(n) => {
-                        let n: String = url::form_urlencoded::byte_serialize(n.as_bytes()).collect();
-                        uri = format!("/api/search?sort={sort}&size=1&engine={engine}&after={n}");
-                    }
-                    None => break,
-                }
-                assert!(seen.len() <= 4, "{engine} {sort}: {seen:?}");
-            }
+            let hits = every_hit(&app, &format!("/api/search?sort={sort}&size=1&engine={engine}")).await;
+            let seen: Vec<i64> = hits.iter().map(|h| h["id"].as_i64().unwrap()).collect();
             let want: Vec<i64> = if sort == "-accession" { vec![4, 3, 2, 1] } else { vec![1, 2, 3, 4] };
             assert_eq!(seen, want, "{engine} sort={sort}");
         }
@@ -341,8 +269,7 @@ async fn the_generic_application_counts_the_students_model_as_the_students_pages
     // the same model's [search] view, must count exactly as they do (on both engines).
     let env = Env::new().await;
     tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 2000, seed: 11 }).await.unwrap();
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
+    env.drain_and_refresh().await;
     let services = env.services();
     let model = services.model.clone();
     let app = web::App::new(services);
@@ -374,23 +301,9 @@ async fn the_generic_application_counts_the_students_model_as_the_students_pages
     }
 }
 
-/// Services whose search server and/or database are addresses where nothing listens, with
-/// credentials in the URLs that must never be shown.
-fn services_with(env: &Env, es: Option<String>, db: Option<String>) -> Services {
-    let mut config = (*env.config).clone();
-    if let Some(es) = es {
-        config.elasticsearch_url = Some(Secret::new(es));
-    }
-    let pool = match db {
-        Some(url) => sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy(&url).unwrap(),
-        None => env.pool.clone(),
-    };
-    Services::new(pool, Search::new(&config).unwrap(), Arc::new(config))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_database() {
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     let _ = experiments(&env).await;
     let port = free_port();
     let app = web::router(services_with(&env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None));
@@ -431,11 +344,9 @@ async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_da
 async fn seeded_experiments_count_the_same_unique_samples_in_the_index_and_in_sql() {
     // The seeder's refine.bio (as `tidemark seed --model refinebio` makes it): shared
     // samples, ten organisms, ten platforms.
-    let env = refinebio().await;
+    let env = Env::refinebio().await;
     tidemark_seeds::refinebio::seed(&env.pool, &tidemark_seeds::refinebio::Options { experiments: 300, seed: 5 }).await.unwrap();
-    env.engine().drain().await.unwrap();
-    env.refresh().await;
-    let app = web::router(env.services());
+    let app = searchable(&env).await;
     for q in [
         "distinct=samples&facet_size=20",
         "distinct=samples&facet_size=20&organism=MUS_MUSCULUS",
@@ -480,14 +391,7 @@ async fn concurrent_identical_searches_of_a_model_make_one_engine_request_and_an
     })
     .await;
     let _ = experiments(&env).await;
-    let proxy = support::fault_proxy::FaultProxy::start(&env.es_url).await;
-    let app = web::router(services_with(&env, Some(proxy.url()), None));
-    proxy.set(support::fault_proxy::Faults {
-        slow: 1.0,
-        delay: Duration::from_millis(300),
-        only_path: Some("_search".into()),
-        ..Default::default()
-    });
+    let (proxy, app) = with_slow_searches(&env).await;
     let searches = || proxy.stats().slowed;
     let before = searches();
     let alone = api(&app, "/api/search?organism=Danio+rerio&distinct=samples").await;

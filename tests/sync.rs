@@ -18,8 +18,7 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
          INSERT INTO student_courses VALUES (1, 2), (1, 1), (2, 1);",
     )
     .await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_eq!(
         env.doc(1).await.unwrap(),
         json!({"first_name": "Ann", "last_name": "Lee", "age": 20, "year_in_school": "FR",
@@ -32,16 +31,14 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
 
     // Update.
     env.sql("UPDATE students SET first_name = 'Anna', age = 21 WHERE id = 1").await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     let d = env.doc(1).await.unwrap();
     assert_eq!((d["first_name"].clone(), d["age"].clone()), (json!("Anna"), json!(21)));
     assert_eq!(d["name_complete"]["input"], json!(["Anna", "Lee", "Anna Lee"]));
 
     // Enrollment added and removed.
     env.sql("INSERT INTO student_courses VALUES (3, 2); DELETE FROM student_courses WHERE student_id = 1 AND course_id = 1").await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_eq!(env.doc(3).await.unwrap()["course_names"], json!(["MATH201"]));
     assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["MATH201"]));
 
@@ -56,27 +53,23 @@ async fn every_kind_of_write_reaches_the_index_exactly() {
 
     // Course renamed.
     env.sql("UPDATE courses SET name = 'ALG201' WHERE id = 2").await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_eq!(env.doc(1).await.unwrap()["course_names"], json!(["ALG201"]));
     assert_eq!(env.doc(3).await.unwrap()["course_names"], json!(["ALG201"]));
 
     // University deleted: its students' university becomes null.
     env.sql("DELETE FROM universities WHERE id = 2").await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_eq!(env.doc(2).await.unwrap()["university"], json!(null));
 
     // Course deleted: it leaves its students' course lists.
     env.sql("DELETE FROM courses WHERE id = 1").await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_eq!(env.doc(2).await.unwrap()["course_names"], json!([]));
 
     // Student deleted: the document goes.
     env.sql("DELETE FROM students WHERE id = 3").await;
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert_eq!(env.doc(3).await, None);
 
     env.assert_converged().await;
@@ -132,8 +125,7 @@ async fn single_row_updates_mark_what_changed_including_a_changed_id() {
         2,
         "both sides of an id change are marked"
     );
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     assert!(env.doc(2).await.is_none());
     assert_eq!(env.doc(2002).await.unwrap()["last_name"], json!("Kim"));
     let one = env.doc(1).await.unwrap();

@@ -39,7 +39,8 @@
 //! repoint experiment-sample rows, move samples to other organisms and platforms, change
 //! an experiment's id, run bulk statements and transactions that roll back; the operator
 //! deletes experiments before its rollback, the bursts insert experiments (with samples);
-//! the checker builds each experiment's document from the tables in Rust ([`refinebio`]).
+//! the checker builds each experiment's document from the tables in Rust
+//! ([`Env::expected_experiments`]).
 //! Only [`model::Model`] and the writers' operations know the model; the fleet, the chaos,
 //! the faults, the operator and the report are shared. The two tests run one after the
 //! other (each loads two cores by itself).
@@ -55,8 +56,8 @@
 //!
 //! The harness's parts: [`model`] (what differs between models), [`settings`] (these
 //! knobs, the workers' config, the fault plan and the waves), [`fleet`] (the processes and what is done to them), [`writers`] and [`ops`]
-//! (the writers and the students' operations), [`refinebio`] (refinebio's operations and
-//! expected documents), [`operator`] and [`burst`] (reindexes, rollbacks and
+//! (the writers, their SQL helpers and the students' operations), [`refinebio`] (refinebio's
+//! operations), [`operator`] and [`burst`] (reindexes, rollbacks and
 //! the insert bursts around them), [`chaos`] (the loop and the drain) and [`report`] (what
 //! is checked, and the summary).
 

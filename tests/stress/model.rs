@@ -58,7 +58,7 @@ impl Model {
     pub async fn env(self) -> Env {
         match self {
             Model::Students => Env::new().await,
-            Model::Refinebio => Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |_| {}).await,
+            Model::Refinebio => Env::refinebio().await,
         }
     }
 
@@ -88,7 +88,7 @@ impl Model {
     pub async fn expected_docs(self, env: &Env) -> BTreeMap<i64, Value> {
         match self {
             Model::Students => env.expected_docs().await,
-            Model::Refinebio => refinebio::expected_docs(&env.pool).await,
+            Model::Refinebio => env.expected_experiments().await,
         }
     }
 

@@ -4,9 +4,9 @@
 
 use futures::future::BoxFuture;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng};
-use sqlx::{postgres::PgArguments, query::Query, Connection, PgConnection, Postgres};
+use sqlx::{Connection, PgConnection};
 
-use crate::writers::Ops;
+use crate::writers::{count, exec, some, some_row, Ops};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
@@ -35,7 +35,7 @@ pub enum Op {
     NoopBulkUpdate,
 }
 
-/// Every operation, with its weight in the choice and its name in the summary.
+/// Every operation, with its weight in the choice and its name in the summary ([`Ops::OPS`]).
 const OPS: &[(Op, u32, &str)] = &[
     (Op::UpdateStudent, 240, "update student"),
     (Op::InsertStudent, 70, "insert student (+ enrollments)"),
@@ -64,18 +64,7 @@ const OPS: &[(Op, u32, &str)] = &[
 
 impl Ops for Op {
     const SMALL: Op = Op::UpdateStudent;
-
-    fn pick(rng: &mut StdRng) -> Op {
-        let total: u32 = OPS.iter().map(|(_, w, _)| w).sum();
-        let mut x = rng.gen_range(0..total);
-        for (op, w, _) in OPS {
-            if x < *w {
-                return *op;
-            }
-            x -= w;
-        }
-        unreachable!()
-    }
+    const OPS: &'static [(Op, u32, &'static str)] = OPS;
 
     /// A trickle of single-student changes that leaves the number of students alone.
     fn is_calm(self) -> bool {
@@ -87,12 +76,17 @@ impl Ops for Op {
         matches!(self, BulkUpdate | BulkEnroll | BulkUnenroll | BulkInsert | BulkDelete | MergeUniversities | NoopBulkUpdate)
     }
 
-    fn name(self) -> &'static str {
-        OPS.iter().find(|(op, _, _)| *op == self).expect("every operation is in OPS").2
-    }
-
+    /// Keeps the number of universities and courses within bounds.
     fn rebalance(c: &mut PgConnection, op: Op) -> BoxFuture<'_, Result<Op, sqlx::Error>> {
-        rebalance(c, op)
+        Box::pin(async move {
+            Ok(match op {
+                Op::InsertUniversity if count(c, "universities").await? > 120 => Op::DeleteUniversity,
+                Op::DeleteUniversity if count(c, "universities").await? < 10 => Op::InsertUniversity,
+                Op::InsertCourse if count(c, "courses").await? > 150 => Op::DeleteCourse,
+                Op::DeleteCourse if count(c, "courses").await? < 10 => Op::InsertCourse,
+                other => other,
+            })
+        })
     }
 
     fn run<'a>(
@@ -103,7 +97,7 @@ impl Ops for Op {
         n: u64,
         target: i64,
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-        run_op(c, rng, op, w, n, target)
+        Box::pin(run_op(c, rng, op, w, n, target))
     }
 }
 
@@ -143,29 +137,6 @@ fn course_name(rng: &mut StdRng, w: usize, n: u64) -> String {
     format!("{}{}{w}", COURSE_PREFIX.choose(rng).unwrap(), n % 1000)
 }
 
-type Statement<'q> = Query<'q, Postgres, PgArguments>;
-
-/// Runs a statement on a connection or in a transaction; the number of rows it touched.
-async fn exec(c: &mut PgConnection, q: Statement<'_>) -> Result<u64, sqlx::Error> {
-    Ok(q.execute(c).await?.rows_affected())
-}
-
-/// An existing student id (or none when the table is empty).
-async fn some_student(c: &mut PgConnection, rng: &mut StdRng) -> Result<Option<i64>, sqlx::Error> {
-    let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM students").fetch_one(&mut *c).await?;
-    let Some(max) = max else { return Ok(None) };
-    let at = rng.gen_range(1..=max.max(1));
-    sqlx::query_scalar("SELECT id FROM students WHERE id >= $1 ORDER BY id LIMIT 1").bind(at).fetch_optional(&mut *c).await
-}
-
-async fn some_row(c: &mut PgConnection, table: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY random() LIMIT 1")).fetch_optional(&mut *c).await
-}
-
-async fn count(c: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut *c).await
-}
-
 /// One random update of one student, on any executor (a transaction or the connection).
 async fn update_one(c: &mut PgConnection, rng: &mut StdRng, id: i64) -> Result<u64, sqlx::Error> {
     let q = match rng.gen_range(0..6) {
@@ -185,37 +156,12 @@ async fn update_one(c: &mut PgConnection, rng: &mut StdRng, id: i64) -> Result<u
     exec(c, q).await
 }
 
-/// Keeps the number of universities and courses within bounds: an insert past the upper
-/// bound becomes a delete, a delete under the lower bound an insert.
-fn rebalance(c: &mut PgConnection, op: Op) -> BoxFuture<'_, Result<Op, sqlx::Error>> {
-    Box::pin(async move {
-        Ok(match op {
-            Op::InsertUniversity if count(c, "universities").await? > 120 => Op::DeleteUniversity,
-            Op::DeleteUniversity if count(c, "universities").await? < 10 => Op::InsertUniversity,
-            Op::InsertCourse if count(c, "courses").await? > 150 => Op::DeleteCourse,
-            Op::DeleteCourse if count(c, "courses").await? < 10 => Op::InsertCourse,
-            other => other,
-        })
-    })
-}
-
 /// One operation (see [`Ops::run`]).
-fn run_op<'a>(
-    c: &'a mut PgConnection,
-    rng: &'a mut StdRng,
-    op: Op,
-    w: usize,
-    n: u64,
-    target: i64,
-) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-    Box::pin(run_op_inner(c, rng, op, w, n, target))
-}
-
-async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64, target: i64) -> Result<u64, sqlx::Error> {
+async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64, target: i64) -> Result<u64, sqlx::Error> {
     use sqlx::query as q;
     match op {
         Op::UpdateStudent => {
-            let Some(id) = some_student(c, rng).await? else { return Ok(0) };
+            let Some(id) = some(c, rng, "students").await? else { return Ok(0) };
             update_one(c, rng, id).await
         }
         Op::InsertStudent => {
@@ -241,22 +187,22 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
             Ok(1 + k)
         }
         Op::DeleteStudent => {
-            let Some(id) = some_student(c, rng).await? else { return Ok(0) };
+            let Some(id) = some(c, rng, "students").await? else { return Ok(0) };
             exec(c, q("DELETE FROM students WHERE id = $1").bind(id)).await
         }
         Op::Enroll => {
-            let (Some(s), Some(course)) = (some_student(c, rng).await?, some_row(c, "courses").await?) else { return Ok(0) };
+            let (Some(s), Some(course)) = (some(c, rng, "students").await?, some_row(c, "courses").await?) else { return Ok(0) };
             exec(c, q("INSERT INTO student_courses (student_id, course_id) VALUES ($1, $2) ON CONFLICT DO NOTHING").bind(s).bind(course))
                 .await
         }
         Op::Unenroll => {
-            let Some(s) = some_student(c, rng).await? else { return Ok(0) };
+            let Some(s) = some(c, rng, "students").await? else { return Ok(0) };
             let unenroll = "DELETE FROM student_courses WHERE (student_id, course_id) IN
                               (SELECT student_id, course_id FROM student_courses WHERE student_id >= $1 ORDER BY student_id LIMIT 1)";
             exec(c, q(unenroll).bind(s)).await
         }
         Op::ChangeUniversity => {
-            let Some(s) = some_student(c, rng).await? else { return Ok(0) };
+            let Some(s) = some(c, rng, "students").await? else { return Ok(0) };
             let uni = if rng.gen_bool(0.85) { some_row(c, "universities").await? } else { None };
             exec(c, q("UPDATE students SET university_id = $2 WHERE id = $1").bind(s).bind(uni)).await
         }
@@ -302,8 +248,8 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
             exec(c, q("DELETE FROM courses WHERE id = $1").bind(k)).await
         }
         Op::MultiStatementTx => {
-            let a = some_student(c, rng).await?;
-            let b = some_student(c, rng).await?;
+            let a = some(c, rng, "students").await?;
+            let b = some(c, rng, "students").await?;
             let course = some_row(c, "courses").await?;
             let uni = some_row(c, "universities").await?;
             let mut tx = c.begin().await?;
@@ -329,7 +275,7 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
         }
         Op::RolledBackTx => {
             // Everything here is undone: nothing of it may ever reach the index.
-            let a = some_student(c, rng).await?;
+            let a = some(c, rng, "students").await?;
             let uni = some_row(c, "universities").await?;
             let course = some_row(c, "courses").await?;
             let mut tx = c.begin().await?;
@@ -358,8 +304,8 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
             Ok(0)
         }
         Op::SavepointRollback => {
-            let a = some_student(c, rng).await?;
-            let b = some_student(c, rng).await?;
+            let a = some(c, rng, "students").await?;
+            let b = some(c, rng, "students").await?;
             let course = some_row(c, "courses").await?;
             let mut tx = c.begin().await?;
             let mut rows = 0;
@@ -434,7 +380,7 @@ async fn run_op_inner(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, 
         Op::MoveStudentId => {
             // The old document must go and the new one come. A student with enrollments
             // cannot move (no ON UPDATE CASCADE): the FK refuses, which is fine.
-            let Some(s) = some_student(c, rng).await? else { return Ok(0) };
+            let Some(s) = some(c, rng, "students").await? else { return Ok(0) };
             let moved = "UPDATE students SET id = nextval(pg_get_serial_sequence('students', 'id'))
                           WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM student_courses WHERE student_id = $1)";
             exec(c, q(moved).bind(s)).await

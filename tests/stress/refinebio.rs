@@ -3,61 +3,13 @@
 //! deleted, experiment-sample rows added, removed and repointed, samples moved to another
 //! organism or platform, an experiment's id changed, statements over hundreds of rows,
 //! transactions committed, rolled back and rolled back to a savepoint — the insert bursts'
-//! experiments, and the checker's documents, built here from the tables in Rust
-//! (independently of tidemark's document query; the same construction as
-//! `tests/models.rs`'s `refinebio_expected`).
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+//! experiments. The checker's documents are [`crate::support::Env::expected_experiments`].
 
 use futures::future::BoxFuture;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng};
-use serde_json::{json, Value};
-use sqlx::{postgres::PgArguments, query::Query, Connection, PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection};
 
-use crate::writers::Ops;
-
-/// refinebio's document of every experiment, by id.
-pub async fn expected_docs(pool: &PgPool) -> BTreeMap<i64, Value> {
-    let experiments: Vec<(i64, String, String, String, String, bool)> =
-        sqlx::query_as("SELECT id, accession_code, title, description, technology, is_public FROM experiments")
-            .fetch_all(pool)
-            .await
-            .expect("experiments");
-    let links: Vec<(i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT es.experiment_id, s.id, o.name, p.name FROM experiment_samples es JOIN samples s ON s.id = es.sample_id
-           LEFT JOIN organisms o ON o.id = s.organism_id LEFT JOIN platforms p ON p.id = s.platform_id",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("experiment samples");
-    type Sets = (BTreeSet<i64>, BTreeSet<String>, BTreeSet<String>);
-    let mut per: HashMap<i64, Sets> = HashMap::new();
-    for (e, s, o, p) in links {
-        let sets = per.entry(e).or_default();
-        sets.0.insert(s);
-        sets.1.extend(o);
-        sets.2.extend(p);
-    }
-    experiments
-        .into_iter()
-        .map(|(id, accession, title, description, technology, public)| {
-            let (samples, organisms, platforms) = per.remove(&id).unwrap_or_default();
-            let doc = json!({
-                "accession_code": accession,
-                "title": title,
-                "description": description,
-                "technology": technology,
-                "is_public": public,
-                "sample_ids": samples,
-                "organism_names": organisms,
-                "platform_names": platforms,
-                "title_complete": {"input": [title, accession]},
-                "id": id,
-            });
-            (id, doc)
-        })
-        .collect()
-}
+use crate::writers::{count, exec, some, some_row, Ops};
 
 /// An insert burst's experiment: one statement (its own transaction) that also links it to
 /// up to three existing samples.
@@ -184,29 +136,6 @@ fn name_of(rng: &mut StdRng, words: &[&str], w: usize, n: u64) -> String {
     format!("{} {w}-{n}", words.choose(rng).unwrap())
 }
 
-type Statement<'q> = Query<'q, Postgres, PgArguments>;
-
-async fn exec(c: &mut PgConnection, q: Statement<'_>) -> Result<u64, sqlx::Error> {
-    Ok(q.execute(c).await?.rows_affected())
-}
-
-/// An existing row of a table keyed by `id` (experiments, samples), spread over its ids.
-async fn some(c: &mut PgConnection, rng: &mut StdRng, table: &str) -> Result<Option<i64>, sqlx::Error> {
-    let max: Option<i64> = sqlx::query_scalar(&format!("SELECT max(id) FROM {table}")).fetch_one(&mut *c).await?;
-    let Some(max) = max else { return Ok(None) };
-    let at = rng.gen_range(1..=max.max(1));
-    sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE id >= $1 ORDER BY id LIMIT 1")).bind(at).fetch_optional(&mut *c).await
-}
-
-/// A random row of a small table (organisms, platforms).
-async fn some_row(c: &mut PgConnection, table: &str) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY random() LIMIT 1")).fetch_optional(&mut *c).await
-}
-
-async fn count(c: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut *c).await
-}
-
 /// One random update of one experiment's own columns.
 async fn update_experiment(c: &mut PgConnection, rng: &mut StdRng, id: i64, w: usize, n: u64) -> Result<u64, sqlx::Error> {
     use sqlx::query as q;
@@ -230,37 +159,18 @@ async fn update_experiment(c: &mut PgConnection, rng: &mut StdRng, id: i64, w: u
     exec(c, statement).await
 }
 
-/// An organism (or, one time in ten, none).
-async fn organism_or_none(c: &mut PgConnection, rng: &mut StdRng) -> Result<Option<i64>, sqlx::Error> {
+/// A random row of a small table (organisms, platforms), or, one time in ten, none.
+async fn some_row_or_none(c: &mut PgConnection, rng: &mut StdRng, table: &str) -> Result<Option<i64>, sqlx::Error> {
     if rng.gen_bool(0.1) {
         Ok(None)
     } else {
-        some_row(c, "organisms").await
-    }
-}
-
-async fn platform_or_none(c: &mut PgConnection, rng: &mut StdRng) -> Result<Option<i64>, sqlx::Error> {
-    if rng.gen_bool(0.1) {
-        Ok(None)
-    } else {
-        some_row(c, "platforms").await
+        some_row(c, table).await
     }
 }
 
 impl Ops for Op {
     const SMALL: Op = Op::UpdateExperiment;
-
-    fn pick(rng: &mut StdRng) -> Op {
-        let total: u32 = OPS.iter().map(|(_, w, _)| w).sum();
-        let mut x = rng.gen_range(0..total);
-        for (op, w, _) in OPS {
-            if x < *w {
-                return *op;
-            }
-            x -= w;
-        }
-        unreachable!()
-    }
+    const OPS: &'static [(Op, u32, &'static str)] = OPS;
 
     /// Single-row changes that leave the number of experiments alone.
     fn is_calm(self) -> bool {
@@ -282,10 +192,6 @@ impl Ops for Op {
                 | RenameEveryPlatform
                 | NoopBulkUpdate
         )
-    }
-
-    fn name(self) -> &'static str {
-        OPS.iter().find(|(op, _, _)| *op == self).expect("every operation is in OPS").2
     }
 
     fn rebalance(c: &mut PgConnection, op: Op) -> BoxFuture<'_, Result<Op, sqlx::Error>> {
@@ -320,7 +226,7 @@ async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64
             update_experiment(c, rng, id, w, n).await
         }
         Op::InsertExperiment => {
-            let (organism, platform) = (some_row(c, "organisms").await?, platform_or_none(c, rng).await?);
+            let (organism, platform) = (some_row(c, "organisms").await?, some_row_or_none(c, rng, "platforms").await?);
             let from = some(c, rng, "samples").await?.unwrap_or(0);
             let mut tx = c.begin().await?;
             let id: i64 = sqlx::query_scalar(
@@ -351,7 +257,7 @@ async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64
             exec(c, q("DELETE FROM experiments WHERE id = $1").bind(id)).await
         }
         Op::InsertSample => {
-            let (organism, platform) = (organism_or_none(c, rng).await?, platform_or_none(c, rng).await?);
+            let (organism, platform) = (some_row_or_none(c, rng, "organisms").await?, some_row_or_none(c, rng, "platforms").await?);
             let from = some(c, rng, "experiments").await?.unwrap_or(0);
             let mut tx = c.begin().await?;
             let id: i64 =
@@ -403,12 +309,12 @@ async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64
         }
         Op::MoveSampleOrganism => {
             let Some(s) = some(c, rng, "samples").await? else { return Ok(0) };
-            let organism = organism_or_none(c, rng).await?;
+            let organism = some_row_or_none(c, rng, "organisms").await?;
             exec(c, q("UPDATE samples SET organism_id = $2 WHERE id = $1").bind(s).bind(organism)).await
         }
         Op::MoveSamplePlatform => {
             let Some(s) = some(c, rng, "samples").await? else { return Ok(0) };
-            let platform = platform_or_none(c, rng).await?;
+            let platform = some_row_or_none(c, rng, "platforms").await?;
             exec(c, q("UPDATE samples SET platform_id = $2 WHERE id = $1").bind(s).bind(platform)).await
         }
         Op::RenameOrganism => {
@@ -582,7 +488,7 @@ async fn run_op(c: &mut PgConnection, rng: &mut StdRng, op: Op, w: usize, n: u64
             }
         }
         Op::BulkMoveSamples => {
-            let organism = organism_or_none(c, rng).await?;
+            let organism = some_row_or_none(c, rng, "organisms").await?;
             exec(
                 c,
                 q("UPDATE samples SET organism_id = $1 WHERE id % $2 = $3")

@@ -15,7 +15,7 @@ use std::{
 
 use futures::future::BoxFuture;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use sqlx::{Connection, PgConnection};
+use sqlx::{postgres::PgArguments, query::Query, Connection, PgConnection, Postgres};
 
 use crate::{
     fleet::Fleet,
@@ -26,17 +26,35 @@ use crate::{
 };
 
 /// A model's writer operations.
-pub trait Ops: Copy + Send + 'static {
+pub trait Ops: Copy + PartialEq + Send + 'static {
     /// What a writer does when the moment does not allow the operation it picked (a calm
     /// window, a bulk statement too soon after the last): a single-row update.
     const SMALL: Self;
+    /// Every operation, with its weight in the choice and its name in the summary.
+    const OPS: &'static [(Self, u32, &'static str)];
+
     /// Weighted choice of the next operation.
-    fn pick(rng: &mut StdRng) -> Self;
+    fn pick(rng: &mut StdRng) -> Self {
+        let total: u32 = Self::OPS.iter().map(|(_, w, _)| w).sum();
+        let mut x = rng.gen_range(0..total);
+        for (op, w, _) in Self::OPS {
+            if x < *w {
+                return *op;
+            }
+            x -= w;
+        }
+        unreachable!()
+    }
+
     /// Operations of the calm windows: a trickle of single-row changes.
     fn is_calm(self) -> bool;
     /// Operations over hundreds or thousands of rows: at most one every few seconds.
     fn is_bulk(self) -> bool;
-    fn name(self) -> &'static str;
+
+    fn name(self) -> &'static str {
+        Self::OPS.iter().find(|(op, _, _)| *op == self).expect("every operation is in OPS").2
+    }
+
     /// Keeps the related tables within bounds: an insert past the upper bound becomes a
     /// delete, a delete under the lower bound an insert.
     fn rebalance(c: &mut PgConnection, op: Self) -> BoxFuture<'_, Result<Self, sqlx::Error>>;
@@ -134,6 +152,37 @@ impl WriterStats {
         out
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The SQL helpers of every model's operations
+
+pub type Statement<'q> = Query<'q, Postgres, PgArguments>;
+
+/// Runs a statement on a connection or in a transaction; the number of rows it touched.
+pub async fn exec(c: &mut PgConnection, q: Statement<'_>) -> Result<u64, sqlx::Error> {
+    Ok(q.execute(c).await?.rows_affected())
+}
+
+/// An existing row of a table keyed by `id` (students, experiments, samples), spread over
+/// its ids; none when the table is empty.
+pub async fn some(c: &mut PgConnection, rng: &mut StdRng, table: &str) -> Result<Option<i64>, sqlx::Error> {
+    let max: Option<i64> = sqlx::query_scalar(&format!("SELECT max(id) FROM {table}")).fetch_one(&mut *c).await?;
+    let Some(max) = max else { return Ok(None) };
+    let at = rng.gen_range(1..=max.max(1));
+    sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE id >= $1 ORDER BY id LIMIT 1")).bind(at).fetch_optional(&mut *c).await
+}
+
+/// A random row of a small table (universities, courses, organisms, platforms).
+pub async fn some_row(c: &mut PgConnection, table: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(&format!("SELECT id FROM {table} ORDER BY random() LIMIT 1")).fetch_optional(&mut *c).await
+}
+
+pub async fn count(c: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut *c).await
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer tasks
 
 /// Why a statement failed, and whether the connection must be replaced.
 pub fn cause(e: &sqlx::Error) -> (String, bool, bool) {

@@ -10,12 +10,13 @@
 pub mod fault_proxy;
 pub mod foreign;
 mod process;
+pub mod web;
 
 #[allow(unused_imports)]
 pub use process::{free_port, Proc, Ran, RedisServer, SlowLink};
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Write as _,
     future::Future,
     path::PathBuf,
@@ -178,6 +179,11 @@ impl Env {
         .await
     }
 
+    /// An environment of the shipped refinebio model (seeds/refinebio), its tables created.
+    pub async fn refinebio() -> Env {
+        Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |_| {}).await
+    }
+
     /// With the [`small_directory`] (MIT and KPI, CS101 and MATH201) inserted.
     pub async fn with_directory() -> Env {
         let env = Env::new().await;
@@ -301,6 +307,14 @@ impl Env {
     /// Syncs everything outstanding, in process.
     pub async fn drain(&self) -> DrainReport {
         self.engine().drain().await.expect("drain")
+    }
+
+    /// Syncs everything outstanding, in process, then refreshes the index: what was written
+    /// is searchable.
+    pub async fn drain_and_refresh(&self) -> DrainReport {
+        let report = self.drain().await;
+        self.refresh().await;
+        report
     }
 
     /// A worker running in this process (`tidemark::process::worker`) with `services`.
@@ -480,6 +494,50 @@ impl Env {
         rows.into_iter().collect()
     }
 
+    /// refinebio's document of every experiment (an environment of [`Env::refinebio`]), by
+    /// id, built here from the tables in Rust, independently of tidemark's document query.
+    pub async fn expected_experiments(&self) -> BTreeMap<i64, Value> {
+        let experiments: Vec<(i64, String, String, String, String, bool)> =
+            sqlx::query_as("SELECT id, accession_code, title, description, technology, is_public FROM experiments")
+                .fetch_all(&self.pool)
+                .await
+                .expect("experiments");
+        let links: Vec<(i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT es.experiment_id, s.id, o.name, p.name FROM experiment_samples es JOIN samples s ON s.id = es.sample_id
+               LEFT JOIN organisms o ON o.id = s.organism_id LEFT JOIN platforms p ON p.id = s.platform_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("experiment samples");
+        type Sets = (BTreeSet<i64>, BTreeSet<String>, BTreeSet<String>);
+        let mut per: HashMap<i64, Sets> = HashMap::new();
+        for (e, s, o, p) in links {
+            let sets = per.entry(e).or_default();
+            sets.0.insert(s);
+            sets.1.extend(o);
+            sets.2.extend(p);
+        }
+        experiments
+            .into_iter()
+            .map(|(id, accession, title, description, technology, public)| {
+                let (samples, organisms, platforms) = per.remove(&id).unwrap_or_default();
+                let doc = json!({
+                    "accession_code": accession,
+                    "title": title,
+                    "description": description,
+                    "technology": technology,
+                    "is_public": public,
+                    "sample_ids": samples,
+                    "organism_names": organisms,
+                    "platform_names": platforms,
+                    "title_complete": {"input": [title, accession]},
+                    "id": id,
+                });
+                (id, doc)
+            })
+            .collect()
+    }
+
     // -----------------------------------------------------------------------------------
     // The search server, directly
 
@@ -527,8 +585,9 @@ impl Env {
         (status == 200 && v["found"] == json!(true)).then(|| v["_source"].clone())
     }
 
-    /// Every document behind the alias, by id (scrolls, so any size works).
-    pub async fn indexed_docs(&self) -> BTreeMap<i64, Value> {
+    /// Every document behind the alias, by `_id` as text (any key type), as the index
+    /// returns it (scrolls, so any size works).
+    pub async fn indexed_sources(&self) -> BTreeMap<String, Value> {
         self.refresh().await;
         let mut out = BTreeMap::new();
         let search = json!({"size": 5000, "query": {"match_all": {}}});
@@ -539,12 +598,17 @@ impl Env {
                 break;
             }
             for h in hits {
-                out.insert(h["_id"].as_str().unwrap().parse().unwrap(), h["_source"].clone());
+                out.insert(h["_id"].as_str().expect("an _id").to_string(), h["_source"].clone());
             }
             let scroll_id = page["_scroll_id"].as_str().expect("scroll id").to_string();
             page = self.es_json(reqwest::Method::POST, "/_search/scroll", Some(json!({"scroll": "1m", "scroll_id": scroll_id}))).await;
         }
         out
+    }
+
+    /// Every document behind the alias, by id (of a model keyed by integers).
+    pub async fn indexed_docs(&self) -> BTreeMap<i64, Value> {
+        self.indexed_sources().await.into_iter().map(|(id, doc)| (id.parse().expect("an integer _id"), doc)).collect()
     }
 
     pub async fn refresh(&self) {
