@@ -28,28 +28,114 @@ pub enum Rows {
 
 /// The statement that returns `(key text, document json)` for the rows `rows` picks, in key
 /// order. Keys that have no row come back as no row (a delete).
+///
+/// The root's own relations are joined set-wise, as a hand-written query would: a
+/// belongs-to is a `LEFT JOIN`, and an array (has-many, many-to-many) is aggregated once
+/// for the whole batch in a subquery that picks its rows by the same keys as the root (the
+/// filter is repeated on the column that references the root), then joined on that column.
+/// A correlated subquery per document instead costs one index probe per document and
+/// relation, and aggregating as JSON costs more than as an array turned into JSON: on
+/// 10,000 students the set-wise statement took about a third of the time. Deeper levels
+/// (a relation of a related row) stay correlated subqueries of their row: they are read for
+/// the related rows only.
 pub fn document_query(model: &Model, rows: Rows) -> String {
     let root = &model.root;
     let key = format!("t0.{}", ident(&root.key));
     let cast = root.key_type.sql();
-    let filter = match rows {
-        Rows::Keys => format!("{key} = ANY($1::{cast}[])"),
-        Rows::Range { lo: true, hi: true } => format!("{key} >= $1::{cast} AND {key} < $2::{cast}"),
-        Rows::Range { lo: true, hi: false } => format!("{key} >= $1::{cast}"),
-        Rows::Range { lo: false, hi: true } => format!("{key} < $1::{cast}"),
+    let filter = |col: &str| match rows {
+        Rows::Keys => format!("{col} = ANY($1::{cast}[])"),
+        Rows::Range { lo: true, hi: true } => format!("{col} >= $1::{cast} AND {col} < $2::{cast}"),
+        Rows::Range { lo: true, hi: false } => format!("{col} >= $1::{cast}"),
+        Rows::Range { lo: false, hi: true } => format!("{col} < $1::{cast}"),
         Rows::Range { lo: false, hi: false } => "true".to_string(),
     };
+    let mut pairs: Vec<String> = root.fields.iter().map(|f| format!("{}, {}", literal(&f.name), column_sql(f, "t0"))).collect();
+    let mut joins = String::new();
+    for (i, r) in root.relations.iter().enumerate() {
+        let expr = match root_join(r, i, &root.key, &filter) {
+            Some((join, expr)) => {
+                joins.push_str(&join);
+                expr
+            }
+            None => relation_expr(r, "t0", &root.key, 1),
+        };
+        pairs.push(format!("{}, {}", literal(&r.name), expr));
+    }
     format!(
-        "SELECT {key}::text, {doc} FROM {table} t0 WHERE {filter} ORDER BY {key}",
-        doc = document_expr(model),
+        "SELECT {key}::text, {doc} FROM {table} t0{joins} WHERE {filter} ORDER BY {key}",
+        doc = document_expr(model, pairs),
         table = ident(&root.table),
+        filter = filter(&key),
     )
 }
 
-/// The JSON of one document of the root row `t0`, its fields in declared order.
-fn document_expr(model: &Model) -> String {
+/// A relation of the root joined set-wise (see [`document_query`]): the join to append to
+/// the FROM list and the relation's JSON over it; None where a correlated subquery stays
+/// (a belongs-to read as one value, or a value that is JSON already).
+fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> String) -> Option<(String, String)> {
+    let alias = format!("r{i}");
+    let table = ident(&r.node.table);
+    let ckey = ident(&r.node.key);
+    // The column of the related side that holds the root's key, and the FROM list that has it.
+    let (from, child, col) = match &r.link {
+        Link::BelongsTo { foreign_key } => {
+            if r.value.is_some() {
+                return None;
+            }
+            let obj = build_object(&node_pairs(&r.node, &alias, 2));
+            return Some((
+                format!(" LEFT JOIN {table} {alias} ON {alias}.{ckey} = t0.{}", ident(foreign_key)),
+                format!("CASE WHEN {alias}.{ckey} IS NOT NULL THEN {obj} END"),
+            ));
+        }
+        Link::HasMany { foreign_key } => {
+            let child = format!("{alias}c");
+            (format!("{table} {child}"), child.clone(), format!("{child}.{}", ident(foreign_key)))
+        }
+        Link::ManyToMany { through, this_key, other_key } => {
+            let child = format!("{alias}c");
+            let j = format!("{alias}j");
+            (
+                format!("{} {j} JOIN {table} {child} ON {child}.{ckey} = {j}.{}", ident(through), ident(other_key)),
+                child,
+                format!("{j}.{}", ident(this_key)),
+            )
+        }
+    };
+    let on = format!("{alias}.k = t0.{}", ident(root_key));
+    match &r.value {
+        None => {
+            let obj = build_object(&node_pairs(&r.node, &child, 2));
+            Some((
+                format!(
+                    " LEFT JOIN (SELECT {col} AS k, json_agg({obj} ORDER BY {child}.{ckey}) AS v FROM {from} WHERE {w} GROUP BY {col}) {alias} ON {on}",
+                    w = filter(&col)
+                ),
+                format!("coalesce({alias}.v, '[]'::json)"),
+            ))
+        }
+        Some(path) => {
+            let (joins, value, kind) = value_chain(&r.node, &child, path, 2);
+            if kind == FieldType::Date {
+                // A date is JSON already (`to_json`), which has no equality to deduplicate by.
+                return None;
+            }
+            let collate = if matches!(kind, FieldType::Keyword | FieldType::Text) { " COLLATE \"C\"" } else { "" };
+            Some((
+                format!(
+                    " LEFT JOIN (SELECT k, array_agg(DISTINCT v{collate} ORDER BY v{collate}) AS v FROM (SELECT {col} AS k, {value} AS v FROM {from}{joins} WHERE {w}) x WHERE v IS NOT NULL GROUP BY k) {alias} ON {on}",
+                    w = filter(&col)
+                ),
+                format!("coalesce(to_json({alias}.v), '[]'::json)"),
+            ))
+        }
+    }
+}
+
+/// The JSON of one document of the root row `t0`, its fields and relations (`pairs`) in
+/// declared order, then the derived fields.
+fn document_expr(model: &Model, mut pairs: Vec<String>) -> String {
     let root = &model.root;
-    let mut pairs = node_pairs(root, "t0", 1);
     if let Some(c) = &model.completion {
         let inputs: Vec<String> = c.inputs.iter().map(|t| template_sql(t, root, "t0")).collect();
         pairs.push(format!(

@@ -66,9 +66,15 @@ fn each_kind_of_mistake_says_where_and_what_to_write() {
 fn the_document_query_reads_every_level_in_one_statement() {
     let m = Model::load("refinebio").unwrap();
     let q = sql::document_query(&m, sql::Rows::Keys);
+    if let Ok(path) = std::env::var("TIDEMARK_PRINT_QUERY") {
+        let s = sql::document_query(&Model::students(), sql::Rows::Range { lo: true, hi: true });
+        std::fs::write(path, format!("{s}\n;\n{q}\n")).unwrap();
+    }
     assert!(q.starts_with("SELECT t0.\"id\"::text, json_build_object('accession_code', t0.\"accession_code\"::text"), "{q}");
-    assert!(q.contains("JOIN \"organisms\" t2 ON t2.\"id\" = t1.\"organism_id\""), "{q}");
-    assert!(q.contains("json_agg(DISTINCT v COLLATE \"C\" ORDER BY v COLLATE \"C\")"), "{q}");
+    assert!(q.contains("JOIN \"organisms\" t2 ON t2.\"id\" = r1c.\"organism_id\""), "{q}");
+    // The root's arrays are aggregated once for the batch, picked by the same keys.
+    assert!(q.contains("array_agg(DISTINCT v COLLATE \"C\" ORDER BY v COLLATE \"C\")"), "{q}");
+    assert!(q.contains("WHERE r1j.\"experiment_id\" = ANY($1::bigint[])) x WHERE v IS NOT NULL GROUP BY k) r1 ON r1.k = t0.\"id\""), "{q}");
     assert!(q.contains("WHERE t0.\"id\" = ANY($1::bigint[]) ORDER BY t0.\"id\""), "{q}");
     let place = sql::place(&m, "organism_names.organism").unwrap();
     let f = sql::fanout_query(&m, &place);
