@@ -86,7 +86,7 @@ async fn reindex_part(
     raw: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     let n = rb.students;
-    let mut st = BenchEnv::new(services, "refinebio-students", plan.out_dir.join("logs")).await?;
+    let mut st = BenchEnv::new(services, "refinebio_students", plan.out_dir.join("logs")).await?;
     let r = async {
         st.seed(n).await?;
         let d_rb = Discard::start(&[(rb.alias.clone(), format!("{}_1", rb.alias))]);
