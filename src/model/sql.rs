@@ -1,5 +1,6 @@
 //! The SQL a model reads with: the query that builds documents (one statement per batch,
-//! whatever the depth: every related table is a subquery of it, never a query per row),
+//! whatever the depth: the root's relations joined set-wise, deeper ones subqueries of
+//! their row, never a query per row),
 //! and the fan-out queries that find the documents a related row is part of.
 //!
 //! tidemark holds keys as text and casts them to the key's type where it binds them, so a

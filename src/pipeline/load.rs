@@ -1,5 +1,6 @@
 //! Load: the current rows of a batch of documents, in one query whatever the model's depth
-//! (no N+1: every related table is a subquery of it), as documents. A sync batch reads a set
+//! (no N+1: the root's relations are joined set-wise for the whole batch, deeper ones are
+//! subqueries of their row; `model::sql::document_query`), as documents. A sync batch reads a set
 //! of keys (a key that has no row any more comes back as a `delete`); a reindex chunk reads a
 //! key range.
 
