@@ -50,6 +50,11 @@ impl KeyType {
     }
 }
 
+/// Results a search page reaches by number (`page`): the engines' default
+/// `index.max_result_window` (the search pages' `MAX_RESULT_WINDOW`; here so that a model's
+/// messages can name it without the model depending on the web module).
+pub const RESULT_WINDOW: u64 = 10_000;
+
 /// An index type of a field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {
@@ -457,7 +462,7 @@ impl Model {
              within the first {window} results) and refuse `after`; add {add} under [document] and run `tidemark admin \
              reindex` to page at any depth",
             plural = self.plural(),
-            window = crate::web::params::MAX_RESULT_WINDOW,
+            window = RESULT_WINDOW,
         ))
     }
 

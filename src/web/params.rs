@@ -26,7 +26,7 @@ pub const MAX_VALUES_PER_FACET: usize = 20;
 pub const MAX_VALUE_CHARS: usize = 50;
 /// Pages reachable by number (`page`): the first 10,000 results, the engines' default
 /// `index.max_result_window`. Deeper pages are reached by the `after` cursor, at any depth.
-pub const MAX_RESULT_WINDOW: u64 = 10_000;
+pub const MAX_RESULT_WINDOW: u64 = crate::model::RESULT_WINDOW;
 /// Accepted bounds of an age filter.
 pub const AGE_BOUNDS: (i32, i32) = (0, 200);
 /// The age histogram's interval.
