@@ -248,9 +248,9 @@ impl BenchEnv {
         let secs = t.elapsed().as_secs_f64();
         let n = self.count(json!({"match_all": {}})).await?;
         if n != self.students {
-            bail!("the first index holds {n} documents for {} students", self.students);
+            bail!("the first index holds {n} documents for {} rows", self.students);
         }
-        progress!("{}: first index of {} students in {:.1}s ({:.0} docs/s)", self.kind, self.students, secs, self.students as f64 / secs);
+        progress!("{}: first index of {} documents in {:.1}s ({:.0} docs/s)", self.kind, self.students, secs, self.students as f64 / secs);
         Ok(secs)
     }
 
