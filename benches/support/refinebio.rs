@@ -33,17 +33,15 @@ const BENCH: &str = "8. refinebio";
 
 /// Experiments with a sample of organism `id`: the documents its rename changes.
 async fn experiments_of(env: &BenchEnv, organism: i64, limit: Option<i64>) -> Result<Vec<String>> {
-    Ok(sqlx::query_as(
-        "SELECT DISTINCT es.experiment_id::text, es.experiment_id FROM experiment_samples es JOIN samples s ON s.id = es.sample_id
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT es.experiment_id FROM experiment_samples es JOIN samples s ON s.id = es.sample_id
           WHERE s.organism_id = $1 ORDER BY es.experiment_id LIMIT $2",
     )
     .bind(organism)
     .bind(limit.unwrap_or(i64::MAX))
     .fetch_all(&env.pool)
-    .await?
-    .into_iter()
-    .map(|(id, _): (String, i64)| id)
-    .collect())
+    .await?;
+    Ok(ids.into_iter().map(|id| id.to_string()).collect())
 }
 
 /// The tutorial's way: for each experiment, read it (one query) and send one

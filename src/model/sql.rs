@@ -75,34 +75,18 @@ pub fn document_query(model: &Model, rows: Rows) -> String {
 /// (a belongs-to read as one value, or a value that is JSON already).
 fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> String) -> Option<(String, String)> {
     let alias = format!("r{i}");
-    let table = ident(&r.node.table);
     let ckey = ident(&r.node.key);
+    if !r.link.is_many() {
+        if r.value.is_some() {
+            return None;
+        }
+        let (from, related, parent) = link(r, "t0", &alias, root_key);
+        let obj = build_object(&node_pairs(&r.node, &alias, 2));
+        return Some((format!(" LEFT JOIN {from} ON {related} = {parent}"), format!("CASE WHEN {related} IS NOT NULL THEN {obj} END")));
+    }
     // The column of the related side that holds the root's key, and the FROM list that has it.
-    let (from, child, col) = match &r.link {
-        Link::BelongsTo { foreign_key } => {
-            if r.value.is_some() {
-                return None;
-            }
-            let obj = build_object(&node_pairs(&r.node, &alias, 2));
-            return Some((
-                format!(" LEFT JOIN {table} {alias} ON {alias}.{ckey} = t0.{}", ident(foreign_key)),
-                format!("CASE WHEN {alias}.{ckey} IS NOT NULL THEN {obj} END"),
-            ));
-        }
-        Link::HasMany { foreign_key } => {
-            let child = format!("{alias}c");
-            (format!("{table} {child}"), child.clone(), format!("{child}.{}", ident(foreign_key)))
-        }
-        Link::ManyToMany { through, this_key, other_key } => {
-            let child = format!("{alias}c");
-            let j = format!("{alias}j");
-            (
-                format!("{} {j} JOIN {table} {child} ON {child}.{ckey} = {j}.{}", ident(through), ident(other_key)),
-                child,
-                format!("{j}.{}", ident(this_key)),
-            )
-        }
-    };
+    let child = format!("{alias}c");
+    let (from, col, _) = link(r, "t0", &child, root_key);
     let on = format!("{alias}.k = t0.{}", ident(root_key));
     match &r.value {
         None => {
@@ -205,18 +189,26 @@ fn template_sql(t: &Template, node: &Node, alias: &str) -> String {
 /// The join from a parent row (`parent`) to the related rows (`child`) of `r`, as a FROM
 /// list with its condition: (from, condition).
 fn hop(r: &Relation, parent: &str, child: &str, parent_node_key: &str) -> (String, String) {
+    let (from, related, parent) = link(r, parent, child, parent_node_key);
+    (from, format!("{related} = {parent}"))
+}
+
+/// The FROM list of `r`'s related rows (`child`) and the two columns its join condition
+/// equates: (from, the related side's column, the parent's column).
+fn link(r: &Relation, parent: &str, child: &str, parent_node_key: &str) -> (String, String, String) {
     let table = ident(&r.node.table);
     let ckey = format!("{child}.{}", ident(&r.node.key));
     match &r.link {
-        Link::BelongsTo { foreign_key } => (format!("{table} {child}"), format!("{ckey} = {parent}.{}", ident(foreign_key))),
+        Link::BelongsTo { foreign_key } => (format!("{table} {child}"), ckey, format!("{parent}.{}", ident(foreign_key))),
         Link::HasMany { foreign_key } => {
-            (format!("{table} {child}"), format!("{child}.{} = {parent}.{}", ident(foreign_key), ident(parent_node_key)))
+            (format!("{table} {child}"), format!("{child}.{}", ident(foreign_key)), format!("{parent}.{}", ident(parent_node_key)))
         }
         Link::ManyToMany { through, this_key, other_key } => {
             let j = format!("{child}j");
             (
                 format!("{} {j} JOIN {table} {child} ON {ckey} = {j}.{}", ident(through), ident(other_key)),
-                format!("{j}.{} = {parent}.{}", ident(this_key), ident(parent_node_key)),
+                format!("{j}.{}", ident(this_key)),
+                format!("{parent}.{}", ident(parent_node_key)),
             )
         }
     }

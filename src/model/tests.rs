@@ -74,7 +74,10 @@ fn the_document_query_reads_every_level_in_one_statement() {
     assert!(q.contains("JOIN \"organisms\" t2 ON t2.\"id\" = r1c.\"organism_id\""), "{q}");
     // The root's arrays are aggregated once for the batch, picked by the same keys.
     assert!(q.contains("array_agg(DISTINCT v COLLATE \"C\" ORDER BY v COLLATE \"C\")"), "{q}");
-    assert!(q.contains("WHERE r1j.\"experiment_id\" = ANY($1::bigint[])) x WHERE v IS NOT NULL GROUP BY k) r1 ON r1.k = t0.\"id\""), "{q}");
+    assert!(
+        q.contains("WHERE r1cj.\"experiment_id\" = ANY($1::bigint[])) x WHERE v IS NOT NULL GROUP BY k) r1 ON r1.k = t0.\"id\""),
+        "{q}"
+    );
     assert!(q.contains("WHERE t0.\"id\" = ANY($1::bigint[]) ORDER BY t0.\"id\""), "{q}");
     let place = sql::place(&m, "organism_names.organism").unwrap();
     let f = sql::fanout_query(&m, &place);
