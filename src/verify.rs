@@ -68,7 +68,7 @@ impl Differences {
 
 /// Whether a document's source in the index is exactly the document built from the database.
 pub fn same(indexed: &Value, built: &Document) -> bool {
-    indexed == built
+    *indexed == built.value()
 }
 
 /// A fingerprint of a document's content, for comparing millions without holding them:
@@ -167,7 +167,7 @@ pub async fn verify(services: &Services, mode: Mode) -> Result<Report, VerifyErr
                     report.checked += 1;
                     match (got, op.document()) {
                         (None, Some(_)) => report.differences.missing.push(id),
-                        (Some(h), Some(b)) if h != fingerprint(b) => report.differences.differing.push(id),
+                        (Some(h), Some(b)) if h != fingerprint(&b.value()) => report.differences.differing.push(id),
                         _ => {}
                     }
                 }

@@ -51,7 +51,13 @@ async fn per_document(env: &BenchEnv, es_url: &str, index: &str, ids: &[String])
     for id in ids {
         let docs = tidemark::pipeline::load::load(&env.pool, &model, std::slice::from_ref(id)).await?;
         let tidemark::pipeline::Op::Index(doc) = &docs[0].1 else { continue };
-        let resp = env.http.put(format!("{es_url}/{index}/_doc/{id}")).json(doc).send().await?;
+        let resp = env
+            .http
+            .put(format!("{es_url}/{index}/_doc/{id}"))
+            .header("content-type", "application/json")
+            .body(doc.json().to_string())
+            .send()
+            .await?;
         if !resp.status().is_success() {
             bail!("baseline request for experiment {id} answered {}", resp.status());
         }

@@ -358,7 +358,7 @@ async fn per_document(env: &BenchEnv, es_url: &str, index: &str, sample: usize) 
         for (id, doc) in load(&env.pool, &tidemark::model::Model::students(), chunk).await? {
             let tidemark::pipeline::Op::Index(doc) = doc else { continue };
             let path = format!("/{index}/_doc/{id}?version={version}&version_type=external");
-            let reply = search.request(Method::Put, &path, Some(serde_json::to_vec(&doc)?), false).await?;
+            let reply = search.request(Method::Put, &path, Some(doc.json().as_bytes().to_vec()), false).await?;
             if !(200..300).contains(&reply.status) {
                 bail!("per-document baseline: {path} answered {}", reply.status);
             }

@@ -289,6 +289,9 @@ pub struct Model {
 struct Queries {
     by_keys: String,
     ranges: [String; 4],
+    rows_by_keys: String,
+    rows_ranges: [String; 4],
+    parts: Vec<sql::Part>,
     fanout: std::collections::BTreeMap<String, String>,
 }
 
@@ -424,7 +427,20 @@ impl Model {
         }
     }
 
-    /// Statements on the root table's keys.
+    /// The row query picking `rows` ([`sql::row_query`]): the loader's, whose columns
+    /// [`Model::parts`] describes.
+    pub fn row_query(&self, rows: sql::Rows) -> &str {
+        match rows {
+            sql::Rows::Keys => &self.queries.rows_by_keys,
+            sql::Rows::Range { lo, hi } => &self.queries.rows_ranges[usize::from(lo) * 2 + usize::from(hi)],
+        }
+    }
+
+    /// The document's parts, in order: what the columns of [`Model::row_query`] are.
+    pub fn parts(&self) -> &[sql::Part] {
+        &self.queries.parts
+    }
+
     /// What the model's documents are called in messages: the search view's plural
     /// ("students", "experiments"), or "documents".
     pub fn plural(&self) -> &str {
@@ -466,6 +482,7 @@ impl Model {
         ))
     }
 
+    /// Statements on the root table's keys.
     pub fn keys(&self) -> &sql::KeyQueries {
         self.key_queries.get_or_init(|| sql::key_queries(self))
     }
@@ -477,9 +494,13 @@ impl Model {
 
     fn prepare_queries(&mut self) {
         let range = |lo, hi| sql::document_query(self, sql::Rows::Range { lo, hi });
+        let rows_range = |lo, hi| sql::row_query(self, sql::Rows::Range { lo, hi });
         let queries = Queries {
             by_keys: sql::document_query(self, sql::Rows::Keys),
             ranges: [range(false, false), range(false, true), range(true, false), range(true, true)],
+            rows_by_keys: sql::row_query(self, sql::Rows::Keys),
+            rows_ranges: [rows_range(false, false), rows_range(false, true), rows_range(true, false), rows_range(true, true)],
+            parts: sql::document_parts(self),
             fanout: sql::places(self).iter().map(|p| (p.kind(), sql::fanout_query(self, p))).collect(),
         };
         self.queries = queries;

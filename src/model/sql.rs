@@ -27,9 +27,108 @@ pub enum Rows {
     Range { lo: bool, hi: bool },
 }
 
+/// One output of a document and the SQL it is read with. The same tree renders two
+/// statements: the document as JSON built by the database ([`document_query`]; `engine=sql`
+/// searches it in SQL), and plain columns that tidemark writes as JSON itself
+/// ([`row_query`], the loader's: building JSON in the database costs about as much again
+/// as reading the rows, BENCHMARKS.md §9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// A scalar, read as text: a JSON string (keyword, text), or the number or boolean its
+    /// text spells (see [`crate::document`]).
+    Scalar { name: String, kind: FieldType, sql: String },
+    /// A value that is JSON already (a date; a relation read by a subquery of its row).
+    Json { name: String, sql: String },
+    /// A belongs-to of the root, joined: an object when `present`, else null.
+    Object { name: String, present: String, parts: Vec<Part> },
+    /// Scalars the database sorted and deduplicated: an array of `kind` (none: `[]`).
+    Array { name: String, kind: FieldType, sql: String },
+    /// The completion's inputs (a `text[]`): `{"input": [...]}`.
+    Completion { name: String, sql: String },
+}
+
+impl Part {
+    pub fn name(&self) -> &str {
+        match self {
+            Part::Scalar { name, .. }
+            | Part::Json { name, .. }
+            | Part::Object { name, .. }
+            | Part::Array { name, .. }
+            | Part::Completion { name, .. } => name,
+        }
+    }
+
+    /// How many columns of [`row_query`] it takes.
+    pub fn width(&self) -> usize {
+        match self {
+            Part::Object { parts, .. } => 1 + parts.iter().map(Part::width).sum::<usize>(),
+            _ => 1,
+        }
+    }
+
+    /// `'name', json` for [`build_object`].
+    fn json_pair(&self) -> String {
+        let json = match self {
+            Part::Scalar { sql, .. } | Part::Json { sql, .. } => sql.clone(),
+            Part::Object { present, parts, .. } => {
+                format!("CASE WHEN {present} THEN {} END", build_object(&parts.iter().map(Part::json_pair).collect::<Vec<_>>()))
+            }
+            Part::Array { sql, .. } => format!("coalesce(to_json({sql}), '[]'::json)"),
+            Part::Completion { sql, .. } => format!("json_build_object('input', to_json({sql}))"),
+        };
+        format!("{}, {json}", literal(self.name()))
+    }
+
+    /// The columns [`row_query`] reads it with, in order.
+    fn columns(&self, out: &mut Vec<String>) {
+        match self {
+            Part::Scalar { sql, .. } | Part::Json { sql, .. } => out.push(format!("({sql})::text")),
+            Part::Object { present, parts, .. } => {
+                out.push(format!("({present})"));
+                parts.iter().for_each(|p| p.columns(out));
+            }
+            Part::Array { sql, .. } => out.push(format!("({sql})::text[]")),
+            Part::Completion { sql, .. } => out.push(sql.clone()),
+        }
+    }
+}
+
+/// What both renderings share: the document's parts, and the FROM list and filter they read.
+struct Select {
+    key: String,
+    parts: Vec<Part>,
+    from: String,
+    filter: String,
+}
+
 /// The statement that returns `(key text, document json)` for the rows `rows` picks, in key
 /// order. Keys that have no row come back as no row (a delete).
-///
+pub fn document_query(model: &Model, rows: Rows) -> String {
+    let s = select(model, rows);
+    let pairs: Vec<String> = s.parts.iter().map(Part::json_pair).collect();
+    format!(
+        "SELECT {key}::text, {doc} FROM {from} WHERE {filter} ORDER BY {key}",
+        key = s.key,
+        doc = build_object(&pairs),
+        from = s.from,
+        filter = s.filter
+    )
+}
+
+/// The statement that returns the key (text), then the columns of [`document_parts`], for
+/// the rows `rows` picks, in key order.
+pub fn row_query(model: &Model, rows: Rows) -> String {
+    let s = select(model, rows);
+    let mut columns = vec![format!("{}::text", s.key)];
+    s.parts.iter().for_each(|p| p.columns(&mut columns));
+    format!("SELECT {} FROM {} WHERE {} ORDER BY {}", columns.join(", "), s.from, s.filter, s.key)
+}
+
+/// The parts of a document in order, as [`row_query`] reads them.
+pub fn document_parts(model: &Model) -> Vec<Part> {
+    select(model, Rows::Keys).parts
+}
+
 /// The root's own relations are joined set-wise, as a hand-written query would: a
 /// belongs-to is a `LEFT JOIN`, and an array (has-many, many-to-many) is aggregated once
 /// for the whole batch in a subquery that picks its rows by the same keys as the root (the
@@ -39,7 +138,7 @@ pub enum Rows {
 /// 10,000 students the set-wise statement took about a third of the time. Deeper levels
 /// (a relation of a related row) stay correlated subqueries of their row: they are read for
 /// the related rows only.
-pub fn document_query(model: &Model, rows: Rows) -> String {
+fn select(model: &Model, rows: Rows) -> Select {
     let root = &model.root;
     let key = format!("t0.{}", ident(&root.key));
     let cast = root.key_type.sql();
@@ -50,39 +149,61 @@ pub fn document_query(model: &Model, rows: Rows) -> String {
         Rows::Range { lo: false, hi: true } => format!("{col} < $1::{cast}"),
         Rows::Range { lo: false, hi: false } => "true".to_string(),
     };
-    let mut pairs: Vec<String> = root.fields.iter().map(|f| format!("{}, {}", literal(&f.name), column_sql(f, "t0"))).collect();
-    let mut joins = String::new();
+    let mut parts: Vec<Part> = root.fields.iter().map(|f| field_part(f, "t0")).collect();
+    let mut from = format!("{} t0", ident(&root.table));
     for (i, r) in root.relations.iter().enumerate() {
-        let expr = match root_join(r, i, &root.key, &filter) {
-            Some((join, expr)) => {
-                joins.push_str(&join);
-                expr
+        let part = match root_join(r, i, &root.key, &filter) {
+            Some((join, part)) => {
+                from.push_str(&join);
+                part
             }
-            None => relation_expr(r, "t0", &root.key, 1),
+            None => Part::Json { name: r.name.clone(), sql: relation_expr(r, "t0", &root.key, 1) },
         };
-        pairs.push(format!("{}, {}", literal(&r.name), expr));
+        parts.push(part);
     }
-    format!(
-        "SELECT {key}::text, {doc} FROM {table} t0{joins} WHERE {filter} ORDER BY {key}",
-        doc = document_expr(model, pairs),
-        table = ident(&root.table),
-        filter = filter(&key),
-    )
+    if let Some(c) = &model.completion {
+        let inputs: Vec<String> = c.inputs.iter().map(|t| template_sql(t, root, "t0")).collect();
+        parts.push(Part::Completion { name: c.name.clone(), sql: format!("array_remove(ARRAY[{}]::text[], NULL)", inputs.join(", ")) });
+    }
+    if let Some(n) = &model.key_field {
+        let kind = match root.key_type {
+            super::KeyType::Uuid => FieldType::Keyword,
+            _ => FieldType::Long,
+        };
+        parts.push(Part::Scalar { name: n.clone(), kind, sql: format!("t0.{}", ident(&root.key)) });
+    }
+    let filter = filter(&key);
+    Select { key, parts, from, filter }
 }
 
-/// A relation of the root joined set-wise (see [`document_query`]): the join to append to
-/// the FROM list and the relation's JSON over it; None where a correlated subquery stays
-/// (a belongs-to read as one value, or a value that is JSON already).
-fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> String) -> Option<(String, String)> {
+/// A field of the row `alias`: a date is JSON already (`to_json`), the rest scalars.
+fn field_part(f: &Field, alias: &str) -> Part {
+    match f.kind {
+        FieldType::Date => Part::Json { name: f.name.clone(), sql: column_sql(f, alias) },
+        kind => Part::Scalar { name: f.name.clone(), kind, sql: column_sql(f, alias) },
+    }
+}
+
+/// A relation of the root joined set-wise (see [`select`]): the join to append to the FROM
+/// list and the relation's part over it; None where a correlated subquery stays (a
+/// belongs-to read as one value, or an array of dates).
+fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> String) -> Option<(String, Part)> {
     let alias = format!("r{i}");
     let ckey = ident(&r.node.key);
+    let name = r.name.clone();
     if !r.link.is_many() {
         if r.value.is_some() {
             return None;
         }
         let (from, related, parent) = link(r, "t0", &alias, root_key);
-        let obj = build_object(&node_pairs(&r.node, &alias, 2));
-        return Some((format!(" LEFT JOIN {from} ON {related} = {parent}"), format!("CASE WHEN {related} IS NOT NULL THEN {obj} END")));
+        let mut parts: Vec<Part> = r.node.fields.iter().map(|f| field_part(f, &alias)).collect();
+        for rr in &r.node.relations {
+            parts.push(Part::Json { name: rr.name.clone(), sql: relation_expr(rr, &alias, &r.node.key, 2) });
+        }
+        return Some((
+            format!(" LEFT JOIN {from} ON {related} = {parent}"),
+            Part::Object { name, present: format!("{related} IS NOT NULL"), parts },
+        ));
     }
     // The column of the related side that holds the root's key, and the FROM list that has it.
     let child = format!("{alias}c");
@@ -96,7 +217,7 @@ fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> St
                     " LEFT JOIN (SELECT {col} AS k, json_agg({obj} ORDER BY {child}.{ckey}) AS v FROM {from} WHERE {w} GROUP BY {col}) {alias} ON {on}",
                     w = filter(&col)
                 ),
-                format!("coalesce({alias}.v, '[]'::json)"),
+                Part::Json { name, sql: format!("coalesce({alias}.v, '[]'::json)") },
             ))
         }
         Some(path) => {
@@ -111,28 +232,10 @@ fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> St
                     " LEFT JOIN (SELECT k, array_agg(DISTINCT v{collate} ORDER BY v{collate}) AS v FROM (SELECT {col} AS k, {value} AS v FROM {from}{joins} WHERE {w}) x WHERE v IS NOT NULL GROUP BY k) {alias} ON {on}",
                     w = filter(&col)
                 ),
-                format!("coalesce(to_json({alias}.v), '[]'::json)"),
+                Part::Array { name, kind, sql: format!("{alias}.v") },
             ))
         }
     }
-}
-
-/// The JSON of one document of the root row `t0`, its fields and relations (`pairs`) in
-/// declared order, then the derived fields.
-fn document_expr(model: &Model, mut pairs: Vec<String>) -> String {
-    let root = &model.root;
-    if let Some(c) = &model.completion {
-        let inputs: Vec<String> = c.inputs.iter().map(|t| template_sql(t, root, "t0")).collect();
-        pairs.push(format!(
-            "{}, json_build_object('input', to_json(array_remove(ARRAY[{}]::text[], NULL)))",
-            literal(&c.name),
-            inputs.join(", ")
-        ));
-    }
-    if let Some(n) = &model.key_field {
-        pairs.push(format!("{}, t0.{}", literal(n), ident(&root.key)));
-    }
-    build_object(&pairs)
 }
 
 /// `json_build_object` takes at most 100 arguments: longer lists are built in parts and
@@ -142,8 +245,9 @@ fn build_object(pairs: &[String]) -> String {
         return format!("json_build_object({})", pairs.join(", "));
     }
     let parts: Vec<String> = pairs.chunks(50).map(|c| format!("json_build_object({})", c.join(", "))).collect();
-    // Each part is `{...}`: strip the braces of all but the ends and join with a comma.
-    let inner: Vec<String> = parts.iter().map(|p| format!("trim(both '{{}}' from ({p})::text)")).collect();
+    // Each part is `{...}`: strip its outer braces (only those: a part may end with a
+    // nested object's) and join with a comma.
+    let inner: Vec<String> = parts.iter().map(|p| format!("regexp_replace(({p})::text, '^\\{{|\\}}$', '', 'g')")).collect();
     format!("('{{' || concat_ws(',', {}) || '}}')::json", inner.join(", "))
 }
 

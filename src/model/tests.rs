@@ -68,7 +68,8 @@ fn the_document_query_reads_every_level_in_one_statement() {
     let q = sql::document_query(&m, sql::Rows::Keys);
     if let Ok(path) = std::env::var("TIDEMARK_PRINT_QUERY") {
         let s = sql::document_query(&Model::students(), sql::Rows::Range { lo: true, hi: true });
-        std::fs::write(path, format!("{s}\n;\n{q}\n")).unwrap();
+        std::fs::write(path, format!("{s}\n;\n{q}\n;\n{}\n", sql::row_query(&Model::students(), sql::Rows::Range { lo: true, hi: true })))
+            .unwrap();
     }
     assert!(q.starts_with("SELECT t0.\"id\"::text, json_build_object('accession_code', t0.\"accession_code\"::text"), "{q}");
     assert!(q.contains("JOIN \"organisms\" t2 ON t2.\"id\" = r1c.\"organism_id\""), "{q}");

@@ -374,8 +374,14 @@ mod tests {
     use crate::{pipeline::encode::encode, pipeline::Op};
 
     fn batch(n: i64) -> Encoded {
-        let docs: Vec<(String, Op)> =
-            (1..=n).map(|id| (id.to_string(), Op::Index(serde_json::json!({"first_name": format!("N{id}"), "id": id})))).collect();
+        let docs: Vec<(String, Op)> = (1..=n)
+            .map(|id| {
+                (
+                    id.to_string(),
+                    Op::Index(crate::document::Document::from_value(&serde_json::json!({"first_name": format!("N{id}"), "id": id}))),
+                )
+            })
+            .collect();
         encode(&docs, &["students".into()], 7)
     }
 

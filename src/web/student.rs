@@ -7,14 +7,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{db, engine, Failure};
-use crate::{document::Document, pipeline::load::load, services::Services, verify};
+use crate::{pipeline::load::load, services::Services};
 
 /// What the student page shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct StudentView {
     pub id: i64,
     /// None: no such student in the database.
-    pub student: Option<Document>,
+    pub student: Option<Value>,
     pub index: IndexCopy,
     /// Seconds since this student's change was marked and not yet indexed, if one is.
     pub pending_change_seconds: Option<f64>,
@@ -49,7 +49,7 @@ pub struct FieldDiff {
 /// Fields a person reads; `name_complete` and `id` only follow the names and the id.
 const SHOWN: [&str; 6] = ["first_name", "last_name", "age", "year_in_school", "university", "course_names"];
 
-fn differences(built: &Document, indexed: &Value, shown: &[&str]) -> Vec<FieldDiff> {
+fn differences(built: &Value, indexed: &Value, shown: &[&str]) -> Vec<FieldDiff> {
     let built = built.clone();
     let mut out: Vec<FieldDiff> = shown
         .iter()
@@ -73,7 +73,7 @@ pub async fn view(services: &Services, id: i64) -> Result<StudentView, Failure> 
 
 /// The document of `key` from the database (None: no such row), how the index's copy
 /// compares (on the fields `shown`), and how long a change to it has waited, if one has.
-pub async fn compare(services: &Services, key: &str, shown: &[&str]) -> Result<(Option<Document>, IndexCopy, Option<f64>), Failure> {
+pub async fn compare(services: &Services, key: &str, shown: &[&str]) -> Result<(Option<Value>, IndexCopy, Option<f64>), Failure> {
     let pool = &services.pool;
     let id = key;
     let (rows, pending) = db(async {
@@ -87,7 +87,7 @@ pub async fn compare(services: &Services, key: &str, shown: &[&str]) -> Result<(
         Ok((rows, pending))
     })
     .await?;
-    let student = rows.into_iter().next().and_then(|(_, op)| op.into_document());
+    let student = rows.into_iter().next().and_then(|(_, op)| op.into_document()).map(|d| d.value());
     let path =
         format!("/{}/_doc/{}", services.config.index_alias, percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC));
     let indexed = match engine(services, Method::Get, &path, None).await {
@@ -104,7 +104,7 @@ pub async fn compare(services: &Services, key: &str, shown: &[&str]) -> Result<(
         (Ok(None), None) => IndexCopy::Absent,
         (Ok(None), Some(_)) => IndexCopy::Missing,
         (Ok(Some(_)), None) => IndexCopy::Stale,
-        (Ok(Some(v)), Some(doc)) if verify::same(&v, doc) => IndexCopy::InSync,
+        (Ok(Some(v)), Some(doc)) if v == *doc => IndexCopy::InSync,
         (Ok(Some(v)), Some(doc)) => IndexCopy::Differs { differences: differences(doc, &v, shown) },
     };
     Ok((student, index, pending))
