@@ -186,3 +186,70 @@ async fn a_tombstone_lifetime_shorter_than_a_batch_can_take_is_refused_by_the_co
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("index.gc_deletes") && err.contains("brings a deleted student back"), "{err}");
 }
+
+/// A queue table is often vacuumed while (nearly) empty, and its statistics then say it
+/// holds no rows while a fan-out fills it with tens of thousands of marks. A renewal, an
+/// acknowledgement or a release written as a join of the marks with their own locking sub-select was then planned
+/// as a nested loop that scanned the batch's keys again for every mark: minutes of CPU in
+/// both workers during a big fan-out (BENCHMARKS.md §8), while the leases ran out. Each
+/// statement must lock its rows once, whatever the statistics say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_acknowledging_and_releasing_a_big_batch_stay_quick_when_statistics_say_the_marks_are_empty() {
+    use tidemark::pipeline::{
+        acknowledge, claim,
+        lease::{self, Held},
+    };
+    let env = Env::new().await;
+    let owner = "worker-a#1";
+    env.sql(&format!(
+        "ALTER TABLE tidemark.marks SET (autovacuum_enabled = false);
+         INSERT INTO tidemark.marks (key, seq, marked_at, lease_owner, lease_until)
+              SELECT g::text, g, now(), '{owner}', now() FROM generate_series(1, 40000) g;
+         -- What ANALYZE or VACUUM records for a table that was empty when they ran.
+         UPDATE pg_class SET reltuples = 0, relpages = 1 WHERE oid = 'tidemark.marks'::regclass;"
+    ))
+    .await;
+    let held: Vec<String> = (1..=20_000).map(|i| i.to_string()).collect();
+    let services = env.services();
+    // Each statement takes a fraction of a second when planned well; the nested loop took
+    // minutes. The bound only tells a hang from an answer.
+    let bound = Duration::from_secs(30);
+    let lost = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let renewal = tokio::time::timeout(bound, lease::renew(&services, owner, Held::Marks(held.clone()), lost.clone()))
+        .await
+        .unwrap_or_else(|_| panic!("renewing 20,000 leases took longer than {bound:?}"));
+    drop(renewal);
+    assert!(!lost.is_cancelled(), "the owner still holds every mark it renewed");
+    let renewed: i64 = sqlx::query_scalar("SELECT count(*) FROM tidemark.marks WHERE lease_until > now() + interval '30 seconds'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(renewed, 20_000, "the renewal extended exactly the held marks, by sync.lease (1 minute)");
+
+    // Half of them acknowledged (written, under the numbers they were claimed with), the
+    // other half given back.
+    let (written, unwritten) = held.split_at(10_000);
+    let marks: Vec<tidemark::pipeline::Mark> =
+        written.iter().map(|k| tidemark::pipeline::Mark { key: k.clone(), seq: k.parse().unwrap() }).collect();
+    let verdicts = written.iter().map(|k| (k.clone(), acknowledge::Verdict::Done)).collect();
+    let acked = tokio::time::timeout(bound, acknowledge::acknowledge(&env.pool, owner, &marks, &verdicts))
+        .await
+        .unwrap_or_else(|_| panic!("acknowledging 10,000 marks took longer than {bound:?}"))
+        .unwrap();
+    assert_eq!(acked.cleared, 10_000);
+    let released = tokio::time::timeout(bound, claim::release(&env.pool, owner, unwritten))
+        .await
+        .unwrap_or_else(|_| panic!("releasing 10,000 leases took longer than {bound:?}"))
+        .unwrap();
+    assert_eq!(released, 10_000);
+    let all = tokio::time::timeout(bound, claim::release_all(&env.pool, "worker-a"))
+        .await
+        .unwrap_or_else(|_| panic!("releasing a process's 20,000 other leases took longer than {bound:?}"))
+        .unwrap();
+    assert_eq!(all, 20_000, "the other half, released as the worker stops");
+    let (left, leased): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(lease_owner) FROM tidemark.marks").fetch_one(&env.pool).await.unwrap();
+    assert_eq!((left, leased), (30_000, 0), "the acknowledged marks are gone, every other one is free to claim");
+    eprintln!("renew, acknowledge, release and release_all of 40,000 marks: {:?}", started.elapsed());
+}

@@ -74,12 +74,15 @@ pub async fn draw_version(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
 /// Gives back the leases this owner still holds on these students, so the marks that
 /// were not acknowledged can be claimed again at once.
 pub async fn release(db: impl PgExecutor<'_>, owner: &str, ids: &[String]) -> Result<u64, sqlx::Error> {
-    // Rows locked in id order, as the capture triggers lock them (no deadlock with a writer).
+    // Rows locked in id order, as the capture triggers lock them (no deadlock with a writer),
+    // by an uncorrelated ARRAY(...) sub-select that runs once. Joined instead (`FROM (SELECT
+    // … FOR UPDATE) s WHERE d.key = s.key`), it was planned as a nested loop scanning the
+    // sub-select again for every mark when the statistics said the marks table was empty,
+    // as a queue table's often do: minutes of CPU for 10,000 marks.
     let r = sqlx::query(
-        "UPDATE tidemark.marks d SET lease_owner = NULL, lease_until = NULL
-           FROM (SELECT key FROM tidemark.marks
-                  WHERE key = ANY($1) AND lease_owner = $2 ORDER BY key FOR UPDATE) s
-          WHERE d.key = s.key",
+        "UPDATE tidemark.marks SET lease_owner = NULL, lease_until = NULL
+          WHERE key = ANY(ARRAY(SELECT key FROM tidemark.marks
+                                 WHERE key = ANY($1) AND lease_owner = $2 ORDER BY key FOR UPDATE))",
     )
     .bind(ids)
     .bind(owner)
@@ -93,10 +96,9 @@ pub async fn release(db: impl PgExecutor<'_>, owner: &str, ids: &[String]) -> Re
 pub async fn release_all(pool: &PgPool, identity: &str) -> Result<u64, sqlx::Error> {
     let prefix = format!("{identity}#");
     let a = sqlx::query(
-        "UPDATE tidemark.marks d SET lease_owner = NULL, lease_until = NULL
-           FROM (SELECT key FROM tidemark.marks
-                  WHERE starts_with(lease_owner, $1) ORDER BY key FOR UPDATE) s
-          WHERE d.key = s.key",
+        "UPDATE tidemark.marks SET lease_owner = NULL, lease_until = NULL
+          WHERE key = ANY(ARRAY(SELECT key FROM tidemark.marks
+                                 WHERE starts_with(lease_owner, $1) ORDER BY key FOR UPDATE))",
     )
     .bind(&prefix)
     .execute(pool)
