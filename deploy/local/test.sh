@@ -6,9 +6,10 @@
 # Every run has an id, `r` and 8 hex digits, exported as TIDEMARK_TEST_RUN: the tests
 # name every index and alias they create `<run>-...` and every database
 # `tidemark_test_<run>_...`. The run records its PID in $TIDEMARK_CACHE/test-runs/<run>.pid
-# (removed on exit). Before testing, it sweeps the leftovers of runs whose recorded process
-# is gone (killed, crashed machine), and only those: suites running at the same time
-# against the same PostgreSQL and OpenSearch never touch each other's data.
+# (removed on exit). Before testing, it sweeps the leftovers of runs that have ended — their
+# PID file gone (what a test failed to drop) or naming a process that is gone (killed,
+# crashed machine) — and only those: suites running at the same time against the same
+# PostgreSQL and OpenSearch never touch each other's data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 eval "$(deploy/local/services.sh)"
@@ -46,17 +47,24 @@ sweep() { # run id
         [[ -n $index ]] && curl -s -XDELETE "$ELASTICSEARCH_URL/$index" >/dev/null || true
       done
 }
-for f in "$runs"/r*.pid; do
-  [[ -e $f ]] || continue
-  other=$(basename "$f" .pid)
-  [[ $other =~ ^r[0-9a-f]{8}$ && $other != "$run" ]] || continue
+# A run is dead when its PID file is gone (it ended: what its tests failed to drop stays
+# behind) or names a process that has ended (killed, crashed machine).
+alive() { # run id
+  local f="$runs/$1.pid" pid start
+  [[ -e $f ]] || return 1
   read -r pid start <"$f" || true
-  if [[ -n ${pid:-} ]] && kill -0 "$pid" 2>/dev/null && [[ -z ${start:-} || $(started_at "$pid") == "$start" ]]; then
-    continue # still running
-  fi
-  log "sweeping the leftovers of run $other (its process, pid ${pid:-?}, has ended)"
+  [[ -n ${pid:-} ]] && kill -0 "$pid" 2>/dev/null && [[ -z ${start:-} || $(started_at "$pid") == "$start" ]]
+}
+others=$( {
+  for f in "$runs"/r*.pid; do [[ -e $f ]] && basename "$f" .pid; done
+  psql "$DATABASE_URL" -Atc "SELECT substring(datname from '^tidemark_test_(r[0-9a-f]{8})') FROM pg_database WHERE datname ~ '^tidemark_test_r[0-9a-f]{8}'"
+} | sort -u)
+for other in $others; do
+  [[ $other =~ ^r[0-9a-f]{8}$ && $other != "$run" ]] || continue
+  alive "$other" && continue
+  log "sweeping the leftovers of run $other (it has ended)"
   sweep "$other"
-  rm -f "$f"
+  rm -f "$runs/$other.pid"
 done
 
 deploy/local/chromium.sh >/dev/null # the browser tests' headless Chromium and chromedriver (Debian's), when missing
