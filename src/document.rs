@@ -7,7 +7,10 @@ use sqlx::{postgres::PgRow, Row};
 
 use crate::{
     config::IndexConfig,
-    model::{sql::Part, FieldType, Model},
+    model::{
+        sql::{Input, Part},
+        FieldType, Model,
+    },
 };
 
 /// One search document: a JSON object as compact text, its fields in the model's order, as
@@ -69,20 +72,55 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
                     *col += parts.iter().map(Part::width).sum::<usize>();
                 }
             }
-            Part::Array { kind, .. } => {
-                let values = row.try_get::<Option<Vec<String>>, _>(at)?.unwrap_or_default();
+            Part::Array { kind, sorted, .. } => {
+                let mut values = row.try_get::<Option<Vec<String>>, _>(at)?.unwrap_or_default();
+                if !sorted {
+                    values.sort_unstable();
+                    values.dedup();
+                }
                 write_array(out, *kind, &values);
             }
-            Part::Completion { .. } => {
-                let inputs = row.try_get::<Option<Vec<String>>, _>(at)?.unwrap_or_default();
+            Part::Completion { inputs, .. } => {
+                let inputs = match inputs {
+                    None => row.try_get::<Option<Vec<String>>, _>(at)?.unwrap_or_default(),
+                    Some(templates) => {
+                        *col -= 1; // no column of its own
+                        let mut joined = Vec::with_capacity(templates.len());
+                        for t in templates {
+                            if let Some(s) = join(t, row)? {
+                                joined.push(s);
+                            }
+                        }
+                        joined
+                    }
+                };
                 out.extend_from_slice(b"{\"input\":");
                 write_array(out, FieldType::Keyword, &inputs);
                 out.push(b'}');
+            }
+            Part::Key { kind, .. } => {
+                *col -= 1; // the key column, read again
+                write_scalar(out, *kind, row.try_get::<&str, _>(0)?);
             }
         }
     }
     out.push(b'}');
     Ok(())
+}
+
+/// One completion input joined from its row, or None when a field it names is null.
+fn join(pieces: &[Input], row: &PgRow) -> Result<Option<String>, sqlx::Error> {
+    let mut s = String::new();
+    for p in pieces {
+        match p {
+            Input::Text(t) => s.push_str(t),
+            Input::Column(c) => match row.try_get::<Option<&str>, _>(*c)? {
+                Some(v) => s.push_str(v),
+                None => return Ok(None),
+            },
+        }
+    }
+    Ok(Some(s))
 }
 
 fn write_array(out: &mut Vec<u8>, kind: FieldType, values: &[String]) {

@@ -41,10 +41,23 @@ pub enum Part {
     Json { name: String, sql: String },
     /// A belongs-to of the root, joined: an object when `present`, else null.
     Object { name: String, present: String, parts: Vec<Part> },
-    /// Scalars the database sorted and deduplicated: an array of `kind` (none: `[]`).
-    Array { name: String, kind: FieldType, sql: String },
-    /// The completion's inputs (a `text[]`): `{"input": [...]}`.
-    Completion { name: String, sql: String },
+    /// Scalars: an array of `kind` (none: `[]`), sorted and deduplicated by the database
+    /// (`sorted`), or by the loader (text in byte order, which is the `"C"` collation's).
+    Array { name: String, kind: FieldType, sql: String, sorted: bool },
+    /// The completion's inputs: `{"input": [...]}`. The loader joins them from the root's
+    /// columns (`inputs`) where every field they name is read as text; otherwise the
+    /// database does (`sql`, a `text[]` column).
+    Completion { name: String, sql: String, inputs: Option<Vec<Vec<Input>>> },
+    /// The key again (`number`, `key_field`): the row query's first column, read once.
+    Key { name: String, kind: FieldType, sql: String },
+}
+
+/// A piece of a completion input the loader joins: literal text, or the row query's
+/// column of a root field (an input with a null field is left out, as `array_remove` did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Text(String),
+    Column(usize),
 }
 
 impl Part {
@@ -54,7 +67,8 @@ impl Part {
             | Part::Json { name, .. }
             | Part::Object { name, .. }
             | Part::Array { name, .. }
-            | Part::Completion { name, .. } => name,
+            | Part::Completion { name, .. }
+            | Part::Key { name, .. } => name,
         }
     }
 
@@ -62,6 +76,7 @@ impl Part {
     pub fn width(&self) -> usize {
         match self {
             Part::Object { parts, .. } => 1 + parts.iter().map(Part::width).sum::<usize>(),
+            Part::Completion { inputs: Some(_), .. } | Part::Key { .. } => 0,
             _ => 1,
         }
     }
@@ -69,7 +84,7 @@ impl Part {
     /// `'name', json` for [`build_object`].
     fn json_pair(&self) -> String {
         let json = match self {
-            Part::Scalar { sql, .. } | Part::Json { sql, .. } => sql.clone(),
+            Part::Scalar { sql, .. } | Part::Json { sql, .. } | Part::Key { sql, .. } => sql.clone(),
             Part::Object { present, parts, .. } => {
                 format!("CASE WHEN {present} THEN {} END", build_object(&parts.iter().map(Part::json_pair).collect::<Vec<_>>()))
             }
@@ -88,7 +103,8 @@ impl Part {
                 parts.iter().for_each(|p| p.columns(out));
             }
             Part::Array { sql, .. } => out.push(format!("({sql})::text[]")),
-            Part::Completion { sql, .. } => out.push(sql.clone()),
+            Part::Completion { sql, inputs: None, .. } => out.push(sql.clone()),
+            Part::Completion { inputs: Some(_), .. } | Part::Key { .. } => {}
         }
     }
 }
@@ -104,7 +120,7 @@ struct Select {
 /// The statement that returns `(key text, document json)` for the rows `rows` picks, in key
 /// order. Keys that have no row come back as no row (a delete).
 pub fn document_query(model: &Model, rows: Rows) -> String {
-    let s = select(model, rows);
+    let s = select(model, rows, false);
     let pairs: Vec<String> = s.parts.iter().map(Part::json_pair).collect();
     format!(
         "SELECT {key}::text, {doc} FROM {from} WHERE {filter} ORDER BY {key}",
@@ -118,7 +134,7 @@ pub fn document_query(model: &Model, rows: Rows) -> String {
 /// The statement that returns the key (text), then the columns of [`document_parts`], for
 /// the rows `rows` picks, in key order.
 pub fn row_query(model: &Model, rows: Rows) -> String {
-    let s = select(model, rows);
+    let s = select(model, rows, true);
     let mut columns = vec![format!("{}::text", s.key)];
     s.parts.iter().for_each(|p| p.columns(&mut columns));
     format!("SELECT {} FROM {} WHERE {} ORDER BY {}", columns.join(", "), s.from, s.filter, s.key)
@@ -126,7 +142,7 @@ pub fn row_query(model: &Model, rows: Rows) -> String {
 
 /// The parts of a document in order, as [`row_query`] reads them.
 pub fn document_parts(model: &Model) -> Vec<Part> {
-    select(model, Rows::Keys).parts
+    select(model, Rows::Keys, true).parts
 }
 
 /// The root's own relations are joined set-wise, as a hand-written query would: a
@@ -138,7 +154,10 @@ pub fn document_parts(model: &Model) -> Vec<Part> {
 /// 10,000 students the set-wise statement took about a third of the time. Deeper levels
 /// (a relation of a related row) stay correlated subqueries of their row: they are read for
 /// the related rows only.
-fn select(model: &Model, rows: Rows) -> Select {
+///
+/// `for_rows`: for [`row_query`], whose loader sorts text arrays and joins the completion's
+/// inputs itself (the database's share of a document's cost, BENCHMARKS.md §9).
+fn select(model: &Model, rows: Rows, for_rows: bool) -> Select {
     let root = &model.root;
     let key = format!("t0.{}", ident(&root.key));
     let cast = root.key_type.sql();
@@ -152,7 +171,7 @@ fn select(model: &Model, rows: Rows) -> Select {
     let mut parts: Vec<Part> = root.fields.iter().map(|f| field_part(f, "t0")).collect();
     let mut from = format!("{} t0", ident(&root.table));
     for (i, r) in root.relations.iter().enumerate() {
-        let part = match root_join(r, i, &root.key, &filter) {
+        let part = match root_join(r, i, &root.key, &filter, for_rows) {
             Some((join, part)) => {
                 from.push_str(&join);
                 part
@@ -163,14 +182,37 @@ fn select(model: &Model, rows: Rows) -> Select {
     }
     if let Some(c) = &model.completion {
         let inputs: Vec<String> = c.inputs.iter().map(|t| template_sql(t, root, "t0")).collect();
-        parts.push(Part::Completion { name: c.name.clone(), sql: format!("array_remove(ARRAY[{}]::text[], NULL)", inputs.join(", ")) });
+        // Root field i is column 1 + i; only one read as text (a Scalar) can be joined as
+        // the database would (`col::text`).
+        let joined: Option<Vec<Vec<Input>>> = c
+            .inputs
+            .iter()
+            .map(|t| {
+                t.0.iter()
+                    .map(|p| match p {
+                        Piece::Text(s) => Some(Input::Text(s.clone())),
+                        Piece::Field(name) => root
+                            .fields
+                            .iter()
+                            .position(|f| &f.name == name)
+                            .filter(|&i| matches!(parts[i], Part::Scalar { .. }))
+                            .map(|i| Input::Column(1 + i)),
+                    })
+                    .collect()
+            })
+            .collect();
+        parts.push(Part::Completion {
+            name: c.name.clone(),
+            sql: format!("array_remove(ARRAY[{}]::text[], NULL)", inputs.join(", ")),
+            inputs: joined.filter(|_| for_rows),
+        });
     }
     if let Some(n) = &model.key_field {
         let kind = match root.key_type {
             super::KeyType::Uuid => FieldType::Keyword,
             _ => FieldType::Long,
         };
-        parts.push(Part::Scalar { name: n.clone(), kind, sql: format!("t0.{}", ident(&root.key)) });
+        parts.push(Part::Key { name: n.clone(), kind, sql: format!("t0.{}", ident(&root.key)) });
     }
     let filter = filter(&key);
     Select { key, parts, from, filter }
@@ -187,7 +229,7 @@ fn field_part(f: &Field, alias: &str) -> Part {
 /// A relation of the root joined set-wise (see [`select`]): the join to append to the FROM
 /// list and the relation's part over it; None where a correlated subquery stays (a
 /// belongs-to read as one value, or an array of dates).
-fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> String) -> Option<(String, Part)> {
+fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> String, for_rows: bool) -> Option<(String, Part)> {
     let alias = format!("r{i}");
     let ckey = ident(&r.node.key);
     let name = r.name.clone();
@@ -226,13 +268,18 @@ fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> St
                 // A date is JSON already (`to_json`), which has no equality to deduplicate by.
                 return None;
             }
-            let collate = if matches!(kind, FieldType::Keyword | FieldType::Text) { " COLLATE \"C\"" } else { "" };
+            let text = matches!(kind, FieldType::Keyword | FieldType::Text);
+            let collate = if text { " COLLATE \"C\"" } else { "" };
+            // Text the loader sorts itself (an ordered aggregate sorts each document's values
+            // on its own); numbers stay sorted by the database, as numbers.
+            let sorted = !(for_rows && text);
+            let agg = if sorted { format!("array_agg(DISTINCT v{collate} ORDER BY v{collate})") } else { "array_agg(v)".to_string() };
             Some((
                 format!(
-                    " LEFT JOIN (SELECT k, array_agg(DISTINCT v{collate} ORDER BY v{collate}) AS v FROM (SELECT {col} AS k, {value} AS v FROM {from}{joins} WHERE {w}) x WHERE v IS NOT NULL GROUP BY k) {alias} ON {on}",
+                    " LEFT JOIN (SELECT k, {agg} AS v FROM (SELECT {col} AS k, {value} AS v FROM {from}{joins} WHERE {w}) x WHERE v IS NOT NULL GROUP BY k) {alias} ON {on}",
                     w = filter(&col)
                 ),
-                Part::Array { name, kind, sql: format!("{alias}.v") },
+                Part::Array { name, kind, sql: format!("{alias}.v"), sorted },
             ))
         }
     }
