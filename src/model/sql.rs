@@ -170,13 +170,27 @@ fn select(model: &Model, rows: Rows, for_rows: bool) -> Select {
     };
     let mut parts: Vec<Part> = root.fields.iter().map(|f| field_part(f, "t0")).collect();
     let mut from = format!("{} t0", ident(&root.table));
+    let groups = shared_links(root);
+    let mut shared: Vec<Part> = Vec::new();
     for (i, r) in root.relations.iter().enumerate() {
-        let part = match root_join(r, i, &root.key, &filter, for_rows) {
-            Some((join, part)) => {
-                from.push_str(&join);
-                part
+        let part = match groups.iter().position(|g| g.contains(&i)) {
+            // The first of a group joins the group's subquery; each takes its part of it.
+            Some(g) => {
+                if groups[g][0] == i {
+                    let members: Vec<&Relation> = groups[g].iter().map(|&m| &root.relations[m]).collect();
+                    let (join, group_parts) = shared_join(&members, g, &root.key, &filter, for_rows);
+                    from.push_str(&join);
+                    shared.extend(group_parts);
+                }
+                shared.iter().find(|p| p.name() == r.name).expect("a group's parts are made with its first member").clone()
             }
-            None => Part::Json { name: r.name.clone(), sql: relation_expr(r, "t0", &root.key, 1) },
+            None => match root_join(r, i, &root.key, &filter, for_rows) {
+                Some((join, part)) => {
+                    from.push_str(&join);
+                    part
+                }
+                None => Part::Json { name: r.name.clone(), sql: relation_expr(r, "t0", &root.key, 1) },
+            },
         };
         parts.push(part);
     }
@@ -224,6 +238,60 @@ fn field_part(f: &Field, alias: &str) -> Part {
         FieldType::Date => Part::Json { name: f.name.clone(), sql: column_sql(f, alias) },
         kind => Part::Scalar { name: f.name.clone(), kind, sql: column_sql(f, alias) },
     }
+}
+
+/// The root's arrays of values that share their link (the same related table, reached the
+/// same way), in groups of two or more, by relation index: each group is read by one
+/// subquery, one pass over the link per batch instead of one a relation (refinebio's sample
+/// ids, organism names and platform names all go through `experiment_samples` → `samples`:
+/// each pass read every sample). Only values reached through belongs-to hops (one value a
+/// related row) share: a has-many hop would repeat the other values' rows.
+fn shared_links(root: &Node) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, r) in root.relations.iter().enumerate() {
+        let Some(path) = &r.value else { continue };
+        if !r.link.is_many() || joins_many(&r.node, path) || value_chain(&r.node, "c", path, 2).2 == FieldType::Date {
+            continue;
+        }
+        let (from, col, _) = link(r, "t0", "c", &root.key);
+        let signature = format!("{from}|{col}");
+        match groups.iter_mut().find(|(s, _)| *s == signature) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((signature, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, m)| m).filter(|m| m.len() > 1).collect()
+}
+
+/// The subquery of a group of [`shared_links`] (`g`: its number) and the members' parts.
+fn shared_join(members: &[&Relation], g: usize, root_key: &str, filter: &dyn Fn(&str) -> String, for_rows: bool) -> (String, Vec<Part>) {
+    let alias = format!("g{g}");
+    let child = format!("{alias}c");
+    let (from, col, _) = link(members[0], "t0", &child, root_key);
+    let (mut joins, mut aggs, mut parts) = (String::new(), Vec::new(), Vec::new());
+    for (j, r) in members.iter().enumerate() {
+        let path = r.value.as_ref().expect("shared: an array of values");
+        // Each member's hops get aliases of their own (t10…, t20…).
+        let (hops, value, kind) = chain(&r.node, &child, path, 10 * (j + 1), "LEFT JOIN");
+        joins.push_str(&hops);
+        let text = matches!(kind, FieldType::Keyword | FieldType::Text);
+        let collate = if text { " COLLATE \"C\"" } else { "" };
+        let sorted = !(for_rows && text);
+        let agg = if sorted {
+            format!("array_agg(DISTINCT ({value}){collate} ORDER BY ({value}){collate})")
+        } else {
+            format!("array_agg({value})")
+        };
+        aggs.push(format!("{agg} FILTER (WHERE ({value}) IS NOT NULL) AS v{j}"));
+        parts.push(Part::Array { name: r.name.clone(), kind, sql: format!("{alias}.v{j}"), sorted });
+    }
+    let join = format!(
+        " LEFT JOIN (SELECT {col} AS k, {aggs} FROM {from}{joins} WHERE {w} GROUP BY {col}) {alias} ON {alias}.k = t0.{key}",
+        aggs = aggs.join(", "),
+        w = filter(&col),
+        key = ident(root_key)
+    );
+    (join, parts)
 }
 
 /// A relation of the root joined set-wise (see [`select`]): the join to append to the FROM
@@ -400,6 +468,12 @@ fn relation_expr(r: &Relation, parent: &str, parent_key: &str, depth: usize) -> 
 /// The joins from `node` (aliased `alias`) along `path` to the value, the value's SQL, and
 /// its type.
 fn value_chain(node: &Node, alias: &str, path: &[String], depth: usize) -> (String, String, FieldType) {
+    chain(node, alias, path, depth, "JOIN")
+}
+
+/// [`value_chain`] with its hops joined by `join` (`JOIN`, or `LEFT JOIN` where the row must
+/// stay for the other values read beside it).
+fn chain(node: &Node, alias: &str, path: &[String], depth: usize, join: &str) -> (String, String, FieldType) {
     let (first, rest) = path.split_first().expect("validated: a value path is not empty");
     if rest.is_empty() {
         let f = node.fields.iter().find(|f| &f.name == first).expect("validated: the value is a field");
@@ -408,8 +482,8 @@ fn value_chain(node: &Node, alias: &str, path: &[String], depth: usize) -> (Stri
     let r = node.relations.iter().find(|r| &r.name == first).expect("validated: the path follows relations");
     let child = format!("t{depth}");
     let (from, on) = hop(r, alias, &child, &node.key);
-    let (more, value, kind) = value_chain(&r.node, &child, rest, depth + 1);
-    (format!(" JOIN {from} ON {on}{more}"), value, kind)
+    let (more, value, kind) = chain(&r.node, &child, rest, depth + 1, join);
+    (format!(" {join} {from} ON {on}{more}"), value, kind)
 }
 
 fn joins_many(node: &Node, path: &[String]) -> bool {

@@ -68,17 +68,20 @@ fn the_document_query_reads_every_level_in_one_statement() {
     let q = sql::document_query(&m, sql::Rows::Keys);
     if let Ok(path) = std::env::var("TIDEMARK_PRINT_QUERY") {
         let s = sql::document_query(&Model::students(), sql::Rows::Range { lo: true, hi: true });
-        std::fs::write(path, format!("{s}\n;\n{q}\n;\n{}\n", sql::row_query(&Model::students(), sql::Rows::Range { lo: true, hi: true })))
-            .unwrap();
+        let range = sql::Rows::Range { lo: true, hi: true };
+        let rows = [sql::row_query(&Model::students(), range), sql::row_query(&m, range)];
+        std::fs::write(path, format!("{s}\n;\n{q}\n;\n{}\n;\n{}\n", rows[0], rows[1])).unwrap();
     }
     assert!(q.starts_with("SELECT t0.\"id\"::text, json_build_object('accession_code', t0.\"accession_code\"::text"), "{q}");
-    assert!(q.contains("JOIN \"organisms\" t2 ON t2.\"id\" = r1c.\"organism_id\""), "{q}");
-    // The root's arrays are aggregated once for the batch, picked by the same keys.
-    assert!(q.contains("array_agg(DISTINCT v COLLATE \"C\" ORDER BY v COLLATE \"C\")"), "{q}");
+    assert!(q.contains("LEFT JOIN \"organisms\" t20 ON t20.\"id\" = g0c.\"organism_id\""), "{q}");
+    // The root's arrays are aggregated once for the batch, picked by the same keys; the
+    // three that go through experiment_samples → samples share one pass over them.
+    assert_eq!(q.matches("\"experiment_samples\"").count(), 1, "{q}");
     assert!(
-        q.contains("WHERE r1cj.\"experiment_id\" = ANY($1::bigint[])) x WHERE v IS NOT NULL GROUP BY k) r1 ON r1.k = t0.\"id\""),
+        q.contains("array_agg(DISTINCT (t20.\"name\"::text) COLLATE \"C\" ORDER BY (t20.\"name\"::text) COLLATE \"C\") FILTER (WHERE (t20.\"name\"::text) IS NOT NULL) AS v1"),
         "{q}"
     );
+    assert!(q.contains("WHERE g0cj.\"experiment_id\" = ANY($1::bigint[]) GROUP BY g0cj.\"experiment_id\") g0 ON g0.k = t0.\"id\""), "{q}");
     assert!(q.contains("WHERE t0.\"id\" = ANY($1::bigint[]) ORDER BY t0.\"id\""), "{q}");
     let place = sql::place(&m, "organism_names.organism").unwrap();
     let f = sql::fanout_query(&m, &place);
