@@ -1,6 +1,6 @@
 //! A document is JSON built from the database by the model ([`crate::model`]); this module
-//! holds what tidemark does with documents whatever the model: the index bodies (mapping and
-//! settings).
+//! holds what tidemark does with documents whatever the model: writing one from a row of the
+//! model's row query, and the index bodies (mapping and settings).
 
 use serde_json::Value;
 use sqlx::{postgres::PgRow, Row};
@@ -53,8 +53,12 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
         }
         write_string(out, p.name());
         out.push(b':');
+        // This part's first column; an object's own parts advance past theirs.
         let at = *col;
-        *col += 1;
+        *col += match p {
+            Part::Object { .. } => 1,
+            other => other.width(),
+        };
         match p {
             Part::Scalar { kind, .. } => match row.try_get::<Option<&str>, _>(at)? {
                 Some(text) => write_scalar(out, *kind, text),
@@ -84,7 +88,6 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
                 let inputs = match inputs {
                     None => row.try_get::<Option<Vec<String>>, _>(at)?.unwrap_or_default(),
                     Some(templates) => {
-                        *col -= 1; // no column of its own
                         let mut joined = Vec::with_capacity(templates.len());
                         for t in templates {
                             if let Some(s) = join(t, row)? {
@@ -99,7 +102,7 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
                 out.push(b'}');
             }
             Part::Key { kind, .. } => {
-                *col -= 1; // the key column, read again
+                // The key column, read again.
                 write_scalar(out, *kind, row.try_get::<&str, _>(0)?);
             }
         }
