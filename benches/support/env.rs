@@ -117,6 +117,28 @@ impl BenchEnv {
         })
     }
 
+    /// The tutorial's way, the per-document baseline: for each of `ids`, read its document
+    /// (one query, as an ORM `save()` does) and send one `PUT /<index>/_doc/<id>` with it,
+    /// in order.
+    pub async fn per_document(&self, es_url: &str, index: &str, ids: &[String]) -> Result<()> {
+        let model = tidemark::model::Model::load(&self.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for id in ids {
+            let docs = tidemark::pipeline::load::load(&self.pool, &model, std::slice::from_ref(id)).await?;
+            let tidemark::pipeline::Op::Index(doc) = &docs[0].1 else { continue };
+            let resp = self
+                .http
+                .put(format!("{es_url}/{index}/_doc/{id}"))
+                .header("content-type", "application/json")
+                .body(doc.json().to_string())
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("baseline request for {} document {id} answered {}", self.model, resp.status());
+            }
+        }
+        Ok(())
+    }
+
     /// The configuration tidemark would build from this environment, pointed at `es_url`.
     pub fn config(&self, es_url: &str, tweak: impl FnOnce(&mut Config)) -> Arc<Config> {
         let mut c = Config::default();

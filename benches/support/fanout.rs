@@ -117,27 +117,6 @@ async fn renamed_ids(env: &BenchEnv, limit: usize) -> Result<Vec<String>> {
         .await?)
 }
 
-/// The tutorial's way: for each student, read it (one query, as an ORM `save()` does) and
-/// send one `PUT /<index>/_doc/<id>` with its document, in order.
-async fn per_student(env: &BenchEnv, es_url: &str, index: &str, ids: &[String]) -> Result<()> {
-    let model = tidemark::model::Model::students();
-    for id in ids {
-        let docs = tidemark::pipeline::load::load(&env.pool, &model, std::slice::from_ref(id)).await?;
-        let tidemark::pipeline::Op::Index(doc) = &docs[0].1 else { continue };
-        let resp = env
-            .http
-            .put(format!("{es_url}/{index}/_doc/{id}"))
-            .header("content-type", "application/json")
-            .body(doc.json().to_string())
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("baseline request for student {id} answered {}", resp.status());
-        }
-    }
-    Ok(())
-}
-
 /// `keep`: sizes a later benchmark (the facets) reuses. A case of such a size that indexed
 /// every student leaves its database and index in `kept.search`, made consistent again
 /// first (the university's name restored and every mark synced).
@@ -343,7 +322,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
         let sample = case.baseline_sample.map_or(n as usize, |s| s.min(n as usize));
         let ids = renamed_ids(env, sample).await?;
         let t0 = Instant::now();
-        per_student(env, &discard.url, &index, &ids).await?;
+        env.per_document(&discard.url, &index, &ids).await?;
         let per_doc = t0.elapsed().as_secs_f64() * n as f64 / ids.len().max(1) as f64;
         progress!("{}: one request per student into the discarding endpoint: {:.2}s for {}", env.kind, per_doc, label);
         own = Some((secs, items, tm_cpu, per_doc));
@@ -357,7 +336,7 @@ async fn run_case(env: &mut BenchEnv, case: &FanoutCase, out: &mut Outcome) -> R
     let t0 = Instant::now();
     sqlx::query("UPDATE universities SET name = $1 WHERE id = 1").bind(&name3).execute(&env.pool).await?;
     let ids = renamed_ids(env, sample).await?;
-    per_student(env, &env.services.es_url, &index, &ids).await?;
+    env.per_document(&env.services.es_url, &index, &ids).await?;
     let base_ack_measured = t0.elapsed().as_secs_f64();
     let bm = wait_searchable(
         env,

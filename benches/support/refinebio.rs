@@ -44,27 +44,6 @@ async fn experiments_of(env: &BenchEnv, organism: i64, limit: Option<i64>) -> Re
     Ok(ids.into_iter().map(|id| id.to_string()).collect())
 }
 
-/// The tutorial's way: for each experiment, read it (one query) and send one
-/// `PUT /<index>/_doc/<id>` with its document, in order.
-async fn per_document(env: &BenchEnv, es_url: &str, index: &str, ids: &[String]) -> Result<()> {
-    let model = tidemark::model::Model::load(&env.model).map_err(|e| anyhow::anyhow!("{e}"))?;
-    for id in ids {
-        let docs = tidemark::pipeline::load::load(&env.pool, &model, std::slice::from_ref(id)).await?;
-        let tidemark::pipeline::Op::Index(doc) = &docs[0].1 else { continue };
-        let resp = env
-            .http
-            .put(format!("{es_url}/{index}/_doc/{id}"))
-            .header("content-type", "application/json")
-            .body(doc.json().to_string())
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("baseline request for experiment {id} answered {}", resp.status());
-        }
-    }
-    Ok(())
-}
-
 pub async fn run(plan: &Plan, services: &Services) -> Result<Outcome> {
     let mut out = Outcome::default();
     let mut raw = serde_json::Map::new();
@@ -281,7 +260,7 @@ async fn fanout_part(
         let t0 = Instant::now();
         sqlx::query("UPDATE organisms SET name = $1 WHERE id = $2").bind(&name3).bind(id).execute(&env.pool).await?;
         let ids = experiments_of(env, id, Some(sample as i64)).await?;
-        per_document(env, &es, &index, &ids).await?;
+        env.per_document(&es, &index, &ids).await?;
         let base_measured = t0.elapsed().as_secs_f64();
         let base = base_measured * n as f64 / ids.len().max(1) as f64;
         // The baseline's documents are in the index; the rest of the marks (the rename's
