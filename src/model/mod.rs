@@ -287,10 +287,10 @@ pub struct Model {
 /// The statements a model reads with, generated once when it is loaded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Queries {
+    /// Every document as JSON built by the database (`engine=sql` searches it).
+    documents: String,
     by_keys: String,
     ranges: [String; 4],
-    rows_by_keys: String,
-    rows_ranges: [String; 4],
     parts: Vec<sql::Part>,
     fanout: std::collections::BTreeMap<String, String>,
 }
@@ -419,20 +419,18 @@ impl Model {
         Ok(model)
     }
 
-    /// The document query picking `rows` ([`sql::document_query`]).
-    pub fn query(&self, rows: sql::Rows) -> &str {
-        match rows {
-            sql::Rows::Keys => &self.queries.by_keys,
-            sql::Rows::Range { lo, hi } => &self.queries.ranges[usize::from(lo) * 2 + usize::from(hi)],
-        }
+    /// Every document as `(key text, document json)`, built by the database
+    /// ([`sql::document_query`]): what `engine=sql` searches.
+    pub fn documents_query(&self) -> &str {
+        &self.queries.documents
     }
 
     /// The row query picking `rows` ([`sql::row_query`]): the loader's, whose columns
     /// [`Model::parts`] describes.
     pub fn row_query(&self, rows: sql::Rows) -> &str {
         match rows {
-            sql::Rows::Keys => &self.queries.rows_by_keys,
-            sql::Rows::Range { lo, hi } => &self.queries.rows_ranges[usize::from(lo) * 2 + usize::from(hi)],
+            sql::Rows::Keys => &self.queries.by_keys,
+            sql::Rows::Range { lo, hi } => &self.queries.ranges[usize::from(lo) * 2 + usize::from(hi)],
         }
     }
 
@@ -493,13 +491,11 @@ impl Model {
     }
 
     fn prepare_queries(&mut self) {
-        let range = |lo, hi| sql::document_query(self, sql::Rows::Range { lo, hi });
-        let rows_range = |lo, hi| sql::row_query(self, sql::Rows::Range { lo, hi });
+        let range = |lo, hi| sql::row_query(self, sql::Rows::Range { lo, hi });
         let queries = Queries {
-            by_keys: sql::document_query(self, sql::Rows::Keys),
+            documents: sql::document_query(self, sql::Rows::Range { lo: false, hi: false }),
+            by_keys: sql::row_query(self, sql::Rows::Keys),
             ranges: [range(false, false), range(false, true), range(true, false), range(true, true)],
-            rows_by_keys: sql::row_query(self, sql::Rows::Keys),
-            rows_ranges: [rows_range(false, false), rows_range(false, true), rows_range(true, false), rows_range(true, true)],
             parts: sql::document_parts(self),
             fanout: sql::places(self).iter().map(|p| (p.kind(), sql::fanout_query(self, p))).collect(),
         };

@@ -170,20 +170,19 @@ fn select(model: &Model, rows: Rows, for_rows: bool) -> Select {
     };
     let mut parts: Vec<Part> = root.fields.iter().map(|f| field_part(f, "t0")).collect();
     let mut from = format!("{} t0", ident(&root.table));
-    let groups = shared_links(root);
-    let mut shared: Vec<Part> = Vec::new();
+    // Relations that share their link's subquery get their parts from it, by index.
+    let mut shared: Vec<Option<Part>> = vec![None; root.relations.len()];
+    for (g, members) in shared_links(root).iter().enumerate() {
+        let relations: Vec<&Relation> = members.iter().map(|&m| &root.relations[m]).collect();
+        let (join, group_parts) = shared_join(&relations, g, &root.key, &filter, for_rows);
+        from.push_str(&join);
+        for (&m, p) in members.iter().zip(group_parts) {
+            shared[m] = Some(p);
+        }
+    }
     for (i, r) in root.relations.iter().enumerate() {
-        let part = match groups.iter().position(|g| g.contains(&i)) {
-            // The first of a group joins the group's subquery; each takes its part of it.
-            Some(g) => {
-                if groups[g][0] == i {
-                    let members: Vec<&Relation> = groups[g].iter().map(|&m| &root.relations[m]).collect();
-                    let (join, group_parts) = shared_join(&members, g, &root.key, &filter, for_rows);
-                    from.push_str(&join);
-                    shared.extend(group_parts);
-                }
-                shared.iter().find(|p| p.name() == r.name).expect("a group's parts are made with its first member").clone()
-            }
+        let part = match shared[i].take() {
+            Some(part) => part,
             None => match root_join(r, i, &root.key, &filter, for_rows) {
                 Some((join, part)) => {
                     from.push_str(&join);
@@ -196,29 +195,29 @@ fn select(model: &Model, rows: Rows, for_rows: bool) -> Select {
     }
     if let Some(c) = &model.completion {
         let inputs: Vec<String> = c.inputs.iter().map(|t| template_sql(t, root, "t0")).collect();
-        // Root field i is column 1 + i; only one read as text (a Scalar) can be joined as
-        // the database would (`col::text`).
-        let joined: Option<Vec<Vec<Input>>> = c
-            .inputs
-            .iter()
-            .map(|t| {
-                t.0.iter()
-                    .map(|p| match p {
-                        Piece::Text(s) => Some(Input::Text(s.clone())),
-                        Piece::Field(name) => root
-                            .fields
-                            .iter()
-                            .position(|f| &f.name == name)
-                            .filter(|&i| matches!(parts[i], Part::Scalar { .. }))
-                            .map(|i| Input::Column(1 + i)),
-                    })
-                    .collect()
-            })
-            .collect();
+        // For the loader: root field i is column 1 + i; only one read as text (a Scalar) can
+        // be joined as the database would (`col::text`).
+        let joined: Option<Vec<Vec<Input>>> = for_rows.then(|| c.inputs.iter()).and_then(|templates| {
+            templates
+                .map(|t| {
+                    t.0.iter()
+                        .map(|p| match p {
+                            Piece::Text(s) => Some(Input::Text(s.clone())),
+                            Piece::Field(name) => root
+                                .fields
+                                .iter()
+                                .position(|f| &f.name == name)
+                                .filter(|&i| matches!(parts[i], Part::Scalar { .. }))
+                                .map(|i| Input::Column(1 + i)),
+                        })
+                        .collect()
+                })
+                .collect()
+        });
         parts.push(Part::Completion {
             name: c.name.clone(),
             sql: format!("array_remove(ARRAY[{}]::text[], NULL)", inputs.join(", ")),
-            inputs: joined.filter(|_| for_rows),
+            inputs: joined,
         });
     }
     if let Some(n) = &model.key_field {
@@ -274,14 +273,7 @@ fn shared_join(members: &[&Relation], g: usize, root_key: &str, filter: &dyn Fn(
         // Each member's hops get aliases of their own (t10…, t20…).
         let (hops, value, kind) = chain(&r.node, &child, path, 10 * (j + 1), "LEFT JOIN");
         joins.push_str(&hops);
-        let text = matches!(kind, FieldType::Keyword | FieldType::Text);
-        let collate = if text { " COLLATE \"C\"" } else { "" };
-        let sorted = !(for_rows && text);
-        let agg = if sorted {
-            format!("array_agg(DISTINCT ({value}){collate} ORDER BY ({value}){collate})")
-        } else {
-            format!("array_agg({value})")
-        };
+        let (agg, sorted) = values_agg(&value, kind, for_rows);
         aggs.push(format!("{agg} FILTER (WHERE ({value}) IS NOT NULL) AS v{j}"));
         parts.push(Part::Array { name: r.name.clone(), kind, sql: format!("{alias}.v{j}"), sorted });
     }
@@ -292,6 +284,19 @@ fn shared_join(members: &[&Relation], g: usize, root_key: &str, filter: &dyn Fn(
         key = ident(root_key)
     );
     (join, parts)
+}
+
+/// The aggregate of a root array of values `value` of type `kind`, and whether it sorts
+/// and deduplicates them. For the loader (`for_rows`) text is left to tidemark (an ordered
+/// aggregate sorts each document's values on its own; byte order is the `"C"` collation's);
+/// numbers are sorted by the database, as numbers, and so is everything `engine=sql` reads.
+fn values_agg(value: &str, kind: FieldType, for_rows: bool) -> (String, bool) {
+    let text = matches!(kind, FieldType::Keyword | FieldType::Text);
+    if for_rows && text {
+        return (format!("array_agg({value})"), false);
+    }
+    let collate = if text { " COLLATE \"C\"" } else { "" };
+    (format!("array_agg(DISTINCT ({value}){collate} ORDER BY ({value}){collate})"), true)
 }
 
 /// A relation of the root joined set-wise (see [`select`]): the join to append to the FROM
@@ -336,12 +341,7 @@ fn root_join(r: &Relation, i: usize, root_key: &str, filter: &dyn Fn(&str) -> St
                 // A date is JSON already (`to_json`), which has no equality to deduplicate by.
                 return None;
             }
-            let text = matches!(kind, FieldType::Keyword | FieldType::Text);
-            let collate = if text { " COLLATE \"C\"" } else { "" };
-            // Text the loader sorts itself (an ordered aggregate sorts each document's values
-            // on its own); numbers stay sorted by the database, as numbers.
-            let sorted = !(for_rows && text);
-            let agg = if sorted { format!("array_agg(DISTINCT v{collate} ORDER BY v{collate})") } else { "array_agg(v)".to_string() };
+            let (agg, sorted) = values_agg("v", kind, for_rows);
             Some((
                 format!(
                     " LEFT JOIN (SELECT k, {agg} AS v FROM (SELECT {col} AS k, {value} AS v FROM {from}{joins} WHERE {w}) x WHERE v IS NOT NULL GROUP BY k) {alias} ON {on}",

@@ -21,10 +21,7 @@ use sqlx::{postgres::PgArguments, types::Json, Arguments, PgPool, Row};
 
 use super::{bucket_order, Id, Raw, RawBucket, RawFacet, Request};
 use crate::{
-    model::{
-        sql::{literal, Rows},
-        FieldType, KeyType, Model,
-    },
+    model::{sql::literal, FieldType, KeyType, Model},
     web::{
         params::MAX_RESULT_WINDOW,
         query::contains_ignoring_case,
@@ -120,10 +117,7 @@ fn conditions(st: &mut Stmt, model: &Model, req: &Request, except: &str) -> Stri
 
 /// Every document of the model, as `d(key, doc jsonb)`.
 fn documents(model: &Model) -> String {
-    format!(
-        "d AS MATERIALIZED (SELECT x.key, x.doc::jsonb AS doc FROM ({}) x(key, doc))",
-        model.query(Rows::Range { lo: false, hi: false })
-    )
+    format!("d AS MATERIALIZED (SELECT x.key, x.doc::jsonb AS doc FROM ({}) x(key, doc))", model.documents_query())
 }
 
 /// Total, facets and histograms in one statement: rows of (aggregation, key, count, distinct).
