@@ -3,7 +3,10 @@
 //! model's row query, and the index bodies (mapping and settings).
 
 use serde_json::Value;
-use sqlx::{postgres::PgRow, Row};
+use sqlx::{
+    postgres::{PgRow, PgValueFormat},
+    Column as _, Postgres, Row, Type, ValueRef as _,
+};
 
 use crate::{
     config::IndexConfig,
@@ -33,19 +36,162 @@ impl Document {
         Document(v.to_string())
     }
 
-    /// The document of one row of the model's row query ([`Model::row_query`]: the key, then
-    /// the columns of [`Model::parts`]). The database reads the values; tidemark writes the
-    /// JSON, which costs a fraction of `json_build_object` (BENCHMARKS.md §9).
-    pub fn from_row(parts: &[Part], row: &PgRow) -> Result<Document, sqlx::Error> {
-        let mut out = Vec::with_capacity(256);
-        let mut col = 1;
-        write_object(&mut out, parts, row, &mut col)?;
-        // Every byte written is JSON syntax or comes from a `&str` (or is escaped from one).
-        Ok(Document(String::from_utf8(out).expect("a document is written from UTF-8 text")))
+    /// A reader of the model's row query ([`Model::row_query`]: the key, then the columns of
+    /// [`Model::parts`]): the database reads the values, tidemark writes the JSON, which
+    /// costs a fraction of `json_build_object` (BENCHMARKS.md §9).
+    pub fn reader(parts: &[Part]) -> RowReader<'_> {
+        RowReader { parts, checked: false }
     }
 }
 
-fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize) -> Result<(), sqlx::Error> {
+/// Writes the documents of the row query's rows, one row at a time, as they arrive (while a
+/// row's bytes are still in the CPU's cache). The columns' types are checked on the first
+/// row; every row is then read from its bytes (see [`Cells`]).
+pub struct RowReader<'p> {
+    parts: &'p [Part],
+    checked: bool,
+}
+
+impl RowReader<'_> {
+    /// The key and the document of one row.
+    pub fn read(&mut self, row: &PgRow) -> Result<(String, Document), sqlx::Error> {
+        if !self.checked {
+            check_columns(self.parts, row)?;
+            self.checked = true;
+        }
+        let cells = Cells(row);
+        let key = cells.text(0)?.ok_or_else(|| decode_error(0, "the key is null"))?.to_string();
+        let mut out = Vec::with_capacity(256);
+        let mut col = 1;
+        write_object(&mut out, self.parts, cells, &mut col)?;
+        // Every byte written is JSON syntax or comes from a `&str` (or is escaped from one).
+        Ok((key, Document(String::from_utf8(out).expect("a document is written from UTF-8 text"))))
+    }
+}
+
+/// The columns of the row query by type: text (the key, scalars, JSON), a boolean (an
+/// object's presence) or a text array (arrays, a completion the database joins). The query
+/// casts every column to its type, so a mismatch is tidemark's fault, said once per batch.
+fn check_columns(parts: &[Part], row: &PgRow) -> Result<(), sqlx::Error> {
+    fn walk(parts: &[Part], kinds: &mut Vec<Column>) {
+        for p in parts {
+            match p {
+                Part::Scalar { .. } | Part::Json { .. } => kinds.push(Column::Text),
+                Part::Object { parts, .. } => {
+                    kinds.push(Column::Bool);
+                    walk(parts, kinds);
+                }
+                Part::Array { .. } | Part::Completion { inputs: None, .. } => kinds.push(Column::TextArray),
+                Part::Completion { inputs: Some(_), .. } | Part::Key { .. } => {}
+            }
+        }
+    }
+    let mut kinds = vec![Column::Text];
+    walk(parts, &mut kinds);
+    let columns = row.columns();
+    if columns.len() != kinds.len() {
+        return Err(decode_error(0, &format!("the row query gave {} columns for {} parts", columns.len(), kinds.len())));
+    }
+    for (i, (c, k)) in columns.iter().zip(&kinds).enumerate() {
+        let ty = c.type_info();
+        let ok = match k {
+            Column::Text => <str as Type<Postgres>>::compatible(ty),
+            Column::Bool => <bool as Type<Postgres>>::compatible(ty),
+            Column::TextArray => <Vec<String> as Type<Postgres>>::compatible(ty),
+        };
+        if !ok {
+            return Err(decode_error(i, &format!("column {i} of the row query is {ty}, not {k:?}")));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Text,
+    Bool,
+    TextArray,
+}
+
+fn decode_error(index: usize, why: &str) -> sqlx::Error {
+    sqlx::Error::ColumnDecode { index: index.to_string(), source: why.into() }
+}
+
+/// A row of the row query, read from its bytes once [`check_columns`] has checked the
+/// columns' types: the text of a `text` column, the elements of a `text[]` (PostgreSQL's
+/// binary array format), the byte of a `bool`. sqlx's typed `try_get` checks every value's
+/// type again and decodes an array into owned strings: a third of the loader's CPU.
+#[derive(Clone, Copy)]
+struct Cells<'r>(&'r PgRow);
+
+impl<'r> Cells<'r> {
+    fn raw(self, i: usize) -> Result<Option<&'r [u8]>, sqlx::Error> {
+        let v = self.0.try_get_raw(i)?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        if v.format() != PgValueFormat::Binary {
+            return Err(decode_error(i, "the row query's values are read in binary format"));
+        }
+        v.as_bytes().map(Some).map_err(|source| sqlx::Error::ColumnDecode { index: i.to_string(), source })
+    }
+
+    fn text(self, i: usize) -> Result<Option<&'r str>, sqlx::Error> {
+        match self.raw(i)? {
+            Some(b) => std::str::from_utf8(b).map(Some).map_err(|e| decode_error(i, &e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    fn bool(self, i: usize) -> Result<bool, sqlx::Error> {
+        Ok(self.raw(i)?.is_some_and(|b| b.first().is_some_and(|&v| v != 0)))
+    }
+
+    /// A `text[]`'s elements, nulls left out (a null array: none).
+    fn texts(self, i: usize, into: &mut Vec<&'r str>) -> Result<(), sqlx::Error> {
+        match self.raw(i)? {
+            Some(b) => text_array(b, into).map_err(|why| decode_error(i, why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The elements of a `text[]` in PostgreSQL's binary format (`array_send`), nulls left out,
+/// every dimension flattened: the number of dimensions, a has-nulls flag and the element
+/// type; a size and a lower bound per dimension; then each element, its length (-1: null)
+/// and its bytes.
+fn text_array<'r>(mut b: &'r [u8], into: &mut Vec<&'r str>) -> Result<(), &'static str> {
+    const MALFORMED: &str = "a malformed text[] value";
+    let int = |b: &mut &'r [u8]| -> Result<i32, &'static str> {
+        let (head, rest) = b.split_first_chunk::<4>().ok_or(MALFORMED)?;
+        *b = rest;
+        Ok(i32::from_be_bytes(*head))
+    };
+    let dims = int(&mut b)?;
+    let (_nulls, _element) = (int(&mut b)?, int(&mut b)?);
+    let mut count: usize = if dims == 0 { 0 } else { 1 };
+    for _ in 0..dims {
+        let size = usize::try_from(int(&mut b)?).map_err(|_| MALFORMED)?;
+        let _lower = int(&mut b)?;
+        count = count.checked_mul(size).ok_or(MALFORMED)?;
+    }
+    into.reserve(count.min(b.len() / 4));
+    for _ in 0..count {
+        let len = int(&mut b)?;
+        if len < 0 {
+            continue;
+        }
+        let (value, rest) = b.split_at_checked(len as usize).ok_or(MALFORMED)?;
+        b = rest;
+        into.push(std::str::from_utf8(value).map_err(|_| "a text[] element that is not UTF-8")?);
+    }
+    if !b.is_empty() {
+        return Err(MALFORMED);
+    }
+    Ok(())
+}
+
+fn write_object(out: &mut Vec<u8>, parts: &[Part], row: Cells<'_>, col: &mut usize) -> Result<(), sqlx::Error> {
     out.push(b'{');
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -60,16 +206,16 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
             other => other.width(),
         };
         match p {
-            Part::Scalar { kind, .. } => match row.try_get::<Option<&str>, _>(at)? {
+            Part::Scalar { kind, .. } => match row.text(at)? {
                 Some(text) => write_scalar(out, *kind, text),
                 None => out.extend_from_slice(b"null"),
             },
-            Part::Json { .. } => match row.try_get::<Option<&str>, _>(at)? {
+            Part::Json { .. } => match row.text(at)? {
                 Some(json) => compact(json, out),
                 None => out.extend_from_slice(b"null"),
             },
             Part::Object { parts, .. } => {
-                if row.try_get::<bool, _>(at)? {
+                if row.bool(at)? {
                     write_object(out, parts, row, col)?;
                 } else {
                     out.extend_from_slice(b"null");
@@ -77,7 +223,8 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
                 }
             }
             Part::Array { kind, sorted, .. } => {
-                let mut values = row.try_get::<Option<Vec<String>>, _>(at)?.unwrap_or_default();
+                let mut values = Vec::new();
+                row.texts(at, &mut values)?;
                 if !sorted {
                     values.sort_unstable();
                     values.dedup();
@@ -85,25 +232,33 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
                 write_array(out, *kind, &values);
             }
             Part::Completion { inputs, .. } => {
-                let inputs = match inputs {
-                    None => row.try_get::<Option<Vec<String>>, _>(at)?.unwrap_or_default(),
+                out.extend_from_slice(b"{\"input\":");
+                match inputs {
+                    None => {
+                        let mut values = Vec::new();
+                        row.texts(at, &mut values)?;
+                        write_array(out, FieldType::Keyword, &values);
+                    }
                     Some(templates) => {
-                        let mut joined = Vec::with_capacity(templates.len());
+                        out.push(b'[');
+                        let mut first = true;
                         for t in templates {
                             if let Some(s) = join(t, row)? {
-                                joined.push(s);
+                                if !first {
+                                    out.push(b',');
+                                }
+                                first = false;
+                                write_string(out, &s);
                             }
                         }
-                        joined
+                        out.push(b']');
                     }
-                };
-                out.extend_from_slice(b"{\"input\":");
-                write_array(out, FieldType::Keyword, &inputs);
+                }
                 out.push(b'}');
             }
             Part::Key { kind, .. } => {
                 // The key column, read again.
-                write_scalar(out, *kind, row.try_get::<&str, _>(0)?);
+                write_scalar(out, *kind, row.text(0)?.ok_or_else(|| decode_error(0, "the key is null"))?);
             }
         }
     }
@@ -112,12 +267,12 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: &PgRow, col: &mut usize)
 }
 
 /// One completion input joined from its row, or None when a field it names is null.
-fn join(pieces: &[Input], row: &PgRow) -> Result<Option<String>, sqlx::Error> {
+fn join(pieces: &[Input], row: Cells<'_>) -> Result<Option<String>, sqlx::Error> {
     let mut s = String::new();
     for p in pieces {
         match p {
             Input::Text(t) => s.push_str(t),
-            Input::Column(c) => match row.try_get::<Option<&str>, _>(*c)? {
+            Input::Column(c) => match row.text(*c)? {
                 Some(v) => s.push_str(v),
                 None => return Ok(None),
             },
@@ -126,7 +281,7 @@ fn join(pieces: &[Input], row: &PgRow) -> Result<Option<String>, sqlx::Error> {
     Ok(Some(s))
 }
 
-fn write_array(out: &mut Vec<u8>, kind: FieldType, values: &[String]) {
+fn write_array(out: &mut Vec<u8>, kind: FieldType, values: &[&str]) {
     out.push(b'[');
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
@@ -240,6 +395,45 @@ mod tests {
         assert_eq!(write(FieldType::Double, "NaN"), r#""NaN""#);
         assert_eq!(write(FieldType::Boolean, "true"), "true");
         assert_eq!(write(FieldType::Integer, "007"), r#""007""#);
+    }
+
+    /// `array_send`'s bytes of `elements` in `dims` dimensions.
+    fn array_bytes(dims: &[i32], elements: &[Option<&str>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend((dims.len() as i32).to_be_bytes());
+        b.extend((elements.contains(&None) as i32).to_be_bytes());
+        b.extend(25i32.to_be_bytes());
+        for d in dims {
+            b.extend(d.to_be_bytes());
+            b.extend(1i32.to_be_bytes());
+        }
+        for e in elements {
+            match e {
+                Some(t) => {
+                    b.extend((t.len() as i32).to_be_bytes());
+                    b.extend(t.as_bytes());
+                }
+                None => b.extend((-1i32).to_be_bytes()),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn text_arrays_are_read_from_their_binary_form() {
+        let read = |b: &[u8]| {
+            let mut out = Vec::new();
+            text_array(b, &mut out).map(|()| out.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(read(&array_bytes(&[], &[])), Ok(vec![]));
+        assert_eq!(read(&array_bytes(&[3], &[Some("b"), None, Some("ä \"x\"")])), Ok(vec!["b".to_string(), "ä \"x\"".into()]));
+        assert_eq!(read(&array_bytes(&[2, 2], &[Some("a"), Some("b"), Some(""), Some("d")])).unwrap(), ["a", "b", "", "d"]);
+        let whole = array_bytes(&[2], &[Some("ab"), Some("cd")]);
+        assert_eq!(read(&whole[..whole.len() - 1]), Err("a malformed text[] value"), "cut short");
+        assert_eq!(read(&[whole.as_slice(), b"x"].concat()), Err("a malformed text[] value"), "bytes left over");
+        let mut not_utf8 = array_bytes(&[1], &[Some("ab")]);
+        *not_utf8.last_mut().unwrap() = 0xff;
+        assert_eq!(read(&not_utf8), Err("a text[] element that is not UTF-8"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::{postgres::PgRow, PgExecutor, Row};
+use futures::TryStreamExt;
+use sqlx::PgExecutor;
 
 use super::Op;
 use crate::{
@@ -14,15 +15,16 @@ use crate::{
     model::{sql::Rows, Model},
 };
 
-fn document(model: &Model, row: &PgRow) -> Result<(String, Document), sqlx::Error> {
-    Ok((row.try_get(0)?, Document::from_row(model.parts(), row)?))
-}
-
 /// The op of each of `keys`, in the order of `keys`: its document, or a delete for a key
 /// that has no row.
 pub async fn load(db: impl PgExecutor<'_>, model: &Model, keys: &[String]) -> Result<Vec<(String, Op)>, sqlx::Error> {
-    let rows = sqlx::query(model.row_query(Rows::Keys)).bind(keys).fetch_all(db).await?;
-    let mut found: HashMap<String, Document> = rows.iter().map(|r| document(model, r)).collect::<Result<_, _>>()?;
+    let mut found = HashMap::with_capacity(keys.len());
+    let mut reader = Document::reader(model.parts());
+    let mut rows = sqlx::query(model.row_query(Rows::Keys)).bind(keys).fetch(db);
+    while let Some(row) = rows.try_next().await? {
+        let (key, doc) = reader.read(&row)?;
+        found.insert(key, doc);
+    }
     Ok(keys.iter().map(|k| (k.clone(), found.remove(k).map_or(Op::Delete, Op::Index))).collect())
 }
 
@@ -39,6 +41,12 @@ pub async fn load_range(
         (Some(b), None) | (None, Some(b)) => q.bind(b),
         (None, None) => q,
     };
-    let rows = q.fetch_all(db).await?;
-    rows.iter().map(|r| document(model, r).map(|(k, d)| (k, Op::Index(d)))).collect()
+    let mut out = Vec::new();
+    let mut reader = Document::reader(model.parts());
+    let mut rows = q.fetch(db);
+    while let Some(row) = rows.try_next().await? {
+        let (key, doc) = reader.read(&row)?;
+        out.push((key, Op::Index(doc)));
+    }
+    Ok(out)
 }
