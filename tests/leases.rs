@@ -113,6 +113,46 @@ async fn a_batch_whose_lease_was_lost_ships_nothing_and_the_owner_ships_it_once(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_checks_its_lease_before_sending_and_renews_it_there_only_when_it_runs_short() {
+    let (env, proxy) = Env::behind_proxy(|c| c.sync.lease = "60s".parse().unwrap()).await;
+    env.create_index().await;
+    env.add_students(20).await;
+    let engine = std::sync::Arc::new(env.engine());
+    let lease_left = "SELECT min(extract(epoch FROM lease_until - clock_timestamp()))::float8 FROM tidemark.marks";
+    // Each `_bulk` answer is held 1.5 s, so the lease can be read while the batch ships.
+    proxy.set(Faults { slow_answer: 1.0, delay_answer: Duration::from_millis(1500), ..Faults::on("_bulk") });
+    for stalled in [false, true] {
+        env.sql("UPDATE students SET age = age % 90 + 1").await;
+        let prepared = engine.prepare(engine.claim(100).await.unwrap()).await.unwrap();
+        assert_eq!(prepared.marks.len(), 20);
+        if stalled {
+            // The step stalled between its claim and its sending: 5 s of its 60 s lease left.
+            env.sql("UPDATE tidemark.marks SET lease_until = clock_timestamp() + interval '5 seconds'").await;
+        }
+        // A second between the read and the sending: a lease renewed at the sending would
+        // then have more left than before it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before: f64 = sqlx::query_scalar(lease_left).fetch_one(&env.pool).await.unwrap();
+        let shipping = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.deliver(prepared).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let during: f64 = sqlx::query_scalar(lease_left).fetch_one(&env.pool).await.unwrap();
+        if stalled {
+            assert!(during > 55.0, "a lease running short is renewed before sending: {before:.1} s left, then {during:.1} s");
+        } else {
+            // A lease claimed a moment ago is only read (no row locked and rewritten).
+            assert!(during < before && during > 55.0, "a fresh lease is left as the claim set it: {before:.1} s, then {during:.1} s");
+        }
+        let report = shipping.await.unwrap();
+        assert_eq!((report.acked.cleared, report.acked.later), (20, 0), "{report:?}");
+    }
+    proxy.clear();
+    env.assert_converged().await;
+}
+
 /// A student is updated and a batch ships it through `proxy`, whose first `_bulk` is held
 /// for 3 s and then forwarded although the batch gave up on it; meanwhile the student is
 /// deleted and the delete is indexed directly. Returns whether the student is back in the

@@ -36,13 +36,14 @@ impl Drop for Renewal {
 }
 
 /// Renews `owner`'s lease on `held` until the returned [`Renewal`] is dropped; cancels
-/// `lost` if the lease turns out lost. The first renewal happens before this returns, so a
-/// step that stalled before it started shipping learns it before it sends anything.
+/// `lost` if the lease turns out lost. The lease is checked before this returns (and
+/// renewed if less than two thirds of it is left), so a step that stalled before it started
+/// shipping learns it before it sends anything.
 pub async fn renew(services: &Services, owner: &str, held: Held, lost: CancellationToken) -> Renewal {
     let (pool, lease, owner) = (services.pool.clone(), services.lease(), owner.to_string());
     let every = lease / 3;
-    // The first renewal inline; the following ones in the background.
-    if let Ok(false) = extend(&pool, &owner, &held, lease).await {
+    // The first check inline; the renewals in the background, every third of the lease.
+    if let Ok(false) = first_check(&pool, &owner, &held, lease, lease - every).await {
         tracing::warn!(owner = %owner, "lease lost before sending (the step stalled past it and another worker took over); sending nothing");
         lost.cancel();
         return Renewal { task: tokio::spawn(async {}) };
@@ -62,6 +63,35 @@ pub async fn renew(services: &Services, owner: &str, held: Held, lost: Cancellat
         }
     });
     Renewal { task }
+}
+
+/// Whether `owner` still holds all of `held`, before the step sends anything. Marks whose
+/// lease has at least `margin` left (two thirds of it: the claim set it a moment ago) are
+/// only read, not renewed: the background renewal a third of the lease from now comes
+/// well before they run out, and another worker cannot take marks over before that. Reading
+/// 10,000 marks costs a fraction of locking and rewriting each (the renewal took about a
+/// third of PostgreSQL's time on the sync path: BENCHMARKS.md §9). Marks with less left (a
+/// step that stalled between its claim and its sending) are renewed here, as every chunk is.
+async fn first_check(pool: &sqlx::PgPool, owner: &str, held: &Held, lease: Duration, margin: Duration) -> Result<bool, sqlx::Error> {
+    if let Held::Marks(ids) = held {
+        let (owned, fresh): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE lease_owner = $1),
+                    count(*) FILTER (WHERE lease_owner = $1 AND lease_until > clock_timestamp() + $3 * interval '1 millisecond')
+               FROM tidemark.marks WHERE key = ANY($2)",
+        )
+        .bind(owner)
+        .bind(ids)
+        .bind(margin.as_millis() as f64)
+        .fetch_one(pool)
+        .await?;
+        if owned as usize != ids.len() {
+            return Ok(false);
+        }
+        if fresh == owned {
+            return Ok(true);
+        }
+    }
+    extend(pool, owner, held, lease).await
 }
 
 /// Extends the lease; `false` when `owner` no longer holds all of `held`.
