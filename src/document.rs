@@ -11,7 +11,7 @@ use sqlx::{
 use crate::{
     config::IndexConfig,
     model::{
-        sql::{Input, Part},
+        sql::{ColumnType, Input, Part},
         FieldType, Model,
     },
 };
@@ -39,16 +39,16 @@ impl Document {
     /// A reader of the model's row query ([`Model::row_query`]: the key, then the columns of
     /// [`Model::parts`]): the database reads the values, tidemark writes the JSON, which
     /// costs a fraction of `json_build_object` (BENCHMARKS.md §9).
-    pub fn reader(parts: &[Part]) -> RowReader<'_> {
-        RowReader { parts, checked: false }
+    pub fn reader(model: &Model) -> RowReader<'_> {
+        RowReader { model, checked: false }
     }
 }
 
 /// Writes the documents of the row query's rows, one row at a time, as they arrive (while a
 /// row's bytes are still in the CPU's cache). The columns' types are checked on the first
 /// row; every row is then read from its bytes (see [`Cells`]).
-pub struct RowReader<'p> {
-    parts: &'p [Part],
+pub struct RowReader<'m> {
+    model: &'m Model,
     checked: bool,
 }
 
@@ -56,61 +56,38 @@ impl RowReader<'_> {
     /// The key and the document of one row.
     pub fn read(&mut self, row: &PgRow) -> Result<(String, Document), sqlx::Error> {
         if !self.checked {
-            check_columns(self.parts, row)?;
+            check_columns(self.model.row_types(), row)?;
             self.checked = true;
         }
         let cells = Cells(row);
-        let key = cells.text(0)?.ok_or_else(|| decode_error(0, "the key is null"))?.to_string();
+        let key = cells.text(0)?.ok_or_else(|| decode_error(0, "the key is null"))?;
         let mut out = Vec::with_capacity(256);
         let mut col = 1;
-        write_object(&mut out, self.parts, cells, &mut col)?;
+        write_object(&mut out, self.model.parts(), cells, key, &mut col)?;
         // Every byte written is JSON syntax or comes from a `&str` (or is escaped from one).
-        Ok((key, Document(String::from_utf8(out).expect("a document is written from UTF-8 text"))))
+        Ok((key.to_string(), Document(String::from_utf8(out).expect("a document is written from UTF-8 text"))))
     }
 }
 
-/// The columns of the row query by type: text (the key, scalars, JSON), a boolean (an
-/// object's presence) or a text array (arrays, a completion the database joins). The query
-/// casts every column to its type, so a mismatch is tidemark's fault, said once per batch.
-fn check_columns(parts: &[Part], row: &PgRow) -> Result<(), sqlx::Error> {
-    fn walk(parts: &[Part], kinds: &mut Vec<Column>) {
-        for p in parts {
-            match p {
-                Part::Scalar { .. } | Part::Json { .. } => kinds.push(Column::Text),
-                Part::Object { parts, .. } => {
-                    kinds.push(Column::Bool);
-                    walk(parts, kinds);
-                }
-                Part::Array { .. } | Part::Completion { inputs: None, .. } => kinds.push(Column::TextArray),
-                Part::Completion { inputs: Some(_), .. } | Part::Key { .. } => {}
-            }
-        }
-    }
-    let mut kinds = vec![Column::Text];
-    walk(parts, &mut kinds);
+/// The row's columns are of the types the row query casts them to ([`ColumnType`]): a
+/// mismatch is tidemark's fault, said once per batch.
+fn check_columns(types: &[ColumnType], row: &PgRow) -> Result<(), sqlx::Error> {
     let columns = row.columns();
-    if columns.len() != kinds.len() {
-        return Err(decode_error(0, &format!("the row query gave {} columns for {} parts", columns.len(), kinds.len())));
+    if columns.len() != types.len() {
+        return Err(decode_error(0, &format!("the row query gave {} columns, not {}", columns.len(), types.len())));
     }
-    for (i, (c, k)) in columns.iter().zip(&kinds).enumerate() {
+    for (i, (c, t)) in columns.iter().zip(types).enumerate() {
         let ty = c.type_info();
-        let ok = match k {
-            Column::Text => <str as Type<Postgres>>::compatible(ty),
-            Column::Bool => <bool as Type<Postgres>>::compatible(ty),
-            Column::TextArray => <Vec<String> as Type<Postgres>>::compatible(ty),
+        let ok = match t {
+            ColumnType::Text => <str as Type<Postgres>>::compatible(ty),
+            ColumnType::Bool => <bool as Type<Postgres>>::compatible(ty),
+            ColumnType::TextArray => <Vec<String> as Type<Postgres>>::compatible(ty),
         };
         if !ok {
-            return Err(decode_error(i, &format!("column {i} of the row query is {ty}, not {k:?}")));
+            return Err(decode_error(i, &format!("column {i} of the row query is {ty}, not {t:?}")));
         }
     }
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Column {
-    Text,
-    Bool,
-    TextArray,
 }
 
 fn decode_error(index: usize, why: &str) -> sqlx::Error {
@@ -191,7 +168,7 @@ fn text_array<'r>(mut b: &'r [u8], into: &mut Vec<&'r str>) -> Result<(), &'stat
     Ok(())
 }
 
-fn write_object(out: &mut Vec<u8>, parts: &[Part], row: Cells<'_>, col: &mut usize) -> Result<(), sqlx::Error> {
+fn write_object(out: &mut Vec<u8>, parts: &[Part], row: Cells<'_>, key: &str, col: &mut usize) -> Result<(), sqlx::Error> {
     out.push(b'{');
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -216,7 +193,7 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: Cells<'_>, col: &mut usi
             },
             Part::Object { parts, .. } => {
                 if row.bool(at)? {
-                    write_object(out, parts, row, col)?;
+                    write_object(out, parts, row, key, col)?;
                 } else {
                     out.extend_from_slice(b"null");
                     *col += parts.iter().map(Part::width).sum::<usize>();
@@ -256,10 +233,7 @@ fn write_object(out: &mut Vec<u8>, parts: &[Part], row: Cells<'_>, col: &mut usi
                 }
                 out.push(b'}');
             }
-            Part::Key { kind, .. } => {
-                // The key column, read again.
-                write_scalar(out, *kind, row.text(0)?.ok_or_else(|| decode_error(0, "the key is null"))?);
-            }
+            Part::Key { kind, .. } => write_scalar(out, *kind, key),
         }
     }
     out.push(b'}');

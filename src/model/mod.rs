@@ -292,6 +292,8 @@ struct Queries {
     by_keys: String,
     ranges: [String; 4],
     parts: Vec<sql::Part>,
+    /// The types of the row query's columns (the key's, then the parts').
+    row_types: Vec<sql::ColumnType>,
     fanout: std::collections::BTreeMap<String, String>,
 }
 
@@ -439,6 +441,11 @@ impl Model {
         &self.queries.parts
     }
 
+    /// The types of the row query's columns, in order (the key's first).
+    pub fn row_types(&self) -> &[sql::ColumnType] {
+        &self.queries.row_types
+    }
+
     /// What the model's documents are called in messages: the search view's plural
     /// ("students", "experiments"), or "documents".
     pub fn plural(&self) -> &str {
@@ -492,11 +499,13 @@ impl Model {
 
     fn prepare_queries(&mut self) {
         let range = |lo, hi| sql::row_query(self, sql::Rows::Range { lo, hi });
+        let parts = sql::document_parts(self);
         let queries = Queries {
             documents: sql::document_query(self, sql::Rows::Range { lo: false, hi: false }),
             by_keys: sql::row_query(self, sql::Rows::Keys),
             ranges: [range(false, false), range(false, true), range(true, false), range(true, true)],
-            parts: sql::document_parts(self),
+            row_types: sql::row_types(&parts),
+            parts,
             fanout: sql::places(self).iter().map(|p| (p.kind(), sql::fanout_query(self, p))).collect(),
         };
         self.queries = queries;

@@ -94,19 +94,39 @@ impl Part {
         format!("{}, {json}", literal(self.name()))
     }
 
-    /// The columns [`row_query`] reads it with, in order.
-    fn columns(&self, out: &mut Vec<String>) {
+    /// The columns [`row_query`] reads it with, in order, each with its type.
+    fn columns(&self, out: &mut Vec<(String, ColumnType)>) {
         match self {
-            Part::Scalar { sql, .. } | Part::Json { sql, .. } => out.push(format!("({sql})::text")),
+            Part::Scalar { sql, .. } | Part::Json { sql, .. } => out.push((format!("({sql})::text"), ColumnType::Text)),
             Part::Object { present, parts, .. } => {
-                out.push(format!("({present})"));
+                out.push((format!("({present})"), ColumnType::Bool));
                 parts.iter().for_each(|p| p.columns(out));
             }
-            Part::Array { sql, .. } => out.push(format!("({sql})::text[]")),
-            Part::Completion { sql, inputs: None, .. } => out.push(sql.clone()),
+            Part::Array { sql, .. } => out.push((format!("({sql})::text[]"), ColumnType::TextArray)),
+            Part::Completion { sql, inputs: None, .. } => out.push((sql.clone(), ColumnType::TextArray)),
             Part::Completion { inputs: Some(_), .. } | Part::Key { .. } => {}
         }
     }
+}
+
+/// The type a column of [`row_query`] is read as: the query casts every column to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    Bool,
+    TextArray,
+}
+
+/// The columns of [`row_query`]: the key's, then those of `parts`, each with its type.
+fn row_columns(key: &str, parts: &[Part]) -> Vec<(String, ColumnType)> {
+    let mut columns = vec![(format!("{key}::text"), ColumnType::Text)];
+    parts.iter().for_each(|p| p.columns(&mut columns));
+    columns
+}
+
+/// The types of [`row_query`]'s columns, in order.
+pub fn row_types(parts: &[Part]) -> Vec<ColumnType> {
+    row_columns("", parts).into_iter().map(|(_, t)| t).collect()
 }
 
 /// What both renderings share: the document's parts, and the FROM list and filter they read.
@@ -135,8 +155,7 @@ pub fn document_query(model: &Model, rows: Rows) -> String {
 /// the rows `rows` picks, in key order.
 pub fn row_query(model: &Model, rows: Rows) -> String {
     let s = select(model, rows, true);
-    let mut columns = vec![format!("{}::text", s.key)];
-    s.parts.iter().for_each(|p| p.columns(&mut columns));
+    let columns: Vec<String> = row_columns(&s.key, &s.parts).into_iter().map(|(sql, _)| sql).collect();
     format!("SELECT {} FROM {} WHERE {} ORDER BY {}", columns.join(", "), s.from, s.filter, s.key)
 }
 

@@ -43,7 +43,7 @@ pub async fn renew(services: &Services, owner: &str, held: Held, lost: Cancellat
     let (pool, lease, owner) = (services.pool.clone(), services.lease(), owner.to_string());
     let every = lease / 3;
     // The first check inline; the renewals in the background, every third of the lease.
-    if let Ok(false) = first_check(&pool, &owner, &held, lease, lease - every).await {
+    if let Ok(false) = first_check(&pool, &owner, &held, lease).await {
         tracing::warn!(owner = %owner, "lease lost before sending (the step stalled past it and another worker took over); sending nothing");
         lost.cancel();
         return Renewal { task: tokio::spawn(async {}) };
@@ -66,14 +66,15 @@ pub async fn renew(services: &Services, owner: &str, held: Held, lost: Cancellat
 }
 
 /// Whether `owner` still holds all of `held`, before the step sends anything. Marks whose
-/// lease has at least `margin` left (two thirds of it: the claim set it a moment ago) are
+/// lease has at least two thirds of it left (the claim set it a moment ago) are
 /// only read, not renewed: the background renewal a third of the lease from now comes
 /// well before they run out, and another worker cannot take marks over before that. Reading
 /// 10,000 marks costs a fraction of locking and rewriting each (the renewal took about a
 /// third of PostgreSQL's time on the sync path: BENCHMARKS.md §9). Marks with less left (a
 /// step that stalled between its claim and its sending) are renewed here, as every chunk is.
-async fn first_check(pool: &sqlx::PgPool, owner: &str, held: &Held, lease: Duration, margin: Duration) -> Result<bool, sqlx::Error> {
+async fn first_check(pool: &sqlx::PgPool, owner: &str, held: &Held, lease: Duration) -> Result<bool, sqlx::Error> {
     if let Held::Marks(ids) = held {
+        let margin = lease - lease / 3;
         let (owned, fresh): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE lease_owner = $1),
                     count(*) FILTER (WHERE lease_owner = $1 AND lease_until > clock_timestamp() + $3 * interval '1 millisecond')

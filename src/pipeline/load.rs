@@ -7,7 +7,11 @@
 use std::collections::HashMap;
 
 use futures::TryStreamExt;
-use sqlx::PgExecutor;
+use sqlx::{
+    postgres::{PgArguments, Postgres},
+    query::Query,
+    PgExecutor,
+};
 
 use super::Op;
 use crate::{
@@ -15,16 +19,31 @@ use crate::{
     model::{sql::Rows, Model},
 };
 
+/// Hands `each` the key and the document of every row `query` (the model's row query)
+/// returns, written as the rows arrive.
+async fn documents(
+    db: impl PgExecutor<'_>,
+    model: &Model,
+    query: Query<'_, Postgres, PgArguments>,
+    mut each: impl FnMut(String, Document),
+) -> Result<(), sqlx::Error> {
+    let mut reader = Document::reader(model);
+    let mut rows = query.fetch(db);
+    while let Some(row) = rows.try_next().await? {
+        let (key, doc) = reader.read(&row)?;
+        each(key, doc);
+    }
+    Ok(())
+}
+
 /// The op of each of `keys`, in the order of `keys`: its document, or a delete for a key
 /// that has no row.
 pub async fn load(db: impl PgExecutor<'_>, model: &Model, keys: &[String]) -> Result<Vec<(String, Op)>, sqlx::Error> {
     let mut found = HashMap::with_capacity(keys.len());
-    let mut reader = Document::reader(model.parts());
-    let mut rows = sqlx::query(model.row_query(Rows::Keys)).bind(keys).fetch(db);
-    while let Some(row) = rows.try_next().await? {
-        let (key, doc) = reader.read(&row)?;
-        found.insert(key, doc);
-    }
+    documents(db, model, sqlx::query(model.row_query(Rows::Keys)).bind(keys), |k, d| {
+        found.insert(k, d);
+    })
+    .await?;
     Ok(keys.iter().map(|k| (k.clone(), found.remove(k).map_or(Op::Delete, Op::Index))).collect())
 }
 
@@ -42,11 +61,6 @@ pub async fn load_range(
         (None, None) => q,
     };
     let mut out = Vec::new();
-    let mut reader = Document::reader(model.parts());
-    let mut rows = q.fetch(db);
-    while let Some(row) = rows.try_next().await? {
-        let (key, doc) = reader.read(&row)?;
-        out.push((key, Op::Index(doc)));
-    }
+    documents(db, model, q, |k, d| out.push((k, Op::Index(d)))).await?;
     Ok(out)
 }
