@@ -41,12 +41,10 @@
 
   function choose(i) {
     if (items[i]) {
-      // A model's own pages name the document's page (`href`: a path on this origin).
+      // Each suggestion names its document's page (`href`: a path on this origin).
       var href = items[i].href;
       if (typeof href === 'string' && href.charAt(0) === '/' && href.charAt(1) !== '/') {
         window.location.assign(href);
-      } else {
-        window.location.assign('/students/' + encodeURIComponent(String(items[i].id)));
       }
     }
   }
@@ -63,11 +61,11 @@
       name.className = 'suggestion-name';
       name.textContent = s.name;
       li.appendChild(name);
-      if (s.university) {
-        var uni = document.createElement('span');
-        uni.className = 'suggestion-university';
-        uni.textContent = s.university;
-        li.appendChild(uni);
+      if (s.detail) {
+        var detail = document.createElement('span');
+        detail.className = 'suggestion-detail';
+        detail.textContent = s.detail;
+        li.appendChild(detail);
       }
       // mousedown, not click: it comes before the input's blur closes the list.
       li.addEventListener('mousedown', function (e) {
@@ -79,9 +77,9 @@
     setActive(-1);
     setExpanded(items.length > 0);
     if (status) {
-      // Another model's page names its documents on the list (data-noun, data-plural).
-      var noun = list.getAttribute('data-noun') || 'student';
-      var plural = list.getAttribute('data-plural') || 'students';
+      // The page names its documents on the list (data-noun, data-plural).
+      var noun = list.getAttribute('data-noun') || 'result';
+      var plural = list.getAttribute('data-plural') || 'results';
       status.textContent = items.length === 0 ? 'No ' + plural + ' found' :
         items.length + ' ' + (items.length === 1 ? noun : plural) + ' found; use the arrow keys to choose';
     }

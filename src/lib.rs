@@ -13,7 +13,7 @@
 //! | checks | [`verify`]: the one comparison of index and database (reindex promotion and `admin verify`) |
 //! | reindex | [`reindex`]: start, chunk, promote, rollback, prune, watch |
 //! | steps | [`sync`]: `Syncer` — a step (fan-out, a reindex chunk, a batch) and a drain |
-//! | search side | [`web`]: the search application — the student directory's pages, `web::generic` for any other model, and what both share (answer reuse, single flight, escaping) |
+//! | search side | [`web`]: the search application of the loaded model, driven by its `[search]` view (request, engine bodies, `engine=sql`, response, pages; answer reuse, single flight, escaping) |
 //! | processes | [`process`]: `worker`, `scheduler`, the change `wakeup` and `serve` (the search application), each `run(…, shutdown)` |
 //! | operators | [`admin`]: status, dead letters, retries · [`writer`]: `commit_and_nudge` for Rust writers |
 //!

@@ -93,7 +93,7 @@ enum Command {
     },
     /// Sync in this process, without Redis, until nothing is left; then exit.
     Sync,
-    /// Serve the search application (faceted page, JSON API, autocomplete, student pages)
+    /// Serve the search application (faceted page, JSON API, autocomplete, a page per document)
     /// until SIGTERM/SIGINT. Read-only.
     Serve {
         /// Address to listen on.

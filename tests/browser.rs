@@ -59,7 +59,7 @@ async fn typing_two_letters_and_picking_by_keyboard_opens_the_student_page_from_
     let id = if chosen.contains("Zimmer") { 900002 } else { 900001 };
     b.type_keys(&input, &Key::Enter).await;
     b.wait_for_url("the student's page", |u| u.ends_with(&format!("/students/{id}"))).await;
-    let name = b.text(&b.wait_for("#student-name").await[0]).await;
+    let name = b.text(&b.wait_for("#document-title").await[0]).await;
     let state = b.attr(&b.find("#index-state").await, "data-state").await.unwrap();
     if id == 900002 {
         assert_eq!(name, "Xyla Zimmermann", "the page reads the database");

@@ -68,8 +68,13 @@ async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
     let mut found = ids(&lee);
     found.sort();
     assert_eq!(found, vec![1, 3], "{lee}");
-    assert_eq!(lee["hits"][0]["highlight"]["last_name"], json!([{"text": "Lee", "match": true}]));
-    assert_eq!(lee["hits"][0]["highlight"]["first_name"][0]["match"], json!(false));
+    // The title ("{first_name} {last_name}") in pieces: the last name marked, the rest not.
+    let pieces = lee["hits"][0]["highlight"].as_array().unwrap();
+    let text: String = pieces.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert_eq!(text, lee["hits"][0]["title"].as_str().unwrap(), "{lee}");
+    let marked: Vec<&Value> = pieces.iter().filter(|p| p["match"] == true).map(|p| &p["text"]).collect();
+    assert_eq!(marked, [&json!("Lee")], "{lee}");
+    assert!(text.starts_with(&format!("{} ", pieces[0]["text"].as_str().unwrap().trim())) && pieces[0]["match"] == false, "{lee}");
     // Every word must match a first or last name.
     assert_eq!(ids(&api(&app, "/api/search?q=ann+lee").await), vec![1]);
 
@@ -90,9 +95,10 @@ async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
     assert_eq!(ids(&api(&app, "/api/search?sort=last_name").await), vec![6, 1, 3, 4, 2, 5]);
     let hit = &api(&app, "/api/search?q=smith").await["hits"][0];
     assert_eq!(
-        (hit["first_name"].clone(), hit["university"].clone(), hit["courses"].clone(), hit["year_in_school"].clone()),
-        (json!("Anna"), json!("KPI"), json!(["MATH201"]), json!("FR"))
+        (hit["title"].clone(), hit["fields"]["university.name"].clone(), hit["fields"]["course_names"].clone()),
+        (json!("Anna Smith"), json!("KPI"), json!(["MATH201"]))
     );
+    assert_eq!((hit["fields"]["year_in_school"].clone(), hit["fields"]["age"].clone()), (json!("FR"), json!(21)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +323,8 @@ async fn the_page_says_what_the_count_of_values_not_listed_counts() {
             .await
             .unwrap();
     let year = facet_section(&page.body, "year");
-    assert!(year.contains(&format!(r#"<p class="other">+ {} more students in years not listed</p>"#, with_commas(years[3]))), "{year}");
+    let want = format!(r#"<p class="other">+ {} more students in years not listed; find one above</p>"#, with_commas(years[3]));
+    assert!(year.contains(&want), "{year}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,21 +342,26 @@ async fn selected_values_stay_visible_at_zero_and_the_histogram_has_every_bucket
 
     // Ages 19, 20, 20, 21, 22, 30: buckets of 2 from 18 to 30, empty ones included.
     let h = api(&app, "/api/search").await;
-    let buckets: Vec<(i64, i64, i64)> = h["age"]["buckets"]
+    let buckets: Vec<(i64, i64, i64)> = h["histograms"]["age"]["buckets"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| (b["from"].as_i64().unwrap(), b["to"].as_i64().unwrap(), b["doc_count"].as_i64().unwrap()))
         .collect();
     assert_eq!(buckets, vec![(18, 20, 1), (20, 22, 3), (22, 24, 1), (24, 26, 0), (26, 28, 0), (28, 30, 0), (30, 32, 1)]);
-    assert_eq!(h["age"]["interval"], json!(2));
+    assert_eq!(h["histograms"]["age"]["interval"], json!(2));
     // A bar is a range filter: hits narrow, the histogram still shows every age (it
     // ignores its own selection) and marks the chosen bar.
     let bar = api(&app, "/api/search?age_gte=20&age_lt=22").await;
     assert_eq!(bar["total"]["value"], json!(3));
-    assert_eq!(bar["age"]["buckets"].as_array().unwrap().len(), 7);
-    let selected: Vec<i64> =
-        bar["age"]["buckets"].as_array().unwrap().iter().filter(|b| b["selected"] == true).map(|b| b["from"].as_i64().unwrap()).collect();
+    assert_eq!(bar["histograms"]["age"]["buckets"].as_array().unwrap().len(), 7);
+    let selected: Vec<i64> = bar["histograms"]["age"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["selected"] == true)
+        .map(|b| b["from"].as_i64().unwrap())
+        .collect();
     assert_eq!(selected, vec![20]);
     // Other facets respect the age selection.
     assert_eq!(counts(&bar, "university"), BTreeMap::from([("KPI".to_string(), 1), ("MIT".to_string(), 2)]));
@@ -411,7 +423,12 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
             assert_eq!(index["facets"][facet]["sum_other_doc_count"], sql["facets"][facet]["sum_other_doc_count"], "{q}: {facet}");
         }
         let hist = |v: &Value| -> Vec<Value> {
-            v["age"]["buckets"].as_array().unwrap().iter().map(|b| json!([b["from"], b["doc_count"], b["selected"]])).collect()
+            v["histograms"]["age"]["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| json!([b["from"], b["doc_count"], b["selected"]]))
+                .collect()
         };
         assert_eq!(hist(&index), hist(&sql), "{q}: age");
         if q.contains("sort=") {
@@ -431,7 +448,12 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
                     compared += 1;
                 }
             }
-            for (a, b) in index["age"]["buckets"].as_array().unwrap().iter().zip(sql["age"]["buckets"].as_array().unwrap()) {
+            for (a, b) in index["histograms"]["age"]["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(sql["histograms"]["age"]["buckets"].as_array().unwrap())
+            {
                 let (a, b) = (a["distinct"].as_f64().unwrap(), b["distinct"].as_f64().unwrap());
                 assert!((a - b).abs() <= (err * b).max(1.0), "{q}: age distinct {a} vs exact {b}");
             }
@@ -440,7 +462,7 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
     }
     // The page says which engine answered and how long it took.
     let page = get(&app, "/?engine=sql").await;
-    assert!(page.body.contains("answered by PostgreSQL (SQL GROUP BY) in"), "{}", page.body);
+    assert!(page.body.contains("answered by PostgreSQL (SQL over the model&#39;s documents) in"), "{}", page.body);
     assert!(get(&app, "/").await.body.contains("answered by the search index in"));
 }
 
@@ -453,7 +475,7 @@ async fn suggestions_are_one_per_student_even_for_the_same_name() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["id"].as_i64().unwrap(), s["name"].as_str().unwrap().to_string(), s["university"].as_str().map(str::to_string)))
+        .map(|s| (s["id"].as_i64().unwrap(), s["name"].as_str().unwrap().to_string(), s["detail"].as_str().map(str::to_string)))
         .collect();
     let mut sorted = got.clone();
     sorted.sort();
@@ -464,8 +486,9 @@ async fn suggestions_are_one_per_student_even_for_the_same_name() {
             (2, "Ann Park".into(), Some("KPI".into())),
             (5, "Anna Smith".into(), Some("KPI".into()))
         ],
-        "two students named Ann are two entries"
+        "two students named Ann are two entries, each with the university that tells them apart"
     );
+    assert!(v.as_array().unwrap().iter().all(|s| s["href"] == format!("/students/{}", s["id"])), "{v}");
     // Last names and full names complete too.
     assert_eq!(api(&app, "/api/suggest?q=ann+l").await.as_array().unwrap().len(), 1);
     assert_eq!(api(&app, "/api/suggest?q=lee").await.as_array().unwrap().len(), 2);
@@ -570,10 +593,12 @@ async fn the_student_page_reads_the_database_and_says_when_the_index_lags() {
     assert!(page.body.contains("Ann Lee") && page.body.contains("MIT") && page.body.contains("MATH201"));
     assert!(page.body.contains(r#"data-state="in_sync""#), "{}", page.body);
     let v = api(&app, "/api/students/1").await;
+    let d = &v["document"];
     assert_eq!(
-        (v["first_name"].clone(), v["courses"].clone(), v["university"].clone(), v["index"]["state"].clone()),
-        (json!("Ann"), json!(["CS101", "MATH201"]), json!({"id": 1, "name": "MIT"}), json!("in_sync"))
+        (v["id"].clone(), v["title"].clone(), d["first_name"].clone(), d["course_names"].clone(), d["university"].clone()),
+        (json!(1), json!("Ann Lee"), json!("Ann"), json!(["CS101", "MATH201"]), json!({"id": 1, "name": "MIT"}))
     );
+    assert_eq!(v["index"]["state"], "in_sync");
 
     // A change not synced yet: the page shows the database's row and says the index differs.
     env.sql("UPDATE students SET last_name = 'Leigh' WHERE id = 1").await;
@@ -802,7 +827,7 @@ fn counts_of(v: &Value) -> Value {
         .iter()
         .map(|f| json!([v["facets"][f]["buckets"], v["facets"][f]["sum_other_doc_count"]]))
         .collect();
-    json!({"total": v["total"], "facets": facets, "age": v["age"]["buckets"]})
+    json!({"total": v["total"], "facets": facets, "age": v["histograms"]["age"]["buckets"]})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -959,9 +984,9 @@ async fn the_answer_cache_stays_within_its_size_in_bytes() {
 /// request tidemark sends (the engine's shard request cache is invalidated at each refresh,
 /// so this is the current state).
 async fn engine_counts(env: &Env, query: &str) -> Value {
-    let req = web::SearchRequest::parse(Some(query)).unwrap();
+    let req = request(query);
     let v = env.es_json(reqwest::Method::POST, &format!("/{}/_search", env.alias), Some(web::query::counts_body(&req))).await;
-    let raw = web::query::read_split(&req, &v, &json!({}));
+    let raw = web::query::read(&req, &v, &json!({}));
     counts_of(&serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap())
 }
 
@@ -1047,8 +1072,13 @@ async fn under_continuous_writes_counts_are_never_older_than_the_bound_the_page_
     }
 }
 
+/// A request of the students model as the application parses it.
+fn request(q: &str) -> web::Request {
+    web::Request::parse(&tidemark::model::Model::students(), Some(q)).unwrap_or_else(|e| panic!("{q}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn split_requests_answer_exactly_what_the_one_request_answers() {
+async fn answers_through_reuse_and_single_flight_are_exactly_what_the_engine_answers() {
     let env = Env::new().await;
     let app = seeded(&env, 3_000).await;
     let page1 = api(&app, "/api/search?sort=last_name&course=CS101").await;
@@ -1073,11 +1103,13 @@ async fn split_requests_answer_exactly_what_the_one_request_answers() {
     ];
     for q in &requests {
         let via = api(&app, &format!("/api/search?{q}")).await;
-        let req = web::SearchRequest::parse(Some(q)).unwrap();
-        let one = env.es_json(reqwest::Method::POST, &format!("/{}/_search", env.alias), Some(web::query::search_body(&req))).await;
-        let direct =
-            serde_json::to_value(web::SearchResponse::assemble(&req, web::query::read_answer(&req, &one), web::params::Engine::Index, 0.0))
-                .unwrap();
+        let req = request(q);
+        let search = format!("/{}/_search", env.alias);
+        let counts = env.es_json(reqwest::Method::POST, &search, Some(web::query::counts_body(&req))).await;
+        let hits =
+            env.es_json(reqwest::Method::POST, &search, Some(web::query::hits_body(&tidemark::model::Model::students(), &req))).await;
+        let raw = web::query::read(&req, &counts, &hits);
+        let direct = serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap();
         assert_eq!(counts_of(&via), counts_of(&direct), "{q}: counts");
         assert_eq!(via["hits"], direct["hits"], "{q}: hits");
         assert_eq!(via["next"], direct["next"], "{q}: next page");

@@ -244,63 +244,6 @@ async fn pages_follow_each_other_and_suggestions_open_experiments() {
     assert_eq!(s[0]["href"], "/experiments/3");
 }
 
-/// What two answers must agree on: the total, every facet's buckets and what is left out,
-/// the histogram `age` (the students' pages answer it at the top level, the generic ones
-/// under `histograms`).
-fn counts_of(v: &Value, histogram: &Value) -> Value {
-    let facets: Vec<Value> = ["course", "university", "year"]
-        .iter()
-        .map(|f| {
-            let buckets: Vec<Value> = v["facets"][f]["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| json!([b["key"], b["doc_count"], b["selected"], b["distinct"]]))
-                .collect();
-            json!([buckets, v["facets"][f]["sum_other_doc_count"]])
-        })
-        .collect();
-    json!({"total": v["total"], "facets": facets, "age": histogram["buckets"]})
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_generic_application_counts_the_students_model_as_the_students_pages_do() {
-    // The students' own pages serve the shipped model; the generic application, driven by
-    // the same model's [search] view, must count exactly as they do (on both engines).
-    let env = Env::new().await;
-    tidemark_seeds::seed(&env.pool, &tidemark_seeds::SeedOptions { students: 2000, seed: 11 }).await.unwrap();
-    env.drain_and_refresh().await;
-    let services = env.services();
-    let model = services.model.clone();
-    let app = web::App::new(services);
-    let students = web::router_for(app.clone());
-    for q in [
-        "",
-        "course=CS101",
-        "university=MIT&year=FR",
-        "course=CS101&course=PHYS102&age_gte=18&age_lt=22",
-        "year=SR&course=CHEM102&distinct=university",
-        "distinct=university&university=MIT",
-        "course_q=cs&university_q=m&facet_size=5&course=CS101",
-        "q=anna&course=MATH101",
-        "sort=age&size=7",
-        "sort=-age&year=JR&page=2&size=5",
-    ] {
-        for engine in ["index", "sql"] {
-            if engine == "sql" && q.contains("q=anna") {
-                continue; // whole-word matching differs on purpose (names with hyphens)
-            }
-            let q = if engine == "sql" { format!("{q}&engine=sql") } else { q.to_string() };
-            let own = api(&students, &format!("/api/search?{q}")).await;
-            let req = web::generic::Request::parse(&model, Some(&q)).unwrap_or_else(|e| panic!("{q}: {e}"));
-            let generic = serde_json::to_value(web::generic::search(&app, &req).await.unwrap()).unwrap();
-            assert_eq!(counts_of(&own, &own["age"]), counts_of(&generic, &generic["histograms"]["age"]), "{q}");
-            assert_eq!(ids(&own), ids(&generic), "{q}: the same hits in the same order");
-            assert_eq!(own["next"].is_null(), generic["next"].is_null(), "{q}");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_database() {
     let env = Env::refinebio().await;

@@ -6,8 +6,8 @@
 //!   two query mixes: a *Zipf* mix drawn (seeded, printed) over realistic request shapes
 //!   (landing page, one facet value, two facets, a typed word, paging, `distinct`) and the
 //!   *uniform* rotation over 8 facet searches. Each is measured side by side with the
-//!   *same* requests sent straight to the engine (the one-`_search` body of
-//!   [`query::search_body`]: what an application without tidemark's cache would send), so
+//!   *same* requests sent straight to the engine (one `_search` body with hits and counts
+//!   together, [`one_request`]: what an application without tidemark's cache would send), so
 //!   tidemark's gain or overhead is a ratio from one run; at 1 and the most connections,
 //!   also through a second `serve` with reuse off (`cache_max_age = "0s"`), so before and
 //!   after reuse are side by side too;
@@ -24,7 +24,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tidemark::web::{query, SearchRequest};
+use tidemark::{
+    model::Model,
+    web::{query, Request},
+};
 
 use super::{
     env::{BenchEnv, Services},
@@ -222,21 +225,42 @@ fn zipf_shapes() -> Vec<(String, &'static str)> {
     out
 }
 
+/// A request of the students model (the one this section serves).
+fn parse(q: &str) -> Result<Request> {
+    Request::parse(&Model::students(), Some(q)).map_err(|e| anyhow::anyhow!("{q}: {e}"))
+}
+
+/// The request as one `_search` body, hits and counts together: tidemark's counts body
+/// (the facets' aggregations, the selections as `post_filter`, which narrows the hits and
+/// the total but not the facets) with its hits body's page, sort, source and highlight.
+fn one_request(r: &Request) -> Value {
+    let mut body = query::counts_body(r);
+    let hits = query::hits_body(&Model::students(), r);
+    for key in ["size", "from", "sort", "_source", "search_after", "highlight", "track_scores"] {
+        if let Some(v) = hits.get(key) {
+            body[key] = v.clone();
+        }
+    }
+    body
+}
+
 /// `/api/search` requests and the same bodies for the engine.
 fn searches<'a>(app: &str, es: &str, alias: &str, queries: impl IntoIterator<Item = &'a str>) -> Result<(Requests, Requests)> {
     let mut via = Vec::new();
     let mut direct = Vec::new();
     for q in queries {
-        let req = SearchRequest::parse(Some(q)).map_err(|e| anyhow::anyhow!("{q}: {e}"))?;
+        let req = parse(q)?;
         via.push((format!("{app}/api/search?{q}"), None));
-        direct.push((format!("{es}/{alias}/_search"), Some(query::search_body(&req))));
+        direct.push((format!("{es}/{alias}/_search"), Some(one_request(&req))));
     }
     Ok((via, direct))
 }
 
 fn suggests(app: &str, es: &str, alias: &str) -> (Requests, Requests) {
     let via = PREFIXES.iter().map(|p| (format!("{app}/api/suggest?q={p}"), None)).collect();
-    let direct = PREFIXES.iter().map(|p| (format!("{es}/{alias}/_search"), Some(query::suggest_body(p, 8)))).collect();
+    let model = Model::students();
+    let sg = model.search.as_ref().and_then(|v| v.suggest.as_ref()).expect("the students model declares its suggestions");
+    let direct = PREFIXES.iter().map(|p| (format!("{es}/{alias}/_search"), Some(query::suggest_body(sg, p, 8)))).collect();
     (via, direct)
 }
 
@@ -512,10 +536,7 @@ async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Res
     let es = env.services.es_url.clone();
     let search = format!("/{}/_search", env.alias);
     let nocache = format!("/{}/_search?request_cache=false", env.alias);
-    let reqs: Vec<(String, SearchRequest)> = SEARCHES
-        .iter()
-        .map(|q| Ok((q.to_string(), SearchRequest::parse(Some(q)).map_err(|e| anyhow::anyhow!("{q}: {e}"))?)))
-        .collect::<Result<_>>()?;
+    let reqs: Vec<(String, Request)> = SEARCHES.iter().map(|q| Ok((q.to_string(), parse(q)?))).collect::<Result<_>>()?;
     let label = |q: &str| if q.is_empty() { "(no filter)".to_string() } else { q.to_string() };
     let mut out = Vec::new();
     let mut compare = |what: &str, old_label: &'static str, new_label: &'static str, rows: Vec<(String, f64, f64)>| {
@@ -530,9 +551,9 @@ async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Res
     // 1. One request vs counts (engine cache off) and hits at once.
     let mut rows = Vec::new();
     for (q, r) in &reqs {
-        let one = time_engine(http, &es, &[(search.clone(), query::search_body(r))], runs).await?;
-        let split =
-            time_engine(http, &es, &[(nocache.clone(), query::counts_body(r)), (search.clone(), query::hits_body(r))], runs).await?;
+        let one = time_engine(http, &es, &[(search.clone(), one_request(r))], runs).await?;
+        let hits = query::hits_body(&Model::students(), r);
+        let split = time_engine(http, &es, &[(nocache.clone(), query::counts_body(r)), (search.clone(), hits)], runs).await?;
         rows.push((label(q), one, split));
     }
     compare("one request vs counts + hits at once (shard request cache off)", "one request", "counts + hits", rows);
@@ -565,31 +586,32 @@ async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Res
     // 4. Hits that count to 10,000 (selections in post_filter) vs hits that count nothing.
     let mut rows = Vec::new();
     for (q, r) in &reqs {
-        let mut old = query::search_body(r);
+        let mut old = one_request(r);
         if let Some(o) = old.as_object_mut() {
             o.remove("aggs");
         }
         let o = time_engine(http, &es, &[(search.clone(), old)], runs).await?;
-        let n = time_engine(http, &es, &[(search.clone(), query::hits_body(r))], runs).await?;
+        let n = time_engine(http, &es, &[(search.clone(), query::hits_body(&Model::students(), r))], runs).await?;
         rows.push((label(q), o, n));
     }
     compare("hits: counting to 10,000 with post_filter vs counting nothing, filters in the query", "counting", "not counting", rows);
 
-    // 5. Distinct counts: precision threshold 1,000 vs 100.
+    // 5. Distinct counts: precision threshold 100 (the students' pages before the model
+    // served them) vs tidemark's 3,000.
     let mut rows = Vec::new();
     for q in ["distinct=university", "year=SR&course=CHEM102&distinct=university", "distinct=course", "university=MIT&distinct=year"] {
-        let r = SearchRequest::parse(Some(q)).map_err(|e| anyhow::anyhow!("{q}: {e}"))?;
+        let r = parse(q)?;
         let new = query::counts_body(&r);
         let mut old = new.clone();
-        with_precision(&mut old, 1000);
+        with_precision(&mut old, 100);
         let o = time_engine(http, &es, &[(nocache.clone(), old)], runs).await?;
         let n = time_engine(http, &es, &[(nocache.clone(), new)], runs).await?;
         rows.push((q.to_string(), o, n));
     }
-    compare("distinct counts: precision_threshold 1,000 vs 100 (cache off)", "1,000", "100", rows);
+    compare("distinct counts: precision_threshold 100 vs 3,000 (cache off)", "100", "3,000", rows);
 
     // 6. Eager global ordinals: the first counts request after a refresh, and the refresh.
-    let landing = query::counts_body(&SearchRequest::default());
+    let landing = query::counts_body(&parse("")?);
     let mut rows = Vec::new();
     // On first, then off: the index is left as tidemark maps it (off).
     for eager in [true, false] {
@@ -932,7 +954,7 @@ pub async fn run(plan: &Plan, services: &Services, mut reuse: Option<BenchEnv>) 
          `UPDATE`s per second change a random student's age and year (a `tidemark worker` syncs them: the index refreshes \
          and its counts change every second). *Engine direct* sends, for the same request, the one `_search` body an \
          application without tidemark's work would send (hits, the three disjunctive terms facets, the age histogram and any \
-         distinct counts together: `query::search_body`) to `POST /<alias>/_search`.\n\n\
+         distinct counts together: `one_request`) to `POST /<alias>/_search`.\n\n\
          - **Zipf mix**: {} request shapes ranked by popularity, each client drawing ranks with probability ∝ 1/rank^{} \
          from a generator seeded with {} (and its client number and round: the engine and tidemark get the same \
          sequences). Shares: {}. The most frequent: {}.\n\

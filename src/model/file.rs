@@ -126,6 +126,10 @@ pub struct Search {
     pub title: String,
     #[serde(default)]
     pub show: Vec<String>,
+    /// How the page names a shown field (`"university.name" = "University"`); default: its
+    /// path in words ("university name").
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +144,14 @@ pub struct Facet {
     /// (e.g. "enrollments"); default: the documents' plural.
     #[serde(default)]
     pub counts: Option<String>,
+    /// How the page names the values it does not list, after the count: "+ 22,693 more
+    /// enrollments *in courses* not listed"; default: "with a" and the label.
+    #[serde(default)]
+    pub others: Option<String>,
+    /// The only values the facet takes (e.g. a status column's): any other value of the
+    /// parameter is refused with a 400 that lists these; default: any value.
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,8 +182,12 @@ pub struct Sort {
 pub struct Suggest {
     /// The completion field.
     pub field: String,
-    /// How a suggestion is labelled: a template of root fields.
+    /// How a suggestion is labelled: a template of document fields.
     pub label: String,
+    /// What follows the label, set apart (e.g. `{university.name}`): a template of document
+    /// fields; default: nothing.
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -192,19 +192,48 @@ impl Template {
         })
     }
 
-    /// The text for a document (`doc` holds the root fields).
+    /// The text for a document: each field by its path (`university.name`), a list's
+    /// values joined with ", ", a missing or null value as nothing.
     pub fn render(&self, doc: &serde_json::Value) -> String {
+        fn text(v: &serde_json::Value) -> String {
+            match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::Array(a) => a.iter().map(text).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(", "),
+                other => other.to_string(),
+            }
+        }
         self.0
             .iter()
             .map(|p| match p {
                 Piece::Text(t) => t.clone(),
-                Piece::Field(f) => match &doc[f.as_str()] {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Null => String::new(),
-                    other => other.to_string(),
-                },
+                Piece::Field(f) => text(&value_at(doc, f)),
             })
             .collect()
+    }
+}
+
+/// The value at a dotted path of a document (`university.name`): through objects, and
+/// through arrays of objects (the values of each, nulls left out); Null where there is none.
+pub fn value_at(doc: &serde_json::Value, path: &str) -> serde_json::Value {
+    use serde_json::Value;
+    let mut v = doc.clone();
+    for part in path.split('.') {
+        v = match v {
+            Value::Array(a) => Value::Array(a.iter().map(|x| x[part].clone()).filter(|x| !x.is_null()).collect()),
+            Value::Object(mut o) => o.remove(part).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+    }
+    v
+}
+
+/// "a student", "an experiment": a noun with its indefinite article.
+pub fn article(noun: &str) -> String {
+    if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {noun}")
+    } else {
+        format!("a {noun}")
     }
 }
 
@@ -221,6 +250,16 @@ pub struct SearchView {
     pub distinct: Vec<Distinct>,
     pub title: Template,
     pub show: Vec<String>,
+    /// Names of shown fields, by path (see [`SearchView::label_of`]).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl SearchView {
+    /// How the page names the field at `path`: its declared label, or the path in words
+    /// ("organism_names" → "organism names").
+    pub fn label_of(&self, path: &str) -> String {
+        self.labels.get(path).cloned().unwrap_or_else(|| path.replace(['_', '.'], " "))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +271,10 @@ pub struct Facet {
     /// Several values per document (an array): counts are of document–value pairs.
     pub multi: bool,
     pub counts: String,
+    /// How the values not listed are named after the count ("in courses").
+    pub others: String,
+    /// The only values the parameter takes (empty: any).
+    pub values: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,6 +298,7 @@ pub struct Sort {
 pub struct Suggest {
     pub field: String,
     pub label: Template,
+    pub detail: Option<Template>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -782,12 +826,36 @@ impl Validator<'_> {
                     format!("`{}` is text without a keyword sub-field: add `keyword = \"raw\"` to it", f.field),
                 )
             })?;
+            let values = match &f.values {
+                None => Vec::new(),
+                Some(v) if v.is_empty() => {
+                    return Err(
+                        self.err(&format!("{at}.values"), "is empty: list the values the facet takes, or leave `values` out to take any")
+                    )
+                }
+                Some(v) => {
+                    let mut seen = BTreeSet::new();
+                    for x in v {
+                        if x.trim().is_empty() || x.trim() != x {
+                            return Err(
+                                self.err(&format!("{at}.values"), format!("{x:?} is not a value: write it without blanks around it"))
+                            );
+                        }
+                        if !seen.insert(x) {
+                            return Err(self.err(&format!("{at}.values"), format!("{x:?} is listed twice")));
+                        }
+                    }
+                    v.clone()
+                }
+            };
             facets.push(Facet {
                 param: f.param.clone(),
                 field: exact,
                 label: f.label.clone(),
                 multi: r.multi,
                 counts: f.counts.clone().unwrap_or_else(|| s.plural.clone()),
+                others: f.others.clone().unwrap_or_else(|| format!("with {}", article(&f.label.to_lowercase()))),
+                values,
             });
         }
         let mut histograms = Vec::new();
@@ -845,7 +913,17 @@ impl Validator<'_> {
                 for f in label.fields() {
                     doc_field(f, "search.suggest.label")?;
                 }
-                Some(Suggest { field: sg.field.clone(), label })
+                let detail = match &sg.detail {
+                    Some(d) => {
+                        let t = Template::parse(d).map_err(|m| self.err("search.suggest.detail", m))?;
+                        for f in t.fields() {
+                            doc_field(f, "search.suggest.detail")?;
+                        }
+                        Some(t)
+                    }
+                    None => None,
+                };
+                Some(Suggest { field: sg.field.clone(), label, detail })
             }
             None => None,
         };
@@ -868,6 +946,12 @@ impl Validator<'_> {
         for (i, f) in s.show.iter().enumerate() {
             doc_field(f, &format!("search.show[{i}]"))?;
         }
+        for (path, label) in &s.labels {
+            doc_field(path, &format!("search.labels.{path:?}"))?;
+            if label.trim().is_empty() {
+                return Err(self.err(&format!("search.labels.{path:?}"), "is empty: write how the page names the field, or leave it out"));
+            }
+        }
         Ok(SearchView {
             noun: s.noun.clone(),
             plural: s.plural.clone(),
@@ -879,6 +963,7 @@ impl Validator<'_> {
             distinct,
             title,
             show: s.show.clone(),
+            labels: s.labels.clone(),
         })
     }
 }

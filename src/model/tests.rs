@@ -63,6 +63,43 @@ fn each_kind_of_mistake_says_where_and_what_to_write() {
 }
 
 #[test]
+fn a_facet_s_declared_values_and_a_suggestion_s_detail_are_checked_and_rendered() {
+    let search = |facet_extra: &str, suggest_extra: &str| {
+        format!(
+            "{MINIMAL}[[document.fields]]\nname = \"status\"\ntype = \"keyword\"\n[document.completion]\nname = \"c\"\n\
+             inputs = [\"{{title}}\"]\n[search]\nnoun = \"book\"\nplural = \"books\"\ntitle = \"{{title}}\"\n\
+             [[search.facets]]\nparam = \"status\"\nfield = \"status\"\nlabel = \"Status\"\n{facet_extra}\
+             [search.suggest]\nfield = \"c\"\nlabel = \"{{title}}\"\n{suggest_extra}"
+        )
+    };
+    let m = Model::parse(&search("values = [\"new\", \"old\"]\n", "detail = \"({status})\"\n"), "t").unwrap();
+    let view = m.search.as_ref().unwrap();
+    assert_eq!(view.facets[0].values, ["new", "old"]);
+    assert_eq!(view.facets[0].others, "with a status", "the default names the label");
+    let detail = view.suggest.as_ref().unwrap().detail.as_ref().unwrap();
+    assert_eq!(detail.render(&serde_json::json!({"title": "Dune", "status": "new"})), "(new)");
+    let e = error_of(&search("values = []\n", ""));
+    assert!(e.at.contains("search.facets[0] (status).values") && e.message.contains("leave `values` out"), "{e}");
+    let e = error_of(&search("values = [\"new\", \"new\"]\n", ""));
+    assert!(e.message.contains("\"new\" is listed twice"), "{e}");
+    let e = error_of(&search("values = [\" new\"]\n", ""));
+    assert!(e.message.contains("without blanks"), "{e}");
+    let e = error_of(&search("", "detail = \"{statuss}\"\n"));
+    assert!(e.at == "search.suggest.detail" && e.message.contains("`statuss` is not a field"), "{e}");
+    // Templates read a relation's field by its path, and a list's values joined.
+    let students = Model::students();
+    let title = Template::parse("{first_name} at {university.name}: {course_names}").unwrap();
+    let doc = serde_json::json!({"first_name": "Ann", "university": {"name": "MIT"}, "course_names": ["A", "B"]});
+    assert_eq!(title.render(&doc), "Ann at MIT: A, B");
+    assert_eq!(title.render(&serde_json::json!({"first_name": "Ann", "university": null})), "Ann at : ");
+    let v = students.search.as_ref().unwrap();
+    assert_eq!((v.label_of("university.name"), v.label_of("first_name")), ("University".to_string(), "first name".to_string()));
+    let e = error_of(&search("", "").replace("[[search.facets]]", "[search.labels]\n\"author.name\" = \"Author\"\n[[search.facets]]"));
+    assert!(e.at.contains("search.labels") && e.message.contains("`author.name` is not a field"), "{e}");
+    assert_eq!(v.facets.iter().map(|f| f.others.as_str()).collect::<Vec<_>>(), ["in courses", "at universities", "in years"]);
+}
+
+#[test]
 fn the_document_query_reads_every_level_in_one_statement() {
     let m = Model::load("refinebio").unwrap();
     let q = sql::document_query(&m, sql::Rows::Keys);

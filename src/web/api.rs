@@ -1,56 +1,40 @@
-//! The JSON API: `/api/search`, `/api/suggest`, `/api/students/{id}`, and the extractors
-//! that turn a query string into a validated request (or a 400 that says why).
+//! The JSON API: `/api/search`, `/api/suggest` and `/api/{plural}/{id}` (the loaded
+//! model's documents), every failure answered as `{"error": {"status", "message"}}`.
 
 use axum::{
-    extract::{FromRequestParts, Path, State},
-    http::request::Parts,
+    extract::{Path, State},
     response::{IntoResponse, Response},
     Json,
 };
 use serde_json::json;
 
 use super::{
-    params::{query_pairs, SearchRequest},
-    student::{self, IndexCopy},
+    document::{self, IndexCopy},
+    params::query_pairs,
+    request::{title, Id, Request},
     App, Failure, DEFAULT_SUGGESTIONS, MAX_SUGGESTIONS, MAX_SUGGEST_CHARS,
 };
+use crate::model::article;
 
-/// A failure answered as JSON: `{"error": {"status": 400, "message": "..."}}`.
-pub struct ApiError(pub Failure);
+/// A failure answered as JSON: `{"error": {"status": 400, "message": "..."}}`, its message
+/// naming the model's documents (`noun`).
+pub struct ApiError(pub Failure, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.0.status();
-        (status, Json(json!({"error": {"status": status.as_u16(), "message": self.0.message()}}))).into_response()
+        (status, Json(json!({"error": {"status": status.as_u16(), "message": self.0.message_about(&self.1)}}))).into_response()
     }
 }
 
-impl From<Failure> for ApiError {
-    fn from(f: Failure) -> ApiError {
-        ApiError(f)
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for SearchRequest {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        SearchRequest::parse(parts.uri.query()).map_err(|e| ApiError(e.into()))
-    }
+pub(super) fn api_error(app: &App) -> impl Fn(Failure) -> ApiError + '_ {
+    move |f| ApiError(f, app.noun())
 }
 
 /// `/api/suggest`'s parameters: `q` (the start of a name) and `size`.
 pub struct SuggestParams {
     pub q: String,
     pub size: u32,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for SuggestParams {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        SuggestParams::parse(parts.uri.query(), ["a first or last name", "a name", "an"]).map_err(ApiError)
-    }
 }
 
 impl SuggestParams {
@@ -86,35 +70,34 @@ impl SuggestParams {
     }
 }
 
-pub async fn search(State(app): State<App>, req: SearchRequest) -> Result<Response, ApiError> {
-    Ok(Json(super::search(&app, &req).await?).into_response())
+pub async fn search(State(app): State<App>, uri: axum::http::Uri) -> Result<Response, ApiError> {
+    let req = Request::parse(&app.services.model, uri.query()).map_err(|e| api_error(&app)(e.into()))?;
+    Ok(Json(super::search(&app, &req).await.map_err(api_error(&app))?).into_response())
 }
 
-pub async fn suggest(State(app): State<App>, p: SuggestParams) -> Result<Response, ApiError> {
-    Ok(Json(super::suggest(&app, &p.q, p.size).await?).into_response())
+pub async fn suggest(State(app): State<App>, uri: axum::http::Uri) -> Result<Response, ApiError> {
+    let view = Request::new(&app.services.model).view;
+    let fields: Vec<String> = view.suggest.iter().flat_map(|s| s.label.fields().map(|f| f.replace(['_', '.'], " "))).collect();
+    let what = format!("{}'s {}", article(&view.noun), if fields.is_empty() { "name".into() } else { fields.join(" or ") });
+    let short = format!("{}'s {}", article(&view.noun), fields.first().map_or("name", String::as_str));
+    let p = SuggestParams::parse(uri.query(), [&what, &short, "ab"]).map_err(api_error(&app))?;
+    Ok(Json(super::suggest(&app, &p.q, p.size).await.map_err(api_error(&app))?).into_response())
 }
 
-pub async fn student(State(app): State<App>, Path(raw): Path<String>) -> Result<Response, ApiError> {
-    let id = student::parse_id(&raw)?;
-    let view = student::view(&app.services, id).await?;
-    let Some(doc) = &view.student else {
-        let note = if view.index == IndexCopy::Stale {
-            " (the search index still holds a copy: the delete reaches it at the next sync)"
-        } else {
-            ""
-        };
-        return Err(Failure::NotFound(format!("no student with id {id} in the database{note}")).into());
+pub async fn document(State(app): State<App>, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let view = Request::new(&app.services.model).view;
+    let (key, doc, index, pending) = document::read(&app, &raw).await.map_err(api_error(&app))?;
+    let Some(doc) = doc else {
+        let note =
+            if index == IndexCopy::Stale { " (the search index still holds a copy: the delete reaches it at the next sync)" } else { "" };
+        return Err(api_error(&app)(Failure::NotFound(format!("no {} with id {key} in the database{note}", view.noun))));
     };
     Ok(Json(json!({
-        "id": id,
-        "first_name": doc["first_name"],
-        "last_name": doc["last_name"],
-        "age": doc["age"],
-        "year_in_school": doc["year_in_school"],
-        "university": doc["university"],
-        "courses": doc["course_names"],
-        "index": view.index,
-        "pending_change_seconds": view.pending_change_seconds,
+        "id": Id::parse(app.services.model.root.key_type, &key).map_or_else(|| json!(key), |id| id.json()),
+        "title": title(&view, &doc, &key),
+        "document": doc,
+        "index": index,
+        "pending_change_seconds": pending,
     }))
     .into_response())
 }

@@ -1,39 +1,37 @@
-//! The search application of `tidemark serve`: the faceted page (`/`) and its JSON API
-//! (`/api/search`), autocomplete (`/api/suggest`), and the student page read from
-//! PostgreSQL (`/students/{id}`, `/api/students/{id}`). Read-only: it never writes the
-//! database or the index, and it searches through the alias, so a reindex's swap never
-//! breaks a page.
+//! The search application of `tidemark serve`, for whatever model is loaded, driven by its
+//! `[search]` view: the faceted page (`/`) and its JSON API (`/api/search`), autocomplete
+//! (`/api/suggest`), and each document's page read from PostgreSQL (`/{plural}/{id}`,
+//! `/api/{plural}/{id}`: `/students/42` for the shipped student directory). Read-only: it
+//! never writes the database or the index, and it searches through the alias, so a
+//! reindex's swap never breaks a page.
 //!
 //! | module | holds |
 //! | --- | --- |
-//! | `params` | the parse-and-validate edge: query string ⇄ [`SearchRequest`], 400s that say what to do |
+//! | `params` | the parse-and-validate edge every route shares: query-string pairs, path parameters, bounded numbers and text, 400s that say what to do |
+//! | `request` | one search ([`Request`]): the parameters the view declares ⇄ query string |
 //! | `query` | the one query builder (request → `_search` bodies: counts and hits) and the reading of the answers |
-//! | `reuse` | asking the engine once: which index the alias names, single flight, the answer cache (generic) |
-//! | `flight`, `cache`, `gate` | single flight, the byte-bounded answer cache and the engine gate (renewals first) under `reuse` (generic) |
-//! | `sql` | `engine=sql`: the same request by `GROUP BY`, same semantics |
+//! | `sql` | `engine=sql`: the same request by SQL built from the model, same semantics |
 //! | `response` | the one response type, whichever engine answered |
-//! | `student` | a student from the database, compared with the index's copy |
+//! | `reuse` | asking the engine once: which index the alias names, single flight, the answer cache |
+//! | `flight`, `cache`, `gate` | single flight, the byte-bounded answer cache and the engine gate (renewals first) under `reuse` |
+//! | `document` | a document from the database, compared with the index's copy |
 //! | `pages`, `api`, `assets` | HTTP: HTML pages (askama), JSON, embedded CSS and JS |
-//! | `generic` | any other model: the same application driven by the model's `[search]` view (its own request, bodies, `engine=sql` over the model's document query, pages, and the detail page at `/{plural}/{id}`) |
-//!
-//! `params`, `query`, `sql`, `response` and the student routes of `pages` and `api` are the
-//! shipped student directory's own (their answers and pages are pinned by the tests): they
-//! serve while the loaded model is exactly it. `reuse`, `flight`, `cache`, `gate`, the failures,
-//! the security headers and `student::compare` serve every model.
 
 mod api;
 mod assets;
 pub mod cache;
+pub mod document;
 pub mod flight;
 pub mod gate;
-pub mod generic;
 mod pages;
 pub mod params;
 pub mod query;
+pub mod request;
 pub mod response;
 pub mod reuse;
 pub mod sql;
-pub mod student;
+#[cfg(test)]
+mod tests;
 
 use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 
@@ -49,10 +47,13 @@ use elasticsearch::http::Method;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use params::{BadRequest, SearchRequest};
-pub use response::SearchResponse;
+pub use params::BadRequest;
+pub use request::{Id, Request};
+pub use response::Response as SearchResponse;
 
 use crate::{search::SearchError, services::Services};
+use params::Engine;
+use response::CountsAge;
 
 /// How long a page waits for the search server or the database before saying it is not
 /// answering (the sync's own request timeout is meant for large `_bulk` writes).
@@ -68,8 +69,6 @@ const SQL_ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct App {
     services: Services,
     reuse: Arc<reuse::Reuse>,
-    /// Whether the loaded model is the shipped student directory (served by its own pages).
-    students: bool,
 }
 
 impl App {
@@ -80,16 +79,12 @@ impl App {
             bytes: usize::try_from(serve.cache_bytes).unwrap_or(usize::MAX),
             engine_concurrency: serve.engine_concurrency as usize,
         };
-        let students = generic::is_shipped_students(&services.model);
-        App { services, reuse: Arc::new(reuse::Reuse::new(settings)), students }
+        App { services, reuse: Arc::new(reuse::Reuse::new(settings)) }
     }
 
-    /// What one document is called: "student", or the loaded model's noun.
+    /// What one document is called: the loaded model's noun ("student").
     pub fn noun(&self) -> String {
-        match &self.services.model.search {
-            Some(v) if !self.students => v.noun.clone(),
-            _ => "student".into(),
-        }
+        Request::new(&self.services.model).view.noun.clone()
     }
 
     /// What the answer cache holds (entries, bytes, budget).
@@ -104,30 +99,16 @@ pub fn router(services: Services) -> Router {
     router_for(App::new(services))
 }
 
-/// The router of an application state the caller keeps (tests read its cache's usage).
-///
-/// The shipped student directory is served by its own pages (`pages`, `api`); any other
-/// model by the pages its `[search]` view drives (`generic`), its documents at
-/// `/{plural}/{id}` (and `/api/{plural}/{id}`).
+/// The router of an application state the caller keeps (tests read its cache's usage): the
+/// loaded model's documents at `/{plural}/{id}` (and `/api/{plural}/{id}`).
 pub fn router_for(app: App) -> Router {
-    let model = app.services.model.clone();
-    let routes = if app.students {
-        Router::new()
-            .route("/", get(pages::search))
-            .route("/students/{id}", get(pages::student))
-            .route("/api/search", get(api::search))
-            .route("/api/suggest", get(api::suggest))
-            .route("/api/students/{id}", get(api::student))
-    } else {
-        let plural = generic::Request::new(&model).view.plural.clone();
-        Router::new()
-            .route("/", get(generic::pages::search))
-            .route(&format!("/{plural}/{{id}}"), get(generic::pages::document))
-            .route("/api/search", get(generic::pages::api_search))
-            .route("/api/suggest", get(generic::pages::api_suggest))
-            .route(&format!("/api/{plural}/{{id}}"), get(generic::pages::api_document))
-    };
-    routes
+    let plural = Request::new(&app.services.model).view.plural.clone();
+    Router::new()
+        .route("/", get(pages::search))
+        .route(&format!("/{plural}/{{id}}"), get(pages::document))
+        .route("/api/search", get(api::search))
+        .route("/api/suggest", get(api::suggest))
+        .route(&format!("/api/{plural}/{{id}}"), get(api::document))
         .route("/assets/{name}", get(assets::asset))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), utf8_parameters))
@@ -142,13 +123,12 @@ pub fn router_for(app: App) -> Router {
 async fn utf8_parameters(State(app): State<App>, request: axum::extract::Request, next: middleware::Next) -> Response {
     let uri = request.uri();
     let checked = params::query_pairs(uri.query()).and_then(|_| match request.extensions().get::<axum::extract::MatchedPath>() {
-        Some(route) if app.students => params::check_path_params(route.as_str(), uri.path()),
-        Some(route) => params::check_path_params_of(route.as_str(), uri.path(), &generic::pages::id_how(&app.services.model)),
+        Some(route) => params::check_path_params(route.as_str(), uri.path(), &document::id_how(&app.services.model)),
         None => Ok(()),
     });
     match checked {
         Ok(()) => next.run(request).await,
-        Err(e) if request.uri().path().starts_with("/api/") => api::ApiError(e.into()).into_response(),
+        Err(e) if request.uri().path().starts_with("/api/") => api::ApiError(e.into(), app.noun()).into_response(),
         Err(e) => pages::error_page(&app, &e.into(), None).await,
     }
 }
@@ -211,10 +191,6 @@ impl Failure {
             Failure::DatabaseDown => "The database is not answering",
             Failure::Internal => "Something went wrong",
         }
-    }
-
-    pub fn message(&self) -> String {
-        self.message_about("student")
     }
 
     /// The message, naming the documents whose pages read the database (`noun`: "student").
@@ -324,14 +300,19 @@ fn engine_failure(status: u16, v: &Value, path: &str) -> Failure {
     Failure::SearchDown(format!("answered with an error (HTTP {status}{detail})"))
 }
 
-/// Runs a search on the engine it names. In the index: the counts and the hits, two
-/// requests at once to the physical index the alias names, each maybe reused (see
-/// [`reuse`]).
-pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Failure> {
+/// Longest autocomplete prefix, and suggestions per answer (default and cap).
+pub const MAX_SUGGEST_CHARS: usize = 100;
+pub const DEFAULT_SUGGESTIONS: u32 = 8;
+pub const MAX_SUGGESTIONS: u32 = 20;
+
+/// Runs a search of the loaded model on the engine it names: in the index, the counts and
+/// the hits as two requests to the physical index the alias names, each maybe reused (see [`reuse`]).
+pub async fn search(app: &App, req: &Request) -> Result<SearchResponse, Failure> {
     let started = Instant::now();
     match req.engine {
-        params::Engine::Index => {
-            let (counts, hits) = (query::counts_body(req), query::hits_body(req));
+        Engine::Index => {
+            let model = &app.services.model;
+            let (counts, hits) = (query::counts_body(req), query::hits_body(model, req));
             let mut tries = 0;
             loop {
                 let target = app.reuse.target(&app.services).await?;
@@ -341,16 +322,15 @@ pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Fa
                 );
                 let (c, h) = match both {
                     Ok(v) => v,
-                    // The index the alias named is gone (a reindex dropped it meanwhile): look again.
                     Err(Failure::IndexMissing) if tries == 0 => {
                         tries += 1;
                         continue;
                     }
                     Err(f) => return Err(f),
                 };
-                let raw = query::read_split(req, &c.json, &h.json);
+                let raw = query::read(req, &c.json, &h.json);
                 let mut resp = SearchResponse::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3);
-                resp.counts = response::CountsAge {
+                resp.counts = CountsAge {
                     age_ms: (c.age.as_secs_f64() * 1e4).round() / 10.0,
                     max_age_ms: target.max_age.as_secs_f64() * 1e3,
                     reused: c.reused,
@@ -359,30 +339,31 @@ pub async fn search(app: &App, req: &SearchRequest) -> Result<SearchResponse, Fa
                 return Ok(resp);
             }
         }
-        params::Engine::Sql => {
-            let raw = db_within(SQL_ENGINE_TIMEOUT, sql::search(&app.services.pool, req)).await?;
+        Engine::Sql => {
+            let raw = db_within(SQL_ENGINE_TIMEOUT, sql::search(&app.services.pool, &app.services.model, req)).await?;
             Ok(SearchResponse::assemble(req, raw, req.engine, started.elapsed().as_secs_f64() * 1e3))
         }
     }
 }
 
-/// One autocomplete entry: a student, by id (two students named alike are two entries).
+/// One autocomplete entry: a document, by id, labelled by the view's suggest label.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Suggestion {
-    pub id: i64,
+    pub id: Id,
     pub name: String,
-    pub university: Option<String>,
+    /// What the view's suggest `detail` says of it (absent without one, or when empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The document's page.
+    pub href: String,
 }
 
-/// Longest autocomplete prefix, and suggestions per answer (default and cap).
-pub const MAX_SUGGEST_CHARS: usize = 100;
-pub const DEFAULT_SUGGESTIONS: u32 = 8;
-pub const MAX_SUGGESTIONS: u32 = 20;
-
-/// Students whose name starts with `prefix`, one entry per student. The answer depends
-/// only on the index's state: reused like counts (see [`reuse`]).
+/// Documents whose completion inputs start with `prefix`, one entry per document.
 pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestion>, Failure> {
-    let body = query::suggest_body(prefix, size);
+    let model = &app.services.model;
+    let Some(view) = &model.search else { return Ok(Vec::new()) };
+    let Some(sg) = &view.suggest else { return Ok(Vec::new()) };
+    let body = query::suggest_body(sg, prefix, size);
     let mut tries = 0;
     let answer = loop {
         let target = app.reuse.target(&app.services).await?;
@@ -391,19 +372,15 @@ pub async fn suggest(app: &App, prefix: &str, size: u32) -> Result<Vec<Suggestio
             other => break other?,
         }
     };
-    let v = &answer.json;
     let mut out: Vec<Suggestion> = Vec::new();
-    for o in v["suggest"]["s"][0]["options"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let Some(id) = o["_id"].as_str().and_then(|s| s.parse::<i64>().ok()) else { continue };
+    for o in answer.json["suggest"]["s"][0]["options"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(id) = o["_id"].as_str().and_then(|s| Id::parse(model.root.key_type, s)) else { continue };
         if out.iter().any(|s| s.id == id) {
             continue;
         }
-        let s = &o["_source"];
-        out.push(Suggestion {
-            id,
-            name: format!("{} {}", s["first_name"].as_str().unwrap_or_default(), s["last_name"].as_str().unwrap_or_default()),
-            university: s["university"]["name"].as_str().map(str::to_string),
-        });
+        let href = format!("/{}/{id}", view.plural);
+        let detail = sg.detail.as_ref().map(|d| d.render(&o["_source"])).filter(|d| !d.trim().is_empty());
+        out.push(Suggestion { id, name: sg.label.render(&o["_source"]), detail, href });
     }
     Ok(out)
 }

@@ -1,8 +1,9 @@
-//! The HTML pages: the search page (`/`), the student page (`/students/{id}`) and the error
+//! The HTML pages: the search page (`/`) from the model's view, each document's page
+//! (`/{plural}/{id}`) read from the database by the model's document query, and the error
 //! pages. Templates are askama's (`templates/`), compiled into the binary and checked at
 //! compile time; every value is HTML-escaped by them. Each page is built from the same
-//! [`SearchResponse`] the API returns, turned here into strings and links: the URL is the
-//! state, so every facet, bar, sort and page is a plain link that works without script.
+//! response the API returns, turned here into strings and links: the URL is the state, so
+//! every facet, bar, sort and page is a plain link that works without script.
 
 use askama::Template;
 use axum::{
@@ -10,16 +11,17 @@ use axum::{
     http::{header, StatusCode},
     response::{Html, IntoResponse, Response},
 };
+use serde_json::Value;
 use url::form_urlencoded;
 
 use super::{
-    api::ApiError,
-    params::{AgeRange, Engine, Facet, SearchRequest, Sort, SortKey},
-    response::{Relation, SearchResponse, Segment},
-    student::{self, IndexCopy, StudentView},
+    document::{self, IndexCopy},
+    params::{Engine, MAX_RESULT_WINDOW},
+    request::{title, Order, Range, Request},
+    response::{Relation, Response as SearchResponse, Segment},
     App, Failure,
 };
-use crate::admin;
+use crate::{admin, model::SearchView};
 
 /// What every page shows around its content: the search box and the footer.
 pub(super) struct Chrome {
@@ -32,28 +34,8 @@ pub(super) struct Chrome {
     pub(super) plural: String,
     pub(super) search_label: String,
     pub(super) suggest_label: String,
-    /// Another model's noun and plural, for the script's messages (None: the students').
-    pub(super) nouns: Option<(String, String)>,
-}
-
-#[derive(Template)]
-#[template(path = "search.html")]
-struct SearchPage {
-    chrome: Chrome,
-    v: SearchView,
-}
-
-#[derive(Template)]
-#[template(path = "student.html")]
-struct StudentPage {
-    chrome: Chrome,
-    id: i64,
-    name: String,
-    age: i32,
-    year: String,
-    university: String,
-    courses: Vec<String>,
-    notice: Notice,
+    /// What one document is called, for the script's messages.
+    pub(super) noun: String,
 }
 
 #[derive(Template)]
@@ -72,90 +54,12 @@ pub(super) struct Link {
     pub(super) current: bool,
 }
 
-struct BucketView {
-    key: String,
-    count: String,
-    distinct: Option<String>,
-    href: String,
-    selected: bool,
-    empty: bool,
-}
-
-struct FacetSearchView {
-    param: &'static str,
-    value: String,
-    hidden: Vec<(String, String)>,
-}
-
-struct FacetView {
-    param: &'static str,
-    title: &'static str,
-    buckets: Vec<BucketView>,
-    other: Option<String>,
-    search: Option<FacetSearchView>,
-}
-
-struct BarView {
-    from: i32,
-    href: String,
-    title: String,
-    selected: bool,
-    /// A CSS class `h0`…`h20`: the bar's height in 5 % steps (no inline styles under the CSP).
-    height: String,
-}
-
-struct HitView {
-    id: i64,
-    href: String,
-    first: Vec<Segment>,
-    last: Vec<Segment>,
-    meta: String,
-    courses: String,
-}
-
-struct SearchView {
-    title: String,
-    q: String,
-    summary: String,
-    engine_info: String,
-    sort_links: Vec<Link>,
-    engine_links: Vec<Link>,
-    distinct_links: Vec<Link>,
-    distinct_note: Option<String>,
-    active: Vec<Link>,
-    clear_href: String,
-    without_q: Option<String>,
-    facets: Vec<FacetView>,
-    bars: Vec<BarView>,
-    age_min: String,
-    age_max: String,
-    age_clear: Option<String>,
-    hits: Vec<HitView>,
-    first_href: Option<String>,
-    next_href: Option<String>,
-}
-
 pub(super) struct Notice {
     pub(super) state: &'static str,
     pub(super) class: &'static str,
     pub(super) headline: String,
     pub(super) text: String,
     pub(super) diffs: Vec<(String, String, String)>,
-}
-
-/// How old the counts and hits are, as the page says it: "; counts as of 0.3 s ago,
-/// students as of 0.1 s ago (kept for at most 1.0 s: the index refreshes no more often)".
-fn counts_age(resp: &SearchResponse) -> String {
-    let c = &resp.counts;
-    if c.max_age_ms <= 0.0 {
-        return String::new();
-    }
-    format!(
-        "; counts as of {:.1} s ago, students as of {:.1} s ago (kept for at most {:.1} s: the index refreshes no more often)",
-        c.age_ms / 1e3,
-        resp.hits_age_ms / 1e3,
-        c.max_age_ms / 1e3
-    )
 }
 
 /// 1234567 → "1,234,567".
@@ -175,11 +79,6 @@ pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
-/// The query string's pairs, for hidden form fields, without `except`.
-fn pairs(req: &SearchRequest, except: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(req.to_query().as_bytes()).filter(|(k, _)| k != except).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
-}
-
 /// The footer: the sync's freshness, from the same function as `tidemark admin status`.
 async fn footer(app: &App) -> String {
     match super::db(admin::freshness(&app.services.pool)).await {
@@ -192,11 +91,7 @@ async fn footer(app: &App) -> String {
             if f.pending_fanouts > 0 {
                 s.push_str(&format!(
                     " {} still being expanded.",
-                    if app.students {
-                        plural(f.pending_fanouts as u64, "renamed university or course", "renamed universities or courses")
-                    } else {
-                        plural(f.pending_fanouts as u64, "change to a related row", "changes to related rows")
-                    }
+                    plural(f.pending_fanouts as u64, "change to a related row", "changes to related rows")
                 ));
             }
             s
@@ -206,12 +101,17 @@ async fn footer(app: &App) -> String {
 }
 
 pub(super) async fn chrome(app: &App, q: &str, hidden: Vec<(String, String)>) -> Chrome {
-    let (plural, search_label) = match &app.services.model.search {
-        Some(v) if !app.students => (v.plural.clone(), format!("Search {} by {}", v.plural, v.query.join(", ").replace('_', " "))),
-        _ => ("students".to_string(), "Search students by name".to_string()),
-    };
-    let nouns = app.services.model.search.as_ref().filter(|_| !app.students).map(|v| (v.noun.clone(), v.plural.clone()));
-    Chrome { q: q.to_string(), hidden, footer: footer(app).await, suggest_label: format!("Matching {plural}"), plural, search_label, nouns }
+    let view = Request::new(&app.services.model).view;
+    let search_label = format!("Search {} by {}", view.plural, view.query.join(", ").replace('_', " "));
+    Chrome {
+        q: q.to_string(),
+        hidden,
+        footer: footer(app).await,
+        suggest_label: format!("Matching {}", view.plural),
+        plural: view.plural.clone(),
+        search_label,
+        noun: view.noun.clone(),
+    }
 }
 
 pub(super) fn render(status: StatusCode, t: impl Template) -> Response {
@@ -235,179 +135,6 @@ pub(super) async fn error_page(app: &App, failure: &Failure, note: Option<String
     render(failure.status(), page)
 }
 
-pub async fn search(State(app): State<App>, req: Result<SearchRequest, ApiError>) -> Response {
-    let req = match req {
-        Ok(r) => r,
-        Err(ApiError(f)) => return error_page(&app, &f, None).await,
-    };
-    let (answer, chrome) = tokio::join!(super::search(&app, &req), chrome(&app, &req.q, pairs(&req.first_page(), "q")));
-    match answer {
-        Ok(resp) => render(StatusCode::OK, SearchPage { chrome, v: search_view(&req, &resp) }),
-        Err(f) => error_page(&app, &f, None).await,
-    }
-}
-
-fn search_view(req: &SearchRequest, resp: &SearchResponse) -> SearchView {
-    let distinct_label = |d: Option<u64>| d.zip(req.distinct).map(|(n, f)| format!("~{}", plural(n, f.singular(), f.plural())));
-    let facets = Facet::ALL
-        .into_iter()
-        .map(|f| {
-            let facet = resp.facets.get(f);
-            FacetView {
-                param: f.param(),
-                title: f.title(),
-                // Selected values first (a person looks for what they chose where they
-                // left it), then the rest in the engine's order.
-                buckets: facet
-                    .buckets
-                    .iter()
-                    .filter(|b| b.selected)
-                    .chain(facet.buckets.iter().filter(|b| !b.selected))
-                    .map(|b| BucketView {
-                        key: b.key.clone(),
-                        count: thousands(b.doc_count),
-                        distinct: distinct_label(b.distinct),
-                        href: req.toggled(f, &b.key).href(),
-                        selected: b.selected,
-                        empty: b.doc_count == 0,
-                    })
-                    .collect(),
-                // "+ 22,693 more enrollments in courses not listed": for courses the
-                // number counts enrollments, not students.
-                other: (facet.sum_other_doc_count > 0).then(|| {
-                    let (one, many) = f.counted();
-                    format!(
-                        "+ {} more {} {} {} not listed{}",
-                        thousands(facet.sum_other_doc_count),
-                        if facet.sum_other_doc_count == 1 { one } else { many },
-                        f.preposition(),
-                        f.plural(),
-                        if f.search_param().is_some() { "; find one above" } else { "" }
-                    )
-                }),
-                search: f.search_param().map(|param| FacetSearchView {
-                    param,
-                    value: req.facet_search(f).unwrap_or_default().to_string(),
-                    hidden: pairs(&req.first_page(), param),
-                }),
-            }
-        })
-        .collect();
-    let max = resp.age.buckets.iter().map(|b| b.doc_count).max().unwrap_or(0).max(1);
-    let bars = resp
-        .age
-        .buckets
-        .iter()
-        .map(|b| {
-            let range = AgeRange { gte: Some(b.from), lt: Some(b.to) };
-            // A selected bar's link takes its filter off again.
-            let href = if b.selected && req.age == range { req.with_age(AgeRange::default()).href() } else { req.with_age(range).href() };
-            let count = plural(b.doc_count, "student", "students");
-            let distinct = distinct_label(b.distinct).map(|d| format!(", {d}")).unwrap_or_default();
-            BarView {
-                from: b.from,
-                href,
-                title: format!("{}: {count}{distinct}", range.label()),
-                selected: b.selected,
-                height: format!("h{}", if b.doc_count == 0 { 0 } else { ((b.doc_count * 20).div_ceil(max)).clamp(1, 20) }),
-            }
-        })
-        .collect();
-    let mut active = Vec::new();
-    for f in Facet::ALL {
-        for v in req.selected(f) {
-            active.push(Link { label: format!("{}: {v}", f.title()), href: req.toggled(f, v).href(), current: true });
-        }
-    }
-    if !req.age.is_empty() {
-        active.push(Link { label: req.age.label(), href: req.with_age(AgeRange::default()).href(), current: true });
-    }
-    let total = match resp.total.relation {
-        Relation::Eq => plural(resp.total.value, "student", "students"),
-        Relation::Gte => format!("More than {} students", thousands(resp.total.value)),
-    };
-    let summary = if req.q.is_empty() { total } else { format!("{total} matching “{}”", req.q) };
-    let sort_links = [
-        ("Relevance", Sort { key: SortKey::Relevance, descending: false }),
-        ("Last name", Sort { key: SortKey::LastName, descending: false }),
-        ("Youngest", Sort { key: SortKey::Age, descending: false }),
-        ("Oldest", Sort { key: SortKey::Age, descending: true }),
-    ]
-    .into_iter()
-    .map(|(label, s)| Link { label: label.into(), href: req.with_sort(s).href(), current: req.sort == s })
-    .collect();
-    let engine_links = [("Index", Engine::Index), ("SQL", Engine::Sql)]
-        .into_iter()
-        .map(|(label, e)| Link { label: label.into(), href: req.with_engine(e).href(), current: req.engine == e })
-        .collect();
-    let distinct_links = std::iter::once(("off", None))
-        .chain(Facet::ALL.into_iter().map(|f| (f.plural(), Some(f))))
-        .map(|(label, d)| Link { label: label.into(), href: req.with_distinct(d).href(), current: req.distinct == d })
-        .collect();
-    let hits = resp
-        .hits
-        .iter()
-        .map(|h| {
-            let (first, last) = match &h.highlight {
-                Some(hl) => (hl.first_name.clone(), hl.last_name.clone()),
-                None => (Segment::plain(&h.first_name), Segment::plain(&h.last_name)),
-            };
-            HitView {
-                id: h.id,
-                href: format!("/students/{}", h.id),
-                first,
-                last,
-                meta: format!("{} · {} · age {}", h.university.as_deref().unwrap_or("no university"), h.year_in_school, h.age),
-                courses: if h.courses.is_empty() { "no courses".into() } else { h.courses.join(", ") },
-            }
-        })
-        .collect();
-    let deeper = req.page > 1 || req.after.is_some();
-    SearchView {
-        title: if req.q.is_empty() { "Students".into() } else { format!("“{}” — students", req.q) },
-        q: req.q.clone(),
-        summary,
-        engine_info: format!(
-            "answered by {} in {:.1} ms{}",
-            match resp.engine {
-                Engine::Index => "the search index",
-                Engine::Sql => "PostgreSQL (SQL GROUP BY)",
-            },
-            resp.took_ms,
-            counts_age(resp)
-        ),
-        sort_links,
-        engine_links,
-        distinct_links,
-        distinct_note: resp.distinct.as_ref().map(|d| {
-            format!(
-                "Each value also shows the approximate number of distinct {} among its students (cardinality, precision threshold {}; within {:.0} %).",
-                d.field.plural(),
-                d.precision_threshold,
-                d.max_error * 100.0
-            )
-        }),
-        active,
-        clear_href: req.cleared().href(),
-        without_q: (!req.q.is_empty()).then(|| SearchRequest { q: String::new(), ..req.first_page() }.href()),
-        facets,
-        bars,
-        age_min: resp.age.buckets.first().map(|b| b.from.to_string()).unwrap_or_default(),
-        age_max: resp.age.buckets.last().map(|b| (b.to - 1).to_string()).unwrap_or_default(),
-        age_clear: (!req.age.is_empty()).then(|| req.with_age(AgeRange::default()).href()),
-        hits,
-        first_href: deeper.then(|| req.first_page().href()),
-        next_href: resp.next.as_ref().map(|n| match req.first_page().to_query() {
-            q if q.is_empty() => format!("/?after={}", enc(n)),
-            q => format!("/?{q}&after={}", enc(n)),
-        }),
-    }
-}
-
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 pub(super) fn json_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => "none".into(),
@@ -416,10 +143,6 @@ pub(super) fn json_text(v: &serde_json::Value) -> String {
         serde_json::Value::Object(o) if o.contains_key("name") => json_text(&o["name"]),
         other => other.to_string(),
     }
-}
-
-fn notice(view: &StudentView) -> Notice {
-    notice_of(&view.index, view.pending_change_seconds, "student")
 }
 
 /// What the detail page of a `noun` says of the index's copy.
@@ -460,32 +183,353 @@ pub(super) fn notice_of(index: &IndexCopy, pending: Option<f64>, noun: &str) -> 
     }
 }
 
-pub async fn student(State(app): State<App>, Path(raw): Path<String>) -> Response {
-    let id = match student::parse_id(&raw) {
-        Ok(id) => id,
-        Err(f) => return error_page(&app, &f, None).await,
+#[derive(Template)]
+#[template(path = "search.html")]
+struct SearchPage {
+    chrome: Chrome,
+    v: PageView,
+}
+
+#[derive(Template)]
+#[template(path = "document.html")]
+struct DocumentPage {
+    chrome: Chrome,
+    noun: String,
+    id: String,
+    title: String,
+    fields: Vec<(String, String, Vec<String>)>,
+    notice: Notice,
+}
+
+struct BucketView {
+    key: String,
+    count: String,
+    distinct: Option<String>,
+    href: String,
+    selected: bool,
+    empty: bool,
+}
+
+struct FacetSearchView {
+    param: String,
+    value: String,
+    hidden: Vec<(String, String)>,
+}
+
+struct FacetView {
+    param: String,
+    title: String,
+    buckets: Vec<BucketView>,
+    other: Option<String>,
+    search: FacetSearchView,
+}
+
+struct BarView {
+    from: i64,
+    href: String,
+    title: String,
+    selected: bool,
+    height: String,
+}
+
+struct HistogramView {
+    param: String,
+    title: String,
+    bars: Vec<BarView>,
+    min: String,
+    max: String,
+    clear: Option<String>,
+}
+
+struct HitView {
+    id: String,
+    href: String,
+    title: Vec<Segment>,
+    meta: String,
+}
+
+struct PageView {
+    title: String,
+    plural: String,
+    q: String,
+    summary: String,
+    engine_info: String,
+    sort_links: Vec<Link>,
+    engine_links: Vec<Link>,
+    distinct_links: Vec<Link>,
+    distinct_note: Option<String>,
+    active: Vec<Link>,
+    clear_href: String,
+    without_q: Option<String>,
+    facets: Vec<FacetView>,
+    histograms: Vec<HistogramView>,
+    hits: Vec<HitView>,
+    first_href: Option<String>,
+    /// Numbered paging (a model without a key field): the page before, this page's number,
+    /// and a note when more hits lie past the last page a number reaches.
+    previous_href: Option<String>,
+    page_label: Option<String>,
+    window_note: Option<String>,
+    next_href: Option<String>,
+}
+
+fn pairs(req: &Request, except: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.to_query().as_bytes()).filter(|(k, _)| k != except).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub async fn search(State(app): State<App>, uri: axum::http::Uri) -> Response {
+    let req = match Request::parse(&app.services.model, uri.query()) {
+        Ok(r) => r,
+        Err(e) => return error_page(&app, &e.into(), None).await,
     };
-    let view = match student::view(&app.services, id).await {
+    let (answer, chrome) = tokio::join!(super::search(&app, &req), chrome(&app, &req.q, pairs(&req.first_page(), "q")));
+    match answer {
+        Ok(resp) => render(StatusCode::OK, SearchPage { chrome, v: page_view(&req, &resp) }),
+        Err(f) => error_page(&app, &f, None).await,
+    }
+}
+
+fn page_view(req: &Request, resp: &SearchResponse) -> PageView {
+    let view: &SearchView = &req.view;
+    let distinct_label = |d: Option<u64>| d.zip(req.distinct).map(|(n, i)| format!("~{} {}", thousands(n), view.distinct[i].label));
+    let facets = view
+        .facets
+        .iter()
+        .enumerate()
+        .zip(&resp.facets.0)
+        .map(|((i, f), (_, facet))| FacetView {
+            param: f.param.clone(),
+            title: f.label.clone(),
+            buckets: facet
+                .buckets
+                .iter()
+                .filter(|b| b.selected)
+                .chain(facet.buckets.iter().filter(|b| !b.selected))
+                .map(|b| BucketView {
+                    key: b.key.clone(),
+                    count: thousands(b.doc_count),
+                    distinct: distinct_label(b.distinct),
+                    href: req.toggled(i, &b.key).href(),
+                    selected: b.selected,
+                    empty: b.doc_count == 0,
+                })
+                .collect(),
+            other: (facet.sum_other_doc_count > 0).then(|| {
+                // "+ 22,693 more enrollments in courses not listed": what a count counts,
+                // and how the model names the values left out.
+                let n = facet.sum_other_doc_count;
+                let counted = if n == 1 && f.counts == req.view.plural { &req.view.noun } else { &f.counts };
+                format!("+ {} more {counted} {} not listed; find one above", thousands(n), f.others)
+            }),
+            search: FacetSearchView {
+                param: format!("{}_q", f.param),
+                value: req.facet_search(i).unwrap_or_default().to_string(),
+                hidden: pairs(&req.first_page(), &format!("{}_q", f.param)),
+            },
+        })
+        .collect();
+    let histograms = view
+        .histograms
+        .iter()
+        .enumerate()
+        .zip(&resp.histograms.0)
+        .map(|((i, h), (_, hist))| {
+            let max = hist.buckets.iter().map(|b| b.doc_count).max().unwrap_or(0).max(1);
+            let what = h.label.to_lowercase();
+            HistogramView {
+                param: h.param.clone(),
+                title: h.label.clone(),
+                bars: hist
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        let range = Range { gte: Some(b.from), lt: Some(b.to) };
+                        let href = if b.selected && req.ranges[i] == range {
+                            req.with_range(i, Range::default()).href()
+                        } else {
+                            req.with_range(i, range).href()
+                        };
+                        let count = plural(b.doc_count, &view.noun, &view.plural);
+                        let distinct = distinct_label(b.distinct).map(|d| format!(", {d}")).unwrap_or_default();
+                        BarView {
+                            from: b.from,
+                            href,
+                            title: format!("{}: {count}{distinct}", range.label(&what)),
+                            selected: b.selected,
+                            height: format!("h{}", if b.doc_count == 0 { 0 } else { ((b.doc_count * 20).div_ceil(max)).clamp(1, 20) }),
+                        }
+                    })
+                    .collect(),
+                min: hist.buckets.first().map(|b| b.from.to_string()).unwrap_or_default(),
+                max: hist.buckets.last().map(|b| (b.to - 1).to_string()).unwrap_or_default(),
+                clear: (!req.ranges[i].is_empty()).then(|| req.with_range(i, Range::default()).href()),
+            }
+        })
+        .collect();
+    let mut active = Vec::new();
+    for (i, f) in view.facets.iter().enumerate() {
+        for v in &req.selected[i] {
+            active.push(Link { label: format!("{}: {v}", f.label), href: req.toggled(i, v).href(), current: true });
+        }
+    }
+    for (i, h) in view.histograms.iter().enumerate() {
+        if !req.ranges[i].is_empty() {
+            active.push(Link {
+                label: req.ranges[i].label(&h.label.to_lowercase()),
+                href: req.with_range(i, Range::default()).href(),
+                current: true,
+            });
+        }
+    }
+    let total = match resp.total.relation {
+        Relation::Eq => plural(resp.total.value, &view.noun, &view.plural),
+        Relation::Gte => format!("More than {} {}", thousands(resp.total.value), view.plural),
+    };
+    let summary = if req.q.is_empty() { total } else { format!("{total} matching “{}”", req.q) };
+    let mut orders = vec![("Relevance".to_string(), Order::default())];
+    for (i, s) in view.sorts.iter().enumerate() {
+        orders.push((s.label.clone(), Order { sort: Some(i), descending: false }));
+        orders.push((format!("{} (descending)", s.label), Order { sort: Some(i), descending: true }));
+    }
+    let sort_links = orders.into_iter().map(|(label, o)| Link { label, href: req.with_order(o).href(), current: req.order == o }).collect();
+    let engine_links = [("Index", Engine::Index), ("SQL", Engine::Sql)]
+        .into_iter()
+        .map(|(label, e)| Link { label: label.into(), href: req.with_engine(e).href(), current: req.engine == e })
+        .collect();
+    let distinct_links = std::iter::once(("off".to_string(), None))
+        .chain(view.distinct.iter().enumerate().map(|(i, d)| (d.label.clone(), Some(i))))
+        .map(|(label, d)| Link { label, href: req.with_distinct(d).href(), current: req.distinct == d })
+        .collect();
+    let hits = resp
+        .hits
+        .iter()
+        .map(|h| HitView {
+            id: h.id.to_string(),
+            href: format!("/{}/{}", view.plural, h.id),
+            title: h.highlight.clone().unwrap_or_else(|| Segment::plain(&h.title)),
+            meta: h
+                .fields
+                .0
+                .iter()
+                .map(|(k, v)| format!("{}: {}", view.label_of(k), if v.is_null() { "none".into() } else { json_text(v) }))
+                .collect::<Vec<_>>()
+                .join(" · "),
+        })
+        .collect();
+    let deeper = req.page > 1 || req.after.is_some();
+    let numbered = req.key_field.is_none();
+    let at_page = |page: u32| Request { page, after: None, ..req.clone() }.href();
+    let next_href = match (&resp.next, resp.next_page) {
+        (Some(n), _) => Some(match req.first_page().to_query() {
+            q if q.is_empty() => format!("/?after={}", enc(n)),
+            q => format!("/?{q}&after={}", enc(n)),
+        }),
+        (None, Some(page)) => Some(at_page(page)),
+        (None, None) => None,
+    };
+    let shown_to = req.page as u64 * req.size as u64;
+    let beyond = resp.total.relation == Relation::Gte || resp.total.value > shown_to;
+    let plural_title = {
+        let mut c = view.plural.chars();
+        c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
+    };
+    PageView {
+        title: if req.q.is_empty() { plural_title } else { format!("“{}” — {}", req.q, view.plural) },
+        plural: view.plural.clone(),
+        q: req.q.clone(),
+        summary,
+        engine_info: format!(
+            "answered by {} in {:.1} ms{}",
+            match resp.engine {
+                Engine::Index => "the search index",
+                Engine::Sql => "PostgreSQL (SQL over the model's documents)",
+            },
+            resp.took_ms,
+            if resp.counts.max_age_ms > 0.0 {
+                format!(
+                    "; counts as of {:.1} s ago, {} as of {:.1} s ago (kept for at most {:.1} s: the index refreshes no more often)",
+                    resp.counts.age_ms / 1e3,
+                    view.plural,
+                    resp.hits_age_ms / 1e3,
+                    resp.counts.max_age_ms / 1e3
+                )
+            } else {
+                String::new()
+            }
+        ),
+        sort_links,
+        engine_links,
+        distinct_links,
+        distinct_note: resp.distinct.as_ref().map(|d| {
+            format!(
+                "Each value also shows the approximate number of {} among its {} (cardinality, precision threshold {}; within {:.0} %).",
+                d.label,
+                view.plural,
+                d.precision_threshold,
+                d.max_error * 100.0
+            )
+        }),
+        active,
+        clear_href: req.cleared().href(),
+        without_q: (!req.q.is_empty()).then(|| Request { q: String::new(), ..req.first_page() }.href()),
+        facets,
+        histograms,
+        hits,
+        first_href: if numbered { (req.page > 2).then(|| req.first_page().href()) } else { deeper.then(|| req.first_page().href()) },
+        previous_href: (numbered && req.page > 1).then(|| at_page(req.page - 1)),
+        page_label: (numbered && (req.page > 1 || next_href.is_some())).then(|| format!("Page {}", thousands(req.page.into()))),
+        window_note: (numbered && next_href.is_none() && beyond && !resp.hits.is_empty()).then(|| {
+            format!(
+                "Page numbers reach the first {} {} only (the model repeats their key in no field, which deeper pages \
+                 need): narrow the search to see the rest.",
+                thousands(MAX_RESULT_WINDOW),
+                view.plural
+            )
+        }),
+        next_href,
+    }
+}
+
+pub async fn document(State(app): State<App>, Path(raw): Path<String>) -> Response {
+    let view = Request::new(&app.services.model).view;
+    let (key, doc, index, pending) = match document::read(&app, &raw).await {
         Ok(v) => v,
         Err(f) => return error_page(&app, &f, None).await,
     };
-    let Some(doc) = &view.student else {
-        let note = (view.index == IndexCopy::Stale).then(|| {
+    let Some(doc) = doc else {
+        let note = (index == IndexCopy::Stale).then(|| {
             format!(
-                "The search index still holds a copy of student {id}: the delete reaches it at the next sync, until then searches may still list them."
+                "The search index still holds a copy of {} {key}: the delete reaches it at the next sync, until then searches may still list it.",
+                view.noun
             )
         });
-        return error_page(&app, &Failure::NotFound(format!("There is no student with id {id} in the database.")), note).await;
+        let f = Failure::NotFound(format!("There is no {} with id {key} in the database.", view.noun));
+        return error_page(&app, &f, note).await;
     };
-    let page = StudentPage {
+    let fields = view
+        .show
+        .iter()
+        .map(|f| {
+            let v = crate::model::value_at(&doc, f);
+            let list = match &v {
+                Value::Array(a) => a.iter().map(json_text).collect(),
+                _ => Vec::new(),
+            };
+            let text = if v.is_null() { "none".to_string() } else { json_text(&v) };
+            (view.label_of(f), if list.is_empty() { text } else { String::new() }, list)
+        })
+        .collect();
+    let page = DocumentPage {
         chrome: chrome(&app, "", Vec::new()).await,
-        id,
-        name: format!("{} {}", doc["first_name"].as_str().unwrap_or_default(), doc["last_name"].as_str().unwrap_or_default()),
-        age: doc["age"].as_i64().unwrap_or_default() as i32,
-        year: doc["year_in_school"].as_str().unwrap_or_default().to_string(),
-        university: doc["university"]["name"].as_str().map_or_else(|| "none".to_string(), str::to_string),
-        courses: doc["course_names"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_string)).collect(),
-        notice: notice(&view),
+        noun: view.noun.clone(),
+        title: title(&view, &doc, &key),
+        id: key,
+        fields,
+        notice: notice_of(&index, pending, &view.noun),
     };
     render(StatusCode::OK, page)
 }

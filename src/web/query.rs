@@ -1,94 +1,20 @@
-//! The one query builder: a [`SearchRequest`] becomes `_search` bodies, and the engine's
-//! answers become a [`Raw`] for [`super::response`]. User text only ever appears here as a
-//! JSON string value (a match query, a term, an escaped regular expression), never as
-//! query JSON.
-//!
-//! `tidemark serve` splits a search in two requests, each asking the engine only for what
-//! it needs ([`counts_body`], [`hits_body`]):
-//!
-//! - **counts** (total, facets, histogram, distinct counts) do not depend on the page, the
-//!   sort or `after`: a `size: 0` request, which the engine's shard request cache can
-//!   answer until the next refresh (tidemark itself may reuse it, as it may the hits:
-//!   `super::reuse`).
-//!   A facet whose other facets have no selection is a top-level aggregation, not one
-//!   inside a `filter` aggregation (with no selection at all, every one is); distinct
-//!   counts are asked only here, never of the hits, and not where the answer is known
-//!   without counting (a single-valued field's own facet: one per non-empty bucket);
-//! - **hits** counts nothing (`track_total_hits: false`: the total comes with the counts),
-//!   puts the selections in the query's filter (no aggregation needs them left out), and
-//!   without a text query orders by the id alone (every score is the same), which the
-//!   engine answers without visiting every match.
-//!
-//! Both answer exactly what [`search_body`], the same search in one request, answers
-//! ([`read_answer`] and [`read_split`] give the same [`Raw`]); `search_body` is kept for
-//! `engine=sql`'s tests and the benchmarks' engine-direct baseline.
-//!
-//! Facets are disjunctive, as faceted-search tools build them: every selection goes into
-//! `post_filter` (it narrows the hits, not the aggregations), and each facet's aggregation
-//! sits inside a `filter` aggregation holding the *other* facets' selections. So each
-//! facet counts what selecting one more of its values would add (OR within a facet), under
-//! the other facets' selections (AND across).
+//! A request as `_search` bodies, built from the model's view: the counts (total, every
+//! facet, every histogram, distinct counts; `size: 0`) and the hits, two requests, so that
+//! each can be reused on its own (`super::reuse`). Facets are disjunctive: each facet is
+//! counted under every selection but its own, the selections narrow the hits. User text
+//! only ever appears as a JSON string value.
 
 use serde_json::{json, Map, Value};
 
 use super::{
-    params::{Facet, SearchRequest, SortKey, AGE_INTERVAL, MAX_RESULT_WINDOW},
-    response::{segments, Hit, NameHighlight, Raw, RawBucket, RawFacet, Relation, Segment, Total, PRECISION_THRESHOLD},
+    params::MAX_RESULT_WINDOW,
+    request::{Id, Request},
+    response::{segments, Hit, Ordered, Raw, RawBucket, RawFacet, Relation, Segment, Total, PRECISION_THRESHOLD},
 };
+use crate::model::{value_at, KeyType, Model, Piece, Suggest};
 
-/// Highlight markers: private-use characters no name is expected to hold. Even if one
-/// did, the worst outcome is a wrongly marked piece of text: segments are text, escaped
-/// by the page.
 const PRE: char = '\u{E000}';
 const POST: char = '\u{E001}';
-
-/// What a hit needs from `_source`.
-const SOURCE: [&str; 7] = ["id", "first_name", "last_name", "age", "year_in_school", "university.name", "course_names"];
-
-/// The filter clause of one facet's selection (OR within it), if any.
-fn facet_clause(req: &SearchRequest, facet: Facet) -> Option<Value> {
-    let values = req.selected(facet);
-    (!values.is_empty()).then(|| json!({"terms": {facet.field(): values}}))
-}
-
-fn age_clause(req: &SearchRequest) -> Option<Value> {
-    if req.age.is_empty() {
-        return None;
-    }
-    let mut range = Map::new();
-    if let Some(g) = req.age.gte {
-        range.insert("gte".into(), json!(g));
-    }
-    if let Some(l) = req.age.lt {
-        range.insert("lt".into(), json!(l));
-    }
-    Some(json!({"range": {"age": range}}))
-}
-
-/// The selections of every facet but `except` (None: all of them), as one filter.
-fn filters_except(req: &SearchRequest, except: Option<Facet>, except_age: bool) -> Value {
-    let mut clauses: Vec<Value> = Facet::ALL.into_iter().filter(|f| Some(*f) != except).filter_map(|f| facet_clause(req, f)).collect();
-    if !except_age {
-        clauses.extend(age_clause(req));
-    }
-    if clauses.is_empty() {
-        json!({"match_all": {}})
-    } else {
-        json!({"bool": {"filter": clauses}})
-    }
-}
-
-/// Each word must match the first or the last name, with typos forgiven (`AUTO`: none
-/// for 1-2 letters, one for 3-5, two beyond).
-fn text_query(req: &SearchRequest) -> Value {
-    let words = req.words();
-    if words.is_empty() {
-        return json!({"match_all": {}});
-    }
-    let must: Vec<Value> =
-        words.iter().map(|w| json!({"multi_match": {"query": w, "fields": ["first_name", "last_name"], "fuzziness": "AUTO"}})).collect();
-    json!({"bool": {"must": must}})
-}
 
 /// The two cases of a letter that has exactly one of each (`a` → `(a, A)`); None for
 /// anything else, which only matches itself.
@@ -126,131 +52,89 @@ pub fn contains_regex(text: &str) -> String {
     re
 }
 
-fn distinct_agg(req: &SearchRequest) -> Option<Value> {
-    req.distinct.map(|d| json!({"distinct": {"cardinality": {"field": d.field(), "precision_threshold": PRECISION_THRESHOLD}}}))
+fn facet_clause(req: &Request, i: usize) -> Option<Value> {
+    let values = &req.selected[i];
+    (!values.is_empty()).then(|| json!({"terms": {req.view.facets[i].field.as_str(): values}}))
 }
 
-fn with_distinct(mut agg: Value, req: &SearchRequest) -> Value {
-    if let Some(d) = distinct_agg(req) {
-        agg["aggs"] = d;
+fn range_clause(req: &Request, i: usize) -> Option<Value> {
+    let r = &req.ranges[i];
+    if r.is_empty() {
+        return None;
+    }
+    let mut range = Map::new();
+    if let Some(g) = r.gte {
+        range.insert("gte".into(), json!(g));
+    }
+    if let Some(l) = r.lt {
+        range.insert("lt".into(), json!(l));
+    }
+    Some(json!({"range": {req.view.histograms[i].field.as_str(): range}}))
+}
+
+/// What is left out of a filter: a facet's own selection, or a histogram's range.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Except {
+    Nothing,
+    Facet(usize),
+    Histogram(usize),
+}
+
+/// Every selection but `except`'s, as one filter; None when there is none.
+fn selections(req: &Request, except: Except) -> Option<Value> {
+    let mut clauses: Vec<Value> =
+        (0..req.view.facets.len()).filter(|i| except != Except::Facet(*i)).filter_map(|i| facet_clause(req, i)).collect();
+    clauses.extend((0..req.view.histograms.len()).filter(|i| except != Except::Histogram(*i)).filter_map(|i| range_clause(req, i)));
+    (!clauses.is_empty()).then(|| json!({"bool": {"filter": clauses}}))
+}
+
+/// Each word must match one of the view's query fields, with typos forgiven.
+fn text_query(req: &Request) -> Value {
+    let words = req.words();
+    if words.is_empty() {
+        return json!({"match_all": {}});
+    }
+    let must: Vec<Value> = words
+        .iter()
+        .map(|w| json!({"multi_match": {"query": w, "fields": req.view.query, "fuzziness": "AUTO", "lenient": true}}))
+        .collect();
+    json!({"bool": {"must": must}})
+}
+
+fn with_distinct(mut agg: Value, req: &Request) -> Value {
+    if let Some(d) = req.distinct {
+        agg["aggs"] =
+            json!({"distinct": {"cardinality": {"field": req.view.distinct[d].field, "precision_threshold": PRECISION_THRESHOLD}}});
     }
     agg
 }
 
-fn sort(req: &SearchRequest) -> Value {
-    let order = if req.sort.descending { "desc" } else { "asc" };
-    // `unmapped_type`: an index built before the numeric id existed still answers (its
-    // pages are then ordered by the first key only; a reindex adds the id).
-    let id = json!({"id": {"order": "asc", "unmapped_type": "long"}});
-    match req.sort.key {
-        SortKey::Relevance => json!([{"_score": {"order": "desc"}}, id]),
-        SortKey::LastName => json!([{"last_name.raw": {"order": order}}, id]),
-        SortKey::Age => json!([{"age": {"order": order}}, id]),
-    }
-}
-
-/// Hits to fetch: one more than the page, to know whether another follows, except on the
-/// last page a number reaches (the engines refuse `from + size` past the result window).
-pub fn fetch_size(req: &SearchRequest) -> u32 {
-    let end = if req.after.is_some() { 0 } else { req.page as u64 * req.size as u64 };
-    if end + 1 > MAX_RESULT_WINDOW {
-        req.size
-    } else {
-        req.size + 1
-    }
-}
-
-/// The `_search` body of a request.
-pub fn search_body(req: &SearchRequest) -> Value {
+/// The counts of a search: total, facets, histograms, distinct counts; no hits.
+pub fn counts_body(req: &Request) -> Value {
     let mut aggs = Map::new();
-    for facet in Facet::ALL {
+    for (i, f) in req.view.facets.iter().enumerate() {
         let size = req.facet_size;
         let mut terms = json!({
-            "field": facet.field(),
-            "size": size,
-            // More candidates per shard than shown, so counts stay right on several shards.
-            "shard_size": size * 3 / 2 + 10,
-            "order": [{"_count": "desc"}, {"_key": "asc"}],
-        });
-        if let Some(text) = req.facet_search(facet) {
-            terms["include"] = json!(contains_regex(text));
-        }
-        let mut inner = Map::new();
-        inner.insert("top".into(), with_distinct(json!({ "terms": terms }), req));
-        let selected = req.selected(facet);
-        if !selected.is_empty() {
-            inner.insert(
-                "selected".into(),
-                with_distinct(
-                    json!({"terms": {"field": facet.field(), "include": selected, "size": selected.len(), "min_doc_count": 0}}),
-                    req,
-                ),
-            );
-        }
-        aggs.insert(facet.param().into(), json!({"filter": filters_except(req, Some(facet), false), "aggs": inner}));
-    }
-    aggs.insert(
-        "age".into(),
-        json!({
-            "filter": filters_except(req, None, true),
-            "aggs": {"histogram": with_distinct(json!({"histogram": {"field": "age", "interval": AGE_INTERVAL, "min_doc_count": 0}}), req)}
-        }),
-    );
-    let mut body = json!({
-        "query": text_query(req),
-        "size": fetch_size(req),
-        "track_total_hits": MAX_RESULT_WINDOW,
-        "_source": SOURCE,
-        "sort": sort(req),
-        "aggs": aggs,
-    });
-    if req.has_filters() {
-        body["post_filter"] = filters_except(req, None, false);
-    }
-    if let Some(after) = &req.after {
-        body["search_after"] = after.search_after();
-    } else if req.page > 1 {
-        body["from"] = json!((req.page - 1) * req.size);
-    }
-    if !req.q.is_empty() {
-        body["highlight"] = json!({
-            "pre_tags": [PRE.to_string()],
-            "post_tags": [POST.to_string()],
-            "number_of_fragments": 0,
-            "fields": {"first_name": {}, "last_name": {}}
-        });
-        // Sorting by anything else still wants the score (the page shows it).
-        body["track_scores"] = json!(true);
-    }
-    body
-}
-
-/// The counts of a search: total (up to [`MAX_RESULT_WINDOW`]), facets, histogram and any
-/// distinct counts, without hits. Depends only on the text query, the selections, the
-/// facet-value searches, `facet_size` and `distinct`.
-pub fn counts_body(req: &SearchRequest) -> Value {
-    let mut aggs = Map::new();
-    for facet in Facet::ALL {
-        let size = req.facet_size;
-        let mut terms = json!({
-            "field": facet.field(),
+            "field": f.field,
             "size": size,
             "shard_size": size * 3 / 2 + 10,
             "order": [{"_count": "desc"}, {"_key": "asc"}],
         });
-        if let Some(text) = req.facet_search(facet) {
+        if let Some(text) = req.facet_search(i) {
             terms["include"] = json!(contains_regex(text));
         }
-        let counted = |agg: Value| if counts_itself(req, facet) { agg } else { with_distinct(agg, req) };
-        let top = counted(json!({ "terms": terms }));
-        let selected = req.selected(facet);
-        let selected = (!selected.is_empty())
-            .then(|| counted(json!({"terms": {"field": facet.field(), "include": selected, "size": selected.len(), "min_doc_count": 0}})));
-        match other_selections(req, Some(facet), false) {
+        let top = with_distinct(json!({ "terms": terms }), req);
+        let selected = &req.selected[i];
+        let selected = (!selected.is_empty()).then(|| {
+            with_distinct(json!({"terms": {"field": f.field, "include": selected, "size": selected.len(), "min_doc_count": 0}}), req)
+        });
+        // Under other selections, inside a `filter` aggregation; under none, at the top
+        // level, where the engine skips a bucket aggregation's work.
+        match selections(req, Except::Facet(i)) {
             None => {
-                aggs.insert(facet.param().into(), top);
+                aggs.insert(format!("f{i}"), top);
                 if let Some(s) = selected {
-                    aggs.insert(format!("{}_selected", facet.param()), s);
+                    aggs.insert(format!("f{i}_selected"), s);
                 }
             }
             Some(filter) => {
@@ -259,85 +143,117 @@ pub fn counts_body(req: &SearchRequest) -> Value {
                 if let Some(s) = selected {
                     inner.insert("selected".into(), s);
                 }
-                aggs.insert(facet.param().into(), json!({"filter": filter, "aggs": inner}));
+                aggs.insert(format!("f{i}"), json!({"filter": filter, "aggs": inner}));
             }
         }
     }
-    let histogram = with_distinct(json!({"histogram": {"field": "age", "interval": AGE_INTERVAL, "min_doc_count": 0}}), req);
-    match other_selections(req, None, true) {
-        None => aggs.insert("age".into(), histogram),
-        Some(filter) => aggs.insert("age".into(), json!({"filter": filter, "aggs": {"histogram": histogram}})),
-    };
-    let mut body = json!({
-        "size": 0,
-        "query": text_query(req),
-        "track_total_hits": MAX_RESULT_WINDOW,
-        "aggs": aggs,
-    });
-    if req.has_filters() {
-        body["post_filter"] = filters_except(req, None, false);
+    for (i, h) in req.view.histograms.iter().enumerate() {
+        let histogram = with_distinct(json!({"histogram": {"field": h.field, "interval": h.interval, "min_doc_count": 0}}), req);
+        match selections(req, Except::Histogram(i)) {
+            None => aggs.insert(format!("h{i}"), histogram),
+            Some(filter) => aggs.insert(format!("h{i}"), json!({"filter": filter, "aggs": {"histogram": histogram}})),
+        };
+    }
+    let mut body = json!({"size": 0, "query": text_query(req), "track_total_hits": MAX_RESULT_WINDOW, "aggs": aggs});
+    if let Some(all) = selections(req, Except::Nothing) {
+        body["post_filter"] = all;
     }
     body
 }
 
-/// Whether the distinct count asked for is of this facet's own field, a field each student
-/// has at most one value of: every non-empty bucket then has exactly one distinct value,
-/// and nothing needs counting.
-fn counts_itself(req: &SearchRequest, facet: Facet) -> bool {
-    req.distinct == Some(facet) && facet.single_valued()
+/// Relevance without a text query: every score is the same, hits are in key order.
+fn by_key_alone(req: &Request) -> bool {
+    req.q.is_empty() && req.order.sort.is_none()
 }
 
-/// The selections of every facet but `except` as one filter; None when there are none.
-fn other_selections(req: &SearchRequest, except: Option<Facet>, except_age: bool) -> Option<Value> {
-    let f = filters_except(req, except, except_age);
-    (f.get("match_all").is_none()).then_some(f)
+fn sort(req: &Request) -> Value {
+    // The tie-break: the key again (`Request::key_field`), a long or a keyword. Not `_id`,
+    // which newer engines refuse to sort on (its fielddata is off by default).
+    let unmapped = match req.key_type {
+        KeyType::Integer => "long",
+        KeyType::Uuid => "keyword",
+    };
+    let Some(key_field) = &req.key_field else {
+        // None declared: ties go by `_seq_no`, the order the shard received the documents
+        // in. It is unique within a shard only and a rewritten document moves to the end,
+        // so no cursor can rest on it; but unlike the engine's own order of ties (a
+        // document's position among the segments, which a merge of segments that are not
+        // neighbours changes) it holds while nothing is written, which is what `page=N`
+        // (`from`) needs.
+        let written = json!({"_seq_no": {"order": "asc"}});
+        return match req.order.sort {
+            None => json!([{"_score": {"order": "desc"}}, written]),
+            Some(i) => {
+                let order = if req.order.descending { "desc" } else { "asc" };
+                let mut keys: Vec<Value> =
+                    req.view.sorts[i].fields.iter().map(|f| json!({f.as_str(): {"order": order, "missing": "_last"}})).collect();
+                keys.push(written);
+                Value::Array(keys)
+            }
+        };
+    };
+    let key = json!({key_field.as_str(): {"order": "asc", "unmapped_type": unmapped}});
+    match req.order.sort {
+        None if by_key_alone(req) => json!([key]),
+        None => json!([{"_score": {"order": "desc"}}, key]),
+        Some(i) => {
+            let order = if req.order.descending { "desc" } else { "asc" };
+            let mut keys: Vec<Value> =
+                req.view.sorts[i].fields.iter().map(|f| json!({f.as_str(): {"order": order, "missing": "_last"}})).collect();
+            keys.push(key);
+            Value::Array(keys)
+        }
+    }
 }
 
-/// Orders by the id alone: no text query, so every score is the same and relevance order
-/// is id order; the engine can then skip matches that cannot make the page.
-fn by_id_alone(req: &SearchRequest) -> bool {
-    req.q.is_empty() && req.sort.key == SortKey::Relevance
+/// What a hit needs from `_source`: the title's fields and the fields shown (its key is
+/// its `_id`).
+pub fn source(model: &Model, req: &Request) -> Vec<String> {
+    let mut s: Vec<String> = req.view.title.fields().map(str::to_string).collect();
+    s.extend(req.view.show.iter().cloned());
+    let _ = model;
+    s.dedup();
+    s
 }
 
-/// The hits of a search: one page (and one more hit, to know whether another follows),
-/// counting nothing.
-pub fn hits_body(req: &SearchRequest) -> Value {
-    let query = match other_selections(req, None, false) {
+/// The hits of a search: one page, and one more hit to know whether another follows.
+pub fn hits_body(model: &Model, req: &Request) -> Value {
+    let query = match selections(req, Except::Nothing) {
         None => text_query(req),
         Some(filter) => json!({"bool": {"must": [text_query(req)], "filter": [filter]}}),
     };
+    let end = if req.after.is_some() { 0 } else { req.page as u64 * req.size as u64 };
+    let size = if end + 1 > MAX_RESULT_WINDOW { req.size } else { req.size + 1 };
     let mut body = json!({
         "query": query,
-        "size": fetch_size(req),
+        "size": size,
         "track_total_hits": false,
-        "_source": SOURCE,
-        "sort": if by_id_alone(req) { json!([{"id": {"order": "asc", "unmapped_type": "long"}}]) } else { sort(req) },
+        "_source": source(model, req),
+        "sort": sort(req),
     });
     if let Some(after) = &req.after {
-        body["search_after"] = if by_id_alone(req) { json!([after.id]) } else { after.search_after() };
+        body["search_after"] = if by_key_alone(req) { json!([after.last()]) } else { Value::Array(after.clone()) };
     } else if req.page > 1 {
         body["from"] = json!((req.page - 1) * req.size);
     }
     if !req.q.is_empty() {
-        body["highlight"] = json!({
-            "pre_tags": [PRE.to_string()],
-            "post_tags": [POST.to_string()],
-            "number_of_fragments": 0,
-            "fields": {"first_name": {}, "last_name": {}}
-        });
+        let fields: Map<String, Value> = req.view.query.iter().map(|f| (f.clone(), json!({}))).collect();
+        body["highlight"] =
+            json!({"pre_tags": [PRE.to_string()], "post_tags": [POST.to_string()], "number_of_fragments": 0, "fields": fields});
         body["track_scores"] = json!(true);
     }
     body
 }
 
-/// The completion suggester inside `_search` (the old `_suggest` endpoint is gone): the
-/// first `size` students whose first name, last name or full name starts with `prefix`,
-/// with only what a suggestion shows from `_source`.
-pub fn suggest_body(prefix: &str, size: u32) -> Value {
+/// Autocomplete: the documents whose completion inputs start with `prefix` (every one, not
+/// one per input: two documents labelled alike are two entries), with what the label and
+/// the detail read.
+pub fn suggest_body(sg: &Suggest, prefix: &str, size: u32) -> Value {
+    let source: Vec<&str> = sg.label.fields().chain(sg.detail.iter().flat_map(|d| d.fields())).collect();
     json!({
         "size": 0,
-        "_source": ["first_name", "last_name", "university.name"],
-        "suggest": {"s": {"prefix": prefix, "completion": {"field": "name_complete", "skip_duplicates": false, "size": size}}}
+        "_source": source,
+        "suggest": {"s": {"prefix": prefix, "completion": {"field": sg.field, "skip_duplicates": false, "size": size}}}
     })
 }
 
@@ -345,23 +261,21 @@ fn u64_of(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-fn distinct_of(b: &Value, req: &SearchRequest) -> Option<u64> {
-    req.distinct.map(|_| u64_of(&b["distinct"]["value"]))
-}
-
-/// `own`: the distinct count is of this facet's own single-valued field and was not asked
-/// of the engine: one per non-empty bucket.
-fn terms_buckets(agg: &Value, req: &SearchRequest, own: bool) -> Vec<RawBucket<String>> {
+fn buckets(agg: &Value, req: &Request) -> Vec<RawBucket<String>> {
     agg["buckets"]
         .as_array()
         .map(|bs| {
             bs.iter()
                 .filter_map(|b| {
-                    let doc_count = u64_of(&b["doc_count"]);
+                    let key = match &b["key"] {
+                        Value::String(s) => s.clone(),
+                        Value::Null => return None,
+                        other => b["key_as_string"].as_str().map_or_else(|| other.to_string(), str::to_string),
+                    };
                     Some(RawBucket {
-                        key: b["key"].as_str()?.to_string(),
-                        doc_count,
-                        distinct: if own { Some(u64::from(doc_count > 0)) } else { distinct_of(b, req) },
+                        key,
+                        doc_count: u64_of(&b["doc_count"]),
+                        distinct: req.distinct.map(|_| u64_of(&b["distinct"]["value"])),
                     })
                 })
                 .collect()
@@ -369,117 +283,128 @@ fn terms_buckets(agg: &Value, req: &SearchRequest, own: bool) -> Vec<RawBucket<S
         .unwrap_or_default()
 }
 
-fn highlight(h: &Value, field: &str, plain: &str) -> Vec<Segment> {
-    match h[field][0].as_str() {
-        Some(fragment) => segments(fragment, PRE, POST),
-        None => Segment::plain(plain),
-    }
-}
-
-fn hit(h: &Value, with_highlight: bool) -> Option<Hit> {
-    let s = &h["_source"];
-    let id = s["id"].as_i64().or_else(|| h["_id"].as_str()?.parse().ok())?;
-    let first_name = s["first_name"].as_str().unwrap_or_default().to_string();
-    let last_name = s["last_name"].as_str().unwrap_or_default().to_string();
-    let highlight = with_highlight.then(|| NameHighlight {
-        first_name: highlight(&h["highlight"], "first_name", &first_name),
-        last_name: highlight(&h["highlight"], "last_name", &last_name),
+/// A hit as the page and the API show it, from a document's source (and highlight).
+pub fn hit(req: &Request, id: Id, source: &Value, score: f64, highlight: Option<&Value>, cursor: Vec<Value>) -> Hit {
+    let title = super::request::title(&req.view, source, &id);
+    let blank = req.view.title.render(source).trim().is_empty();
+    let highlight = highlight.map(|h| {
+        if blank {
+            // Titled by its key (see `super::title`), which no query matches.
+            return Segment::plain(&title);
+        }
+        let mut out: Vec<Segment> = Vec::new();
+        for p in &req.view.title.0 {
+            match p {
+                Piece::Text(t) => out.extend(Segment::plain(t)),
+                Piece::Field(f) => match h[f.as_str()][0].as_str() {
+                    Some(fragment) => out.extend(segments(fragment, PRE, POST)),
+                    None => out.extend(Segment::plain(&crate::model::Template(vec![p.clone()]).render(source))),
+                },
+            }
+        }
+        out.retain(|s| !s.text.is_empty());
+        out
     });
-    Some(Hit {
-        id,
-        age: s["age"].as_i64().unwrap_or_default() as i32,
-        year_in_school: s["year_in_school"].as_str().unwrap_or_default().to_string(),
-        university: s["university"]["name"].as_str().map(str::to_string),
-        courses: s["course_names"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
-            .unwrap_or_default(),
-        score: h["_score"].as_f64().unwrap_or(1.0),
-        highlight,
-        first_name,
-        last_name,
-    })
+    let fields = Ordered(req.view.show.iter().map(|f| (f.clone(), value_at(source, f))).collect());
+    Hit { id, score, title, highlight, fields, cursor }
 }
 
-fn read_total(v: &Value) -> Total {
-    let total = &v["hits"]["total"];
-    Total { value: u64_of(&total["value"]), relation: if total["relation"] == "gte" { Relation::Gte } else { Relation::Eq } }
-}
-
-fn read_hits(req: &SearchRequest, v: &Value) -> Vec<Hit> {
-    v["hits"]["hits"].as_array().map(|hs| hs.iter().filter_map(|h| hit(h, !req.q.is_empty())).collect()).unwrap_or_default()
-}
-
-/// A facet's `top` and `selected` aggregations and the histogram, wherever the body that
-/// asked for them put them (inside a `filter` aggregation, or at the top level).
-fn read_counts(req: &SearchRequest, aggs: &Value, split: bool) -> ([RawFacet; 3], Vec<RawBucket<i32>>) {
-    let facets = Facet::ALL.map(|f| {
-        let (top, selected) = if split && other_selections(req, Some(f), false).is_none() {
-            (&aggs[f.param()], &aggs[format!("{}_selected", f.param())])
-        } else {
-            (&aggs[f.param()]["top"], &aggs[f.param()]["selected"])
-        };
-        let own = split && counts_itself(req, f);
-        let (top, selected) = (terms_buckets(top, req, own), terms_buckets(selected, req, own));
-        // The engine's `sum_other_doc_count` counts every value outside the top, selected
-        // ones too (those the facet-value search lets in); but a selected value is listed
-        // after the top, so it is not left out.
-        let pinned: u64 = selected
-            .iter()
-            .filter(|s| !top.iter().any(|t| t.key == s.key))
-            .filter(|s| req.facet_search(f).is_none_or(|text| contains_ignoring_case(&s.key, text)))
-            .map(|s| s.doc_count)
-            .sum();
-        let sum_other = if split && other_selections(req, Some(f), false).is_none() {
-            u64_of(&aggs[f.param()]["sum_other_doc_count"])
-        } else {
-            u64_of(&aggs[f.param()]["top"]["sum_other_doc_count"])
-        };
-        RawFacet { sum_other: sum_other.saturating_sub(pinned), top, selected }
-    });
-    let histogram = if split && other_selections(req, None, true).is_none() { &aggs["age"] } else { &aggs["age"]["histogram"] };
-    let age = histogram["buckets"]
+/// Reads the engine's answers to [`counts_body`] and [`hits_body`].
+pub fn read(req: &Request, counts: &Value, hits: &Value) -> Raw {
+    let aggs = &counts["aggregations"];
+    let facets = (0..req.view.facets.len())
+        .map(|i| {
+            // Where `counts_body` put them: at the top level, or in the facet's filter.
+            let (top, selected) = match selections(req, Except::Facet(i)) {
+                None => (&aggs[format!("f{i}")], &aggs[format!("f{i}_selected")]),
+                Some(_) => (&aggs[format!("f{i}")]["top"], &aggs[format!("f{i}")]["selected"]),
+            };
+            let sum_other = u64_of(&top["sum_other_doc_count"]);
+            let (top, selected) = (buckets(top, req), buckets(selected, req));
+            let pinned: u64 = selected
+                .iter()
+                .filter(|s| !top.iter().any(|t| t.key == s.key))
+                .filter(|s| req.facet_search(i).is_none_or(|text| contains_ignoring_case(&s.key, text)))
+                .map(|s| s.doc_count)
+                .sum();
+            RawFacet { sum_other: sum_other.saturating_sub(pinned), top, selected }
+        })
+        .collect();
+    let histograms = (0..req.view.histograms.len())
+        .map(|i| {
+            let h = match selections(req, Except::Histogram(i)) {
+                None => &aggs[format!("h{i}")],
+                Some(_) => &aggs[format!("h{i}")]["histogram"],
+            };
+            h["buckets"]
+                .as_array()
+                .map(|bs| {
+                    bs.iter()
+                        .filter_map(|b| {
+                            Some(RawBucket {
+                                key: b["key"].as_f64()? as i64,
+                                doc_count: u64_of(&b["doc_count"]),
+                                distinct: req.distinct.map(|_| u64_of(&b["distinct"]["value"])),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let total = &counts["hits"]["total"];
+    let total = Total { value: u64_of(&total["value"]), relation: if total["relation"] == "gte" { Relation::Gte } else { Relation::Eq } };
+    let with_highlight = !req.q.is_empty();
+    let hits = hits["hits"]["hits"]
         .as_array()
-        .map(|bs| {
-            bs.iter()
-                .filter_map(|b| {
-                    Some(RawBucket { key: b["key"].as_f64()? as i32, doc_count: u64_of(&b["doc_count"]), distinct: distinct_of(b, req) })
+        .map(|hs| {
+            hs.iter()
+                .filter_map(|h| {
+                    let s = &h["_source"];
+                    let id = Id::parse(req.key_type, h["_id"].as_str()?)?;
+                    let score = h["_score"].as_f64().unwrap_or(1.0);
+                    // The sort values, the key last (as the key field gives it, and as `_id`
+                    // does where a model declares none).
+                    let mut cursor = match req.order.sort {
+                        None => vec![json!(score)],
+                        Some(i) => h["sort"]
+                            .as_array()
+                            .map(|s| s.iter().take(req.view.sorts[i].fields.len()).cloned().collect())
+                            .unwrap_or_default(),
+                    };
+                    cursor.push(id.json());
+                    Some(hit(req, id, s, score, with_highlight.then_some(&h["highlight"]), cursor))
                 })
                 .collect()
         })
         .unwrap_or_default();
-    (facets, age)
-}
-
-/// Reads the engine's answer to [`search_body`].
-pub fn read_answer(req: &SearchRequest, v: &Value) -> Raw {
-    let (facets, age) = read_counts(req, &v["aggregations"], false);
-    Raw { total: read_total(v), hits: read_hits(req, v), facets, age }
-}
-
-/// Reads the engine's answers to [`counts_body`] and [`hits_body`] of the same request.
-pub fn read_split(req: &SearchRequest, counts: &Value, hits: &Value) -> Raw {
-    let (facets, age) = read_counts(req, &counts["aggregations"], true);
-    Raw { total: read_total(counts), hits: read_hits(req, hits), facets, age }
+    Raw { total, hits, facets, histograms }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn students(q: &str) -> Request {
+        Request::parse(&Model::students(), Some(q)).unwrap()
+    }
+
     #[test]
     fn user_text_stays_a_string_value() {
         let nasty = r#"x"}}, "script": {"source": "boom"}, {"#;
-        let req = SearchRequest::parse(Some(&format!("q={}&course={}", urlencode(nasty), urlencode("a\"b")))).unwrap();
-        let body = search_body(&req);
-        assert!(body.to_string().contains(r#""query":"x\"}},"#), "{body}");
-        assert!(body.get("script").is_none());
+        let req = students(&format!("q={}&course={}", urlencode(nasty), urlencode("a\"b")));
+        for body in [counts_body(&req), hits_body(&Model::students(), &req)] {
+            assert!(body.to_string().contains(r#""query":"x\"}},"#), "{body}");
+            assert!(body.get("script").is_none());
+        }
     }
 
     #[test]
     fn facet_search_is_an_escaped_case_insensitive_regex() {
         assert_eq!(contains_regex("ma.t("), ".*[mM][aA]\\.[tT]\\(.*");
         assert_eq!(contains_regex("101"), ".*101.*");
+        let body = counts_body(&students("course_q=ma.t"));
+        assert_eq!(body["aggs"]["f0"]["terms"]["include"], json!(".*[mM][aA]\\.[tT].*"));
     }
 
     #[test]
@@ -500,12 +425,20 @@ mod tests {
 
     #[test]
     fn each_facet_ignores_its_own_selection() {
-        let req = SearchRequest::parse(Some("course=CS101&university=MIT")).unwrap();
-        let body = search_body(&req);
-        let course_filter = body["aggs"]["course"]["filter"].to_string();
+        let req = students("course=CS101&university=MIT");
+        let body = counts_body(&req);
+        let course_filter = body["aggs"]["f0"]["filter"].to_string();
         assert!(course_filter.contains("MIT") && !course_filter.contains("CS101"), "{course_filter}");
-        let post = body["post_filter"].to_string();
-        assert!(post.contains("MIT") && post.contains("CS101"));
+        let university_filter = body["aggs"]["f1"]["filter"].to_string();
+        assert!(university_filter.contains("CS101") && !university_filter.contains("MIT"), "{university_filter}");
+        // A facet no other selection narrows is counted at the top level, without a filter.
+        let only = counts_body(&students("course=CS101"));
+        assert_eq!(only["aggs"]["f0"]["terms"]["field"], "course_names", "{only}");
+        assert_eq!(only["aggs"]["f0_selected"]["terms"]["include"], json!(["CS101"]), "{only}");
+        assert!(only["aggs"]["f0"]["filter"].is_null() && only["aggs"]["h0"]["filter"].to_string().contains("CS101"), "{only}");
+        assert_eq!(counts_body(&students(""))["aggs"]["h0"]["histogram"]["field"], "age");
+        let hits = hits_body(&Model::students(), &req).to_string();
+        assert!(hits.contains("MIT") && hits.contains("CS101"), "{hits}");
     }
 
     fn urlencode(s: &str) -> String {

@@ -1,36 +1,42 @@
-//! `engine=sql`: the same request answered by PostgreSQL with `GROUP BY`, with the same
-//! disjunctive semantics as the index (each facet counted under every selection but its
-//! own), so the two can be compared value for value and timed side by side.
+//! `engine=sql` for any model: the same request answered by PostgreSQL from the model's
+//! own document query (`model::sql::document_query`, the one the sync indexes with), so the
+//! documents compared are exactly the ones the index holds once synced. Every document
+//! path of the view becomes a `jsonb_path_query` over the built document; facets are
+//! counted with the same disjunctive semantics as the index (each under every selection
+//! but its own), a document counted once per value (`count(DISTINCT key)`), distinct
+//! counts exact.
 //!
-//! Statements are built from fixed fragments; every value from the request is a bind
-//! parameter. Hits, the total, each facet and the histogram are separate statements run
-//! concurrently on the pool.
+//! It builds every document of the table for each request: a yardstick to compare the
+//! index with, not a way to serve a large table. Where it differs from the index, on
+//! purpose: a text query matches whole words of the query fields, case-insensitively,
+//! without typo tolerance, and every hit scores 1 (relevance order is key order).
 //!
-//! Where SQL differs from the index, on purpose and documented: a text query matches whole
-//! words of the first or last name, case-insensitively, without typo tolerance, and every
-//! hit scores 1 (relevance order is then id order); distinct counts are exact.
+//! Statements are built from the model (validated names, quoted) and fixed fragments;
+//! every value from the request is a bind parameter.
 
-use futures::future::try_join_all;
-use sqlx::{postgres::PgArguments, Arguments, PgPool, Row};
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use sqlx::{postgres::PgArguments, types::Json, Arguments, PgPool, Row};
 
 use super::{
-    params::{CursorKey, Facet, SearchRequest, SortKey, AGE_INTERVAL, MAX_RESULT_WINDOW},
-    response::{bucket_order, Hit, NameHighlight, Raw, RawBucket, RawFacet, Relation, Segment, Total},
+    params::MAX_RESULT_WINDOW,
+    query::contains_ignoring_case,
+    request::{Id, Request},
+    response::{bucket_order, Raw, RawBucket, RawFacet, Relation, Total},
 };
+use crate::model::{sql::literal, FieldType, KeyType, Model};
 
-/// A statement under construction: SQL text and its bind parameters, numbered as added.
 struct Stmt {
-    sql: String,
     args: PgArguments,
     n: usize,
 }
 
 impl Stmt {
     fn new() -> Stmt {
-        Stmt { sql: String::new(), args: PgArguments::default(), n: 0 }
+        Stmt { args: PgArguments::default(), n: 0 }
     }
 
-    /// Adds a bind parameter and returns its placeholder (`$n`).
     fn bind<T>(&mut self, v: T) -> String
     where
         T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
@@ -41,204 +47,265 @@ impl Stmt {
     }
 }
 
-/// `WHERE` conditions on `students s LEFT JOIN universities u`: the text query and every
-/// selection but `except`'s (and the age range unless `except_age`).
-fn conditions(st: &mut Stmt, req: &SearchRequest, except: Option<Facet>, except_age: bool) -> String {
+/// The document path holding a field's values: a keyword sub-field (`title.raw`) is its
+/// text field's.
+fn source_path(model: &Model, path: &str) -> String {
+    if let Some((parent, _)) = path.rsplit_once('.') {
+        if let Some(r) = model.resolve(parent) {
+            if r.kind == FieldType::Text && r.exact.as_deref() == Some(path) {
+                return parent.to_string();
+            }
+        }
+    }
+    path.to_string()
+}
+
+/// A jsonpath (a SQL literal) reaching every value at a document path, through arrays.
+fn jsonpath(model: &Model, path: &str) -> String {
+    let p: String = source_path(model, path).split('.').map(|s| format!(".\"{s}\"[*]")).collect();
+    literal(&format!("${p}"))
+}
+
+fn kind(model: &Model, path: &str) -> FieldType {
+    model.resolve(path).map_or(FieldType::Keyword, |r| r.kind)
+}
+
+/// The conditions of the request on the document `d.doc`: the text query and every
+/// selection but the one `except` names (`f{i}` or `h{i}`).
+fn conditions(st: &mut Stmt, model: &Model, req: &Request, except: &str) -> String {
     let mut c: Vec<String> = vec!["true".into()];
     for w in req.words() {
         let p = st.bind(w.to_lowercase());
-        c.push(format!("(lower(s.first_name) = {p} OR lower(s.last_name) = {p})"));
+        let any: Vec<String> = req
+            .view
+            .query
+            .iter()
+            .map(|f| {
+                format!(
+                    "EXISTS (SELECT 1 FROM jsonb_path_query(d.doc, {}) x WHERE {p} = ANY(regexp_split_to_array(lower(x #>> '{{}}'), '[^[:alnum:]]+')))",
+                    jsonpath(model, f)
+                )
+            })
+            .collect();
+        c.push(if any.is_empty() { "false".into() } else { format!("({})", any.join(" OR ")) });
     }
-    for facet in Facet::ALL {
-        let values = req.selected(facet);
-        if Some(facet) == except || values.is_empty() {
+    for (i, f) in req.view.facets.iter().enumerate() {
+        if except == format!("f{i}") || req.selected[i].is_empty() {
             continue;
         }
-        let p = st.bind(values.to_vec());
-        c.push(match facet {
-            Facet::Course => format!(
-                "EXISTS (SELECT 1 FROM student_courses fc JOIN courses c2 ON c2.id = fc.course_id WHERE fc.student_id = s.id AND c2.name = ANY({p}))"
-            ),
-            Facet::University => format!("u.name = ANY({p})"),
-            Facet::Year => format!("s.year_in_school::text = ANY({p})"),
-        });
+        let p = st.bind(req.selected[i].clone());
+        c.push(format!("EXISTS (SELECT 1 FROM jsonb_path_query(d.doc, {}) x WHERE x #>> '{{}}' = ANY({p}))", jsonpath(model, &f.field)));
     }
-    if !except_age {
-        if let Some(g) = req.age.gte {
-            let p = st.bind(g);
-            c.push(format!("s.age >= {p}"));
+    for (i, h) in req.view.histograms.iter().enumerate() {
+        let r = req.ranges[i];
+        if except == format!("h{i}") || r.is_empty() {
+            continue;
         }
-        if let Some(l) = req.age.lt {
-            let p = st.bind(l);
-            c.push(format!("s.age < {p}"));
+        let mut within = Vec::new();
+        if let Some(g) = r.gte {
+            within.push(format!("(x #>> '{{}}')::numeric >= {}", st.bind(g)));
         }
+        if let Some(l) = r.lt {
+            within.push(format!("(x #>> '{{}}')::numeric < {}", st.bind(l)));
+        }
+        c.push(format!("EXISTS (SELECT 1 FROM jsonb_path_query(d.doc, {}) x WHERE {})", jsonpath(model, &h.field), within.join(" AND ")));
     }
     c.join(" AND ")
 }
 
-const FROM: &str = "FROM students s LEFT JOIN universities u ON u.id = s.university_id";
+/// Every document of the model, as `d(key, doc jsonb)`.
+fn documents(model: &Model) -> String {
+    format!("d AS MATERIALIZED (SELECT x.key, x.doc::jsonb AS doc FROM ({}) x(key, doc))", model.documents_query())
+}
 
-/// `(student, value)` rows of the distinct field.
-fn distinct_rows(field: Facet) -> &'static str {
-    match field {
-        Facet::Course => "SELECT student_id AS sid, course_id::text AS v FROM student_courses",
-        Facet::University => "SELECT s.id AS sid, u.name AS v FROM students s JOIN universities u ON u.id = s.university_id",
-        Facet::Year => "SELECT id AS sid, year_in_school::text AS v FROM students",
+/// Total, facets and histograms in one statement: rows of (aggregation, key, count, distinct).
+fn counts_sql(st: &mut Stmt, model: &Model, req: &Request) -> String {
+    let distinct_join = |alias: &str| match req.distinct {
+        Some(d) => (
+            format!(
+                " LEFT JOIN LATERAL (SELECT x #>> '{{}}' AS k FROM jsonb_path_query({alias}.doc, {}) x) dv ON true",
+                jsonpath(model, &req.view.distinct[d].field)
+            ),
+            "count(DISTINCT dv.k)::int8",
+        ),
+        None => (String::new(), "NULL::int8"),
+    };
+    let mut parts = Vec::new();
+    for (i, f) in req.view.facets.iter().enumerate() {
+        let cond = conditions(st, model, req, &format!("f{i}"));
+        let (join, dn) = distinct_join("d");
+        parts.push(format!(
+            "SELECT 'f{i}'::text AS agg, v.k, count(DISTINCT d.key)::int8 AS n, {dn} AS dn
+               FROM d CROSS JOIN LATERAL (SELECT DISTINCT x #>> '{{}}' AS k FROM jsonb_path_query(d.doc, {path}) x) v{join}
+              WHERE v.k IS NOT NULL AND {cond} GROUP BY v.k",
+            path = jsonpath(model, &f.field)
+        ));
+    }
+    for (i, h) in req.view.histograms.iter().enumerate() {
+        let cond = conditions(st, model, req, &format!("h{i}"));
+        let (join, dn) = distinct_join("d");
+        let interval = h.interval.max(1);
+        parts.push(format!(
+            "SELECT 'h{i}'::text AS agg, v.k, count(DISTINCT d.key)::int8 AS n, {dn} AS dn
+               FROM d CROSS JOIN LATERAL (SELECT DISTINCT (floor((x #>> '{{}}')::numeric / {interval}) * {interval})::int8::text AS k
+                                             FROM jsonb_path_query(d.doc, {path}) x WHERE jsonb_typeof(x) = 'number') v{join}
+              WHERE {cond} GROUP BY v.k",
+            path = jsonpath(model, &h.field)
+        ));
+    }
+    let cond = conditions(st, model, req, "");
+    parts.push(format!(
+        "SELECT 'total'::text, NULL::text, count(*)::int8, NULL::int8 FROM (SELECT 1 FROM d WHERE {cond} LIMIT {}) t",
+        MAX_RESULT_WINDOW + 1
+    ));
+    format!("WITH {} {}", documents(model), parts.join(" UNION ALL "))
+}
+
+/// A sort field's first value in the document, typed for ordering.
+fn sort_expr(model: &Model, path: &str) -> String {
+    let first = format!("(jsonb_path_query_first(d.doc, {}) #>> '{{}}')", jsonpath(model, path));
+    match kind(model, path) {
+        k if k.is_numeric() => format!("{first}::numeric"),
+        FieldType::Boolean => format!("{first}::boolean"),
+        _ => format!("{first} COLLATE \"C\""),
     }
 }
 
-/// One facet's counts (every value: there are few) and, with `distinct`, the distinct
-/// counts per value.
-fn facet_stmt(req: &SearchRequest, facet: Option<Facet>) -> Stmt {
-    let mut st = Stmt::new();
-    let matching = conditions(&mut st, req, facet, facet.is_none());
-    // (student, key) rows of the students matching every other selection.
-    let rows = match facet {
-        Some(Facet::Course) => format!(
-            "SELECT sc.student_id AS sid, c.name AS k FROM student_courses sc JOIN courses c ON c.id = sc.course_id
-              WHERE sc.student_id IN (SELECT s.id {FROM} WHERE {matching})"
-        ),
-        Some(Facet::University) => format!("SELECT s.id AS sid, u.name AS k {FROM} WHERE u.name IS NOT NULL AND {matching}"),
-        Some(Facet::Year) => format!("SELECT s.id AS sid, s.year_in_school::text AS k {FROM} WHERE {matching}"),
-        None => format!("SELECT s.id AS sid, ((s.age / {AGE_INTERVAL}) * {AGE_INTERVAL})::text AS k {FROM} WHERE {matching}"),
-    };
-    st.sql = match req.distinct {
-        None => format!("WITH r AS ({rows}) SELECT k, count(*)::int8, NULL::int8 FROM r GROUP BY k"),
-        Some(d) => format!(
-            "WITH r AS ({rows}) SELECT r.k, count(DISTINCT r.sid)::int8, count(DISTINCT d.v)::int8
-               FROM r LEFT JOIN ({}) d ON d.sid = r.sid GROUP BY r.k",
-            distinct_rows(d)
-        ),
-    };
-    st
-}
-
-fn order_by(req: &SearchRequest) -> String {
-    let dir = if req.sort.descending { "DESC" } else { "ASC" };
-    match req.sort.key {
-        SortKey::Relevance => "s.id".into(),
-        SortKey::LastName => format!("s.last_name COLLATE \"C\" {dir}, s.id"),
-        SortKey::Age => format!("s.age {dir}, s.id"),
+/// The document's key, typed: the last sort key, as the index's key field is.
+fn key_expr(req: &Request) -> &'static str {
+    match req.key_type {
+        KeyType::Integer => "d.key::int8",
+        KeyType::Uuid => "d.key::uuid",
     }
 }
 
-/// Keyset condition for a cursor: strictly after (key, id) in the sort order.
-fn after_condition(st: &mut Stmt, req: &SearchRequest) -> Option<String> {
+/// Strictly after the cursor in the order `ORDER BY k1, …, key` (keys NULLS LAST).
+fn after_condition(st: &mut Stmt, model: &Model, req: &Request) -> Option<String> {
     let after = req.after.as_ref()?;
-    let id = st.bind(after.id);
-    let cmp = if req.sort.descending { "<" } else { ">" };
-    Some(match (&after.key, req.sort.key) {
-        (CursorKey::Text(t), SortKey::LastName) => {
-            let k = st.bind(t.clone());
-            format!("(s.last_name COLLATE \"C\" {cmp} {k} COLLATE \"C\" OR (s.last_name = {k} AND s.id > {id}))")
-        }
-        (CursorKey::Number(n), SortKey::Age) => {
-            let k = st.bind(*n as i32);
-            format!("(s.age {cmp} {k} OR (s.age = {k} AND s.id > {id}))")
-        }
-        _ => format!("s.id > {id}"),
-    })
+    let id = match Id::of_cursor(req.key_type, after.last()?)? {
+        Id::Integer(n) => st.bind(n),
+        Id::Uuid(u) => format!("{}::uuid", st.bind(u)),
+    };
+    let key = key_expr(req);
+    let Some(i) = req.order.sort else { return Some(format!("{key} > {id}")) };
+    let cmp = if req.order.descending { "<" } else { ">" };
+    let mut cond = format!("{key} > {id}");
+    for (f, v) in req.view.sorts[i].fields.iter().zip(after).rev() {
+        let e = sort_expr(model, f);
+        let k = kind(model, f);
+        cond = match v {
+            Value::Null => format!("({e} IS NULL AND {cond})"),
+            v => {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let p = st.bind(text);
+                let typed = match k {
+                    k if k.is_numeric() => format!("{p}::numeric"),
+                    FieldType::Boolean => format!("{p}::boolean"),
+                    _ => format!("{p} COLLATE \"C\""),
+                };
+                format!("({e} {cmp} {typed} OR {e} IS NULL OR ({e} = {typed} AND {cond}))")
+            }
+        };
+    }
+    Some(cond)
 }
 
-fn hits_stmt(req: &SearchRequest) -> Stmt {
-    let mut st = Stmt::new();
-    let mut cond = conditions(&mut st, req, None, false);
-    if let Some(a) = after_condition(&mut st, req) {
+fn hits_sql(st: &mut Stmt, model: &Model, req: &Request) -> String {
+    let mut cond = conditions(st, model, req, "");
+    if let Some(a) = after_condition(st, model, req) {
         cond = format!("{cond} AND {a}");
     }
+    let key = key_expr(req);
+    let order = match req.order.sort {
+        None => key.to_string(),
+        Some(i) => {
+            let dir = if req.order.descending { "DESC" } else { "ASC" };
+            let mut keys: Vec<String> =
+                req.view.sorts[i].fields.iter().map(|f| format!("{} {dir} NULLS LAST", sort_expr(model, f))).collect();
+            keys.push(key.to_string());
+            keys.join(", ")
+        }
+    };
     let limit = st.bind(req.size as i64 + 1);
     let offset = st.bind(if req.after.is_some() { 0 } else { (req.page as i64 - 1) * req.size as i64 });
-    st.sql = format!(
-        "SELECT s.id, s.first_name, s.last_name, s.age, s.year_in_school::text, u.name,
-                array(SELECT c.name FROM student_courses sc JOIN courses c ON c.id = sc.course_id
-                       WHERE sc.student_id = s.id ORDER BY c.name COLLATE \"C\")
-           {FROM} WHERE {cond} ORDER BY {} LIMIT {limit} OFFSET {offset}",
-        order_by(req)
-    );
-    st
+    format!("WITH {} SELECT d.key, d.doc FROM d WHERE {cond} ORDER BY {order} LIMIT {limit} OFFSET {offset}", documents(model))
 }
 
-/// Counts to 10,001 at most, as the index tracks totals to 10,000.
-fn total_stmt(req: &SearchRequest) -> Stmt {
-    let mut st = Stmt::new();
-    let cond = conditions(&mut st, req, None, false);
-    st.sql = format!("SELECT NULL::text, count(*)::int8, NULL::int8 FROM (SELECT 1 {FROM} WHERE {cond} LIMIT {}) t", MAX_RESULT_WINDOW + 1);
-    st
-}
-
-type Counts = Vec<(Option<String>, i64, Option<i64>)>;
-
-async fn counts(pool: &PgPool, st: Stmt) -> Result<Counts, sqlx::Error> {
-    let rows = sqlx::query_with(&st.sql, st.args).fetch_all(pool).await?;
-    rows.iter().map(|r| Ok((r.try_get::<Option<String>, _>(0).ok().flatten(), r.try_get(1)?, r.try_get(2)?))).collect()
-}
-
-/// Whole-word highlight: a name equal to a query word is marked whole.
-fn highlight(name: &str, words: &[String]) -> Vec<Segment> {
-    vec![Segment { text: name.to_string(), matched: words.iter().any(|w| *w == name.to_lowercase()) }]
-}
-
-fn terms(req: &SearchRequest, facet: Facet, rows: Counts) -> RawFacet {
-    let search = req.facet_search(facet).map(str::to_lowercase);
-    let mut all: Vec<RawBucket<String>> =
-        rows.into_iter().filter_map(|(k, n, d)| Some(RawBucket { key: k?, doc_count: n as u64, distinct: d.map(|d| d as u64) })).collect();
-    let selected: Vec<RawBucket<String>> = all.iter().filter(|b| req.selected(facet).contains(&b.key)).cloned().collect();
-    // The facet-value search: values containing the text, ignoring case.
-    if let Some(s) = &search {
-        all.retain(|b| b.key.to_lowercase().contains(s.as_str()));
+fn terms(req: &Request, i: usize, rows: Vec<RawBucket<String>>) -> RawFacet {
+    let mut all = rows;
+    let selected: Vec<RawBucket<String>> = all.iter().filter(|b| req.selected[i].contains(&b.key)).cloned().collect();
+    if let Some(s) = req.facet_search(i) {
+        all.retain(|b| contains_ignoring_case(&b.key, s));
     }
     all.sort_by(bucket_order);
     let size = req.facet_size as usize;
-    // Left out: the values after the top, except the selected ones (listed after the top).
-    let sum_other = all.iter().skip(size).filter(|b| !req.selected(facet).contains(&b.key)).map(|b| b.doc_count).sum();
+    let sum_other = all.iter().skip(size).filter(|b| !req.selected[i].contains(&b.key)).map(|b| b.doc_count).sum();
     all.truncate(size);
     RawFacet { top: all, sum_other, selected }
 }
 
-pub async fn search(pool: &PgPool, req: &SearchRequest) -> Result<Raw, sqlx::Error> {
-    let hits_q = async {
-        let st = hits_stmt(req);
-        sqlx::query_with(&st.sql, st.args).fetch_all(pool).await
-    };
-    // Course, university, year, the histogram, then the total: one statement each.
-    let stmts = vec![
-        facet_stmt(req, Some(Facet::Course)),
-        facet_stmt(req, Some(Facet::University)),
-        facet_stmt(req, Some(Facet::Year)),
-        facet_stmt(req, None),
-        total_stmt(req),
-    ];
-    let (rows, mut facets) = tokio::try_join!(hits_q, try_join_all(stmts.into_iter().map(|st| counts(pool, st))))?;
-    let words: Vec<String> = req.words().iter().map(|w| w.to_lowercase()).collect();
-    let mut hits = Vec::with_capacity(rows.len());
-    for r in rows {
-        let (first_name, last_name): (String, String) = (r.try_get(1)?, r.try_get(2)?);
-        hits.push(Hit {
-            id: r.try_get(0)?,
-            age: r.try_get(3)?,
-            year_in_school: r.try_get::<String, _>(4)?.trim_end().to_string(),
-            university: r.try_get(5)?,
-            courses: r.try_get(6)?,
-            score: 1.0,
-            highlight: (!words.is_empty())
-                .then(|| NameHighlight { first_name: highlight(&first_name, &words), last_name: highlight(&last_name, &words) }),
-            first_name,
-            last_name,
-        });
+/// (key, count, distinct count) of one aggregation.
+type CountRow = (Option<String>, i64, Option<i64>);
+
+pub async fn search(pool: &PgPool, model: &Model, req: &Request) -> Result<Raw, sqlx::Error> {
+    let mut cs = Stmt::new();
+    let counts = counts_sql(&mut cs, model, req);
+    let mut hs = Stmt::new();
+    let hits = hits_sql(&mut hs, model, req);
+    let (count_rows, hit_rows) =
+        tokio::try_join!(sqlx::query_with(&counts, cs.args).fetch_all(pool), sqlx::query_with(&hits, hs.args).fetch_all(pool))?;
+    let mut by_agg: HashMap<String, Vec<CountRow>> = HashMap::new();
+    for r in count_rows {
+        by_agg.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
     }
-    let total_n = facets.pop().and_then(|t| t.first().map(|r| r.1)).unwrap_or(0).max(0) as u64;
+    let total_n = by_agg.get("total").and_then(|t| t.first()).map_or(0, |r| r.1).max(0) as u64;
     let total = if total_n > MAX_RESULT_WINDOW {
         Total { value: MAX_RESULT_WINDOW, relation: Relation::Gte }
     } else {
         Total { value: total_n, relation: Relation::Eq }
     };
-    let age_rows = facets.pop().unwrap_or_default();
-    let age = age_rows
-        .into_iter()
-        .filter_map(|(k, n, d)| Some(RawBucket { key: k?.parse().ok()?, doc_count: n as u64, distinct: d.map(|d| d as u64) }))
+    let rows_of = |agg: &str| by_agg.get(agg).cloned().unwrap_or_default();
+    let facets = (0..req.view.facets.len())
+        .map(|i| {
+            let rows = rows_of(&format!("f{i}"))
+                .into_iter()
+                .filter_map(|(k, n, d)| Some(RawBucket { key: k?, doc_count: n as u64, distinct: d.map(|d| d as u64) }))
+                .collect();
+            terms(req, i, rows)
+        })
         .collect();
-    let mut it = facets.into_iter();
-    let mut next = |f: Facet| terms(req, f, it.next().unwrap_or_default());
-    let facets = [next(Facet::Course), next(Facet::University), next(Facet::Year)];
-    Ok(Raw { total, hits, facets, age })
+    let histograms = (0..req.view.histograms.len())
+        .map(|i| {
+            rows_of(&format!("h{i}"))
+                .into_iter()
+                .filter_map(|(k, n, d)| Some(RawBucket { key: k?.parse().ok()?, doc_count: n as u64, distinct: d.map(|d| d as u64) }))
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(hit_rows.len());
+    for r in hit_rows {
+        let Json(doc): Json<Value> = r.try_get(1)?;
+        let Some(id) = Id::parse(req.key_type, r.try_get(0)?) else { continue };
+        let cursor = match req.order.sort {
+            None => vec![json!(1.0), id.json()],
+            Some(i) => {
+                let mut c: Vec<Value> = req.view.sorts[i]
+                    .fields
+                    .iter()
+                    .map(|f| match crate::model::value_at(&doc, &source_path(model, f)) {
+                        Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+                        v => v,
+                    })
+                    .collect();
+                c.push(id.json());
+                c
+            }
+        };
+        let highlight = (!req.q.is_empty()).then_some(&Value::Null);
+        out.push(super::query::hit(req, id, &doc, 1.0, highlight, cursor));
+    }
+    Ok(Raw { total, hits: out, facets, histograms })
 }
