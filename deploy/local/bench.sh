@@ -24,7 +24,15 @@ OUT="$ROOT/target/bench"
 mkdir -p "$OUT/logs"
 
 quick=0
-for a in "$@"; do [[ $a == --quick ]] && quick=1; done
+for a in "$@"; do
+  [[ $a == --quick ]] && quick=1
+  # Help only: say what the harness takes, without starting anything or writing BENCHMARKS.md.
+  if [[ $a == -h || $a == --help ]]; then
+    echo "usage: deploy/local/bench.sh [--quick] [--only fanout,reindex,overhead,freshness,facets,serve,writes,refinebio] [--serve-discard]"
+    echo "writes BENCHMARKS.md; the harness's own arguments: cargo bench --bench tidemark -- --help"
+    exit 0
+  fi
+done
 command_line="deploy/local/bench.sh${*:+ $*}"
 
 # One benchmark run at a time on this checkout (they sweep each other's leftovers).
