@@ -585,6 +585,27 @@ async fn parameters_that_are_not_utf8_get_a_400_that_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_student_without_a_university_is_suggested_without_a_detail_and_their_page_says_none() {
+    let env = Env::new().await;
+    let app = directory(&env).await;
+    // Cy Oz has no university: the suggestion carries no empty detail, and says where to go.
+    assert_eq!(api(&app, "/api/suggest?q=cy").await, json!([{"id": 4, "name": "Cy Oz", "href": "/students/4"}]));
+    let v = api(&app, "/api/students/4").await;
+    assert_eq!((v["id"].clone(), v["title"].clone(), v["document"]["university"].clone()), (json!(4), json!("Cy Oz"), Value::Null));
+    // The page names each shown field by its declared label, and an absent value as none.
+    let html = page(&app, "/students/4").await;
+    assert!(html.contains(r#"<dt>University</dt>"#) && html.contains(r#"<dd data-field="University">none</dd>"#), "{html}");
+    assert!(html.contains(r#"<dd data-field="Courses">none</dd>"#), "{html}");
+    let hit = api(&app, "/api/search?q=oz").await;
+    assert_eq!(
+        (hit["hits"][0]["fields"]["university.name"].clone(), hit["hits"][0]["fields"]["course_names"].clone()),
+        (Value::Null, json!([]))
+    );
+    let html = page(&app, "/?q=oz").await;
+    assert!(html.contains("University: none · Courses: none"), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_student_page_reads_the_database_and_says_when_the_index_lags() {
     let env = Env::new().await;
     let app = directory(&env).await;

@@ -139,6 +139,7 @@ pub(super) fn json_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => "none".into(),
         serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) if a.is_empty() => "none".into(),
         serde_json::Value::Array(a) => a.iter().map(json_text).collect::<Vec<_>>().join(", "),
         serde_json::Value::Object(o) if o.contains_key("name") => json_text(&o["name"]),
         other => other.to_string(),
