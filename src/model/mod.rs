@@ -217,15 +217,22 @@ impl Template {
 /// through arrays of objects (the values of each, nulls left out); Null where there is none.
 pub fn value_at(doc: &serde_json::Value, path: &str) -> serde_json::Value {
     use serde_json::Value;
-    let mut v = doc.clone();
+    // Borrowed through objects (no copy of the document), owned once an array is mapped.
+    let mut at: std::borrow::Cow<'_, Value> = std::borrow::Cow::Borrowed(doc);
     for part in path.split('.') {
-        v = match v {
-            Value::Array(a) => Value::Array(a.iter().map(|x| x[part].clone()).filter(|x| !x.is_null()).collect()),
-            Value::Object(mut o) => o.remove(part).unwrap_or(Value::Null),
-            _ => Value::Null,
+        let pick = |a: &[Value]| Value::Array(a.iter().map(|x| x[part].clone()).filter(|x| !x.is_null()).collect());
+        at = match at {
+            std::borrow::Cow::Borrowed(Value::Object(o)) => match o.get(part) {
+                Some(v) => std::borrow::Cow::Borrowed(v),
+                None => std::borrow::Cow::Owned(Value::Null),
+            },
+            std::borrow::Cow::Borrowed(Value::Array(a)) => std::borrow::Cow::Owned(pick(a)),
+            std::borrow::Cow::Owned(Value::Object(mut o)) => std::borrow::Cow::Owned(o.remove(part).unwrap_or(Value::Null)),
+            std::borrow::Cow::Owned(Value::Array(a)) => std::borrow::Cow::Owned(pick(&a)),
+            _ => std::borrow::Cow::Owned(Value::Null),
         };
     }
-    v
+    at.into_owned()
 }
 
 /// "a student", "an experiment": a noun with its indefinite article.
@@ -234,6 +241,35 @@ pub fn article(noun: &str) -> String {
         format!("an {noun}")
     } else {
         format!("a {noun}")
+    }
+}
+
+/// A model without a `[search]` section: text search over its root's text and keyword
+/// fields, nothing else (the page still lists and opens documents), each titled by the
+/// first of those fields.
+fn empty_view(model: &Model) -> SearchView {
+    let query = model
+        .root
+        .fields
+        .iter()
+        .filter(|f| matches!(f.kind, FieldType::Text | FieldType::Keyword))
+        .map(|f| f.name.clone())
+        .collect::<Vec<_>>();
+    // Its title: the first of those fields (a hit whose value is empty shows its key, see
+    // `web::request::title`); none: the key.
+    let title = Template(query.first().map(|f| Piece::Field(f.clone())).into_iter().collect());
+    SearchView {
+        noun: "document".into(),
+        plural: "documents".into(),
+        query,
+        facets: vec![],
+        histograms: vec![],
+        sorts: vec![],
+        suggest: None,
+        distinct: vec![],
+        title,
+        show: model.root.fields.iter().map(|f| f.name.clone()).collect(),
+        labels: Default::default(),
     }
 }
 
@@ -326,6 +362,8 @@ pub struct Model {
     /// The document queries, written once.
     queries: Queries,
     key_queries: std::sync::OnceLock<sql::KeyQueries>,
+    /// The search view served, made once (see [`Model::view`]).
+    view: std::sync::OnceLock<std::sync::Arc<SearchView>>,
 }
 
 /// The statements a model reads with, generated once when it is loaded.
@@ -457,12 +495,20 @@ impl Model {
             fingerprint: format!("{:016x}", fnv1a(text.as_bytes())),
             queries: Queries::default(),
             key_queries: std::sync::OnceLock::new(),
+            view: std::sync::OnceLock::new(),
         };
         if let Some(s) = &raw.search {
             model.search = Some(v.search(s, &model)?);
         }
         model.prepare_queries();
         Ok(model)
+    }
+
+    /// The search view `tidemark serve` serves: the declared `[search]`, or for a model
+    /// without one, text search over its own text and keyword fields. Made once; every
+    /// request shares it.
+    pub fn view(&self) -> std::sync::Arc<SearchView> {
+        self.view.get_or_init(|| std::sync::Arc::new(self.search.clone().unwrap_or_else(|| empty_view(self)))).clone()
     }
 
     /// Every document as `(key text, document json)`, built by the database

@@ -76,7 +76,7 @@ pub async fn search(State(app): State<App>, uri: axum::http::Uri) -> Result<Resp
 }
 
 pub async fn suggest(State(app): State<App>, uri: axum::http::Uri) -> Result<Response, ApiError> {
-    let view = Request::new(&app.services.model).view;
+    let view = app.services.model.view();
     let fields: Vec<String> = view.suggest.iter().flat_map(|s| s.label.fields().map(|f| f.replace(['_', '.'], " "))).collect();
     let what = format!("{}'s {}", article(&view.noun), if fields.is_empty() { "name".into() } else { fields.join(" or ") });
     let short = format!("{}'s {}", article(&view.noun), fields.first().map_or("name", String::as_str));
@@ -85,7 +85,7 @@ pub async fn suggest(State(app): State<App>, uri: axum::http::Uri) -> Result<Res
 }
 
 pub async fn document(State(app): State<App>, Path(raw): Path<String>) -> Result<Response, ApiError> {
-    let view = Request::new(&app.services.model).view;
+    let view = app.services.model.view();
     let (key, doc, index, pending) = document::read(&app, &raw).await.map_err(api_error(&app))?;
     let Some(doc) = doc else {
         let note =

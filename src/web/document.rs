@@ -6,7 +6,7 @@ use elasticsearch::http::Method;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{db, engine, request::Request, App, Failure};
+use super::{db, engine, App, Failure};
 use crate::{
     model::{article, KeyType, Model},
     pipeline::load::load,
@@ -84,7 +84,7 @@ pub async fn compare(services: &Services, key: &str, shown: &[&str]) -> Result<(
         (Err(Failure::IndexMissing), None) => IndexCopy::Absent,
         (Err(Failure::IndexMissing), Some(_)) => IndexCopy::Missing,
         (Err(Failure::SearchDown(why)), _) => IndexCopy::Unavailable { reason: format!("the search server {why}") },
-        (Err(e), _) => IndexCopy::Unavailable { reason: e.message_about(&Request::new(&services.model).view.noun) },
+        (Err(e), _) => IndexCopy::Unavailable { reason: e.message_about(&services.model.view().noun) },
         (Ok(None), None) => IndexCopy::Absent,
         (Ok(None), Some(_)) => IndexCopy::Missing,
         (Ok(Some(_)), None) => IndexCopy::Stale,
@@ -119,7 +119,7 @@ fn parse_key(model: &Model, noun: &str, plural: &str, raw: &str) -> Result<Strin
 /// What an id of the model's documents looks like, for messages: "an experiment id is a
 /// positive whole number, as in /experiments/42".
 pub fn id_how(model: &Model) -> String {
-    let view = Request::new(model).view;
+    let view = model.view();
     match model.root.key_type {
         KeyType::Integer => format!("{} id is a positive whole number, as in /{}/42", article(&view.noun), view.plural),
         KeyType::Uuid => format!("{} id is a uuid, as in /{}/0b6f0c4e-5b1a-4c1e-9a0e-8f4c2b7d1e3a", article(&view.noun), view.plural),
@@ -138,7 +138,7 @@ fn compared(model: &Model) -> Vec<String> {
 
 pub async fn read(app: &App, raw: &str) -> Result<(String, Option<Value>, IndexCopy, Option<f64>), Failure> {
     let model = &app.services.model;
-    let view = Request::new(model).view;
+    let view = model.view();
     let key = parse_key(model, &view.noun, &view.plural, raw)?;
     let fields = compared(model);
     let shown: Vec<&str> = fields.iter().map(String::as_str).collect();

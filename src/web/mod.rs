@@ -84,7 +84,7 @@ impl App {
 
     /// What one document is called: the loaded model's noun ("student").
     pub fn noun(&self) -> String {
-        Request::new(&self.services.model).view.noun.clone()
+        self.services.model.view().noun.clone()
     }
 
     /// What the answer cache holds (entries, bytes, budget).
@@ -102,7 +102,7 @@ pub fn router(services: Services) -> Router {
 /// The router of an application state the caller keeps (tests read its cache's usage): the
 /// loaded model's documents at `/{plural}/{id}` (and `/api/{plural}/{id}`).
 pub fn router_for(app: App) -> Router {
-    let plural = Request::new(&app.services.model).view.plural.clone();
+    let plural = app.services.model.view().plural.clone();
     Router::new()
         .route("/", get(pages::search))
         .route(&format!("/{plural}/{{id}}"), get(pages::document))

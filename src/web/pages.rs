@@ -101,7 +101,7 @@ async fn footer(app: &App) -> String {
 }
 
 pub(super) async fn chrome(app: &App, q: &str, hidden: Vec<(String, String)>) -> Chrome {
-    let view = Request::new(&app.services.model).view;
+    let view = app.services.model.view();
     let search_label = format!("Search {} by {}", view.plural, view.query.join(", ").replace('_', " "));
     Chrome {
         q: q.to_string(),
@@ -496,7 +496,7 @@ fn page_view(req: &Request, resp: &SearchResponse) -> PageView {
 }
 
 pub async fn document(State(app): State<App>, Path(raw): Path<String>) -> Response {
-    let view = Request::new(&app.services.model).view;
+    let view = app.services.model.view();
     let (key, doc, index, pending) = match document::read(&app, &raw).await {
         Ok(v) => v,
         Err(f) => return error_page(&app, &f, None).await,

@@ -16,7 +16,7 @@ use super::params::{
     bad, number, page_size, query_pairs, text, BadRequest, Engine, DEFAULT_FACET_SIZE, DEFAULT_PAGE_SIZE, MAX_FACET_SIZE, MAX_QUERY_CHARS,
     MAX_QUERY_WORDS, MAX_RESULT_WINDOW, MAX_VALUES_PER_FACET, MAX_VALUE_CHARS,
 };
-use crate::model::{FieldType, KeyType, Model, SearchView};
+use crate::model::{KeyType, Model, SearchView};
 
 /// A histogram's filter: `gte <= value < lt`, either bound optional.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -147,6 +147,14 @@ fn one_of(values: &[String]) -> String {
     }
 }
 
+/// Whether a request takes the parameter `key` (one of [`known`]), without writing them out.
+fn is_known(view: &SearchView, key: &str) -> bool {
+    matches!(key, "q" | "sort" | "size" | "page" | "after" | "engine" | "facet_size")
+        || (key == "distinct" && !view.distinct.is_empty())
+        || view.facets.iter().any(|f| f.param == key || key.strip_suffix("_q") == Some(f.param.as_str()))
+        || view.histograms.iter().any(|h| key.strip_prefix(h.param.as_str()).is_some_and(|rest| rest == "_gte" || rest == "_lt"))
+}
+
 /// The names a request takes, for error messages.
 fn known(view: &SearchView) -> String {
     let mut k = vec!["q".to_string()];
@@ -167,7 +175,7 @@ fn known(view: &SearchView) -> String {
 impl Request {
     /// The request with nothing asked: every document, first page.
     pub fn new(model: &Model) -> Request {
-        let view = Arc::new(model.search.clone().unwrap_or_else(|| empty_view(model)));
+        let view = model.view();
         Request {
             key_field: model.key_field.clone(),
             key_type: model.root.key_type,
@@ -225,8 +233,7 @@ impl Request {
                 }
                 continue;
             }
-            let is_known = |k: &str| known(&view).split(", ").any(|x| x == k);
-            if !is_known(key) {
+            if !is_known(&view, key) {
                 return Err(bad(format!("unknown parameter `{key}`; the known ones are {}", known(&view))));
             }
             if value.trim().is_empty() && key != "q" {
@@ -497,35 +504,6 @@ impl Request {
     }
 }
 
-/// A model without a `[search]` section: text search over its root's text and keyword
-/// fields, nothing else (the page still lists and opens documents), each titled by the
-/// first of those fields.
-fn empty_view(model: &Model) -> SearchView {
-    let query = model
-        .root
-        .fields
-        .iter()
-        .filter(|f| matches!(f.kind, FieldType::Text | FieldType::Keyword))
-        .map(|f| f.name.clone())
-        .collect::<Vec<_>>();
-    // Its title: the first of those fields (a hit whose value is empty shows its key, see
-    // [`title`]); none: the key.
-    let title = crate::model::Template(query.first().map(|f| crate::model::Piece::Field(f.clone())).into_iter().collect());
-    SearchView {
-        noun: "document".into(),
-        plural: "documents".into(),
-        query,
-        facets: vec![],
-        histograms: vec![],
-        sorts: vec![],
-        suggest: None,
-        distinct: vec![],
-        title,
-        show: model.root.fields.iter().map(|f| f.name.clone()).collect(),
-        labels: Default::default(),
-    }
-}
-
 /// A document's title by the view: its template, or the document's key where that comes
 /// out blank (a view without title fields, or a document whose fields are empty), so that
 /// no hit or page has an empty title.
@@ -535,5 +513,24 @@ pub fn title(view: &SearchView, doc: &Value, key: &dyn std::fmt::Display) -> Str
         key.to_string()
     } else {
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parameters_taken_are_exactly_the_ones_named_in_messages() {
+        for model in [Model::students(), Model::load("refinebio").unwrap()] {
+            let view = model.view();
+            let names = known(&view);
+            for name in names.split(", ") {
+                assert!(is_known(&view, name), "{}: {name}", model.name);
+            }
+            for other in ["colour", "course_gte", "age", "age_q", "q_q", "_q", "_lt", "qq", "distinct_q", "sort_q"] {
+                assert_eq!(is_known(&view, other), names.split(", ").any(|n| n == other), "{}: {other}", model.name);
+            }
+        }
     }
 }
