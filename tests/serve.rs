@@ -592,6 +592,9 @@ async fn a_student_without_a_university_is_suggested_without_a_detail_and_their_
     assert_eq!(api(&app, "/api/suggest?q=cy").await, json!([{"id": 4, "name": "Cy Oz", "href": "/students/4"}]));
     let v = api(&app, "/api/students/4").await;
     assert_eq!((v["id"].clone(), v["title"].clone(), v["document"]["university"].clone()), (json!(4), json!("Cy Oz"), Value::Null));
+    // The id as a person may type it: the same student.
+    assert_eq!(api(&app, "/api/students/004").await, v);
+    assert!(page(&app, "/students/+4").await.contains("Cy Oz"));
     // The page names each shown field by its declared label, and an absent value as none.
     let html = page(&app, "/students/4").await;
     assert!(html.contains(r#"<dt>University</dt>"#) && html.contains(r#"<dd data-field="University">none</dd>"#), "{html}");

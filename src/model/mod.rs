@@ -237,7 +237,9 @@ pub fn value_at(doc: &serde_json::Value, path: &str) -> serde_json::Value {
 
 /// "a student", "an experiment": a noun with its indefinite article.
 pub fn article(noun: &str) -> String {
-    if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+    // A vowel letter that sounds as a consonant ("a university", "a user", "a one-off").
+    let sounds_consonant = ["uni", "use", "usu", "uti", "eu", "one", "once"].iter().any(|p| noun.starts_with(p));
+    if noun.starts_with(['a', 'e', 'i', 'o', 'u']) && !sounds_consonant {
         format!("an {noun}")
     } else {
         format!("a {noun}")

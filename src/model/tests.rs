@@ -94,6 +94,10 @@ fn a_facet_s_declared_values_and_a_suggestion_s_detail_are_checked_and_rendered(
     assert_eq!(title.render(&serde_json::json!({"first_name": "Ann", "university": null})), "Ann at : ");
     let v = students.search.as_ref().unwrap();
     assert_eq!((v.label_of("university.name"), v.label_of("first_name")), ("University".to_string(), "first name".to_string()));
+    assert_eq!(
+        [article("university"), article("experiment"), article("user"), article("book")],
+        ["a university", "an experiment", "a user", "a book"]
+    );
     let e = error_of(&search("", "").replace("[[search.facets]]", "[search.labels]\n\"author.name\" = \"Author\"\n[[search.facets]]"));
     assert!(e.at.contains("search.labels") && e.message.contains("`author.name` is not a field"), "{e}");
     assert_eq!(v.facets.iter().map(|f| f.others.as_str()).collect::<Vec<_>>(), ["in courses", "at universities", "in years"]);

@@ -96,12 +96,14 @@ pub async fn compare(services: &Services, key: &str, shown: &[&str]) -> Result<(
 
 /// A document key from the path: a positive whole number, or a uuid, as the model's key is.
 fn parse_key(model: &Model, noun: &str, plural: &str, raw: &str) -> Result<String, Failure> {
-    let ok = match model.root.key_type {
-        KeyType::Integer => raw.parse::<i64>().is_ok_and(|n| n > 0),
-        KeyType::Uuid => uuid_like(raw),
+    // The key as the database writes it ("42" for "042" or "+42"): the text the rows,
+    // the index's `_id` and the marks are looked up by.
+    let key = match model.root.key_type {
+        KeyType::Integer => raw.parse::<i64>().ok().filter(|n| *n > 0).map(|n| n.to_string()),
+        KeyType::Uuid => uuid_like(raw).then(|| raw.to_ascii_lowercase()),
     };
-    if ok {
-        Ok(raw.to_string())
+    if let Some(key) = key {
+        Ok(key)
     } else {
         let example = match model.root.key_type {
             KeyType::Integer => "ids are positive whole numbers, as in",

@@ -289,7 +289,7 @@ pub fn hit(req: &Request, id: Id, source: &Value, score: f64, highlight: Option<
     let blank = req.view.title.render(source).trim().is_empty();
     let highlight = highlight.map(|h| {
         if blank {
-            // Titled by its key (see `super::title`), which no query matches.
+            // Titled by its key (see `super::request::title`), which no query matches.
             return Segment::plain(&title);
         }
         let mut out: Vec<Segment> = Vec::new();

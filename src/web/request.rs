@@ -16,7 +16,7 @@ use super::params::{
     bad, number, page_size, query_pairs, text, BadRequest, Engine, DEFAULT_FACET_SIZE, DEFAULT_PAGE_SIZE, MAX_FACET_SIZE, MAX_QUERY_CHARS,
     MAX_QUERY_WORDS, MAX_RESULT_WINDOW, MAX_VALUES_PER_FACET, MAX_VALUE_CHARS,
 };
-use crate::model::{KeyType, Model, SearchView};
+use crate::model::{FieldType, KeyType, Model, SearchView};
 
 /// A histogram's filter: `gte <= value < lt`, either bound optional.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -329,7 +329,7 @@ impl Request {
                     "give either `page` or `after`, not both: `after` (the `next` of the page before) already says where the page starts",
                 ));
             }
-            r.after = Some(r.parse_cursor(&a)?);
+            r.after = Some(r.parse_cursor(model, &a)?);
         }
         let end = r.page as u64 * r.size as u64;
         if let (true, Some(add)) = (end > MAX_RESULT_WINDOW, model.key_field_hint()) {
@@ -353,7 +353,7 @@ impl Request {
     }
 
     /// A cursor: the sort values of a hit (the score for relevance) and its key.
-    fn parse_cursor(&self, s: &str) -> Result<Vec<Value>, BadRequest> {
+    fn parse_cursor(&self, model: &Model, s: &str) -> Result<Vec<Value>, BadRequest> {
         let what = |why: String| {
             bad(format!(
                 "`after` is not a page cursor for sort={} ({why}): use the `next` value of the page before; to start over, leave \
@@ -372,15 +372,25 @@ impl Request {
                 KeyType::Uuid => "its last value is not a key: a uuid in lower case".into(),
             }));
         }
-        for k in &v[..keys] {
-            let ok = match k {
-                Value::Number(n) => n.as_f64().is_some_and(f64::is_finite),
-                Value::String(t) => t.chars().count() <= MAX_VALUE_CHARS,
-                Value::Null | Value::Bool(_) => self.order.sort.is_some(),
-                _ => false,
+        // Each value of the kind its sort key holds (a score is a number), so that neither
+        // engine is handed one it cannot compare: the index would refuse it, SQL fail to cast it.
+        let finite = |k: &Value| k.as_f64().is_some_and(f64::is_finite);
+        for (n, k) in v[..keys].iter().enumerate() {
+            let ok = match self.order.sort {
+                None => finite(k),
+                Some(i) => {
+                    let path = &self.view.sorts[i].fields[n];
+                    match model.resolve(path).map_or(FieldType::Keyword, |r| r.kind) {
+                        _ if k.is_null() => true,
+                        t if t.is_numeric() => finite(k),
+                        FieldType::Boolean => k.is_boolean() || finite(k),
+                        FieldType::Date => finite(k) || k.as_str().is_some_and(|t| t.chars().count() <= MAX_VALUE_CHARS),
+                        _ => k.as_str().is_some_and(|t| t.chars().count() <= MAX_VALUE_CHARS),
+                    }
+                }
             };
             if !ok {
-                return Err(what(format!("{k} is not a sort value")));
+                return Err(what(format!("{k} is not a sort value of `{}`", self.sort_param())));
             }
         }
         Ok(v)

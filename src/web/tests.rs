@@ -222,3 +222,21 @@ fn a_selected_value_stays_visible_at_zero_and_the_histogram_has_every_bucket_bet
         v["histograms"]["age"]["buckets"].as_array().unwrap().iter().map(|b| json!([b["from"], b["doc_count"], b["selected"]])).collect();
     assert_eq!(ages, vec![json!([18, 1, false]), json!([20, 0, true]), json!([22, 2, false])]);
 }
+
+#[test]
+fn a_cursor_value_of_the_wrong_kind_for_its_sort_key_is_refused_here_not_by_an_engine() {
+    let m = Model::students();
+    for q in [
+        "sort=age&after=[\"x\",5]",
+        "q=ann&after=[\"x\",5]",
+        "after=[\"x\",5]",
+        "sort=last_name&after=[1,\"Ann\",5]",
+        "sort=-age&after=[true,5]",
+    ] {
+        let e = Request::parse(&m, Some(q)).unwrap_err();
+        assert!(e.0.contains("is not a sort value of"), "{q}: {e}");
+    }
+    for q in ["sort=age&after=[20,5]", "sort=last_name&after=[null,\"Ann\",5]", "q=ann&after=[3.5,5]", "sort=-age&after=[null,5]"] {
+        assert!(Request::parse(&m, Some(q)).is_ok(), "{q}");
+    }
+}
