@@ -1130,8 +1130,7 @@ async fn answers_through_reuse_and_single_flight_are_exactly_what_the_engine_ans
         let req = request(q);
         let search = format!("/{}/_search", env.alias);
         let counts = env.es_json(reqwest::Method::POST, &search, Some(web::query::counts_body(&req))).await;
-        let hits =
-            env.es_json(reqwest::Method::POST, &search, Some(web::query::hits_body(&tidemark::model::Model::students(), &req))).await;
+        let hits = env.es_json(reqwest::Method::POST, &search, Some(web::query::hits_body(&req))).await;
         let raw = web::query::read(&req, &counts, &hits);
         let direct = serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap();
         assert_eq!(counts_of(&via), counts_of(&direct), "{q}: counts");

@@ -237,7 +237,7 @@ fn parse(q: &str) -> Result<Request> {
 /// the total but not the facets) with its hits body's page, sort, source and highlight.
 fn one_request(r: &Request) -> Value {
     let mut body = query::counts_body(r);
-    let hits = query::hits_body(&Model::students(), r);
+    let hits = query::hits_body(r);
     for key in ["size", "from", "sort", "_source", "search_after", "highlight", "track_scores"] {
         if let Some(v) = hits.get(key) {
             body[key] = v.clone();
@@ -554,7 +554,7 @@ async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Res
     let mut rows = Vec::new();
     for (q, r) in &reqs {
         let one = time_engine(http, &es, &[(search.clone(), one_request(r))], runs).await?;
-        let hits = query::hits_body(&Model::students(), r);
+        let hits = query::hits_body(r);
         let split = time_engine(http, &es, &[(nocache.clone(), query::counts_body(r)), (search.clone(), hits)], runs).await?;
         rows.push((label(q), one, split));
     }
@@ -593,7 +593,7 @@ async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Res
             o.remove("aggs");
         }
         let o = time_engine(http, &es, &[(search.clone(), old)], runs).await?;
-        let n = time_engine(http, &es, &[(search.clone(), query::hits_body(&Model::students(), r))], runs).await?;
+        let n = time_engine(http, &es, &[(search.clone(), query::hits_body(r))], runs).await?;
         rows.push((label(q), o, n));
     }
     compare("hits: counting to 10,000 with post_filter vs counting nothing, filters in the query", "counting", "not counting", rows);

@@ -123,7 +123,7 @@ pub fn router_for(app: App) -> Router {
 async fn utf8_parameters(State(app): State<App>, request: axum::extract::Request, next: middleware::Next) -> Response {
     let uri = request.uri();
     let checked = params::query_pairs(uri.query()).and_then(|_| match request.extensions().get::<axum::extract::MatchedPath>() {
-        Some(route) => params::check_path_params(route.as_str(), uri.path(), &document::id_how(&app.services.model)),
+        Some(route) => params::check_path_params(route.as_str(), uri.path(), || document::id_how(&app.services.model)),
         None => Ok(()),
     });
     match checked {
@@ -311,8 +311,7 @@ pub async fn search(app: &App, req: &Request) -> Result<SearchResponse, Failure>
     let started = Instant::now();
     match req.engine {
         Engine::Index => {
-            let model = &app.services.model;
-            let (counts, hits) = (query::counts_body(req), query::hits_body(model, req));
+            let (counts, hits) = (query::counts_body(req), query::hits_body(req));
             let mut tries = 0;
             loop {
                 let target = app.reuse.target(&app.services).await?;

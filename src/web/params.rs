@@ -90,11 +90,11 @@ pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, BadRequ
 /// `template` names them) the way [`query_pairs`] checks the query string: one whose
 /// percent-decoded bytes are not UTF-8 is refused, naming it; `id_how` says what a
 /// document id looks like.
-pub fn check_path_params(template: &str, path: &str, id_how: &str) -> Result<(), BadRequest> {
+pub fn check_path_params(template: &str, path: &str, id_how: impl FnOnce() -> String) -> Result<(), BadRequest> {
     for (part, raw) in template.split('/').zip(path.split('/')) {
         let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) else { continue };
         if percent_encoding::percent_decode_str(raw).decode_utf8().is_err() {
-            let how = if name == "id" { id_how } else { UTF8_HOW };
+            let how = if name == "id" { id_how() } else { UTF8_HOW.to_string() };
             return Err(bad(format!(
                 "`{name}` in the path is not valid UTF-8: `{}` decodes to bytes that are not UTF-8 text; {how}",
                 quoted(raw)
@@ -167,8 +167,8 @@ mod tests {
         let e = query_pairs(Some("%FF=1")).unwrap_err();
         assert!(e.0.starts_with("a parameter name is not valid UTF-8: `%FF`"), "{e}");
         let how = "a student id is a positive whole number, as in /students/42";
-        assert!(check_path_params("/students/{id}", "/students/42", how).is_ok());
-        let e = check_path_params("/students/{id}", "/students/%C3%28", how).unwrap_err();
+        assert!(check_path_params("/students/{id}", "/students/42", || how.to_string()).is_ok());
+        let e = check_path_params("/students/{id}", "/students/%C3%28", || how.to_string()).unwrap_err();
         assert!(e.0.starts_with("`id` in the path is not valid UTF-8: `%C3%28`") && e.0.contains("/students/42"), "{e}");
     }
 

@@ -11,7 +11,7 @@ use super::{
     request::{Id, Request},
     response::{segments, Hit, Ordered, Raw, RawBucket, RawFacet, Relation, Segment, Total, PRECISION_THRESHOLD},
 };
-use crate::model::{value_at, KeyType, Model, Piece, Suggest};
+use crate::model::{value_at, KeyType, Piece, Suggest};
 
 const PRE: char = '\u{E000}';
 const POST: char = '\u{E001}';
@@ -173,34 +173,24 @@ fn sort(req: &Request) -> Value {
         KeyType::Integer => "long",
         KeyType::Uuid => "keyword",
     };
-    let Some(key_field) = &req.key_field else {
+    let tie = match &req.key_field {
+        Some(key_field) => json!({key_field.as_str(): {"order": "asc", "unmapped_type": unmapped}}),
         // None declared: ties go by `_seq_no`, the order the shard received the documents
         // in. It is unique within a shard only and a rewritten document moves to the end,
         // so no cursor can rest on it; but unlike the engine's own order of ties (a
         // document's position among the segments, which a merge of segments that are not
         // neighbours changes) it holds while nothing is written, which is what `page=N`
         // (`from`) needs.
-        let written = json!({"_seq_no": {"order": "asc"}});
-        return match req.order.sort {
-            None => json!([{"_score": {"order": "desc"}}, written]),
-            Some(i) => {
-                let order = if req.order.descending { "desc" } else { "asc" };
-                let mut keys: Vec<Value> =
-                    req.view.sorts[i].fields.iter().map(|f| json!({f.as_str(): {"order": order, "missing": "_last"}})).collect();
-                keys.push(written);
-                Value::Array(keys)
-            }
-        };
+        None => json!({"_seq_no": {"order": "asc"}}),
     };
-    let key = json!({key_field.as_str(): {"order": "asc", "unmapped_type": unmapped}});
     match req.order.sort {
-        None if by_key_alone(req) => json!([key]),
-        None => json!([{"_score": {"order": "desc"}}, key]),
+        None if req.key_field.is_some() && by_key_alone(req) => json!([tie]),
+        None => json!([{"_score": {"order": "desc"}}, tie]),
         Some(i) => {
             let order = if req.order.descending { "desc" } else { "asc" };
             let mut keys: Vec<Value> =
                 req.view.sorts[i].fields.iter().map(|f| json!({f.as_str(): {"order": order, "missing": "_last"}})).collect();
-            keys.push(key);
+            keys.push(tie);
             Value::Array(keys)
         }
     }
@@ -208,16 +198,15 @@ fn sort(req: &Request) -> Value {
 
 /// What a hit needs from `_source`: the title's fields and the fields shown (its key is
 /// its `_id`).
-pub fn source(model: &Model, req: &Request) -> Vec<String> {
-    let mut s: Vec<String> = req.view.title.fields().map(str::to_string).collect();
-    s.extend(req.view.show.iter().cloned());
-    let _ = model;
+pub fn source(req: &Request) -> Vec<String> {
+    let mut s: Vec<String> = req.view.title.fields().chain(req.view.show.iter().map(String::as_str)).map(str::to_string).collect();
+    s.sort();
     s.dedup();
     s
 }
 
 /// The hits of a search: one page, and one more hit to know whether another follows.
-pub fn hits_body(model: &Model, req: &Request) -> Value {
+pub fn hits_body(req: &Request) -> Value {
     let query = match selections(req, Except::Nothing) {
         None => text_query(req),
         Some(filter) => json!({"bool": {"must": [text_query(req)], "filter": [filter]}}),
@@ -228,7 +217,7 @@ pub fn hits_body(model: &Model, req: &Request) -> Value {
         "query": query,
         "size": size,
         "track_total_hits": false,
-        "_source": source(model, req),
+        "_source": source(req),
         "sort": sort(req),
     });
     if let Some(after) = &req.after {
@@ -386,14 +375,14 @@ mod tests {
     use super::*;
 
     fn students(q: &str) -> Request {
-        Request::parse(&Model::students(), Some(q)).unwrap()
+        Request::parse(&crate::model::Model::students(), Some(q)).unwrap()
     }
 
     #[test]
     fn user_text_stays_a_string_value() {
         let nasty = r#"x"}}, "script": {"source": "boom"}, {"#;
         let req = students(&format!("q={}&course={}", urlencode(nasty), urlencode("a\"b")));
-        for body in [counts_body(&req), hits_body(&Model::students(), &req)] {
+        for body in [counts_body(&req), hits_body(&req)] {
             assert!(body.to_string().contains(r#""query":"x\"}},"#), "{body}");
             assert!(body.get("script").is_none());
         }
@@ -437,7 +426,7 @@ mod tests {
         assert_eq!(only["aggs"]["f0_selected"]["terms"]["include"], json!(["CS101"]), "{only}");
         assert!(only["aggs"]["f0"]["filter"].is_null() && only["aggs"]["h0"]["filter"].to_string().contains("CS101"), "{only}");
         assert_eq!(counts_body(&students(""))["aggs"]["h0"]["histogram"]["field"], "age");
-        let hits = hits_body(&Model::students(), &req).to_string();
+        let hits = hits_body(&req).to_string();
         assert!(hits.contains("MIT") && hits.contains("CS101"), "{hits}");
     }
 

@@ -132,10 +132,10 @@ fn answers_without_a_key_field_name_the_next_page_instead_of_a_cursor() {
 #[test]
 fn without_a_key_field_the_index_breaks_ties_in_the_order_documents_were_written() {
     let m = keyless(|m| m);
-    let body = query::hits_body(&m, &Request::parse(&m, None).unwrap());
+    let body = query::hits_body(&Request::parse(&m, None).unwrap());
     assert_eq!(body["sort"], json!([{"_score": {"order": "desc"}}, {"_seq_no": {"order": "asc"}}]));
     let students = Model::students();
-    let body = query::hits_body(&students, &Request::parse(&students, Some("sort=-age")).unwrap());
+    let body = query::hits_body(&Request::parse(&students, Some("sort=-age")).unwrap());
     assert_eq!(body["sort"][1], json!({"id": {"order": "asc", "unmapped_type": "long"}}), "{body}");
 }
 
