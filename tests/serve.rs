@@ -1122,6 +1122,9 @@ async fn answers_through_reuse_and_single_flight_are_exactly_what_the_engine_ans
         "q=maria+lopez&sort=-age".into(),
         "course_q=cs&university_q=m&facet_size=5&course=CS101".into(),
         "page=3&size=7".into(),
+        "age_gte=20".into(),
+        "course=CS101&university=MIT&year=FR&age_gte=18&age_lt=26&distinct=course".into(),
+        "university=Nowhere&course=CS101".into(),
         format!("sort=last_name&course=CS101&after={after}"),
         format!("after={after_rel}"),
     ];

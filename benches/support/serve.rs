@@ -533,7 +533,8 @@ async fn time_engine(http: &reqwest::Client, es: &str, bodies: &[(String, Value)
 /// The engine's work per request, each change measured on its own (one client, engine
 /// direct, with the writes running): one request vs counts + hits; the shard request
 /// cache; top-level vs `filter`-wrapped aggregations; hits that count vs hits that do not;
-/// distinct precision; eager global ordinals (the first search after a refresh).
+/// distinct precision; eager global ordinals (the first search after a refresh); counts
+/// over the union of the filters.
 async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Result<Vec<Work>> {
     let es = env.services.es_url.clone();
     let search = format!("/{}/_search", env.alias);
@@ -612,7 +613,22 @@ async fn engine_work(env: &BenchEnv, http: &reqwest::Client, runs: usize) -> Res
     }
     compare("distinct counts: precision_threshold 100 vs 3,000 (cache off)", "100", "3,000", rows);
 
-    // 6. Eager global ordinals: the first counts request after a refresh, and the refresh.
+    // 6. Two selections or more: the counts over every document the words match vs over
+    // the union of the "every selection but one" filters (what serve sends).
+    let mut rows = Vec::new();
+    for (q, r) in reqs.iter().filter(|(_, r)| query::counts_request(r) != query::counts_body(r)) {
+        let o = time_engine(http, &es, &[(nocache.clone(), query::counts_body(r))], runs).await?;
+        let n = time_engine(http, &es, &[(nocache.clone(), query::counts_request(r))], runs).await?;
+        rows.push((label(q), o, n));
+    }
+    compare(
+        "two selections or more: counts over every document vs over the union of the filters (cache off)",
+        "every document",
+        "union",
+        rows,
+    );
+
+    // 7. Eager global ordinals: the first counts request after a refresh, and the refresh.
     let landing = query::counts_body(&parse("")?);
     let mut rows = Vec::new();
     // On first, then off: the index is left as tidemark maps it (off).
