@@ -144,6 +144,10 @@ pub struct Facet {
     /// (e.g. "enrollments"); default: the documents' plural.
     #[serde(default)]
     pub counts: Option<String>,
+    /// Its singular, written after a count of 1 ("+ 1 more enrollment in courses not
+    /// listed"): required with `counts`, refused without it; default: the documents' noun.
+    #[serde(default)]
+    pub counts_one: Option<String>,
     /// How the page names the values it does not list, after the count: "+ 22,693 more
     /// enrollments *in courses* not listed"; default: "with a" and the label.
     #[serde(default)]
@@ -195,5 +199,11 @@ pub struct Suggest {
 pub struct Distinct {
     pub param: String,
     pub field: String,
+    /// What is counted, in the plural ("universities"): after a count other than 1
+    /// ("~2 universities"), and as the name of the choice.
     pub label: String,
+    /// Its singular, written after a count of 1 ("~1 university"). Required: an `Option`
+    /// only so that its absence is refused by validation, which says what to write.
+    #[serde(default)]
+    pub one: Option<String>,
 }

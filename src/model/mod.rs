@@ -308,7 +308,9 @@ pub struct Facet {
     pub label: String,
     /// Several values per document (an array): counts are of document–value pairs.
     pub multi: bool,
+    /// What a count counts, after any count but 1 ("enrollments"), and after 1.
     pub counts: String,
+    pub counts_one: String,
     /// How the values not listed are named after the count ("in courses").
     pub others: String,
     /// The only values the parameter takes (empty: any).
@@ -343,7 +345,9 @@ pub struct Suggest {
 pub struct Distinct {
     pub param: String,
     pub field: String,
+    /// What is counted, after any count but 1 ("universities"), and after 1 ("university").
     pub label: String,
+    pub one: String,
 }
 
 /// A validated model.
@@ -689,6 +693,14 @@ impl Validator<'_> {
         ModelError { origin: self.origin.to_string(), at: at.to_string(), message: message.into() }
     }
 
+    /// A word the page writes after a count: not blank.
+    fn word(&self, s: &str, at: &str) -> Result<String, ModelError> {
+        if s.trim().is_empty() {
+            return Err(self.err(at, "is empty: write the word the page puts after a count"));
+        }
+        Ok(s.to_string())
+    }
+
     /// A table or column name tidemark can write into SQL: letters, digits and `_` (a table
     /// may be schema-qualified, `schema.table`), starting with a letter or `_`.
     fn ident(&self, s: &str, at: &str) -> Result<(), ModelError> {
@@ -896,12 +908,36 @@ impl Validator<'_> {
                     v.clone()
                 }
             };
+            let (counts, counts_one) = match (&f.counts, &f.counts_one) {
+                (None, None) => (s.plural.clone(), s.noun.clone()),
+                (Some(many), Some(one)) => (self.word(many, &format!("{at}.counts"))?, self.word(one, &format!("{at}.counts_one"))?),
+                (Some(many), None) => {
+                    return Err(self.err(
+                        &at,
+                        format!(
+                            "declares `counts = \"{many}\"` without its singular, which the page writes after a count of 1 \
+                             (\"+ 1 more … not listed\"): add counts_one = \"…\" beside it"
+                        ),
+                    ))
+                }
+                (None, Some(one)) => {
+                    return Err(self.err(
+                        &at,
+                        format!(
+                            "declares `counts_one = \"{one}\"` without `counts`, its plural: add counts = \"…\" beside it, or \
+                             leave counts_one out to count the {} (\"{}\" after a count of 1)",
+                            s.plural, s.noun
+                        ),
+                    ))
+                }
+            };
             facets.push(Facet {
                 param: f.param.clone(),
                 field: exact,
                 label: f.label.clone(),
                 multi: r.multi,
-                counts: f.counts.clone().unwrap_or_else(|| s.plural.clone()),
+                counts,
+                counts_one,
                 others: f.others.clone().unwrap_or_else(|| format!("with {}", article(&f.label.to_lowercase()))),
                 values,
             });
@@ -985,7 +1021,25 @@ impl Validator<'_> {
                     format!("`{}` is text without a keyword sub-field: count a keyword or a number", d.field),
                 ));
             }
-            distinct.push(Distinct { param: d.param.clone(), field: r.exact.unwrap_or_else(|| d.field.clone()), label: d.label.clone() });
+            let one = match &d.one {
+                Some(one) => self.word(one, &format!("{at}.one"))?,
+                None => {
+                    return Err(self.err(
+                        &at,
+                        format!(
+                            "needs `one`, the singular of its label, which the page writes after a count of 1 (\"~1 …\", and \
+                             \"~2 {label}\" after 2): add one = \"…\" beside label = \"{label}\"",
+                            label = d.label
+                        ),
+                    ))
+                }
+            };
+            distinct.push(Distinct {
+                param: d.param.clone(),
+                field: r.exact.unwrap_or_else(|| d.field.clone()),
+                label: d.label.clone(),
+                one,
+            });
         }
         let title = Template::parse(&s.title).map_err(|m| self.err("search.title", m))?;
         for f in title.fields() {

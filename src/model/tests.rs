@@ -180,3 +180,52 @@ fn the_readme_example_model_is_valid() {
     let search = model.search.as_ref().unwrap();
     assert_eq!(search.facets.iter().map(|f| f.param.as_str()).collect::<Vec<_>>(), ["country", "tag"]);
 }
+
+/// A word the page writes after a count is declared in the plural and the singular: a
+/// facet's `counts` with `counts_one` (default: the documents' plural and noun), a distinct
+/// count's `label` with `one`; one without the other is refused, saying what to add.
+#[test]
+fn a_counted_word_is_declared_in_the_singular_beside_its_plural() {
+    let model = |facet: &str, distinct: &str| {
+        format!(
+            "{MINIMAL}[[document.fields]]\nname = \"status\"\ntype = \"keyword\"\n[search]\nnoun = \"book\"\nplural = \"books\"\n\
+             title = \"{{title}}\"\n[[search.facets]]\nparam = \"status\"\nfield = \"status\"\nlabel = \"Status\"\n{facet}\
+             [[search.distinct]]\nparam = \"statuses\"\nfield = \"status\"\nlabel = \"statuses\"\n{distinct}"
+        )
+    };
+    let m = Model::parse(&model("counts = \"copies\"\ncounts_one = \"copy\"\n", "one = \"status\"\n"), "t").unwrap();
+    let v = m.search.as_ref().unwrap();
+    assert_eq!((v.facets[0].counts.as_str(), v.facets[0].counts_one.as_str()), ("copies", "copy"));
+    assert_eq!((v.distinct[0].label.as_str(), v.distinct[0].one.as_str()), ("statuses", "status"));
+    // Neither: the facet counts the documents.
+    let m = Model::parse(&model("", "one = \"status\"\n"), "t").unwrap();
+    let f = &m.search.as_ref().unwrap().facets[0];
+    assert_eq!((f.counts.as_str(), f.counts_one.as_str()), ("books", "book"));
+    let e = error_of(&model("counts = \"copies\"\n", "one = \"status\"\n"));
+    assert_eq!(e.at, "search.facets[0] (status)");
+    assert!(e.message.contains("`counts = \"copies\"` without its singular") && e.message.contains("add counts_one = "), "{e}");
+    let e = error_of(&model("counts_one = \"copy\"\n", "one = \"status\"\n"));
+    assert_eq!(e.at, "search.facets[0] (status)");
+    assert!(
+        e.message.contains("without `counts`") && e.message.contains("add counts = ") && e.message.contains("leave counts_one out"),
+        "{e}"
+    );
+    let e = error_of(&model("", ""));
+    assert_eq!(e.at, "search.distinct[0] (statuses)");
+    assert!(e.message.contains("needs `one`") && e.message.contains("label = \"statuses\"") && e.message.contains("add one = "), "{e}");
+    for (facet, distinct, at) in [
+        ("counts = \"copies\"\ncounts_one = \" \"\n", "one = \"status\"\n", "search.facets[0] (status).counts_one"),
+        ("counts = \"\"\ncounts_one = \"copy\"\n", "one = \"status\"\n", "search.facets[0] (status).counts"),
+        ("", "one = \"\"\n", "search.distinct[0] (statuses).one"),
+    ] {
+        let e = error_of(&model(facet, distinct));
+        assert!(e.at == at && e.message.contains("is empty"), "{e}");
+    }
+    // The shipped models declare both.
+    let students = Model::students();
+    let v = students.search.as_ref().unwrap();
+    assert_eq!(v.facets.iter().map(|f| f.counts_one.as_str()).collect::<Vec<_>>(), ["enrollment", "student", "student"]);
+    assert_eq!(v.distinct.iter().map(|d| d.one.as_str()).collect::<Vec<_>>(), ["university", "course", "year"]);
+    let refinebio = Model::load("refinebio").unwrap();
+    assert_eq!(refinebio.search.as_ref().unwrap().distinct[0].one, "unique sample");
+}

@@ -296,7 +296,8 @@ pub async fn search(State(app): State<App>, uri: axum::http::Uri) -> Response {
 
 fn page_view(req: &Request, resp: &SearchResponse) -> PageView {
     let view: &SearchView = &req.view;
-    let distinct_label = |d: Option<u64>| d.zip(req.distinct).map(|(n, i)| format!("~{} {}", thousands(n), view.distinct[i].label));
+    let distinct_label =
+        |d: Option<u64>| d.zip(req.distinct).map(|(n, i)| format!("~{}", plural(n, &view.distinct[i].one, &view.distinct[i].label)));
     let facets = view
         .facets
         .iter()
@@ -322,9 +323,8 @@ fn page_view(req: &Request, resp: &SearchResponse) -> PageView {
             other: (facet.sum_other_doc_count > 0).then(|| {
                 // "+ 22,693 more enrollments in courses not listed": what a count counts,
                 // and how the model names the values left out.
-                let n = facet.sum_other_doc_count;
-                let counted = if n == 1 && f.counts == req.view.plural { &req.view.noun } else { &f.counts };
-                format!("+ {} more {counted} {} not listed; find one above", thousands(n), f.others)
+                let more = plural(facet.sum_other_doc_count, &format!("more {}", f.counts_one), &format!("more {}", f.counts));
+                format!("+ {more} {} not listed; find one above", f.others)
             }),
             search: FacetSearchView {
                 param: format!("{}_q", f.param),
@@ -537,4 +537,102 @@ pub async fn document(State(app): State<App>, Path(raw): Path<String>) -> Respon
 
 pub async fn not_found(State(app): State<App>) -> Response {
     error_page(&app, &Failure::NotFound("There is no page at this address.".into()), None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        super::response::{Raw, RawBucket, RawFacet, Total},
+        *,
+    };
+    use crate::model::Model;
+
+    fn facet(top: &[(&str, u64, u64)], sum_other: u64) -> RawFacet {
+        let top = top.iter().map(|&(k, n, d)| RawBucket { key: k.to_string(), doc_count: n, distinct: Some(d) }).collect();
+        RawFacet { top, sum_other, selected: vec![] }
+    }
+
+    fn view_of(model: &Model, query: &str, raw: Raw) -> PageView {
+        let req = Request::parse(model, Some(query)).unwrap();
+        page_view(&req, &SearchResponse::assemble(&req, raw, Engine::Index, 1.0))
+    }
+
+    fn others(v: &PageView) -> Vec<Option<&str>> {
+        v.facets.iter().map(|f| f.other.as_deref()).collect()
+    }
+
+    fn distincts(f: &FacetView) -> Vec<&str> {
+        f.buckets.iter().map(|b| b.distinct.as_deref().unwrap_or("-")).collect()
+    }
+
+    /// Every count the page writes before a word of the model reads singular for 1 and
+    /// plural for any other number: the facets' "more …" lines (a declared `counts` and the
+    /// documents' default), the distinct counts of buckets and bars, the bars' own counts
+    /// and the total.
+    #[test]
+    fn a_count_of_one_reads_singular_and_any_other_plural() {
+        let students = Model::students();
+        let raw = |total: u64, sum_other: [u64; 3], bars: Vec<RawBucket<i64>>| Raw {
+            total: Total { value: total, relation: Relation::Eq },
+            hits: vec![],
+            facets: vec![
+                facet(&[("CS101", 1, 1), ("MATH201", 3, 2)], sum_other[0]),
+                facet(&[("MIT", 2, 1)], sum_other[1]),
+                facet(&[("SR", 1, 0)], sum_other[2]),
+            ],
+            histograms: vec![bars],
+        };
+        let bars = vec![RawBucket { key: 18, doc_count: 1, distinct: Some(1) }, RawBucket { key: 20, doc_count: 2, distinct: Some(2) }];
+        let v = view_of(&students, "distinct=university", raw(1, [1, 1, 1], bars.clone()));
+        assert_eq!(
+            others(&v),
+            [
+                Some("+ 1 more enrollment in courses not listed; find one above"),
+                Some("+ 1 more student at universities not listed; find one above"),
+                Some("+ 1 more student in years not listed; find one above"),
+            ]
+        );
+        assert_eq!(distincts(&v.facets[0]), ["~1 university", "~2 universities"]);
+        assert_eq!(distincts(&v.facets[2]), ["~0 universities"]);
+        let titles: Vec<&str> = v.histograms[0].bars.iter().map(|b| b.title.as_str()).collect();
+        assert_eq!(titles, ["age 18–19: 1 student, ~1 university", "age 20–21: 2 students, ~2 universities"]);
+        assert_eq!(v.summary, "1 student");
+        // Two and more: plural.
+        let v = view_of(&students, "distinct=course", raw(2, [2, 1_234, 0], bars));
+        assert_eq!(
+            others(&v),
+            [
+                Some("+ 2 more enrollments in courses not listed; find one above"),
+                Some("+ 1,234 more students at universities not listed; find one above"),
+                None,
+            ]
+        );
+        assert_eq!(distincts(&v.facets[0]), ["~1 course", "~2 courses"]);
+        let titles: Vec<&str> = v.histograms[0].bars.iter().map(|b| b.title.as_str()).collect();
+        assert_eq!(titles, ["age 18–19: 1 student, ~1 course", "age 20–21: 2 students, ~2 courses"]);
+        assert_eq!(v.summary, "2 students");
+        // The distinct links and note name the values in the plural, as a kind, not a count.
+        assert_eq!(v.distinct_links.iter().map(|l| l.label.as_str()).collect::<Vec<_>>(), ["off", "universities", "courses", "years"]);
+        assert!(v.distinct_note.as_deref().unwrap().contains("approximate number of courses among its students"), "{:?}", v.distinct_note);
+
+        // refine.bio: the facets count experiments (the documents' noun), the distinct
+        // count unique samples.
+        let refinebio = Model::load("refinebio").unwrap();
+        let raw = Raw {
+            total: Total { value: 3, relation: Relation::Eq },
+            hits: vec![],
+            facets: vec![facet(&[("RNA-SEQ", 2, 1)], 1), facet(&[("Mus musculus", 2, 2)], 2), facet(&[], 0)],
+            histograms: vec![],
+        };
+        let v = view_of(&refinebio, "distinct=samples", raw);
+        assert_eq!(
+            others(&v),
+            [
+                Some("+ 1 more experiment with a technology not listed; find one above"),
+                Some("+ 2 more experiments with an organism not listed; find one above"),
+                None,
+            ]
+        );
+        assert_eq!((distincts(&v.facets[0]), distincts(&v.facets[1])), (vec!["~1 unique sample"], vec!["~2 unique samples"]));
+    }
 }
