@@ -356,12 +356,12 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
                 let size = chunk_size.unwrap_or(config.reindex.chunk_size);
                 let b = reindex::start(&services, size, "requested with `tidemark admin reindex`").await?;
                 println!(
-                    "reindex #{} started: building {} ({} {} in {} chunks){}",
+                    "reindex #{} started: building {} ({} in {} chunk{}){}",
                     b.id,
                     b.target_index,
-                    b.docs_total,
-                    services.model.plural(),
+                    services.model.count(b.docs_total.max(0) as u64),
                     b.chunks_total,
+                    if b.chunks_total == 1 { "" } else { "s" },
                     b.previous_index.as_ref().map(|p| format!("; {p} keeps serving meanwhile")).unwrap_or_default()
                 );
                 b
@@ -393,7 +393,7 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
             if repair {
                 let n = verify::repair(&services, &report).await?;
                 nudge("repair").await;
-                println!("repair: re-marked {n} {}; the next sync rewrites them", services.model.plural());
+                println!("repair: re-marked {}; the next sync rewrites them", services.model.count(n));
             } else {
                 eprintln!("run again with --repair to re-mark them");
             }
@@ -410,7 +410,7 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
             let only = (!keys.is_empty()).then_some(keys.as_slice());
             let n = admin::retry_failed(&services.pool, only).await.context("re-marking dead letters")?;
             nudge("retry-failed").await;
-            println!("re-marked {n} dead-lettered documents; the next sync retries them");
+            println!("re-marked {} from the dead letters; the next sync retries them", services.model.count(n));
         }
     }
     Ok(ExitCode::SUCCESS)

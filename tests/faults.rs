@@ -67,7 +67,7 @@ async fn a_rejected_document_is_dead_lettered_the_rest_indexed_and_retry_failed_
     let field = json!({"properties": {"university": {"properties": {"name": {"type": "keyword"}}}}});
     env.es_json(reqwest::Method::PUT, &format!("/{index}/_mapping"), Some(field)).await;
     let out = env.run(&["admin", "retry-failed"]);
-    assert!(out.stdout.contains("re-marked 1"), "{out:?}");
+    assert!(out.stdout.contains("re-marked 1 student from the dead letters"), "{out:?}");
     env.drain_and_refresh().await;
     assert_eq!(env.doc(3).await.unwrap()["university"], json!({"id": 1, "name": "MIT"}));
     assert_eq!(env.dead_letters().await, 0);

@@ -201,7 +201,7 @@ async fn verify_finds_missing_edited_and_extra_documents_and_repair_fixes_them()
     let out = env.run(&["admin", "verify", "--full", "--repair"]);
     // Differences were found (and re-marked, not yet fixed): that is not a clean exit.
     assert_eq!(out.code, Some(3), "{out:?}");
-    assert!(out.stdout.contains("re-marked 3"), "{out:?}");
+    assert!(out.stdout.contains("re-marked 3 students;"), "{out:?}");
     env.drain().await;
     let out = env.run(&["admin", "verify", "--full"]);
     assert!(out.ok(), "{}", out.stdout);

@@ -548,6 +548,12 @@ impl Model {
         self.search.as_ref().map_or("documents", |s| s.plural.as_str())
     }
 
+    /// `n` of the model's documents in words: "1 student", "2 students" (or documents).
+    pub fn count(&self, n: u64) -> String {
+        let one = self.search.as_ref().map_or("document", |s| s.noun.as_str());
+        format!("{n} {}", if n == 1 { one } else { self.plural() })
+    }
+
     /// What to add under `[document]` so that the document carries its key again (the
     /// search pages' tie-break and cursor): `number = "id"` for an integer key,
     /// `key_field = "id"` for a uuid key, under a name no field of the document has yet.
