@@ -11,7 +11,10 @@ use axum::Router;
 use serde_json::{json, Value};
 use support::{
     free_port, small_directory,
-    web::{api, encode, error_message, every_hit, get, ids, page, searchable, services_with, with_slow_searches},
+    web::{
+        api, assert_not_shown, both_engines, encode, error_message, every_hit, get, ids, page, page_with, searchable, sorted_ids,
+        with_slow_searches, without_database, without_search_server,
+    },
     Env,
 };
 use tidemark::{services::Services, web};
@@ -65,9 +68,7 @@ async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
 
     // A typo still finds both Lees, and the matched name part is marked.
     let lee = api(&app, "/api/search?q=Lea").await;
-    let mut found = ids(&lee);
-    found.sort();
-    assert_eq!(found, vec![1, 3], "{lee}");
+    assert_eq!(sorted_ids(&lee), vec![1, 3], "{lee}");
     // The title ("{first_name} {last_name}") in pieces: the last name marked, the rest not.
     let pieces = lee["hits"][0]["highlight"].as_array().unwrap();
     let text: String = pieces.iter().map(|p| p["text"].as_str().unwrap()).collect();
@@ -79,15 +80,9 @@ async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
     assert_eq!(ids(&api(&app, "/api/search?q=ann+lee").await), vec![1]);
 
     // OR within a facet, AND across facets.
-    let mut either = ids(&api(&app, "/api/search?course=CS101&course=MATH201").await);
-    either.sort();
-    assert_eq!(either, vec![1, 2, 3, 5, 6]);
-    let mut both = ids(&api(&app, "/api/search?course=CS101&university=MIT").await);
-    both.sort();
-    assert_eq!(both, vec![1, 6]);
-    let mut young_fr = ids(&api(&app, "/api/search?year=FR&age_gte=20&age_lt=21").await);
-    young_fr.sort();
-    assert_eq!(young_fr, vec![1, 6]);
+    assert_eq!(sorted_ids(&api(&app, "/api/search?course=CS101&course=MATH201").await), vec![1, 2, 3, 5, 6]);
+    assert_eq!(sorted_ids(&api(&app, "/api/search?course=CS101&university=MIT").await), vec![1, 6]);
+    assert_eq!(sorted_ids(&api(&app, "/api/search?year=FR&age_gte=20&age_lt=21").await), vec![1, 6]);
 
     // Sorts, with the id breaking ties.
     assert_eq!(ids(&api(&app, "/api/search?sort=age").await), vec![3, 1, 6, 5, 2, 4]);
@@ -411,9 +406,7 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
         "year=SR&sort=age&course_q=phy",
         "university_q=university&facet_size=3&sort=-last_name",
     ] {
-        let index = api(&app, &format!("/api/search?{q}")).await;
-        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
-        assert_eq!(sql["engine"], "sql");
+        let (index, sql) = both_engines(&app, q).await;
         assert_eq!(index["total"], sql["total"], "{q}");
         for facet in ["course", "university", "year"] {
             let strip = |v: &Value| -> Vec<Value> {
@@ -524,10 +517,7 @@ async fn bad_input_gets_a_400_that_says_what_was_wrong() {
         assert!(message.contains(says), "{uri}: {message}");
     }
     // The page says it too, as a page.
-    let page = get(&app, "/?size=1000").await;
-    assert_eq!(page.status, 400);
-    assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(page.body.contains("more than the 100 hits a page may hold"));
+    assert!(page_with(&app, "/?size=1000", 400).await.contains("more than the 100 hits a page may hold"));
     assert_eq!(get(&app, "/students/abc").await.status, 400);
 }
 
@@ -564,14 +554,12 @@ async fn parameters_that_are_not_utf8_get_a_400_that_says_so() {
         ("/no/such/page?x=%FF", ["`x`", value, "%FF", how]),
         ("/students/%C3%28", ["`id`", value, "%C3%28", "as in /students/42"]),
     ] {
-        let a = get(&app, uri).await;
-        assert_eq!(a.status, 400, "{uri}: {}", a.body);
-        assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
-        assert!(a.body.contains("<p class=\"code\">HTTP 400</p>"), "{uri}: an error page:\n{}", a.body);
+        let body = page_with(&app, uri, 400).await;
+        assert!(body.contains("<p class=\"code\">HTTP 400</p>"), "{uri}: an error page:\n{body}");
         for s in says {
-            assert!(a.body.contains(s), "{uri}: the page should say {s:?}:\n{}", a.body);
+            assert!(body.contains(s), "{uri}: the page should say {s:?}:\n{body}");
         }
-        assert!(!a.body.contains('\u{FFFD}'), "{uri}: nothing is shown as a replacement character");
+        assert!(!body.contains('\u{FFFD}'), "{uri}: nothing is shown as a replacement character");
     }
     // What the page shows of the address is escaped.
     let a = get(&app, "/?q=%22%3E%3Cscript%3Ealert(1)%3C/script%3E%C3%28").await;
@@ -698,8 +686,7 @@ async fn every_answer_carries_security_headers() {
 async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
     let env = Env::new().await;
     let _ = directory(&env).await;
-    let port = free_port();
-    let app = web::router(services_with(&env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None));
+    let (app, port) = without_search_server(&env);
     let page = get(&app, "/?q=ann").await;
     assert_eq!(page.status, 503);
     assert!(page.body.contains("The search server cannot be reached") && page.body.contains("Student pages still work"), "{}", page.body);
@@ -711,9 +698,7 @@ async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
     let student = get(&app, "/students/1").await;
     assert_eq!(student.status, 200);
     assert!(student.body.contains("Ann Lee") && student.body.contains(r#"data-state="unavailable""#), "{}", student.body);
-    for a in [&page, &api_answer, &student] {
-        assert!(!a.body.contains("hunter2") && !a.body.contains("elastic:") && !a.body.contains(&port.to_string()), "{}", a.body);
-    }
+    assert_not_shown(&[&page, &api_answer, &student], &["hunter2", "elastic:", &port.to_string()]);
     // engine=sql does not need the search server.
     assert_eq!(get(&app, "/api/search?engine=sql").await.status, 200);
 }
@@ -722,8 +707,7 @@ async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
 async fn a_database_down_gives_a_503_student_page_without_credentials() {
     let env = Env::new().await;
     let _ = directory(&env).await;
-    let port = free_port();
-    let app = web::router(services_with(&env, None, Some(format!("postgres://tidemark:s3cret@127.0.0.1:{port}/tidemark"))));
+    let (app, port) = without_database(&env);
     let page = get(&app, "/students/1").await;
     assert_eq!(page.status, 503);
     assert!(page.body.contains("The database is not answering"), "{}", page.body);
@@ -733,9 +717,7 @@ async fn a_database_down_gives_a_503_student_page_without_credentials() {
     let search = get(&app, "/?q=ann").await;
     assert_eq!(search.status, 200);
     assert!(search.body.contains("Index freshness unknown"));
-    for a in [&page, &sql, &search] {
-        assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
-    }
+    assert_not_shown(&[&page, &sql, &search], &["s3cret", &port.to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,9 +858,7 @@ async fn concurrent_identical_searches_make_one_engine_request() {
         assert_eq!(ids(a), ids(&answers[0]));
         assert_eq!(counts_of(a), counts_of(&answers[0]));
     }
-    let mut found = ids(&answers[0]);
-    found.sort();
-    assert_eq!(found, vec![1, 3, 5], "the students taking MATH201");
+    assert_eq!(sorted_ids(&answers[0]), vec![1, 3, 5], "the students taking MATH201");
     assert_eq!(counts(&answers[0], "course"), BTreeMap::from([("CS101".into(), 3), ("MATH201".into(), 3)]));
 
     // Twenty identical suggestions at once: one engine request.
@@ -972,9 +952,7 @@ async fn an_alias_move_is_never_answered_from_the_old_indexs_cache() {
     let back = api(&app, "/api/search").await;
     assert_eq!(back["total"]["value"], json!(3), "{back}");
     assert_eq!(counts(&back, "university"), BTreeMap::from([("MGU".into(), 1), ("MIT".into(), 2)]));
-    let mut found = ids(&back);
-    found.sort();
-    assert_eq!(found, vec![1, 2, 4], "the hits too are the index's as it is now");
+    assert_eq!(sorted_ids(&back), vec![1, 2, 4], "the hits too are the index's as it is now");
     assert_eq!(back["counts"]["reused"], json!(false));
 }
 
@@ -1004,14 +982,16 @@ async fn the_answer_cache_stays_within_its_size_in_bytes() {
     assert!(state.cache_usage().bytes <= budget);
 }
 
-/// The counts of `/api/search?<query>` as the engine computes them, from the same counts
-/// request tidemark sends (the engine's shard request cache is invalidated at each refresh,
-/// so this is the current state).
-async fn engine_counts(env: &Env, query: &str) -> Value {
+/// The answer to `/api/search?<query>` as the engine gives it, from the same counts request
+/// (and, with `hits`, hits request) tidemark sends, straight to the engine (whose shard
+/// request cache is invalidated at each refresh, so this is the current state).
+async fn engine_answer(env: &Env, query: &str, hits: bool) -> Value {
     let req = request(query);
-    let v = env.es_json(reqwest::Method::POST, &format!("/{}/_search", env.alias), Some(web::query::counts_body(&req))).await;
-    let raw = web::query::read(&req, &v, &json!({}));
-    counts_of(&serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap())
+    let search = format!("/{}/_search", env.alias);
+    let counts = env.es_json(reqwest::Method::POST, &search, Some(web::query::counts_body(&req))).await;
+    let hits = if hits { env.es_json(reqwest::Method::POST, &search, Some(web::query::hits_body(&req))).await } else { json!({}) };
+    let raw = web::query::read(&req, &counts, &hits);
+    serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1051,7 +1031,7 @@ async fn under_continuous_writes_counts_are_never_older_than_the_bound_the_page_
         let mut seen: Vec<(f64, f64, Value)> = Vec::new();
         while !stopped() {
             let sent = t0.elapsed().as_secs_f64();
-            let c = engine_counts(&env, query).await;
+            let c = counts_of(&engine_answer(&env, query, false).await);
             seen.push((sent, t0.elapsed().as_secs_f64(), c));
         }
         seen
@@ -1127,12 +1107,7 @@ async fn answers_through_reuse_and_single_flight_are_exactly_what_the_engine_ans
     ];
     for q in &requests {
         let via = api(&app, &format!("/api/search?{q}")).await;
-        let req = request(q);
-        let search = format!("/{}/_search", env.alias);
-        let counts = env.es_json(reqwest::Method::POST, &search, Some(web::query::counts_body(&req))).await;
-        let hits = env.es_json(reqwest::Method::POST, &search, Some(web::query::hits_body(&req))).await;
-        let raw = web::query::read(&req, &counts, &hits);
-        let direct = serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap();
+        let direct = engine_answer(&env, q, true).await;
         assert_eq!(counts_of(&via), counts_of(&direct), "{q}: counts");
         assert_eq!(via["hits"], direct["hits"], "{q}: hits");
         assert_eq!(via["next"], direct["next"], "{q}: next page");

@@ -427,6 +427,14 @@ impl Env {
         sqlx::query_scalar(q).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"))
     }
 
+    /// Every row of the query `q`, each as a `T` (a tuple of its columns).
+    pub async fn rows<T>(&self, q: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        sqlx::query_as(q).fetch_all(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"))
+    }
+
     /// Seeds `students` students with the seeds crate (a fixed seed).
     pub async fn seed(&self, students: u64) -> tidemark_seeds::SeedReport {
         tidemark_seeds::seed(&self.pool, &tidemark_seeds::SeedOptions { students, seed: 7 }).await.expect("seed")
