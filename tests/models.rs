@@ -620,10 +620,7 @@ async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_i
     assert_eq!(env.outstanding().await, 0);
     let parents: Vec<(String, String)> = env.rows("SELECT kind, key FROM tidemark.parents").await;
     assert_eq!(parents, vec![("author.city.country".to_string(), country1.clone())]);
-    let (crashed, lease) = (env.engine(), Duration::from_secs(60));
-    let mut parent = fanout::claim_parent(&env.pool, crashed.owner(), lease).await.unwrap().unwrap();
-    let step = fanout::expand_step(&env.pool, &crashed.services.model, crashed.owner(), lease, &mut parent, 50).await.unwrap();
-    assert_eq!(step, fanout::Step::Marked(50));
+    assert_eq!(env.expand_a_chunk_and_die(50).await, fanout::Step::Marked(50));
     let fiftieth: String = sqlx::query_scalar(
         "SELECT b.id::text FROM books b JOIN authors a ON a.id = b.author_id JOIN cities c ON c.id = a.city_id
           WHERE c.country_id = $1::uuid ORDER BY b.id OFFSET 49 LIMIT 1",

@@ -31,6 +31,7 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 use tidemark::{
     catalog::Build,
     config::{Config, Secret},
+    pipeline::fanout,
     search::Search,
     services::Services,
     sync::{DrainReport, Syncer},
@@ -302,6 +303,14 @@ impl Env {
 
     pub fn engine_with(&self, tweak: impl FnOnce(&mut Config)) -> Syncer {
         Syncer::new(self.services_with(tweak))
+    }
+
+    /// A worker of its own claims the next parent mark (a lease of a minute), expands one
+    /// chunk of `chunk` documents of it, then dies, its lease left to run out; the step it took.
+    pub async fn expand_a_chunk_and_die(&self, chunk: i64) -> fanout::Step {
+        let (crashed, lease) = (self.engine(), Duration::from_secs(60));
+        let mut parent = fanout::claim_parent(&self.pool, crashed.owner(), lease).await.expect("claim").expect("a parent mark");
+        fanout::expand_step(&self.pool, &crashed.services.model, crashed.owner(), lease, &mut parent, chunk).await.expect("a step")
     }
 
     /// Syncs everything outstanding, in process.
