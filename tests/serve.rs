@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use support::{
     free_port, small_directory,
     web::{
-        api, assert_not_shown, both_engines, encode, error_message, every_hit, get, ids, page, page_with, searchable, sorted_ids,
-        with_slow_searches, without_database, without_search_server,
+        answers_kept_for, api, assert_not_shown, both_engines, encode, error_message, every_hit, get, ids, page, page_with, searchable,
+        sorted_ids, with_slow_searches, without_database, without_search_server,
     },
     Env,
 };
@@ -917,11 +917,7 @@ async fn point_alias(env: &Env, to: &str) {
 async fn an_alias_move_is_never_answered_from_the_old_indexs_cache() {
     // Answers may be kept for a minute here (the indices refresh every minute), so only
     // the alias can tell a reused answer is from the wrong index.
-    let env = Env::with_config(|c| {
-        c.index.refresh_interval = "60s".parse().unwrap();
-        c.serve.cache_max_age = "60s".parse().unwrap();
-    })
-    .await;
+    let env = Env::with_config(|c| answers_kept_for(c, "60s")).await;
     let (a, b) = (format!("{}-hand-a", env.alias), format!("{}-hand-b", env.alias));
     hand_made_index(&env, &a, &[(1, "Ann", "Lee", 20, "FR", "MIT", &["CS101"]), (2, "Bob", "Ray", 21, "SO", "MIT", &["CS101"])]).await;
     hand_made_index(&env, &b, &[(3, "Cy", "Oz", 30, "SR", "KPI", &["MATH201"])]).await;
@@ -961,8 +957,7 @@ async fn the_answer_cache_stays_within_its_size_in_bytes() {
     let budget = 48 * 1024;
     let env = Env::with_config(|c| {
         c.serve.cache_bytes = budget as u64;
-        c.index.refresh_interval = "60s".parse().unwrap();
-        c.serve.cache_max_age = "60s".parse().unwrap();
+        answers_kept_for(c, "60s");
     })
     .await;
     let _ = directory(&env).await;
@@ -1118,11 +1113,7 @@ async fn answers_through_reuse_and_single_flight_are_exactly_what_the_engine_ans
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_still_asked_for_is_renewed_before_it_expires() {
     // Answers are kept up to 2 s here (the index refreshes every 2 s).
-    let env = Env::with_config(|c| {
-        c.index.refresh_interval = "2s".parse().unwrap();
-        c.serve.cache_max_age = "2s".parse().unwrap();
-    })
-    .await;
+    let env = Env::with_config(|c| answers_kept_for(c, "2s")).await;
     let app = directory(&env).await;
     let first = api(&app, "/api/search?year=FR").await;
     assert_eq!(first["counts"]["reused"], json!(false));

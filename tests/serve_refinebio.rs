@@ -12,8 +12,8 @@ use axum::Router;
 use serde_json::{json, Value};
 use support::{
     web::{
-        api, assert_not_shown, both_engines, error_message, every_hit, four_experiments, get, ids, page, page_with, searchable, sorted_ids,
-        with_slow_searches, without_database, without_search_server,
+        answers_kept_for, api, assert_not_shown, both_engines, error_message, every_hit, four_experiments, get, ids, page, page_with,
+        searchable, sorted_ids, with_slow_searches, without_database, without_search_server,
     },
     Env,
 };
@@ -316,11 +316,7 @@ async fn seeded_experiments_count_the_same_unique_samples_in_the_index_and_in_sq
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_searches_of_a_model_make_one_engine_request_and_answers_are_reused() {
     // Answers may be kept 5 s (the index refreshes every 5 s): a slow machine still reuses.
-    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |c| {
-        c.index.refresh_interval = "5s".parse().unwrap();
-        c.serve.cache_max_age = "5s".parse().unwrap();
-    })
-    .await;
+    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |c| answers_kept_for(c, "5s")).await;
     let _ = experiments(&env).await;
     let (proxy, app) = with_slow_searches(&env).await;
     let searches = || proxy.stats().slowed;

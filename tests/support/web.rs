@@ -8,7 +8,12 @@ use std::{sync::Arc, time::Duration};
 use axum::{body::Body, http::Request, Router};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use tidemark::{config::Secret, search::Search, services::Services, web};
+use tidemark::{
+    config::{Config, Secret},
+    search::Search,
+    services::Services,
+    web,
+};
 use tower::ServiceExt;
 
 use super::{
@@ -149,6 +154,13 @@ pub fn assert_not_shown(answers: &[&Answer], secrets: &[&str]) {
             assert!(!a.body.contains(secret), "{secret} shown: {}", a.body);
         }
     }
+}
+
+/// Config where the application may keep its answers up to `bound` (`60s`), the index
+/// refreshing as often.
+pub fn answers_kept_for(c: &mut Config, bound: &str) {
+    c.index.refresh_interval = bound.parse().unwrap();
+    c.serve.cache_max_age = bound.parse().unwrap();
 }
 
 /// The application reaching the search server through a fault proxy that holds every
