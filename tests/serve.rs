@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use support::{
     free_port, small_directory,
     web::{
-        answers_kept_for, api, assert_not_shown, both_engines, encode, error_message, every_hit, get, ids, page, page_with, searchable,
-        sorted_ids, with_slow_searches, without_database, without_search_server,
+        answers_kept_for, api, assert_not_shown, bars, both_engines, buckets, encode, error_message, every_hit, get, ids, page, page_with,
+        searchable, sorted_ids, with_slow_searches, without_database, without_search_server,
     },
     Env,
 };
@@ -49,12 +49,7 @@ async fn seeded_with(env: &Env, n: u64, seed: u64) -> Router {
 
 /// A facet's buckets as value → count.
 fn counts(v: &Value, facet: &str) -> BTreeMap<String, i64> {
-    v["facets"][facet]["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["key"].as_str().unwrap().to_string(), b["doc_count"].as_i64().unwrap()))
-        .collect()
+    buckets(v, facet).iter().map(|b| (b["key"].as_str().unwrap().to_string(), b["doc_count"].as_i64().unwrap())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,19 +145,16 @@ async fn facets_are_disjunctive_and_agree_with_counts_from_the_database() {
     let others: Vec<&String> = want_university.keys().filter(|k| *k != university).collect();
     assert!(others.len() > 3, "{want_university:?}");
     for other in others {
-        assert!(
-            v["facets"]["university"]["buckets"].as_array().unwrap().iter().any(|b| &b["key"] == other && b["selected"] == false),
-            "{other}"
-        );
+        assert!(buckets(&v, "university").iter().any(|b| &b["key"] == other && b["selected"] == false), "{other}");
     }
-    let mit = v["facets"]["university"]["buckets"].as_array().unwrap().iter().find(|b| b["key"] == "MIT").unwrap().clone();
+    let mit = buckets(&v, "university").iter().find(|b| b["key"] == "MIT").unwrap().clone();
     assert_eq!(mit["selected"], json!(true));
 
     // Top 5 courses: the rest is reported as sum_other_doc_count.
     let top5 = api(&app, &format!("/api/search?university={university}&year={year}&facet_size=5")).await;
     let mut sorted: Vec<i64> = want_course.values().copied().collect();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
-    assert_eq!(top5["facets"]["course"]["buckets"].as_array().unwrap().len(), 5);
+    assert_eq!(buckets(&top5, "course").len(), 5);
     assert_eq!(top5["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), sorted[5..].iter().sum::<i64>());
 
     // A facet-value search narrows a long facet to the values containing the text.
@@ -246,7 +238,7 @@ async fn what_is_left_out_never_counts_a_value_that_is_listed() {
     }
     // Nothing counted twice, nothing lost: listed + left out = every enrollment.
     let v = api(&app, "/api/search?course=CS101&size=1").await;
-    let listed: i64 = v["facets"]["course"]["buckets"].as_array().unwrap().iter().map(|b| b["doc_count"].as_i64().unwrap()).sum();
+    let listed: i64 = buckets(&v, "course").iter().map(|b| b["doc_count"].as_i64().unwrap()).sum();
     assert_eq!(listed + v["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), enrollments);
 }
 
@@ -337,26 +329,18 @@ async fn selected_values_stay_visible_at_zero_and_the_histogram_has_every_bucket
 
     // Ages 19, 20, 20, 21, 22, 30: buckets of 2 from 18 to 30, empty ones included.
     let h = api(&app, "/api/search").await;
-    let buckets: Vec<(i64, i64, i64)> = h["histograms"]["age"]["buckets"]
-        .as_array()
-        .unwrap()
+    let ages: Vec<(i64, i64, i64)> = bars(&h, "age")
         .iter()
         .map(|b| (b["from"].as_i64().unwrap(), b["to"].as_i64().unwrap(), b["doc_count"].as_i64().unwrap()))
         .collect();
-    assert_eq!(buckets, vec![(18, 20, 1), (20, 22, 3), (22, 24, 1), (24, 26, 0), (26, 28, 0), (28, 30, 0), (30, 32, 1)]);
+    assert_eq!(ages, vec![(18, 20, 1), (20, 22, 3), (22, 24, 1), (24, 26, 0), (26, 28, 0), (28, 30, 0), (30, 32, 1)]);
     assert_eq!(h["histograms"]["age"]["interval"], json!(2));
     // A bar is a range filter: hits narrow, the histogram still shows every age (it
     // ignores its own selection) and marks the chosen bar.
     let bar = api(&app, "/api/search?age_gte=20&age_lt=22").await;
     assert_eq!(bar["total"]["value"], json!(3));
-    assert_eq!(bar["histograms"]["age"]["buckets"].as_array().unwrap().len(), 7);
-    let selected: Vec<i64> = bar["histograms"]["age"]["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["selected"] == true)
-        .map(|b| b["from"].as_i64().unwrap())
-        .collect();
+    assert_eq!(bars(&bar, "age").len(), 7);
+    let selected: Vec<i64> = bars(&bar, "age").iter().filter(|b| b["selected"] == true).map(|b| b["from"].as_i64().unwrap()).collect();
     assert_eq!(selected, vec![20]);
     // Other facets respect the age selection.
     assert_eq!(counts(&bar, "university"), BTreeMap::from([("KPI".to_string(), 1), ("MIT".to_string(), 2)]));
@@ -409,20 +393,12 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
         let (index, sql) = both_engines(&app, q).await;
         assert_eq!(index["total"], sql["total"], "{q}");
         for facet in ["course", "university", "year"] {
-            let strip = |v: &Value| -> Vec<Value> {
-                v["facets"][facet]["buckets"].as_array().unwrap().iter().map(|b| json!([b["key"], b["doc_count"], b["selected"]])).collect()
-            };
+            let strip =
+                |v: &Value| -> Vec<Value> { buckets(v, facet).iter().map(|b| json!([b["key"], b["doc_count"], b["selected"]])).collect() };
             assert_eq!(strip(&index), strip(&sql), "{q}: {facet}");
             assert_eq!(index["facets"][facet]["sum_other_doc_count"], sql["facets"][facet]["sum_other_doc_count"], "{q}: {facet}");
         }
-        let hist = |v: &Value| -> Vec<Value> {
-            v["histograms"]["age"]["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| json!([b["from"], b["doc_count"], b["selected"]]))
-                .collect()
-        };
+        let hist = |v: &Value| -> Vec<Value> { bars(v, "age").iter().map(|b| json!([b["from"], b["doc_count"], b["selected"]])).collect() };
         assert_eq!(hist(&index), hist(&sql), "{q}: age");
         if q.contains("sort=") {
             assert_eq!(ids(&index), ids(&sql), "{q}: hits");
@@ -433,20 +409,13 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
             assert_eq!(index["distinct"]["approximate"], json!(true));
             let mut compared = 0;
             for facet in ["course", "university", "year"] {
-                for (a, b) in
-                    index["facets"][facet]["buckets"].as_array().unwrap().iter().zip(sql["facets"][facet]["buckets"].as_array().unwrap())
-                {
+                for (a, b) in buckets(&index, facet).iter().zip(buckets(&sql, facet)) {
                     let (a, b) = (a["distinct"].as_f64().unwrap(), b["distinct"].as_f64().unwrap());
                     assert!((a - b).abs() <= (err * b).max(1.0), "{q}: {facet} distinct {a} vs exact {b}");
                     compared += 1;
                 }
             }
-            for (a, b) in index["histograms"]["age"]["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(sql["histograms"]["age"]["buckets"].as_array().unwrap())
-            {
+            for (a, b) in bars(&index, "age").iter().zip(bars(&sql, "age")) {
                 let (a, b) = (a["distinct"].as_f64().unwrap(), b["distinct"].as_f64().unwrap());
                 assert!((a - b).abs() <= (err * b).max(1.0), "{q}: age distinct {a} vs exact {b}");
             }

@@ -12,8 +12,8 @@ use axum::Router;
 use serde_json::{json, Value};
 use support::{
     web::{
-        answers_kept_for, api, assert_not_shown, both_engines, error_message, every_hit, four_experiments, get, ids, page, page_with,
-        searchable, sorted_ids, with_slow_searches, without_database, without_search_server,
+        answers_kept_for, api, assert_not_shown, both_engines, buckets, error_message, every_hit, four_experiments, get, ids, page,
+        page_with, searchable, sorted_ids, with_slow_searches, without_database, without_search_server,
     },
     Env,
 };
@@ -46,9 +46,7 @@ const PLATFORM: &str = "SELECT es.experiment_id AS eid, p.name AS value FROM exp
 
 /// (doc_count, distinct) per bucket of a facet of an answer.
 fn facet_counts(v: &Value, facet: &str) -> BTreeMap<String, (i64, i64)> {
-    v["facets"][facet]["buckets"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no facet {facet}: {v}"))
+    buckets(v, facet)
         .iter()
         .map(|b| (b["key"].as_str().unwrap().to_string(), (b["doc_count"].as_i64().unwrap(), b["distinct"].as_i64().unwrap_or(-1))))
         .collect()
@@ -93,7 +91,7 @@ async fn picking_an_organism_filters_the_experiments_and_changes_the_other_count
     assert_eq!(sorted_ids(&mouse), [1, 2], "the experiments with a mouse sample");
     // Disjunctive: the organism facet is counted without its own selection.
     assert_eq!(facet_counts(&mouse, "organism"), facet_counts(&all, "organism"));
-    let selected = mouse["facets"]["organism"]["buckets"].as_array().unwrap().iter().find(|b| b["key"] == "Mus musculus").unwrap();
+    let selected = buckets(&mouse, "organism").iter().find(|b| b["key"] == "Mus musculus").unwrap();
     assert_eq!(selected["selected"], json!(true));
     // The other facets count only the mouse experiments.
     let mouse_filter = format!("id IN (SELECT eid FROM ({ORGANISM}) o WHERE value = 'Mus musculus')");

@@ -87,6 +87,16 @@ pub async fn every_hit(app: &Router, base: &str) -> Vec<Value> {
     panic!("{base}: more than 1000 pages");
 }
 
+/// The buckets of an answer's facet `facet`.
+pub fn buckets<'a>(v: &'a Value, facet: &str) -> &'a [Value] {
+    v["facets"][facet]["buckets"].as_array().unwrap_or_else(|| panic!("no facet {facet}: {v}"))
+}
+
+/// The bars (buckets) of an answer's histogram `name`.
+pub fn bars<'a>(v: &'a Value, name: &str) -> &'a [Value] {
+    v["histograms"][name]["buckets"].as_array().unwrap_or_else(|| panic!("no histogram {name}: {v}"))
+}
+
 /// The ids of an `/api/search` answer's hits, in their order.
 pub fn ids(v: &Value) -> Vec<i64> {
     v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect()
