@@ -15,25 +15,22 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    future::Future,
     time::Duration,
 };
 
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use support::Env;
+use support::{web, Env};
 use tidemark::{
+    config::Config,
     model::Model,
-    pipeline::{load, Op},
+    pipeline::{fanout, load, Op},
 };
 
 // ---------------------------------------------------------------------------------------
 // Shared helpers
-
-/// Every document behind the alias, by `_id` (any key type), as the index returns it.
-async fn index_sources(env: &Env) -> BTreeMap<String, Value> {
-    env.indexed_sources().await
-}
 
 /// What differs between the documents expected and those indexed (empty: nothing), each
 /// document compared as serialized JSON (so field order counts too).
@@ -74,8 +71,15 @@ async fn converge(env: &Env, expected: BTreeMap<String, Value>, stage: &str) {
     assert!(!report.stalled, "{stage}: the drain stalled: {report:?}");
     assert!(env.synced().await, "{stage}: work is left after the drain");
     assert_eq!(env.dead_letters().await, 0, "{stage}: dead letters");
-    let diff = differences(&expected, &index_sources(env).await);
+    let diff = differences(&expected, &env.indexed_sources().await);
     assert!(diff.is_empty(), "{stage}: the index differs from the database:\n{diff}");
+}
+
+/// Runs `write`, then [`converge`]s on the documents that `expected` builds from the tables
+/// as they are then (a future does nothing until awaited).
+async fn converge_after(env: &Env, write: &str, expected: impl Future<Output = BTreeMap<String, Value>>, stage: &str) {
+    env.sql(write).await;
+    converge(env, expected.await, stage).await;
 }
 
 /// A model file of this test (in the test's own directory) and its path as text.
@@ -281,8 +285,7 @@ async fn students_documents_are_byte_for_byte_what_the_pre_model_code_wrote() {
     assert_eq!(sources, ids.len());
 
     // Through the sync into the index: the engine stores and returns the sources as sent.
-    env.drain().await;
-    env.refresh().await;
+    env.drain_and_refresh().await;
     let http = reqwest::Client::new();
     for id in [900001_i64, 900002, 900003, 900004, 900005, 900006, 900007, 900008, 9007199254740993, 9223372036854775807] {
         let stored = http.get(format!("{}/{}/_source/{id}", env.es_url, env.alias)).send().await.unwrap().bytes().await.unwrap();
@@ -294,54 +297,17 @@ async fn students_documents_are_byte_for_byte_what_the_pre_model_code_wrote() {
 // ---------------------------------------------------------------------------------------
 // 2. The core sync scenario on the refinebio model.
 
-/// refinebio's document of every experiment, built here from the tables.
-async fn refinebio_expected(pool: &PgPool) -> BTreeMap<String, Value> {
-    let experiments: Vec<(i64, String, String, String, String, bool)> =
-        sqlx::query_as("SELECT id, accession_code, title, description, technology, is_public FROM experiments")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    let links: Vec<(i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT es.experiment_id, s.id, o.name, p.name FROM experiment_samples es JOIN samples s ON s.id = es.sample_id
-           LEFT JOIN organisms o ON o.id = s.organism_id LEFT JOIN platforms p ON p.id = s.platform_id",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    type Sets = (BTreeSet<i64>, BTreeSet<String>, BTreeSet<String>);
-    let mut per: HashMap<i64, Sets> = HashMap::new();
-    for (e, s, o, p) in links {
-        let sets = per.entry(e).or_default();
-        sets.0.insert(s);
-        sets.1.extend(o);
-        sets.2.extend(p);
-    }
-    experiments
-        .into_iter()
-        .map(|(id, accession, title, description, technology, public)| {
-            let (samples, organisms, platforms) = per.remove(&id).unwrap_or_default();
-            let doc = json!({
-                "accession_code": accession,
-                "title": title,
-                "description": description,
-                "technology": technology,
-                "is_public": public,
-                "sample_ids": samples,
-                "organism_names": organisms,
-                "platform_names": platforms,
-                "title_complete": {"input": [title, accession]},
-                "id": id,
-            });
-            (id.to_string(), doc)
-        })
-        .collect()
+/// refinebio's document of every experiment (built in tests/support from the tables), by
+/// `_id`.
+async fn refinebio_expected(env: &Env) -> BTreeMap<String, Value> {
+    env.expected_experiments().await.into_iter().map(|(id, doc)| (id.to_string(), doc)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refinebio_every_kind_of_write_reaches_the_index_exactly() {
     // Small fan-out chunks, so an organism's experiments are marked in several.
     let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |c| c.sync.fanout_chunk = 2).await;
-    let expected = || refinebio_expected(&env.pool);
+    let expected = || refinebio_expected(&env);
     env.sql(
         "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus'), (3, 'Danio rerio');
          INSERT INTO platforms (id, name) VALUES (1, 'Illumina HiSeq 2500'), (2, 'Affymetrix HG-U133');
@@ -355,7 +321,7 @@ async fn refinebio_every_kind_of_write_reaches_the_index_exactly() {
     )
     .await;
     converge(&env, expected().await, "first sync").await;
-    let d = index_sources(&env).await;
+    let d = env.indexed_sources().await;
     assert_eq!(
         d["1"],
         json!({"accession_code": "GSE1", "title": "Experiment 1", "description": "About 1", "technology": "MICROARRAY",
@@ -391,7 +357,7 @@ async fn refinebio_every_kind_of_write_reaches_the_index_exactly() {
     // sample of it; the writer writes one parent mark, not the experiments.
     env.sql("UPDATE organisms SET name = 'Homo sapiens sapiens' WHERE id = 1").await;
     assert_eq!(env.outstanding().await, 0, "a rename marks only the organism");
-    let parents: Vec<(String, String)> = sqlx::query_as("SELECT kind, key FROM tidemark.parents").fetch_all(&env.pool).await.unwrap();
+    let parents: Vec<(String, String)> = env.rows("SELECT kind, key FROM tidemark.parents").await;
     assert_eq!(parents, vec![("organism_names.organism".to_string(), "1".to_string())]);
     let with_human = env
         .scalar_i64("SELECT count(DISTINCT es.experiment_id) FROM experiment_samples es JOIN samples s ON s.id = es.sample_id WHERE s.organism_id = 1")
@@ -404,16 +370,14 @@ async fn refinebio_every_kind_of_write_reaches_the_index_exactly() {
     assert_eq!(env.count(json!({"term": {"organism_names": "Homo sapiens"}})).await, 0);
 
     // A platform renamed.
-    env.sql("UPDATE platforms SET name = 'Illumina NovaSeq' WHERE id = 1").await;
-    converge(&env, expected().await, "platform renamed").await;
+    converge_after(&env, "UPDATE platforms SET name = 'Illumina NovaSeq' WHERE id = 1", expected(), "platform renamed").await;
 
     // Samples move between organisms (and to none, and back), and between platforms.
     env.sql("UPDATE samples SET organism_id = 3 WHERE id = 2").await;
     env.sql("UPDATE samples SET organism_id = NULL WHERE id = 5").await;
     env.sql("UPDATE samples SET organism_id = 2, platform_id = 3 WHERE id IN (9, 10)").await;
     converge(&env, expected().await, "samples moved").await;
-    env.sql("UPDATE samples SET organism_id = 1 WHERE id = 5").await;
-    converge(&env, expected().await, "a sample moved back to an organism").await;
+    converge_after(&env, "UPDATE samples SET organism_id = 1 WHERE id = 5", expected(), "a sample moved back to an organism").await;
 
     // Join rows: added, removed, and repointed.
     env.sql("INSERT INTO experiment_samples VALUES (6, 2), (2, 9)").await;
@@ -426,19 +390,16 @@ async fn refinebio_every_kind_of_write_reaches_the_index_exactly() {
     // ON UPDATE): the old document goes, the new one comes.
     env.sql("INSERT INTO experiments (id, accession_code, title, technology) VALUES (9, 'GSE9', 'Ninth', 'MICROARRAY')").await;
     converge(&env, expected().await, "ninth").await;
-    env.sql("UPDATE experiments SET id = 90 WHERE id = 9").await;
-    converge(&env, expected().await, "a key changed").await;
+    converge_after(&env, "UPDATE experiments SET id = 90 WHERE id = 9", expected(), "a key changed").await;
 
     // Deletes: a sample (its join rows cascade), an organism and a platform (their samples'
     // references are set to NULL), an experiment.
-    env.sql("DELETE FROM samples WHERE id = 4").await;
-    converge(&env, expected().await, "a sample deleted").await;
-    env.sql("DELETE FROM organisms WHERE id = 2").await;
-    converge(&env, expected().await, "an organism deleted").await;
+    converge_after(&env, "DELETE FROM samples WHERE id = 4", expected(), "a sample deleted").await;
+    converge_after(&env, "DELETE FROM organisms WHERE id = 2", expected(), "an organism deleted").await;
     env.sql("DELETE FROM platforms WHERE id = 2").await;
     env.sql("DELETE FROM experiments WHERE id = 3").await;
     converge(&env, expected().await, "a platform and an experiment deleted").await;
-    assert!(!index_sources(&env).await.contains_key("3"));
+    assert!(!env.indexed_sources().await.contains_key("3"));
 
     // One statement renaming every organism, one moving every sample.
     env.sql("UPDATE organisms SET name = upper(name)").await;
@@ -447,16 +408,14 @@ async fn refinebio_every_kind_of_write_reaches_the_index_exactly() {
 
     // TRUNCATE: a rebuild from what is left.
     assert_eq!(env.alias_targets().await, vec![env.generation(1)]);
-    env.sql("TRUNCATE experiment_samples").await;
-    converge(&env, expected().await, "join table truncated").await;
+    converge_after(&env, "TRUNCATE experiment_samples", expected(), "join table truncated").await;
     assert_eq!(env.alias_targets().await, vec![env.generation(2)], "a TRUNCATE rebuilds the index");
-    assert!(index_sources(&env).await.values().all(|d| d["sample_ids"] == json!([])));
-    env.sql("INSERT INTO experiment_samples VALUES (1, 1), (2, 1), (7, 11)").await;
-    converge(&env, expected().await, "after the truncate").await;
+    assert!(env.indexed_sources().await.values().all(|d| d["sample_ids"] == json!([])));
+    converge_after(&env, "INSERT INTO experiment_samples VALUES (1, 1), (2, 1), (7, 11)", expected(), "after the truncate").await;
     env.sql("TRUNCATE organisms, platforms, samples, experiment_samples, experiments").await;
     env.sql("INSERT INTO experiments (id, accession_code, title, technology) VALUES (100, 'GSE100', 'After', 'RNA-SEQ')").await;
     converge(&env, expected().await, "everything truncated").await;
-    assert_eq!(index_sources(&env).await.len(), 1);
+    assert_eq!(env.indexed_sources().await.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -470,36 +429,24 @@ name = "library"
 table = "books"
 key = "id"
 key_type = "uuid"
-
-[[document.fields]]
-name = "title"
-type = "text"
-keyword = "raw"
-
-[[document.fields]]
-name = "year"
-column = "published_year"
-type = "integer"
+fields = [
+  { name = "title", type = "text", keyword = "raw" },
+  { name = "year", column = "published_year", type = "integer" },
+]
 
 [[document.relations]]
 name = "author"
 kind = "belongs_to"
 table = "authors"
 foreign_key = "author_id"
-
-[[document.relations.fields]]
-name = "name"
-type = "keyword"
+fields = [{ name = "name", type = "keyword" }]
 
 [[document.relations.relations]]
 name = "city"
 kind = "belongs_to"
 table = "cities"
 foreign_key = "city_id"
-
-[[document.relations.relations.fields]]
-name = "name"
-type = "keyword"
+fields = [{ name = "name", type = "keyword" }]
 
 [[document.relations.relations.relations]]
 name = "country"
@@ -507,14 +454,7 @@ kind = "belongs_to"
 table = "countries"
 key_type = "uuid"
 foreign_key = "country_id"
-
-[[document.relations.relations.relations.fields]]
-name = "name"
-type = "keyword"
-
-[[document.relations.relations.relations.fields]]
-name = "code"
-type = "keyword"
+fields = [{ name = "name", type = "keyword" }, { name = "code", type = "keyword" }]
 
 [[document.relations]]
 name = "author_name"
@@ -522,10 +462,7 @@ kind = "belongs_to"
 table = "authors"
 foreign_key = "author_id"
 value = "name"
-
-[[document.relations.fields]]
-name = "name"
-type = "keyword"
+fields = [{ name = "name", type = "keyword" }]
 
 [[document.relations]]
 name = "tags"
@@ -533,10 +470,7 @@ kind = "has_many"
 table = "book_tags"
 foreign_key = "book_id"
 value = "tag"
-
-[[document.relations.fields]]
-name = "tag"
-type = "keyword"
+fields = [{ name = "tag", type = "keyword" }]
 
 [document.completion]
 name = "suggest"
@@ -581,39 +515,23 @@ INSERT INTO book_tags (book_id, tag) SELECT md5('book' || g)::uuid, NULL FROM ge
 ";
 
 /// The library's document of every book, built here from the tables.
-async fn library_expected(pool: &PgPool) -> BTreeMap<String, Value> {
+async fn library_expected(env: &Env) -> BTreeMap<String, Value> {
     let countries: HashMap<String, (String, String)> =
-        sqlx::query_as::<_, (String, String, String)>("SELECT id::text, name, code FROM countries")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(id, name, code)| (id, (name, code)))
-            .collect();
-    let cities: HashMap<i64, (String, Option<String>)> =
-        sqlx::query_as::<_, (i64, String, Option<String>)>("SELECT id, name, country_id::text FROM cities")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(id, name, country)| (id, (name, country)))
-            .collect();
+        env.rows("SELECT id::text, name, code FROM countries").await.into_iter().map(|(id, name, code)| (id, (name, code))).collect();
+    let cities: HashMap<i64, (String, Option<String>)> = env
+        .rows("SELECT id, name, country_id::text FROM cities")
+        .await
+        .into_iter()
+        .map(|(id, name, country)| (id, (name, country)))
+        .collect();
     let authors: HashMap<i64, (String, Option<i64>)> =
-        sqlx::query_as::<_, (i64, String, Option<i64>)>("SELECT id, name, city_id FROM authors")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(id, name, city)| (id, (name, city)))
-            .collect();
+        env.rows("SELECT id, name, city_id FROM authors").await.into_iter().map(|(id, name, city)| (id, (name, city))).collect();
     let mut tags: HashMap<String, BTreeSet<String>> = HashMap::new();
-    for (book, tag) in
-        sqlx::query_as::<_, (String, Option<String>)>("SELECT book_id::text, tag FROM book_tags").fetch_all(pool).await.unwrap()
-    {
+    for (book, tag) in env.rows::<(String, Option<String>)>("SELECT book_id::text, tag FROM book_tags").await {
         tags.entry(book).or_default().extend(tag);
     }
     let books: Vec<(String, String, Option<i32>, Option<i64>)> =
-        sqlx::query_as("SELECT id::text, title, published_year, author_id FROM books").fetch_all(pool).await.unwrap();
+        env.rows("SELECT id::text, title, published_year, author_id FROM books").await;
     books
         .into_iter()
         .map(|(id, title, year, author)| {
@@ -646,6 +564,23 @@ async fn library_expected(pool: &PgPool) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// An environment of `model` (the library's or a variant, written to a file) on the library's
+/// tables, with or without their foreign keys.
+async fn library_env(model: &str, foreign_keys: bool, tweak: impl FnOnce(&mut Config)) -> (TempModel, Env) {
+    let model = TempModel::new(model);
+    let env = Env::with_model(&model.spec(), &library_schema(foreign_keys), tweak).await;
+    (model, env)
+}
+
+/// [`library_env`] with [`LIBRARY_DATA`], all of it indexed.
+async fn indexed_library(model: &str) -> (TempModel, Env) {
+    let (model, env) = library_env(model, true, |_| {}).await;
+    env.sql(LIBRARY_DATA).await;
+    let report = env.drain().await;
+    assert!(!report.stalled && env.synced().await && env.dead_letters().await == 0, "{report:?}");
+    (model, env)
+}
+
 /// The uuid of `md5(<what>)`, as the data above makes them.
 async fn md5_uuid(env: &Env, what: &str) -> String {
     sqlx::query_scalar("SELECT md5($1)::uuid::text").bind(what).fetch_one(&env.pool).await.unwrap()
@@ -653,24 +588,22 @@ async fn md5_uuid(env: &Env, what: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_in_step() {
-    let model = TempModel::new(LIBRARY_MODEL);
-    let env = Env::with_model(&model.spec(), &library_schema(true), |c| {
+    let (model, env) = library_env(LIBRARY_MODEL, true, |c| {
         c.sync.fanout_chunk = 50;
         c.reindex.chunk_size = 100;
     })
     .await;
-    let expected = || library_expected(&env.pool);
+    let expected = || library_expected(&env);
     // The model suits these tables: `model check` finds nothing to say.
     let check = env.run(&["model", "check", "--model", &model.spec()]);
     assert!(check.ok(), "{check:?}");
     assert!(check.stdout.contains("model library") && check.stdout.contains("ok: every table"), "{check:?}");
 
     // The first sync builds the index in uuid ranges of 100 books.
-    env.sql(LIBRARY_DATA).await;
-    converge(&env, expected().await, "first sync").await;
+    converge_after(&env, LIBRARY_DATA, expected(), "first sync").await;
     let chunks = env.scalar_i64("SELECT count(*) FROM tidemark.reindex_chunks").await;
     assert!(chunks >= 6, "600 books in chunks of 100: {chunks} chunks");
-    let docs = index_sources(&env).await;
+    let docs = env.indexed_sources().await;
     let book7 = md5_uuid(&env, "book7").await;
     assert_eq!(
         docs[&book7],
@@ -685,21 +618,9 @@ async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_i
     let country1 = md5_uuid(&env, "country1").await;
     env.sql(&format!("UPDATE countries SET name = 'Renamed Land' WHERE id = '{country1}'")).await;
     assert_eq!(env.outstanding().await, 0);
-    let parents: Vec<(String, String)> = sqlx::query_as("SELECT kind, key FROM tidemark.parents").fetch_all(&env.pool).await.unwrap();
+    let parents: Vec<(String, String)> = env.rows("SELECT kind, key FROM tidemark.parents").await;
     assert_eq!(parents, vec![("author.city.country".to_string(), country1.clone())]);
-    let crashed = env.engine();
-    let mut parent = tidemark::pipeline::fanout::claim_parent(&env.pool, crashed.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
-    let step = tidemark::pipeline::fanout::expand_step(
-        &env.pool,
-        &crashed.services.model,
-        crashed.owner(),
-        Duration::from_secs(60),
-        &mut parent,
-        50,
-    )
-    .await
-    .unwrap();
-    assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(50));
+    assert_eq!(env.expand_a_chunk_and_die(50).await, fanout::Step::Marked(50));
     let fiftieth: String = sqlx::query_scalar(
         "SELECT b.id::text FROM books b JOIN authors a ON a.id = b.author_id JOIN cities c ON c.id = a.city_id
           WHERE c.country_id = $1::uuid ORDER BY b.id OFFSET 49 LIMIT 1",
@@ -749,7 +670,7 @@ async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_i
     ))
     .await;
     converge(&env, expected().await, "tags").await;
-    assert_eq!(index_sources(&env).await[&b10]["tags"], json!(["new", "tag1", "Ünïcode"]));
+    assert_eq!(env.indexed_sources().await[&b10]["tags"], json!(["new", "tag1", "Ünïcode"]));
 
     // Inserts on every level in one transaction; a book without tags or author.
     env.sql(
@@ -775,7 +696,7 @@ async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_i
     // A book's key changes: its tags follow (ON UPDATE CASCADE), the old document goes.
     env.sql(&format!("UPDATE books SET id = md5('rekeyed')::uuid WHERE id = '{b12}'")).await;
     converge(&env, expected().await, "a book's key changed").await;
-    assert!(!index_sources(&env).await.contains_key(&b12));
+    assert!(!env.indexed_sources().await.contains_key(&b12));
 
     // Deletes on every level: books (their tags cascade), an author, a city, a country (the
     // rows below them lose the reference).
@@ -787,10 +708,9 @@ async fn a_model_of_the_tests_own_uuid_keys_three_levels_and_scalar_tags_stays_i
     converge(&env, expected().await, "a city and a country deleted").await;
 
     // TRUNCATE of the tags: rebuilt (in uuid ranges) from what is left.
-    env.sql("TRUNCATE book_tags").await;
-    converge(&env, expected().await, "tags truncated").await;
+    converge_after(&env, "TRUNCATE book_tags", expected(), "tags truncated").await;
     assert_eq!(env.alias_targets().await, vec![env.generation(2)]);
-    assert!(index_sources(&env).await.values().all(|d| d["tags"] == json!([])));
+    assert!(env.indexed_sources().await.values().all(|d| d["tags"] == json!([])));
 }
 
 /// The library's model with a search view: its uuid key again as the keyword `id` (the
@@ -833,41 +753,18 @@ label = "{{title}}"
     )
 }
 
-/// (status, body) of a GET to the search application.
-async fn get(app: &axum::Router, uri: &str) -> (u16, String) {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    let resp = app.clone().oneshot(axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-async fn get_json(app: &axum::Router, uri: &str) -> Value {
-    let (status, body) = get(app, uri).await;
-    assert_eq!(status, 200, "{uri}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body}"))
+/// The target of the page's link `id` (`next-page`, `previous-page`), unescaped.
+fn link(html: &str, id: &str) -> Option<String> {
+    let href = html.split(&format!("id=\"{id}\" href=\"")).nth(1)?.split('"').next()?;
+    Some(href.replace("&#38;", "&").replace("&amp;", "&"))
 }
 
 /// The ids of every hit of `query`, page after page of 100 following `next`, asserting that
 /// each page's ids are uuids.
 async fn walk(app: &axum::Router, query: &str) -> Vec<String> {
-    let mut seen: Vec<String> = Vec::new();
-    let mut uri = format!("/api/search?size=100&{query}");
-    loop {
-        let v = get_json(app, &uri).await;
-        for h in v["hits"].as_array().unwrap() {
-            seen.push(h["id"].as_str().unwrap_or_else(|| panic!("{uri}: a hit's id is not a uuid string: {h}")).to_string());
-        }
-        assert!(seen.len() <= 700, "{query}: the cursors go round in circles");
-        match v["next"].as_str() {
-            Some(n) => {
-                uri =
-                    format!("/api/search?size=100&{query}&after={}", url::form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>())
-            }
-            None => return seen,
-        }
-    }
+    let hits = web::every_hit(app, &format!("/api/search?size=100&{query}")).await;
+    assert!(hits.len() <= 700, "{query}: the cursors go round in circles");
+    hits.iter().map(|h| h["id"].as_str().unwrap_or_else(|| panic!("{query}: a hit's id is not a uuid string: {h}")).to_string()).collect()
 }
 
 /// A model whose root key is a uuid is served as fully as an integer one: hits with uuid ids
@@ -876,13 +773,9 @@ async fn walk(app: &axum::Router, query: &str) -> Vec<String> {
 /// page, and suggestions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uuid_keyed_model_is_searched_paged_and_opened_like_an_integer_one() {
-    let model = TempModel::new(&library_search_model());
-    let env = Env::with_model(&model.spec(), &library_schema(true), |_| {}).await;
-    env.sql(LIBRARY_DATA).await;
-    let report = env.drain().await;
-    assert!(!report.stalled && env.synced().await && env.dead_letters().await == 0, "{report:?}");
+    let (_model, env) = indexed_library(&library_search_model()).await;
     let book7 = md5_uuid(&env, "book7").await;
-    assert_eq!(index_sources(&env).await[&book7]["id"], json!(book7), "the key again, as a keyword");
+    assert_eq!(env.indexed_sources().await[&book7]["id"], json!(book7), "the key again, as a keyword");
     let app = tidemark::web::router(env.services());
 
     // Each order, as PostgreSQL gives it with the key as the last sort key.
@@ -919,7 +812,7 @@ async fn a_uuid_keyed_model_is_searched_paged_and_opened_like_an_integer_one() {
     // Page numbers.
     let by_year = rows(order("b.published_year DESC NULLS LAST, ", "true")).await;
     for engine in ["index", "sql"] {
-        let v = get_json(&app, &format!("/api/search?sort=-year&size=100&page=3&engine={engine}")).await;
+        let v = web::api(&app, &format!("/api/search?sort=-year&size=100&page=3&engine={engine}")).await;
         let ids: Vec<&str> = v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
         assert_eq!(ids, by_year[200..300], "{engine}: page 3");
         assert_eq!(v["total"], json!({"value": 600, "relation": "eq"}), "{engine}");
@@ -932,40 +825,32 @@ async fn a_uuid_keyed_model_is_searched_paged_and_opened_like_an_integer_one() {
         ("/api/search?sort=year&after=[1900,%22nope%22]", "uuid"),
         ("/api/search?sort=year&after=[1900]", "takes 2 values"),
     ] {
-        let (status, body) = get(&app, uri).await;
-        assert_eq!(status, 400, "{uri}: {body}");
-        assert!(body.contains(says), "{uri}: {body}");
+        let a = web::get(&app, uri).await;
+        assert!(a.status == 400 && a.body.contains(says), "{uri}: {} {}", a.status, a.body);
     }
 
     // The page lists hits linking to each book's page, and its next page follows on.
-    let html = {
-        let (status, body) = get(&app, "/?sort=year").await;
-        assert_eq!(status, 200, "{body}");
-        body
-    };
+    let html = web::page(&app, "/?sort=year").await;
     let by_year = rows(order("b.published_year ASC NULLS LAST, ", "true")).await;
     for id in &by_year[..20] {
         assert!(html.contains(&format!("href=\"/books/{id}\"")), "{id}: {html}");
     }
-    let next = html.split("id=\"next-page\" href=\"").nth(1).and_then(|s| s.split('"').next()).expect("a next page link");
-    let (status, second) = get(&app, &next.replace("&#38;", "&").replace("&amp;", "&")).await;
-    assert_eq!(status, 200, "{next}: {second}");
+    let next = link(&html, "next-page").expect("a next page link");
+    let second = web::page(&app, &next).await;
     assert!(
         second.contains(&format!("href=\"/books/{}\"", by_year[20])) && !second.contains(&format!("/books/{}\"", by_year[19])),
         "{next}: {second}"
     );
-    let (status, detail) = get(&app, &format!("/books/{book7}")).await;
-    assert_eq!(status, 200, "{detail}");
+    let detail = web::page(&app, &format!("/books/{book7}")).await;
     assert!(detail.contains("Book 7") && detail.contains("Author 1"), "{detail}");
-    let v = get_json(&app, &format!("/api/books/{book7}")).await;
+    let v = web::api(&app, &format!("/api/books/{book7}")).await;
     assert_eq!((v["id"].as_str(), v["title"].as_str()), (Some(book7.as_str()), Some("Book 7")));
 
     // Suggestions name the book's page (every other title starts with "Book", which is all
     // that the completion field's analyzer keeps of "Book 7").
     env.sql(&format!("UPDATE books SET title = 'Zebra tales' WHERE id = '{book7}'")).await;
-    env.drain().await;
-    env.refresh().await;
-    let s = get_json(&app, "/api/suggest?q=zeb").await;
+    env.drain_and_refresh().await;
+    let s = web::api(&app, "/api/suggest?q=zeb").await;
     assert_eq!(s, json!([{"id": book7, "name": "Zebra tales", "href": format!("/books/{book7}")}]));
 }
 
@@ -984,7 +869,7 @@ async fn walk_pages(app: &axum::Router, query: &str) -> Vec<(String, String)> {
     let mut page = 1;
     loop {
         let uri = format!("/api/search?size=100&page={page}&{query}");
-        let v = get_json(app, &uri).await;
+        let v = web::api(app, &uri).await;
         assert!(v.get("next").is_none(), "{uri}: a `next` cursor, which cannot tell tied hits apart: {}", v["next"]);
         for h in v["hits"].as_array().unwrap() {
             let id = h["id"].as_str().unwrap_or_else(|| panic!("{uri}: a hit's id is not a uuid string: {h}"));
@@ -1001,14 +886,6 @@ async fn walk_pages(app: &axum::Router, query: &str) -> Vec<(String, String)> {
     }
 }
 
-/// The message of a 400 from /api/search.
-async fn refusal(app: &axum::Router, uri: &str) -> String {
-    let (status, body) = get(app, uri).await;
-    assert_eq!(status, 400, "{uri}: {body}");
-    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body}"));
-    v["error"]["message"].as_str().unwrap_or_else(|| panic!("{uri}: no message: {body}")).to_string()
-}
-
 /// A model that repeats its key in no document field (no `number`, no `key_field`) has
 /// nothing to break ties between hits of equal sort values, so no cursor can name a place
 /// among them: it pages by number only. Served with and without a `[search]` section, on
@@ -1019,22 +896,16 @@ async fn refusal(app: &axum::Router, uri: &str) -> String {
 /// document's first text field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_without_a_key_field_pages_by_number_and_refuses_cursors() {
-    let model = TempModel::new(LIBRARY_MODEL);
-    let env = Env::with_model(&model.spec(), &library_schema(true), |_| {}).await;
-    env.sql(LIBRARY_DATA).await;
-    let report = env.drain().await;
-    assert!(!report.stalled && env.synced().await && env.dead_letters().await == 0, "{report:?}");
+    let (model, env) = indexed_library(LIBRARY_MODEL).await;
     // Page numbers (`from`) page the index as one search sees it: the drain's last writes
     // become visible now, not between two pages.
     env.refresh().await;
-    let books: BTreeMap<String, (String, Option<i32>)> =
-        sqlx::query_as::<_, (String, String, Option<i32>)>("SELECT id::text, title, published_year FROM books")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(id, title, year)| (id, (title, year)))
-            .collect();
+    let books: BTreeMap<String, (String, Option<i32>)> = env
+        .rows("SELECT id::text, title, published_year FROM books")
+        .await
+        .into_iter()
+        .map(|(id, title, year)| (id, (title, year)))
+        .collect();
     assert_eq!(books.len(), 600);
     let plain = tidemark::web::router(env.services());
     let with_view = TempModel::new(&library_keyless_search_model());
@@ -1068,7 +939,7 @@ async fn a_model_without_a_key_field_pages_by_number_and_refuses_cursors() {
             }
         }
     }
-    let v = get_json(&plain, "/api/search?size=100&page=6").await;
+    let v = web::api(&plain, "/api/search?size=100&page=6").await;
     assert_eq!((v["hits"].as_array().unwrap().len(), v.get("next_page")), (100, None), "the last page names none after it");
     assert_eq!(v["total"], json!({"value": 600, "relation": "eq"}));
 
@@ -1081,51 +952,41 @@ async fn a_model_without_a_key_field_pages_by_number_and_refuses_cursors() {
         (&searched, format!("/api/search?sort=year&after=%5B1907%2C%22{book7}%22%5D")),
         (&searched, "/api/search?after=garbage".to_string()),
     ] {
-        let message = refusal(app, &uri).await;
+        let message = web::error_message(app, &uri, 400).await;
         assert!(message.contains("`after`") && message.contains("page=") && message.contains("key_field = \"id\""), "{uri}: {message}");
     }
-    let message = refusal(&plain, "/api/search?size=100&page=101").await;
+    let message = web::error_message(&plain, "/api/search?size=100&page=101", 400).await;
     assert!(message.contains("10000") && message.contains("key_field = \"id\"") && !message.contains("`next`"), "{message}");
-    let (status, html) = get(&searched, &format!("/?after=%5B1.0%2C%22{book7}%22%5D")).await;
-    assert_eq!(status, 400, "{html}");
+    let page = web::get(&searched, &format!("/?after=%5B1.0%2C%22{book7}%22%5D")).await;
+    let html = &page.body;
+    assert_eq!(page.status, 400, "{html}");
     assert!(html.contains("key_field = &#34;id&#34;") || html.contains("key_field = &quot;id&quot;"), "{html}");
 
     // The page: books titled and linked, numbered pages (no cursor), each following on.
     let first = walk_pages(&plain, "").await;
-    let (status, html) = get(&plain, "/").await;
-    assert_eq!(status, 200, "{html}");
+    let html = web::page(&plain, "/").await;
     for (id, title) in &first[..20] {
         assert!(html.contains(&format!("<a href=\"/documents/{id}\">{title}</a>")), "{id} {title}: {html}");
     }
     assert!(!html.contains("after="), "{html}");
-    let link = |html: &str, id: &str| {
-        html.split(&format!("id=\"{id}\" href=\""))
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .map(|h| h.replace("&#38;", "&").replace("&amp;", "&"))
-    };
     let next = link(&html, "next-page").expect("a next page link");
     assert_eq!(next, "/?page=2");
-    let (status, second) = get(&plain, &next).await;
-    assert_eq!(status, 200, "{second}");
+    let second = web::page(&plain, &next).await;
     assert!(
         second.contains(&format!("/documents/{}\"", first[20].0)) && !second.contains(&format!("/documents/{}\"", first[19].0)),
         "{second}"
     );
     assert_eq!(link(&second, "previous-page").as_deref(), Some("/"), "{second}");
     assert_eq!(link(&second, "next-page").as_deref(), Some("/?page=3"), "{second}");
-    let (status, last) = get(&plain, "/?size=100&page=6").await;
-    assert_eq!(status, 200, "{last}");
+    let last = web::page(&plain, "/?size=100&page=6").await;
     assert!(link(&last, "next-page").is_none(), "{last}");
-    let (status, sorted) = get(&searched, "/?sort=year&engine=sql").await;
-    assert_eq!(status, 200, "{sorted}");
+    let sorted = web::page(&searched, "/?sort=year&engine=sql").await;
     assert_eq!(link(&sorted, "next-page").as_deref(), Some("/?sort=year&engine=sql&page=2"), "{sorted}");
 
     // The document's own page and JSON are titled the same way.
-    let (status, detail) = get(&plain, &format!("/documents/{book7}")).await;
-    assert_eq!(status, 200, "{detail}");
+    let detail = web::page(&plain, &format!("/documents/{book7}")).await;
     assert!(detail.contains("<h1 id=\"document-title\">Book 7</h1>"), "{detail}");
-    let v = get_json(&plain, &format!("/api/documents/{book7}")).await;
+    let v = web::api(&plain, &format!("/api/documents/{book7}")).await;
     assert_eq!(v["title"], json!("Book 7"));
 
     // `model check` and `serve` say what the model lacks, and what to add.
@@ -1155,9 +1016,8 @@ async fn a_model_without_a_key_field_pages_by_number_and_refuses_cursors() {
 /// inserting a row that existing references already name must too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn related_rows_without_a_foreign_key_reach_their_documents_when_deleted_or_inserted() {
-    let model = TempModel::new(LIBRARY_MODEL);
-    let env = Env::with_model(&model.spec(), &library_schema(false), |_| {}).await;
-    let expected = || library_expected(&env.pool);
+    let (_model, env) = library_env(LIBRARY_MODEL, false, |_| {}).await;
+    let expected = || library_expected(&env);
     env.sql(
         "INSERT INTO countries (id, name, code) VALUES (md5('country1')::uuid, 'One', 'C1');
          INSERT INTO cities (id, name, country_id) VALUES (1, 'City 1', md5('country1')::uuid), (2, 'City 2', md5('country1')::uuid);
@@ -1170,10 +1030,8 @@ async fn related_rows_without_a_foreign_key_reach_their_documents_when_deleted_o
     env.sql("INSERT INTO cities (id, name, country_id) VALUES (99, 'City 99', md5('country1')::uuid)").await;
     converge(&env, expected().await, "a city the authors already named inserted").await;
     // Deleted: the country (every book's), then a city; nothing sets their references NULL.
-    env.sql("DELETE FROM countries").await;
-    converge(&env, expected().await, "a country without a foreign key deleted").await;
-    env.sql("DELETE FROM cities WHERE id = 1").await;
-    converge(&env, expected().await, "a city without a foreign key deleted").await;
+    converge_after(&env, "DELETE FROM countries", expected(), "a country without a foreign key deleted").await;
+    converge_after(&env, "DELETE FROM cities WHERE id = 1", expected(), "a city without a foreign key deleted").await;
 }
 
 /// The same through a join table: refinebio's tables without their foreign keys. A sample
@@ -1192,7 +1050,7 @@ async fn refinebio_without_foreign_keys_a_deleted_sample_or_organism_leaves_its_
         schema = schema.replace(fk, "");
     }
     let env = Env::with_model("refinebio", &schema, |_| {}).await;
-    let expected = || refinebio_expected(&env.pool);
+    let expected = || refinebio_expected(&env);
     env.sql(
         "INSERT INTO organisms (id, name) VALUES (1, 'Homo sapiens'), (2, 'Mus musculus');
          INSERT INTO platforms (id, name) VALUES (1, 'Illumina');
@@ -1202,10 +1060,8 @@ async fn refinebio_without_foreign_keys_a_deleted_sample_or_organism_leaves_its_
     )
     .await;
     converge(&env, expected().await, "first sync").await;
-    env.sql("DELETE FROM samples WHERE id = 2").await;
-    converge(&env, expected().await, "a sample without a foreign key deleted").await;
-    env.sql("DELETE FROM organisms WHERE id = 1").await;
-    converge(&env, expected().await, "an organism without a foreign key deleted").await;
+    converge_after(&env, "DELETE FROM samples WHERE id = 2", expected(), "a sample without a foreign key deleted").await;
+    converge_after(&env, "DELETE FROM organisms WHERE id = 1", expected(), "an organism without a foreign key deleted").await;
 }
 
 /// One table in three places of its own model: the root (people), a belongs_to of it (each
@@ -1219,19 +1075,14 @@ table = "people"
 key = "id"
 number = "id"
 
-[[document.fields]]
-name = "name"
-type = "keyword"
+fields = [{ name = "name", type = "keyword" }]
 
 [[document.relations]]
 name = "manager"
 kind = "belongs_to"
 table = "people"
 foreign_key = "manager_id"
-
-[[document.relations.fields]]
-name = "name"
-type = "keyword"
+fields = [{ name = "name", type = "keyword" }]
 
 [[document.relations]]
 name = "reports"
@@ -1239,14 +1090,11 @@ kind = "has_many"
 table = "people"
 foreign_key = "manager_id"
 value = "name"
-
-[[document.relations.fields]]
-name = "name"
-type = "keyword"
+fields = [{ name = "name", type = "keyword" }]
 "#;
 
-async fn people_expected(pool: &PgPool) -> BTreeMap<String, Value> {
-    let people: Vec<(i64, String, Option<i64>)> = sqlx::query_as("SELECT id, name, manager_id FROM people").fetch_all(pool).await.unwrap();
+async fn people_expected(env: &Env) -> BTreeMap<String, Value> {
+    let people: Vec<(i64, String, Option<i64>)> = env.rows("SELECT id, name, manager_id FROM people").await;
     let names: HashMap<i64, String> = people.iter().map(|(id, name, _)| (*id, name.clone())).collect();
     let mut reports: HashMap<i64, BTreeSet<String>> = HashMap::new();
     for (_, name, manager) in &people {
@@ -1274,7 +1122,7 @@ async fn a_table_that_is_its_own_parent_and_child_stays_in_step() {
                                       manager_id bigint REFERENCES people (id) ON DELETE SET NULL);
                   CREATE INDEX people_manager_id ON people (manager_id, id);";
     let env = Env::with_model(&model.spec(), schema, |c| c.sync.fanout_chunk = 3).await;
-    let expected = || people_expected(&env.pool);
+    let expected = || people_expected(&env);
     env.sql(
         "INSERT INTO people (id, name, manager_id) VALUES (1, 'Chief', NULL);
          INSERT INTO people (id, name, manager_id) SELECT g, 'Manager ' || g, 1 FROM generate_series(2, 4) g;
@@ -1283,13 +1131,12 @@ async fn a_table_that_is_its_own_parent_and_child_stays_in_step() {
     .await;
     converge(&env, expected().await, "first sync").await;
     assert_eq!(
-        index_sources(&env).await["2"],
+        env.indexed_sources().await["2"],
         json!({"name": "Manager 2", "manager": {"name": "Chief"}, "reports": ["Staff 12", "Staff 15", "Staff 6", "Staff 9"], "id": 2})
     );
     // A manager renamed: their own document, their reports' (`manager.name`) and their
     // manager's (`reports`).
-    env.sql("UPDATE people SET name = 'Boss Two' WHERE id = 2").await;
-    converge(&env, expected().await, "a manager renamed").await;
+    converge_after(&env, "UPDATE people SET name = 'Boss Two' WHERE id = 2", expected(), "a manager renamed").await;
     assert_eq!(env.count(json!({"term": {"manager.name": "Boss Two"}})).await, 4);
     // Moves: a person to another manager, a manager under another manager, to no manager.
     env.sql("UPDATE people SET manager_id = 3 WHERE id = 6").await;
@@ -1297,27 +1144,72 @@ async fn a_table_that_is_its_own_parent_and_child_stays_in_step() {
     env.sql("UPDATE people SET manager_id = NULL WHERE id = 7").await;
     converge(&env, expected().await, "moves").await;
     // Inserts and a key change (a person without reports).
-    env.sql("INSERT INTO people (id, name, manager_id) VALUES (17, 'New', 4), (18, 'Newer', 17)").await;
-    converge(&env, expected().await, "inserts").await;
-    env.sql("UPDATE people SET id = 180 WHERE id = 18").await;
-    converge(&env, expected().await, "a key changed").await;
+    converge_after(&env, "INSERT INTO people (id, name, manager_id) VALUES (17, 'New', 4), (18, 'Newer', 17)", expected(), "inserts").await;
+    converge_after(&env, "UPDATE people SET id = 180 WHERE id = 18", expected(), "a key changed").await;
     // Deletes: a manager (their reports lose them), a leaf.
-    env.sql("DELETE FROM people WHERE id = 2").await;
-    converge(&env, expected().await, "a manager deleted").await;
-    env.sql("DELETE FROM people WHERE id = 180").await;
-    converge(&env, expected().await, "a leaf deleted").await;
+    converge_after(&env, "DELETE FROM people WHERE id = 2", expected(), "a manager deleted").await;
+    converge_after(&env, "DELETE FROM people WHERE id = 180", expected(), "a leaf deleted").await;
     // Everyone renamed in one statement.
-    env.sql("UPDATE people SET name = name || '!'").await;
-    converge(&env, expected().await, "everyone renamed").await;
+    converge_after(&env, "UPDATE people SET name = name || '!'", expected(), "everyone renamed").await;
 }
 
 // ---------------------------------------------------------------------------------------
 // 4. `tidemark model check` against a live database.
 
-/// A students model with `patch` applied to its text.
-fn students_with(patch: impl Fn(String) -> String) -> String {
-    patch(tidemark::model::STUDENTS.to_string())
+/// Edits of a model file's text: `(from, to)`, each replacing every `from`.
+type Edits<'a> = &'a [(&'a str, &'a str)];
+
+/// The shipped students model with each `(from, to)` edit applied to its text, in order
+/// (each must match: an edit that changed nothing would check the shipped model instead).
+fn students_with(edits: Edits) -> String {
+    edits.iter().fold(tidemark::model::STUDENTS.to_string(), |model, (from, to)| {
+        assert!(model.contains(from), "the students model has no `{from}`");
+        model.replace(from, to)
+    })
 }
+
+/// `model check`'s answer `out` has errors (exit 3), and says each of `errors`.
+fn assert_check_errors(out: &support::Ran, errors: &[&str]) {
+    assert_eq!(out.code, Some(3), "errors exit 3: {out:?}");
+    for expected in errors {
+        assert!(out.stdout.contains(expected), "missing `{expected}` in:\n{}", out.stdout);
+    }
+}
+
+/// Items on shelves, the model tests' own tables: an item's label and its shelf's name.
+const ITEMS_MODEL: &str = r#"
+name = "items"
+[document]
+table = "items"
+key = "id"
+fields = [{ name = "label", type = "keyword" }]
+[[document.relations]]
+name = "shelf"
+kind = "belongs_to"
+table = "shelves"
+foreign_key = "shelf_id"
+fields = [{ name = "name", type = "keyword" }]
+"#;
+
+/// More relations of [`ITEMS_MODEL`]: an item's notes (has_many) and labels (many_to_many).
+const ITEM_NOTES_AND_LABELS: &str = r#"
+[[document.relations]]
+name = "notes"
+kind = "has_many"
+table = "item_notes"
+foreign_key = "item_id"
+value = "note"
+fields = [{ name = "note", type = "text" }]
+[[document.relations]]
+name = "labels"
+kind = "many_to_many"
+table = "labels"
+through = "item_labels"
+this_key = "item_id"
+other_key = "label_id"
+value = "name"
+fields = [{ name = "name", type = "keyword" }]
+"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_check_says_what_is_missing_or_wrong_and_what_to_run() {
@@ -1331,109 +1223,81 @@ async fn model_check_says_what_is_missing_or_wrong_and_what_to_run() {
     assert!(!ok.stdout.contains("note: "), "the students model repeats its key (`number`): {ok:?}");
 
     // Another model's tables are missing: the root table, with how to create them.
-    let out = check("refinebio");
-    assert_eq!(out.code, Some(3), "errors exit 3: {out:?}");
-    assert!(
-        out.stdout.contains("error: the document: table experiments does not exist; create your tables first")
-            && out.stdout.contains("tidemark seed --model"),
-        "{out:?}"
+    assert_check_errors(
+        &check("refinebio"),
+        &["error: the document: table experiments does not exist; create your tables first", "tidemark seed --model"],
     );
 
-    // Columns and tables missing under the root: each named, where it is used.
-    let broken = model_file(
-        &env,
-        "broken.toml",
-        &students_with(|m| {
-            m.replace("name = \"age\"\ntype = \"integer\"", "name = \"age\"\ncolumn = \"age_years\"\ntype = \"integer\"")
-                .replace("foreign_key = \"university_id\"", "foreign_key = \"college_id\"")
-                .replace("through = \"student_courses\"", "through = \"enrollments\"")
-        }),
-    );
-    let out = check(&broken);
-    assert_eq!(out.code, Some(3), "{out:?}");
-    for expected in [
-        "error: the document, field age: table students has no column age_years; fix the model (or the table)",
-        "error: relation university's foreign_key: table students has no column college_id; fix the model (or the table)",
-        "error: relation course_names: join table enrollments does not exist; create it first",
-    ] {
-        assert!(out.stdout.contains(expected), "missing `{expected}` in:\n{}", out.stdout);
-    }
-    let broken = model_file(
-        &env,
-        "broken2.toml",
-        &students_with(|m| {
-            m.replace("this_key = \"student_id\"", "this_key = \"pupil_id\"").replace(
-                "[[document.relations.fields]]\nname = \"name\"\ntype = \"keyword\"\n\n# The courses",
-                "[[document.relations.fields]]\nname = \"name\"\ncolumn = \"title\"\ntype = \"keyword\"\n\n# The courses",
-            )
-        }),
-    );
-    let out = check(&broken);
-    assert_eq!(out.code, Some(3), "{out:?}");
-    for expected in [
-        "error: relation university, field name: table universities has no column title; fix the model (or the table)",
-        "error: relation course_names's this_key: table student_courses has no column pupil_id; fix the model (or the table)",
-    ] {
-        assert!(out.stdout.contains(expected), "missing `{expected}` in:\n{}", out.stdout);
-    }
-    let broken = model_file(
-        &env,
-        "broken3.toml",
-        &students_with(|m| {
-            m.replace("table = \"universities\"", "table = \"colleges\"").replace("table = \"courses\"", "table = \"lectures\"")
-        }),
-    );
-    let out = check(&broken);
-    assert_eq!(out.code, Some(3), "{out:?}");
-    for expected in [
-        "error: relation university: table colleges does not exist; create it first",
-        "error: relation course_names: table lectures does not exist; create it first",
-    ] {
-        assert!(out.stdout.contains(expected), "missing `{expected}` in:\n{}", out.stdout);
+    // The students model edited: columns and tables missing under the root, each named where
+    // it is used; key types the model says uuid where the table has bigint (root and related).
+    let cases: [(Edits, &[&str]); 4] = [
+        (
+            &[
+                ("name = \"age\"\ntype = \"integer\"", "name = \"age\"\ncolumn = \"age_years\"\ntype = \"integer\""),
+                ("foreign_key = \"university_id\"", "foreign_key = \"college_id\""),
+                ("through = \"student_courses\"", "through = \"enrollments\""),
+            ],
+            &[
+                "error: the document, field age: table students has no column age_years; fix the model (or the table)",
+                "error: relation university's foreign_key: table students has no column college_id; fix the model (or the table)",
+                "error: relation course_names: join table enrollments does not exist; create it first",
+            ],
+        ),
+        (
+            &[
+                ("this_key = \"student_id\"", "this_key = \"pupil_id\""),
+                (
+                    "[[document.relations.fields]]\nname = \"name\"\ntype = \"keyword\"\n\n# The courses",
+                    "[[document.relations.fields]]\nname = \"name\"\ncolumn = \"title\"\ntype = \"keyword\"\n\n# The courses",
+                ),
+            ],
+            &[
+                "error: relation university, field name: table universities has no column title; fix the model (or the table)",
+                "error: relation course_names's this_key: table student_courses has no column pupil_id; fix the model (or the table)",
+            ],
+        ),
+        (
+            &[("table = \"universities\"", "table = \"colleges\""), ("table = \"courses\"", "table = \"lectures\"")],
+            &[
+                "error: relation university: table colleges does not exist; create it first",
+                "error: relation course_names: table lectures does not exist; create it first",
+            ],
+        ),
+        (
+            &[
+                ("number = \"id\"", "key_type = \"uuid\""),
+                ("foreign_key = \"university_id\"", "foreign_key = \"university_id\"\nkey_type = \"uuid\""),
+            ],
+            &[
+                "error: the document: key students.id is bigint but the model says uuid; write key_type = \"bigint\"",
+                "error: relation university: key universities.id is bigint but the model says uuid; write key_type = \"bigint\"",
+            ],
+        ),
+    ];
+    for (i, (edits, errors)) in cases.into_iter().enumerate() {
+        assert_check_errors(&check(&model_file(&env, &format!("broken{i}.toml"), &students_with(edits))), errors);
     }
 
-    // Key types: the model says uuid where the table has bigint (root and related), and a
-    // text key tidemark cannot use.
-    let uuid_root = model_file(
-        &env,
-        "uuid.toml",
-        &students_with(|m| {
-            m.replace("number = \"id\"", "key_type = \"uuid\"")
-                .replace("foreign_key = \"university_id\"", "foreign_key = \"university_id\"\nkey_type = \"uuid\"")
-        }),
-    );
-    let out = check(&uuid_root);
-    assert_eq!(out.code, Some(3), "{out:?}");
-    for expected in [
-        "error: the document: key students.id is bigint but the model says uuid; write key_type = \"bigint\"",
-        "error: relation university: key universities.id is bigint but the model says uuid; write key_type = \"bigint\"",
-    ] {
-        assert!(out.stdout.contains(expected), "missing `{expected}` in:\n{}", out.stdout);
-    }
+    // Keys tidemark cannot use: text, composite, not unique.
     env.sql(
         "CREATE TABLE notes (code text PRIMARY KEY, body text NOT NULL);
          CREATE TABLE pairs (a bigint, b bigint, label text, PRIMARY KEY (a, b));
          CREATE TABLE loose (id bigint NOT NULL, label text);",
     )
     .await;
-    let simple = |table: &str, key: &str, field: &str| {
-        format!("name = \"{table}\"\n[document]\ntable = \"{table}\"\nkey = \"{key}\"\n[[document.fields]]\nname = \"{field}\"\ntype = \"keyword\"\n")
-    };
-    let out = check(&model_file(&env, "notes.toml", &simple("notes", "code", "body")));
-    assert_eq!(out.code, Some(3), "{out:?}");
-    assert!(out.stdout.contains("error: the document: key notes.code is text; tidemark needs an integer or uuid key"), "{out:?}");
-    let out = check(&model_file(&env, "pairs.toml", &simple("pairs", "a", "label")));
-    assert_eq!(out.code, Some(3), "{out:?}");
-    assert!(
-        out.stdout.contains("error: the document: table pairs has a composite primary key (a, b); a document needs a single-column key"),
-        "{out:?}"
-    );
-    let out = check(&model_file(&env, "loose.toml", &simple("loose", "id", "label")));
-    assert_eq!(out.code, Some(3), "{out:?}");
-    assert!(
-        out.stdout.contains("error: the document: loose.id is not unique; make it the primary key or give it a unique index"),
-        "{out:?}"
-    );
+    for (table, key, field, error) in [
+        ("notes", "code", "body", "error: the document: key notes.code is text; tidemark needs an integer or uuid key"),
+        (
+            "pairs",
+            "a",
+            "label",
+            "error: the document: table pairs has a composite primary key (a, b); a document needs a single-column key",
+        ),
+        ("loose", "id", "label", "error: the document: loose.id is not unique; make it the primary key or give it a unique index"),
+    ] {
+        let model = format!("name = \"{table}\"\n[document]\ntable = \"{table}\"\nkey = \"{key}\"\nfields = [{{ name = \"{field}\", type = \"keyword\" }}]\n");
+        assert_check_errors(&check(&model_file(&env, &format!("{table}.toml"), &model)), &[error]);
+    }
 
     // Indexes missing: warnings (the model works, slowly), each with the statement to run;
     // once they are run, the check is clean.
@@ -1445,47 +1309,7 @@ async fn model_check_says_what_is_missing_or_wrong_and_what_to_run() {
          CREATE TABLE item_labels (item_id bigint NOT NULL, label_id bigint NOT NULL);",
     )
     .await;
-    let items = model_file(
-        &env,
-        "items.toml",
-        r#"
-name = "items"
-[document]
-table = "items"
-key = "id"
-[[document.fields]]
-name = "label"
-type = "keyword"
-[[document.relations]]
-name = "shelf"
-kind = "belongs_to"
-table = "shelves"
-foreign_key = "shelf_id"
-[[document.relations.fields]]
-name = "name"
-type = "keyword"
-[[document.relations]]
-name = "notes"
-kind = "has_many"
-table = "item_notes"
-foreign_key = "item_id"
-value = "note"
-[[document.relations.fields]]
-name = "note"
-type = "text"
-[[document.relations]]
-name = "labels"
-kind = "many_to_many"
-table = "labels"
-through = "item_labels"
-this_key = "item_id"
-other_key = "label_id"
-value = "name"
-[[document.relations.fields]]
-name = "name"
-type = "keyword"
-"#,
-    );
+    let items = model_file(&env, "items.toml", &format!("{ITEMS_MODEL}{ITEM_NOTES_AND_LABELS}"));
     let out = check(&items);
     assert_eq!(out.code, Some(0), "warnings alone exit 0: {out:?}");
     // The model repeats its integer key in no field: a note says what that costs the search
@@ -1510,22 +1334,24 @@ type = "keyword"
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("ok: every table"), "the statements given silence the warnings:\n{}", out.stdout);
 
-    // A model file that is not valid: where, and what to write.
-    let bad = model_file(&env, "bad.toml", &students_with(|m| m.replacen("type = \"integer\"", "type = \"int\"", 1)));
-    let out = check(&bad);
-    assert!(!out.ok(), "{out:?}");
-    assert!(
-        out.stderr
-            .contains("document.fields[2] (age).type: `int` is not a type: use one of keyword, text, integer, long, double, boolean, date"),
-        "{out:?}"
-    );
-    let unknown = model_file(&env, "unknown.toml", &students_with(|m| m.replace("number = \"id\"", "number = \"id\"\nkeys = \"id\"")));
-    let out = check(&unknown);
-    assert!(!out.ok(), "{out:?}");
-    assert!(out.stderr.contains("unknown field `keys`") && out.stderr.contains("line "), "{out:?}");
-    let out = check(&env.dir.join("absent.toml").to_string_lossy());
-    assert!(!out.ok(), "{out:?}");
-    assert!(out.stderr.contains("cannot read it") && out.stderr.contains("shipped model: students, refinebio"), "{out:?}");
+    // A model file that is not valid, or not there: where, and what to write.
+    for (spec, says) in [
+        (
+            model_file(&env, "bad.toml", &students_with(&[("type = \"integer\"", "type = \"int\"")])),
+            &["document.fields[2] (age).type: `int` is not a type: use one of keyword, text, integer, long, double, boolean, date"][..],
+        ),
+        (
+            model_file(&env, "unknown.toml", &students_with(&[("number = \"id\"", "number = \"id\"\nkeys = \"id\"")])),
+            &["unknown field `keys`", "line "],
+        ),
+        (env.dir.join("absent.toml").to_string_lossy().into_owned(), &["cannot read it", "shipped model: students, refinebio"]),
+    ] {
+        let out = check(&spec);
+        assert!(!out.ok(), "{out:?}");
+        for expected in says {
+            assert!(out.stderr.contains(expected), "missing `{expected}` in: {out:?}");
+        }
+    }
 
     // `migrate` refuses a model whose tables are missing, with the same words, and leaves the
     // capture it had.
@@ -1548,27 +1374,7 @@ async fn model_check_refuses_a_reference_column_whose_type_is_not_its_keys() {
          CREATE INDEX items_shelf_id ON items (shelf_id, id);",
     )
     .await;
-    let items = model_file(
-        &env,
-        "items.toml",
-        r#"
-name = "items"
-[document]
-table = "items"
-key = "id"
-[[document.fields]]
-name = "label"
-type = "keyword"
-[[document.relations]]
-name = "shelf"
-kind = "belongs_to"
-table = "shelves"
-foreign_key = "shelf_id"
-[[document.relations.fields]]
-name = "name"
-type = "keyword"
-"#,
-    );
+    let items = model_file(&env, "items.toml", ITEMS_MODEL);
     // What the mismatch does: the model's document query cannot run on these tables.
     let model = Model::load(&items).unwrap();
     let load = load::load(&env.pool, &model, &["1".to_string()]).await;
@@ -1588,21 +1394,20 @@ type = "keyword"
 /// is given is not the one whose capture is installed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_migrates_and_syncs_a_model_file() {
-    let model = TempModel::new(LIBRARY_MODEL);
+    let (model, env) = library_env(LIBRARY_MODEL, true, |_| {}).await;
     let spec = model.spec();
-    let env = Env::with_model(&spec, &library_schema(true), |_| {}).await;
     let out = env.run(&["--model", &spec, "migrate"]);
     assert!(out.ok(), "migrate again: {out:?}");
     env.sql(LIBRARY_DATA).await;
     let out = env.run(&["--model", &spec, "sync"]);
     assert!(out.ok() && out.stdout.contains("synced: "), "{out:?}");
-    let diff = differences(&library_expected(&env.pool).await, &index_sources(&env).await);
+    let diff = differences(&library_expected(&env).await, &env.indexed_sources().await);
     assert!(diff.is_empty(), "after `tidemark sync`:\n{diff}");
     let country2 = md5_uuid(&env, "country2").await;
     env.sql(&format!("UPDATE countries SET code = 'C2b' WHERE id = '{country2}'")).await;
     let out = env.run_with(&["sync"], &[("TIDEMARK_MODEL", spec.as_str())]);
     assert!(out.ok() && out.stdout.contains("200 fanned out"), "{out:?}");
-    let diff = differences(&library_expected(&env.pool).await, &index_sources(&env).await);
+    let diff = differences(&library_expected(&env).await, &env.indexed_sources().await);
     assert!(diff.is_empty(), "after the country's code changed:\n{diff}");
     assert_eq!(env.count(json!({"term": {"author.city.country.code": "C2b"}})).await, 200);
 
@@ -1626,31 +1431,30 @@ async fn the_binary_migrates_and_syncs_a_model_file() {
 /// authors and cities end with the index equal to the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn library_renamed_again_mid_fan_out_and_drained_by_two_workers_under_writes() {
-    let model = TempModel::new(LIBRARY_MODEL);
-    let env = Env::with_model(&model.spec(), &library_schema(true), |c| {
+    let (_model, env) = library_env(LIBRARY_MODEL, true, |c| {
         c.sync.fanout_chunk = 50;
         c.sync.batch_size = 100;
     })
     .await;
     env.sql(LIBRARY_DATA).await;
-    converge(&env, library_expected(&env.pool).await, "first sync").await;
+    converge(&env, library_expected(&env).await, "first sync").await;
 
     let country1 = md5_uuid(&env, "country1").await;
     env.sql(&format!("UPDATE countries SET name = 'First' WHERE id = '{country1}'")).await;
     let a = env.engine();
     let lease = Duration::from_secs(60);
-    let mut parent = tidemark::pipeline::fanout::claim_parent(&env.pool, a.owner(), lease).await.unwrap().unwrap();
+    let mut parent = fanout::claim_parent(&env.pool, a.owner(), lease).await.unwrap().unwrap();
     let model_a = a.services.model.clone();
-    let step = tidemark::pipeline::fanout::expand_step(&env.pool, &model_a, a.owner(), lease, &mut parent, 50).await.unwrap();
-    assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(50));
+    let step = fanout::expand_step(&env.pool, &model_a, a.owner(), lease, &mut parent, 50).await.unwrap();
+    assert_eq!(step, fanout::Step::Marked(50));
     env.sql(&format!("UPDATE countries SET name = 'Second' WHERE id = '{country1}'")).await;
     let cursor: Option<String> = sqlx::query_scalar("SELECT cursor FROM tidemark.parents").fetch_one(&env.pool).await.unwrap();
     assert_eq!(cursor, None, "renamed again: the expansion starts over");
-    let step = tidemark::pipeline::fanout::expand_step(&env.pool, &model_a, a.owner(), lease, &mut parent, 50).await.unwrap();
-    assert_eq!(step, tidemark::pipeline::fanout::Step::Restarted);
+    let step = fanout::expand_step(&env.pool, &model_a, a.owner(), lease, &mut parent, 50).await.unwrap();
+    assert_eq!(step, fanout::Step::Restarted);
     let r = env.drain().await;
     assert_eq!(r.fanned_out, 200, "all of the country's books again, from the start");
-    converge(&env, library_expected(&env.pool).await, "renamed twice").await;
+    converge(&env, library_expected(&env).await, "renamed twice").await;
     assert_eq!(env.count(json!({"term": {"author.city.country.name": "Second"}})).await, 200);
 
     // Two workers and a writer.
@@ -1672,5 +1476,5 @@ async fn library_renamed_again_mid_fan_out_and_drained_by_two_workers_under_writ
     let (ra, rb, ()) = tokio::join!(a.drain(), b.drain(), writer);
     ra.unwrap();
     rb.unwrap();
-    converge(&env, library_expected(&env.pool).await, "two workers under writes").await;
+    converge(&env, library_expected(&env).await, "two workers under writes").await;
 }

@@ -11,7 +11,10 @@ use axum::Router;
 use serde_json::{json, Value};
 use support::{
     free_port, small_directory,
-    web::{api, encode, error_message, every_hit, get, ids, page, searchable, services_with, with_slow_searches},
+    web::{
+        answers_kept_for, api, assert_not_shown, bars, both_engines, buckets, encode, error_message, every_hit, get, ids, page, page_with,
+        searchable, sorted_ids, with_slow_searches, without_database, without_search_server,
+    },
     Env,
 };
 use tidemark::{services::Services, web};
@@ -46,12 +49,7 @@ async fn seeded_with(env: &Env, n: u64, seed: u64) -> Router {
 
 /// A facet's buckets as value → count.
 fn counts(v: &Value, facet: &str) -> BTreeMap<String, i64> {
-    v["facets"][facet]["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["key"].as_str().unwrap().to_string(), b["doc_count"].as_i64().unwrap()))
-        .collect()
+    buckets(v, facet).iter().map(|b| (b["key"].as_str().unwrap().to_string(), b["doc_count"].as_i64().unwrap())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +63,7 @@ async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
 
     // A typo still finds both Lees, and the matched name part is marked.
     let lee = api(&app, "/api/search?q=Lea").await;
-    let mut found = ids(&lee);
-    found.sort();
-    assert_eq!(found, vec![1, 3], "{lee}");
+    assert_eq!(sorted_ids(&lee), vec![1, 3], "{lee}");
     // The title ("{first_name} {last_name}") in pieces: the last name marked, the rest not.
     let pieces = lee["hits"][0]["highlight"].as_array().unwrap();
     let text: String = pieces.iter().map(|p| p["text"].as_str().unwrap()).collect();
@@ -79,15 +75,9 @@ async fn search_finds_names_despite_typos_filters_sorts_and_highlights() {
     assert_eq!(ids(&api(&app, "/api/search?q=ann+lee").await), vec![1]);
 
     // OR within a facet, AND across facets.
-    let mut either = ids(&api(&app, "/api/search?course=CS101&course=MATH201").await);
-    either.sort();
-    assert_eq!(either, vec![1, 2, 3, 5, 6]);
-    let mut both = ids(&api(&app, "/api/search?course=CS101&university=MIT").await);
-    both.sort();
-    assert_eq!(both, vec![1, 6]);
-    let mut young_fr = ids(&api(&app, "/api/search?year=FR&age_gte=20&age_lt=21").await);
-    young_fr.sort();
-    assert_eq!(young_fr, vec![1, 6]);
+    assert_eq!(sorted_ids(&api(&app, "/api/search?course=CS101&course=MATH201").await), vec![1, 2, 3, 5, 6]);
+    assert_eq!(sorted_ids(&api(&app, "/api/search?course=CS101&university=MIT").await), vec![1, 6]);
+    assert_eq!(sorted_ids(&api(&app, "/api/search?year=FR&age_gte=20&age_lt=21").await), vec![1, 6]);
 
     // Sorts, with the id breaking ties.
     assert_eq!(ids(&api(&app, "/api/search?sort=age").await), vec![3, 1, 6, 5, 2, 4]);
@@ -155,19 +145,16 @@ async fn facets_are_disjunctive_and_agree_with_counts_from_the_database() {
     let others: Vec<&String> = want_university.keys().filter(|k| *k != university).collect();
     assert!(others.len() > 3, "{want_university:?}");
     for other in others {
-        assert!(
-            v["facets"]["university"]["buckets"].as_array().unwrap().iter().any(|b| &b["key"] == other && b["selected"] == false),
-            "{other}"
-        );
+        assert!(buckets(&v, "university").iter().any(|b| &b["key"] == other && b["selected"] == false), "{other}");
     }
-    let mit = v["facets"]["university"]["buckets"].as_array().unwrap().iter().find(|b| b["key"] == "MIT").unwrap().clone();
+    let mit = buckets(&v, "university").iter().find(|b| b["key"] == "MIT").unwrap().clone();
     assert_eq!(mit["selected"], json!(true));
 
     // Top 5 courses: the rest is reported as sum_other_doc_count.
     let top5 = api(&app, &format!("/api/search?university={university}&year={year}&facet_size=5")).await;
     let mut sorted: Vec<i64> = want_course.values().copied().collect();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
-    assert_eq!(top5["facets"]["course"]["buckets"].as_array().unwrap().len(), 5);
+    assert_eq!(buckets(&top5, "course").len(), 5);
     assert_eq!(top5["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), sorted[5..].iter().sum::<i64>());
 
     // A facet-value search narrows a long facet to the values containing the text.
@@ -251,7 +238,7 @@ async fn what_is_left_out_never_counts_a_value_that_is_listed() {
     }
     // Nothing counted twice, nothing lost: listed + left out = every enrollment.
     let v = api(&app, "/api/search?course=CS101&size=1").await;
-    let listed: i64 = v["facets"]["course"]["buckets"].as_array().unwrap().iter().map(|b| b["doc_count"].as_i64().unwrap()).sum();
+    let listed: i64 = buckets(&v, "course").iter().map(|b| b["doc_count"].as_i64().unwrap()).sum();
     assert_eq!(listed + v["facets"]["course"]["sum_other_doc_count"].as_i64().unwrap(), enrollments);
 }
 
@@ -342,26 +329,18 @@ async fn selected_values_stay_visible_at_zero_and_the_histogram_has_every_bucket
 
     // Ages 19, 20, 20, 21, 22, 30: buckets of 2 from 18 to 30, empty ones included.
     let h = api(&app, "/api/search").await;
-    let buckets: Vec<(i64, i64, i64)> = h["histograms"]["age"]["buckets"]
-        .as_array()
-        .unwrap()
+    let ages: Vec<(i64, i64, i64)> = bars(&h, "age")
         .iter()
         .map(|b| (b["from"].as_i64().unwrap(), b["to"].as_i64().unwrap(), b["doc_count"].as_i64().unwrap()))
         .collect();
-    assert_eq!(buckets, vec![(18, 20, 1), (20, 22, 3), (22, 24, 1), (24, 26, 0), (26, 28, 0), (28, 30, 0), (30, 32, 1)]);
+    assert_eq!(ages, vec![(18, 20, 1), (20, 22, 3), (22, 24, 1), (24, 26, 0), (26, 28, 0), (28, 30, 0), (30, 32, 1)]);
     assert_eq!(h["histograms"]["age"]["interval"], json!(2));
     // A bar is a range filter: hits narrow, the histogram still shows every age (it
     // ignores its own selection) and marks the chosen bar.
     let bar = api(&app, "/api/search?age_gte=20&age_lt=22").await;
     assert_eq!(bar["total"]["value"], json!(3));
-    assert_eq!(bar["histograms"]["age"]["buckets"].as_array().unwrap().len(), 7);
-    let selected: Vec<i64> = bar["histograms"]["age"]["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["selected"] == true)
-        .map(|b| b["from"].as_i64().unwrap())
-        .collect();
+    assert_eq!(bars(&bar, "age").len(), 7);
+    let selected: Vec<i64> = bars(&bar, "age").iter().filter(|b| b["selected"] == true).map(|b| b["from"].as_i64().unwrap()).collect();
     assert_eq!(selected, vec![20]);
     // Other facets respect the age selection.
     assert_eq!(counts(&bar, "university"), BTreeMap::from([("KPI".to_string(), 1), ("MIT".to_string(), 2)]));
@@ -411,25 +390,15 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
         "year=SR&sort=age&course_q=phy",
         "university_q=university&facet_size=3&sort=-last_name",
     ] {
-        let index = api(&app, &format!("/api/search?{q}")).await;
-        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
-        assert_eq!(sql["engine"], "sql");
+        let (index, sql) = both_engines(&app, q).await;
         assert_eq!(index["total"], sql["total"], "{q}");
         for facet in ["course", "university", "year"] {
-            let strip = |v: &Value| -> Vec<Value> {
-                v["facets"][facet]["buckets"].as_array().unwrap().iter().map(|b| json!([b["key"], b["doc_count"], b["selected"]])).collect()
-            };
+            let strip =
+                |v: &Value| -> Vec<Value> { buckets(v, facet).iter().map(|b| json!([b["key"], b["doc_count"], b["selected"]])).collect() };
             assert_eq!(strip(&index), strip(&sql), "{q}: {facet}");
             assert_eq!(index["facets"][facet]["sum_other_doc_count"], sql["facets"][facet]["sum_other_doc_count"], "{q}: {facet}");
         }
-        let hist = |v: &Value| -> Vec<Value> {
-            v["histograms"]["age"]["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| json!([b["from"], b["doc_count"], b["selected"]]))
-                .collect()
-        };
+        let hist = |v: &Value| -> Vec<Value> { bars(v, "age").iter().map(|b| json!([b["from"], b["doc_count"], b["selected"]])).collect() };
         assert_eq!(hist(&index), hist(&sql), "{q}: age");
         if q.contains("sort=") {
             assert_eq!(ids(&index), ids(&sql), "{q}: hits");
@@ -440,20 +409,13 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
             assert_eq!(index["distinct"]["approximate"], json!(true));
             let mut compared = 0;
             for facet in ["course", "university", "year"] {
-                for (a, b) in
-                    index["facets"][facet]["buckets"].as_array().unwrap().iter().zip(sql["facets"][facet]["buckets"].as_array().unwrap())
-                {
+                for (a, b) in buckets(&index, facet).iter().zip(buckets(&sql, facet)) {
                     let (a, b) = (a["distinct"].as_f64().unwrap(), b["distinct"].as_f64().unwrap());
                     assert!((a - b).abs() <= (err * b).max(1.0), "{q}: {facet} distinct {a} vs exact {b}");
                     compared += 1;
                 }
             }
-            for (a, b) in index["histograms"]["age"]["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(sql["histograms"]["age"]["buckets"].as_array().unwrap())
-            {
+            for (a, b) in bars(&index, "age").iter().zip(bars(&sql, "age")) {
                 let (a, b) = (a["distinct"].as_f64().unwrap(), b["distinct"].as_f64().unwrap());
                 assert!((a - b).abs() <= (err * b).max(1.0), "{q}: age distinct {a} vs exact {b}");
             }
@@ -524,10 +486,7 @@ async fn bad_input_gets_a_400_that_says_what_was_wrong() {
         assert!(message.contains(says), "{uri}: {message}");
     }
     // The page says it too, as a page.
-    let page = get(&app, "/?size=1000").await;
-    assert_eq!(page.status, 400);
-    assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(page.body.contains("more than the 100 hits a page may hold"));
+    assert!(page_with(&app, "/?size=1000", 400).await.contains("more than the 100 hits a page may hold"));
     assert_eq!(get(&app, "/students/abc").await.status, 400);
 }
 
@@ -564,14 +523,12 @@ async fn parameters_that_are_not_utf8_get_a_400_that_says_so() {
         ("/no/such/page?x=%FF", ["`x`", value, "%FF", how]),
         ("/students/%C3%28", ["`id`", value, "%C3%28", "as in /students/42"]),
     ] {
-        let a = get(&app, uri).await;
-        assert_eq!(a.status, 400, "{uri}: {}", a.body);
-        assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
-        assert!(a.body.contains("<p class=\"code\">HTTP 400</p>"), "{uri}: an error page:\n{}", a.body);
+        let body = page_with(&app, uri, 400).await;
+        assert!(body.contains("<p class=\"code\">HTTP 400</p>"), "{uri}: an error page:\n{body}");
         for s in says {
-            assert!(a.body.contains(s), "{uri}: the page should say {s:?}:\n{}", a.body);
+            assert!(body.contains(s), "{uri}: the page should say {s:?}:\n{body}");
         }
-        assert!(!a.body.contains('\u{FFFD}'), "{uri}: nothing is shown as a replacement character");
+        assert!(!body.contains('\u{FFFD}'), "{uri}: nothing is shown as a replacement character");
     }
     // What the page shows of the address is escaped.
     let a = get(&app, "/?q=%22%3E%3Cscript%3Ealert(1)%3C/script%3E%C3%28").await;
@@ -698,8 +655,7 @@ async fn every_answer_carries_security_headers() {
 async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
     let env = Env::new().await;
     let _ = directory(&env).await;
-    let port = free_port();
-    let app = web::router(services_with(&env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None));
+    let (app, port) = without_search_server(&env);
     let page = get(&app, "/?q=ann").await;
     assert_eq!(page.status, 503);
     assert!(page.body.contains("The search server cannot be reached") && page.body.contains("Student pages still work"), "{}", page.body);
@@ -711,9 +667,7 @@ async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
     let student = get(&app, "/students/1").await;
     assert_eq!(student.status, 200);
     assert!(student.body.contains("Ann Lee") && student.body.contains(r#"data-state="unavailable""#), "{}", student.body);
-    for a in [&page, &api_answer, &student] {
-        assert!(!a.body.contains("hunter2") && !a.body.contains("elastic:") && !a.body.contains(&port.to_string()), "{}", a.body);
-    }
+    assert_not_shown(&[&page, &api_answer, &student], &["hunter2", "elastic:", &port.to_string()]);
     // engine=sql does not need the search server.
     assert_eq!(get(&app, "/api/search?engine=sql").await.status, 200);
 }
@@ -722,8 +676,7 @@ async fn a_search_server_down_gives_a_503_that_says_so_without_credentials() {
 async fn a_database_down_gives_a_503_student_page_without_credentials() {
     let env = Env::new().await;
     let _ = directory(&env).await;
-    let port = free_port();
-    let app = web::router(services_with(&env, None, Some(format!("postgres://tidemark:s3cret@127.0.0.1:{port}/tidemark"))));
+    let (app, port) = without_database(&env);
     let page = get(&app, "/students/1").await;
     assert_eq!(page.status, 503);
     assert!(page.body.contains("The database is not answering"), "{}", page.body);
@@ -733,9 +686,7 @@ async fn a_database_down_gives_a_503_student_page_without_credentials() {
     let search = get(&app, "/?q=ann").await;
     assert_eq!(search.status, 200);
     assert!(search.body.contains("Index freshness unknown"));
-    for a in [&page, &sql, &search] {
-        assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
-    }
+    assert_not_shown(&[&page, &sql, &search], &["s3cret", &port.to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,9 +827,7 @@ async fn concurrent_identical_searches_make_one_engine_request() {
         assert_eq!(ids(a), ids(&answers[0]));
         assert_eq!(counts_of(a), counts_of(&answers[0]));
     }
-    let mut found = ids(&answers[0]);
-    found.sort();
-    assert_eq!(found, vec![1, 3, 5], "the students taking MATH201");
+    assert_eq!(sorted_ids(&answers[0]), vec![1, 3, 5], "the students taking MATH201");
     assert_eq!(counts(&answers[0], "course"), BTreeMap::from([("CS101".into(), 3), ("MATH201".into(), 3)]));
 
     // Twenty identical suggestions at once: one engine request.
@@ -937,11 +886,7 @@ async fn point_alias(env: &Env, to: &str) {
 async fn an_alias_move_is_never_answered_from_the_old_indexs_cache() {
     // Answers may be kept for a minute here (the indices refresh every minute), so only
     // the alias can tell a reused answer is from the wrong index.
-    let env = Env::with_config(|c| {
-        c.index.refresh_interval = "60s".parse().unwrap();
-        c.serve.cache_max_age = "60s".parse().unwrap();
-    })
-    .await;
+    let env = Env::with_config(|c| answers_kept_for(c, "60s")).await;
     let (a, b) = (format!("{}-hand-a", env.alias), format!("{}-hand-b", env.alias));
     hand_made_index(&env, &a, &[(1, "Ann", "Lee", 20, "FR", "MIT", &["CS101"]), (2, "Bob", "Ray", 21, "SO", "MIT", &["CS101"])]).await;
     hand_made_index(&env, &b, &[(3, "Cy", "Oz", 30, "SR", "KPI", &["MATH201"])]).await;
@@ -972,9 +917,7 @@ async fn an_alias_move_is_never_answered_from_the_old_indexs_cache() {
     let back = api(&app, "/api/search").await;
     assert_eq!(back["total"]["value"], json!(3), "{back}");
     assert_eq!(counts(&back, "university"), BTreeMap::from([("MGU".into(), 1), ("MIT".into(), 2)]));
-    let mut found = ids(&back);
-    found.sort();
-    assert_eq!(found, vec![1, 2, 4], "the hits too are the index's as it is now");
+    assert_eq!(sorted_ids(&back), vec![1, 2, 4], "the hits too are the index's as it is now");
     assert_eq!(back["counts"]["reused"], json!(false));
 }
 
@@ -983,8 +926,7 @@ async fn the_answer_cache_stays_within_its_size_in_bytes() {
     let budget = 48 * 1024;
     let env = Env::with_config(|c| {
         c.serve.cache_bytes = budget as u64;
-        c.index.refresh_interval = "60s".parse().unwrap();
-        c.serve.cache_max_age = "60s".parse().unwrap();
+        answers_kept_for(c, "60s");
     })
     .await;
     let _ = directory(&env).await;
@@ -1004,14 +946,16 @@ async fn the_answer_cache_stays_within_its_size_in_bytes() {
     assert!(state.cache_usage().bytes <= budget);
 }
 
-/// The counts of `/api/search?<query>` as the engine computes them, from the same counts
-/// request tidemark sends (the engine's shard request cache is invalidated at each refresh,
-/// so this is the current state).
-async fn engine_counts(env: &Env, query: &str) -> Value {
+/// The answer to `/api/search?<query>` as the engine gives it, from the same counts request
+/// (and, with `hits`, hits request) tidemark sends, straight to the engine (whose shard
+/// request cache is invalidated at each refresh, so this is the current state).
+async fn engine_answer(env: &Env, query: &str, hits: bool) -> Value {
     let req = request(query);
-    let v = env.es_json(reqwest::Method::POST, &format!("/{}/_search", env.alias), Some(web::query::counts_body(&req))).await;
-    let raw = web::query::read(&req, &v, &json!({}));
-    counts_of(&serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap())
+    let search = format!("/{}/_search", env.alias);
+    let counts = env.es_json(reqwest::Method::POST, &search, Some(web::query::counts_body(&req))).await;
+    let hits = if hits { env.es_json(reqwest::Method::POST, &search, Some(web::query::hits_body(&req))).await } else { json!({}) };
+    let raw = web::query::read(&req, &counts, &hits);
+    serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1051,7 +995,7 @@ async fn under_continuous_writes_counts_are_never_older_than_the_bound_the_page_
         let mut seen: Vec<(f64, f64, Value)> = Vec::new();
         while !stopped() {
             let sent = t0.elapsed().as_secs_f64();
-            let c = engine_counts(&env, query).await;
+            let c = counts_of(&engine_answer(&env, query, false).await);
             seen.push((sent, t0.elapsed().as_secs_f64(), c));
         }
         seen
@@ -1130,12 +1074,7 @@ async fn answers_through_reuse_and_single_flight_are_exactly_what_the_engine_ans
     ];
     for q in &requests {
         let via = api(&app, &format!("/api/search?{q}")).await;
-        let req = request(q);
-        let search = format!("/{}/_search", env.alias);
-        let counts = env.es_json(reqwest::Method::POST, &search, Some(web::query::counts_body(&req))).await;
-        let hits = env.es_json(reqwest::Method::POST, &search, Some(web::query::hits_body(&req))).await;
-        let raw = web::query::read(&req, &counts, &hits);
-        let direct = serde_json::to_value(web::SearchResponse::assemble(&req, raw, web::params::Engine::Index, 0.0)).unwrap();
+        let direct = engine_answer(&env, q, true).await;
         assert_eq!(counts_of(&via), counts_of(&direct), "{q}: counts");
         assert_eq!(via["hits"], direct["hits"], "{q}: hits");
         assert_eq!(via["next"], direct["next"], "{q}: next page");
@@ -1146,11 +1085,7 @@ async fn answers_through_reuse_and_single_flight_are_exactly_what_the_engine_ans
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_still_asked_for_is_renewed_before_it_expires() {
     // Answers are kept up to 2 s here (the index refreshes every 2 s).
-    let env = Env::with_config(|c| {
-        c.index.refresh_interval = "2s".parse().unwrap();
-        c.serve.cache_max_age = "2s".parse().unwrap();
-    })
-    .await;
+    let env = Env::with_config(|c| answers_kept_for(c, "2s")).await;
     let app = directory(&env).await;
     let first = api(&app, "/api/search?year=FR").await;
     assert_eq!(first["counts"]["reused"], json!(false));

@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use axum::Router;
 use serde_json::{json, Value};
 use support::{
-    free_port,
-    web::{api, error_message, every_hit, four_experiments, get, ids, page, searchable, services_with, with_slow_searches},
+    web::{
+        answers_kept_for, api, assert_not_shown, both_engines, buckets, error_message, every_hit, four_experiments, get, ids, page,
+        page_with, searchable, sorted_ids, with_slow_searches, without_database, without_search_server,
+    },
     Env,
 };
 use tidemark::web;
@@ -44,9 +46,7 @@ const PLATFORM: &str = "SELECT es.experiment_id AS eid, p.name AS value FROM exp
 
 /// (doc_count, distinct) per bucket of a facet of an answer.
 fn facet_counts(v: &Value, facet: &str) -> BTreeMap<String, (i64, i64)> {
-    v["facets"][facet]["buckets"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no facet {facet}: {v}"))
+    buckets(v, facet)
         .iter()
         .map(|b| (b["key"].as_str().unwrap().to_string(), (b["doc_count"].as_i64().unwrap(), b["distinct"].as_i64().unwrap_or(-1))))
         .collect()
@@ -88,12 +88,10 @@ async fn picking_an_organism_filters_the_experiments_and_changes_the_other_count
     let all = api(&app, "/api/search?distinct=samples").await;
     let mouse = api(&app, "/api/search?distinct=samples&organism=Mus+musculus").await;
     assert_eq!(mouse["total"]["value"], json!(2));
-    let mut hits = ids(&mouse);
-    hits.sort();
-    assert_eq!(hits, [1, 2], "the experiments with a mouse sample");
+    assert_eq!(sorted_ids(&mouse), [1, 2], "the experiments with a mouse sample");
     // Disjunctive: the organism facet is counted without its own selection.
     assert_eq!(facet_counts(&mouse, "organism"), facet_counts(&all, "organism"));
-    let selected = mouse["facets"]["organism"]["buckets"].as_array().unwrap().iter().find(|b| b["key"] == "Mus musculus").unwrap();
+    let selected = buckets(&mouse, "organism").iter().find(|b| b["key"] == "Mus musculus").unwrap();
     assert_eq!(selected["selected"], json!(true));
     // The other facets count only the mouse experiments.
     let mouse_filter = format!("id IN (SELECT eid FROM ({ORGANISM}) o WHERE value = 'Mus musculus')");
@@ -104,9 +102,7 @@ async fn picking_an_organism_filters_the_experiments_and_changes_the_other_count
     }
     // Two organisms: OR within the facet; with a technology: AND across.
     let two = api(&app, "/api/search?organism=Mus+musculus&organism=Danio+rerio&technology=RNA-SEQ").await;
-    let mut hits = ids(&two);
-    hits.sort();
-    assert_eq!(hits, [1, 3]);
+    assert_eq!(sorted_ids(&two), [1, 3]);
 
     // The page: the chosen value is marked, a chip removes it, counts are the filtered ones.
     let html = page(&app, "/?distinct=samples&organism=Mus+musculus").await;
@@ -139,10 +135,8 @@ async fn parameters_come_from_the_model_and_others_get_a_400_naming_them() {
     }
     let known = error_message(&app, "/api/search?course=CS101", 400).await;
     assert!(known.contains("organism") && known.contains("platform") && known.contains("technology"), "{known}");
-    let html = get(&app, "/?year=FR").await;
-    assert_eq!(html.status, 400);
-    assert!(html.headers["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(html.body.contains("unknown parameter `year`"), "{}", html.body);
+    let html = page_with(&app, "/?year=FR", 400).await;
+    assert!(html.contains("unknown parameter `year`"), "{html}");
     // Security headers on every answer of this model too.
     for uri in ["/", "/api/search", "/experiments/1", "/api/suggest?q=gs", "/nope", "/api/search?x=1"] {
         let a = get(&app, uri).await;
@@ -215,9 +209,7 @@ async fn the_sql_engine_gives_the_same_counts_as_the_index() {
         "sort=accession&size=2",
         "organism=Nothing+here",
     ] {
-        let index = api(&app, &format!("/api/search?{q}")).await;
-        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
-        assert_eq!(sql["engine"], "sql");
+        let (index, sql) = both_engines(&app, q).await;
         assert_eq!(index["total"], sql["total"], "{q}");
         assert_eq!(index["facets"], sql["facets"], "{q}");
         assert_eq!(index["distinct"], sql["distinct"], "{q}");
@@ -248,8 +240,7 @@ async fn pages_follow_each_other_and_suggestions_open_experiments() {
 async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_database() {
     let env = Env::refinebio().await;
     let _ = experiments(&env).await;
-    let port = free_port();
-    let app = web::router(services_with(&env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None));
+    let (app, port) = without_search_server(&env);
     let page = get(&app, "/?organism=Mus+musculus").await;
     assert_eq!(page.status, 503);
     assert!(
@@ -264,13 +255,11 @@ async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_da
     let experiment = get(&app, "/experiments/1").await;
     assert_eq!(experiment.status, 200);
     assert!(experiment.body.contains("GSE1: Human liver expression") && experiment.body.contains(r#"data-state="unavailable""#));
-    for a in [&page, &answer, &experiment] {
-        assert!(!a.body.contains("hunter2") && !a.body.contains(&port.to_string()), "{}", a.body);
-    }
+    assert_not_shown(&[&page, &answer, &experiment], &["hunter2", &port.to_string()]);
     // engine=sql does not need the search server.
     assert_eq!(api(&app, "/api/search?engine=sql&organism=Mus+musculus").await["total"]["value"], json!(2));
 
-    let app = web::router(services_with(&env, None, Some(format!("postgres://tidemark:s3cret@127.0.0.1:{port}/tidemark"))));
+    let (app, port) = without_database(&env);
     let experiment = get(&app, "/experiments/1").await;
     assert_eq!(experiment.status, 503);
     assert!(experiment.body.contains("The database is not answering"), "{}", experiment.body);
@@ -278,9 +267,7 @@ async fn a_server_down_gives_a_503_that_says_so_and_experiment_pages_read_the_da
     assert_eq!(get(&app, "/api/search?engine=sql").await.status, 503);
     let search = get(&app, "/?organism=Mus+musculus").await;
     assert_eq!(search.status, 200, "searching the index still works");
-    for a in [&experiment, &search] {
-        assert!(!a.body.contains("s3cret") && !a.body.contains(&port.to_string()), "{}", a.body);
-    }
+    assert_not_shown(&[&experiment, &search], &["s3cret", &port.to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,8 +282,7 @@ async fn seeded_experiments_count_the_same_unique_samples_in_the_index_and_in_sq
         "distinct=samples&facet_size=20&organism=MUS_MUSCULUS",
         "distinct=samples&technology=RNA-SEQ&facet_size=20",
     ] {
-        let index = api(&app, &format!("/api/search?{q}")).await;
-        let sql = api(&app, &format!("/api/search?{q}&engine=sql")).await;
+        let (index, sql) = both_engines(&app, q).await;
         assert_eq!(index["total"], sql["total"], "{q}");
         let filter = if q.contains("MUS_MUSCULUS") {
             format!("id IN (SELECT eid FROM ({ORGANISM}) o WHERE value = 'MUS_MUSCULUS')")
@@ -328,11 +314,7 @@ async fn seeded_experiments_count_the_same_unique_samples_in_the_index_and_in_sq
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_searches_of_a_model_make_one_engine_request_and_answers_are_reused() {
     // Answers may be kept 5 s (the index refreshes every 5 s): a slow machine still reuses.
-    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |c| {
-        c.index.refresh_interval = "5s".parse().unwrap();
-        c.serve.cache_max_age = "5s".parse().unwrap();
-    })
-    .await;
+    let env = Env::with_model("refinebio", tidemark_seeds::refinebio::SCHEMA, |c| answers_kept_for(c, "5s")).await;
     let _ = experiments(&env).await;
     let (proxy, app) = with_slow_searches(&env).await;
     let searches = || proxy.stats().slowed;

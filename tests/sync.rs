@@ -173,19 +173,7 @@ async fn a_set_of_students_expands_in_chunks_and_its_expansion_survives_a_crash(
     assert_eq!((status.pending_statement_students, status.pending_fanouts), (2400, 0));
 
     // A worker expands one chunk, then dies: its lease runs out, another resumes at the cursor.
-    let crashed = env.engine();
-    let mut set = tidemark::pipeline::fanout::claim_parent(&env.pool, crashed.owner(), Duration::from_secs(60)).await.unwrap().unwrap();
-    let step = tidemark::pipeline::fanout::expand_step(
-        &env.pool,
-        &crashed.services.model,
-        crashed.owner(),
-        Duration::from_secs(60),
-        &mut set,
-        1000,
-    )
-    .await
-    .unwrap();
-    assert_eq!(step, tidemark::pipeline::fanout::Step::Marked(1000));
+    assert_eq!(env.expand_a_chunk_and_die(1000).await, tidemark::pipeline::fanout::Step::Marked(1000));
     assert_eq!(env.scalar_i64("SELECT position::int8 FROM tidemark.parents").await, 1000);
     let status = env.status().await;
     assert_eq!(status.pending_statement_students, 1400);

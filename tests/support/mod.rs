@@ -31,6 +31,7 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 use tidemark::{
     catalog::Build,
     config::{Config, Secret},
+    pipeline::fanout,
     search::Search,
     services::Services,
     sync::{DrainReport, Syncer},
@@ -304,6 +305,14 @@ impl Env {
         Syncer::new(self.services_with(tweak))
     }
 
+    /// A worker of its own claims the next parent mark (a lease of a minute), expands one
+    /// chunk of `chunk` documents of it, then dies, its lease left to run out; the step it took.
+    pub async fn expand_a_chunk_and_die(&self, chunk: i64) -> fanout::Step {
+        let (crashed, lease) = (self.engine(), Duration::from_secs(60));
+        let mut parent = fanout::claim_parent(&self.pool, crashed.owner(), lease).await.expect("claim").expect("a parent mark");
+        fanout::expand_step(&self.pool, &crashed.services.model, crashed.owner(), lease, &mut parent, chunk).await.expect("a step")
+    }
+
     /// Syncs everything outstanding, in process.
     pub async fn drain(&self) -> DrainReport {
         self.engine().drain().await.expect("drain")
@@ -425,6 +434,14 @@ impl Env {
 
     pub async fn scalar_i64(&self, q: &str) -> i64 {
         sqlx::query_scalar(q).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"))
+    }
+
+    /// Every row of the query `q`, each as a `T` (a tuple of its columns).
+    pub async fn rows<T>(&self, q: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        sqlx::query_as(q).fetch_all(&self.pool).await.unwrap_or_else(|e| panic!("{q}: {e}"))
     }
 
     /// Seeds `students` students with the seeds crate (a fixed seed).

@@ -8,7 +8,12 @@ use std::{sync::Arc, time::Duration};
 use axum::{body::Body, http::Request, Router};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use tidemark::{config::Secret, search::Search, services::Services, web};
+use tidemark::{
+    config::{Config, Secret},
+    search::Search,
+    services::Services,
+    web,
+};
 use tower::ServiceExt;
 
 use super::{
@@ -48,8 +53,13 @@ pub async fn api(app: &Router, uri: &str) -> Value {
 
 /// `GET` expecting a 200 HTML page; its text.
 pub async fn page(app: &Router, uri: &str) -> String {
+    page_with(app, uri, 200).await
+}
+
+/// `GET` expecting this status and an HTML page (an error page, say); its text.
+pub async fn page_with(app: &Router, uri: &str, status: u16) -> String {
     let a = get(app, uri).await;
-    assert_eq!(a.status, 200, "{uri}: {}", a.body);
+    assert_eq!(a.status, status, "{uri}: {}", a.body);
     assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{uri}");
     a.body
 }
@@ -77,9 +87,34 @@ pub async fn every_hit(app: &Router, base: &str) -> Vec<Value> {
     panic!("{base}: more than 1000 pages");
 }
 
+/// The buckets of an answer's facet `facet`.
+pub fn buckets<'a>(v: &'a Value, facet: &str) -> &'a [Value] {
+    v["facets"][facet]["buckets"].as_array().unwrap_or_else(|| panic!("no facet {facet}: {v}"))
+}
+
+/// The bars (buckets) of an answer's histogram `name`.
+pub fn bars<'a>(v: &'a Value, name: &str) -> &'a [Value] {
+    v["histograms"][name]["buckets"].as_array().unwrap_or_else(|| panic!("no histogram {name}: {v}"))
+}
+
 /// The ids of an `/api/search` answer's hits, in their order.
 pub fn ids(v: &Value) -> Vec<i64> {
     v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_i64().unwrap()).collect()
+}
+
+/// The ids of an `/api/search` answer's hits, sorted (where their order is not the point).
+pub fn sorted_ids(v: &Value) -> Vec<i64> {
+    let mut ids = ids(v);
+    ids.sort();
+    ids
+}
+
+/// `/api/search?<q>` answered by the index and by `engine=sql`.
+pub async fn both_engines(app: &Router, q: &str) -> (Value, Value) {
+    let index = api(app, &format!("/api/search?{q}")).await;
+    let sql = api(app, &format!("/api/search?{q}&engine=sql")).await;
+    assert_eq!(sql["engine"], "sql", "{q}");
+    (index, sql)
 }
 
 /// Text as a query-string value (`url::form_urlencoded`), e.g. a `next` cursor.
@@ -106,6 +141,36 @@ pub fn services_with(env: &Env, es: Option<String>, db: Option<String>) -> Servi
         None => env.pool.clone(),
     };
     Services::new(pool, Search::new(&config).unwrap(), Arc::new(config))
+}
+
+/// The application with its search server at a port where nothing listens, given with the
+/// credentials `elastic:hunter2`; the port.
+pub fn without_search_server(env: &Env) -> (Router, u16) {
+    let port = super::free_port();
+    (web::router(services_with(env, Some(format!("http://elastic:hunter2@127.0.0.1:{port}")), None)), port)
+}
+
+/// The application with its database at a port where nothing listens, given with the
+/// credentials `tidemark:s3cret`; the port.
+pub fn without_database(env: &Env) -> (Router, u16) {
+    let port = super::free_port();
+    (web::router(services_with(env, None, Some(format!("postgres://tidemark:s3cret@127.0.0.1:{port}/tidemark")))), port)
+}
+
+/// Asserts that no answer shows any of `secrets`.
+pub fn assert_not_shown(answers: &[&Answer], secrets: &[&str]) {
+    for a in answers {
+        for secret in secrets {
+            assert!(!a.body.contains(secret), "{secret} shown: {}", a.body);
+        }
+    }
+}
+
+/// Config where the application may keep its answers up to `bound` (`60s`), the index
+/// refreshing as often.
+pub fn answers_kept_for(c: &mut Config, bound: &str) {
+    c.index.refresh_interval = bound.parse().unwrap();
+    c.serve.cache_max_age = bound.parse().unwrap();
 }
 
 /// The application reaching the search server through a fault proxy that holds every
