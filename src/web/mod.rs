@@ -311,7 +311,7 @@ pub async fn search(app: &App, req: &Request) -> Result<SearchResponse, Failure>
     let started = Instant::now();
     match req.engine {
         Engine::Index => {
-            let (counts, hits) = (query::counts_request(req), query::hits_body(req));
+            let (counts, hits) = (query::counts_body(req), query::hits_body(req));
             let mut tries = 0;
             loop {
                 let target = app.reuse.target(&app.services).await?;

@@ -161,31 +161,6 @@ pub fn counts_body(req: &Request) -> Value {
     body
 }
 
-/// The counts request tidemark sends: [`counts_body`] with its query narrowed to the
-/// documents some count can include. Each facet and histogram counts under every selection
-/// but its own, so with two or more selections no count includes a document outside the
-/// union of those "every selection but one" filters, and the engine visits that union
-/// rather than every document the words match: a page selecting a course and a university
-/// visits the course's students and the university's, not all of them. Every count, and
-/// the total (the selections, as `post_filter`, lie within the union), is the same as
-/// [`counts_body`]'s, from one request on one state of the index. With one selection or
-/// none, the union is everything: the body is [`counts_body`] itself.
-pub fn counts_request(req: &Request) -> Value {
-    let mut body = counts_body(req);
-    let own = (0..req.view.facets.len())
-        .filter(|i| !req.selected[*i].is_empty())
-        .map(|i| selections(req, Except::Facet(i)))
-        .chain((0..req.view.histograms.len()).filter(|i| !req.ranges[*i].is_empty()).map(|i| selections(req, Except::Histogram(i))));
-    let Some(union) = own.collect::<Option<Vec<Value>>>().filter(|u| !u.is_empty()) else {
-        return body;
-    };
-    body["query"] = json!({"bool": {
-        "must": [text_query(req)],
-        "filter": [{"bool": {"should": union, "minimum_should_match": 1}}],
-    }});
-    body
-}
-
 /// Relevance without a text query: every score is the same, hits are in key order.
 fn by_key_alone(req: &Request) -> bool {
     req.q.is_empty() && req.order.sort.is_none()
@@ -435,28 +410,6 @@ mod tests {
         ] {
             assert_eq!(contains_ignoring_case(value, text), matches, "{value:?} contains {text:?}");
         }
-    }
-
-    #[test]
-    fn with_two_selections_the_counts_visit_only_what_some_count_includes() {
-        // One selection or none: every document can count (the selected facet's own).
-        for q in ["", "course=CS101", "q=ann&year=FR", "age_gte=20"] {
-            assert_eq!(counts_request(&students(q)), counts_body(&students(q)), "{q}");
-        }
-        // Two: the courses count under the university, the universities under the course,
-        // the rest under both; so the query is one or the other, the words still required.
-        let req = students("q=ann&course=CS101&university=MIT");
-        let (plain, sent) = (counts_body(&req), counts_request(&req));
-        assert_eq!(sent["aggs"], plain["aggs"]);
-        assert_eq!(sent["post_filter"], plain["post_filter"]);
-        assert_eq!(sent["query"]["bool"]["must"], json!([plain["query"]]));
-        let union = &sent["query"]["bool"]["filter"][0]["bool"];
-        assert_eq!(union["minimum_should_match"], json!(1));
-        assert_eq!(union["should"], json!([plain["aggs"]["f0"]["filter"], plain["aggs"]["f1"]["filter"]]));
-        // A range counts as a selection of its own.
-        let req = students("course=CS101&age_gte=20");
-        let should = &counts_request(&req)["query"]["bool"]["filter"][0]["bool"]["should"];
-        assert_eq!(should, &json!([counts_body(&req)["aggs"]["f0"]["filter"], counts_body(&req)["aggs"]["h0"]["filter"]]));
     }
 
     #[test]
