@@ -154,9 +154,12 @@ async fn a_failing_build_is_retried_on_a_backoff_and_leaves_at_most_one_failed_i
     assert!(builds >= 2, "the failed build was retried");
     assert!(builds <= 6, "a failing build is retried on a backoff, not in a tight loop: {builds} builds in 20 s");
     assert!(most_failed_indices <= 1, "at most one failed index is kept at a time (saw {most_failed_indices})");
-    // (A rebuild may be under way at this moment: look once it has failed in turn.)
-    let last =
-        eventually("the last build has ended", Duration::from_secs(60), || async { env.status().await.reindex.filter(|b| !b.is_active()) })
-            .await;
+    // (A rebuild may be under way at this moment: look once it has failed in turn. It only
+    // moves on with steps, so the waiting goes on stepping.)
+    let last = eventually("the last build has ended", Duration::from_secs(60), || async {
+        let _ = syncer.step().await;
+        env.status().await.reindex.filter(|b| !b.is_active())
+    })
+    .await;
     assert!(last.message.unwrap_or_default().contains("refused"), "the status says why the build failed");
 }
