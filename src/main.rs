@@ -356,12 +356,11 @@ async fn admin(config: Arc<Config>, command: AdminCommand) -> Result<ExitCode> {
                 let size = chunk_size.unwrap_or(config.reindex.chunk_size);
                 let b = reindex::start(&services, size, "requested with `tidemark admin reindex`").await?;
                 println!(
-                    "reindex #{} started: building {} ({} in {} chunk{}){}",
+                    "reindex #{} started: building {} ({} in {}){}",
                     b.id,
                     b.target_index,
                     services.model.count(b.docs_total.max(0) as u64),
-                    b.chunks_total,
-                    if b.chunks_total == 1 { "" } else { "s" },
+                    tidemark::model::plural(b.chunks_total.max(0) as u64, "chunk", "chunks"),
                     b.previous_index.as_ref().map(|p| format!("; {p} keeps serving meanwhile")).unwrap_or_default()
                 );
                 b

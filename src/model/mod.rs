@@ -235,6 +235,24 @@ pub fn value_at(doc: &serde_json::Value, path: &str) -> serde_json::Value {
     at.into_owned()
 }
 
+/// 1234567 → "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A count and its word: "1 student", "1,234 students".
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
 /// "a student", "an experiment": a noun with its indefinite article.
 pub fn article(noun: &str) -> String {
     // A vowel letter that sounds as a consonant ("a university", "a user", "a one-off").
@@ -550,8 +568,7 @@ impl Model {
 
     /// `n` of the model's documents in words: "1 student", "2 students" (or documents).
     pub fn count(&self, n: u64) -> String {
-        let one = self.search.as_ref().map_or("document", |s| s.noun.as_str());
-        format!("{n} {}", if n == 1 { one } else { self.plural() })
+        plural(n, self.search.as_ref().map_or("document", |s| s.noun.as_str()), self.plural())
     }
 
     /// What to add under `[document]` so that the document carries its key again (the

@@ -21,7 +21,10 @@ use super::{
     response::{Relation, Response as SearchResponse, Segment},
     App, Failure,
 };
-use crate::{admin, model::SearchView};
+use crate::{
+    admin,
+    model::{plural, thousands, SearchView},
+};
 
 /// What every page shows around its content: the search box and the footer.
 pub(super) struct Chrome {
@@ -60,23 +63,6 @@ pub(super) struct Notice {
     pub(super) headline: String,
     pub(super) text: String,
     pub(super) diffs: Vec<(String, String, String)>,
-}
-
-/// 1234567 → "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
 /// The footer: the sync's freshness, from the same function as `tidemark admin status`.
